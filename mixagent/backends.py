@@ -1,0 +1,129 @@
+"""Proxy backends behind the environment: the real LM, and a closed-form stand-in for fast control-flow
+tests. Every default spec, the demo and the benchmarks use :class:`LMBackend`."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mixagent.base_model import get_base_model
+from mixagent.domain_data import DomainData
+from mixagent.domains import FIELDS, DomainSpace
+from mixagent.evaluation import EvalResult, Evaluator
+from mixagent.proxy import MixtureSampler, SegmentStats, make_optimizer, train_segment
+from mixagent.spec import EnvSpec
+from mixagent.tokenizer import token_byte_lengths
+
+__all__ = ["ProxyBackend", "LMBackend", "AnalyticBackend", "make_backend"]
+
+
+class ProxyBackend(Protocol):
+    """What the environment needs from a proxy: restart from the base model, train, evaluate."""
+
+    space: DomainSpace
+    natural: np.ndarray  # natural token shares of the domains
+
+    def reset(self, seed: int) -> EvalResult:
+        """Restore the base model (data order from ``seed``) and return its evaluation."""
+
+    def train(self, weights: np.ndarray, step: int) -> SegmentStats:
+        """Train re-weighting step ``step`` (0-based) of the episode under ``weights``."""
+
+    def evaluate(self) -> EvalResult:
+        """Evaluate the current proxy."""
+
+
+class LMBackend:
+    """The real thing: a Llama-style proxy continually pre-trained on real text.
+
+    Args:
+        spec: the environment spec.
+        space: its loaded domain space.
+    """
+
+    def __init__(self, spec: EnvSpec, space: DomainSpace) -> None:
+        self.spec = spec
+        self.space = space
+        base = get_base_model(spec.base_config())
+        self.base_meta = base.meta
+        self.model_config = base.model_config
+        self.data = DomainData(space, base.tokenizer, base.tokenizer_hash)
+        self.natural = self.data.natural
+        self.evaluator = Evaluator(self.data, spec.eval, base.tokenizer, token_byte_lengths(base.tokenizer),
+                                   base.model_config.seq_len)
+        self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
+        self.model = base.model
+        self.steps_per_segment = max(1, spec.segment_tokens // (spec.optim.micro_batch * base.model_config.seq_len))
+        self.total_steps = self.steps_per_segment * spec.steps
+        self._base_eval: EvalResult | None = None
+        self.tokens_seen = 0
+        self.eval_seconds = 0.0
+
+    def reset(self, seed: int) -> EvalResult:
+        self.model.load_state_dict(self.base_state)
+        self.optimizer = make_optimizer(self.model, self.spec.optim)
+        self.sampler = MixtureSampler(self.data.train, self.model_config.seq_len + 1, seed)
+        self.tokens_seen = 0
+        if self._base_eval is None:  # the base model's evaluation does not depend on the seed
+            self._base_eval = self.evaluator(self.model, 0)
+        return copy.deepcopy(self._base_eval)
+
+    def train(self, weights: np.ndarray, step: int) -> SegmentStats:
+        stats = train_segment(self.model, self.optimizer, self.sampler, weights, self.steps_per_segment,
+                              step * self.steps_per_segment, self.total_steps, self.spec.optim)
+        self.tokens_seen += stats.tokens
+        return stats
+
+    def evaluate(self) -> EvalResult:
+        t0 = time.perf_counter()
+        result = self.evaluator(self.model, self.tokens_seen)
+        self.eval_seconds = time.perf_counter() - t0
+        return result
+
+
+class AnalyticBackend:
+    """A closed-form proxy for unit tests of the env's control flow (no LM, microseconds per step).
+
+    Domain ``d``'s loss falls with the tokens it receives and rises slowly with tokens of the other
+    field (forgetting); benchmark scores follow the field losses. ``nan_at_step`` injects a failed step.
+    """
+
+    def __init__(self, space: DomainSpace, segment_tokens: int = 1000, nan_at_step: int | None = None) -> None:
+        self.space = space
+        self.natural = np.full(space.k, 1.0 / space.k)
+        self.segment_tokens = segment_tokens
+        self.nan_at_step = nan_at_step
+        self.base = 2.0 + 0.1 * np.arange(space.k)
+        self.target = space.field_mask("target")
+
+    def reset(self, seed: int) -> EvalResult:
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.seen = np.zeros(self.space.k)
+        self.tokens_seen = 0
+        return self.evaluate()
+
+    def train(self, weights: np.ndarray, step: int) -> SegmentStats:
+        if self.nan_at_step == step:
+            return SegmentStats(0, 0, float("nan"), 0.0, True)
+        self.seen += weights * self.segment_tokens
+        self.tokens_seen += self.segment_tokens
+        return SegmentStats(self.segment_tokens, 1, 1.0, 0.0, False)
+
+    def evaluate(self) -> EvalResult:
+        own = self.seen / self.segment_tokens
+        other_field = np.where(self.target, own[~self.target].sum(), own[self.target].sum())
+        bpb = self.base * (1 - 0.3 * (1 - np.exp(-own / 2))) * (1 + 0.05 * (1 - np.exp(-other_field / 4)))
+        bpb = bpb * (1 + 1e-3 * self.rng.standard_normal(self.space.k))
+        scores = {f: float(0.25 + 0.5 * (1 - bpb[self.space.field_mask(f)].mean() / self.base[self.space.field_mask(f)].mean()))
+                  for f in FIELDS}
+        return EvalResult(dict(zip(self.space.names, bpb.tolist())), scores, dict(scores), self.tokens_seen, 0)
+
+
+def make_backend(spec: EnvSpec, space: DomainSpace) -> ProxyBackend:
+    if spec.backend == "analytic":
+        return AnalyticBackend(space, spec.segment_tokens)
+    return LMBackend(spec, space)

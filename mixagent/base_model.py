@@ -1,0 +1,189 @@
+"""``make base-model`` (``python -m mixagent.base_model``): pre-train the proxy on the source field at its
+natural proportions and cache the checkpoint (safetensors + meta.json with its sha256) by config hash."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mixagent.config import config_hash, load_config, to_dict
+from mixagent.domains import Domain, DomainSpace
+from mixagent.errors import CorruptArtifactError, MixagentError
+from mixagent.model import ModelConfig, build_model, count_parameters, resolve_size
+from mixagent.paths import CONFIGS_DIR, data_root
+from mixagent.proxy import MixtureSampler, OptimConfig, make_optimizer, train_segment
+from mixagent.tokenizer import TokenizerConfig, get_tokenizer, tokenizer_dir
+
+__all__ = ["BaseModelConfig", "BaseModel", "get_base_model", "SOURCE_CORPORA"]
+
+log = logging.getLogger(__name__)
+SOURCE_CORPORA = ("wiki", "news", "fiction", "politics", "foldoc", "gcide", "wordnet")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelConfig:
+    """Args:
+        size: proxy size, one of ``mixagent.model.MODEL_SIZES`` (``0.5m``, ``2m``, ``8m``).
+        seq_len: context length.
+        corpora: source-field corpora, mixed at their natural token shares.
+        tokens: pre-training tokens.
+        seed: initialisation and data-order seed.
+        tokenizer: the tokenizer to train/load.
+        optim: optimizer and batch settings.
+    """
+
+    size: str = "0.5m"
+    seq_len: int = 128
+    corpora: tuple[str, ...] = SOURCE_CORPORA
+    tokens: int = 3_000_000
+    seed: int = 0
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+
+    def check(self) -> list[str]:
+        return [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return dataclasses.replace(resolve_size(self.size), seq_len=self.seq_len, vocab_size=vocab_size)
+
+
+@dataclasses.dataclass
+class BaseModel:
+    """A loaded base checkpoint."""
+
+    model: torch.nn.Module
+    model_config: ModelConfig
+    tokenizer: object
+    tokenizer_hash: str
+    meta: dict
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def base_dir(cfg: BaseModelConfig, root: Path | None = None) -> Path:
+    root = root or data_root()
+    return root / "cache" / "base" / config_hash(to_dict(cfg), tokenizer_dir(cfg.tokenizer, root).name)
+
+
+def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseModel:
+    from safetensors.torch import load_model
+
+    meta_path, weights = path / "meta.json", path / "model.safetensors"
+    try:
+        meta = json.loads(meta_path.read_text())
+        expected = meta["sha256"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptArtifactError(f"base model meta {meta_path} is unreadable ({exc}); rebuild it with "
+                                   f"`make base-model` (python -m mixagent.base_model --rebuild)") from None
+    if not weights.exists() or _sha256(weights) != expected:
+        raise CorruptArtifactError(f"base model {weights} does not match the sha256 in {meta_path}; it is corrupt "
+                                   f"or was modified. Rebuild it with `make base-model` "
+                                   f"(python -m mixagent.base_model --rebuild)")
+    mcfg = cfg.model_config(len(tokenizer))
+    model = build_model(mcfg)
+    load_model(model, str(weights))
+    return BaseModel(model, mcfg, tokenizer, tok_hash, meta, path)
+
+
+def get_base_model(cfg: BaseModelConfig, root: Path | None = None, build: bool = True,
+                   rebuild_corrupt: bool = False) -> BaseModel:
+    """Load the cached base model, pre-training it first when missing.
+
+    A checkpoint that fails its hash check raises :class:`CorruptArtifactError` — unless
+    ``rebuild_corrupt`` is set, when it is discarded and trained again. It is never silently used.
+    """
+    root = root or data_root()
+    tokenizer = get_tokenizer(cfg.tokenizer, root)
+    tok_hash = tokenizer_dir(cfg.tokenizer, root).name
+    path = base_dir(cfg, root)
+    if (path / "meta.json").exists() or (path / "model.safetensors").exists():
+        try:
+            return _load(path, cfg, tokenizer, tok_hash)
+        except CorruptArtifactError:
+            if not rebuild_corrupt:
+                raise
+            log.warning("base model in %s is corrupt; rebuilding", path)
+            shutil.rmtree(path)
+    if not build:
+        raise CorruptArtifactError(f"no base model in {path}; build it with `make base-model`")
+    return _pretrain(cfg, root, tokenizer, tok_hash, path)
+
+
+def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: Path) -> BaseModel:
+    from safetensors.torch import save_model
+
+    from mixagent.domain_data import DomainData
+
+    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora] +
+                        [Domain("_unused_target", "target", [cfg.corpora[0]])])
+    data = DomainData(space, tokenizer, tok_hash, root)
+    mcfg = cfg.model_config(len(tokenizer))
+    model = build_model(mcfg, seed=cfg.seed)
+    opt = make_optimizer(model, cfg.optim)
+    sampler = MixtureSampler(data.train[: len(cfg.corpora)], mcfg.seq_len + 1, seed=cfg.seed)
+    shares = data.natural[: len(cfg.corpora)] / data.natural[: len(cfg.corpora)].sum()
+    total = max(1, cfg.tokens // (cfg.optim.micro_batch * mcfg.seq_len))
+    chunk = max(1, min(50, total // 20))
+    log.info("pre-training base model %s (%d params) on %s for %d steps", cfg.size, count_parameters(model),
+             "+".join(cfg.corpora), total)
+    t0, done, losses = time.time(), 0, []
+    with tqdm(total=total * cfg.optim.micro_batch * mcfg.seq_len, desc="base model", unit="tok",
+              unit_scale=True) as bar:
+        while done < total:
+            n = min(chunk, total - done)
+            stats = train_segment(model, opt, sampler, shares, n, done, total, cfg.optim)
+            if stats.nonfinite:
+                raise MixagentError(f"base-model pre-training diverged (NaN/Inf loss) at step {done + stats.steps}; "
+                                    f"lower optim.lr (now {cfg.optim.lr})")
+            done += n
+            losses.append(stats.mean_loss)
+            bar.update(stats.tokens)
+            bar.set_postfix(loss=f"{stats.mean_loss:.3f}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent))
+    save_model(model, str(tmp / "model.safetensors"))
+    meta = {"config": to_dict(cfg), "model_config": dataclasses.asdict(mcfg), "parameters": count_parameters(model),
+            "tokenizer_hash": tok_hash, "tokens": total * cfg.optim.micro_batch * mcfg.seq_len,
+            "final_loss": losses[-1], "seconds": round(time.time() - t0, 1),
+            "sha256": _sha256(tmp / "model.safetensors"), "torch": torch.__version__}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    tmp.rename(path)
+    log.info("base model saved to %s (loss %.3f, %.0fs)", path, losses[-1], time.time() - t0)
+    return BaseModel(model, mcfg, tokenizer, tok_hash, meta, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixagent.base_model", description=__doc__)
+    parser.add_argument("--config", default=str(CONFIGS_DIR / "base_model/default.yaml"))
+    parser.add_argument("--rebuild", action="store_true", help="rebuild a checkpoint that fails its hash check")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tokens=1000000")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(BaseModelConfig, args.config, args.overrides)
+        base = get_base_model(cfg, rebuild_corrupt=args.rebuild)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    m = base.meta
+    print(f"base model {cfg.size}: {m['parameters']:,} params, {m['tokens']:,} tokens, final loss "
+          f"{m['final_loss']:.3f}, {m['seconds']}s -> {base.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Typed job configs: dataclasses loaded from YAML plus ``key=value`` overrides, validated all at once.
+
+Every config class is a (possibly nested) dataclass. Loading collects *every* problem — unknown keys
+(with "did you mean" suggestions), wrong types, values a ``check()`` method rejects — and raises one
+:class:`~mixagent.errors.ConfigError` listing them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mixagent.errors import ConfigError, suggest
+
+__all__ = ["load_config", "from_dict", "to_dict", "config_hash", "parse_overrides"]
+
+T = TypeVar("T")
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r} is not key=value (e.g. segment_tokens=4096)")
+            continue
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    if problems:
+        raise ConfigError("overrides", problems)
+    return out
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path, problems)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, path, problems)
+    if origin in (list, Sequence, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            problems.append(f"{path}: expected a list, got {value!r}")
+            return None
+        items = [_convert(inner, v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin in (dict, Mapping):
+        key_tp, val_tp = typing.get_args(tp) or (str, Any)
+        if not isinstance(value, Mapping):
+            problems.append(f"{path}: expected a mapping, got {value!r}")
+            return None
+        return {str(k): _convert(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return None
+    return value
+
+
+def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T:
+    if not isinstance(data, Mapping):
+        problems.append(f"{path or 'config'}: expected a mapping of {cls.__name__} fields, got {data!r}")
+        return None  # type: ignore[return-value]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            problems.append(f"unknown key {where!r}{suggest(str(key), fields)}; "
+                            f"known keys of {cls.__name__}: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where, problems)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            problems.append(f"missing required key {where!r} ({_type_name(hints[name])})")
+    if any(v is None and not _optional(hints[k]) for k, v in kwargs.items()):
+        return None  # type: ignore[return-value]  # a type problem was recorded above
+    try:
+        obj = cls(**kwargs)
+    except TypeError:
+        return None  # type: ignore[return-value]
+    check = getattr(obj, "check", None)
+    if check is not None:
+        problems.extend(f"{path + '.' if path else ''}{p}" for p in check())
+    return obj
+
+
+def _optional(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build and validate ``cls`` from a mapping, raising one ConfigError with every problem."""
+    problems: list[str] = []
+    obj = _build(cls, data, "", problems)
+    if problems:
+        raise ConfigError(where or cls.__name__, problems)
+    return obj
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides, then validate."""
+    data: dict[str, Any] = {}
+    where = cls.__name__
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(str(path), [f"config file {str(path)!r} does not exist; pass an existing YAML "
+                                          f"file (see configs/ and envs/)"])
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(str(path), [f"top level must be a mapping, got {type(loaded).__name__}"])
+        data, where = dict(loaded), str(path)
+    data = _merge(data, parse_overrides(overrides))
+    return from_dict(cls, data, where)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-JSON form of a config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable short hash of JSON-able parts (config dicts, file hashes) for cache keys."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,67 @@
+"""Token streams of every domain of a :class:`~mixagent.domains.DomainSpace`: training streams for the
+mixture sampler and fixed validation windows for the evaluation environment."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mixagent.data.build import check_corpora, corpora_dir
+from mixagent.domains import DomainSpace
+from mixagent.labeller import ClusterLabels, cluster_labels
+from mixagent.paths import data_root
+from mixagent.tokens import TokenizedSplit, load_tokenized
+
+__all__ = ["DomainData"]
+
+log = logging.getLogger(__name__)
+
+
+class DomainData:
+    """Per-domain tokens of a space.
+
+    Attributes:
+        train: one uint16 token stream per domain (passages EOS-separated).
+        val_parts: per domain, the validation streams it draws evaluation windows from, with their shares.
+        natural: the natural mixture — each domain's share of training tokens.
+    """
+
+    def __init__(self, space: DomainSpace, tokenizer, tokenizer_hash: str, root: Path | None = None) -> None:
+        root = root or data_root()
+        check_corpora(space.corpora, corpora_dir(root))
+        self.space = space
+        tok: dict[str, dict[str, TokenizedSplit]] = {c: load_tokenized(c, tokenizer, tokenizer_hash, root)
+                                                     for c in space.corpora}
+        labels: dict[tuple[str, ...], ClusterLabels] = {}
+        for group in {tuple(d.corpora) for d in space.domains if d.cluster is not None}:
+            k = sum(1 for d in space.domains if d.cluster is not None and tuple(d.corpora) == group)
+            labels[group] = cluster_labels(list(group), k, root)
+        self.train: list[np.ndarray] = []
+        self.val_parts: list[list[tuple[np.ndarray, float]]] = []
+        for d in space.domains:
+            if d.cluster is None:
+                train = [tok[c]["train"].tokens for c in d.corpora]
+                sizes = np.array([len(t) for t in train], dtype=np.float64)
+                self.train.append(np.concatenate(train) if len(train) > 1 else train[0])
+                self.val_parts.append([(tok[c]["val"].tokens, s) for c, s in zip(d.corpora, sizes / sizes.sum())])
+            else:
+                lab = labels[tuple(d.corpora)]
+                self.train.append(np.concatenate([tok[c]["train"].select(i) for c, i in lab.members("train", d.cluster)]))
+                val = np.concatenate([tok[c]["val"].select(i) for c, i in lab.members("val", d.cluster)])
+                self.val_parts.append([(val, 1.0)])
+        sizes = np.array([len(t) for t in self.train], dtype=np.float64)
+        self.natural = sizes / sizes.sum()
+
+    def val_windows(self, domain: int, n_windows: int, length: int) -> np.ndarray:
+        """``(n, length)`` fixed validation windows of one domain, split across its corpora by share."""
+        parts = self.val_parts[domain]
+        shares = np.array([s for _, s in parts])
+        counts = np.floor(shares * n_windows).astype(int)
+        counts[np.argsort(-(shares * n_windows - counts), kind="stable")[: n_windows - counts.sum()]] += 1
+        rows = []
+        for (stream, _), n in zip(parts, counts):
+            n = min(int(n), len(stream) // length)
+            rows.append(np.asarray(stream[: n * length]).reshape(n, length))
+        return np.concatenate(rows).astype(np.int64)

@@ -1,0 +1,146 @@
+"""The data-mixing environment (``gymnasium.make("mixagent/<spec>-v0")``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from mixagent.backends import ProxyBackend, make_backend
+from mixagent.domains import DomainSpace, DomainWeights, action_to_weights
+from mixagent.errors import ActionError
+from mixagent.evaluation import EvalResult
+from mixagent.observation import CLIP, ObservationBuilder
+from mixagent.rewards import balanced_score, step_reward
+from mixagent.spec import EnvSpec, load_spec
+
+__all__ = ["MixingEnv"]
+
+
+class MixingEnv(gym.Env):
+    """Continual pre-training of a proxy LM whose data mixture the agent chooses step by step.
+
+    ## Description
+
+    An episode is one continual pre-training (CPT) run of a small Llama-style proxy, starting from a base
+    checkpoint pre-trained on the source field. At each of ``T`` re-weighting steps the agent picks a
+    mixture over the ``K`` domains of a domain space; the proxy trains one segment of ``segment_tokens``
+    tokens drawn under that mixture, then an evaluation environment scores it: held-out bits per byte
+    per domain and one log-likelihood benchmark per field (source and target).
+
+    ## Action Space
+
+    ``Box(-1, 1, (K,), float32)``: one logit per domain, mapped to weights by
+    ``floor + (1 - K*floor) * softmax(action / temperature)`` (``mixagent.domains.action_to_weights``).
+    Wrong shapes or non-finite entries raise ``ActionError``.
+
+    ## Observation Space
+
+    ``Box(-10, 10, (3K + 5,), float32)`` built by ``mixagent.observation.ObservationBuilder``: current
+    weights; per-domain bits per byte relative to the start and its change since the last step; per-field
+    benchmark scores relative to the start and their last change; progress ``t/T``.
+
+    ## Rewards
+
+    The change of a balanced score ``B_t = lam * target_improvement + (1 - lam) * source_improvement``
+    (each relative to the start of the run; ``mixagent.rewards``), so the return is ``B_T - B_0``.
+    ``info["balanced_score"]`` holds ``B_t``; ``info["eval"]`` the raw EvalResult.
+
+    ## Starting State
+
+    The base checkpoint with the spec's ``initial_mixture`` (natural token shares or uniform) as current
+    weights; zero relative changes; progress 0. The seed fixes the training data order.
+
+    ## Episode End
+
+    ``terminated`` after ``T`` steps (the token budget is spent). ``truncated`` when a segment hits a
+    NaN/Inf loss (``info["nonfinite_loss"] = True``); the episode cannot continue from a diverged proxy.
+
+    ## Arguments
+
+    ``spec``: an :class:`~mixagent.spec.EnvSpec` or the path of an ``envs/*.yaml`` file;
+    ``backend``: an optional :class:`~mixagent.backends.ProxyBackend` (default: the spec's);
+    ``overrides``: ``key=value`` strings applied to the spec file.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"]}
+
+    def __init__(self, spec: EnvSpec | str | Path, backend: ProxyBackend | None = None,
+                 overrides: tuple[str, ...] | list[str] = (), render_mode: str | None = None) -> None:
+        self.spec_ = spec if isinstance(spec, EnvSpec) else load_spec(spec, overrides)
+        self.space = DomainSpace.from_yaml(self.spec_.space_path())
+        self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
+        self.obs_builder = ObservationBuilder(self.space)
+        k = self.space.k
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), np.float32)
+        self.observation_space = gym.spaces.Box(-CLIP, CLIP, (self.obs_builder.dim,), np.float32)
+        self.render_mode = render_mode
+        self.natural = DomainWeights.normalised(self.space, self.backend.natural)
+        self._t = 0
+        self._start: EvalResult | None = None
+
+    @property
+    def horizon(self) -> int:
+        return self.spec_.steps
+
+    def initial_weights(self) -> DomainWeights:
+        if self.spec_.initial_mixture == "uniform":
+            return DomainWeights.normalised(self.space, np.ones(self.space.k))
+        return self.natural
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        episode_seed = int(self.np_random.integers(2**31 - 1))
+        self._start = self._prev = self.backend.reset(episode_seed)
+        self._weights = self.initial_weights()
+        self._t = 0
+        self._last_obs = self.obs_builder(self._weights.values, self._start, self._start, self._start, 0.0)
+        return self._last_obs, {"eval": self._start.to_json(), "weights": self._weights.to_mapping(),
+                                "episode_seed": episode_seed, "balanced_score": 0.0}
+
+    def step(self, action):
+        if self._start is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        if self._t >= self.spec_.steps:
+            raise gym.error.ResetNeeded("the episode has ended; call reset()")
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (self.space.k,):
+            raise ActionError(f"action has shape {a.shape}, expected ({self.space.k},): one logit per domain of "
+                              f"space {self.space.name!r}")
+        weights = action_to_weights(self.space, a, self.spec_.action.temperature, self.spec_.action.floor)
+        t0 = time.perf_counter()
+        stats = self.backend.train(weights.values, self._t)
+        train_s = time.perf_counter() - t0
+        info: dict[str, Any] = {"weights": weights.to_mapping(), "train_seconds": train_s, "train_loss": stats.mean_loss,
+                                "segment_tokens": stats.tokens, "nonfinite_loss": stats.nonfinite}
+        if stats.nonfinite:
+            self._start = None  # a diverged proxy cannot continue: force a reset
+            return self._last_obs, 0.0, False, True, info
+        t1 = time.perf_counter()
+        now = self.backend.evaluate()
+        info["eval_seconds"] = time.perf_counter() - t1
+        if not now.is_finite():
+            info["nonfinite_loss"] = True
+            self._start = None
+            return self._last_obs, 0.0, False, True, info
+        self._t += 1
+        r = self.spec_.reward
+        reward = step_reward(r.name, r.lam, self._start, self._prev, now, self.space)
+        obs = self.obs_builder(weights.values, self._start, self._prev, now, self._t / self.spec_.steps)
+        self._prev, self._weights, self._last_obs = now, weights, obs
+        info.update(eval=now.to_json(), balanced_score=balanced_score(r.name, r.lam, self._start, now, self.space))
+        return obs, float(reward), self._t >= self.spec_.steps, False, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi" or self._start is None:
+            return None
+        top = sorted(self._weights.to_mapping().items(), key=lambda kv: -kv[1])[:5]
+        return (f"t={self._t}/{self.spec_.steps} source={self._prev.scores['source']:.4f} "
+                f"target={self._prev.scores['target']:.4f} weights: " + ", ".join(f"{n}={w:.2f}" for n, w in top))

@@ -1,0 +1,65 @@
+"""Typed errors a user can cause. Each message says what was wrong, what was expected and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "MixagentError",
+    "ConfigError",
+    "WeightsError",
+    "ActionError",
+    "UnknownDomainError",
+    "DataMissingError",
+    "SourceUnavailableError",
+    "CorruptArtifactError",
+    "suggest",
+]
+
+
+class MixagentError(Exception):
+    """Base class of every error mixagent raises on purpose."""
+
+
+class ConfigError(MixagentError, ValueError):
+    """A config file or override has unknown keys or bad values (all problems are listed at once)."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.where = where
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid config {where}: {len(self.problems)} problem(s)\n{lines}")
+
+
+class WeightsError(MixagentError, ValueError):
+    """Domain weights are negative, non-finite, do not sum to one or do not match the domain count."""
+
+
+class ActionError(MixagentError, ValueError):
+    """An environment action has the wrong shape or non-finite entries."""
+
+
+class UnknownDomainError(MixagentError, KeyError):
+    """A domain name that the domain space does not contain."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+class DataMissingError(MixagentError, FileNotFoundError):
+    """A data directory or built artifact is missing; the message names the command that builds it."""
+
+
+class SourceUnavailableError(MixagentError, RuntimeError):
+    """A registry package a corpus is built from could not be fetched or read."""
+
+
+class CorruptArtifactError(MixagentError, RuntimeError):
+    """A cached file does not match the hash recorded when it was written."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,296 @@
+"""The evaluation environment: per-domain held-out bits per byte and per-field task benchmarks scored by
+log-likelihood, at a fixed token budget.
+
+* **Bits per byte** on fixed validation windows of every domain (tokenizer-independent).
+* **Benchmarks**, one per field, multiple choice scored by the log-likelihood of each candidate
+  continuation: ``champ_mc`` (held-out CHAMP problem -> gold answer vs distractor answers of similar
+  length) and ``cloze`` (held-out text -> the true next sentence/line vs others of similar length).
+  A field's *score* is the mean probability the model puts on the gold choice among the candidates
+  (continuous; chance = 1/choices); accuracy is reported beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixagent.data.build import read_split, read_tasks
+from mixagent.domain_data import DomainData
+from mixagent.domains import FIELDS, DomainSpace
+from mixagent.errors import ConfigError, suggest
+
+__all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items"]
+
+BENCHMARK_KINDS = ("champ_mc", "cloze")
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkSpec:
+    """A field's task benchmark.
+
+    Args:
+        kind: ``champ_mc`` (math problems, gold answer vs distractors) or ``cloze`` (true continuation).
+        corpora: corpora whose *validation* split supplies the items.
+        unit: cloze continuation unit: ``sentence`` (prose) or ``line`` (code).
+        choices: candidates per item, the gold one included.
+        max_items: upper bound on items (the token budget may allow fewer).
+        scoring: ``loglik`` (log-likelihood of the candidate after the context) or ``pmi`` (minus its
+            log-likelihood after a bare EOS: how much the context helps, which removes the bias toward
+            intrinsically likely text that makes raw cloze scores fall below chance for small models).
+    """
+
+    kind: str = "cloze"
+    corpora: tuple[str, ...] = ()
+    unit: str = "sentence"
+    choices: int = 4
+    max_items: int = 48
+    scoring: str = "pmi"
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind not in BENCHMARK_KINDS:
+            problems.append(f"kind {self.kind!r} unknown{suggest(self.kind, BENCHMARK_KINDS)}; "
+                            f"use one of {BENCHMARK_KINDS}")
+        if self.unit not in ("sentence", "line"):
+            problems.append(f"unit must be 'sentence' or 'line', got {self.unit!r}")
+        if self.scoring not in ("loglik", "pmi"):
+            problems.append(f"scoring must be 'loglik' or 'pmi', got {self.scoring!r}")
+        if self.choices < 2 or self.max_items < 1:
+            problems.append("choices must be >= 2 and max_items >= 1")
+        if not self.corpora:
+            problems.append("corpora must name at least one corpus")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSpec:
+    """Args:
+        token_budget: tokens processed per evaluation (bits-per-byte windows + benchmark candidates).
+        bpb_share: share of the budget spent on bits-per-byte windows (split evenly over domains).
+        batch_size: sequences per forward pass.
+        source: the source field's benchmark.
+        target: the target field's benchmark.
+    """
+
+    source: BenchmarkSpec
+    target: BenchmarkSpec
+    token_budget: int = 65536
+    bpb_share: float = 0.5
+    batch_size: int = 32
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.token_budget < 1024:
+            problems.append(f"token_budget must be >= 1024, got {self.token_budget}")
+        if not 0 < self.bpb_share < 1:
+            problems.append(f"bpb_share must be in (0, 1), got {self.bpb_share}")
+        return problems
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Raw evaluation numbers after one segment (never normalised; rewards derive from these).
+
+    Attributes:
+        bpb: held-out bits per byte per domain name.
+        scores: per field, mean probability on the gold choice of its benchmark.
+        accuracy: per field, benchmark accuracy.
+        tokens_seen: training tokens consumed so far in the run.
+        eval_tokens: tokens processed by this evaluation.
+    """
+
+    bpb: dict[str, float]
+    scores: dict[str, float]
+    accuracy: dict[str, float]
+    tokens_seen: int = 0
+    eval_tokens: int = 0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> EvalResult:
+        return cls(**d)
+
+    def field_bpb(self, space: DomainSpace, field: str) -> float:
+        """Mean bits per byte over the field's domains."""
+        return float(np.mean([self.bpb[n] for n, f in zip(space.names, space.fields) if f == field]))
+
+    def is_finite(self) -> bool:
+        return all(math.isfinite(v) for v in [*self.bpb.values(), *self.scores.values()])
+
+
+@dataclasses.dataclass(frozen=True)
+class MCItem:
+    """A multiple-choice item: ``context`` followed by one of ``choices``; ``gold`` indexes the right one."""
+
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+
+
+def _pick_distractors(conts: list[str], i: int, n: int) -> list[int]:
+    """Indices of the ``n`` other continuations closest in length to ``conts[i]`` (distinct texts)."""
+    order = sorted((j for j in range(len(conts)) if j != i and conts[j] != conts[i]),
+                   key=lambda j: (abs(len(conts[j]) - len(conts[i])), j))
+    picked: list[int] = []
+    for j in order:
+        if conts[j] not in {conts[k] for k in picked}:
+            picked.append(j)
+        if len(picked) == n:
+            break
+    return picked
+
+
+def _with_distractors(pairs: list[tuple[str, str]], choices: int) -> list[MCItem]:
+    conts = [c for _, c in pairs]
+    rng = np.random.Generator(np.random.PCG64(1234))
+    items = []
+    for i, (ctx, cont) in enumerate(pairs):
+        cands = [cont] + [conts[j] for j in _pick_distractors(conts, i, choices - 1)]
+        if len(cands) < choices:
+            continue
+        perm = rng.permutation(choices)
+        items.append(MCItem(ctx, tuple(cands[p] for p in perm), int(np.flatnonzero(perm == 0)[0])))
+    return items
+
+
+def _cloze_pair(text: str, unit: str) -> tuple[str, str] | None:
+    parts = _SENTENCE.split(text) if unit == "sentence" else text.split("\n")
+    for k in range(1, len(parts)):
+        cont = parts[k].strip() if unit == "sentence" else parts[k].rstrip()
+        ctx = (" " if unit == "sentence" else "\n").join(parts[:k])[-400:]
+        if len(ctx) >= 120 and 25 <= len(cont.strip()) <= 160:
+            return ctx, (" " + cont if unit == "sentence" else "\n" + cont)
+    return None
+
+
+def build_items(spec: BenchmarkSpec) -> list[MCItem]:
+    """Deterministic benchmark items from the validation split (at most ``max_items``)."""
+    if spec.kind == "champ_mc":
+        tasks = [t for c in spec.corpora for t in read_tasks(c, "val")]
+        pairs = [(f"Problem: {t['problem']}\nAnswer:", f" {t['answer']}") for t in tasks]
+        return _with_distractors(pairs, spec.choices)[: spec.max_items]
+    per_corpus = []
+    for c in spec.corpora:
+        found = [p for p in (_cloze_pair(x["text"], spec.unit) for x in read_split(c, "val")) if p]
+        per_corpus.append(found)
+    pairs = []  # round-robin over corpora so every corpus is represented
+    for k in range(max((len(x) for x in per_corpus), default=0)):
+        pairs += [x[k] for x in per_corpus if k < len(x)]
+    return _with_distractors(pairs[: 4 * spec.max_items], spec.choices)[: spec.max_items]
+
+
+class Evaluator:
+    """Evaluates a model on a space's validation windows and the two field benchmarks.
+
+    Args:
+        data: the space's domain data (validation windows).
+        spec: budget and benchmarks.
+        tokenizer: the proxy's tokenizer.
+        byte_lengths: bytes per token id (``mixagent.tokenizer.token_byte_lengths``).
+        seq_len: the model's context length.
+    """
+
+    def __init__(self, data: DomainData, spec: EvalSpec, tokenizer, byte_lengths: np.ndarray, seq_len: int) -> None:
+        self.space = data.space
+        self.spec = spec
+        k = self.space.k
+        bpb_tokens = int(spec.token_budget * spec.bpb_share)
+        per_domain = max(1, bpb_tokens // (k * seq_len))
+        windows, owners = [], []
+        for d in range(k):
+            w = data.val_windows(d, per_domain, seq_len + 1)
+            if len(w) == 0:
+                raise ConfigError("eval", [f"domain {self.space.names[d]!r} has no validation tokens"])
+            windows.append(w)
+            owners.append(np.full(len(w), d))
+        self.windows = torch.from_numpy(np.concatenate(windows))
+        self.owner = np.concatenate(owners)
+        self.window_bytes = np.zeros(k)
+        np.add.at(self.window_bytes, self.owner, byte_lengths[self.windows[:, 1:].numpy()].sum(1))
+        # benchmark candidates: (token ids, continuation start) and (field, item, choice, sign); a pmi
+        # field adds each candidate once more after a bare EOS with sign -1
+        eos = tokenizer.eos_token_id
+        self.seqs: list[tuple[list[int], int]] = []
+        self.seq_meta: list[tuple[int, int, int, float]] = []
+        self.items: dict[str, list[MCItem]] = {}
+        field_budget = (spec.token_budget - bpb_tokens) // 2
+        for fi, field in enumerate(FIELDS):
+            bench = getattr(spec, field)
+            used, kept = 0, []
+            for item in build_items(bench):
+                ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
+                conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
+                if max(len(c) for c in conts) > seq_len // 2:
+                    continue
+                seqs = [((ctx[-(seq_len - len(c)):] + c, min(len(ctx), seq_len - len(c))), ci, 1.0)
+                        for ci, c in enumerate(conts)]
+                if bench.scoring == "pmi":
+                    seqs += [(([eos] + c, 1), ci, -1.0) for ci, c in enumerate(conts)]
+                cost = sum(len(s) for (s, _), _, _ in seqs)
+                if used + cost > field_budget:
+                    break
+                used += cost
+                for seq, ci, sign in seqs:
+                    self.seqs.append(seq)
+                    self.seq_meta.append((fi, len(kept), ci, sign))
+                kept.append(item)
+            if not kept:
+                raise ConfigError("eval", [f"the {field} benchmark has no items within the token budget; raise "
+                                           f"eval.token_budget or lower eval.bpb_share"])
+            self.items[field] = kept
+        self.eval_tokens = int(self.windows[:, 1:].numel() + sum(len(s) for s, _ in self.seqs))
+
+    @torch.inference_mode()
+    def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:
+        model.eval()
+        bs = self.spec.batch_size
+        nll = np.zeros(self.space.k)
+        for i in range(0, len(self.windows), bs):
+            batch = self.windows[i: i + bs]
+            logits = model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").sum(1).double().numpy()
+            np.add.at(nll, self.owner[i: i + bs], loss)
+        bpb = nll / math.log(2) / self.window_bytes
+        loglik = np.zeros(len(self.seqs))
+        order = sorted(range(len(self.seqs)), key=lambda j: len(self.seqs[j][0]))  # similar lengths batch well
+        for i in range(0, len(order), bs):
+            idx = order[i: i + bs]
+            width = max(len(self.seqs[j][0]) for j in idx)
+            ids = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+            for r, j in enumerate(idx):
+                s, start = self.seqs[j]
+                ids[r, : len(s)] = torch.tensor(s)
+                mask[r, start - 1: len(s) - 1] = True  # positions predicting continuation tokens
+            logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
+            tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
+            loglik[idx] = (tok * mask).sum(1).double().numpy()
+        scores, accuracy = {}, {}
+        for fi, field in enumerate(FIELDS):
+            items = self.items[field]
+            ll = np.zeros((len(items), max(len(it.choices) for it in items)))
+            for (f, item, choice, sign), value in zip(self.seq_meta, loglik):
+                if f == fi:
+                    ll[item, choice] += sign * value
+            gold = np.array([it.gold for it in items])
+            prob = np.exp(ll - ll.max(1, keepdims=True))
+            prob /= prob.sum(1, keepdims=True)
+            scores[field] = float(prob[np.arange(len(items)), gold].mean())
+            accuracy[field] = float((ll.argmax(1) == gold).mean())
+        return EvalResult({n: float(b) for n, b in zip(self.space.names, bpb)}, scores, accuracy,
+                          tokens_seen, self.eval_tokens)
+
+    def describe(self) -> dict[str, object]:
+        return {"windows_per_domain": int(np.bincount(self.owner).min()), "items": {f: len(v) for f, v in
+                self.items.items()}, "eval_tokens": self.eval_tokens}
+

@@ -1,0 +1,138 @@
+"""Training the proxy LM on a mixture: the per-domain window sampler, the learning-rate schedule and the
+flat training-segment loop (fp32, a few threads, micro-batches of ~8 sequences)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["OptimConfig", "MixtureSampler", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay over a run.
+
+    Args:
+        lr: peak learning rate.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        warmup_fraction: share of the run's steps spent warming up.
+        weight_decay: AdamW weight decay.
+        grad_clip: global gradient-norm clip (0 disables it).
+        micro_batch: sequences per optimizer step.
+        threads: torch intra-op threads.
+    """
+
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    micro_batch: int = 8
+    threads: int = 2
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.lr > 0:
+            problems.append(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.warmup_fraction < 1:
+            problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.micro_batch < 1 or self.threads < 1:
+            problems.append("micro_batch and threads must be >= 1")
+        return problems
+
+
+def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of a ``total``-step run."""
+    warm = max(1, int(total * cfg.warmup_fraction))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                             foreach=True)
+
+
+class MixtureSampler:
+    """Draws training windows of ``length`` tokens: domain ~ Categorical(weights), then the next window
+    of that domain's shuffled window order (a per-domain cursor, so text repeats only after a full pass).
+
+    Args:
+        streams: one token stream per domain.
+        length: tokens per window (sequence length + 1 for the shifted targets).
+        seed: seeds the window orders and the domain draws.
+    """
+
+    def __init__(self, streams: list[np.ndarray], length: int, seed: int) -> None:
+        self.streams = streams
+        self.length = length
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+        self.n_windows = np.array([len(s) // length for s in streams])
+        if np.any(self.n_windows == 0):
+            empty = np.flatnonzero(self.n_windows == 0).tolist()
+            raise ValueError(f"domains {empty} have fewer than {length} training tokens")
+        self.orders = [self.rng.permutation(n) for n in self.n_windows]
+        self.cursors = np.zeros(len(streams), dtype=np.int64)
+        self.drawn = np.zeros(len(streams), dtype=np.int64)
+
+    def sample(self, weights: np.ndarray, n: int) -> np.ndarray:
+        """``(n, length)`` int64 windows drawn under ``weights``."""
+        domains = self.rng.choice(len(self.streams), size=n, p=weights)
+        out = np.empty((n, self.length), dtype=np.int64)
+        for row, d in enumerate(domains):
+            w = self.orders[d][self.cursors[d] % self.n_windows[d]]
+            self.cursors[d] += 1
+            out[row] = self.streams[d][w * self.length: (w + 1) * self.length]
+        np.add.at(self.drawn, domains, 1)
+        return out
+
+
+@dataclasses.dataclass
+class SegmentStats:
+    """What one training segment did."""
+
+    tokens: int
+    steps: int
+    mean_loss: float
+    seconds: float
+    nonfinite: bool
+
+
+def train_segment(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: MixtureSampler,
+                  weights: np.ndarray, steps: int, first_step: int, total_steps: int, cfg: OptimConfig) -> SegmentStats:
+    """Train ``steps`` optimizer steps on batches drawn under ``weights``; stops early on a NaN/Inf loss."""
+    torch.set_num_threads(cfg.threads)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    losses = torch.zeros(steps)
+    for i in range(steps):
+        lr = lr_at(first_step + i, total_steps, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = torch.from_numpy(sampler.sample(weights, cfg.micro_batch))
+        logits = model(input_ids=batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+        if not torch.isfinite(loss):
+            return SegmentStats(i * batch[:, 1:].numel(), i, float("nan"), time.perf_counter() - t0, True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+        optimizer.step()
+        losses[i] = loss.detach()
+    tokens = steps * cfg.micro_batch * (sampler.length - 1)
+    return SegmentStats(tokens, steps, float(losses.mean()), time.perf_counter() - t0, False)

@@ -1,0 +1,117 @@
+"""Environment specs: ``envs/<name>.yaml`` -> :class:`EnvSpec` (one MDP variant per file)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from mixagent.base_model import BaseModelConfig
+from mixagent.config import config_hash, load_config, to_dict
+from mixagent.evaluation import EvalSpec
+from mixagent.paths import REPO_ROOT
+from mixagent.proxy import OptimConfig
+from mixagent.rewards import REWARDS
+
+__all__ = ["ActionSpec", "RewardSpec", "EnvSpec", "load_spec"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionSpec:
+    """Action -> weights mapping (``mixagent.domains.action_to_weights``).
+
+    Args:
+        temperature: softmax temperature; lower = sharper mixtures reachable from [-1, 1].
+        floor: minimum weight of every domain.
+    """
+
+    temperature: float = 0.25
+    floor: float = 0.0
+
+    def check(self) -> list[str]:
+        return [] if self.temperature > 0 and self.floor >= 0 else ["temperature must be > 0 and floor >= 0"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    """Args:
+        name: a registered reward (``mixagent.rewards.REWARDS``).
+        lam: weight of the target field in the balanced score (1 - lam for the source field).
+    """
+
+    name: str = "balanced"
+    lam: float = 0.5
+
+    def check(self) -> list[str]:
+        problems = [] if 0 <= self.lam <= 1 else [f"lam must be in [0, 1], got {self.lam}"]
+        if self.name not in REWARDS:
+            from mixagent.errors import suggest
+
+            problems.append(f"unknown reward {self.name!r}{suggest(self.name, REWARDS)}; known: {', '.join(REWARDS)}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSpec:
+    """One MDP variant.
+
+    Args:
+        name: spec name; the env id is ``mixagent/<name>-v<version>``.
+        space: domain-space YAML, relative to the repository root.
+        base_model: base-model config YAML (the episode's starting checkpoint), relative to the repo root.
+        eval: evaluation budget and benchmarks.
+        steps: re-weighting steps T per episode.
+        segment_tokens: training tokens per step.
+        initial_mixture: mixture before the first action: ``natural`` (token shares) or ``uniform``.
+        backend: ``lm`` (the real proxy LM) or ``analytic`` (a closed-form stand-in for control-flow tests).
+        action: action mapping.
+        reward: reward function.
+        optim: continual pre-training optimizer (the schedule spans the whole episode).
+        version: MDP version (bump when the MDP changes).
+    """
+
+    name: str
+    space: str
+    base_model: str
+    eval: EvalSpec
+    steps: int = 8
+    segment_tokens: int = 131072
+    initial_mixture: str = "natural"
+    backend: str = "lm"
+    action: ActionSpec = dataclasses.field(default_factory=ActionSpec)
+    reward: RewardSpec = dataclasses.field(default_factory=RewardSpec)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    version: int = 0
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be >= 1, got {self.steps}")
+        if self.segment_tokens < 1:
+            problems.append(f"segment_tokens must be >= 1, got {self.segment_tokens}")
+        if self.initial_mixture not in ("natural", "uniform"):
+            problems.append(f"initial_mixture must be 'natural' or 'uniform', got {self.initial_mixture!r}")
+        if self.backend not in ("lm", "analytic"):
+            problems.append(f"backend must be 'lm' or 'analytic', got {self.backend!r}")
+        for name in ("space", "base_model"):
+            if not (REPO_ROOT / getattr(self, name)).is_file():
+                problems.append(f"{name}: file {getattr(self, name)!r} not found under {REPO_ROOT}")
+        return problems
+
+    @property
+    def env_id(self) -> str:
+        return f"mixagent/{self.name}-v{self.version}"
+
+    def base_config(self) -> BaseModelConfig:
+        return load_config(BaseModelConfig, REPO_ROOT / self.base_model)
+
+    def space_path(self) -> Path:
+        return REPO_ROOT / self.space
+
+    def spec_hash(self) -> str:
+        """Identifies the MDP: the spec, its base-model config and its domain space file."""
+        return config_hash(to_dict(self), to_dict(self.base_config()), self.space_path().read_text())
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EnvSpec:
+    """Load and validate an env spec (all problems reported at once)."""
+    return load_config(EnvSpec, path, overrides)
