@@ -51,6 +51,7 @@ class LMBackend:
         base = get_base_model(spec.base_config())
         self.base_meta = base.meta
         self.model_config = base.model_config
+        self.tokenizer = base.tokenizer
         self.data = DomainData(space, base.tokenizer, base.tokenizer_hash)
         self.natural = self.data.natural
         self.evaluator = Evaluator(self.data, spec.eval, base.tokenizer, token_byte_lengths(base.tokenizer),

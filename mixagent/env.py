@@ -47,7 +47,8 @@ class MixingEnv(gym.Env):
 
     The change of a balanced score ``B_t = lam * target_improvement + (1 - lam) * source_improvement``
     (each relative to the start of the run; ``mixagent.rewards``), so the return is ``B_T - B_0``.
-    ``info["balanced_score"]`` holds ``B_t``; ``info["eval"]`` the raw EvalResult.
+    ``info["balanced_score"]`` holds ``B_t``; ``info["eval"]`` the raw EvalResult. Wall-clock timings of
+    the last step (not deterministic, so not in ``info``) are in ``env.unwrapped.timings``.
 
     ## Starting State
 
@@ -85,6 +86,7 @@ class MixingEnv(gym.Env):
         self.natural = DomainWeights.normalised(self.space, self.backend.natural)
         self._t = 0
         self._start: EvalResult | None = None
+        self.timings = {"train_seconds": 0.0, "eval_seconds": 0.0}
 
     @property
     def horizon(self) -> int:
@@ -118,14 +120,15 @@ class MixingEnv(gym.Env):
         t0 = time.perf_counter()
         stats = self.backend.train(weights.values, self._t)
         train_s = time.perf_counter() - t0
-        info: dict[str, Any] = {"weights": weights.to_mapping(), "train_seconds": train_s, "train_loss": stats.mean_loss,
+        self.timings = {"train_seconds": train_s, "eval_seconds": 0.0}
+        info: dict[str, Any] = {"weights": weights.to_mapping(), "train_loss": stats.mean_loss,
                                 "segment_tokens": stats.tokens, "nonfinite_loss": stats.nonfinite}
         if stats.nonfinite:
             self._start = None  # a diverged proxy cannot continue: force a reset
             return self._last_obs, 0.0, False, True, info
         t1 = time.perf_counter()
         now = self.backend.evaluate()
-        info["eval_seconds"] = time.perf_counter() - t1
+        self.timings["eval_seconds"] = time.perf_counter() - t1
         if not now.is_finite():
             info["nonfinite_loss"] = True
             self._start = None

@@ -36,7 +36,7 @@ __all__ = ["CorpusConfig", "DataConfig", "build", "corpora_dir", "read_split", "
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 @dataclasses.dataclass

@@ -240,10 +240,19 @@ def _dict_reader(package: str, dict_name: str, per_doc: int) -> Callable[[Path],
 _LICENCE_HEAD = re.compile(r"\A(?:#![^\n]*\n)?(?:#[^\n]*\n|\s*\n)*", re.M)
 
 
+_LEGAL = re.compile(r"copyright|\(c\)|licen[cs]e|warranty|\bGPL", re.I)
+_DOCSTRING = re.compile(r'\A\s*(?:[rRuU]?("""|\'\'\'))(.*?)\1', re.S)
+
+
 def _strip_licence(code: str) -> str:
+    """Drop a leading licence comment block and legal lines of the module docstring."""
     head = _LICENCE_HEAD.match(code)
-    if head and re.search(r"copyright|licen[cs]e", head.group(0), re.I):
+    if head and _LEGAL.search(head.group(0)):
         code = code[head.end():]
+    doc = _DOCSTRING.match(code)
+    if doc and _LEGAL.search(doc.group(2)):
+        kept = "\n".join(line for line in doc.group(2).split("\n") if not _LEGAL.search(line))
+        code = code[: doc.start(2)] + kept + code[doc.end(2):]
     return code.strip("\n")
 
 

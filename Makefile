@@ -1,0 +1,41 @@
+# mixagent: `make demo` and `make test` each do all set-up on a fresh machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install data base-model demo test test-slow bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	# torch first and pinned to the CPU wheel on disk; anything else would pull CUDA packages
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data: install
+	$(PY) -m mixagent.data build
+
+base-model: data
+	$(PY) -m mixagent.base_model
+
+demo: data
+	$(PY) -m mixagent.demo
+
+test: data
+	$(PY) -m pytest -q
+
+test-slow: data
+	$(PY) -m pytest -q -m slow
+
+bench: base-model
+	$(PY) benchmarks/bench_proxy.py
+	$(PY) benchmarks/bench_env_step.py
+
+lint: install
+	$(VENV)/bin/ruff check mixagent tests benchmarks examples
+
+clean:
+	rm -rf data/cache runs

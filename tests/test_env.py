@@ -1,0 +1,115 @@
+import warnings
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import mixagent
+from mixagent.backends import AnalyticBackend
+from mixagent.domains import DomainSpace
+from mixagent.env import MixingEnv
+from mixagent.errors import ActionError, DataMissingError
+from mixagent.paths import ENVS_DIR
+from mixagent.spec import load_spec
+
+
+def test_every_spec_is_registered_and_valid():
+    ids = mixagent.register_envs()
+    for path in ENVS_DIR.glob("*.yaml"):
+        spec = load_spec(path)
+        assert spec.name == path.stem and spec.env_id in ids and spec.env_id in gymnasium.registry
+        assert spec.backend == "lm"  # every shipped spec uses the real LM
+    assert {"mixagent/tiny-v0", "mixagent/math-natural-v0", "mixagent/math-2d-v0", "mixagent/math-52-v0",
+            "mixagent/code-natural-v0"} <= set(ids)
+
+
+def test_check_env_passes_without_warnings(tiny_env):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(tiny_env, skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+
+
+def _run(env, seed, actions):
+    obs, info = env.reset(seed=seed)
+    out = [(obs, 0.0, info["eval"])]
+    for a in actions:
+        obs, r, term, trunc, info = env.step(a)
+        out.append((obs, r, info["eval"]))
+    return out
+
+
+def test_same_seed_and_actions_give_bit_identical_trajectories(tiny_spec_path):
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, 4).astype(np.float32) for _ in range(3)]
+    a = _run(MixingEnv(tiny_spec_path), 7, actions)
+    b = _run(MixingEnv(tiny_spec_path), 7, actions)
+    for (o1, r1, e1), (o2, r2, e2) in zip(a, b):
+        assert o1.tobytes() == o2.tobytes() and r1 == r2 and e1 == e2
+    c = _run(MixingEnv(tiny_spec_path), 8, actions)
+    assert c[1][2]["bpb"] != a[1][2]["bpb"]  # another seed: another data order
+
+
+def test_episode_contract_and_telescoping_return(tiny_env):
+    obs, info = tiny_env.reset(seed=3)
+    assert obs.shape == (3 * 4 + 5,) and obs[-1] == 0.0
+    np.testing.assert_allclose(obs[:4], tiny_env.natural.values, rtol=1e-6)
+    total, steps, done = 0.0, 0, False
+    while not done:
+        obs, r, term, trunc, info = tiny_env.step(np.zeros(4, np.float32))
+        total, steps, done = total + r, steps + 1, term or trunc
+        assert not trunc
+    assert steps == tiny_env.horizon and obs[-1] == pytest.approx(1.0)
+    np.testing.assert_allclose(obs[:4], 0.25, rtol=1e-6)
+    assert total == pytest.approx(info["balanced_score"], abs=1e-9)
+    with pytest.raises(gymnasium.error.ResetNeeded):
+        tiny_env.step(np.zeros(4, np.float32))
+
+
+def test_target_only_training_forgets_the_source_and_learns_the_target(tiny_env):
+    _, info = tiny_env.reset(seed=0)
+    start = info["eval"]["bpb"]
+    for _ in range(tiny_env.horizon):
+        _, _, _, _, info = tiny_env.step(np.array([-1, -1, -1, 1], np.float32))
+    end = info["eval"]["bpb"]
+    assert end["math"] < start["math"] - 0.2
+    assert np.mean([end[d] - start[d] for d in ("wiki", "news", "fiction")]) > 0.05
+
+
+@pytest.mark.parametrize("action,match", [(np.zeros(3), r"expected \(4,\)"), (np.array([np.nan, 0, 0, 0]), "non-finite")])
+def test_bad_actions_raise(tiny_env, action, match):
+    tiny_env.reset(seed=0)
+    with pytest.raises(ActionError, match=match):
+        tiny_env.step(action)
+
+
+def test_nonfinite_loss_truncates_with_flag(tiny_env):
+    tiny_env.reset(seed=0)
+    with torch.no_grad():
+        tiny_env.backend.model.model.embed_tokens.weight.fill_(float("nan"))
+    obs, r, term, trunc, info = tiny_env.step(np.zeros(4, np.float32))
+    assert trunc and not term and info["nonfinite_loss"] and r == 0.0
+    assert np.all(np.isfinite(obs))
+    with pytest.raises(gymnasium.error.ResetNeeded):
+        tiny_env.step(np.zeros(4, np.float32))
+    tiny_env.reset(seed=0)  # reset restores the base weights
+    assert torch.isfinite(tiny_env.backend.model.model.embed_tokens.weight).all()
+
+
+def test_analytic_backend_runs_the_control_flow(tiny_spec_path):
+    spec = load_spec(tiny_spec_path, ["backend=analytic"])
+    space = DomainSpace.from_yaml(spec.space_path())
+    env = MixingEnv(spec, backend=AnalyticBackend(space, nan_at_step=1))
+    env.reset(seed=0)
+    _, r, term, trunc, info = env.step(np.array([-1, -1, -1, 1], np.float32))
+    assert r != 0 and not (term or trunc)
+    _, _, term, trunc, info = env.step(np.zeros(4, np.float32))
+    assert trunc and info["nonfinite_loss"]
+
+
+def test_missing_data_directory_names_the_command(tiny_spec_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXAGENT_DATA", str(tmp_path))
+    with pytest.raises(DataMissingError, match="make data"):
+        MixingEnv(tiny_spec_path)

@@ -1,0 +1,52 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mixagent.data.build import read_tasks
+from mixagent.evaluation import BenchmarkSpec, build_items
+from mixagent.tokenizer import token_byte_lengths
+
+
+def test_champ_items_come_from_held_out_problems():
+    items = build_items(BenchmarkSpec(kind="champ_mc", corpora=("math",), max_items=100))
+    val = {t["problem"]: t["answer"] for t in read_tasks("math", "val")}
+    train = {t["problem"] for t in read_tasks("math", "train")}
+    assert len(items) == len(val)
+    for it in items:
+        problem = it.context.removeprefix("Problem: ").removesuffix("\nAnswer:")
+        assert problem in val and problem not in train
+        assert it.choices[it.gold] == " " + val[problem]
+        assert len(set(it.choices)) == 4
+
+
+def test_cloze_items_are_deterministic_and_cover_corpora():
+    spec = BenchmarkSpec(kind="cloze", corpora=("wiki", "fiction", "code"), unit="sentence", max_items=30)
+    a, b = build_items(spec), build_items(spec)
+    assert a == b and len(a) == 30
+    assert {it.gold for it in a} == {0, 1, 2, 3}  # gold position is shuffled
+
+
+def test_bits_per_byte_matches_a_manual_computation(tiny_env):
+    ev = tiny_env.backend.evaluator
+    model = tiny_env.backend.model
+    tiny_env.reset(seed=0)
+    result = ev(model)
+    d = 1  # news
+    rows = ev.windows[ev.owner == d]
+    with torch.no_grad():
+        logits = model(input_ids=rows[:, :-1]).logits
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), rows[:, 1:].reshape(-1), reduction="sum")
+    lengths = token_byte_lengths(tiny_env.backend.tokenizer)
+    expected = nll.item() / math.log(2) / lengths[rows[:, 1:].numpy()].sum()
+    assert abs(result.bpb["news"] - expected) < 1e-6
+    assert 0.5 < result.bpb["news"] < 8
+
+
+def test_evaluation_respects_the_token_budget(tiny_env):
+    ev = tiny_env.backend.evaluator
+    assert ev.eval_tokens <= tiny_env.spec_.eval.token_budget
+    assert all(len(v) >= 1 for v in ev.items.values())
+    r = ev(tiny_env.backend.model)
+    assert 0 < r.scores["source"] < 1 and 0 < r.scores["target"] < 1
+    assert r.eval_tokens == ev.eval_tokens

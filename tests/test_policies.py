@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from mixagent.backends import AnalyticBackend
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.env import MixingEnv
+from mixagent.errors import ConfigError, UnknownDomainError
+from mixagent.paths import CONFIGS_DIR
+from mixagent.policies import FixedPolicy, MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy, make_policy
+from mixagent.rollout import rollout
+from mixagent.spec import load_spec
+
+
+@pytest.fixture
+def space():
+    return DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-natural.yaml")
+
+
+def _act(policy, space):
+    policy.reset(space)
+    w = policy.act(np.zeros(3 * space.k + 5, np.float32))
+    assert isinstance(w, DomainWeights) and isinstance(policy, MixingPolicy)
+    return w
+
+
+def test_baselines_give_valid_weights(space):
+    np.testing.assert_allclose(_act(UniformPolicy(), space).values, 1 / 8)
+    shares = {n: i + 1.0 for i, n in enumerate(space.names)}
+    np.testing.assert_allclose(_act(NaturalPolicy(shares), space).values, np.arange(1, 9) / 36)
+    assert _act(FixedPolicy({"math": 3, "wiki": 1}), space).to_mapping()["math"] == 0.75
+
+
+def test_replay_shares(space):
+    w = _act(ReplayPolicy(0.25), space)
+    assert w.field_share("source") == pytest.approx(0.25) and w.field_share("target") == pytest.approx(0.75)
+    np.testing.assert_allclose(w.values[:7], 0.25 / 7)
+    assert _act(make_policy("target_only"), space).to_mapping()["math"] == 1.0
+
+
+def test_bad_policy_input(space):
+    with pytest.raises(ConfigError, match="rho must be in"):
+        ReplayPolicy(1.5)
+    with pytest.raises(ConfigError, match="did you mean 'replay'"):
+        make_policy("replai")
+    with pytest.raises(UnknownDomainError, match="did you mean 'math'"):
+        _act(FixedPolicy({"maths": 1.0}), space)
+
+
+def test_rollout_in_the_env(tiny_spec_path):
+    spec = load_spec(tiny_spec_path, ["backend=analytic"])
+    env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
+    r = rollout(env, ReplayPolicy(0.5), seed=0)
+    assert len(r.steps) == spec.steps and not r.truncated
+    assert r.steps[0]["weights"]["math"] == pytest.approx(0.5, abs=1e-3)
+    assert r.ret == pytest.approx(r.steps[-1]["balanced_score"])
