@@ -27,6 +27,9 @@ def main() -> None:
     policy = ReplayPolicy(args.rho, env.natural.to_mapping())
 
     def show(info: dict) -> None:
+        if info["nonfinite_loss"]:
+            print("  the proxy diverged (NaN/Inf loss): episode truncated")
+            return
         e = info["eval"]
         print(f"  source score {e['scores']['source']:.4f}  target score {e['scores']['target']:.4f}  "
               f"balanced {info['balanced_score']:+.4f}  train loss {info['train_loss']:.3f}")

@@ -12,16 +12,18 @@ __all__ = ["register_envs", "__version__"]
 
 def register_envs() -> list[str]:
     """Register every spec in the envs directory with Gymnasium; returns the ids."""
-    import re
-
     import gymnasium
+    import yaml
 
     from mixagent.paths import ENVS_DIR
 
     ids = []
     for path in sorted(ENVS_DIR.glob("*.yaml")):
-        m = re.search(r"^version:\s*(\d+)", path.read_text(), re.M)
-        env_id = f"mixagent/{path.stem}-v{m.group(1) if m else 0}"
+        try:  # the id comes from the spec's own name and version; the full spec is validated by make()
+            head = yaml.safe_load(path.read_text()) or {}
+            env_id = f"mixagent/{head.get('name', path.stem)}-v{int(head.get('version', 0))}"
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+            env_id = f"mixagent/{path.stem}-v0"
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point="mixagent.env:MixingEnv", kwargs={"spec": str(path)},
                                disable_env_checker=False)

@@ -4,15 +4,14 @@ tests. Every default spec, the demo and the benchmarks use :class:`LMBackend`.""
 from __future__ import annotations
 
 import copy
-import time
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from mixagent.base_model import get_base_model
 from mixagent.domain_data import DomainData
 from mixagent.domains import FIELDS, DomainSpace
+from mixagent.errors import ConfigError
 from mixagent.evaluation import EvalResult, Evaluator
 from mixagent.proxy import MixtureSampler, SegmentStats, make_optimizer, train_segment
 from mixagent.spec import EnvSpec
@@ -49,7 +48,6 @@ class LMBackend:
         self.spec = spec
         self.space = space
         base = get_base_model(spec.base_config())
-        self.base_meta = base.meta
         self.model_config = base.model_config
         self.tokenizer = base.tokenizer
         self.data = DomainData(space, base.tokenizer, base.tokenizer_hash)
@@ -58,16 +56,20 @@ class LMBackend:
                                    base.model_config.seq_len)
         self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
         self.model = base.model
-        self.steps_per_segment = max(1, spec.segment_tokens // (spec.optim.micro_batch * base.model_config.seq_len))
+        per_step = spec.optim.micro_batch * base.model_config.seq_len
+        if spec.segment_tokens % per_step:
+            fit = max(1, round(spec.segment_tokens / per_step)) * per_step
+            raise ConfigError(spec.name, [f"segment_tokens ({spec.segment_tokens}) must be a multiple of "
+                                          f"micro_batch x seq_len = {per_step}; use e.g. segment_tokens={fit}"])
+        self.steps_per_segment = spec.segment_tokens // per_step
         self.total_steps = self.steps_per_segment * spec.steps
         self._base_eval: EvalResult | None = None
         self.tokens_seen = 0
-        self.eval_seconds = 0.0
 
     def reset(self, seed: int) -> EvalResult:
         self.model.load_state_dict(self.base_state)
         self.optimizer = make_optimizer(self.model, self.spec.optim)
-        self.sampler = MixtureSampler(self.data.train, self.model_config.seq_len + 1, seed)
+        self.sampler = MixtureSampler(self.data.train, self.model_config.seq_len + 1, seed, self.space.names)
         self.tokens_seen = 0
         if self._base_eval is None:  # the base model's evaluation does not depend on the seed
             self._base_eval = self.evaluator(self.model, 0)
@@ -80,10 +82,7 @@ class LMBackend:
         return stats
 
     def evaluate(self) -> EvalResult:
-        t0 = time.perf_counter()
-        result = self.evaluator(self.model, self.tokens_seen)
-        self.eval_seconds = time.perf_counter() - t0
-        return result
+        return self.evaluator(self.model, self.tokens_seen)
 
 
 class AnalyticBackend:
@@ -119,8 +118,10 @@ class AnalyticBackend:
         other_field = np.where(self.target, own[~self.target].sum(), own[self.target].sum())
         bpb = self.base * (1 - 0.3 * (1 - np.exp(-own / 2))) * (1 + 0.05 * (1 - np.exp(-other_field / 4)))
         bpb = bpb * (1 + 1e-3 * self.rng.standard_normal(self.space.k))
-        scores = {f: float(0.25 + 0.5 * (1 - bpb[self.space.field_mask(f)].mean() / self.base[self.space.field_mask(f)].mean()))
-                  for f in FIELDS}
+        scores = {}
+        for f in FIELDS:
+            mask = self.space.field_mask(f)
+            scores[f] = float(0.25 + 0.5 * (1 - bpb[mask].mean() / self.base[mask].mean()))
         return EvalResult(dict(zip(self.space.names, bpb.tolist())), scores, dict(scores), self.tokens_seen, 0)
 
 

@@ -52,7 +52,15 @@ class BaseModelConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
     def check(self) -> list[str]:
-        return [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
+        from mixagent.domains import unknown_corpora
+        from mixagent.errors import suggest
+        from mixagent.model import MODEL_SIZES
+
+        problems = [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
+        if self.size not in MODEL_SIZES:
+            problems.append(f"size {self.size!r} unknown{suggest(self.size, MODEL_SIZES)}; "
+                            f"known: {', '.join(MODEL_SIZES)}")
+        return problems + unknown_corpora(self.corpora)
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return dataclasses.replace(resolve_size(self.size), seq_len=self.seq_len, vocab_size=vocab_size)
@@ -88,7 +96,7 @@ def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseMod
         expected = meta["sha256"]
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptArtifactError(f"base model meta {meta_path} is unreadable ({exc}); rebuild it with "
-                                   f"`make base-model` (python -m mixagent.base_model --rebuild)") from None
+                                   f"`make base-model` (runs python -m mixagent.base_model --rebuild)") from None
     if not weights.exists() or _sha256(weights) != expected:
         raise CorruptArtifactError(f"base model {weights} does not match the sha256 in {meta_path}; it is corrupt "
                                    f"or was modified. Rebuild it with `make base-model` "
@@ -99,8 +107,7 @@ def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseMod
     return BaseModel(model, mcfg, tokenizer, tok_hash, meta, path)
 
 
-def get_base_model(cfg: BaseModelConfig, root: Path | None = None, build: bool = True,
-                   rebuild_corrupt: bool = False) -> BaseModel:
+def get_base_model(cfg: BaseModelConfig, root: Path | None = None, rebuild_corrupt: bool = False) -> BaseModel:
     """Load the cached base model, pre-training it first when missing.
 
     A checkpoint that fails its hash check raises :class:`CorruptArtifactError` — unless
@@ -118,8 +125,6 @@ def get_base_model(cfg: BaseModelConfig, root: Path | None = None, build: bool =
                 raise
             log.warning("base model in %s is corrupt; rebuilding", path)
             shutil.rmtree(path)
-    if not build:
-        raise CorruptArtifactError(f"no base model in {path}; build it with `make base-model`")
     return _pretrain(cfg, root, tokenizer, tok_hash, path)
 
 
@@ -128,14 +133,13 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
 
     from mixagent.domain_data import DomainData
 
-    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora] +
-                        [Domain("_unused_target", "target", [cfg.corpora[0]])])
+    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora], fields=("source",))
     data = DomainData(space, tokenizer, tok_hash, root)
     mcfg = cfg.model_config(len(tokenizer))
     model = build_model(mcfg, seed=cfg.seed)
     opt = make_optimizer(model, cfg.optim)
-    sampler = MixtureSampler(data.train[: len(cfg.corpora)], mcfg.seq_len + 1, seed=cfg.seed)
-    shares = data.natural[: len(cfg.corpora)] / data.natural[: len(cfg.corpora)].sum()
+    sampler = MixtureSampler(data.train, mcfg.seq_len + 1, seed=cfg.seed, names=space.names)
+    shares = data.natural
     total = max(1, cfg.tokens // (cfg.optim.micro_batch * mcfg.seq_len))
     chunk = max(1, min(50, total // 20))
     log.info("pre-training base model %s (%d params) on %s for %d steps", cfg.size, count_parameters(model),

@@ -20,7 +20,7 @@ import yaml
 
 from mixagent.errors import ConfigError, suggest
 
-__all__ = ["load_config", "from_dict", "to_dict", "config_hash", "parse_overrides"]
+__all__ = ["load_config", "load_yaml", "from_dict", "to_dict", "config_hash", "parse_overrides"]
 
 T = TypeVar("T")
 
@@ -36,9 +36,17 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         node = out
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r} sets a field of {'.'.join(parts[: i + 1])!r}, which another "
+                                f"override set to a plain value")
+                break
+        else:
+            try:
+                node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError as exc:
+                problems.append(f"override {item!r}: value is not valid YAML ({exc.problem})")
     if problems:
         raise ConfigError("overrides", problems)
     return out
@@ -83,8 +91,11 @@ def _convert(tp: Any, value: Any, path: str, problems: list[str]) -> Any:
         return {str(k): _convert(val_tp, v, f"{path}.{k}", problems) for k, v in value.items()}
     if tp is Any:
         return value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        problems.append(f"{path}: expected a number, got {value!r}")
+        return None
     if tp is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if tp in (int, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
@@ -145,12 +156,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         if not path.is_file():
             raise ConfigError(str(path), [f"config file {str(path)!r} does not exist; pass an existing YAML "
                                           f"file (see configs/ and envs/)"])
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = load_yaml(path)
         if not isinstance(loaded, Mapping):
             raise ConfigError(str(path), [f"top level must be a mapping, got {type(loaded).__name__}"])
         data, where = dict(loaded), str(path)
     data = _merge(data, parse_overrides(overrides))
     return from_dict(cls, data, where)
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file; a syntax error becomes a ConfigError naming the line."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(str(path), [f"not valid YAML{where}: {getattr(exc, 'problem', exc)}; fix the file's "
+                                      f"syntax (indentation, colons, brackets)"]) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

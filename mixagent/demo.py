@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) / env.spec_.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
-    (out / "table.json").write_text(json.dumps({"spec": env.spec_.name, "seeds": args.seeds, "rows": rows}, indent=2))
+    (out / "table.json").write_text(json.dumps({"spec": env.spec_.name, "spec_hash": env.spec_.spec_hash(),
+                                                "seeds": args.seeds, "rows": rows}, indent=2))
     print(f"\n{env.spec_.env_id}: {env.horizon} segments x {env.spec_.segment_tokens:,} tokens, seeds {args.seeds}; "
           f"scores = mean gold-choice probability (source: cloze, target: {env.spec_.eval.target.kind}); "
           f"balanced = {env.spec_.reward.name} (lam={env.spec_.reward.lam})\n")

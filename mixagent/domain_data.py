@@ -17,6 +17,7 @@ from mixagent.tokens import TokenizedSplit, load_tokenized
 __all__ = ["DomainData"]
 
 log = logging.getLogger(__name__)
+MIN_CLUSTER_VAL_TOKENS = 16384  # a cluster's evaluation stream is topped up to at least this many tokens
 
 
 class DomainData:
@@ -48,14 +49,28 @@ class DomainData:
                 self.val_parts.append([(tok[c]["val"].tokens, s) for c, s in zip(d.corpora, sizes / sizes.sum())])
             else:
                 lab = labels[tuple(d.corpora)]
-                self.train.append(np.concatenate([tok[c]["train"].select(i) for c, i in lab.members("train", d.cluster)]))
-                val = np.concatenate([tok[c]["val"].select(i) for c, i in lab.members("val", d.cluster)])
-                self.val_parts.append([(val, 1.0)])
+                runs = lab.members("train", d.cluster)
+                self.train.append(np.concatenate([tok[c]["train"].select(i) for c, i in runs]))
+                self.val_parts.append([(self._cluster_val(tok, lab, d.cluster), 1.0)])
         sizes = np.array([len(t) for t in self.train], dtype=np.float64)
         self.natural = sizes / sizes.sum()
 
+    @staticmethod
+    def _cluster_val(tok: dict[str, dict[str, TokenizedSplit]], lab: ClusterLabels, cluster: int) -> np.ndarray:
+        """A cluster's held-out passages; topped up with the field's nearest others when they are few."""
+        own = int((lab.labels["val"] == cluster).sum())
+        ordered = [(corpus, int(i)) for corpus, idx in lab.members("val", cluster) for i in idx]
+        parts, size = [], 0
+        for n, (corpus, i) in enumerate(ordered):  # its own passages first, then the nearest others
+            if n >= own and size >= MIN_CLUSTER_VAL_TOKENS:
+                break
+            parts.append(tok[corpus]["val"].select(np.array([i])))
+            size += len(parts[-1])
+        return np.concatenate(parts)
+
     def val_windows(self, domain: int, n_windows: int, length: int) -> np.ndarray:
-        """``(n, length)`` fixed validation windows of one domain, split across its corpora by share."""
+        """``(n, length)`` fixed validation windows of one domain: split across its corpora by share and
+        spaced evenly over each validation stream (so they cover many documents, not the first one)."""
         parts = self.val_parts[domain]
         shares = np.array([s for _, s in parts])
         counts = np.floor(shares * n_windows).astype(int)
@@ -63,5 +78,7 @@ class DomainData:
         rows = []
         for (stream, _), n in zip(parts, counts):
             n = min(int(n), len(stream) // length)
-            rows.append(np.asarray(stream[: n * length]).reshape(n, length))
-        return np.concatenate(rows).astype(np.int64)
+            if n:
+                starts = np.linspace(0, len(stream) - length, n).astype(np.int64)
+                rows.append(np.stack([stream[s: s + length] for s in starts]))
+        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, length), np.int64)

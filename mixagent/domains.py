@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import yaml
 
-from mixagent.config import from_dict
+from mixagent.config import from_dict, load_yaml
 from mixagent.errors import ActionError, ConfigError, UnknownDomainError, WeightsError, suggest
 
 __all__ = [
@@ -55,7 +53,10 @@ class Domain:
             problems.append(f"domain {self.name!r}: field must be one of {FIELDS}, got {self.field!r}")
         if not self.corpora:
             problems.append(f"domain {self.name!r}: corpora must list at least one corpus")
-        return problems
+        if self.cluster is not None:
+            problems.append(f"domain {self.name!r}: 'cluster' is set by a 'clusters' block, not by hand; "
+                            f"remove it or describe the split under 'clusters'")
+        return problems + unknown_corpora(self.corpora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,7 @@ class ClusterSpec:
             problems.append(f"clusters {self.prefix!r}: field must be one of {FIELDS}, got {self.field!r}")
         if self.k < 1:
             problems.append(f"clusters {self.prefix!r}: k must be >= 1, got {self.k}")
-        return problems
+        return problems + unknown_corpora(self.corpora)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,23 +98,32 @@ class _SpaceFile:
         return []
 
 
+def unknown_corpora(names: Sequence[str]) -> list[str]:
+    """Problems for corpus names that no source builds (with suggestions)."""
+    from mixagent.data.sources import SOURCES
+
+    return [f"unknown corpus {n!r}{suggest(n, SOURCES)}; known corpora: {', '.join(SOURCES)}"
+            for n in names if n not in SOURCES]
+
+
 class DomainSpace:
     """Ordered domains with their fields and data selectors.
 
     Args:
         name: the space's name (e.g. ``math-natural``).
         domains: ordered domains; the order defines weight and action indices.
+        fields: fields that must be present (a mixing space needs both; pre-training uses only source).
     """
 
-    def __init__(self, name: str, domains: Sequence[Domain]) -> None:
+    def __init__(self, name: str, domains: Sequence[Domain], fields: Sequence[str] = FIELDS) -> None:
         names = [d.name for d in domains]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"domain space {name!r}", [f"duplicate domain names: {dupes}"])
-        fields = {d.field for d in domains}
-        if fields != set(FIELDS):
+        present = {d.field for d in domains}
+        if not set(fields) <= present:
             raise ConfigError(f"domain space {name!r}",
-                              [f"needs at least one source and one target domain, has fields {sorted(fields)}"])
+                              [f"needs at least one source and one target domain, has fields {sorted(present)}"])
         self.name = name
         self.domains = tuple(domains)
         self.names = tuple(names)
@@ -156,9 +166,9 @@ class DomainSpace:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(str(path), [f"domain space file {str(path)!r} does not exist (see configs/spaces/)"])
-        spec = from_dict(_SpaceFile, yaml.safe_load(path.read_text()) or {}, str(path))
+        spec = from_dict(_SpaceFile, load_yaml(path), str(path))
         domains = list(spec.domains)
-        for c in spec.clusters:
+        for c in spec.clusters:  # cluster domains are made here, past Domain.check's hand-set guard
             domains += [Domain(f"{c.prefix}{i:02d}", c.field, list(c.corpora), cluster=i) for i in range(c.k)]
         return cls(spec.name, domains)
 

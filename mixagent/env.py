@@ -11,7 +11,7 @@ import numpy as np
 
 from mixagent.backends import ProxyBackend, make_backend
 from mixagent.domains import DomainSpace, DomainWeights, action_to_weights
-from mixagent.errors import ActionError
+from mixagent.errors import ActionError, ConfigError
 from mixagent.evaluation import EvalResult
 from mixagent.observation import CLIP, ObservationBuilder
 from mixagent.rewards import balanced_score, step_reward
@@ -75,8 +75,13 @@ class MixingEnv(gym.Env):
 
     def __init__(self, spec: EnvSpec | str | Path, backend: ProxyBackend | None = None,
                  overrides: tuple[str, ...] | list[str] = (), render_mode: str | None = None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError("MixingEnv", [f"render_mode {render_mode!r} is not supported; use one of "
+                                            f"{self.metadata['render_modes']} or None"])
         self.spec_ = spec if isinstance(spec, EnvSpec) else load_spec(spec, overrides)
         self.space = DomainSpace.from_yaml(self.spec_.space_path())
+        action_to_weights(self.space, np.zeros(self.space.k), self.spec_.action.temperature,
+                          self.spec_.action.floor)  # checks floor * K < 1 before any model is built
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
         self.obs_builder = ObservationBuilder(self.space)
         k = self.space.k
@@ -108,15 +113,27 @@ class MixingEnv(gym.Env):
                                 "episode_seed": episode_seed, "balanced_score": 0.0}
 
     def step(self, action):
+        try:
+            a = np.asarray(action, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ActionError(f"action {action!r} is not numeric; give {self.space.k} finite numbers in "
+                              f"[-1, 1]") from None
+        if a.shape != (self.space.k,):
+            raise ActionError(f"action has shape {a.shape}, expected ({self.space.k},): one logit per domain of "
+                              f"space {self.space.name!r}")
+        return self.step_weights(action_to_weights(self.space, a, self.spec_.action.temperature,
+                                                   self.spec_.action.floor))
+
+    def step_weights(self, weights: DomainWeights):
+        """Step with a mixture directly (what baselines and deployed policies produce), bypassing the
+        action map, which cannot express exact zeros. Returns what :meth:`step` returns."""
         if self._start is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         if self._t >= self.spec_.steps:
             raise gym.error.ResetNeeded("the episode has ended; call reset()")
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != (self.space.k,):
-            raise ActionError(f"action has shape {a.shape}, expected ({self.space.k},): one logit per domain of "
-                              f"space {self.space.name!r}")
-        weights = action_to_weights(self.space, a, self.spec_.action.temperature, self.spec_.action.floor)
+        if weights.space is not self.space and weights.space.names != self.space.names:
+            raise ConfigError("weights", [f"weights are for domains {weights.space.names[:6]}..., this env's "
+                                          f"space {self.space.name!r} has {self.space.names[:6]}..."])
         t0 = time.perf_counter()
         stats = self.backend.train(weights.values, self._t)
         train_s = time.perf_counter() - t0

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from mixagent.data.build import read_split, read_tasks
 from mixagent.domain_data import DomainData
-from mixagent.domains import FIELDS, DomainSpace
+from mixagent.domains import FIELDS, DomainSpace, unknown_corpora
 from mixagent.errors import ConfigError, suggest
 
 __all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items"]
@@ -64,6 +64,7 @@ class BenchmarkSpec:
             problems.append("choices must be >= 2 and max_items >= 1")
         if not self.corpora:
             problems.append("corpora must name at least one corpus")
+        problems += unknown_corpora(self.corpora)
         return problems
 
 
@@ -89,6 +90,8 @@ class EvalSpec:
             problems.append(f"token_budget must be >= 1024, got {self.token_budget}")
         if not 0 < self.bpb_share < 1:
             problems.append(f"bpb_share must be in (0, 1), got {self.bpb_share}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         return problems
 
 
@@ -215,8 +218,11 @@ class Evaluator:
             owners.append(np.full(len(w), d))
         self.windows = torch.from_numpy(np.concatenate(windows))
         self.owner = np.concatenate(owners)
+        # bits per byte counts only tokens that are bytes of text: EOS separators (0 bytes) are masked out
+        target_bytes = byte_lengths[self.windows[:, 1:].numpy()]
+        self.text_mask = torch.from_numpy(target_bytes > 0)
         self.window_bytes = np.zeros(k)
-        np.add.at(self.window_bytes, self.owner, byte_lengths[self.windows[:, 1:].numpy()].sum(1))
+        np.add.at(self.window_bytes, self.owner, target_bytes.sum(1))
         # benchmark candidates: (token ids, continuation start) and (field, item, choice, sign); a pmi
         # field adds each candidate once more after a bare EOS with sign -1
         eos = tokenizer.eos_token_id
@@ -258,7 +264,8 @@ class Evaluator:
         for i in range(0, len(self.windows), bs):
             batch = self.windows[i: i + bs]
             logits = model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").sum(1).double().numpy()
+            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            loss = (loss * self.text_mask[i: i + bs]).sum(1).double().numpy()
             np.add.at(nll, self.owner[i: i + bs], loss)
         bpb = nll / math.log(2) / self.window_bytes
         loglik = np.zeros(len(self.seqs))

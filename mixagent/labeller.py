@@ -56,13 +56,17 @@ def cluster_labels(corpora: list[str], k: int, root: Path | None = None, seed: i
     root = root or data_root()
     cdir = corpora_dir(root)
     hashes = {c: read_manifest(c, cdir)["files"] for c in corpora}
-    key = config_hash(LABELLER_VERSION, corpora, k, seed, {c: {f: m["sha256"] for f, m in h.items()} for c, h in hashes.items()})
+    file_hashes = {c: {f: m["sha256"] for f, m in h.items()} for c, h in hashes.items()}
+    key = config_hash(LABELLER_VERSION, corpora, k, seed, file_hashes)
     path = root / "cache" / "labels" / f"{key}.json"
     if path.exists():
         try:
             d = json.loads(path.read_text())
-            return ClusterLabels(d["corpora"], d["sizes"], d["labels"], d["eval_order"], d["top_terms"])
-        except (OSError, ValueError, KeyError) as exc:
+            body = d["body"]
+            if config_hash(body) != d["sha"]:
+                raise ValueError("checksum mismatch")
+            return ClusterLabels(body["corpora"], body["sizes"], body["labels"], body["eval_order"], body["top_terms"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("label cache %s is unusable (%s); relabelling", path, exc)
     from sklearn.cluster import KMeans
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -86,9 +90,13 @@ def cluster_labels(corpora: list[str], k: int, root: Path | None = None, seed: i
                                           rest[np.argsort(dist[rest, j], kind="stable")]]).tolist())
     terms = np.asarray(vec.get_feature_names_out())
     top_terms = [terms[np.argsort(-c)[:5]].tolist() for c in km.cluster_centers_]
+    body = {"corpora": corpora, "sizes": sizes, "labels": labels, "eval_order": eval_order, "top_terms": top_terms}
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
-        json.dump({"corpora": corpora, "sizes": sizes, "labels": labels, "eval_order": eval_order,
-                   "top_terms": top_terms}, fh)
-    Path(fh.name).rename(path)
+        tmp = Path(fh.name)
+    try:
+        tmp.write_text(json.dumps({"sha": config_hash(body), "body": body}))
+        tmp.rename(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ClusterLabels(corpora, sizes, labels, eval_order, top_terms)

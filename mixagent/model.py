@@ -56,7 +56,7 @@ def resolve_size(name: str) -> ModelConfig:
 
 
 def build_model(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
-    """A freshly initialised ``LlamaForCausalLM`` in fp32 with eager attention (fastest for tiny CPU models)."""
+    """A freshly initialised ``LlamaForCausalLM`` in fp32 (SDPA attention, the faster one on this CPU)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if cfg.check():

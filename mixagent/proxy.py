@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from mixagent.errors import DataMissingError
 
 __all__ = ["OptimConfig", "MixtureSampler", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
 
@@ -46,6 +49,9 @@ class OptimConfig:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         if self.micro_batch < 1 or self.threads < 1:
             problems.append("micro_batch and threads must be >= 1")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            problems.append(f"weight_decay and grad_clip must be >= 0 (grad_clip 0 disables clipping), got "
+                            f"{self.weight_decay}, {self.grad_clip}")
         return problems
 
 
@@ -76,17 +82,17 @@ class MixtureSampler:
         seed: seeds the window orders and the domain draws.
     """
 
-    def __init__(self, streams: list[np.ndarray], length: int, seed: int) -> None:
+    def __init__(self, streams: list[np.ndarray], length: int, seed: int, names: Sequence[str] | None = None) -> None:
         self.streams = streams
         self.length = length
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.n_windows = np.array([len(s) // length for s in streams])
         if np.any(self.n_windows == 0):
-            empty = np.flatnonzero(self.n_windows == 0).tolist()
-            raise ValueError(f"domains {empty} have fewer than {length} training tokens")
+            empty = [names[i] if names else i for i in np.flatnonzero(self.n_windows == 0)]
+            raise DataMissingError(f"domains {empty} have fewer than {length} training tokens; give them more "
+                                   f"data (corpus max_bytes, fewer clusters) or drop them from the space")
         self.orders = [self.rng.permutation(n) for n in self.n_windows]
         self.cursors = np.zeros(len(streams), dtype=np.int64)
-        self.drawn = np.zeros(len(streams), dtype=np.int64)
 
     def sample(self, weights: np.ndarray, n: int) -> np.ndarray:
         """``(n, length)`` int64 windows drawn under ``weights``."""
@@ -96,7 +102,6 @@ class MixtureSampler:
             w = self.orders[d][self.cursors[d] % self.n_windows[d]]
             self.cursors[d] += 1
             out[row] = self.streams[d][w * self.length: (w + 1) * self.length]
-        np.add.at(self.drawn, domains, 1)
         return out
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from mixagent.domains import weights_to_action
 from mixagent.env import MixingEnv
 from mixagent.evaluation import EvalResult
@@ -29,7 +27,8 @@ class Rollout:
 
 
 def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> Rollout:
-    """Run one episode; the policy's weights are turned into the env's action by the inverse mapping."""
+    """Run one episode. The policy's exact weights are trained on (``env.step_weights``); the action
+    recorded beside them is their image under the inverse action map."""
     obs, info = env.reset(seed=seed)
     policy.reset(env.space)
     start = EvalResult.from_json(info["eval"])
@@ -37,7 +36,7 @@ def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> R
     while not done:
         weights = policy.act(obs)
         action = weights_to_action(weights, env.spec_.action.temperature, env.spec_.action.floor)
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step_weights(weights)
         ret += reward
         steps.append({"action": action.tolist(), "reward": reward, **info})
         done = terminated or truncated
@@ -45,10 +44,3 @@ def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> R
             progress(info)
     return Rollout(start, steps, ret, truncated)
 
-
-def summarize(r: Rollout) -> dict[str, float]:
-    """Final source/target score, accuracy, field bits per byte and the balanced score."""
-    final = r.final
-    return {"source": final.scores["source"], "target": final.scores["target"],
-            "source_acc": final.accuracy["source"], "target_acc": final.accuracy["target"],
-            "balanced": float(r.steps[-1].get("balanced_score", np.nan)) if r.steps else 0.0}

@@ -57,3 +57,27 @@ def test_missing_required_key():
 
     with pytest.raises(ConfigError, match="missing required key 'a'"):
         from_dict(C, {"b": "y"})
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nsteps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML at line"):
+        load_spec(path)
+
+
+def test_conflicting_overrides_and_bool_for_number():
+    with pytest.raises(ConfigError, match="another override set to a plain value"):
+        parse_overrides(["optim=3", "optim.lr=1"])
+    with pytest.raises(ConfigError, match="reward.lam: expected a number, got True"):
+        load_spec(ENVS_DIR / "tiny.yaml", ["reward.lam=true"])
+
+
+def test_unknown_corpus_and_model_size():
+    with pytest.raises(ConfigError) as err:
+        load_spec(ENVS_DIR / "tiny.yaml", ["eval.source.corpora=[wikki]", "eval.batch_size=0"])
+    assert "did you mean 'wiki'" in str(err.value) and "batch_size must be >= 1" in str(err.value)
+    from mixagent.base_model import BaseModelConfig
+
+    with pytest.raises(ConfigError, match="size '0.5M' unknown"):
+        from_dict(BaseModelConfig, {"size": "0.5M"})

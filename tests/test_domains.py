@@ -73,3 +73,12 @@ def test_bad_actions(space):
         action_to_weights(space, np.array([np.inf] + [0.0] * 7))
     with pytest.raises(ConfigError, match="floor"):
         action_to_weights(space, np.zeros(8), floor=0.2)
+
+
+def test_space_file_errors(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\ndomains:\n  - {name: a, field: source, corpora: [wikii]}\n"
+                    "  - {name: b, field: target, corpora: [math], cluster: 2}\n")
+    with pytest.raises(ConfigError) as err:
+        DomainSpace.from_yaml(path)
+    assert "did you mean 'wiki'" in str(err.value) and "set by a 'clusters' block" in str(err.value)

@@ -78,7 +78,8 @@ def test_target_only_training_forgets_the_source_and_learns_the_target(tiny_env)
     assert np.mean([end[d] - start[d] for d in ("wiki", "news", "fiction")]) > 0.05
 
 
-@pytest.mark.parametrize("action,match", [(np.zeros(3), r"expected \(4,\)"), (np.array([np.nan, 0, 0, 0]), "non-finite")])
+@pytest.mark.parametrize("action,match", [(np.zeros(3), r"expected \(4,\)"), ([np.nan, 0, 0, 0], "non-finite"),
+                                          (["a", "b", "c", "d"], "not numeric")])
 def test_bad_actions_raise(tiny_env, action, match):
     tiny_env.reset(seed=0)
     with pytest.raises(ActionError, match=match):
@@ -113,3 +114,24 @@ def test_missing_data_directory_names_the_command(tiny_spec_path, tmp_path, monk
     monkeypatch.setenv("MIXAGENT_DATA", str(tmp_path))
     with pytest.raises(DataMissingError, match="make data"):
         MixingEnv(tiny_spec_path)
+
+
+def test_step_weights_trains_on_the_exact_mixture(tiny_spec_path):
+    from mixagent.policies import ReplayPolicy
+    from mixagent.rollout import rollout
+
+    spec = load_spec(tiny_spec_path, ["backend=analytic"])
+    env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
+    r = rollout(env, ReplayPolicy(0.0), seed=0)
+    assert r.steps[0]["weights"] == {"wiki": 0.0, "news": 0.0, "fiction": 0.0, "math": 1.0}
+
+
+def test_spec_problems_caught_before_training(tiny_spec_path):
+    from mixagent.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="floor"):
+        MixingEnv(tiny_spec_path, overrides=["action.floor=0.3"])
+    with pytest.raises(ConfigError, match="multiple of micro_batch x seq_len = 512"):
+        MixingEnv(tiny_spec_path, overrides=["segment_tokens=1000"])
+    with pytest.raises(ConfigError, match="render_mode 'human'"):
+        MixingEnv(tiny_spec_path, render_mode="human")

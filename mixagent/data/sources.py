@@ -7,11 +7,11 @@ Downloads go to ``raw_dir`` and are reused; a failed fetch names the package and
 
 from __future__ import annotations
 
-import base64
 import bz2
 import dataclasses
 import gzip
 import importlib.metadata
+import importlib.util
 import json
 import re
 import subprocess
@@ -49,6 +49,13 @@ class Source:
     read: Callable[[Path], tuple[str, Iterator[Document]]]  # -> (package version, documents)
 
 
+def _member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise tarfile.TarError(f"{member.name} in {tar.name} is not a regular file")
+    return fh.read()
+
+
 def _squash(text: str) -> str:
     text = re.sub(r"[ \t]+\n", "\n", text.replace("\r\n", "\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip()
@@ -69,8 +76,10 @@ def _installed(dist: str, hint: str) -> tuple[str, Path]:
     except importlib.metadata.PackageNotFoundError:
         raise SourceUnavailableError(f"python package {dist!r} is not installed; install it with: {hint}") from None
     mod = {"champ-dataset": "champ_dataset"}.get(dist, dist)
-    spec = importlib.util.find_spec(mod)  # type: ignore[attr-defined]
-    assert spec is not None and spec.origin is not None
+    spec = importlib.util.find_spec(mod)
+    if spec is None or spec.origin is None:
+        raise SourceUnavailableError(f"python package {dist!r} is installed but module {mod!r} cannot be "
+                                     f"imported; reinstall it with: {hint}")
     return version, Path(spec.origin).parent
 
 
@@ -141,9 +150,7 @@ def _read_fiction(raw: Path) -> tuple[str, Iterator[Document]]:
             # modern-spelling Gutenberg texts (the *_gut_f.txt First Folio copies would duplicate them)
             members = sorted((m for m in tar.getmembers() if m.name.endswith("_gut.txt")), key=lambda m: m.name)
             for m in members:
-                fh = tar.extractfile(m)
-                assert fh is not None
-                text = fh.read().decode("utf-8", errors="replace")
+                text = _member(tar, m).decode("utf-8", errors="replace")
                 work = Path(m.name).stem.removesuffix("_gut")
                 yield Document(f"fiction-{work}", work, _squash(text))
 
@@ -166,9 +173,7 @@ def _read_politics(raw: Path) -> tuple[str, Iterator[Document]]:
                               if m.name.startswith("package/data/") and m.name.endswith(".json")),
                              key=lambda m: m.name)
             for m in members:
-                fh = tar.extractfile(m)
-                assert fh is not None
-                rec = json.loads(fh.read())
+                rec = json.loads(_member(tar, m))
                 stem = Path(m.name).stem
                 yield Document(f"sotu-{stem}", stem, f"{rec['name']}, {rec['year']}\n\n{_squash(rec['text'])}")
 
