@@ -42,11 +42,24 @@ def bare_loop(model, optimizer, batches, clip):
     return time.perf_counter() - t0
 
 
+def run_ours(mcfg, cfg, streams, weights, steps, seed) -> float:
+    model = build_model(mcfg, seed=0)
+    sampler = MixtureSampler(streams, mcfg.seq_len + 1, seed=seed)
+    stats = train_segment(model, make_optimizer(model, cfg), sampler, weights, steps, 0, steps, cfg)
+    return stats.tokens / stats.seconds
+
+
+def run_bare(mcfg, cfg, batches) -> float:
+    model = build_model(mcfg, seed=0)
+    seconds = bare_loop(model, make_optimizer(model, cfg), batches, cfg.grad_clip)
+    return len(batches) * cfg.micro_batch * mcfg.seq_len / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", nargs="+", default=["0.5m", "2m"])
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=str(REPO_ROOT / "runs/bench/proxy.json"))
     args = parser.parse_args()
     base = load_config(BaseModelConfig, CONFIGS_DIR / "base_model/default.yaml")
@@ -61,24 +74,26 @@ def main() -> None:
         mcfg = dataclasses.replace(resolve_size(size), seq_len=base.seq_len, vocab_size=len(tok))
         ours, bare = [], []
         for rep in range(args.repeats + 1):  # the first round warms up and is discarded
-            model = build_model(mcfg, seed=0)
-            opt = make_optimizer(model, cfg)
-            sampler = MixtureSampler(data.train, mcfg.seq_len + 1, seed=rep)
-            stats = train_segment(model, opt, sampler, weights, args.steps, 0, args.steps, cfg)
             replay = MixtureSampler(data.train, mcfg.seq_len + 1, seed=rep)  # the very same batches
             batches = [torch.from_numpy(replay.sample(weights, cfg.micro_batch)) for _ in range(args.steps)]
-            model = build_model(mcfg, seed=0)
-            seconds = bare_loop(model, make_optimizer(model, cfg), batches, cfg.grad_clip)
+            if rep % 2:  # alternate the order so neither side always runs on a warmer machine
+                b = run_bare(mcfg, cfg, batches)
+                o = run_ours(mcfg, cfg, data.train, weights, args.steps, rep)
+            else:
+                o = run_ours(mcfg, cfg, data.train, weights, args.steps, rep)
+                b = run_bare(mcfg, cfg, batches)
             if rep:
-                ours.append(stats.tokens / stats.seconds)
-                bare.append(stats.tokens / seconds)
-        ratio = statistics.median(o / b for o, b in zip(ours, bare))
+                ours.append(o)
+                bare.append(b)
+        ratios = sorted(o / b for o, b in zip(ours, bare))
+        ratio = statistics.median(ratios)
         row = {"size": size, "ours_tok_s": statistics.median(ours), "bare_tok_s": statistics.median(bare),
-               "ratio": ratio, "steps": args.steps, "repeats": args.repeats, "micro_batch": cfg.micro_batch,
+               "ratio": ratio, "ratio_min": ratios[0], "ratio_max": ratios[-1], "steps": args.steps,
+               "repeats": args.repeats, "micro_batch": cfg.micro_batch,
                "seq_len": mcfg.seq_len, "threads": cfg.threads}
         results.append(row)
         print(f"{size:5s} segment {row['ours_tok_s']:8.0f} tok/s   bare loop {row['bare_tok_s']:8.0f} tok/s   "
-              f"ratio {ratio:.3f} (median of {args.repeats} paired runs)")
+              f"ratio {ratio:.3f} (median of {args.repeats} paired runs; range {ratios[0]:.3f}-{ratios[-1]:.3f})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 
