@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from mixagent.config import load_config
@@ -36,27 +37,32 @@ def compare(env: MixingEnv, policies: dict[str, MixingPolicy], seeds: list[int])
 
 
 def format_table(env: MixingEnv, results: dict[str, list[Rollout]]) -> tuple[str, list[dict]]:
-    """A markdown table (mean over seeds) and its rows."""
+    """A markdown table (mean ± standard deviation over seeds) and its rows (with per-seed values)."""
     rows = []
     for name, runs in results.items():
-        n = len(runs)
-        finals = [r.final for r in runs]
-        rows.append({
-            "policy": name,
-            "seeds": n,
-            "source_score": sum(f.scores["source"] for f in finals) / n,
-            "target_score": sum(f.scores["target"] for f in finals) / n,
-            "source_bpb": sum(f.field_bpb(env.space, "source") for f in finals) / n,
-            "target_bpb": sum(f.field_bpb(env.space, "target") for f in finals) / n,
-            "balanced": sum(r.steps[-1]["balanced_score"] for r in runs if "balanced_score" in r.steps[-1]) / n,
-        })
+        per_seed = {
+            "source_score": [r.final.scores["source"] for r in runs],
+            "target_score": [r.final.scores["target"] for r in runs],
+            "source_bpb": [r.final.field_bpb(env.space, "source") for r in runs],
+            "target_bpb": [r.final.field_bpb(env.space, "target") for r in runs],
+            "balanced": [r.steps[-1].get("balanced_score", float("nan")) for r in runs],
+        }
+        row: dict = {"policy": name, "seeds": len(runs), "per_seed": per_seed}
+        for key, values in per_seed.items():
+            row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
+        rows.append(row)
+
+    def cell(row: dict, key: str, fmt: str) -> str:
+        return f"{row[key]:{fmt}}" + (f" ± {row[key + '_std']:.4f}" if row["seeds"] > 1 else "")
+
     start = next(iter(results.values()))[0].start
     lines = ["| policy | source score | target score | source bpb | target bpb | balanced score |",
              "|---|---:|---:|---:|---:|---:|",
              f"| (base model, start) | {start.scores['source']:.4f} | {start.scores['target']:.4f} | "
              f"{start.field_bpb(env.space, 'source'):.4f} | {start.field_bpb(env.space, 'target'):.4f} | 0 |"]
-    lines += [f"| {r['policy']} | {r['source_score']:.4f} | {r['target_score']:.4f} | {r['source_bpb']:.4f} | "
-              f"{r['target_bpb']:.4f} | {r['balanced']:+.4f} |" for r in rows]
+    lines += [f"| {r['policy']} | {cell(r, 'source_score', '.4f')} | {cell(r, 'target_score', '.4f')} | "
+              f"{cell(r, 'source_bpb', '.4f')} | {cell(r, 'target_bpb', '.4f')} | {cell(r, 'balanced', '+.4f')} |"
+              for r in rows]
     return "\n".join(lines), rows
 
 
