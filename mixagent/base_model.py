@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mixagent.config import config_hash, load_config, to_dict
 from mixagent.domains import Domain, DomainSpace
 from mixagent.errors import CorruptArtifactError, MixagentError
 from mixagent.model import ModelConfig, build_model, count_parameters, resolve_size
-from mixagent.paths import CONFIGS_DIR, data_root
+from mixagent.paths import CONFIGS_DIR, data_root, staged_dir
 from mixagent.proxy import MixtureSampler, OptimConfig, make_optimizer, train_segment
 from mixagent.tokenizer import TokenizerConfig, get_tokenizer, tokenizer_dir
 
@@ -157,15 +156,14 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
             losses.append(stats.mean_loss)
             bar.update(stats.tokens)
             bar.set_postfix(loss=f"{stats.mean_loss:.3f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent))
-    save_model(model, str(tmp / "model.safetensors"))
-    meta = {"config": to_dict(cfg), "model_config": dataclasses.asdict(mcfg), "parameters": count_parameters(model),
-            "tokenizer_hash": tok_hash, "tokens": total * cfg.optim.micro_batch * mcfg.seq_len,
-            "final_loss": losses[-1], "seconds": round(time.time() - t0, 1),
-            "sha256": _sha256(tmp / "model.safetensors"), "torch": torch.__version__}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(path)
+    with staged_dir(path) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        meta = {"config": to_dict(cfg), "model_config": dataclasses.asdict(mcfg),
+                "parameters": count_parameters(model), "tokenizer_hash": tok_hash,
+                "tokens": total * cfg.optim.micro_batch * mcfg.seq_len, "final_loss": losses[-1],
+                "seconds": round(time.time() - t0, 1), "sha256": _sha256(tmp / "model.safetensors"),
+                "torch": torch.__version__}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log.info("base model saved to %s (loss %.3f, %.0fs)", path, losses[-1], time.time() - t0)
     return BaseModel(model, mcfg, tokenizer, tok_hash, meta, path)
 

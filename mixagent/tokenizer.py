@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 from mixagent.config import config_hash, to_dict
 from mixagent.data.build import corpora_dir, read_manifest, read_split
 from mixagent.errors import ConfigError, CorruptArtifactError
-from mixagent.paths import data_root
+from mixagent.paths import data_root, staged_dir
 
 __all__ = ["TokenizerConfig", "get_tokenizer", "token_byte_lengths", "EOS"]
 
@@ -84,13 +83,11 @@ def get_tokenizer(cfg: TokenizerConfig | None = None, root: Path | None = None):
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=[EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_sample(cfg, corpora_dir(root or data_root())), trainer=trainer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
-    tok.save(str(tmp / "tokenizer.json"))
-    meta = {"config": to_dict(cfg), "file_hash": config_hash((tmp / "tokenizer.json").read_text()),
-            "vocab_size": tok.get_vocab_size()}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    tmp.rename(out)
+    with staged_dir(out) as tmp:
+        tok.save(str(tmp / "tokenizer.json"))
+        meta = {"config": to_dict(cfg), "file_hash": config_hash((tmp / "tokenizer.json").read_text()),
+                "vocab_size": tok.get_vocab_size()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     return PreTrainedTokenizerFast(tokenizer_file=str(out / "tokenizer.json"), eos_token=EOS)
 
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import numpy as np
 from mixagent.config import config_hash
 from mixagent.data.build import SPLITS, corpora_dir, read_manifest, read_split
 from mixagent.errors import CorruptArtifactError
-from mixagent.paths import data_root
+from mixagent.paths import data_root, staged_dir
 
 __all__ = ["TokenizedSplit", "load_tokenized"]
 
@@ -77,17 +76,15 @@ def load_tokenized(corpus: str, tokenizer, tokenizer_hash: str, root: Path | Non
         except (OSError, ValueError, KeyError, CorruptArtifactError) as exc:
             log.warning("tokenized cache %s is unusable (%s); re-encoding", out, exc)
             shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
     meta = {}
     result = {}
-    for s in SPLITS:
-        tokens, offsets = _encode(tokenizer, [p["text"] for p in read_split(corpus, s, cdir)])
-        np.save(tmp / f"{s}.tokens.npy", tokens)
-        np.save(tmp / f"{s}.offsets.npy", offsets)
-        meta[s] = _digest(tokens, offsets)
-        result[s] = TokenizedSplit(tokens, offsets)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    tmp.rename(out)
+    with staged_dir(out) as tmp:
+        for s in SPLITS:
+            tokens, offsets = _encode(tokenizer, [p["text"] for p in read_split(corpus, s, cdir)])
+            np.save(tmp / f"{s}.tokens.npy", tokens)
+            np.save(tmp / f"{s}.offsets.npy", offsets)
+            meta[s] = _digest(tokens, offsets)
+            result[s] = TokenizedSplit(tokens, offsets)
+        (tmp / "meta.json").write_text(json.dumps(meta))
     log.info("tokenized %s: %s tokens", corpus, {s: len(result[s].tokens) for s in SPLITS})
     return result
