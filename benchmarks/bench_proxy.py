@@ -2,7 +2,7 @@
 the same token batches (same AdamW and gradient clipping; the bare loop has no sampler, no learning-rate
 schedule and no NaN check). Both run in this process, interleaved, so machine noise hits both alike.
 
-    python benchmarks/bench_proxy.py [--sizes 0.5m 2m] [--steps 60] [--repeats 5]
+    python benchmarks/bench_proxy.py [--sizes 0.5m 2m] [--steps 60] [--repeats 7]
 """
 
 from __future__ import annotations

@@ -118,12 +118,16 @@ def _build(cls: type[T], data: Any, path: str, problems: list[str]) -> T:
     kwargs = {}
     for name, f in fields.items():
         where = f"{path}.{name}" if path else name
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], where, problems)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            value = _convert(hints[name], data[name], where, problems)
+            if value is None and not _optional(hints[name]):
+                if not has_default:
+                    return None  # type: ignore[return-value]  # recorded above; nothing to check further
+                continue  # recorded above; build with the default so the other checks still run
+            kwargs[name] = value
+        elif not has_default:
             problems.append(f"missing required key {where!r} ({_type_name(hints[name])})")
-    if any(v is None and not _optional(hints[k]) for k, v in kwargs.items()):
-        return None  # type: ignore[return-value]  # a type problem was recorded above
     try:
         obj = cls(**kwargs)
     except TypeError:

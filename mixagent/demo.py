@@ -45,9 +45,11 @@ def format_table(env: MixingEnv, results: dict[str, list[Rollout]]) -> tuple[str
             "target_score": [r.final.scores["target"] for r in runs],
             "source_bpb": [r.final.field_bpb(env.space, "source") for r in runs],
             "target_bpb": [r.final.field_bpb(env.space, "target") for r in runs],
-            "balanced": [r.steps[-1].get("balanced_score", float("nan")) for r in runs],
+            "balanced": [r.balanced for r in runs],
         }
-        row: dict = {"policy": name, "seeds": len(runs), "per_seed": per_seed}
+        diverged = sum(r.truncated for r in runs)
+        label = f"{name} ({diverged} of {len(runs)} diverged)" if diverged else name
+        row: dict = {"policy": label, "seeds": len(runs), "diverged": diverged, "per_seed": per_seed}
         for key, values in per_seed.items():
             row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
         rows.append(row)

@@ -95,7 +95,9 @@ class _SpaceFile:
     def check(self) -> list[str]:
         if not self.domains and not self.clusters:
             return ["a domain space needs 'domains' or 'clusters'"]
-        return []
+        groups = [tuple(c.corpora) for c in self.clusters]
+        return [f"clusters: two blocks cluster the same corpora {list(g)}; merge them into one block with the "
+                f"total k" for g in sorted(set(groups)) if groups.count(g) > 1]
 
 
 def unknown_corpora(names: Sequence[str]) -> list[str]:
@@ -202,6 +204,9 @@ class DomainWeights:
         if abs(arr.sum() - 1.0) > WEIGHT_TOL:
             raise WeightsError(f"weights sum to {arr.sum():.8f}, expected 1 (tolerance {WEIGHT_TOL}); "
                                f"normalise them or use DomainWeights.normalised(...)")
+        # within tolerance is accepted; what is stored is exact (samplers reject even tiny deviations)
+        arr = np.maximum(arr, max(floor, 0.0))
+        arr = arr / arr.sum()
         arr.setflags(write=False)
         self.space = space
         self.values = arr

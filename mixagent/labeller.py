@@ -72,8 +72,9 @@ def cluster_labels(corpora: list[str], k: int, root: Path | None = None, seed: i
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     log.info("clustering %s into %d domains (TF-IDF + k-means)", "+".join(corpora), k)
-    texts = {s: [p["text"] for c in corpora for p in read_split(c, s, cdir)] for s in ("train", "val", "test")}
-    sizes = {s: {c: len(read_split(c, s, cdir)) for c in corpora} for s in ("train", "val", "test")}
+    splits = {s: {c: [p["text"] for p in read_split(c, s, cdir)] for c in corpora} for s in ("train", "val", "test")}
+    texts = {s: [t for c in corpora for t in splits[s][c]] for s in splits}
+    sizes = {s: {c: len(splits[s][c]) for c in corpora} for s in splits}
     vec = TfidfVectorizer(max_features=20000, sublinear_tf=True, stop_words="english", min_df=2, dtype=np.float32)
     x_train = vec.fit_transform(texts["train"])
     km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x_train)

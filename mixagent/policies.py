@@ -97,7 +97,10 @@ class ReplayPolicy(_Constant):
         w = np.zeros(space.k)
         for field, share in (("source", self.rho), ("target", 1.0 - self.rho)):
             mask = space.field_mask(field)
-            w[mask] = share * base[mask] / base[mask].sum()
+            if share > 0 and base[mask].sum() <= 0:
+                raise ConfigError("ReplayPolicy", [f"shares give no weight to any {field}-field domain "
+                                                   f"({', '.join(np.asarray(space.names)[mask])}); add them to shares"])
+            w[mask] = share * base[mask] / base[mask].sum() if share > 0 else 0.0
         return DomainWeights.normalised(space, w)
 
 

@@ -23,7 +23,15 @@ class Rollout:
 
     @property
     def final(self) -> EvalResult:
-        return EvalResult.from_json(self.steps[-1]["eval"]) if self.steps and "eval" in self.steps[-1] else self.start
+        """The last evaluation that happened (before a divergence, if the run was truncated)."""
+        done = [s["eval"] for s in self.steps if "eval" in s]
+        return EvalResult.from_json(done[-1]) if done else self.start
+
+    @property
+    def balanced(self) -> float:
+        """The last balanced score reached."""
+        done = [s["balanced_score"] for s in self.steps if "balanced_score" in s]
+        return done[-1] if done else 0.0
 
 
 def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> Rollout:

@@ -31,6 +31,12 @@ def test_nested_unknown_key_and_bad_values_reported_together():
     assert "did you mean 'cloze'" in problems
 
 
+def test_type_error_does_not_hide_other_problems():
+    with pytest.raises(ConfigError) as err:
+        load_spec(ENVS_DIR / "tiny.yaml", ["optim.lr=abc", "steps=0"])
+    assert len(err.value.problems) == 2 and "steps must be >= 1" in str(err.value)
+
+
 def test_wrong_type_names_the_field():
     with pytest.raises(ConfigError, match=r"segment_tokens: expected int, got 'lots'"):
         load_spec(ENVS_DIR / "tiny.yaml", ["segment_tokens=lots"])

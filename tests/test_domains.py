@@ -49,6 +49,12 @@ def test_bad_weights_raise(space, values, match):
         DomainWeights(space, values)
 
 
+def test_weights_within_tolerance_are_stored_exactly(space):
+    w = DomainWeights(space, [0.25 + 1e-6, -5e-7] + [0.125] * 6)
+    assert w.values.min() >= 0 and w.values.sum() == pytest.approx(1.0, abs=1e-15)
+    np.random.default_rng(0).choice(8, p=w.values)  # numpy's strict check accepts it
+
+
 def test_weights_name_the_bad_domain(space):
     with pytest.raises(WeightsError, match="wiki"):
         DomainWeights(space, [-0.1, 0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1])

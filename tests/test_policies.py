@@ -42,6 +42,8 @@ def test_bad_policy_input(space):
         ReplayPolicy(1.5)
     with pytest.raises(ConfigError, match="did you mean 'replay'"):
         make_policy("replai")
+    with pytest.raises(ConfigError, match="no weight to any target-field domain"):
+        _act(ReplayPolicy(0.5, {"wiki": 1.0}), space)
     with pytest.raises(UnknownDomainError, match="did you mean 'math'"):
         _act(FixedPolicy({"maths": 1.0}), space)
 

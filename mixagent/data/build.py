@@ -38,7 +38,7 @@ __all__ = ["CorpusConfig", "DataConfig", "build", "corpora_dir", "read_split", "
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
-BUILD_VERSION = 3
+BUILD_VERSION = 4
 
 
 @dataclasses.dataclass
@@ -215,7 +215,7 @@ def build(data: DataConfig, root: Path | None = None, force: bool = False) -> Pa
     if final.exists() and not force:
         try:
             info = json.loads((final / "BUILD.json").read_text())
-            if info.get("config_hash") == want:
+            if info.get("config_hash") == want and not info.get("skipped"):  # retry skipped sources
                 for name in info["corpora"]:
                     read_manifest(name, final, verify=True)
                 log.info("corpora up to date in %s (config %s); skipping", final, want)

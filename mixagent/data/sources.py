@@ -245,15 +245,21 @@ def _dict_reader(package: str, dict_name: str, per_doc: int) -> Callable[[Path],
 _LICENCE_HEAD = re.compile(r"\A(?:#![^\n]*\n)?(?:#[^\n]*\n|\s*\n)*", re.M)
 
 
-_LEGAL = re.compile(r"copyright|\(c\)|licen[cs]e|warranty|\bGPL", re.I)
+_LEGAL = re.compile(r"copyright|\(c\)|licen[cs]e|warranty|\bGPL|all rights reserved|permission to use|"
+                    r"permission is hereby", re.I)
 _DOCSTRING = re.compile(r'\A\s*(?:[rRuU]?("""|\'\'\'))(.*?)\1', re.S)
+_COMMENT_BLOCK = re.compile(r"(?:^[ \t]*#[^\n]*\n)+", re.M)
+_COPYRIGHT_ASSIGN = re.compile(r'^__copyright__\s*=\s*(?:"""|\'\'\').*?(?:"""|\'\'\')\s*\n', re.M | re.S)
 
 
 def _strip_licence(code: str) -> str:
-    """Drop a leading licence comment block and legal lines of the module docstring."""
+    """Drop licence boilerplate: comment blocks that carry legal text (anywhere in the file), a
+    ``__copyright__`` string, and legal lines of the module docstring."""
     head = _LICENCE_HEAD.match(code)
     if head and _LEGAL.search(head.group(0)):
         code = code[head.end():]
+    code = _COMMENT_BLOCK.sub(lambda m: "" if _LEGAL.search(m.group(0)) else m.group(0), code)
+    code = _COPYRIGHT_ASSIGN.sub("", code)
     doc = _DOCSTRING.match(code)
     if doc and _LEGAL.search(doc.group(2)):
         kept = "\n".join(line for line in doc.group(2).split("\n") if not _LEGAL.search(line))
