@@ -11,7 +11,7 @@ import numpy as np
 
 from mixagent.backends import ProxyBackend, make_backend
 from mixagent.domains import DomainSpace, DomainWeights, action_to_weights
-from mixagent.errors import ActionError, ConfigError
+from mixagent.errors import ActionError, ConfigError, WeightsError
 from mixagent.evaluation import EvalResult
 from mixagent.observation import CLIP, ObservationBuilder
 from mixagent.rewards import balanced_score, step_reward
@@ -132,8 +132,9 @@ class MixingEnv(gym.Env):
         if self._t >= self.spec_.steps:
             raise gym.error.ResetNeeded("the episode has ended; call reset()")
         if weights.space is not self.space and weights.space.names != self.space.names:
-            raise ConfigError("weights", [f"weights are for domains {weights.space.names[:6]}..., this env's "
-                                          f"space {self.space.name!r} has {self.space.names[:6]}..."])
+            raise WeightsError(f"weights are for space {weights.space.name!r} ({', '.join(weights.space.names[:6])}"
+                               f"...), this env's space {self.space.name!r} has {', '.join(self.space.names[:6])}...; "
+                               f"build them with DomainWeights(env.space, ...)")
         t0 = time.perf_counter()
         stats = self.backend.train(weights.values, self._t)
         train_s = time.perf_counter() - t0

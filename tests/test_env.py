@@ -135,3 +135,16 @@ def test_spec_problems_caught_before_training(tiny_spec_path):
         MixingEnv(tiny_spec_path, overrides=["segment_tokens=1000"])
     with pytest.raises(ConfigError, match="render_mode 'human'"):
         MixingEnv(tiny_spec_path, render_mode="human")
+
+
+def test_step_weights_refuses_another_space(tiny_spec_path):
+    from mixagent.domains import DomainWeights
+    from mixagent.errors import WeightsError
+    from mixagent.paths import CONFIGS_DIR
+
+    spec = load_spec(tiny_spec_path, ["backend=analytic"])
+    env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
+    env.reset(seed=0)
+    other = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-2d.yaml")
+    with pytest.raises(WeightsError, match="this env's space 'tiny'"):
+        env.step_weights(DomainWeights(other, [0.5, 0.5]))
