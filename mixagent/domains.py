@@ -23,6 +23,7 @@ __all__ = [
     "DomainSpace",
     "DomainWeights",
     "action_to_weights",
+    "check_action_mapping",
     "weights_to_action",
     "FIELDS",
 ]
@@ -240,7 +241,8 @@ class DomainWeights:
         return f"DomainWeights({shown}{', ...' if self.space.k > 8 else ''})"
 
 
-def _check_mapping(k: int, temperature: float, floor: float) -> None:
+def check_action_mapping(k: int, temperature: float, floor: float) -> None:
+    """Raise ConfigError unless ``temperature > 0`` and ``0 <= floor * k < 1``."""
     if temperature <= 0:
         raise ConfigError("action mapping", [f"temperature must be > 0, got {temperature}"])
     if not 0 <= floor * k < 1:
@@ -254,7 +256,7 @@ def action_to_weights(space: DomainSpace, action: np.ndarray | Sequence[float],
 
     Actions live in ``[-1, 1]^K`` (what d3rlpy's continuous policies emit); values outside are clipped.
     """
-    _check_mapping(space.k, temperature, floor)
+    check_action_mapping(space.k, temperature, floor)
     a = np.asarray(action, dtype=np.float64)
     if a.shape != (space.k,):
         raise ActionError(f"action has shape {a.shape}, expected ({space.k},) — one entry per domain of "
@@ -272,7 +274,7 @@ def action_to_weights(space: DomainSpace, action: np.ndarray | Sequence[float],
 def weights_to_action(weights: DomainWeights, temperature: float = 0.25, floor: float = 0.0) -> np.ndarray:
     """Inverse of :func:`action_to_weights`, exact when the weights' log-ratios fit in the action range."""
     k = weights.space.k
-    _check_mapping(k, temperature, floor)
+    check_action_mapping(k, temperature, floor)
     p = np.clip((weights.values - floor) / (1.0 - k * floor), 1e-12, None)
     logits = temperature * np.log(p)
     logits -= (logits.max() + logits.min()) / 2.0

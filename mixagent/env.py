@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from mixagent.backends import ProxyBackend, make_backend
-from mixagent.domains import DomainSpace, DomainWeights, action_to_weights
+from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
 from mixagent.errors import ActionError, ConfigError, WeightsError
 from mixagent.evaluation import EvalResult
 from mixagent.observation import CLIP, ObservationBuilder
@@ -80,8 +80,7 @@ class MixingEnv(gym.Env):
                                             f"{self.metadata['render_modes']} or None"])
         self.spec_ = spec if isinstance(spec, EnvSpec) else load_spec(spec, overrides)
         self.space = DomainSpace.from_yaml(self.spec_.space_path())
-        action_to_weights(self.space, np.zeros(self.space.k), self.spec_.action.temperature,
-                          self.spec_.action.floor)  # checks floor * K < 1 before any model is built
+        check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
         self.obs_builder = ObservationBuilder(self.space)
         k = self.space.k
