@@ -35,6 +35,13 @@ class ProxyBackend(Protocol):
     def evaluate(self) -> EvalResult:
         """Evaluate the current proxy."""
 
+    def state(self) -> dict:
+        """An in-memory copy of everything :meth:`train` mutates (weights, optimizer, data cursors), so a
+        run can fork: branching collection restores it to continue one prefix with several actions."""
+
+    def load_state(self, state: dict) -> None:
+        """Restore a :meth:`state` copy exactly (the continuation is bit-identical to an unforked run)."""
+
 
 class LMBackend:
     """The real thing: a Llama-style proxy continually pre-trained on real text.
@@ -55,6 +62,7 @@ class LMBackend:
         self.evaluator = Evaluator(self.data, spec.eval, base.tokenizer, token_byte_lengths(base.tokenizer),
                                    base.model_config.seq_len)
         self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
+        self.base_id = f"{base.path.name}:{base.meta['sha256'][:16]}"  # config hash : checkpoint hash
         self.model = base.model
         per_step = spec.optim.micro_batch * base.model_config.seq_len
         if spec.segment_tokens % per_step:
@@ -84,6 +92,20 @@ class LMBackend:
     def evaluate(self) -> EvalResult:
         return self.evaluator(self.model, self.tokens_seen)
 
+    def state(self) -> dict:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "sampler": (copy.deepcopy(self.sampler.rng.bit_generator.state), self.sampler.cursors.copy()),
+                "tokens_seen": self.tokens_seen}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        rng_state, cursors = state["sampler"]
+        self.sampler.rng.bit_generator.state = copy.deepcopy(rng_state)
+        self.sampler.cursors = cursors.copy()
+        self.tokens_seen = state["tokens_seen"]
+
 
 class AnalyticBackend:
     """A closed-form proxy for unit tests of the env's control flow (no LM, microseconds per step).
@@ -99,6 +121,7 @@ class AnalyticBackend:
         self.nan_at_step = nan_at_step
         self.base = 2.0 + 0.1 * np.arange(space.k)
         self.target = space.field_mask("target")
+        self.base_id = "analytic"
 
     def reset(self, seed: int) -> EvalResult:
         self.rng = np.random.Generator(np.random.PCG64(seed))
@@ -123,6 +146,15 @@ class AnalyticBackend:
             mask = self.space.field_mask(f)
             scores[f] = float(0.25 + 0.5 * (1 - bpb[mask].mean() / self.base[mask].mean()))
         return EvalResult(dict(zip(self.space.names, bpb.tolist())), scores, dict(scores), self.tokens_seen, 0)
+
+    def state(self) -> dict:
+        return {"rng": copy.deepcopy(self.rng.bit_generator.state), "seen": self.seen.copy(),
+                "tokens_seen": self.tokens_seen}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = copy.deepcopy(state["rng"])
+        self.seen = state["seen"].copy()
+        self.tokens_seen = state["tokens_seen"]
 
 
 def make_backend(spec: EnvSpec, space: DomainSpace) -> ProxyBackend:

@@ -158,6 +158,21 @@ class MixingEnv(gym.Env):
         info.update(eval=now.to_json(), balanced_score=balanced_score(r.name, r.lam, self._start, now, self.space))
         return obs, float(reward), self._t >= self.spec_.steps, False, info
 
+    def snapshot(self) -> dict:
+        """Everything a later :meth:`restore` needs to continue this episode from the current step
+        (proxy weights, optimizer, data cursors, start/previous evaluations). In memory only."""
+        if self._start is None:
+            raise gym.error.ResetNeeded("nothing to snapshot: call reset() first (or the episode diverged)")
+        return {"backend": self.backend.state(), "t": self._t, "start": self._start, "prev": self._prev,
+                "weights": self._weights, "obs": self._last_obs.copy()}
+
+    def restore(self, snap: dict) -> np.ndarray:
+        """Return to a :meth:`snapshot` (which stays reusable); returns the observation at that step."""
+        self.backend.load_state(snap["backend"])
+        self._t, self._start, self._prev, self._weights = snap["t"], snap["start"], snap["prev"], snap["weights"]
+        self._last_obs = snap["obs"].copy()
+        return self._last_obs.copy()
+
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self._start is None:
             return None

@@ -14,6 +14,11 @@ __all__ = [
     "DataMissingError",
     "SourceUnavailableError",
     "CorruptArtifactError",
+    "TrajectoryFormatError",
+    "SchemaVersionError",
+    "ResumeMismatchError",
+    "StoreWriteError",
+    "CollectWorkerError",
     "suggest",
 ]
 
@@ -57,6 +62,26 @@ class SourceUnavailableError(MixagentError, RuntimeError):
 
 class CorruptArtifactError(MixagentError, RuntimeError):
     """A cached file does not match the hash recorded when it was written."""
+
+
+class TrajectoryFormatError(CorruptArtifactError):
+    """A trajectory file or run manifest is corrupt, cut off or does not match its recorded checksum."""
+
+
+class SchemaVersionError(MixagentError, ValueError):
+    """A trajectory run or policy artifact was written with a schema version this code does not read."""
+
+
+class ResumeMismatchError(MixagentError, ValueError):
+    """``--resume`` was asked for a run whose recorded config or environment differs from the current one."""
+
+
+class StoreWriteError(MixagentError, OSError):
+    """Writing to a trajectory run failed (disk full, permissions); finished trajectories are left intact."""
+
+
+class CollectWorkerError(MixagentError, RuntimeError):
+    """A collection worker raised or died; the message carries its traceback or exit code."""
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

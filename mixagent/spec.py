@@ -108,8 +108,11 @@ class EnvSpec:
         return REPO_ROOT / self.space
 
     def spec_hash(self) -> str:
-        """Identifies the MDP: the spec, its base-model config and its domain space file."""
-        return config_hash(to_dict(self), to_dict(self.base_config()), self.space_path().read_text())
+        """Identifies the MDP: the spec, its base-model config and its domain space file. ``optim.threads``
+        is left out: it changes speed, not results (tests/test_env.py checks 1 vs 2 threads bit for bit)."""
+        spec = to_dict(self)
+        spec["optim"].pop("threads")
+        return config_hash(spec, to_dict(self.base_config()), self.space_path().read_text())
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EnvSpec:

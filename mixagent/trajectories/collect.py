@@ -1,0 +1,287 @@
+"""``make collect-trajectories``: collect branching trees of behaviour-policy trajectories into a run.
+
+The driver plans workers and threads, opens (or resumes) the run, hands trees to a launcher and writes
+every event the workers stream back; it is the run's only writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import mixagent
+from mixagent.behaviour import BehaviourMix, BehaviourSpec
+from mixagent.config import to_dict
+from mixagent.env import MixingEnv
+from mixagent.errors import ConfigError, ResumeMismatchError
+from mixagent.paths import REPO_ROOT
+from mixagent.spec import load_spec
+from mixagent.trajectories.launchers import LAUNCHERS, InlineLauncher, Launcher, cpu_count
+from mixagent.trajectories.store import Run, RunWriter, atomic_write_json
+from mixagent.trajectories.tree import TreeConfig, TreeRunner, WorkerSetup, spec_identity, trajectory_id
+
+__all__ = ["CollectConfig", "CollectSummary", "collect", "plan_workers", "run_stats", "format_stats"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectConfig:
+    """A trajectory collection job (``configs/collect/*.yaml``).
+
+    Args:
+        run: run name: the directory ``<out_dir>/<run>``.
+        env: env spec YAML, relative to the repository root.
+        env_overrides: ``key=value`` overrides applied to the env spec.
+        trees: root episodes; each grows ``tree.factor ** len(tree.branch_at)`` trajectories.
+        seed: seeds every episode's data order and every behaviour draw.
+        tree: the branching shape (empty ``branch_at`` = independent rollouts).
+        behaviours: the behaviour mix (``mixagent.behaviour``).
+        launcher: ``local`` (worker processes), ``ray`` or ``inline`` (in this process).
+        workers: workers to run; 0 = one per core, at most one per tree.
+        threads_per_worker: torch threads per worker; 0 = cores // workers. Results do not depend on it.
+        address: Ray cluster address for ``launcher: ray``; empty starts a local Ray.
+        out_dir: directory of runs, relative to the repository root (or absolute).
+    """
+
+    run: str
+    env: str = "envs/math-natural.yaml"
+    env_overrides: tuple[str, ...] = ()
+    trees: int = 1
+    seed: int = 0
+    tree: TreeConfig = dataclasses.field(default_factory=TreeConfig)
+    behaviours: tuple[BehaviourSpec, ...] = (BehaviourSpec("dirichlet"),)
+    launcher: str = "local"
+    workers: int = 0
+    threads_per_worker: int = 0
+    address: str = ""
+    out_dir: str = "trajectories"
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.run or "/" in self.run or self.run.startswith("."):
+            problems.append(f"run must be a plain directory name, got {self.run!r}")
+        if self.trees < 1:
+            problems.append(f"trees must be >= 1, got {self.trees}")
+        if self.launcher not in LAUNCHERS:
+            from mixagent.errors import suggest
+
+            problems.append(f"launcher {self.launcher!r} unknown{suggest(self.launcher, LAUNCHERS)}; use one of "
+                            f"{', '.join(LAUNCHERS)}")
+        if self.workers < 0 or self.threads_per_worker < 0:
+            problems.append("workers and threads_per_worker must be >= 0 (0 = automatic)")
+        if not (REPO_ROOT / self.env).is_file():
+            problems.append(f"env: file {self.env!r} not found under {REPO_ROOT} (see envs/)")
+        if self.address and self.launcher != "ray":
+            problems.append(f"address is only used by launcher 'ray' (launcher is {self.launcher!r})")
+        return problems + [p for b in self.behaviours for p in b.check()]
+
+    @property
+    def run_dir(self) -> Path:
+        return (REPO_ROOT / self.out_dir / self.run).resolve()
+
+
+def plan_workers(cfg: CollectConfig, cores: int | None = None) -> tuple[int, int]:
+    """``(workers, threads per worker)``: one worker per core by default (the proxy is small, so two
+    single-thread workers outrun one two-thread worker), never more threads than cores on this machine."""
+    cores = cores or cpu_count()
+    if cfg.launcher == "inline":
+        return 1, cfg.threads_per_worker or cores
+    workers = cfg.workers or max(1, min(cores, cfg.trees))
+    threads = cfg.threads_per_worker or max(1, cores // workers)
+    if workers * threads > cores and not (cfg.launcher == "ray" and cfg.address):
+        raise ConfigError("collect", [f"workers x threads_per_worker = {workers} x {threads} = {workers * threads} "
+                                      f"threads would oversubscribe this machine's {cores} cores; lower workers or "
+                                      f"threads_per_worker (0 picks them)"])
+    return workers, threads
+
+
+@dataclasses.dataclass
+class CollectSummary:
+    """What a collection call did, and the run's statistics after it."""
+
+    run_dir: Path
+    new_trajectories: int
+    segments: int
+    seconds: float
+    workers: int
+    threads: int
+    stats: dict
+    new_transitions: int = 0
+
+    @property
+    def transitions_per_cpu_hour(self) -> float:
+        cpu_hours = self.seconds * self.workers * self.threads / 3600
+        return self.new_transitions / cpu_hours if cpu_hours > 0 else 0.0
+
+    def format(self) -> str:
+        head = (f"run {self.run_dir}: +{self.new_trajectories} trajectories, +{self.new_transitions} transitions "
+                f"({self.segments} segments trained) in {self.seconds:.0f}s on {self.workers} worker(s) x "
+                f"{self.threads} thread(s) = {self.transitions_per_cpu_hour:.0f} logged transitions per CPU-hour")
+        return head + "\n" + format_stats(self.stats)
+
+
+def _code_version() -> dict:
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"mixagent": mixagent.__version__, "git": commit, "python": platform.python_version()}
+
+
+def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], MixingEnv] | None = None,
+            progress: bool = True) -> CollectSummary:
+    """Collect (or, with ``resume``, continue) the run ``cfg`` describes.
+
+    Args:
+        cfg: the collect config.
+        resume: continue an existing run (finished trajectories kept, partial ones collected again).
+        env_factory: build the env in-process instead of from ``cfg.env`` (forces the inline launcher;
+            for tests that inject a backend).
+        progress: show a progress bar.
+    """
+    BehaviourMix(cfg.behaviours)  # the whole mix is validated before anything starts
+    workers, threads = plan_workers(cfg)
+    setup = WorkerSetup(cfg.env, tuple(cfg.env_overrides), tuple(cfg.behaviours), cfg.tree, cfg.seed, threads,
+                        env_factory)
+    launcher: Launcher
+    if env_factory is not None:
+        launcher, workers = InlineLauncher(), 1
+        launcher.runner = TreeRunner(setup)
+        spec = launcher.runner.env.spec_
+    else:
+        spec = load_spec(REPO_ROOT / cfg.env, cfg.env_overrides)
+        launcher = LAUNCHERS[cfg.launcher](workers, cfg.address)
+    problems = cfg.tree.check_horizon(spec.steps)
+    if problems:
+        raise ConfigError("collect", problems)
+    meta = {"run": cfg.run, "env": spec_identity(spec), "domains": None, "seed": cfg.seed,
+            "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours], "trees": cfg.trees,
+            "config": to_dict(cfg), "code": _code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    from mixagent.domains import DomainSpace
+
+    space = DomainSpace.from_yaml(spec.space_path())
+    meta["domains"] = {"names": list(space.names), "fields": list(space.fields), "space": spec.space}
+    writer = RunWriter(cfg.run_dir, meta, resume)
+    done, trees_done = writer.done_ids, writer.trees_done
+    tasks = [(t, frozenset(i for i in done if i == trajectory_id(t, ()) or i.startswith(trajectory_id(t, ()) + "_")))
+             for t in range(writer.meta["trees"]) if t not in trees_done]
+    per_tree = cfg.tree.segments(spec.steps)
+    session = {"started": meta["created"], "launcher": cfg.launcher if env_factory is None else "inline",
+               "workers": workers, "threads": threads, "seconds": 0.0, "segments": 0, "trajectories": 0}
+    writer.manifest.setdefault("sessions", []).append(session)
+    log.info("collecting %d tree(s) of %d trajectories into %s on %d worker(s) x %d thread(s)",
+             len(tasks), cfg.tree.leaves, cfg.run_dir, workers, threads)
+    t0 = time.perf_counter()
+    new, transitions = 0, 0
+    bar = tqdm(total=len(tasks) * per_tree, unit="segment", desc=f"collect {cfg.run}", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for event in launcher.events(setup, tasks) if tasks else ():
+            kind = event[0]
+            if kind == "step":
+                if event[1] is not None:
+                    writer.step(event[1], event[2])
+                bar.update(1)
+            elif kind == "open":
+                writer.open(event[1], event[2], event[3])
+            elif kind == "close":
+                entry = writer.close(event[1], event[2])
+                new, transitions = new + 1, transitions + entry["steps"]
+                bar.set_postfix_str(f"trajectories {len(writer.done_ids)}, transitions {transitions}")
+            elif kind == "tree_done":
+                bar.total -= per_tree - event[2]["segments"]  # resumed trees skip finished subtrees
+                bar.refresh()
+                session.update(seconds=round(time.perf_counter() - t0, 1), segments=session["segments"]
+                               + event[2]["segments"], trajectories=new)
+                writer.tree_done(event[1])
+            elif kind == "ready":
+                _check_proxy(writer, event[1])
+                session["ready_s"] = round(time.perf_counter() - t0, 2)  # worker start-up (the last one to report)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        launcher.close()
+    seconds = time.perf_counter() - t0
+    session.update(seconds=round(seconds, 1), trajectories=new)
+    atomic_write_json(cfg.run_dir / "manifest.json", writer.manifest)
+    summary = CollectSummary(cfg.run_dir, new, session["segments"], seconds, workers, threads,
+                             run_stats(Run(cfg.run_dir)), new_transitions=transitions)
+    return summary
+
+
+def _check_proxy(writer: RunWriter, identity: dict) -> None:
+    """The first worker fixes the run's proxy identity; later workers and resumed runs must match it."""
+    old = writer.meta.get("proxy")
+    if old is None:
+        writer.meta["proxy"] = identity
+        atomic_write_json(writer.dir / "meta.json", writer.meta)
+    elif old["base_model"] != identity["base_model"] or not np.allclose(old["natural"], identity["natural"],
+                                                                          rtol=0, atol=1e-12):
+        raise ResumeMismatchError(f"the base model or the data differ from the run's: run has base model "
+                                  f"{old['base_model']}, this worker {identity['base_model']} (natural shares "
+                                  f"{'equal' if np.allclose(old['natural'], identity['natural']) else 'differ'}). "
+                                  f"Rebuild the data and base model the run used (same configs and package "
+                                  f"versions), or collect into a new run")
+
+
+def run_stats(run: Run, read_files: bool = False) -> dict:
+    """Totals and per-behaviour return statistics of a run, from its manifest (``read_files`` adds mean
+    final source/target scores, read from the trajectory files)."""
+    entries = list(run.entries.values())
+    by: dict[str, list[dict]] = {}
+    for e in entries:
+        by.setdefault(e["behaviour"], []).append(e)
+    rows = {}
+    for name, es in sorted(by.items()):
+        r = np.array([e["return"] for e in es])
+        rows[name] = {"trajectories": len(es), "return_mean": float(r.mean()), "return_std": float(r.std()),
+                      "return_min": float(r.min()), "return_max": float(r.max()),
+                      "flagged": sum(bool(e["flagged"]) for e in es)}
+    if read_files:
+        finals: dict[str, list[tuple[float, float]]] = {}
+        for traj in run.trajectories():
+            evals = traj.evals
+            if evals:
+                finals.setdefault(traj.header["behaviour"][0]["name"], []).append(
+                    (evals[-1].scores["source"], evals[-1].scores["target"]))
+        for name, pairs in finals.items():
+            rows[name]["final_source"], rows[name]["final_target"] = map(float, np.mean(pairs, axis=0))
+    sessions = run.manifest.get("sessions", [])
+    return {
+        "run": run.name, "env": run.meta["env"]["id"], "trees_done": len(run.manifest["trees_done"]),
+        "trees": run.meta["trees"], "trajectories": len(entries),
+        "transitions": sum(e["steps"] for e in entries),
+        "unique_transitions": sum(e["steps"] - e["branch_step"] for e in entries),
+        "truncated": sum(bool(e["truncated"]) for e in entries), "flagged": sum(bool(e["flagged"]) for e in entries),
+        "bytes": sum(e["bytes"] for e in entries),
+        "compute_seconds": sum(s["seconds"] * s["workers"] * s["threads"] for s in sessions),
+        "wall_seconds": sum(s["seconds"] for s in sessions), "by_behaviour": rows,
+    }
+
+
+def format_stats(stats: dict) -> str:
+    lines = [f"{stats['run']} ({stats['env']}): trees {stats['trees_done']}/{stats['trees']}, "
+             f"{stats['trajectories']} trajectories, {stats['transitions']} transitions "
+             f"({stats['unique_transitions']} unique), {stats['truncated']} truncated, {stats['flagged']} flagged, "
+             f"{stats['bytes'] / 1e6:.1f} MB, {stats['wall_seconds'] / 60:.1f} min wall, "
+             f"{stats['compute_seconds'] / 3600:.2f} CPU-hours",
+             "| behaviour | trajectories | return mean ± std | min | max | final source | final target |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in stats["by_behaviour"].items():
+        fs, ft = r.get("final_source"), r.get("final_target")
+        lines.append(f"| {name} | {r['trajectories']} | {r['return_mean']:+.4f} ± {r['return_std']:.4f} | "
+                     f"{r['return_min']:+.4f} | {r['return_max']:+.4f} | "
+                     f"{'' if fs is None else f'{fs:.4f}'} | {'' if ft is None else f'{ft:.4f}'} |")
+    return "\n".join(lines)

@@ -1,0 +1,217 @@
+"""Launchers run collection trees on workers and stream their events back to the driver (the one writer).
+
+* ``inline``: in the driver process (debugging; tests inject env factories through it).
+* ``local`` (default): a pool of worker processes on this machine fed from one task queue.
+* ``ray``: one Ray actor per worker, on a local Ray or a cluster (``--address``); every node needs mixagent
+  installed with its data built (``make base-model``).
+
+A worker builds its env once, then runs trees (``TreeRunner.run``) until the tasks run out. Trees are
+independent and deterministic, so which worker runs which tree does not change the dataset.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import queue
+import signal
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from mixagent.errors import CollectWorkerError, ConfigError
+from mixagent.trajectories.tree import TreeRunner, WorkerSetup
+
+__all__ = ["Launcher", "Task", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS", "cpu_count"]
+
+Task = tuple[int, frozenset[str]]  # (tree index, ids of its already finished trajectories)
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects affinity masks and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Launcher(Protocol):
+    """Runs tasks on ``workers`` workers and yields the runners' events (plus one ``ready`` per worker)."""
+
+    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+        """Yield events until every task is done; raise :class:`CollectWorkerError` if a worker fails."""
+
+    def close(self) -> None:
+        """Stop every worker (also after an error)."""
+
+
+class InlineLauncher:
+    """Runs every tree in the calling process, one after another."""
+
+    def __init__(self, workers: int = 1, address: str = "") -> None:
+        self.runner: TreeRunner | None = None
+
+    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+        self.runner = self.runner or TreeRunner(setup)
+        yield ("ready", self.runner.identity)
+        for tree, done in tasks:
+            yield from self.runner.run(tree, done)
+
+    def close(self) -> None:
+        pass
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the driver dies, even by SIGKILL (no orphans burning CPU)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _local_worker(setup: WorkerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
+    _die_with_parent()
+    try:
+        runner = TreeRunner(setup)
+        events.put(("ready", runner.identity))
+        while (task := tasks.get()) is not None:
+            for event in runner.run(*task):
+                if os.getppid() != parent:  # the driver is gone (non-Linux fallback)
+                    return
+                events.put(event)
+        events.put(("worker_done", os.getpid()))
+    except BaseException:  # noqa: BLE001  (anything a worker hits is reported to the driver)
+        events.put(("error", f"worker pid {os.getpid()}", traceback.format_exc()))
+
+
+class LocalLauncher:
+    """A pool of ``workers`` processes (spawned, so each has a clean torch) fed from one task queue.
+
+    Args:
+        workers: worker processes.
+    """
+
+    def __init__(self, workers: int, address: str = "") -> None:
+        self.workers = workers
+        self.procs: list[mp.Process] = []
+
+    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+        ctx = mp.get_context("spawn")
+        task_q, event_q = ctx.Queue(), ctx.Queue()
+        for task in tasks:
+            task_q.put(task)
+        for _ in range(self.workers):
+            task_q.put(None)
+        self.procs = [ctx.Process(target=_local_worker, args=(setup, task_q, event_q, os.getpid()), daemon=True,
+                                  name=f"mixagent-collect-{i}") for i in range(self.workers)]
+        for p in self.procs:  # spawn re-imports the caller's __main__: scripts need an `if __name__ == "__main__":`
+            p.start()
+        finished = 0
+        while finished < self.workers:
+            try:
+                event = event_q.get(timeout=2.0)
+            except queue.Empty:
+                dead = [p for p in self.procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise CollectWorkerError(f"worker {dead[0].name} died with exit code {dead[0].exitcode} "
+                                             f"(a negative code is the signal, e.g. -9 = killed, often out of "
+                                             f"memory); finished trajectories are kept, rerun with --resume") from None
+                continue
+            if event[0] == "worker_done":
+                finished += 1
+            elif event[0] == "error":
+                raise CollectWorkerError(f"{event[1]} failed; finished trajectories are kept, fix the cause and "
+                                         f"rerun with --resume. Its traceback:\n{event[2]}")
+            else:
+                yield event
+
+    def close(self) -> None:
+        started = [p for p in self.procs if p.pid is not None]
+        for p in started:
+            if p.is_alive():
+                p.terminate()
+        for p in started:
+            p.join(timeout=10)
+        self.procs = []
+
+
+class _RayWorker:
+    """The Ray actor: one TreeRunner per actor, trees streamed back as generator items."""
+
+    def __init__(self, setup: WorkerSetup) -> None:
+        self.runner = TreeRunner(setup)
+
+    def identity(self) -> dict:
+        return self.runner.identity
+
+    def run(self, tree: int, done: frozenset[str]) -> Iterator[tuple]:
+        yield from self.runner.run(tree, done)
+
+
+class RayLauncher:
+    """One Ray actor per worker (``num_cpus`` = the worker's torch threads), trees handed to idle actors.
+
+    Args:
+        workers: actors to start.
+        address: a Ray cluster address; empty starts a local Ray on this machine.
+    """
+
+    def __init__(self, workers: int, address: str = "") -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("launcher", ["launcher 'ray' needs Ray: pip install 'ray==2.60.0' (or "
+                                           "pip install -e '.[ray]')"]) from None
+        self.ray, self.workers, self.address = ray, workers, address
+        self.actors: list = []
+        self._started = False
+
+    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs = {"address": self.address} if self.address else {"num_cpus": self.workers * setup.threads}
+            ray.init(include_dashboard=False, logging_level="WARNING", log_to_driver=False, **kwargs)
+            self._started = True
+        actor_cls = ray.remote(num_cpus=setup.threads)(_RayWorker)
+        self.actors = [actor_cls.remote(setup) for _ in range(self.workers)]
+        try:
+            for identity in ray.get([a.identity.remote() for a in self.actors]):
+                yield ("ready", identity)
+            pending = collections.deque(tasks)
+            running: dict = {}
+
+            def assign(actor) -> None:
+                if pending:
+                    running[actor.run.options(num_returns="streaming").remote(*pending.popleft())] = actor
+
+            for actor in self.actors:
+                assign(actor)
+            while running:
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=None)
+                for gen in ready:
+                    try:
+                        event = ray.get(next(gen))
+                    except StopIteration:
+                        assign(running.pop(gen))
+                        continue
+                    yield event
+        except ray.exceptions.RayError as exc:
+            raise CollectWorkerError(f"a Ray worker failed; finished trajectories are kept, fix the cause and "
+                                     f"rerun with --resume. Ray says:\n{exc}") from None
+
+    def close(self) -> None:
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
+        self.actors = []
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
+
+
+LAUNCHERS: dict[str, Callable[[int, str], Launcher]] = {
+    "inline": InlineLauncher,
+    "local": LocalLauncher,
+    "ray": RayLauncher,
+}

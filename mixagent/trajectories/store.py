@@ -1,0 +1,422 @@
+"""The trajectory store: ``trajectories/<run>/`` with ``meta.json``, ``manifest.json`` and one JSONL file
+per trajectory (schema: ``trajectories/README.md``).
+
+Crash safety comes from three rules. A trajectory is written to ``<id>.jsonl.partial``, one line per step,
+flushed and fsync'ed after every line; when it ends it gets an ``end`` line and is renamed to
+``<id>.jsonl`` (atomic). The manifest is rewritten through a temporary file and an atomic rename after
+each finished trajectory. On ``--resume``, partial files are discarded, finished files the manifest missed
+(a crash between the rename and the manifest update) are validated and adopted, and listed files are
+checked against their sha256. There is one writer per run: the collector's driver process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixagent.errors import ResumeMismatchError, SchemaVersionError, StoreWriteError, TrajectoryFormatError
+from mixagent.evaluation import EvalResult
+
+__all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+READABLE_VERSIONS = (1,)
+# meta.json keys that define a run's content; --resume refuses a run whose values differ
+IDENTITY_KEYS = ("env", "domains", "seed", "tree", "behaviours")
+
+
+def _fix_hint(run_dir: Path) -> str:
+    return (f"run `python -m mixagent.trajectories verify {run_dir} --drop-bad` to remove the bad trajectories "
+            f"from the run, then collect again with --resume to re-collect them")
+
+
+def dumps(obj: Any) -> str:
+    """One JSON line; non-finite floats become null (the record keeps its ``nonfinite_loss`` flag)."""
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_version(found: Any, what: Path) -> None:
+    if found not in READABLE_VERSIONS:
+        raise SchemaVersionError(f"{what} has schema_version {found!r}; this mixagent reads "
+                                 f"{', '.join(map(str, READABLE_VERSIONS))}. Use the mixagent version that wrote "
+                                 f"it, or collect the run again")
+
+
+def _load_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise TrajectoryFormatError(f"{path} is missing: not a trajectory run directory (or its {what} was "
+                                    f"deleted); collect into a new run") from None
+    except json.JSONDecodeError as exc:
+        raise TrajectoryFormatError(f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno}); "
+                                    f"it was edited or cut off. Restore it, or collect into a new run") from None
+    if not isinstance(data, dict):
+        raise TrajectoryFormatError(f"{path}: {what} must be a JSON object")
+    _check_version(data.get("schema_version"), path)
+    return data
+
+
+def atomic_write_json(path: Path, data: dict) -> None:
+    """Write ``path`` via a temporary file, fsync, atomic rename and a directory fsync."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(data, indent=1, allow_nan=False))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: OSError) -> StoreWriteError:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
+            errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return StoreWriteError(exc.errno or errno.EIO, f"could not write {path}: {what}. Finished trajectories and "
+                           f"the manifest are intact; free space or fix permissions, then rerun the same command "
+                           f"with --resume")
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """One stored trajectory: its header, step records and end record (plain dicts, as on disk)."""
+
+    path: Path
+    header: dict
+    steps: list[dict]
+    end: dict
+
+    @property
+    def id(self) -> str:
+        return self.header["id"]
+
+    @property
+    def start(self) -> EvalResult:
+        return EvalResult.from_json(self.header["start"])
+
+    @property
+    def evals(self) -> list[EvalResult]:
+        """The evaluation after each completed step (a failed last step has none)."""
+        return [EvalResult.from_json(s["eval"]) for s in self.steps if s.get("eval") is not None]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """``(steps, K)`` mixtures trained, in the run's domain order."""
+        return np.array([s["weights"] for s in self.steps], dtype=np.float64)
+
+    @property
+    def rewards(self) -> np.ndarray:
+        return np.array([s["reward"] for s in self.steps], dtype=np.float64)
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.end["truncated"])
+
+    @property
+    def flagged(self) -> str | None:
+        """Why the trajectory should not be learned from as is (``"nonfinite"``), or None."""
+        return self.end.get("flagged")
+
+    @property
+    def behaviour(self) -> str:
+        """The behaviours of the trajectory in order, e.g. ``dirichlet>epsilon``."""
+        return ">".join(b["name"] for b in self.header["behaviour"])
+
+
+def read_trajectory(path: Path) -> Trajectory:
+    """Read and validate one trajectory file (schema version, line structure, step count)."""
+    path = Path(path)
+    run_dir = path.parent
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TrajectoryFormatError(f"{path}: cannot be read ({exc.strerror}); {_fix_hint(run_dir)}") from None
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    else:
+        raise TrajectoryFormatError(f"{path}: the last line is cut off (no newline); {_fix_hint(run_dir)}")
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or "kind" not in rec:
+                raise ValueError("not a record object with a 'kind'")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise TrajectoryFormatError(f"{path}:{i}: corrupt line ({exc}); {_fix_hint(run_dir)}") from None
+        records.append(rec)
+    if not records or records[0]["kind"] != "header":
+        raise TrajectoryFormatError(f"{path}: the first line must be the header record; {_fix_hint(run_dir)}")
+    _check_version(records[0].get("schema_version"), path)
+    if records[-1]["kind"] != "end":
+        raise TrajectoryFormatError(f"{path}: no end record (the file was cut off); {_fix_hint(run_dir)}")
+    steps = records[1:-1]
+    bad = [i + 2 for i, r in enumerate(steps) if r["kind"] != "step" or r.get("t") != i]
+    if bad or records[-1].get("steps") != len(steps):
+        raise TrajectoryFormatError(f"{path}: step records out of order or missing (line {bad[:3] or len(records)});"
+                                    f" {_fix_hint(run_dir)}")
+    return Trajectory(path, records[0], steps, records[-1])
+
+
+class Run:
+    """A trajectory run on disk (read only).
+
+    Args:
+        path: the run directory (``trajectories/<run>``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta = _load_json(self.path / "meta.json", "meta.json")
+        self.manifest = _load_json(self.path / "manifest.json", "manifest.json")
+
+    @property
+    def name(self) -> str:
+        return self.meta["run"]
+
+    @property
+    def entries(self) -> dict[str, dict]:
+        """Manifest entries of the finished trajectories, by id."""
+        return self.manifest["trajectories"]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.manifest["trees_done"]) >= self.meta["trees"]
+
+    def trajectories(self, *, include_flagged: bool = True, verify: bool = True) -> Iterator[Trajectory]:
+        """Finished trajectories in id order; ``verify`` checks each file against its manifest sha256."""
+        for tid, entry in sorted(self.entries.items()):
+            if entry.get("flagged") and not include_flagged:
+                continue
+            yield _verified(self.path, entry) if verify else read_trajectory(self.path / entry["file"])
+
+    def problems(self) -> dict[str, str]:
+        """Every listed trajectory that fails validation, with the reason (empty when the run is sound)."""
+        bad = {}
+        for tid, entry in sorted(self.entries.items()):
+            try:
+                _verified(self.path, entry)
+            except (TrajectoryFormatError, SchemaVersionError) as exc:
+                bad[tid] = str(exc).split("; run `")[0]
+        return bad
+
+
+def _verified(run_dir: Path, entry: dict) -> Trajectory:
+    file = run_dir / entry["file"]
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError:
+        raise TrajectoryFormatError(f"{file}: listed in the manifest but missing; {_fix_hint(run_dir)}") from None
+    if digest != entry["sha256"]:
+        raise TrajectoryFormatError(f"{file}: sha256 does not match the manifest (the file changed after it was "
+                                    f"finished); {_fix_hint(run_dir)}")
+    return read_trajectory(file)
+
+
+def list_runs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (those with a meta.json)."""
+    return sorted(p.parent for p in Path(root).glob("*/meta.json"))
+
+
+# --- writing -------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Open:
+    path: Path
+    file: Any
+    sha: Any
+    steps: int
+    header: dict
+
+
+class RunWriter:
+    """The single writer of a run: opens, appends to and finalises trajectory files and keeps the manifest.
+
+    Args:
+        run_dir: the run directory.
+        meta: the run's meta record (written on creation; compared on resume).
+        resume: continue an existing run instead of creating one.
+    """
+
+    def __init__(self, run_dir: Path, meta: dict, resume: bool) -> None:
+        self.dir = Path(run_dir)
+        self._open: dict[str, _Open] = {}
+        exists = (self.dir / "meta.json").exists()
+        if exists and not resume:
+            raise ResumeMismatchError(f"run {self.dir} already exists; pass --resume to continue it, or choose "
+                                      f"another run name (run=NAME)")
+        if not exists and resume:
+            log.info("--resume: %s does not exist yet; starting it", self.dir)
+        if exists:
+            self.meta = self._check_resume(meta)
+            self.manifest = _load_json(self.dir / "manifest.json", "manifest.json")
+            self._recover()
+        else:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _write_error(self.dir, exc) from None
+            self.meta = {"schema_version": SCHEMA_VERSION, **meta}
+            self.manifest = {"schema_version": SCHEMA_VERSION, "trajectories": {}, "trees_done": []}
+            atomic_write_json(self.dir / "manifest.json", self.manifest)
+            atomic_write_json(self.dir / "meta.json", self.meta)  # last: a run exists once its meta does
+
+    def _check_resume(self, meta: dict) -> dict:
+        old = _load_json(self.dir / "meta.json", "meta.json")
+        diff = [k for k in IDENTITY_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
+        if diff:
+            detail = "; ".join(f"{k}: run has {_short(old.get(k))}, config gives {_short(meta.get(k))}" for k in diff)
+            raise ResumeMismatchError(f"cannot resume {self.dir}: {detail}. Resume with the config the run was "
+                                      f"started with (see its meta.json), or collect into a new run name")
+        if meta.get("trees", 0) > old.get("trees", 0):  # growing a run is allowed: more trees, same content
+            old["trees"] = meta["trees"]
+            atomic_write_json(self.dir / "meta.json", old)
+        return old
+
+    def _recover(self) -> None:
+        """Drop partial files; drop listed files that fail their checksum; adopt finished unlisted files."""
+        for p in self.dir.glob("*.partial"):
+            log.info("discarding the partial trajectory %s (it is collected again)", p.name)
+            p.unlink()
+        entries = self.manifest["trajectories"]
+        dropped_trees = set()
+        for tid, entry in list(entries.items()):
+            try:
+                _verified(self.dir, entry)
+            except (TrajectoryFormatError, SchemaVersionError) as exc:
+                log.warning("%s; it is collected again", exc)
+                del entries[tid]
+                dropped_trees.add(entry["tree"])
+        listed = {e["file"] for e in entries.values()}
+        for p in sorted(self.dir.glob("*.jsonl")):
+            if p.name in listed:
+                continue
+            try:
+                traj = read_trajectory(p)
+            except (TrajectoryFormatError, SchemaVersionError) as exc:
+                log.warning("%s; removing it, it is collected again", exc)
+                p.unlink()
+                continue
+            log.info("adopting %s (finished just before the interruption)", p.name)
+            entries[traj.id] = self._entry(p, hashlib.sha256(p.read_bytes()).hexdigest(), traj.header, traj.end)
+        self.manifest["trees_done"] = [t for t in self.manifest["trees_done"] if t not in dropped_trees]
+        atomic_write_json(self.dir / "manifest.json", self.manifest)
+
+    @property
+    def done_ids(self) -> set[str]:
+        return set(self.manifest["trajectories"])
+
+    @property
+    def trees_done(self) -> set[int]:
+        return set(self.manifest["trees_done"])
+
+    def open(self, tid: str, header: dict, prefix: list[dict]) -> None:
+        path = self.dir / f"{tid}.jsonl.partial"
+        try:
+            f = open(path, "wb")
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        handle = _Open(path, f, hashlib.sha256(), 0, header)
+        self._open[tid] = handle
+        self._write(handle, [{"kind": "header", "schema_version": SCHEMA_VERSION, **header}, *prefix])
+        handle.steps = len(prefix)
+
+    def step(self, tid: str, record: dict) -> None:
+        handle = self._open[tid]
+        self._write(handle, [record])
+        handle.steps += 1
+
+    def close(self, tid: str, end: dict) -> dict:
+        """Finish a trajectory: end line, fsync, atomic rename, manifest update. Returns its manifest entry."""
+        handle = self._open[tid]
+        end = {"kind": "end", "steps": handle.steps, **end}
+        self._write(handle, [end])
+        final = self.dir / f"{tid}.jsonl"
+        try:
+            handle.file.close()
+            os.replace(handle.path, final)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise _write_error(final, exc) from None
+        del self._open[tid]
+        entry = self._entry(final, handle.sha.hexdigest(), handle.header, end)
+        self.manifest["trajectories"][tid] = entry
+        atomic_write_json(self.dir / "manifest.json", self.manifest)
+        return entry
+
+    def tree_done(self, tree: int) -> None:
+        if tree not in self.manifest["trees_done"]:
+            self.manifest["trees_done"].append(tree)
+            self.manifest["trees_done"].sort()
+            atomic_write_json(self.dir / "manifest.json", self.manifest)
+
+    def abort(self) -> None:
+        """Close and remove every open partial file (after an error; nothing half-written stays behind)."""
+        for handle in self._open.values():
+            try:
+                handle.file.close()
+            except OSError:
+                pass
+            handle.path.unlink(missing_ok=True)
+        self._open.clear()
+
+    def _write(self, handle: _Open, records: list[dict]) -> None:
+        data = "".join(dumps(r) + "\n" for r in records).encode()
+        try:
+            handle.file.write(data)
+            handle.file.flush()
+            os.fsync(handle.file.fileno())
+        except OSError as exc:
+            raise _write_error(handle.path, exc) from None
+        handle.sha.update(data)
+
+    @staticmethod
+    def _entry(path: Path, sha: str, header: dict, end: dict) -> dict:
+        return {"file": path.name, "sha256": sha, "bytes": path.stat().st_size, "tree": header["tree"],
+                "parent": header["parent"], "branch_step": header["branch_step"], "steps": end["steps"],
+                "return": end["return"], "truncated": end["truncated"], "flagged": end.get("flagged"),
+                "behaviour": header["behaviour"][0]["name"], "finished": time.time()}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) < 160 else text[:157] + "..."
