@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install data base-model demo test test-slow bench lint clean
+.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +24,13 @@ base-model: data
 demo: data
 	$(PY) -m mixagent.demo
 
+# the default dataset for the agent (about an hour on 2 cores); rerunning resumes or reports a finished run
+collect-trajectories: base-model
+	$(PY) -m mixagent.trajectories collect --config configs/collect/default.yaml --resume
+
+collect-tiny: data
+	$(PY) -m mixagent.trajectories collect --config configs/collect/tiny.yaml --resume
+
 test: data
 	$(PY) -m pytest -q
 
@@ -33,6 +40,7 @@ test-slow: data
 bench: base-model
 	$(PY) benchmarks/bench_proxy.py
 	$(PY) benchmarks/bench_env_step.py
+	$(PY) benchmarks/bench_collect.py
 
 lint: install
 	$(VENV)/bin/ruff check mixagent tests benchmarks examples

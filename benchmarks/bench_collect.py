@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import shutil
-import time
 
 from mixagent.config import load_config
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
@@ -66,15 +65,16 @@ def main() -> None:
         rows = {"local_1x2": _run(dataclasses.replace(work, run="s-local-1x2", workers=1, threads_per_worker=2))}
         for launcher in ("local", "ray"):
             for w in (1, 2):
-                rows[f"{launcher}_{w}x1"] = _run(dataclasses.replace(work, run=f"s-{launcher}-{w}", launcher=launcher,
-                                                                     workers=w, threads_per_worker=1))
+                cfg = dataclasses.replace(work, run=f"s-{launcher}-{w}", launcher=launcher, workers=w,
+                                          threads_per_worker=1)
+                rows[f"{launcher}_{w}x1"] = _run(cfg)
         results["scaling"] = rows
         for launcher in ("local", "ray"):
             one, two = rows[f"{launcher}_1x1"], rows[f"{launcher}_2x1"]
+            ref = rows["local_1x2"]["segments_per_s"]
             print(f"{launcher}: 2 workers / 1 worker = {two['segments_per_s'] / one['segments_per_s']:.2f}x end to "
                   f"end, {two['segments_per_s_after_startup'] / one['segments_per_s_after_startup']:.2f}x after "
-                  f"start-up; vs 1 worker x 2 threads {two['segments_per_s'] / rows['local_1x2']['segments_per_s']:.2f}x",
-                  flush=True)
+                  f"start-up; vs 1 worker x 2 threads {two['segments_per_s'] / ref:.2f}x", flush=True)
     out = REPO_ROOT / f"runs/bench/collect_{args.part}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

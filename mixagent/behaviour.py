@@ -71,7 +71,8 @@ class DirichletPolicy:
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         if self._weights is None:
-            self._weights = DomainWeights.normalised(self.space, _dirichlet(self.rng, self.concentration * self.natural))
+            draw = _dirichlet(self.rng, self.concentration * self.natural)
+            self._weights = DomainWeights.normalised(self.space, draw)
         return self._weights
 
 
@@ -225,7 +226,8 @@ _BOUNDS: dict[str, tuple[float, float]] = {
 def _params_of(name: str) -> list[str]:
     import inspect
 
-    return [p for p in inspect.signature(BEHAVIOURS[name]).parameters if p not in ("space", "natural", "horizon", "seed")]
+    fixed = ("space", "natural", "horizon", "seed")
+    return [p for p in inspect.signature(BEHAVIOURS[name]).parameters if p not in fixed]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """``make demo``: build data, tokenizer and base model (cached), then roll out uniform, replay rho=0.5 and
-target-only mixing in the default math spec and print source, target and balanced scores per policy."""
+target-only mixing in the default math spec and print source, target and balanced scores per policy;
+then collect a small branching set of behaviour trajectories (``configs/collect/demo.yaml``)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", default=str(ENVS_DIR / "math-natural.yaml"), help="environment spec YAML")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="episode seeds")
     parser.add_argument("--out", default=str(REPO_ROOT / "runs" / "demo"), help="where the table is written")
+    parser.add_argument("--collect", default=str(CONFIGS_DIR / "collect/demo.yaml"),
+                        help="collect config run after the rollouts (resumed if it exists; '' skips it)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the spec, e.g. steps=4")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -103,7 +106,18 @@ def main(argv: list[str] | None = None) -> int:
           f"scores = mean gold-choice probability (source: cloze, target: {env.spec_.eval.target.kind}); "
           f"balanced = {env.spec_.reward.name} (lam={env.spec_.reward.lam})\n")
     print(table)
-    print(f"\nwritten to {out}/table.md  (total {time.time() - t0:.0f}s)")
+    print(f"\nwritten to {out}/table.md  ({time.time() - t0:.0f}s so far)")
+    if args.collect:
+        from mixagent.trajectories.collect import CollectConfig, collect
+
+        try:
+            cfg = load_config(CollectConfig, args.collect)
+            print(f"\ncollecting behaviour trajectories ({args.collect}): {cfg.trees} branching trees")
+            print(collect(cfg, resume=True).format())
+        except MixagentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    print(f"\ndemo done in {time.time() - t0:.0f}s")
     return 0
 
 

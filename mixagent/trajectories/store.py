@@ -223,7 +223,7 @@ class Run:
 
     def trajectories(self, *, include_flagged: bool = True, verify: bool = True) -> Iterator[Trajectory]:
         """Finished trajectories in id order; ``verify`` checks each file against its manifest sha256."""
-        for tid, entry in sorted(self.entries.items()):
+        for _tid, entry in sorted(self.entries.items()):
             if entry.get("flagged") and not include_flagged:
                 continue
             yield _verified(self.path, entry) if verify else read_trajectory(self.path / entry["file"])
@@ -302,7 +302,8 @@ class RunWriter:
 
     def _check_resume(self, meta: dict) -> dict:
         old = _load_json(self.dir / "meta.json", "meta.json")
-        diff = [k for k in IDENTITY_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(meta.get(k), sort_keys=True)]
+        same = lambda k: json.dumps(old.get(k), sort_keys=True) == json.dumps(meta.get(k), sort_keys=True)  # noqa: E731
+        diff = [k for k in IDENTITY_KEYS if not same(k)]
         if diff:
             detail = "; ".join(f"{k}: run has {_short(old.get(k))}, config gives {_short(meta.get(k))}" for k in diff)
             raise ResumeMismatchError(f"cannot resume {self.dir}: {detail}. Resume with the config the run was "
