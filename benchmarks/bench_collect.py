@@ -6,7 +6,7 @@
   vs independent rollouts (no forks), both on the default spec (math-natural, 8 x 131k-token segments),
   the same launcher and worker (local, 1 worker x 2 threads) and the same behaviour mix.
 * scaling: segments per second with 1 and 2 single-thread workers, for the local and the Ray launcher, on
-  4 independent 2-step episodes of the default spec (work both workers can use); 1 worker x 2 threads is
+  4 independent 4-step episodes of the default spec (work both workers can use); 1 worker x 2 threads is
   the single-process reference. Reported end to end (start-up included) and after start-up.
 """
 
@@ -46,6 +46,7 @@ def _run(cfg: CollectConfig) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--part", choices=["branching", "scaling", "all"], default="all")
+    parser.add_argument("--scaling-steps", type=int, default=4, help="steps of each of the 4 scaling episodes")
     args = parser.parse_args()
     base = load_config(CollectConfig, CONFIGS_DIR / "collect/default.yaml",
                        [f"out_dir={OUT}", "launcher=local"])
@@ -61,7 +62,7 @@ def main() -> None:
               f"({tree['transitions_per_cpu_hour']:.0f} vs {indep['transitions_per_cpu_hour']:.0f}); "
               f"unique transitions {results['branching']['unique_gain']:.2f}x", flush=True)
     if args.part in ("scaling", "all"):
-        work = dataclasses.replace(base, trees=4, tree=TreeConfig(), env_overrides=("steps=2",))
+        work = dataclasses.replace(base, trees=4, tree=TreeConfig(), env_overrides=(f"steps={args.scaling_steps}",))
         rows = {"local_1x2": _run(dataclasses.replace(work, run="s-local-1x2", workers=1, threads_per_worker=2))}
         for launcher in ("local", "ray"):
             for w in (1, 2):

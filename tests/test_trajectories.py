@@ -63,6 +63,15 @@ def analytic_factory(nan_at_step=None):
     return make
 
 
+@pytest.fixture(scope="module")
+def analytic_reference(tmp_path_factory):
+    """The tiny collect config on the closed-form backend (milliseconds): for the store's failure modes,
+    which do not depend on the proxy."""
+    cfg = tiny_config(tmp_path_factory.mktemp("aref"), run="aref")
+    collect(cfg, env_factory=analytic_factory(), progress=False)
+    return cfg.run_dir, digest(cfg.run_dir)
+
+
 # --- the tree -------------------------------------------------------------------------------------------
 
 
@@ -199,17 +208,17 @@ def test_corrupt_and_foreign_files_raise_typed_errors(reference, tmp_path):
         Run(run_dir)
 
 
-def test_verify_drop_bad_then_resume_recollects(reference, tmp_path, capsys):
-    cfg = tiny_config(tmp_path, run="copy", launcher="inline")
-    shutil.copytree(reference[0], cfg.run_dir)
+def test_verify_drop_bad_then_resume_recollects(analytic_reference, tmp_path, capsys):
+    cfg = tiny_config(tmp_path, run="aref")
+    shutil.copytree(analytic_reference[0], cfg.run_dir)
     (cfg.run_dir / "t00003_1_1.jsonl").write_text("garbage\n")
     assert cli(["verify", str(cfg.run_dir)]) == 1
     assert "t00003_1_1" in capsys.readouterr().out
     assert cli(["verify", str(cfg.run_dir), "--drop-bad"]) == 0
     assert "t00003_1_1" not in Run(cfg.run_dir).entries and not Run(cfg.run_dir).complete
-    summary = collect(cfg, resume=True, progress=False)
+    summary = collect(cfg, resume=True, env_factory=analytic_factory(), progress=False)
     assert summary.new_trajectories == 1 and summary.segments == 3  # the prefix again, then the one leaf step
-    assert digest(cfg.run_dir) == reference[1]
+    assert digest(cfg.run_dir) == analytic_reference[1]
 
 
 def test_resume_refuses_another_config_or_proxy(reference, tmp_path):
@@ -221,6 +230,8 @@ def test_resume_refuses_another_config_or_proxy(reference, tmp_path):
         collect(dataclasses.replace(cfg, seed=1), resume=True, progress=False)
     with pytest.raises(ResumeMismatchError, match="env: run has"):
         collect(dataclasses.replace(cfg, env_overrides=("segment_tokens=8192",)), resume=True, progress=False)
+    with pytest.raises(ResumeMismatchError, match="tree: run has"):
+        collect(dataclasses.replace(cfg, tree=TreeConfig((1,), 3)), resume=True, progress=False)
     meta = json.loads((cfg.run_dir / "meta.json").read_text())
     meta["proxy"]["base_model"] = "someone-else"
     (cfg.run_dir / "meta.json").write_text(json.dumps(meta))
@@ -232,8 +243,8 @@ def test_resume_refuses_another_config_or_proxy(reference, tmp_path):
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
-def test_write_failure_is_loud_and_keeps_finished_trajectories(reference, tmp_path, monkeypatch, code):
-    cfg = tiny_config(tmp_path, run="full", launcher="inline")
+def test_write_failure_is_loud_and_keeps_finished_trajectories(analytic_reference, tmp_path, monkeypatch, code):
+    cfg = tiny_config(tmp_path, run="aref")
     real_fsync, calls = os.fsync, {"n": 0}
 
     def failing_fsync(fd):
@@ -244,13 +255,13 @@ def test_write_failure_is_loud_and_keeps_finished_trajectories(reference, tmp_pa
 
     monkeypatch.setattr(store_mod.os, "fsync", failing_fsync)
     with pytest.raises(StoreWriteError, match=r"could not write .*(disk is full|permission denied).*--resume"):
-        collect(cfg, progress=False)
+        collect(cfg, env_factory=analytic_factory(), progress=False)
     monkeypatch.setattr(store_mod.os, "fsync", real_fsync)
     run = Run(cfg.run_dir)
     assert 0 < len(run.entries) < 16 and run.problems() == {}
     assert not list(cfg.run_dir.glob("*.partial")) and not list(cfg.run_dir.glob("*.tmp"))
-    collect(cfg, resume=True, progress=False)
-    assert digest(cfg.run_dir) == reference[1]
+    collect(cfg, resume=True, env_factory=analytic_factory(), progress=False)
+    assert digest(cfg.run_dir) == analytic_reference[1]
 
 
 def test_sigkill_at_random_moments_then_resume_loses_nothing(reference, tmp_path):
