@@ -277,11 +277,16 @@ def format_stats(stats: dict) -> str:
              f"({stats['unique_transitions']} unique), {stats['truncated']} truncated, {stats['flagged']} flagged, "
              f"{stats['bytes'] / 1e6:.1f} MB, {stats['wall_seconds'] / 60:.1f} min wall, "
              f"{stats['compute_seconds'] / 3600:.2f} CPU-hours",
-             "| behaviour | trajectories | return mean ± std | min | max | final source | final target |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             ]
+    finals = any("final_source" in r for r in stats["by_behaviour"].values())  # only when files were read
+    lines += ["| behaviour | trajectories | return mean ± std | min | max |" + (" final source | final target |"
+                                                                          if finals else ""),
+              "|---|---:|---:|---:|---:|" + ("---:|---:|" if finals else "")]
     for name, r in stats["by_behaviour"].items():
-        fs, ft = r.get("final_source"), r.get("final_target")
-        lines.append(f"| {name} | {r['trajectories']} | {r['return_mean']:+.4f} ± {r['return_std']:.4f} | "
-                     f"{r['return_min']:+.4f} | {r['return_max']:+.4f} | "
-                     f"{'' if fs is None else f'{fs:.4f}'} | {'' if ft is None else f'{ft:.4f}'} |")
+        row = (f"| {name} | {r['trajectories']} | {r['return_mean']:+.4f} ± {r['return_std']:.4f} | "
+               f"{r['return_min']:+.4f} | {r['return_max']:+.4f} |")
+        if finals:
+            fs, ft = r.get("final_source"), r.get("final_target")
+            row += f" {'' if fs is None else f'{fs:.4f}'} | {'' if ft is None else f'{ft:.4f}'} |"
+        lines.append(row)
     return "\n".join(lines)
