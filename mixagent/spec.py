@@ -107,12 +107,16 @@ class EnvSpec:
     def space_path(self) -> Path:
         return REPO_ROOT / self.space
 
-    def spec_hash(self) -> str:
-        """Identifies the MDP: the spec, its base-model config and its domain space file. ``optim.threads``
-        is left out: it changes speed, not results (tests/test_env.py checks 1 vs 2 threads bit for bit)."""
+    def mdp_dict(self) -> dict:
+        """The spec as plain JSON without ``optim.threads``, which changes speed, not results
+        (tests check 1 vs 2 threads bit for bit)."""
         spec = to_dict(self)
         spec["optim"].pop("threads")
-        return config_hash(spec, to_dict(self.base_config()), self.space_path().read_text())
+        return spec
+
+    def spec_hash(self) -> str:
+        """Identifies the MDP: the spec (:meth:`mdp_dict`), its base-model config and its domain space file."""
+        return config_hash(self.mdp_dict(), to_dict(self.base_config()), self.space_path().read_text())
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EnvSpec:

@@ -61,6 +61,7 @@ def _collect(args) -> int:
 
 
 def _ls(args) -> int:
+    from mixagent.trajectories.collect import run_stats
     from mixagent.trajectories.store import Run, list_runs
 
     runs = list_runs(Path(args.root))
@@ -75,10 +76,9 @@ def _ls(args) -> int:
         except MixagentError as exc:
             print(f"| {path.name} | unreadable: {str(exc)[:80]} | | | | | | |")
             continue
-        e = run.entries.values()
-        print(f"| {run.name} | {run.meta['env']['id']} | {len(run.manifest['trees_done'])}/{run.meta['trees']} | "
-              f"{len(e)} | {sum(x['steps'] for x in e)} | {sum(bool(x['flagged']) for x in e)} | "
-              f"{sum(x['bytes'] for x in e) / 1e6:.1f} | {'complete' if run.complete else 'partial (--resume)'} |")
+        s = run_stats(run)
+        print(f"| {s['run']} | {s['env']} | {s['trees_done']}/{s['trees']} | {s['trajectories']} | {s['transitions']} "
+              f"| {s['flagged']} | {s['bytes'] / 1e6:.1f} | {'complete' if run.complete else 'partial (--resume)'} |")
     return 0
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 import mixagent
 from mixagent.behaviour import BehaviourMix, BehaviourSpec
 from mixagent.config import to_dict
+from mixagent.domains import DomainSpace
 from mixagent.env import MixingEnv
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT
@@ -164,13 +165,11 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
     problems = cfg.tree.check_horizon(spec.steps)
     if problems:
         raise ConfigError("collect", problems)
-    meta = {"run": cfg.run, "env": spec_identity(spec), "domains": None, "seed": cfg.seed,
+    space = DomainSpace.from_yaml(spec.space_path())
+    meta = {"run": cfg.run, "env": spec_identity(spec), "seed": cfg.seed,
+            "domains": {"names": list(space.names), "fields": list(space.fields), "space": spec.space},
             "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours], "trees": cfg.trees,
             "config": to_dict(cfg), "code": _code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    from mixagent.domains import DomainSpace
-
-    space = DomainSpace.from_yaml(spec.space_path())
-    meta["domains"] = {"names": list(space.names), "fields": list(space.fields), "space": spec.space}
     writer = RunWriter(cfg.run_dir, meta, resume)
     done, trees_done = writer.done_ids, writer.trees_done
     tasks = [(t, frozenset(i for i in done if i == trajectory_id(t, ()) or i.startswith(trajectory_id(t, ()) + "_")))

@@ -164,11 +164,15 @@ class Trajectory:
 def read_trajectory(path: Path) -> Trajectory:
     """Read and validate one trajectory file (schema version, line structure, step count)."""
     path = Path(path)
-    run_dir = path.parent
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise TrajectoryFormatError(f"{path}: cannot be read ({exc.strerror}); {_fix_hint(run_dir)}") from None
+        raise TrajectoryFormatError(f"{path}: cannot be read ({exc.strerror}); {_fix_hint(path.parent)}") from None
+    return _parse(path, raw)
+
+
+def _parse(path: Path, raw: bytes) -> Trajectory:
+    run_dir = path.parent
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -242,13 +246,13 @@ class Run:
 def _verified(run_dir: Path, entry: dict) -> Trajectory:
     file = run_dir / entry["file"]
     try:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        raw = file.read_bytes()
     except OSError:
         raise TrajectoryFormatError(f"{file}: listed in the manifest but missing; {_fix_hint(run_dir)}") from None
-    if digest != entry["sha256"]:
+    if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
         raise TrajectoryFormatError(f"{file}: sha256 does not match the manifest (the file changed after it was "
                                     f"finished); {_fix_hint(run_dir)}")
-    return read_trajectory(file)
+    return _parse(file, raw)
 
 
 def list_runs(root: Path) -> list[Path]:
@@ -331,14 +335,15 @@ class RunWriter:
         for p in sorted(self.dir.glob("*.jsonl")):
             if p.name in listed:
                 continue
+            raw = p.read_bytes()
             try:
-                traj = read_trajectory(p)
+                traj = _parse(p, raw)
             except (TrajectoryFormatError, SchemaVersionError) as exc:
                 log.warning("%s; removing it, it is collected again", exc)
                 p.unlink()
                 continue
             log.info("adopting %s (finished just before the interruption)", p.name)
-            entries[traj.id] = self._entry(p, hashlib.sha256(p.read_bytes()).hexdigest(), traj.header, traj.end)
+            entries[traj.id] = self._entry(p, hashlib.sha256(raw).hexdigest(), traj.header, traj.end)
         self.manifest["trees_done"] = [t for t in self.manifest["trees_done"] if t not in dropped_trees]
         atomic_write_json(self.dir / "manifest.json", self.manifest)
 

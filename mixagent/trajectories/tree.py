@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from mixagent.behaviour import BehaviourMix, BehaviourSpec
-from mixagent.config import to_dict
 from mixagent.domains import weights_to_action
 from mixagent.env import MixingEnv
 from mixagent.observation import OBSERVATION_VERSION
@@ -95,9 +94,7 @@ def parent_of(tree: int, leaf: tuple[int, ...], branch_at: tuple[int, ...]) -> t
 
 def spec_identity(spec: EnvSpec) -> dict[str, Any]:
     """What identifies the MDP a run is collected in, from its spec alone (meta.json ``env``)."""
-    d = to_dict(spec)
-    d["optim"].pop("threads")  # speed, not results
-    return {"id": spec.env_id, "spec": d, "spec_hash": spec.spec_hash(), "horizon": spec.steps,
+    return {"id": spec.env_id, "spec": spec.mdp_dict(), "spec_hash": spec.spec_hash(), "horizon": spec.steps,
             "observation_version": OBSERVATION_VERSION}
 
 
