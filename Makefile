@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny
+.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: data
 collect-trajectories: base-model
 	$(PY) -m mixagent.trajectories collect --config configs/collect/default.yaml --resume
 
+# the agent on the default dataset (collected first if missing): BC, CQL, FQE, online table; resumes
+train-agent: collect-trajectories
+	$(PY) -m mixagent.train_agent --config configs/agent/default.yaml --resume
+
 collect-tiny: data
 	$(PY) -m mixagent.trajectories collect --config configs/collect/tiny.yaml --resume
 
@@ -41,6 +45,7 @@ bench: base-model
 	$(PY) benchmarks/bench_proxy.py
 	$(PY) benchmarks/bench_env_step.py
 	$(PY) benchmarks/bench_collect.py
+	$(PY) benchmarks/bench_policy.py
 
 lint: install
 	$(VENV)/bin/ruff check mixagent tests benchmarks examples

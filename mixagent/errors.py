@@ -19,6 +19,7 @@ __all__ = [
     "ResumeMismatchError",
     "StoreWriteError",
     "CollectWorkerError",
+    "AgentDataError",
     "suggest",
 ]
 
@@ -82,6 +83,11 @@ class StoreWriteError(MixagentError, OSError):
 
 class CollectWorkerError(MixagentError, RuntimeError):
     """A collection worker raised or died; the message carries its traceback or exit code."""
+
+
+class AgentDataError(MixagentError, ValueError):
+    """Trajectories cannot form an agent's dataset: none given, none usable, too few for the requested
+    selection, or runs of different env specs or domain spaces mixed."""
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 
 from mixagent.domains import weights_to_action
 from mixagent.env import MixingEnv
 from mixagent.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
 
-__all__ = ["Rollout", "rollout"]
+__all__ = ["Rollout", "rollout", "iter_rollout"]
 
 
 @dataclasses.dataclass
@@ -34,9 +35,10 @@ class Rollout:
         return done[-1] if done else 0.0
 
 
-def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> Rollout:
-    """Run one episode. The policy's exact weights are trained on (``env.step_weights``); the action
-    recorded beside them is their image under the inverse action map."""
+def iter_rollout(env: MixingEnv, policy: MixingPolicy, seed: int) -> Generator[dict, None, Rollout]:
+    """Run one episode, yielding each step's record; the generator returns the :class:`Rollout`.
+    The policy's exact weights are trained on (``env.step_weights``); the action recorded beside them is
+    their image under the inverse action map."""
     obs, info = env.reset(seed=seed)
     policy.reset(env.space)
     start = EvalResult.from_json(info["eval"])
@@ -48,7 +50,18 @@ def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> R
         ret += reward
         steps.append({"action": action.tolist(), "reward": reward, **info})
         done = terminated or truncated
+        yield steps[-1]
+    return Rollout(start, steps, ret, truncated)
+
+
+def rollout(env: MixingEnv, policy: MixingPolicy, seed: int, progress=None) -> Rollout:
+    """Run one episode (see :func:`iter_rollout`); ``progress(info)`` is called after every step."""
+    steps = iter_rollout(env, policy, seed)
+    while True:
+        try:
+            info = next(steps)
+        except StopIteration as done:
+            return done.value
         if progress is not None:
             progress(info)
-    return Rollout(start, steps, ret, truncated)
 

@@ -5,8 +5,9 @@
 * ``ray``: one Ray actor per worker, on a local Ray or a cluster (``--address``); every node needs mixagent
   installed with its data built (``make base-model``).
 
-A worker builds its env once, then runs trees (``TreeRunner.run``) until the tasks run out. Trees are
-independent and deterministic, so which worker runs which tree does not change the dataset.
+A worker builds its runner once (``setup.make_runner()``: a collection ``TreeRunner``, or the agent's
+online-evaluation runner), then runs tasks (``runner.run(*task)``) until they run out. Tasks are
+independent and deterministic, so which worker runs which task does not change the results.
 """
 
 from __future__ import annotations
@@ -20,14 +21,30 @@ import queue
 import signal
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from mixagent.errors import CollectWorkerError, ConfigError
-from mixagent.trajectories.tree import TreeRunner, WorkerSetup
 
-__all__ = ["Launcher", "Task", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS", "cpu_count"]
+__all__ = ["Launcher", "Runner", "RunnerSetup", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
+           "cpu_count"]
 
-Task = tuple[int, frozenset[str]]  # (tree index, ids of its already finished trajectories)
+
+class Runner(Protocol):
+    """Runs one task at a time in a worker and yields its events."""
+
+    identity: dict
+
+    def run(self, *task: Any) -> Iterator[tuple]:
+        """Yield the task's events."""
+
+
+class RunnerSetup(Protocol):
+    """Picklable description of a worker: builds its runner once per worker."""
+
+    threads: int
+
+    def make_runner(self) -> Runner:
+        """Build the worker's runner (env, model...)."""
 
 
 def cpu_count() -> int:
@@ -41,7 +58,7 @@ def cpu_count() -> int:
 class Launcher(Protocol):
     """Runs tasks on ``workers`` workers and yields the runners' events (plus one ``ready`` per worker)."""
 
-    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
         """Yield events until every task is done; raise :class:`CollectWorkerError` if a worker fails."""
 
     def close(self) -> None:
@@ -52,13 +69,13 @@ class InlineLauncher:
     """Runs every tree in the calling process, one after another."""
 
     def __init__(self, workers: int = 1, address: str = "") -> None:
-        self.runner: TreeRunner | None = None
+        self.runner: Runner | None = None
 
-    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
-        self.runner = self.runner or TreeRunner(setup)
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
+        self.runner = self.runner or setup.make_runner()
         yield ("ready", self.runner.identity)
-        for tree, done in tasks:
-            yield from self.runner.run(tree, done)
+        for task in tasks:
+            yield from self.runner.run(*task)
 
     def close(self) -> None:
         pass
@@ -70,10 +87,10 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _local_worker(setup: WorkerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
+def _local_worker(setup: RunnerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
     _die_with_parent()
     try:
-        runner = TreeRunner(setup)
+        runner = setup.make_runner()
         events.put(("ready", runner.identity))
         while (task := tasks.get()) is not None:
             for event in runner.run(*task):
@@ -96,7 +113,7 @@ class LocalLauncher:
         self.workers = workers
         self.procs: list[mp.Process] = []
 
-    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
         ctx = mp.get_context("spawn")
         task_q, event_q = ctx.Queue(), ctx.Queue()
         for task in tasks:
@@ -137,16 +154,16 @@ class LocalLauncher:
 
 
 class _RayWorker:
-    """The Ray actor: one TreeRunner per actor, trees streamed back as generator items."""
+    """The Ray actor: one runner per actor, task events streamed back as generator items."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
-        self.runner = TreeRunner(setup)
+    def __init__(self, setup: RunnerSetup) -> None:
+        self.runner = setup.make_runner()
 
     def identity(self) -> dict:
         return self.runner.identity
 
-    def run(self, tree: int, done: frozenset[str]) -> Iterator[tuple]:
-        yield from self.runner.run(tree, done)
+    def run(self, *task: Any) -> Iterator[tuple]:
+        yield from self.runner.run(*task)
 
 
 class RayLauncher:
@@ -167,7 +184,7 @@ class RayLauncher:
         self.actors: list = []
         self._started = False
 
-    def events(self, setup: WorkerSetup, tasks: list[Task]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
         ray = self.ray
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.workers * setup.threads}

@@ -125,6 +125,9 @@ class WorkerSetup:
             return self.env_factory()
         return MixingEnv(REPO_ROOT / self.env, overrides=[*self.env_overrides, f"optim.threads={self.threads}"])
 
+    def make_runner(self) -> TreeRunner:
+        return TreeRunner(self)
+
 
 class TreeRunner:
     """Runs collection trees in one worker (one env, built once).

@@ -1,0 +1,172 @@
+"""The policy artifact: ``policy.safetensors`` + ``meta.json``, and :class:`AgentPolicy`, its loader.
+
+Loading needs plain torch and safetensors, never d3rlpy or pickle. The network is the greedy actor every
+supported d3rlpy algorithm shares: ``tanh(head(mlp(standardise(obs))))`` with ReLU hidden layers; the
+action then goes through the env's action map (``mixagent.domains.action_to_weights``).
+
+``policy.safetensors`` holds ``layers.{i}.weight/bias`` (hidden layers), ``head.weight/bias``,
+``obs_mean`` and ``obs_std``; ``meta.json`` holds everything else (format below, ``FORMAT_VERSION``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
+from mixagent.errors import CorruptArtifactError, SchemaVersionError, WeightsError
+from mixagent.observation import OBSERVATION_VERSION
+
+__all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "ArtifactMismatchError"]
+
+FORMAT_VERSION = 1
+KIND = "mixagent.policy"
+WEIGHTS_FILE = "policy.safetensors"
+META_FILE = "meta.json"
+
+
+class ArtifactMismatchError(WeightsError):
+    """A policy artifact was trained for another domain space or observation version than it is used in."""
+
+
+def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write ``out/policy.safetensors`` and ``out/meta.json`` (each through a temporary file and an atomic
+    rename; the meta records the weights' sha256, so a torn or swapped pair is detected on load)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (WEIGHTS_FILE + ".tmp")
+    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    os.replace(tmp, out / WEIGHTS_FILE)
+    full = {"kind": KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest, **meta,
+            "versions": {"torch": torch.__version__, "python": platform.python_version(), **meta.get("versions", {})}}
+    tmp = out / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(full, indent=1))
+    os.replace(tmp, out / META_FILE)
+    return out
+
+
+def _corrupt(path: Path, what: str) -> CorruptArtifactError:
+    return CorruptArtifactError(f"policy artifact {path}: {what}; re-export it with `python -m mixagent.train_agent "
+                                f"--config <its config> --resume` (or train again)")
+
+
+class AgentPolicy:
+    """A trained mixing policy loaded from an artifact directory; a :class:`~mixagent.policies.MixingPolicy`.
+
+    Args:
+        path: the artifact directory (``policy.safetensors`` + ``meta.json``).
+        device: torch device for the forward pass (``cpu`` by default; one decision is tiny).
+
+    Raises:
+        CorruptArtifactError: missing or unreadable files, a checksum mismatch or tensors that do not fit
+            the recorded network shape.
+        SchemaVersionError: an artifact format or kind this code does not read.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        self.path = path = Path(path)
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except FileNotFoundError:
+            raise _corrupt(path, f"no {META_FILE} (is this an artifact directory?)") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _corrupt(path, f"{META_FILE} is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("kind") != KIND:
+            raise SchemaVersionError(f"{path / META_FILE} is not a mixagent policy artifact (kind "
+                                     f"{meta.get('kind') if isinstance(meta, dict) else None!r}, expected {KIND!r})")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise SchemaVersionError(f"{path / META_FILE} has format_version {meta.get('format_version')!r}; this "
+                                     f"mixagent reads version {FORMAT_VERSION}: upgrade mixagent or re-export the "
+                                     f"policy")
+        try:
+            raw = (path / WEIGHTS_FILE).read_bytes()
+        except OSError:
+            raise _corrupt(path, f"{WEIGHTS_FILE} is missing or unreadable") from None
+        if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
+            raise _corrupt(path, f"{WEIGHTS_FILE} does not match the sha256 recorded in {META_FILE}")
+        try:
+            tensors = load_file(str(path / WEIGHTS_FILE), device=device)
+            self.meta = meta
+            self.names: tuple[str, ...] = tuple(meta["domains"]["names"])
+            self.fields: tuple[str, ...] = tuple(meta["domains"]["fields"])
+            self.observation_version = int(meta["observation"]["version"])
+            self.obs_dim = int(meta["observation"]["dim"])
+            self.temperature = float(meta["action"]["temperature"])
+            self.floor = float(meta["action"]["floor"])
+            hidden = [int(h) for h in meta["network"]["hidden"]]
+            layers: list[torch.nn.Module] = []
+            for i, width in enumerate(hidden):
+                lin = torch.nn.Linear(tensors[f"layers.{i}.weight"].shape[1], width)
+                lin.load_state_dict({"weight": tensors[f"layers.{i}.weight"], "bias": tensors[f"layers.{i}.bias"]})
+                layers += [lin, torch.nn.ReLU()]
+            head = torch.nn.Linear(hidden[-1] if hidden else self.obs_dim, len(self.names))
+            head.load_state_dict({"weight": tensors["head.weight"], "bias": tensors["head.bias"]})
+            self.net = torch.nn.Sequential(*layers, head, torch.nn.Tanh()).to(device).eval()
+            self.mean = tensors["obs_mean"].reshape(1, self.obs_dim)
+            self.std = tensors["obs_std"].reshape(1, self.obs_dim)
+            self.net(torch.zeros(1, self.obs_dim, device=device))  # shapes fit end to end
+        except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise _corrupt(path, f"tensors or meta do not fit together ({type(exc).__name__}: {exc})") from None
+        check_action_mapping(len(self.names), self.temperature, self.floor)
+        self.device = device
+        self.space: DomainSpace | None = None
+
+    # -- MixingPolicy --------------------------------------------------------------------------------
+    def reset(self, space: DomainSpace) -> None:
+        """Start a run in ``space``, which must be the artifact's domain space (same names, order, fields).
+
+        Raises:
+            ArtifactMismatchError: naming the differing domains, or an observation version mismatch.
+        """
+        if tuple(space.names) != self.names or tuple(space.fields) != self.fields:
+            missing = [n for n in self.names if n not in space.names]
+            extra = [n for n in space.names if n not in self.names]
+            detail = (f"the policy's domains missing from the space: {missing}; the space's domains the policy "
+                      f"does not know: {extra}" if missing or extra else
+                      "same domains in another order or with other fields: "
+                      f"policy {list(zip(self.names, self.fields))}, space {list(zip(space.names, space.fields))}")
+            raise ArtifactMismatchError(f"policy {self.path} was trained for domain space "
+                                        f"{self.meta['domains'].get('space')!r}, not {space.name!r} ({detail}); use "
+                                        f"a policy trained on this space, or run in the policy's space")
+        if self.observation_version != OBSERVATION_VERSION:
+            raise ArtifactMismatchError(f"policy {self.path} expects observation version {self.observation_version}, "
+                                        f"this mixagent builds version {OBSERVATION_VERSION}; use a matching mixagent "
+                                        f"or retrain the policy")
+        self.space = space
+
+    def action(self, observation: np.ndarray) -> np.ndarray:
+        """The raw action in ``[-1, 1]^K`` (non-finite inputs read as 0; the output is always finite)."""
+        x = torch.as_tensor(np.nan_to_num(np.asarray(observation, np.float32), nan=0.0, posinf=10.0, neginf=-10.0),
+                            device=self.device).reshape(1, -1)
+        if x.shape[1] != self.obs_dim:
+            raise ValueError(f"observation has {x.shape[1]} entries, this policy takes {self.obs_dim} "
+                             f"(ObservationBuilder layout for {len(self.names)} domains)")
+        with torch.inference_mode():
+            a = self.net((x - self.mean) / self.std)[0].cpu().numpy()
+        return np.nan_to_num(a, nan=0.0)  # a NaN weight (from a corrupt training run) falls back to uniform
+
+    def act(self, observation: np.ndarray) -> DomainWeights:
+        if self.space is None:
+            raise RuntimeError("call reset(space) before act()")
+        return action_to_weights(self.space, self.action(observation), self.temperature, self.floor)
+
+    def __repr__(self) -> str:
+        return f"AgentPolicy({str(self.path)!r}, algo={self.meta.get('algo')!r}, k={len(self.names)})"
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy:
+    """Load a policy artifact directory (see :class:`AgentPolicy`)."""
+    return AgentPolicy(path, device)

@@ -1,0 +1,232 @@
+"""Trajectory runs -> transitions -> a d3rlpy dataset.
+
+Observations are rebuilt from the stored raw evaluations by the same :class:`ObservationBuilder` the env
+uses, and rewards are recomputed with a named reward function, so a different reward or a new
+observation layout needs no new collection. Branched trajectories store their shared prefix as a copy of
+the parent's steps; by default each shared step enters the dataset once (the child's episode starts at
+its branch step), so a tree does not weigh its early steps ``factor ** depth`` times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixagent.domains import Domain, DomainSpace
+from mixagent.errors import AgentDataError
+from mixagent.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.rewards import balanced_score, field_improvement, step_reward
+from mixagent.trajectories.store import Run, Trajectory
+
+__all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories",
+           "to_d3rlpy", "space_from_meta"]
+
+
+def space_from_meta(domains: dict) -> DomainSpace:
+    """The domain space a run recorded (``meta.json`` ``domains``: names, fields and the space file); the
+    domains' corpora are not needed to rebuild observations and rewards."""
+    name = Path(str(domains.get("space", "recorded"))).stem
+    return DomainSpace(name, [Domain(n, f, []) for n, f in zip(domains["names"], domains["fields"])])
+
+
+@dataclasses.dataclass
+class TrajectorySet:
+    """Trajectories of one or more compatible runs (same env spec and domain space), flagged ones left out.
+
+    Attributes:
+        runs: run directories, in the order given.
+        space: their domain space.
+        env: the runs' env identity (``meta.json`` ``env``: id, spec, spec_hash, horizon, ...).
+        trajectories: ``(run name, trajectory)`` pairs, flagged (NaN) trajectories excluded.
+        flagged: how many flagged trajectories were left out.
+        headers: every trajectory's header by run and id, flagged ones included (branch ancestry).
+    """
+
+    runs: list[Path]
+    space: DomainSpace
+    env: dict
+    trajectories: list[tuple[str, Trajectory]]
+    flagged: int
+    headers: dict[str, dict[str, dict]]
+
+    @property
+    def horizon(self) -> int:
+        return int(self.env["horizon"])
+
+    def episode_seeds(self) -> set[int]:
+        """Every episode seed used in collection (online evaluation must use others)."""
+        return {int(t.header["episode_seed"]) for _, t in self.trajectories}
+
+
+def load_trajectories(paths: Sequence[str | Path]) -> TrajectorySet:
+    """Read runs and check they can form one dataset.
+
+    Raises:
+        AgentDataError: no runs, a run without usable trajectories overall, or runs that mix env specs,
+            domain spaces or observation versions.
+    """
+    if not paths:
+        raise AgentDataError("no trajectory runs given; set runs: [trajectories/<run>] (collect one with "
+                             "`make collect-trajectories`)")
+    runs, dirs = [], []
+    for p in paths:
+        path = Path(p)
+        if not (path / "meta.json").is_file():
+            raise AgentDataError(f"{path} is not a trajectory run (no meta.json); collect it with "
+                                 f"`python -m mixagent.trajectories collect --config configs/collect/<name>.yaml`")
+        runs.append(Run(path))
+        dirs.append(path)
+    first = runs[0]
+    for run in runs[1:]:
+        _check_compatible(first, run)
+    version = first.meta["env"].get("observation_version")
+    if version != OBSERVATION_VERSION:
+        raise AgentDataError(f"{first.path} was collected with observation version {version}, this code builds "
+                             f"version {OBSERVATION_VERSION}; observations are rebuilt from raw evaluations, so "
+                             f"only the recorded version differs: re-collect or use a matching mixagent version")
+    items, flagged, headers = [], 0, {}
+    for run in runs:
+        if run.name in headers:
+            raise AgentDataError(f"two runs are named {run.name!r} ({[str(d) for d in dirs]}); list each run once")
+        headers[run.name] = {}
+        for traj in run.trajectories():
+            headers[run.name][traj.id] = traj.header
+            if traj.flagged:
+                flagged += 1
+            else:
+                items.append((run.name, traj))
+    if not items:
+        raise AgentDataError(f"the runs {[str(d) for d in dirs]} hold no usable trajectories ({flagged} flagged as "
+                             f"diverged); collect more with `python -m mixagent.trajectories collect ... --resume`")
+    return TrajectorySet(dirs, space_from_meta(first.meta["domains"]), first.meta["env"], items, flagged,
+                         headers)
+
+
+def _check_compatible(a: Run, b: Run) -> None:
+    da, db = a.meta["domains"], b.meta["domains"]
+    if da["names"] != db["names"] or da["fields"] != db["fields"]:
+        only_a = [n for n in da["names"] if n not in db["names"]]
+        only_b = [n for n in db["names"] if n not in da["names"]]
+        detail = (f"only in {a.path}: {only_a}; only in {b.path}: {only_b}" if only_a or only_b
+                  else "same names in a different order or with different fields")
+        raise AgentDataError(f"runs {a.path} and {b.path} use different domain spaces ({detail}); train one agent "
+                             f"per domain space: list only runs of the same space")
+    if a.meta["env"]["spec_hash"] != b.meta["env"]["spec_hash"]:
+        sa, sb = a.meta["env"]["spec"], b.meta["env"]["spec"]
+        keys = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k)) or ["base model or data"]
+        raise AgentDataError(f"runs {a.path} and {b.path} were collected in different env specs ({a.meta['env']['id']}"
+                             f" vs {b.meta['env']['id']}; differing: {', '.join(keys)}); list only runs of one spec")
+
+
+@dataclasses.dataclass
+class Transitions:
+    """Flat arrays in d3rlpy's episode layout (an episode ends at a terminal or a timeout)."""
+
+    observations: np.ndarray  # (N, 3K+5) float32
+    actions: np.ndarray  # (N, K) float32, in [-1, 1]
+    rewards: np.ndarray  # (N,) float32, the recomputed reward (unscaled)
+    terminals: np.ndarray  # (N,) float32
+    timeouts: np.ndarray  # (N,) float32
+    episodes: list[dict]  # per episode: run, id, first step, steps, return of the whole trajectory
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def describe(self) -> dict[str, Any]:
+        return {"transitions": len(self), "episodes": len(self.episodes),
+                "trajectories": len({(e["run"], e["id"]) for e in self.episodes}),
+                "terminals": int(self.terminals.sum()), "timeouts": int(self.timeouts.sum())}
+
+
+def trajectory_return(traj: Trajectory, space: DomainSpace, reward: str, lam: float) -> float:
+    """``B_T - B_0`` under ``reward`` (the last completed evaluation for a truncated trajectory)."""
+    evals = traj.evals
+    return balanced_score(reward, lam, traj.start, evals[-1], space) if evals else 0.0
+
+
+def top_trajectories(tset: TrajectorySet, fraction: float, reward: str, lam: float) -> list[tuple[str, Trajectory]]:
+    """The best ``floor(fraction * N)`` complete trajectories by return under ``reward``.
+
+    Raises:
+        AgentDataError: when that selects none.
+    """
+    complete = [(r, t) for r, t in tset.trajectories if not t.truncated]
+    n = math.floor(fraction * len(complete) + 1e-9)
+    if not 0 < fraction <= 1 or n < 1:
+        need = math.ceil(1 / fraction) if fraction > 0 else "more"
+        raise AgentDataError(f"sft.top_fraction={fraction} of {len(complete)} complete trajectories selects none; "
+                             f"collect at least {need} trajectories or raise sft.top_fraction (at most 1)")
+    ranked = sorted(complete, key=lambda rt: -trajectory_return(rt[1], tset.space, reward, lam))
+    return ranked[:n]
+
+
+def _owner(headers: dict[str, dict], tid: str, step: int) -> str:
+    """The trajectory that first produced step ``step`` of ``tid`` (branched prefixes are copies)."""
+    while step < headers[tid]["branch_step"] and headers[tid]["parent"] in headers:
+        tid = headers[tid]["parent"]
+    return tid
+
+
+def build_transitions(tset: TrajectorySet, reward: str, lam: float,
+                      select: list[tuple[str, Trajectory]] | None = None, dedupe: bool = True) -> Transitions:
+    """Transitions of ``select`` (default: every usable trajectory) with rewards recomputed under ``reward``.
+
+    Args:
+        tset: the trajectory set.
+        reward: a registered reward name (``mixagent.rewards.REWARDS``).
+        lam: target-field weight of the balanced score.
+        select: the trajectories to use.
+        dedupe: enter each branched prefix step once.
+    """
+    field_improvement(reward)  # unknown names raise before any work
+    space, horizon = tset.space, tset.horizon
+    builder = ObservationBuilder(space)
+    items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))
+    seen: set[tuple[str, str, int]] = set()
+    obs, acts, rews, terms, outs, episodes = [], [], [], [], [], []
+    for run, traj in items:
+        evals = traj.evals
+        n = len(evals)  # a truncated trajectory's failed last step has no evaluation and no reward
+        if n == 0:
+            continue
+        run_headers = tset.headers[run]
+        first = 0
+        if dedupe:
+            while first < n and (run, _owner(run_headers, traj.id, first), first) in seen:
+                first += 1
+            seen.update((run, _owner(run_headers, traj.id, s), s) for s in range(first, n))
+        if first == n:
+            continue
+        start = traj.start
+        weights = [np.asarray(traj.header["start_weights"])] + [np.asarray(s["weights"]) for s in traj.steps[:n]]
+        before = [start] + evals  # before[t] is the evaluation the action at step t saw
+        for t in range(first, n):
+            prev = before[t - 1] if t >= 1 else start
+            obs.append(builder(weights[t], start, prev, before[t], t / horizon))
+            acts.append(traj.steps[t]["action"])
+            rews.append(step_reward(reward, lam, start, before[t], before[t + 1], space))
+            last = t == n - 1
+            terms.append(float(last and not traj.truncated and n == horizon))
+            outs.append(float(last and not terms[-1]))
+        episodes.append({"run": run, "id": traj.id, "first_step": first, "steps": n - first,
+                         "return": trajectory_return(traj, space, reward, lam)})
+    if not obs:
+        raise AgentDataError("the selected trajectories hold no completed steps; collect more trajectories")
+    return Transitions(np.asarray(obs, np.float32), np.clip(np.asarray(acts, np.float32), -1, 1),
+                       np.asarray(rews, np.float32), np.asarray(terms, np.float32), np.asarray(outs, np.float32),
+                       episodes)
+
+
+def to_d3rlpy(tr: Transitions, action_size: int) -> Any:
+    """A d3rlpy ``MDPDataset`` with the action space forced continuous (d3rlpy guesses discrete when the
+    actions look integral, e.g. one-hot mixtures mapped to ±1)."""
+    from d3rlpy.constants import ActionSpace
+    from d3rlpy.dataset import MDPDataset
+
+    return MDPDataset(tr.observations, tr.actions, tr.rewards, tr.terminals, tr.timeouts,
+                      action_space=ActionSpace.CONTINUOUS, action_size=action_size)

@@ -1,0 +1,165 @@
+"""Online evaluation: learned policies and baselines rolled out in the real env on held-out seeds.
+
+Episodes run on the collection launchers (``local`` worker processes or ``inline``), each worker building
+its env once. Finished episodes are written one JSON file each, so an interrupted evaluation resumes
+where it stopped; baseline episodes do not depend on the agent and are cached by env spec hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from mixagent.compare import summarize
+from mixagent.config import from_dict
+from mixagent.env import MixingEnv
+from mixagent.errors import ConfigError
+from mixagent.policies import MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy
+from mixagent.rollout import iter_rollout
+from mixagent.spec import EnvSpec
+from mixagent.trajectories.launchers import InlineLauncher, LocalLauncher, cpu_count
+
+__all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_label", "check_held_out"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyRef:
+    """A policy a worker can build: a baseline name (``uniform``, ``natural``, ``target_only``,
+    ``replay:<rho>``) or a policy artifact directory."""
+
+    label: str
+    baseline: str = ""
+    artifact: str = ""
+
+    def build(self, env: MixingEnv) -> MixingPolicy:
+        if self.artifact:
+            from mixagent.agent.artifact import load_policy
+
+            return load_policy(self.artifact)
+        name, _, rho = self.baseline.partition(":")
+        natural = env.natural.to_mapping()
+        if name == "uniform":
+            return UniformPolicy()
+        if name == "natural":
+            return NaturalPolicy(natural)
+        if name == "target_only":
+            return ReplayPolicy(0.0, natural)
+        if name == "replay":
+            return ReplayPolicy(float(rho), natural)
+        raise ConfigError("eval.baselines", [f"unknown baseline {self.baseline!r}"])
+
+
+def baseline_label(name: str) -> str:
+    base, _, rho = name.partition(":")
+    return f"replay rho={float(rho):g}" if base == "replay" else base.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSetup:
+    """What an evaluation worker needs (picklable): the env spec as recorded by the trajectory runs."""
+
+    spec: dict
+    threads: int
+    env_factory: Callable[[], MixingEnv] | None = None
+
+    def make_runner(self) -> EvalRunner:
+        return EvalRunner(self)
+
+
+class EvalRunner:
+    """Runs evaluation episodes in one worker (one env, built once)."""
+
+    def __init__(self, setup: EvalSetup) -> None:
+        torch.set_num_threads(setup.threads)
+        if setup.env_factory is not None:
+            self.env = setup.env_factory()
+        else:
+            spec = dict(setup.spec, optim={**setup.spec["optim"], "threads": setup.threads})
+            self.env = MixingEnv(from_dict(EnvSpec, spec, "recorded env spec"))
+        self.identity = {"spec_hash": self.env.spec_.spec_hash()}
+
+    def run(self, ref: PolicyRef, seed: int) -> Iterator[tuple]:
+        policy = ref.build(self.env)
+        steps = iter_rollout(self.env, policy, seed)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                yield ("episode", ref.label, seed, summarize(done.value, self.env.space, seed))
+                return
+            yield ("segment", ref.label, seed)
+
+
+def check_held_out(seeds: list[int], used: set[int]) -> None:
+    """Refuse evaluation seeds that collection used as episode seeds."""
+    clash = sorted(set(seeds) & used)
+    if clash:
+        raise ConfigError("eval.seeds", [f"seeds {clash} were used as episode seeds in collection; evaluate on "
+                                         f"held-out seeds (e.g. {max(used | set(seeds)) + 1})"])
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds: list[int], out: Path,
+                    cache: Path | None, horizon: int, launcher: str = "local", workers: int = 0,
+                    env_factory: Callable[[], MixingEnv] | None = None,
+                    progress: bool = True) -> dict[str, list[dict]]:
+    """Roll every policy out on every seed; returns ``{label: [episode summary per seed]}``.
+
+    Episodes already on disk (``out/<label>/<seed>.json``, or the baseline cache) are not rerun.
+    """
+    def where(ref: PolicyRef, seed: int) -> Path:
+        if ref.baseline and cache is not None:
+            return cache / spec_hash / f"{ref.baseline.replace(':', '_')}" / f"{seed}.json"
+        return out / ref.label.replace(" ", "_").replace("=", "") / f"{seed}.json"
+
+    results: dict[str, dict[int, dict]] = {ref.label: {} for ref in policies}
+    todo = []
+    for ref in policies:
+        for seed in seeds:
+            path = where(ref, seed)
+            if path.is_file():
+                results[ref.label][seed] = json.loads(path.read_text())
+            else:
+                todo.append((ref, seed))
+    refs = {ref.label: ref for ref in policies}
+    if todo:
+        cores = cpu_count()
+        if launcher == "inline" or env_factory is not None:
+            runner, threads = InlineLauncher(), cores
+        else:
+            n = min(workers or cores, len(todo))
+            runner, threads = LocalLauncher(n), max(1, cores // n)
+        setup = EvalSetup(spec, threads, env_factory)
+        bar = tqdm(total=len(todo) * horizon, desc="online eval", unit="segment", disable=not progress)
+        try:
+            for event in runner.events(setup, todo):
+                if event[0] == "ready":
+                    if event[1]["spec_hash"] != spec_hash:
+                        raise ConfigError("online evaluation", [
+                            f"the env built from the recorded spec has hash {event[1]['spec_hash']}, the trajectories "
+                            f"were collected with {spec_hash}: the base model, data or domain space changed since "
+                            f"collection; rebuild them as they were or collect again"])
+                elif event[0] == "segment":
+                    bar.update()
+                    bar.set_postfix_str(f"{event[1]} seed {event[2]}")
+                elif event[0] == "episode":
+                    _, label, seed, summary = event
+                    _write_json(where(refs[label], seed), summary)
+                    results[label][seed] = summary
+        finally:
+            runner.close()
+            bar.close()
+    return {label: [by_seed[s] for s in seeds] for label, by_seed in results.items()}

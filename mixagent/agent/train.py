@@ -1,0 +1,387 @@
+"""The agent job: trajectories -> SFT (behaviour cloning) -> RL (CQL / IQL / TD3+BC) -> artifacts ->
+offline evaluation (FQE) -> online evaluation against the baselines.
+
+Run directory ``<out_dir>/<name>/``: ``config.json``, ``state.json`` (stages done), ``log.jsonl`` (one
+metric line per ``log_every`` steps), ``checkpoints/`` (training state, resumable), ``sft/`` and ``rl/``
+(policy artifacts), ``offline.json``, ``online/`` (one file per episode), ``table.md`` / ``table.json``.
+Nothing is written elsewhere (no ``d3rlpy_logs/``): the training loop is our own, on d3rlpy's ``update``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mixagent.agent.algos import (
+    actor_tensors,
+    import_d3rlpy,
+    init_actor_from,
+    make_fqe,
+    make_rl,
+    make_sft,
+    rl_params_problems,
+)
+from mixagent.agent.artifact import write_artifact
+from mixagent.agent.config import AgentConfig
+from mixagent.agent.dataset import (
+    TrajectorySet,
+    Transitions,
+    build_transitions,
+    load_trajectories,
+    to_d3rlpy,
+    top_trajectories,
+)
+from mixagent.agent.online import PolicyRef, baseline_label, check_held_out, evaluate_online
+from mixagent.compare import format_table
+from mixagent.config import config_hash, to_dict
+from mixagent.env import MixingEnv
+from mixagent.errors import ConfigError, ResumeMismatchError
+from mixagent.observation import OBSERVATION_VERSION
+from mixagent.paths import REPO_ROOT
+
+__all__ = ["train_agent", "AgentResult", "MetricSink"]
+
+log = logging.getLogger(__name__)
+STAGES = ("sft", "rl")
+# config keys that change what is trained; the rest (evaluation, logging) may differ on --resume
+_TRAINING_KEYS = ("runs", "reward", "lam", "dedupe_prefixes", "seed", "sft", "rl", "checkpoint_every")
+
+
+class MetricSink(Protocol):
+    """Where metric records go (``log.jsonl``, stdout, wandb)."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("a")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class StdoutSink:
+    def write(self, record: dict[str, Any]) -> None:
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+
+    def close(self) -> None:
+        pass
+
+
+class WandbSink:
+    """wandb, imported only when a run asks for it; ``offline`` writes under the run directory."""
+
+    def __init__(self, cfg: AgentConfig, run_dir: Path) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ConfigError("wandb", ["wandb.mode is not 'disabled' but wandb is not installed: pip install "
+                                        "wandb, or set wandb.mode=disabled"]) from None
+        self.run = wandb.init(project=cfg.wandb.project, name=cfg.name, mode=cfg.wandb.mode, dir=str(run_dir),
+                              config=to_dict(cfg))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.run.log({f"{record.get('stage', 'eval')}/{k}": v for k, v in record.items()
+                      if isinstance(v, (int, float)) and k != "stage"})
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricLog:
+    def __init__(self, sinks: list[MetricSink]) -> None:
+        self.sinks = sinks
+
+    def write(self, **record: Any) -> None:
+        for sink in self.sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+@dataclasses.dataclass
+class AgentResult:
+    """What a finished agent job produced."""
+
+    run_dir: Path
+    artifacts: dict[str, Path]
+    offline: dict[str, Any]
+    table: str
+    rows: list[dict]
+    seconds: dict[str, float]
+
+
+# --- run directory state ----------------------------------------------------------------------------
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
+    run_dir = cfg.run_dir
+    state_path = run_dir / "state.json"
+    identity = {k: to_dict(cfg)[k] for k in _TRAINING_KEYS}
+    if state_path.is_file():
+        if not resume:
+            raise ResumeMismatchError(f"{run_dir} already holds an agent run; pass --resume to continue it, or "
+                                      f"choose another name (name=...)")
+        state = json.loads(state_path.read_text())
+        recorded = state["identity"]
+        differing = [k for k in _TRAINING_KEYS if recorded.get(k) != identity[k]]
+        if differing:
+            raise ResumeMismatchError(f"cannot resume {run_dir}: {', '.join(differing)} differ from the recorded "
+                                      f"run ({', '.join(f'{k}: {recorded.get(k)!r}' for k in differing)}); use the "
+                                      f"same config or another name")
+        return state
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = {"identity": identity, "done": [], "seconds": {}}
+    _atomic_json(run_dir / "config.json", to_dict(cfg))
+    _atomic_json(state_path, state)
+    return state
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+def _save_checkpoint(algo: Any, path: Path, step: int) -> None:
+    """Modules, optimizers and every RNG the loop uses, so a resumed stage continues bit for bit."""
+    modules = algo.impl.modules.create_checkpointer(algo.impl.device).modules
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save({"modules": {k: v.state_dict() for k, v in modules.items()}, "torch_rng": torch.get_rng_state()}, tmp)
+    np_state = np.random.get_state()
+    extra = {"step": step, "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+             "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+    os.replace(tmp, path)
+    _atomic_json(path.with_suffix(".json"), extra)
+
+
+def _load_checkpoint(algo: Any, path: Path) -> int:
+    """Restore a :func:`_save_checkpoint`; returns the step it was taken at (0 when there is none)."""
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        return 0
+    chkpt = torch.load(path, map_location=algo.impl.device, weights_only=True)  # tensors and plain containers only
+    modules = algo.impl.modules.create_checkpointer(algo.impl.device).modules
+    for k, v in modules.items():
+        v.load_state_dict(chkpt["modules"][k])
+    torch.set_rng_state(chkpt["torch_rng"])
+    extra = json.loads(path.with_suffix(".json").read_text())
+    np_state = extra["numpy_rng"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    random.setstate((extra["python_rng"][0], tuple(extra["python_rng"][1]), extra["python_rng"][2]))
+    algo.set_grad_step(extra["step"])
+    return int(extra["step"])
+
+
+# --- the training loop ------------------------------------------------------------------------------
+
+def _build(algo: Any, dataset: Any) -> None:
+    obs_dim = dataset.sample_transition().observation_signature.shape[0][0]
+    algo.create_impl((obs_dim,), dataset.dataset_info.action_size)
+
+
+def train_stage(algo: Any, dataset: Any, stage: str, steps: int, cfg: AgentConfig, metrics: MetricLog,
+                progress: bool, on_step: Callable[[str, int], None] | None = None) -> float:
+    """Train ``algo`` for ``steps`` gradient steps from its last checkpoint; returns steps per second."""
+    ckpt = cfg.run_dir / "checkpoints" / f"{stage}.pt"
+    ckpt.parent.mkdir(exist_ok=True)
+    start = _load_checkpoint(algo, ckpt)
+    if start:
+        log.info("%s: resuming at step %d of %d from %s", stage, start, steps, ckpt)
+    sums: dict[str, list[float]] = defaultdict(list)
+    t0 = time.perf_counter()
+    with tqdm(total=steps, initial=start, desc=stage, unit="step", disable=not progress) as bar:
+        for step in range(start + 1, steps + 1):
+            batch = dataset.sample_transition_batch(algo.config.batch_size)
+            for k, v in algo.update(batch).items():
+                sums[k].append(v)
+            bar.update()
+            if step % cfg.log_every == 0 or step == steps:
+                means = {k: float(np.mean(v)) for k, v in sums.items()}
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+                metrics.write(stage=stage, step=step, **means)
+                sums.clear()
+            if step % cfg.checkpoint_every == 0 or step == steps:
+                _save_checkpoint(algo, ckpt, step)
+            if on_step is not None:
+                on_step(stage, step)
+    return (steps - start) / max(time.perf_counter() - t0, 1e-9)
+
+
+# --- offline evaluation -------------------------------------------------------------------------------
+
+def _offline_metrics(algo: Any, stage: str, dataset: Any, tr: Transitions, cfg: AgentConfig, gamma: float,
+                     scale: float, metrics: MetricLog, progress: bool) -> dict[str, float]:
+    """FQE value of the greedy policy at the initial state vs the behaviour data's return, TD error (RL),
+    and squared action difference to the data. Logged for diagnosis, not a verdict."""
+    d3rlpy = import_d3rlpy()
+    out: dict[str, float] = {
+        "action_diff": d3rlpy.metrics.ContinuousActionDiffEvaluator()(algo, dataset)}
+    if stage != "sft":
+        out["td_error"] = d3rlpy.metrics.TDErrorEvaluator()(algo, dataset) / scale**2
+    starts = _initial_indices(tr)
+    if cfg.fqe.steps > 0 and starts:
+        fqe = make_fqe(algo, cfg.fqe.hidden, cfg.fqe.learning_rate, cfg.fqe.batch_size, gamma, scale, cfg.device)
+        _build(fqe, dataset)
+        train_stage(fqe, dataset, f"fqe_{stage}", cfg.fqe.steps, cfg, metrics, progress)
+        obs0 = tr.observations[starts]
+        out["fqe_initial_value"] = float(np.mean(fqe.predict_value(obs0, algo.predict(obs0)))) / scale
+    returns = [e["return"] for e in tr.episodes]  # every trajectory is a rollout from the same start state
+    out["data_mean_return"], out["data_best_return"] = float(np.mean(returns)), float(np.max(returns))
+    metrics.write(stage=f"offline_{stage}", **out)
+    return out
+
+
+def _initial_indices(tr: Transitions) -> list[int]:
+    """Transition indices of the episodes that start at step 0 (the runs' true initial states)."""
+    ends = np.flatnonzero(np.maximum(tr.terminals, tr.timeouts))
+    firsts = np.concatenate([[0], ends[:-1] + 1])
+    return [int(firsts[e]) for e, ep in enumerate(tr.episodes) if ep["first_step"] == 0]
+
+
+# --- the job ------------------------------------------------------------------------------------------
+
+def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
+                env_factory: Callable[[], MixingEnv] | None = None,
+                on_step: Callable[[str, int], None] | None = None) -> AgentResult:
+    """Run the whole agent job (see the module docstring); ``resume`` continues an interrupted run.
+
+    Args:
+        cfg: the job config.
+        resume: continue the run in ``cfg.run_dir`` (training from its last checkpoint, finished stages
+            and evaluated episodes kept).
+        progress: show progress bars.
+        env_factory: builds the online-evaluation env in this process instead of the recorded spec (tests).
+        on_step: called after every gradient step with ``(stage, step)`` (tests interrupt through it).
+    """
+    problems = rl_params_problems(cfg.rl.algo, cfg.rl.params)
+    if problems:  # before anything is read or written
+        raise ConfigError("rl.params", problems)
+    tset = load_trajectories(cfg.run_paths())
+    check_held_out(cfg.eval.seeds, tset.episode_seeds())
+    spec_reward = tset.env["spec"].get("reward", {})
+    reward = cfg.reward or spec_reward.get("name", "balanced")
+    lam = cfg.lam if cfg.lam >= 0 else float(spec_reward.get("lam", 0.5))
+    all_tr = build_transitions(tset, reward, lam, dedupe=cfg.dedupe_prefixes)
+    top = top_trajectories(tset, cfg.sft.top_fraction, reward, lam)
+    sft_tr = build_transitions(tset, reward, lam, select=top, dedupe=cfg.dedupe_prefixes)
+    state = _prepare_run_dir(cfg, resume)
+    run_dir = cfg.run_dir
+    sinks: list[MetricSink] = [JsonlSink(run_dir / "log.jsonl"), StdoutSink()]
+    if cfg.wandb.mode != "disabled":
+        sinks.append(WandbSink(cfg, run_dir))
+    metrics = MetricLog(sinks)
+    try:
+        log.info("dataset: %s (reward %s, lam %.2f); SFT on the top %.0f%%: %s", all_tr.describe(), reward, lam,
+                 100 * cfg.sft.top_fraction, sft_tr.describe())
+        metrics.write(stage="data", reward=reward, lam=lam, **{f"all_{k}": v for k, v in all_tr.describe().items()},
+                      **{f"sft_{k}": v for k, v in sft_tr.describe().items()})
+        return _run(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step)
+    finally:
+        metrics.close()
+
+
+def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions, sft_tr: Transitions, reward: str,
+         lam: float, metrics: MetricLog, progress: bool, env_factory: Callable[[], MixingEnv] | None,
+         on_step: Callable[[str, int], None] | None) -> AgentResult:
+    d3rlpy = import_d3rlpy()
+    run_dir, k = cfg.run_dir, tset.space.k
+    mean, std = all_tr.observations.mean(axis=0), all_tr.observations.std(axis=0)
+    all_ds, sft_ds = to_d3rlpy(all_tr, k), to_d3rlpy(sft_tr, k)
+    seconds = state["seconds"]
+
+    def mark(stage: str, t0: float) -> None:
+        seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
+        state["done"].append(stage)
+        _atomic_json(run_dir / "state.json", state)
+
+    # the two stages, each seeded on its own so either reruns alone identically
+    algos = {"sft": make_sft(cfg.sft, mean, std, cfg.device), "rl": make_rl(cfg.rl, mean, std, cfg.device)}
+    datasets, steps = {"sft": sft_ds, "rl": all_ds}, {"sft": cfg.sft.steps, "rl": cfg.rl.steps}
+    artifacts = {}
+    for i, stage in enumerate(STAGES):
+        t0 = time.perf_counter()
+        d3rlpy.seed(cfg.seed + i)
+        algo = algos[stage]
+        _build(algo, datasets[stage])
+        if stage == "rl" and cfg.rl.init_from_sft:
+            init_actor_from(algo, algos["sft"])  # a resumed stage then loads its checkpoint over this
+        rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
+        artifacts[stage] = write_artifact(run_dir / stage, actor_tensors(algo), _artifact_meta(
+            cfg, tset, stage, reward, lam, mean, std))
+        if stage not in state["done"]:
+            metrics.write(stage=stage, steps_per_second=rate)
+            mark(stage, t0)
+    offline = {}
+    if "offline" in state["done"] and (run_dir / "offline.json").is_file():
+        offline = json.loads((run_dir / "offline.json").read_text())
+    else:
+        t0 = time.perf_counter()
+        for i, stage in enumerate(STAGES):
+            d3rlpy.seed(cfg.seed + 10 + i)
+            offline[stage] = _offline_metrics(algos[stage], stage, all_ds, all_tr, cfg, cfg.rl.gamma,
+                                              cfg.rl.reward_scale, metrics, progress)
+        _atomic_json(run_dir / "offline.json", offline)
+        mark("offline", t0)
+
+    t0 = time.perf_counter()
+    refs = [PolicyRef("agent SFT (bc)", artifact=str(artifacts["sft"])),
+            PolicyRef(f"agent RL ({cfg.rl.algo})", artifact=str(artifacts["rl"]))]
+    refs += [PolicyRef(baseline_label(b), baseline=b) for b in cfg.eval.baselines]
+    cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
+    results = evaluate_online(tset.env["spec"], tset.env["spec_hash"], refs, list(cfg.eval.seeds), run_dir / "online",
+                              cache, tset.horizon, cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
+    table, rows = format_table(results, tset.space)
+    (run_dir / "table.md").write_text(table + "\n")
+    _atomic_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": tset.env["spec_hash"],
+                                          "seeds": list(cfg.eval.seeds), "reward": reward, "lam": lam, "rows": rows})
+    for row in rows:
+        metrics.write(stage="online", policy=row["policy"], balanced=row["balanced"],
+                      source_score=row["source_score"], target_score=row["target_score"])
+    if "online" not in state["done"]:
+        mark("online", t0)
+    return AgentResult(run_dir, artifacts, offline, table, rows, dict(seconds))
+
+
+def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: str, lam: float, mean: np.ndarray,
+                   std: np.ndarray) -> dict[str, Any]:
+    import d3rlpy
+
+    spec = tset.env["spec"]
+    hidden = cfg.sft.hidden if stage == "sft" else cfg.rl.hidden
+    return {
+        "algo": "bc" if stage == "sft" else cfg.rl.algo, "stage": stage,
+        "domains": {"names": list(tset.space.names), "fields": list(tset.space.fields), "space": tset.space.name},
+        "observation": {"version": OBSERVATION_VERSION, "dim": int(mean.shape[0])},
+        "action": {"temperature": spec["action"]["temperature"], "floor": spec["action"]["floor"],
+                   "map": "floor + (1 - K*floor) * softmax(tanh_output / temperature)"},
+        "normalisation": {"kind": "standard", "eps": 1e-3, "tensors": ["obs_mean", "obs_std (std + eps)"]},
+        "network": {"hidden": list(hidden), "activation": "relu", "output": "tanh"},
+        "env": {"id": tset.env["id"], "spec_hash": tset.env["spec_hash"], "horizon": tset.horizon},
+        "reward": {"name": reward, "lam": lam},
+        "training": {"config": to_dict(cfg), "config_hash": config_hash(to_dict(cfg)),
+                     "runs": [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
+                              for p in tset.runs]},
+        "versions": {"d3rlpy": d3rlpy.__version__},
+    }

@@ -1,0 +1,74 @@
+"""Side-by-side comparison of mixing policies: per-episode summaries and the markdown table (mean ±
+standard deviation over seeds) that the demo and the agent's online evaluation print."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from mixagent.domains import DomainSpace
+from mixagent.env import MixingEnv
+from mixagent.evaluation import EvalResult
+from mixagent.policies import MixingPolicy
+from mixagent.rollout import Rollout, rollout
+
+__all__ = ["summarize", "compare", "format_table", "METRICS"]
+
+METRICS = ("source_score", "target_score", "source_bpb", "target_bpb", "balanced")
+
+
+def summarize(r: Rollout, space: DomainSpace, seed: int) -> dict:
+    """One episode as plain JSON: final scores and bits per byte per field, balanced score, return,
+    whether it diverged, the start evaluation and the mixture of every step."""
+    final = r.final
+    return {"seed": seed, "source_score": final.scores["source"], "target_score": final.scores["target"],
+            "source_bpb": final.field_bpb(space, "source"), "target_bpb": final.field_bpb(space, "target"),
+            "balanced": r.balanced, "return": r.ret, "truncated": r.truncated, "start": r.start.to_json(),
+            "weights": [[round(w, 6) for w in s["weights"].values()] for s in r.steps]}
+
+
+def compare(env: MixingEnv, policies: Mapping[str, MixingPolicy], seeds: list[int]) -> dict[str, list[dict]]:
+    """Roll every policy out on every seed in this process, with one progress bar over all segments."""
+    results: dict[str, list[dict]] = {}
+    with tqdm(total=len(policies) * len(seeds) * env.horizon, desc="rollouts", unit="segment") as bar:
+        for name, policy in policies.items():
+            bar.set_postfix_str(name)
+            results[name] = [summarize(rollout(env, policy, seed, progress=lambda _: bar.update()), env.space, seed)
+                             for seed in seeds]
+    return results
+
+
+def format_table(results: Mapping[str, list[dict]], space: DomainSpace) -> tuple[str, list[dict]]:
+    """A markdown table and its rows (mean, standard deviation and per-seed values of each metric)."""
+    rows = []
+    for name, runs in results.items():
+        per_seed = {key: [r[key] for r in runs] for key in METRICS}
+        diverged = sum(r["truncated"] for r in runs)
+        label = f"{name} ({diverged} of {len(runs)} diverged)" if diverged else name
+        row: dict = {"policy": label, "seeds": [r["seed"] for r in runs], "diverged": diverged, "per_seed": per_seed}
+        for key, values in per_seed.items():
+            row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
+        rows.append(row)
+
+    def cell(row: dict, key: str, fmt: str) -> str:
+        return f"{row[key]:{fmt}}" + (f" ± {row[key + '_std']:.4f}" if len(row["seeds"]) > 1 else "")
+
+    lines = ["| policy | source score | target score | source bpb | target bpb | balanced score |",
+             "|---|---:|---:|---:|---:|---:|"]
+    starts = {json_key(r["start"]) for runs in results.values() for r in runs}
+    if len(starts) == 1:  # one start state (the base model) for every episode: show it once
+        start = EvalResult.from_json(next(iter(results.values()))[0]["start"])
+        lines.append(f"| (base model, start) | {start.scores['source']:.4f} | {start.scores['target']:.4f} | "
+                     f"{start.field_bpb(space, 'source'):.4f} | {start.field_bpb(space, 'target'):.4f} | 0 |")
+    lines += [f"| {r['policy']} | {cell(r, 'source_score', '.4f')} | {cell(r, 'target_score', '.4f')} | "
+              f"{cell(r, 'source_bpb', '.4f')} | {cell(r, 'target_bpb', '.4f')} | {cell(r, 'balanced', '+.4f')} |"
+              for r in rows]
+    return "\n".join(lines), rows
+
+
+def json_key(obj: dict) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
