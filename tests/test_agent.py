@@ -265,6 +265,18 @@ def test_nan_network_still_returns_valid_weights(trained, tmp_path):
     np.testing.assert_allclose(w.values, np.full(4, 0.25))
 
 
+def test_wandb_offline_writes_under_the_run_directory(tmp_path, monkeypatch):
+    from mixagent.agent.train import WandbSink
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(AgentConfig, None, ["name=wb", "wandb.mode=offline"])
+    sink = WandbSink(cfg, tmp_path / "run")
+    sink.write({"stage": "online", "policy": "uniform", "balanced": 0.1})
+    sink.close()
+    assert list((tmp_path / "run/wandb").glob("offline-run-*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing beside the run directory
+
+
 # --- bad input ------------------------------------------------------------------------------------------
 
 

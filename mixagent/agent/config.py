@@ -114,6 +114,7 @@ class OnlineEvalConfig:
 
     Args:
         seeds: episode seeds; must not be among the collection's episode seeds (checked).
+        agents: which learned policies to roll out: ``sft``, ``rl`` or both.
         baselines: ``uniform``, ``natural``, ``target_only`` and ``replay:<rho>`` entries.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
@@ -122,6 +123,7 @@ class OnlineEvalConfig:
     """
 
     seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002])
+    agents: list[str] = dataclasses.field(default_factory=lambda: ["sft", "rl"])
     baselines: list[str] = dataclasses.field(default_factory=lambda: [
         "uniform", "natural", "target_only", "replay:0.25", "replay:0.5", "replay:0.75"])
     workers: int = 0
@@ -130,6 +132,7 @@ class OnlineEvalConfig:
 
     def check(self) -> list[str]:
         problems = [] if self.seeds else ["seeds must list at least one seed"]
+        problems += [f"agents: {a!r} is not a stage; use sft and/or rl" for a in self.agents if a not in ("sft", "rl")]
         if len(set(self.seeds)) != len(self.seeds):
             problems.append(f"seeds has duplicates: {self.seeds}")
         if self.launcher not in ("local", "inline"):

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from mixagent.agent.algos import (
+    OBS_EPS,
     actor_tensors,
     import_d3rlpy,
     init_actor_from,
@@ -100,8 +101,8 @@ class WandbSink:
                               config=to_dict(cfg))
 
     def write(self, record: dict[str, Any]) -> None:
-        self.run.log({f"{record.get('stage', 'eval')}/{k}": v for k, v in record.items()
-                      if isinstance(v, (int, float)) and k != "stage"})
+        prefix = "/".join(str(record[k]) for k in ("stage", "policy") if k in record)
+        self.run.log({f"{prefix}/{k}": v for k, v in record.items() if isinstance(v, (int, float))})
 
     def close(self) -> None:
         self.run.finish()
@@ -346,8 +347,8 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
         mark("offline", t0)
 
     t0 = time.perf_counter()
-    refs = [PolicyRef("agent SFT (bc)", artifact=str(artifacts["sft"])),
-            PolicyRef(f"agent RL ({cfg.rl.algo})", artifact=str(artifacts["rl"]))]
+    labels = {"sft": "agent SFT (bc)", "rl": f"agent RL ({cfg.rl.algo})"}
+    refs = [PolicyRef(labels[s], artifact=str(artifacts[s])) for s in STAGES if s in cfg.eval.agents]
     refs += [PolicyRef(baseline_label(b), baseline=b) for b in cfg.eval.baselines]
     cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
     results = evaluate_online(tset.env["spec"], tset.env["spec_hash"], refs, list(cfg.eval.seeds), run_dir / "online",
@@ -376,7 +377,7 @@ def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: st
         "observation": {"version": OBSERVATION_VERSION, "dim": int(mean.shape[0])},
         "action": {"temperature": spec["action"]["temperature"], "floor": spec["action"]["floor"],
                    "map": "floor + (1 - K*floor) * softmax(tanh_output / temperature)"},
-        "normalisation": {"kind": "standard", "eps": 1e-3, "tensors": ["obs_mean", "obs_std (std + eps)"]},
+        "normalisation": {"kind": "standard", "eps": OBS_EPS, "tensors": ["obs_mean", "obs_std (std + eps)"]},
         "network": {"hidden": list(hidden), "activation": "relu", "output": "tanh"},
         "env": {"id": tset.env["id"], "spec_hash": tset.env["spec_hash"], "horizon": tset.horizon},
         "reward": {"name": reward, "lam": lam},
