@@ -353,7 +353,7 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
     results = evaluate_online(tset.env["spec"], tset.env["spec_hash"], refs, list(cfg.eval.seeds), run_dir / "online",
                               cache, tset.horizon, cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
-    table, rows = format_table(results, tset.space)
+    table, rows = format_table(results, tset.space, lam)
     (run_dir / "table.md").write_text(table + "\n")
     _atomic_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": tset.env["spec_hash"],
                                           "seeds": list(cfg.eval.seeds), "reward": reward, "lam": lam, "rows": rows})
