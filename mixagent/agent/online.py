@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from mixagent.base_model import get_base_model
 from mixagent.compare import summarize
 from mixagent.config import from_dict
 from mixagent.env import MixingEnv
@@ -142,6 +143,9 @@ def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds
         else:
             n = min(workers or cores, len(todo))
             runner, threads = LocalLauncher(n), max(1, cores // n)
+            env_spec = from_dict(EnvSpec, spec, "recorded env spec")
+            if env_spec.backend == "lm":  # a missing base model is pre-trained once here, not once per worker
+                get_base_model(env_spec.base_config())
         setup = EvalSetup(spec, threads, env_factory)
         bar = tqdm(total=len(todo) * horizon, desc="online eval", unit="segment", disable=not progress)
         try:

@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 import mixagent
+from mixagent.base_model import get_base_model
 from mixagent.behaviour import BehaviourMix, BehaviourSpec
 from mixagent.config import to_dict
 from mixagent.domains import DomainSpace
@@ -161,6 +162,8 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
         spec = launcher.runner.env.spec_
     else:
         spec = load_spec(REPO_ROOT / cfg.env, cfg.env_overrides)
+        if spec.backend == "lm":  # a missing base model is pre-trained once here, not once per worker
+            get_base_model(spec.base_config())
         launcher = LAUNCHERS[cfg.launcher](workers, cfg.address)
     problems = cfg.tree.check_horizon(spec.steps)
     if problems:
