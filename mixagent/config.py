@@ -20,7 +20,7 @@ import yaml
 
 from mixagent.errors import ConfigError, suggest
 
-__all__ = ["load_config", "load_yaml", "from_dict", "to_dict", "config_hash", "parse_overrides"]
+__all__ = ["load_config", "load_yaml", "from_dict", "to_dict", "config_hash", "parse_overrides", "apply_overrides"]
 
 T = TypeVar("T")
 
@@ -50,6 +50,11 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     if problems:
         raise ConfigError("overrides", problems)
     return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` (a nested dict) with ``key=value`` overrides merged in."""
+    return _merge(dict(data), parse_overrides(overrides))
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

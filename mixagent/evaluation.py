@@ -35,13 +35,15 @@ class BenchmarkSpec:
 
     Args:
         kind: ``champ_mc`` (math problems, gold answer vs distractors) or ``cloze`` (true continuation).
-        corpora: corpora whose *validation* split supplies the items.
+        corpora: corpora whose ``split`` supplies the items.
         unit: cloze continuation unit: ``sentence`` (prose) or ``line`` (code).
         choices: candidates per item, the gold one included.
         max_items: upper bound on items (the token budget may allow fewer).
         scoring: ``loglik`` (log-likelihood of the candidate after the context) or ``pmi`` (minus its
             log-likelihood after a bare EOS: how much the context helps, which removes the bias toward
             intrinsically likely text that makes raw cloze scores fall below chance for small models).
+        split: ``val`` (what collection and training see) or ``test`` (held-out items, to check that an
+            agent did not fit the validation items).
     """
 
     kind: str = "cloze"
@@ -50,9 +52,10 @@ class BenchmarkSpec:
     choices: int = 4
     max_items: int = 48
     scoring: str = "pmi"
+    split: str = "val"
 
     def check(self) -> list[str]:
-        problems = []
+        problems = [] if self.split in ("val", "test") else [f"split must be 'val' or 'test', got {self.split!r}"]
         if self.kind not in BENCHMARK_KINDS:
             problems.append(f"kind {self.kind!r} unknown{suggest(self.kind, BENCHMARK_KINDS)}; "
                             f"use one of {BENCHMARK_KINDS}")
@@ -177,14 +180,14 @@ def _cloze_pair(text: str, unit: str) -> tuple[str, str] | None:
 
 
 def build_items(spec: BenchmarkSpec) -> list[MCItem]:
-    """Deterministic benchmark items from the validation split (at most ``max_items``)."""
+    """Deterministic benchmark items from the spec's split (at most ``max_items``)."""
     if spec.kind == "champ_mc":
-        tasks = [t for c in spec.corpora for t in read_tasks(c, "val")]
+        tasks = [t for c in spec.corpora for t in read_tasks(c, spec.split)]
         pairs = [(f"Problem: {t['problem']}\nAnswer:", f" {t['answer']}") for t in tasks]
         return _with_distractors(pairs, spec.choices)[: spec.max_items]
     per_corpus = []
     for c in spec.corpora:
-        found = [p for p in (_cloze_pair(x["text"], spec.unit) for x in read_split(c, "val")) if p]
+        found = [p for p in (_cloze_pair(x["text"], spec.unit) for x in read_split(c, spec.split)) if p]
         per_corpus.append(found)
     pairs = []  # round-robin over corpora so every corpus is represented
     for k in range(max((len(x) for x in per_corpus), default=0)):

@@ -277,6 +277,16 @@ def test_wandb_offline_writes_under_the_run_directory(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing beside the run directory
 
 
+def test_online_evaluation_can_score_held_out_benchmark_items(tiny_run):
+    from mixagent.agent.train import _eval_spec
+
+    tset = load_trajectories([tiny_run])
+    assert _eval_spec(tset, []) == (tset.env["spec"], tset.env["spec_hash"])
+    spec, spec_hash = _eval_spec(tset, ["eval.source.split=test", "eval.target.split=test"])
+    assert spec["eval"]["source"]["split"] == spec["eval"]["target"]["split"] == "test"
+    assert spec_hash != tset.env["spec_hash"]  # its own baseline cache, never mixed with the val items'
+
+
 # --- bad input ------------------------------------------------------------------------------------------
 
 

@@ -52,3 +52,23 @@ def test_evaluation_respects_the_token_budget(tiny_env):
     r = ev(tiny_env.backend.model)
     assert 0 < r.scores["source"] < 1 and 0 < r.scores["target"] < 1
     assert r.eval_tokens == ev.eval_tokens
+
+
+def test_test_split_items_are_held_out_and_only_a_non_default_split_changes_the_spec_hash(tiny_spec_path):
+    import pytest
+
+    from mixagent.errors import ConfigError
+    from mixagent.paths import ENVS_DIR
+    from mixagent.spec import load_spec
+
+    val = BenchmarkSpec(kind="cloze", corpora=("wiki", "news"), max_items=16)
+    test = BenchmarkSpec(kind="cloze", corpora=("wiki", "news"), max_items=16, split="test")
+    assert not {i.context for i in build_items(val)} & {i.context for i in build_items(test)}
+    math_val = BenchmarkSpec(kind="champ_mc", corpora=("math",), scoring="loglik")
+    math_test = BenchmarkSpec(kind="champ_mc", corpora=("math",), scoring="loglik", split="test")
+    assert not {i.context for i in build_items(math_val)} & {i.context for i in build_items(math_test)}
+    base = load_spec(ENVS_DIR / "math-natural.yaml")
+    assert load_spec(ENVS_DIR / "math-natural.yaml", ["eval.source.split=val"]).spec_hash() == base.spec_hash()
+    assert load_spec(ENVS_DIR / "math-natural.yaml", ["eval.target.split=test"]).spec_hash() != base.spec_hash()
+    with pytest.raises(ConfigError, match="split must be 'val' or 'test', got 'train'"):
+        load_spec(tiny_spec_path, ["eval.source.split=train"])

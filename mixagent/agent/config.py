@@ -115,6 +115,9 @@ class OnlineEvalConfig:
     Args:
         seeds: episode seeds; must not be among the collection's episode seeds (checked).
         agents: which learned policies to roll out: ``sft``, ``rl`` or both.
+        env_overrides: ``key=value`` overrides of the runs' recorded env spec for evaluation only, e.g.
+            ``[eval.source.split=test, eval.target.split=test]`` scores every policy on held-out
+            benchmark items that collection never saw.
         baselines: ``uniform``, ``natural``, ``target_only`` and ``replay:<rho>`` entries.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
@@ -124,6 +127,7 @@ class OnlineEvalConfig:
 
     seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002])
     agents: list[str] = dataclasses.field(default_factory=lambda: ["sft", "rl"])
+    env_overrides: list[str] = dataclasses.field(default_factory=list)
     baselines: list[str] = dataclasses.field(default_factory=lambda: [
         "uniform", "natural", "target_only", "replay:0.25", "replay:0.5", "replay:0.75"])
     workers: int = 0

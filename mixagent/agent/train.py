@@ -46,11 +46,12 @@ from mixagent.agent.dataset import (
 )
 from mixagent.agent.online import PolicyRef, baseline_label, check_held_out, evaluate_online
 from mixagent.compare import format_table
-from mixagent.config import config_hash, to_dict
+from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env import MixingEnv
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.observation import OBSERVATION_VERSION
 from mixagent.paths import REPO_ROOT
+from mixagent.spec import EnvSpec
 
 __all__ = ["train_agent", "AgentResult", "MetricSink"]
 
@@ -351,11 +352,13 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     refs = [PolicyRef(labels[s], artifact=str(artifacts[s])) for s in STAGES if s in cfg.eval.agents]
     refs += [PolicyRef(baseline_label(b), baseline=b) for b in cfg.eval.baselines]
     cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
-    results = evaluate_online(tset.env["spec"], tset.env["spec_hash"], refs, list(cfg.eval.seeds), run_dir / "online",
-                              cache, tset.horizon, cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
+    spec, spec_hash = _eval_spec(tset, cfg.eval.env_overrides)
+    results = evaluate_online(spec, spec_hash, refs, list(cfg.eval.seeds), run_dir / "online", cache, tset.horizon,
+                              cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
     table, rows = format_table(results, tset.space, lam)
     (run_dir / "table.md").write_text(table + "\n")
-    _atomic_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": tset.env["spec_hash"],
+    _atomic_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,
+                                          "env_overrides": list(cfg.eval.env_overrides),
                                           "seeds": list(cfg.eval.seeds), "reward": reward, "lam": lam, "rows": rows})
     for row in rows:
         metrics.write(stage="online", policy=row["policy"], balanced=row["balanced"],
@@ -363,6 +366,21 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     if "online" not in state["done"]:
         mark("online", t0)
     return AgentResult(run_dir, artifacts, offline, table, rows, dict(seconds))
+
+
+def _eval_spec(tset: TrajectorySet, overrides: list[str]) -> tuple[dict, str]:
+    """The env spec (as a dict) and hash that online evaluation runs in: the runs' recorded spec, with
+    ``eval.env_overrides`` applied (then the recorded spec must still reproduce its recorded hash, so the
+    base model and data are those of collection)."""
+    if not overrides:
+        return tset.env["spec"], tset.env["spec_hash"]
+    recorded = from_dict(EnvSpec, tset.env["spec"], "recorded env spec")
+    if recorded.spec_hash() != tset.env["spec_hash"]:
+        raise ConfigError("online evaluation", [
+            f"the recorded env spec now hashes to {recorded.spec_hash()}, the trajectories were collected with "
+            f"{tset.env['spec_hash']}: the base model, data or domain space changed since collection"])
+    spec = from_dict(EnvSpec, apply_overrides(tset.env["spec"], overrides), "eval.env_overrides")
+    return to_dict(spec), spec.spec_hash()
 
 
 def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: str, lam: float, mean: np.ndarray,
