@@ -68,7 +68,7 @@ def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: flo
 
     lines = ["| policy | source score | target score | source bpb | target bpb | balanced score | balanced (bpb) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    starts = {json_key(r["start"]) for runs in results.values() for r in runs}
+    starts = {json.dumps(r["start"], sort_keys=True) for runs in results.values() for r in runs}
     if len(starts) == 1:  # one start state (the base model) for every episode: show it once
         start = EvalResult.from_json(next(iter(results.values()))[0]["start"])
         lines.append(f"| (base model, start) | {start.scores['source']:.4f} | {start.scores['target']:.4f} | "
@@ -79,6 +79,3 @@ def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: flo
               for r in rows]
     return "\n".join(lines), rows
 
-
-def json_key(obj: dict) -> str:
-    return json.dumps(obj, sort_keys=True)

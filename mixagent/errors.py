@@ -78,7 +78,7 @@ class ResumeMismatchError(MixagentError, ValueError):
 
 
 class StoreWriteError(MixagentError, OSError):
-    """Writing to a trajectory run failed (disk full, permissions); finished trajectories are left intact."""
+    """Writing to a trajectory or agent run failed (disk full, permissions); finished work is left intact."""
 
 
 class CollectWorkerError(MixagentError, RuntimeError):

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     off = result.offline
     print(f"\nagent run {result.run_dir}")
     for stage, metrics in off.items():
-        print(f"  offline {stage}: " + ", ".join(f"{k}={v:+.4f}" for k, v in metrics.items()))
+        print(f"  offline {stage}: " + ", ".join(f"{k}={v:+.4f}" if v is not None else f"{k}=n/a (diverged)"
+                                                  for k, v in metrics.items()))
     print(f"\nonline evaluation, seeds {cfg.eval.seeds} (mean ± std over seeds; balanced = final minus start):\n")
     print(result.table)
     print(f"\nartifacts: {', '.join(str(p) for p in result.artifacts.values())}; table: {result.run_dir / 'table.md'}")

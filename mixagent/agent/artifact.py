@@ -42,6 +42,8 @@ def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[st
     rename; the meta records the weights' sha256, so a torn or swapped pair is detected on load)."""
     from safetensors.torch import save_file
 
+    from mixagent.trajectories.store import atomic_write_json
+
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (WEIGHTS_FILE + ".tmp")
     save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
@@ -49,9 +51,7 @@ def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[st
     os.replace(tmp, out / WEIGHTS_FILE)
     full = {"kind": KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest, **meta,
             "versions": {"torch": torch.__version__, "python": platform.python_version(), **meta.get("versions", {})}}
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(full, indent=1))
-    os.replace(tmp, out / META_FILE)
+    atomic_write_json(out / META_FILE, full)
     return out
 
 

@@ -132,7 +132,7 @@ class Transitions:
     rewards: np.ndarray  # (N,) float32, the recomputed reward (unscaled)
     terminals: np.ndarray  # (N,) float32
     timeouts: np.ndarray  # (N,) float32
-    episodes: list[dict]  # per episode: run, id, first step, steps, return of the whole trajectory
+    episodes: list[dict]  # per episode: run, id, first row, first step, steps, return of the whole trajectory
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -202,7 +202,7 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
             seen.update((run, _owner(run_headers, traj.id, s), s) for s in range(first, n))
         if first == n:
             continue
-        start = traj.start
+        start, row = traj.start, len(obs)
         weights = [np.asarray(traj.header["start_weights"])] + [np.asarray(s["weights"]) for s in traj.steps[:n]]
         before = [start] + evals  # before[t] is the evaluation the action at step t saw
         for t in range(first, n):
@@ -213,8 +213,8 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
             last = t == n - 1
             terms.append(float(last and not traj.truncated and n == horizon))
             outs.append(float(last and not terms[-1]))
-        episodes.append({"run": run, "id": traj.id, "first_step": first, "steps": n - first,
-                         "return": trajectory_return(traj, space, reward, lam)})
+        episodes.append({"run": run, "id": traj.id, "row": row, "first_step": first, "steps": n - first,
+                         "return": balanced_score(reward, lam, start, evals[-1], space)})
     if not obs:
         raise AgentDataError("the selected trajectories hold no completed steps; collect more trajectories")
     return Transitions(np.asarray(obs, np.float32), np.clip(np.asarray(acts, np.float32), -1, 1),
@@ -225,8 +225,8 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
 def to_d3rlpy(tr: Transitions, action_size: int) -> Any:
     """A d3rlpy ``MDPDataset`` with the action space forced continuous (d3rlpy guesses discrete when the
     actions look integral, e.g. one-hot mixtures mapped to ±1)."""
-    from d3rlpy.constants import ActionSpace
-    from d3rlpy.dataset import MDPDataset
+    from mixagent.agent.algos import import_d3rlpy
 
-    return MDPDataset(tr.observations, tr.actions, tr.rewards, tr.terminals, tr.timeouts,
-                      action_space=ActionSpace.CONTINUOUS, action_size=action_size)
+    d3rlpy = import_d3rlpy()
+    return d3rlpy.dataset.MDPDataset(tr.observations, tr.actions, tr.rewards, tr.terminals, tr.timeouts,
+                      action_space=d3rlpy.constants.ActionSpace.CONTINUOUS, action_size=action_size)

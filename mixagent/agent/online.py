@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -26,6 +24,7 @@ from mixagent.policies import MixingPolicy, NaturalPolicy, ReplayPolicy, Uniform
 from mixagent.rollout import iter_rollout
 from mixagent.spec import EnvSpec
 from mixagent.trajectories.launchers import InlineLauncher, LocalLauncher, cpu_count
+from mixagent.trajectories.store import atomic_write_json
 
 __all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_label", "check_held_out"]
 
@@ -106,13 +105,6 @@ def check_held_out(seeds: list[int], used: set[int]) -> None:
                                          f"held-out seeds (e.g. {max(used | set(seeds)) + 1})"])
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds: list[int], out: Path,
                     cache: Path | None, horizon: int, launcher: str = "local", workers: int = 0,
                     env_factory: Callable[[], MixingEnv] | None = None,
@@ -161,7 +153,9 @@ def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds
                     bar.set_postfix_str(f"{event[1]} seed {event[2]}")
                 elif event[0] == "episode":
                     _, label, seed, summary = event
-                    _write_json(where(refs[label], seed), summary)
+                    path = where(refs[label], seed)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json(path, summary)
                     results[label][seed] = summary
         finally:
             runner.close()

@@ -52,6 +52,7 @@ from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.observation import OBSERVATION_VERSION
 from mixagent.paths import REPO_ROOT
 from mixagent.spec import EnvSpec
+from mixagent.trajectories.store import atomic_write_json
 
 __all__ = ["train_agent", "AgentResult", "MetricSink"]
 
@@ -136,12 +137,6 @@ class AgentResult:
 
 # --- run directory state ----------------------------------------------------------------------------
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
-
-
 def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
     run_dir = cfg.run_dir
     state_path = run_dir / "state.json"
@@ -160,8 +155,8 @@ def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
         return state
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {"identity": identity, "done": [], "seconds": {}}
-    _atomic_json(run_dir / "config.json", to_dict(cfg))
-    _atomic_json(state_path, state)
+    atomic_write_json(run_dir / "config.json", to_dict(cfg))
+    atomic_write_json(state_path, state)
     return state
 
 
@@ -172,11 +167,11 @@ def _save_checkpoint(algo: Any, path: Path, step: int) -> None:
     modules = algo.impl.modules.create_checkpointer(algo.impl.device).modules
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"modules": {k: v.state_dict() for k, v in modules.items()}, "torch_rng": torch.get_rng_state()}, tmp)
-    np_state = np.random.get_state()
+    np_state, py_state = np.random.get_state(), random.getstate()
     extra = {"step": step, "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-             "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}
+             "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
     os.replace(tmp, path)
-    _atomic_json(path.with_suffix(".json"), extra)
+    atomic_write_json(path.with_suffix(".json"), extra)
 
 
 def _load_checkpoint(algo: Any, path: Path) -> int:
@@ -242,7 +237,7 @@ def _offline_metrics(algo: Any, stage: str, dataset: Any, tr: Transitions, cfg: 
         "action_diff": d3rlpy.metrics.ContinuousActionDiffEvaluator()(algo, dataset)}
     if stage != "sft":
         out["td_error"] = d3rlpy.metrics.TDErrorEvaluator()(algo, dataset) / scale**2
-    starts = _initial_indices(tr)
+    starts = [e["row"] for e in tr.episodes if e["first_step"] == 0]  # the runs' true initial states
     if cfg.fqe.steps > 0 and starts:
         fqe = make_fqe(algo, cfg.fqe.hidden, cfg.fqe.learning_rate, cfg.fqe.batch_size, gamma, scale, cfg.device)
         _build(fqe, dataset)
@@ -251,15 +246,9 @@ def _offline_metrics(algo: Any, stage: str, dataset: Any, tr: Transitions, cfg: 
         out["fqe_initial_value"] = float(np.mean(fqe.predict_value(obs0, algo.predict(obs0)))) / scale
     returns = [e["return"] for e in tr.episodes]  # every trajectory is a rollout from the same start state
     out["data_mean_return"], out["data_best_return"] = float(np.mean(returns)), float(np.max(returns))
+    out = {k: v if np.isfinite(v) else None for k, v in out.items()}  # strict JSON: a diverged estimate is null
     metrics.write(stage=f"offline_{stage}", **out)
     return out
-
-
-def _initial_indices(tr: Transitions) -> list[int]:
-    """Transition indices of the episodes that start at step 0 (the runs' true initial states)."""
-    ends = np.flatnonzero(np.maximum(tr.terminals, tr.timeouts))
-    firsts = np.concatenate([[0], ends[:-1] + 1])
-    return [int(firsts[e]) for e, ep in enumerate(tr.episodes) if ep["first_step"] == 0]
 
 
 # --- the job ------------------------------------------------------------------------------------------
@@ -316,7 +305,7 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     def mark(stage: str, t0: float) -> None:
         seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t0
         state["done"].append(stage)
-        _atomic_json(run_dir / "state.json", state)
+        atomic_write_json(run_dir / "state.json", state)
 
     # the two stages, each seeded on its own so either reruns alone identically
     algos = {"sft": make_sft(cfg.sft, mean, std, cfg.device), "rl": make_rl(cfg.rl, mean, std, cfg.device)}
@@ -344,7 +333,7 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
             d3rlpy.seed(cfg.seed + 10 + i)
             offline[stage] = _offline_metrics(algos[stage], stage, all_ds, all_tr, cfg, cfg.rl.gamma,
                                               cfg.rl.reward_scale, metrics, progress)
-        _atomic_json(run_dir / "offline.json", offline)
+        atomic_write_json(run_dir / "offline.json", offline)
         mark("offline", t0)
 
     t0 = time.perf_counter()
@@ -357,7 +346,7 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
                               cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
     table, rows = format_table(results, tset.space, lam)
     (run_dir / "table.md").write_text(table + "\n")
-    _atomic_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,
+    atomic_write_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,
                                           "env_overrides": list(cfg.eval.env_overrides),
                                           "seeds": list(cfg.eval.seeds), "reward": reward, "lam": lam, "rows": rows})
     for row in rows:

@@ -107,9 +107,9 @@ def _write_error(path: Path, exc: OSError) -> StoreWriteError:
     what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
             errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
             errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror or str(exc))
-    return StoreWriteError(exc.errno or errno.EIO, f"could not write {path}: {what}. Finished trajectories and "
-                           f"the manifest are intact; free space or fix permissions, then rerun the same command "
-                           f"with --resume")
+    return StoreWriteError(exc.errno or errno.EIO, f"could not write {path}: {what}. What was finished before "
+                           f"(trajectories, manifest, agent stages) is intact; free space or fix permissions, then "
+                           f"rerun the same command with --resume")
 
 
 # --- reading -------------------------------------------------------------------------------------------
