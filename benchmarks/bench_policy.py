@@ -37,21 +37,12 @@ def time_calls(fn, inputs: np.ndarray) -> list[float]:
 def random_artifact() -> Path:
     """No trained artifact yet: latency does not depend on the weights' values, so time a randomly
     initialised policy of the default shape (math-natural: K=8, hidden [64, 64])."""
-    from mixagent.agent.artifact import write_artifact
+    from mixagent.agent.artifact import random_artifact as make_random
+    from mixagent.domains import DomainSpace
 
     print("no trained policy artifact found (make train-agent or make demo makes one): timing a random one")
-    g = torch.Generator().manual_seed(0)
-    k, dim, hidden = 8, 29, [64, 64]
-    widths = [dim, *hidden]
-    tensors = {f"layers.{i}.{p}": torch.randn(*(shape if p == "weight" else shape[:1]), generator=g) * 0.1
-               for i, shape in enumerate((o, n) for n, o in zip(widths, widths[1:])) for p in ("weight", "bias")}
-    tensors |= {"head.weight": torch.randn(k, hidden[-1], generator=g) * 0.1, "head.bias": torch.zeros(k),
-                "obs_mean": torch.zeros(dim), "obs_std": torch.ones(dim)}
-    names = ["wiki", "news", "fiction", "politics", "foldoc", "gcide", "wordnet", "math"]
-    meta = {"algo": "random", "domains": {"names": names, "fields": ["source"] * 7 + ["target"]},
-            "observation": {"version": 1, "dim": dim}, "action": {"temperature": 0.25, "floor": 0.0},
-            "network": {"hidden": hidden}}
-    return write_artifact(REPO_ROOT / "runs/bench/random_policy", tensors, meta)
+    space = DomainSpace.from_yaml(REPO_ROOT / "configs/spaces/math-natural.yaml")
+    return make_random(REPO_ROOT / "runs/bench/random_policy", space)
 
 
 def main() -> None:

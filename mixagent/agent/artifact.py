@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, chec
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, WeightsError
 from mixagent.observation import OBSERVATION_VERSION
 
-__all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "ArtifactMismatchError"]
+__all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError"]
 
 FORMAT_VERSION = 1
 KIND = "mixagent.policy"
@@ -170,3 +170,22 @@ class AgentPolicy:
 def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy:
     """Load a policy artifact directory (see :class:`AgentPolicy`)."""
     return AgentPolicy(path, device)
+
+
+def random_artifact(out: Path, space: DomainSpace, hidden: Sequence[int] = (64, 64), seed: int = 0) -> Path:
+    """A randomly initialised policy artifact for ``space`` (timing, tests and demos before an agent is
+    trained; its mixtures are arbitrary)."""
+    from mixagent.observation import ObservationBuilder  # the artifact module itself stays light
+
+    g = torch.Generator().manual_seed(seed)
+    k, dim = space.k, ObservationBuilder(space).dim
+    widths = [dim, *hidden]
+    tensors = {f"layers.{i}.{p}": torch.randn(*((o, n) if p == "weight" else (o,)), generator=g) * 0.1
+               for i, (n, o) in enumerate(zip(widths, widths[1:])) for p in ("weight", "bias")}
+    tensors |= {"head.weight": torch.randn(k, widths[-1], generator=g) * 0.1, "head.bias": torch.zeros(k),
+                "obs_mean": torch.zeros(dim), "obs_std": torch.ones(dim)}
+    meta = {"algo": "random",
+            "domains": {"names": list(space.names), "fields": list(space.fields), "space": space.name},
+            "observation": {"version": OBSERVATION_VERSION, "dim": dim}, "action": {"temperature": 0.25, "floor": 0.0},
+            "network": {"hidden": list(hidden)}}
+    return write_artifact(Path(out), tensors, meta)

@@ -1,0 +1,165 @@
+"""The plain-loop API: one object that evaluates the model, asks the scheduler for a mixture, publishes
+it to the data and saves/restores everything a resumed run needs — without transformers.
+
+.. code-block:: python
+
+    mixer = Mixer(MixingScheduler(policy, space), dataset, HeldOutLoss(windows, space))
+    loader = DataLoader(dataset, batch_size=dataset.batch_size, num_workers=2)
+    mixer.begin(model)                                  # start evaluation + first mixture, from batch 0
+    for step, batch in enumerate(loader, start=1):
+        ...                                             # forward, backward, optimizer step
+        if step % 50 == 0:
+            mixer.update(model, consumed_batches=step, progress=step / total_steps)
+        if step % 500 == 0:
+            mixer.save(ckpt_dir / "mixagent_state.json", consumed_batches=step)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixagent.config import config_hash
+from mixagent.deploy.distributed import broadcast_array, dist_info
+from mixagent.deploy.mixture import MixtureDataset, default_lag
+from mixagent.deploy.scheduler import MixingScheduler, SchedulerStateError
+from mixagent.domains import DomainWeights
+from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError
+from mixagent.evaluation import EvalResult
+
+__all__ = ["Mixer", "STATE_FILE", "STATE_KIND", "STATE_FORMAT"]
+
+log = logging.getLogger(__name__)
+STATE_FILE = "mixagent_state.json"
+STATE_KIND = "mixagent.deploy_state"
+STATE_FORMAT = 1
+
+
+class Mixer:
+    """Scheduler + shared schedule + evaluation for one training run.
+
+    Args:
+        scheduler: the guarded policy.
+        dataset: the run's :class:`MixtureDataset` (its schedule receives the mixtures).
+        evaluate: ``model -> EvalResult`` (e.g. :class:`~mixagent.deploy.heldout.HeldOutLoss` or
+            :class:`~mixagent.evaluation.Evaluator`); may be ``None`` when results are passed in.
+        lag: batches between a decision and the first batch it applies to; at least the batches in flight
+            (:func:`~mixagent.deploy.mixture.default_lag`; the default suits ``num_workers=0``).
+    """
+
+    def __init__(self, scheduler: MixingScheduler, dataset: MixtureDataset,
+                 evaluate: Callable[[torch.nn.Module], EvalResult] | None = None, lag: int | None = None) -> None:
+        if scheduler.space.names != dataset.space.names:
+            raise ConfigError("Mixer", [f"the scheduler's domains {list(scheduler.space.names)} differ from the "
+                                        f"dataset's {list(dataset.space.names)}; build both from the same space"])
+        self.scheduler = scheduler
+        self.dataset = dataset
+        self.evaluate = evaluate
+        self.lag = default_lag(0) if lag is None else lag
+        if self.lag < 1:
+            raise ConfigError("Mixer", [f"lag must be >= 1 batch, got {self.lag}"])
+        self.tokens_per_batch = dataset.batch_size * dataset.world_size * dataset.seq_len
+        self._late_seen = 0
+
+    @property
+    def weights(self) -> DomainWeights:
+        return self.scheduler.weights
+
+    def _eval(self, model: torch.nn.Module | None, result: EvalResult | None, tokens: int) -> EvalResult:
+        if result is not None:
+            return result
+        if self.evaluate is None or model is None:
+            raise ConfigError("Mixer", ["no evaluation: give Mixer(evaluate=...) or pass result="])
+        return self.evaluate(model, tokens_seen=tokens)
+
+    def begin(self, model: torch.nn.Module | None = None, result: EvalResult | None = None) -> DomainWeights:
+        """Evaluate the starting model and apply the policy's first mixture from batch 0 (call before the
+        DataLoader is iterated)."""
+        self._decide(self._eval(model, result, 0), 0.0, first_batch=0)
+        return self.weights
+
+    def update(self, model: torch.nn.Module | None = None, consumed_batches: int = 0, progress: float = 0.0,
+               result: EvalResult | None = None) -> DomainWeights:
+        """Evaluate, decide, and apply the new mixture from batch ``consumed_batches + lag`` on."""
+        if self.scheduler.start_eval is None:
+            raise ConfigError("Mixer.update", ["call begin() before the first update (it records the start state)"])
+        res = self._eval(model, result, consumed_batches * self.tokens_per_batch)
+        self._decide(res, progress, first_batch=consumed_batches + self.lag)
+        late = self.dataset.schedule.late
+        if late > self._late_seen:
+            log.warning("%d mixture change(s) reached batches the DataLoader had already prepared; raise lag "
+                        "(now %d) to at least num_workers * prefetch_factor + 2", late - self._late_seen, self.lag)
+            self._late_seen = late
+        return self.weights
+
+    def _decide(self, result: EvalResult, progress: float, first_batch: int) -> None:
+        weights = self.scheduler.step(result, progress)
+        # every rank computed from the same all-reduced evaluation; rank 0's answer is made exact everywhere
+        values = broadcast_array(weights.values)
+        if not np.array_equal(values, weights.values):
+            log.warning("rank %d computed a different mixture than rank 0; using rank 0's", dist_info()[0])
+            self.scheduler.weights = DomainWeights(self.scheduler.space, values)
+            self.scheduler.history[-1]["weights"] = values.tolist()
+        self.dataset.schedule.set(self.scheduler.weights, first_batch)
+        log.info("mixture update %d (progress %.2f, from batch %d): %s", self.scheduler.updates - 1, progress,
+                 first_batch, ", ".join(f"{n}={w:.3f}" for n, w in self.scheduler.weights.to_mapping().items()))
+
+    # ---- state -------------------------------------------------------------------------------------
+    def run_id(self) -> str:
+        """Identifies a run's mixing set-up (domains, policy, guards, data layout and seed)."""
+        d = self.dataset
+        return config_hash(self.scheduler.fingerprint(), d.seed, d.batch_size, d.world_size, d.seq_len)
+
+    def state_dict(self, consumed_batches: int) -> dict[str, Any]:
+        return {"kind": STATE_KIND, "format": STATE_FORMAT, "run_id": self.run_id(),
+                "consumed_batches": consumed_batches, "lag": self.lag,
+                "scheduler": self.scheduler.state_dict(), "data": self.dataset.state_dict(consumed_batches)}
+
+    def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> int:
+        """Restore a :meth:`state_dict`; returns the consumed batches. ``skip=False`` when the training
+        loop itself skips the consumed batches (the Trainer's default)."""
+        if state.get("kind") != STATE_KIND:
+            raise CorruptArtifactError(f"not a mixagent deployment state (kind {state.get('kind')!r}); pass the "
+                                       f"{STATE_FILE} a Mixer or MixAgentCallback saved")
+        if state.get("format") != STATE_FORMAT:
+            raise SchemaVersionError(f"deployment state format {state.get('format')!r} is not readable (this "
+                                     f"mixagent reads format {STATE_FORMAT}); resume with the version that wrote it")
+        if state.get("run_id") != self.run_id():
+            self.scheduler.load_state_dict(state["scheduler"])  # names the differing scheduler keys, if any
+            self.dataset.load_state_dict(state["data"], skip=skip)  # names differing data keys, if any
+            raise SchedulerStateError(f"the saved state is from another run (run id {state.get('run_id')} vs "
+                                      f"{self.run_id()}); resume with the "
+                                      f"same set-up or start a new run")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.dataset.load_state_dict(state["data"], skip=skip)
+        return int(state["consumed_batches"])
+
+    def save(self, path: str | Path, consumed_batches: int) -> Path | None:
+        """Write the state atomically (rank 0 only; every rank holds the same state)."""
+        from mixagent.trajectories.store import atomic_write_json
+
+        if dist_info()[0] != 0:
+            return None
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.state_dict(consumed_batches))
+        return path
+
+    def load(self, path: str | Path, skip: bool = True) -> int:
+        """Restore from :meth:`save`; returns the consumed batches."""
+        import json
+
+        path = Path(path)
+        if not path.is_file():
+            raise CorruptArtifactError(f"no mixagent state at {path}; it is written beside each checkpoint as "
+                                       f"{STATE_FILE} — resume from a checkpoint of a mixagent run")
+        try:
+            state = json.loads(path.read_text())
+        except ValueError as exc:
+            raise CorruptArtifactError(f"{path} is not valid JSON ({exc}); it is torn or was edited") from None
+        return self.load_state_dict(state, skip=skip)

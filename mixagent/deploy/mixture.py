@@ -1,0 +1,398 @@
+"""The mixture data path of a real training run: per-domain window sources, a shared-memory weights
+schedule and an ``IterableDataset`` that reads it for every sample.
+
+**One global stream.** Batch ``b`` of the run holds ``batch_size * world_size`` samples (every rank's).
+Sample ``s`` of batch ``b`` picks its domain from a uniform number drawn by a counter-based generator
+keyed by ``(seed, b)`` and the weights in force at batch ``b``; each domain's windows are taken in order
+by a per-domain cursor that counts that domain's earlier picks (so text repeats only after a full pass).
+The stream is therefore a pure function of the seed, the sources and the schedule: every rank and every
+DataLoader worker computes the same picks, each yields only its own samples, resuming is a replay of the
+picks (no data is read), and an interrupted run continues bit for bit.
+
+**Weight changes and the prefetch lag.** DataLoader workers (and accelerate) prepare batches ahead of the
+training loop, so a change cannot reach batches that already exist. The scheduler therefore writes each
+new mixture with the first batch it applies to: ``consumed + lag``, where ``lag`` is at least the
+number of batches that can be in flight (``num_workers * prefetch_factor + 2``; see :func:`default_lag`).
+That makes the switch deterministic. If a worker meets a row that should have applied to a batch it
+already made, the schedule counts it as *late* (``schedule.late``) and the callback warns: raise ``lag``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.errors import ConfigError, DataMissingError, MixagentError
+
+__all__ = ["WindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule", "MixtureDataset",
+           "default_lag", "ScheduleFullError"]
+
+log = logging.getLogger(__name__)
+
+
+class ScheduleFullError(MixagentError, RuntimeError):
+    """The shared weights schedule has no free row; build it with a larger ``capacity``."""
+
+
+def default_lag(num_workers: int, prefetch_factor: int | None = None, extra: int = 2) -> int:
+    """Batches that can exist ahead of the training loop: ``num_workers * prefetch_factor`` prepared by
+    workers, plus ``extra`` (the batch being fetched and accelerate's one-batch look-ahead)."""
+    if num_workers <= 0:
+        return extra
+    return num_workers * (prefetch_factor if prefetch_factor is not None else 2) + extra
+
+
+# ---- sources ---------------------------------------------------------------------------------------
+@runtime_checkable
+class WindowSource(Protocol):
+    """One domain's training text as an endless sequence of token windows of ``length`` tokens."""
+
+    length: int
+
+    def windows(self, start: int) -> Iterator[np.ndarray]:
+        """Windows ``start, start + 1, ...`` of the domain's sequence (later epochs continue it)."""
+
+
+class TokenArraySource:
+    """Non-overlapping windows of a token array (a local tokenized corpus), in a shuffled order that is
+    redrawn every epoch.
+
+    Args:
+        tokens: the domain's token ids (e.g. ``DomainData.train[d]``; EOS-separated documents).
+        length: tokens per window.
+        seed: seeds the per-epoch window orders.
+    """
+
+    def __init__(self, tokens: np.ndarray, length: int, seed: int = 0) -> None:
+        self.tokens = np.asarray(tokens)
+        self.length = length
+        self.seed = seed
+        self.n = len(self.tokens) // length
+        if self.n == 0:
+            raise DataMissingError(f"a domain has {len(self.tokens)} tokens, fewer than one window of {length}; "
+                                   f"give it more text or shorten seq_len")
+        self._orders: dict[int, np.ndarray] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.n)}
+        return self._orders[epoch]
+
+    def windows(self, start: int) -> Iterator[np.ndarray]:
+        for i in itertools.count(start):
+            epoch, j = divmod(i, self.n)
+            w = int(self._order(epoch)[j])
+            yield self.tokens[w * self.length: (w + 1) * self.length]
+
+
+class HFDatasetSource:
+    """Packed windows of a Hugging Face ``datasets`` dataset the user already has.
+
+    Map-style datasets are read in a seeded order redrawn every epoch; ``IterableDataset`` (streaming)
+    ones in their own order (call their ``shuffle`` first if wanted; ``set_epoch`` is called per pass).
+    Examples with an ``input_ids`` column are used as they are; otherwise ``text_column`` is tokenized.
+    Documents are joined with ``eos_id`` and cut into windows. Sources are read sequentially, so a
+    resumed or non-first rank re-reads (and re-tokenizes) the windows before its own: cheap for
+    pre-tokenized data, documented for streaming.
+
+    Args:
+        dataset: a ``datasets.Dataset`` or ``datasets.IterableDataset``.
+        length: tokens per window.
+        tokenizer: a tokenizer (callable on a list of texts) when the data is text.
+        text_column: the text column.
+        eos_id: document separator (default: the tokenizer's EOS).
+        seed: seeds map-style epoch orders.
+    """
+
+    def __init__(self, dataset: Any, length: int, tokenizer: Any = None, text_column: str = "text",
+                 eos_id: int | None = None, seed: int = 0) -> None:
+        self.dataset = dataset
+        self.length = length
+        self.seed = seed
+        self.tokenizer = tokenizer
+        self.text_column = text_column
+        cols = getattr(dataset, "column_names", None)
+        self.pretokenized = bool(cols) and "input_ids" in cols
+        if not self.pretokenized:
+            if tokenizer is None:
+                raise ConfigError("HFDatasetSource", [f"dataset has no 'input_ids' column (columns: {cols}); pass "
+                                                      f"tokenizer= to tokenize its {text_column!r} column"])
+            if cols is not None and text_column not in cols:
+                raise ConfigError("HFDatasetSource", [f"text_column {text_column!r} is not a column of the dataset "
+                                                      f"(columns: {cols}); pass text_column="])
+        self.eos_id = eos_id if eos_id is not None else getattr(tokenizer, "eos_token_id", None)
+        if self.eos_id is None:
+            raise ConfigError("HFDatasetSource", ["no document separator: pass eos_id= or a tokenizer with an EOS"])
+        self.streaming = not hasattr(dataset, "__len__")
+
+    def _examples(self, epoch: int) -> Iterator[dict]:
+        if self.streaming:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(epoch)
+            yield from self.dataset
+            return
+        order = np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(len(self.dataset))
+        for i in range(0, len(order), 256):
+            yield from self.dataset.select(order[i: i + 256])
+
+    def _docs(self) -> Iterator[list[int]]:
+        for epoch in itertools.count():
+            empty = True
+            batch: list[str] = []
+            for ex in self._examples(epoch):
+                empty = False
+                if "input_ids" in ex:
+                    yield list(ex["input_ids"])
+                    continue
+                batch.append(ex[self.text_column])
+                if len(batch) == 64:  # tokenize in batches: fast tokenizers are much faster that way
+                    yield from self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+                    batch = []
+            if batch:
+                yield from self.tokenizer(batch, add_special_tokens=False)["input_ids"]
+            if empty:
+                raise DataMissingError("a datasets source yielded no examples; give every domain some data")
+
+    def windows(self, start: int) -> Iterator[np.ndarray]:
+        buf: list[int] = []
+        i = 0
+        for doc in self._docs():
+            buf.extend(doc)
+            buf.append(self.eos_id)
+            while len(buf) >= self.length:
+                if i >= start:
+                    yield np.asarray(buf[: self.length], dtype=np.int64)
+                buf = buf[self.length:]
+                i += 1
+
+
+# ---- the shared schedule ---------------------------------------------------------------------------
+class WeightSchedule:
+    """Mixtures and the first batch each applies to, in shared memory (visible to DataLoader workers).
+
+    Row ``r`` is ``[first_batch, w_1, ..., w_K]``; rows are appended by the training process and read by
+    every worker for every sample. ``late`` counts rows that arrived after a worker passed their batch.
+
+    Args:
+        space: the domain space.
+        initial: the mixture from batch 0.
+        capacity: rows available (one per update).
+    """
+
+    def __init__(self, space: DomainSpace, initial: DomainWeights, capacity: int = 4096) -> None:
+        self.space = space
+        self.table = torch.zeros((capacity, space.k + 1), dtype=torch.float64).share_memory_()
+        self.meta = torch.zeros(3, dtype=torch.int64).share_memory_()  # [rows, late, version]
+        self.table[0, 1:] = torch.tensor(initial.values)
+        self.meta[0] = 1
+
+    @property
+    def rows(self) -> int:
+        return int(self.meta[0])
+
+    @property
+    def late(self) -> int:
+        return int(self.meta[1])
+
+    def set(self, weights: DomainWeights, first_batch: int) -> None:
+        """Apply ``weights`` from batch ``first_batch`` on (not earlier than the last row's batch)."""
+        if weights.space.names != self.space.names:
+            raise ConfigError("WeightSchedule.set", [f"weights for domains {list(weights.space.names)}, the schedule "
+                                                     f"has {list(self.space.names)}"])
+        n = self.rows
+        last = int(self.table[n - 1, 0])
+        if first_batch < last:
+            raise ConfigError("WeightSchedule.set", [f"first_batch {first_batch} is before the last change at "
+                                                     f"batch {last}; changes must move forward"])
+        row = n - 1 if first_batch == last and n > 1 else n
+        if row >= self.table.shape[0]:
+            raise ScheduleFullError(f"the weights schedule is full ({self.table.shape[0]} rows); build it with "
+                                    f"WeightSchedule(..., capacity=) larger than the number of updates")
+        self.table[row, 1:] = torch.tensor(weights.values)  # values first, then publish the row
+        self.table[row, 0] = float(first_batch)
+        self.meta[0] = row + 1
+        self.meta[2] += 1
+
+    def entries(self) -> list[tuple[int, list[float]]]:
+        """``[(first_batch, weights), ...]`` (JSON-able)."""
+        t = self.table[: self.rows].numpy()
+        return [(int(r[0]), r[1:].tolist()) for r in t]
+
+    def load_entries(self, entries: Sequence[tuple[int, Sequence[float]]]) -> None:
+        """Replace the schedule with saved entries (resume)."""
+        if len(entries) > self.table.shape[0]:
+            raise ScheduleFullError(f"{len(entries)} saved schedule rows exceed capacity {self.table.shape[0]}")
+        for i, (b, w) in enumerate(entries):
+            self.table[i, 1:] = torch.tensor(w, dtype=torch.float64)
+            self.table[i, 0] = float(b)
+        self.meta[0] = len(entries)
+        self.meta[2] += 1
+
+
+class _Reader:
+    """A worker's view of the schedule: cumulative weights for a batch index, with late-row detection."""
+
+    def __init__(self, schedule: WeightSchedule) -> None:
+        self.table = schedule.table.numpy()
+        self.meta = schedule.meta.numpy()
+        self.version = -1
+        self.rows = np.zeros((0, schedule.space.k + 1))
+        self.cums = np.zeros((0, schedule.space.k))
+        self.made = -1  # highest batch this reader has looked up
+
+    def cum_at(self, batch: int) -> np.ndarray:
+        if int(self.meta[2]) != self.version:  # the schedule changed: refresh, and flag rows that came late
+            self.version = int(self.meta[2])
+            rows = self.table[: int(self.meta[0])].copy()
+            for i, row in enumerate(rows):
+                new = i >= len(self.rows) or not np.array_equal(row, self.rows[i])
+                if new and row[0] <= self.made and self.version > 0:
+                    self.meta[1] += 1
+            self.rows, self.cums = rows, np.cumsum(rows[:, 1:], axis=1)
+        self.made = max(self.made, batch)
+        return self.cums[int(np.searchsorted(self.rows[:, 0], batch, side="right")) - 1]
+
+
+# ---- the dataset -----------------------------------------------------------------------------------
+class MixtureDataset(IterableDataset):
+    """Training samples drawn under the current mixture (see the module docstring for the layout).
+
+    Items are ``{"input_ids", "labels"}`` (``seq_len`` int64 tokens each; causal LMs shift labels
+    themselves), plus ``"domain_ids"`` when ``return_domain_ids`` (for loops that use it; a Trainer
+    would pass it to the model).
+
+    Args:
+        sources: one :class:`WindowSource` per domain, keyed by name (every domain of ``space``).
+        space: the domain space.
+        batch_size: samples per batch on each rank (the DataLoader's batch size).
+        seed: seeds the domain picks.
+        schedule: the shared weights schedule (default: a new one starting at ``initial``).
+        initial: the starting mixture when no schedule is given (default uniform).
+        rank: this process's rank; ``world_size``: number of ranks (default: from torch.distributed).
+        all_ranks: yield every rank's samples of each batch (set when something else shards the stream,
+            as accelerate's ``IterableDatasetShard`` does under a multi-process Trainer).
+        return_domain_ids: add ``domain_ids`` to each item.
+    """
+
+    def __init__(self, sources: Mapping[str, WindowSource], space: DomainSpace, batch_size: int, seed: int = 0,
+                 schedule: WeightSchedule | None = None, initial: DomainWeights | None = None,
+                 rank: int | None = None, world_size: int | None = None, all_ranks: bool = False,
+                 return_domain_ids: bool = False) -> None:
+        missing = [n for n in space.names if n not in sources]
+        unknown = [n for n in sources if n not in space.names]
+        if missing or unknown:
+            raise ConfigError("MixtureDataset", [f"sources must name every domain of space {space.name!r}: missing "
+                                                 f"{missing}, unknown {unknown}"])
+        lengths = {n: s.length for n, s in sources.items()}
+        if len(set(lengths.values())) != 1:
+            raise ConfigError("MixtureDataset", [f"sources have different window lengths {lengths}; build them "
+                                                 f"with the same length"])
+        if batch_size < 1:
+            raise ConfigError("MixtureDataset", [f"batch_size must be >= 1, got {batch_size}"])
+        self.sources = [sources[n] for n in space.names]
+        self.space = space
+        self.seq_len = self.sources[0].length
+        self.batch_size = batch_size
+        self.seed = seed
+        initial = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
+        self.schedule = schedule if schedule is not None else WeightSchedule(space, initial)
+        if rank is None or world_size is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if dist else 0
+            world_size = torch.distributed.get_world_size() if dist else 1
+        self.configure(rank=rank, world_size=world_size, all_ranks=all_ranks)
+        self.return_domain_ids = return_domain_ids
+        self.start_batch = 0
+
+    @classmethod
+    def from_token_streams(cls, streams: Sequence[np.ndarray], space: DomainSpace, seq_len: int, batch_size: int,
+                           seed: int = 0, **kwargs: Any) -> MixtureDataset:
+        """From local tokenized corpora: one token array per domain, in the space's order."""
+        if len(streams) != space.k:
+            raise ConfigError("MixtureDataset", [f"{len(streams)} token streams for {space.k} domains"])
+        sources = {n: TokenArraySource(s, seq_len, seed=seed * 1_000_003 + i) for i, (n, s) in
+                   enumerate(zip(space.names, streams))}
+        return cls(sources, space, batch_size, seed=seed, **kwargs)
+
+    def configure(self, rank: int, world_size: int, all_ranks: bool = False) -> None:
+        """Set the distributed layout (called by the callback before the DataLoader starts)."""
+        if not 0 <= rank < world_size:
+            raise ConfigError("MixtureDataset", [f"rank {rank} is not in [0, world_size={world_size})"])
+        self.rank, self.world_size, self.all_ranks = rank, world_size, all_ranks
+
+    @property
+    def samples_per_batch(self) -> int:
+        return self.batch_size * self.world_size
+
+    def draws(self, batch: int, cum: np.ndarray) -> np.ndarray:
+        """Domain of every sample of global batch ``batch`` under cumulative weights ``cum``."""
+        u = np.random.Generator(np.random.Philox(key=self.seed, counter=batch)).random(self.samples_per_batch)
+        return np.minimum(np.searchsorted(cum, u, side="right"), self.space.k - 1)
+
+    def cursors_at(self, batch: int) -> np.ndarray:
+        """Per-domain windows used by batches ``< batch`` (replays the picks; reads no data)."""
+        reader = _Reader(self.schedule)
+        counts = np.zeros(self.space.k, dtype=np.int64)
+        for b in range(batch):
+            counts += np.bincount(self.draws(b, reader.cum_at(b)), minlength=self.space.k)
+        return counts
+
+    def state_dict(self, consumed_batches: int) -> dict[str, Any]:
+        """JSON-able state after ``consumed_batches`` batches: seed, layout, schedule and cursors."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                "seq_len": self.seq_len, "consumed_batches": consumed_batches,
+                "schedule": self.schedule.entries(), "cursors": self.cursors_at(consumed_batches).tolist()}
+
+    def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> None:
+        """Restore the schedule; with ``skip`` the next iteration starts after the consumed batches (off
+        when the training loop skips them itself, as the Trainer does unless ``ignore_data_skip``)."""
+        mine = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
+                "seq_len": self.seq_len}
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            shown = ", ".join(f"{k} (saved {a}, now {b})" for k, (a, b) in diff.items())
+            raise ConfigError("MixtureDataset.load_state_dict", [
+                f"the saved data state differs in {shown}; resume with the same seed, batch size, number of ranks "
+                f"and sequence length"])
+        self.schedule.load_entries(state["schedule"])
+        self.start_batch = int(state["consumed_batches"]) if skip else 0
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        reader = _Reader(self.schedule)
+        k, bs = self.space.k, self.batch_size
+        lo, hi = (0, self.samples_per_batch) if self.all_ranks else (self.rank * bs, (self.rank + 1) * bs)
+        start = self.start_batch
+        cursors = self.cursors_at(start)
+        iters = [src.windows(int(c)) for src, c in zip(self.sources, cursors)]
+        positions = cursors.copy()  # next window index each iterator yields
+        for b in itertools.count(start):
+            domains = self.draws(b, reader.cum_at(b))
+            if (b - start) % n_workers != worker:  # another worker's batch: only advance the cursors
+                cursors += np.bincount(domains, minlength=k)
+                continue
+            reader.made = b
+            for s in range(len(domains)):
+                d = domains[s]
+                c = cursors[d]
+                cursors[d] += 1
+                if not lo <= s < hi:
+                    continue
+                while positions[d] < c:  # skip windows other ranks/workers took
+                    next(iters[d])
+                    positions[d] += 1
+                window = next(iters[d])
+                positions[d] += 1
+                ids = torch.from_numpy(np.asarray(window, dtype=np.int64))
+                item = {"input_ids": ids, "labels": ids}
+                if self.return_domain_ids:
+                    item["domain_ids"] = torch.tensor(int(d))
+                yield item

@@ -1,0 +1,211 @@
+"""The mixing scheduler: a :class:`~mixagent.policies.MixingPolicy` behind safety guards.
+
+It owns the policy, the shared :class:`~mixagent.observation.ObservationBuilder` (the same observations
+the policy saw in the environment) and the weights history. ``step(eval_result)`` turns an evaluation of
+the model being trained into the next mixture:
+
+1. the policy proposes a mixture from the observation;
+2. a proposal that raises, is non-finite, negative, all zero or for another domain space is replaced by
+   the fallback mixture (logged; training continues);
+3. the floor is enforced (domains below it are raised to it, the others scaled down proportionally);
+4. the change is capped: when the total-variation distance to the current mixture exceeds
+   ``max_change``, the move is shortened along the same direction.
+
+The scheduler is pure computation on one process. Distributed runs call it on every rank with the same
+all-reduced evaluation and then broadcast rank 0's result (:mod:`mixagent.deploy.distributed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.errors import ConfigError, MixagentError, SchemaVersionError
+from mixagent.evaluation import EvalResult
+from mixagent.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.policies import MixingPolicy
+
+__all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
+
+log = logging.getLogger(__name__)
+SCHEDULER_FORMAT = 1
+FALLBACKS = ("initial", "previous")
+
+
+class SchedulerStateError(MixagentError, ValueError):
+    """A saved scheduler state belongs to another run (domains, policy or config) or another format."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig:
+    """Guards around the policy.
+
+    Args:
+        floor: minimum weight of every domain (``floor * K < 1``); keeps every domain's data flowing.
+        max_change: largest total-variation distance ``0.5 * |w_new - w_old|_1`` allowed per update, in
+            ``(0, 1]``; 1 disables the cap.
+        fallback: mixture used when the policy fails: ``initial`` (the run's starting mixture) or
+            ``previous`` (keep the current one).
+    """
+
+    floor: float = 0.0
+    max_change: float = 1.0
+    fallback: str = "initial"
+
+    def check(self, k: int | None = None) -> list[str]:
+        problems = []
+        if self.floor < 0 or (k is not None and self.floor * k >= 1):
+            problems.append(f"floor must be >= 0 with floor * K < 1, got floor={self.floor}"
+                            + (f", K={k}; use floor < {1 / k:.4g}" if k else ""))
+        if not 0 < self.max_change <= 1:
+            problems.append(f"max_change must be in (0, 1] (1 disables the cap), got {self.max_change}")
+        if self.fallback not in FALLBACKS:
+            problems.append(f"fallback must be one of {FALLBACKS}, got {self.fallback!r}")
+        return problems
+
+
+def apply_floor(values: np.ndarray, floor: float) -> np.ndarray:
+    """Raise entries below ``floor`` to it and scale the rest down proportionally (sum stays 1)."""
+    p = values / values.sum()
+    if floor <= 0:
+        return p
+    fixed = np.zeros(len(p), dtype=bool)
+    for _ in range(len(p)):  # each pass fixes at least one more domain at the floor, or stops
+        low = (p < floor) & ~fixed
+        if not low.any():
+            break
+        fixed |= low
+        free = ~fixed
+        p[fixed] = floor
+        p[free] *= (1.0 - floor * fixed.sum()) / p[free].sum()
+    return p
+
+
+def cap_change(new: np.ndarray, old: np.ndarray, max_change: float) -> tuple[np.ndarray, bool]:
+    """Shorten the move ``old -> new`` to total-variation distance ``max_change``; returns (weights, capped)."""
+    tv = 0.5 * float(np.abs(new - old).sum())
+    if tv <= max_change + 1e-12:
+        return new, False
+    return old + (max_change / tv) * (new - old), True
+
+
+class MixingScheduler:
+    """Drives a training run's mixture with a policy.
+
+    Args:
+        policy: any :class:`MixingPolicy` (a baseline or ``mixagent.agent.load_policy(...)``); it is
+            ``reset`` to ``space`` here, so a policy for other domains fails before training starts.
+        space: the domain space of the run's data.
+        initial: the mixture before the first update (default uniform).
+        config: guards.
+    """
+
+    def __init__(self, policy: MixingPolicy, space: DomainSpace, initial: DomainWeights | None = None,
+                 config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        if problems := self.config.check(space.k):
+            raise ConfigError("SchedulerConfig", problems)
+        if not isinstance(policy, MixingPolicy):
+            raise ConfigError("MixingScheduler", [f"policy {type(policy).__name__} does not implement MixingPolicy "
+                                                  f"(reset(space), act(observation) -> DomainWeights)"])
+        if initial is not None and initial.space.names != space.names:
+            raise ConfigError("MixingScheduler", [f"initial weights are for domains {list(initial.space.names)}, "
+                                                  f"the run's space has {list(space.names)}"])
+        policy.reset(space)  # raises a typed error when the policy was trained for other domains
+        self.policy = policy
+        self.space = space
+        self.obs_builder = ObservationBuilder(space)
+        start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
+        self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
+        self.weights = self.initial
+        self.start_eval: EvalResult | None = None
+        self.prev_eval: EvalResult | None = None
+        self.history: list[dict[str, Any]] = []
+
+    @property
+    def updates(self) -> int:
+        return len(self.history)
+
+    def step(self, result: EvalResult, progress: float) -> DomainWeights:
+        """The next mixture after an evaluation; the first call records the run's start evaluation.
+
+        Args:
+            result: evaluation of the model now (per-domain bits per byte or per token, field scores).
+            progress: share of the run done, in ``[0, 1]`` (the observation's ``t/T``).
+        """
+        missing = [n for n in self.space.names if n not in result.bpb]
+        if missing or any(f not in result.scores for f in ("source", "target")):
+            raise ConfigError("MixingScheduler.step", [f"the evaluation lacks domains {missing} or field scores "
+                                                       f"{sorted(result.scores)}; evaluate every domain of the space "
+                                                       f"and both fields"])
+        if self.start_eval is None:
+            self.start_eval = self.prev_eval = result
+        obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress))
+        proposal, reason = self._propose(obs)
+        if reason is not None:
+            log.warning("mixing policy failed at update %d (%s); using the %s mixture", self.updates, reason,
+                        self.config.fallback)
+        floored = apply_floor(proposal, self.config.floor)
+        values, capped = cap_change(floored, self.weights.values, self.config.max_change)
+        self.weights = DomainWeights(self.space, values / values.sum(), floor=self.config.floor)
+        self.prev_eval = result
+        self.history.append({"update": self.updates, "progress": float(progress), "tokens_seen": result.tokens_seen,
+                             "weights": self.weights.values.tolist(), "proposal": np.asarray(proposal).tolist(),
+                             "fallback": reason, "capped": capped, "eval": result.to_json()})
+        return self.weights
+
+    def _propose(self, obs: np.ndarray) -> tuple[np.ndarray, str | None]:
+        fallback = (self.initial if self.config.fallback == "initial" else self.weights).values.copy()
+        try:
+            out = self.policy.act(obs)
+        except Exception as exc:  # noqa: BLE001 — any policy failure must not stop training
+            return fallback, f"{type(exc).__name__}: {exc}"
+        if isinstance(out, DomainWeights):
+            if out.space.names != self.space.names:
+                return fallback, f"weights for another domain space ({out.space.name!r})"
+            values = out.values
+        else:
+            values = np.asarray(out, dtype=np.float64).reshape(-1)
+        if values.shape != (self.space.k,):
+            return fallback, f"{values.size} weights for {self.space.k} domains"
+        if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+            return fallback, "non-finite, negative or all-zero weights"
+        return values.astype(np.float64), None
+
+    # ---- state -------------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What a saved state must match to be resumed here: domains, observation version, guards."""
+        return {"domains": list(self.space.names), "observation_version": OBSERVATION_VERSION,
+                "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state: weights history, start/previous evaluations, current weights, policy state."""
+        policy_state = self.policy.state_dict() if hasattr(self.policy, "state_dict") else None
+        return {"format": SCHEDULER_FORMAT, "fingerprint": self.fingerprint(), "history": self.history,
+                "weights": self.weights.values.tolist(), "initial": self.initial.values.tolist(),
+                "start_eval": self.start_eval.to_json() if self.start_eval else None,
+                "prev_eval": self.prev_eval.to_json() if self.prev_eval else None, "policy": policy_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; refuses a state of another run or format."""
+        if state.get("format") != SCHEDULER_FORMAT:
+            raise SchemaVersionError(f"scheduler state format {state.get('format')!r} is not readable by this "
+                                     f"mixagent (reads format {SCHEDULER_FORMAT}); resume with the mixagent version "
+                                     f"that wrote it or start a new run")
+        mine, theirs = self.fingerprint(), state.get("fingerprint", {})
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        if diff:
+            raise SchedulerStateError(f"the saved mixing state was written by another run: it differs in {diff} "
+                                      f"(saved {[theirs.get(k) for k in diff]}, this run {[mine[k] for k in diff]}); "
+                                      f"resume with the same domains, policy and guards, or start without resuming")
+        self.history = list(state["history"])
+        self.weights = DomainWeights(self.space, state["weights"], floor=self.config.floor)
+        self.initial = DomainWeights(self.space, state["initial"], floor=self.config.floor)
+        self.start_eval = EvalResult.from_json(state["start_eval"]) if state["start_eval"] else None
+        self.prev_eval = EvalResult.from_json(state["prev_eval"]) if state["prev_eval"] else None
+        if state.get("policy") is not None and hasattr(self.policy, "load_state_dict"):
+            self.policy.load_state_dict(state["policy"])

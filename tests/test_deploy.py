@@ -1,0 +1,335 @@
+"""Deployment: the guarded scheduler, the mixture data path, the plain-loop Mixer and the Trainer callback,
+on the tiny base model and the real corpora."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from mixagent.base_model import BaseModelConfig, get_base_model
+from mixagent.config import load_config
+from mixagent.deploy.heldout import HeldOutLoss
+from mixagent.deploy.loop import Mixer
+from mixagent.deploy.mixture import HFDatasetSource, MixtureDataset, TokenArraySource, default_lag
+from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig, SchedulerStateError
+from mixagent.domain_data import DomainData
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError
+from mixagent.evaluation import EvalResult
+from mixagent.paths import CONFIGS_DIR
+from mixagent.policies import FixedPolicy, ReplayPolicy, UniformPolicy
+from mixagent.tokenizer import token_byte_lengths
+
+
+@pytest.fixture(scope="module")
+def parts():
+    base = get_base_model(load_config(BaseModelConfig, CONFIGS_DIR / "base_model/tiny.yaml"))
+    space = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/tiny.yaml")
+    data = DomainData(space, base.tokenizer, base.tokenizer_hash)
+    L = base.model_config.seq_len
+    windows = {n: data.val_windows(i, 4, L + 1) for i, n in enumerate(space.names)}
+    return {"base": base, "space": space, "data": data, "seq_len": L, "windows": windows,
+            "heldout": HeldOutLoss(windows, space, token_byte_lengths(base.tokenizer))}
+
+
+def fake_eval(space: DomainSpace, shift: float = 0.0) -> EvalResult:
+    return EvalResult({n: 2.0 + shift + 0.1 * i for i, n in enumerate(space.names)},
+                      {"source": 0.3 - shift, "target": 0.2 + shift}, {})
+
+
+class Raising:
+    def reset(self, space):
+        self.space = space
+
+    def act(self, obs):
+        raise RuntimeError("boom")
+
+
+class Returning:
+    def __init__(self, values):
+        self.values = values
+
+    def reset(self, space):
+        self.space = space
+
+    def act(self, obs):
+        return self.values
+
+
+# ---- scheduler -------------------------------------------------------------------------------------
+def test_scheduler_floor_and_max_change(parts):
+    space = parts["space"]
+    sched = MixingScheduler(FixedPolicy({"math": 1.0}), space, config=SchedulerConfig(floor=0.05, max_change=0.3))
+    w = sched.step(fake_eval(space), 0.0)
+    assert np.all(w.values >= 0.05 - 1e-12) and abs(w.values.sum() - 1) < 1e-12
+    # uniform (0.25 each) -> floored proposal (0.05, 0.05, 0.05, 0.85): TV 0.6 capped to 0.3, halfway
+    np.testing.assert_allclose(w.values, [0.15, 0.15, 0.15, 0.55])
+    assert sched.history[-1]["capped"] and sched.history[-1]["fallback"] is None
+    w2 = sched.step(fake_eval(space, 0.1), 0.5)
+    np.testing.assert_allclose(w2.values, [0.05, 0.05, 0.05, 0.85])
+    assert not sched.history[-1]["capped"]
+
+
+@pytest.mark.parametrize("policy, reason", [(Raising(), "RuntimeError: boom"),
+                                            (Returning(np.array([np.nan, 1, 1, 1])), "non-finite"),
+                                            (Returning(np.ones(3)), "3 weights for 4 domains")])
+def test_scheduler_fallback_keeps_training(parts, caplog, policy, reason):
+    space = parts["space"]
+    initial = DomainWeights.from_mapping(space, {"wiki": 1, "math": 1})
+    sched = MixingScheduler(policy, space, initial=initial)
+    with caplog.at_level(logging.WARNING, logger="mixagent.deploy.scheduler"):
+        w = sched.step(fake_eval(space), 0.0)
+    np.testing.assert_array_equal(w.values, initial.values)
+    assert reason in sched.history[-1]["fallback"]
+    assert "mixing policy failed" in caplog.text
+
+
+def test_scheduler_state_roundtrip_and_foreign_state(parts):
+    space = parts["space"]
+    a = MixingScheduler(ReplayPolicy(0.5), space, config=SchedulerConfig(floor=0.01))
+    for t in range(3):
+        a.step(fake_eval(space, 0.1 * t), t / 3)
+    state = json.loads(json.dumps(a.state_dict()))
+    b = MixingScheduler(ReplayPolicy(0.5), space, config=SchedulerConfig(floor=0.01))
+    b.load_state_dict(state)
+    assert b.step(fake_eval(space, 0.4), 1.0).values.tolist() == a.step(fake_eval(space, 0.4), 1.0).values.tolist()
+    with pytest.raises(SchedulerStateError, match="differs in \\['config'\\]"):
+        MixingScheduler(ReplayPolicy(0.5), space, config=SchedulerConfig(floor=0.02)).load_state_dict(state)
+    with pytest.raises(SchemaVersionError, match="format 99"):
+        b.load_state_dict({**state, "format": 99})
+
+
+def test_scheduler_refuses_bad_config_and_non_policy(parts):
+    space = parts["space"]
+    with pytest.raises(ConfigError, match="floor \\* K < 1"):
+        MixingScheduler(UniformPolicy(), space, config=SchedulerConfig(floor=0.3))
+    with pytest.raises(ConfigError, match="does not implement MixingPolicy"):
+        MixingScheduler(object(), space)
+
+
+def test_scheduler_refuses_artifact_of_another_space(parts, tmp_path):
+    from mixagent.agent.artifact import ArtifactMismatchError, load_policy, random_artifact
+
+    other = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-natural.yaml")
+    path = random_artifact(tmp_path / "art", other)
+    with pytest.raises(ArtifactMismatchError, match="politics"):
+        MixingScheduler(load_policy(path), parts["space"])  # before any training
+    sched = MixingScheduler(load_policy(random_artifact(tmp_path / "ok", parts["space"])), parts["space"])
+    assert abs(sched.step(fake_eval(parts["space"]), 0.0).values.sum() - 1) < 1e-9
+
+
+# ---- data path -------------------------------------------------------------------------------------
+def stream(ds: MixtureDataset, batches: int, workers: int = 0) -> list[dict]:
+    out = []
+    for i, b in enumerate(DataLoader(ds, batch_size=ds.batch_size, num_workers=workers)):
+        out.append({k: v.clone() for k, v in b.items()})
+        if i + 1 == batches:
+            return out
+    return out
+
+
+def make_ds(parts, **kw) -> MixtureDataset:
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("seed", 3)
+    return MixtureDataset.from_token_streams(parts["data"].train, parts["space"], parts["seq_len"],
+                                             return_domain_ids=True, **kw)
+
+
+def test_mixture_follows_schedule_and_workers_match(parts):
+    space = parts["space"]
+    ds = make_ds(parts)
+    ds.schedule.set(DomainWeights.from_mapping(space, {"math": 1.0}), 30)
+    serial = stream(ds, 60)
+    doms = torch.stack([b["domain_ids"] for b in serial]).numpy()
+    assert set(np.unique(doms[:30])) == {0, 1, 2, 3}  # uniform before batch 30
+    assert np.all(doms[30:] == 3)  # only math from batch 30 on
+    parallel = stream(ds, 60, workers=2)  # the same stream when two workers split the batches
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["domain_ids"], b["domain_ids"])
+
+
+def test_cursors_do_not_repeat_windows_within_an_epoch(parts):
+    ds = make_ds(parts)
+    ds.schedule.set(DomainWeights.from_mapping(parts["space"], {"math": 1.0}), 0)
+    ids = torch.cat([b["input_ids"] for b in stream(ds, 40)])
+    n_windows = len(parts["data"].train[3]) // parts["seq_len"]
+    assert len(ids) <= n_windows
+    assert len({tuple(r.tolist()) for r in ids}) == len(ids)
+    assert ds.cursors_at(40).tolist() == [0, 0, 0, 160]
+
+
+def test_ranks_draw_disjoint_slices_of_one_stream(parts):
+    whole = stream(make_ds(parts, batch_size=8, rank=0, world_size=1), 10)
+    r0 = stream(make_ds(parts, batch_size=4, rank=0, world_size=2), 10)
+    r1 = stream(make_ds(parts, batch_size=4, rank=1, world_size=2), 10)
+    for w, a, b in zip(whole, r0, r1):
+        assert torch.equal(torch.cat([a["input_ids"], b["input_ids"]]), w["input_ids"])
+        assert not torch.equal(a["input_ids"], b["input_ids"])
+
+
+def test_fast_forward_equals_replay_and_late_changes_are_counted(parts):
+    ds = make_ds(parts)
+    ds.schedule.set(DomainWeights.from_mapping(parts["space"], {"wiki": 3, "math": 1}), 5)
+    full = stream(ds, 20)
+    state = json.loads(json.dumps(ds.state_dict(12)))
+    ds2 = make_ds(parts)
+    ds2.load_state_dict(state)
+    tail = stream(ds2, 8)
+    for a, b in zip(full[12:], tail):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    it = iter(DataLoader(make_ds(parts), batch_size=4))
+    late_ds = it._dataset
+    for _ in range(6):
+        next(it)
+    late_ds.schedule.set(DomainWeights.from_mapping(parts["space"], {"math": 1}), 2)  # batch 2 was made already
+    next(it)
+    assert late_ds.schedule.late == 1
+    with pytest.raises(ConfigError, match="batch_size \\(saved 4, now 8\\)"):
+        make_ds(parts, batch_size=8).load_state_dict(state)
+
+
+def test_hf_datasets_sources_map_streaming_and_pretokenized(parts):
+    datasets = pytest.importorskip("datasets")
+    tok = parts["base"].tokenizer
+    texts = ["The cat sat on the mat. " * (i % 5 + 1) for i in range(40)]
+    mapped = datasets.Dataset.from_dict({"text": texts})
+    src = HFDatasetSource(mapped, 16, tokenizer=tok, seed=0)
+    first = [w for _, w in zip(range(5), src.windows(0))]
+    again = [w for _, w in zip(range(3), src.windows(2))]
+    assert all(len(w) == 16 for w in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first[2:], again))
+    streaming = HFDatasetSource(mapped.to_iterable_dataset(), 16, tokenizer=tok)
+    assert len([w for _, w in zip(range(50), streaming.windows(0))]) == 50  # loops over epochs
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    pretok = HFDatasetSource(datasets.Dataset.from_dict({"input_ids": ids}), 16, eos_id=tok.eos_token_id, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(first, pretok.windows(0)))
+    space = parts["space"]
+    sources = {n: (src if n == "math" else TokenArraySource(parts["data"].train[i], 16)) for i, n in
+               enumerate(space.names)}
+    ds = MixtureDataset(sources, space, batch_size=2, return_domain_ids=True)
+    assert stream(ds, 3)[0]["input_ids"].shape == (2, 16)
+    with pytest.raises(ConfigError, match="tokenizer="):
+        HFDatasetSource(mapped, 16)
+    with pytest.raises(ConfigError, match="missing \\['math'\\]"):
+        MixtureDataset({n: sources[n] for n in space.names[:3]}, space, batch_size=2)
+
+
+# ---- plain loop ------------------------------------------------------------------------------------
+def test_heldout_loss_and_mixer_save_load(parts, tmp_path):
+    space, model = parts["space"], parts["base"].model
+    res = parts["heldout"](model)
+    assert set(res.bpb) == set(space.names) and all(0.5 < b < 20 for b in res.bpb.values())
+    ds = make_ds(parts)
+    mixer = Mixer(MixingScheduler(ReplayPolicy(0.5), space), ds, parts["heldout"], lag=3)
+    mixer.begin(model)
+    mixer.update(model, consumed_batches=4, progress=0.5)
+    assert ds.schedule.entries()[-1][0] == 7
+    path = mixer.save(tmp_path / "state.json", consumed_batches=6)
+    other = Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts), parts["heldout"], lag=3)
+    assert other.load(path) == 6 and other.dataset.start_batch == 6
+    assert other.scheduler.history == json.loads(json.dumps(mixer.scheduler.history))
+    with pytest.raises(SchedulerStateError, match="policy"):
+        Mixer(MixingScheduler(UniformPolicy(), space), make_ds(parts), parts["heldout"], lag=3).load(path)
+    with pytest.raises(ConfigError, match="seed \\(saved 3, now 4\\)"):
+        Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts, seed=4), parts["heldout"], lag=3).load(path)
+    with pytest.raises(CorruptArtifactError, match="no mixagent state"):
+        other.load(tmp_path / "missing.json")
+    with pytest.raises(ConfigError, match="no held-out windows for domains \\['math'\\]"):
+        HeldOutLoss({n: w for n, w in parts["windows"].items() if n != "math"}, space)
+
+
+def test_default_lag_covers_prefetch():
+    assert default_lag(0) == 2 and default_lag(2) == 6 and default_lag(4, 3) == 14
+
+
+# ---- Trainer callback ------------------------------------------------------------------------------
+def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", policy=None, **args):
+    import copy
+
+    from transformers import Trainer, TrainingArguments
+
+    from mixagent.deploy.callback import MixAgentCallback
+
+    space = parts["space"]
+    model = copy.deepcopy(parts["base"].model)
+    ds = make_ds(parts, batch_size=4)
+    ds.return_domain_ids = False
+    mixer = Mixer(MixingScheduler(policy or ReplayPolicy(0.5), space, config=SchedulerConfig(max_change=0.2)), ds,
+                  parts["heldout"])
+    extra = {}
+    if eval_from == "trainer":
+        import datasets
+
+        evals = {n: datasets.Dataset.from_dict({"input_ids": w[:, :-1].tolist(), "labels": w[:, :-1].tolist()})
+                 for n, w in parts["windows"].items()}
+        extra = {"eval_dataset": evals}
+        args.update(eval_strategy="steps", eval_steps=2, eval_on_start=True)
+        cb = MixAgentCallback(mixer, eval_from="trainer", eval_dataset=evals)
+    else:
+        cb = MixAgentCallback(mixer, every_n_steps=2)
+    targs = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
+                              learning_rate=2e-3, lr_scheduler_type="constant", save_steps=3, logging_steps=1,
+                              report_to=[], use_cpu=True, seed=0, save_only_model=False, disable_tqdm=True,
+                              **args)
+    trainer = Trainer(model=model, args=targs, train_dataset=ds, callbacks=[cb], **extra)
+    trainer.train(resume_from_checkpoint=resume)
+    return model, mixer, trainer
+
+
+def test_trainer_callback_updates_and_resume_is_exact(parts, tmp_path):
+    model_a, mixer_a, trainer = trainer_run(parts, tmp_path / "a")
+    hist = mixer_a.scheduler.history
+    assert len(hist) == 3  # the start decision, then steps 2 and 4 (not at the last step)
+    assert [e[0] for e in mixer_a.dataset.schedule.entries()] == [0, 0, 4, 6]
+    assert hist[0]["capped"] and not hist[1]["capped"]  # max_change 0.2: uniform -> replay 0.5 takes two moves
+    logged = [r for r in trainer.state.log_history if "mixagent/weight/math" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4]
+    saved = json.loads((tmp_path / "a/checkpoint-3/mixagent_state.json").read_text())
+    assert saved["consumed_batches"] == 3 and len(saved["scheduler"]["history"]) == 2
+    # interrupted after the checkpoint at step 3, resumed in a fresh Trainer: identical weights and model
+    trainer_run(parts, tmp_path / "b", max_steps=3)
+    model_b, mixer_b, _ = trainer_run(parts, tmp_path / "b", resume=str(tmp_path / "b/checkpoint-3"))
+    assert [h["weights"] for h in mixer_b.scheduler.history] == [h["weights"] for h in hist]
+    assert mixer_b.dataset.schedule.entries() == mixer_a.dataset.schedule.entries()
+    for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_trainer_callback_gathers_per_dataset_evaluations(parts, tmp_path):
+    _, mixer, _ = trainer_run(parts, tmp_path / "t", eval_from="trainer")
+    hist = mixer.scheduler.history
+    assert len(hist) == 3  # eval on start, then the evaluations at steps 2 and 4, each over all 4 datasets
+    assert set(hist[0]["eval"]["bpb"]) == set(parts["space"].names)
+
+
+def test_trainer_callback_preconditions(parts, tmp_path):
+    from mixagent.deploy.callback import MissingEvalDataError, MixAgentCallback
+
+    space = parts["space"]
+    mixer = Mixer(MixingScheduler(UniformPolicy(), space), make_ds(parts))
+    with pytest.raises(MissingEvalDataError, match="HeldOutLoss"):
+        MixAgentCallback(mixer)
+    with pytest.raises(MissingEvalDataError, match="no data for domains \\['math'\\]"):
+        MixAgentCallback(mixer, eval_from="trainer", eval_dataset={"wiki": [], "news": [], "fiction": []})
+    with pytest.raises(ConfigError, match="per_device_train_batch_size \\(4\\) differs"):
+        _bad_batch(parts, tmp_path)
+    _, _, _ = trainer_run(parts, tmp_path / "c", max_steps=3)
+    with pytest.raises(SchedulerStateError):  # a checkpoint of a run with another policy
+        trainer_run(parts, tmp_path / "c", resume=str(tmp_path / "c/checkpoint-3"), policy=UniformPolicy())
+
+
+def _bad_batch(parts, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from mixagent.deploy.callback import MixAgentCallback
+
+    ds = make_ds(parts, batch_size=2)
+    mixer = Mixer(MixingScheduler(UniformPolicy(), parts["space"]), ds, parts["heldout"])
+    args = TrainingArguments(output_dir=str(tmp_path / "bs"), max_steps=2, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True, disable_tqdm=True)
+    Trainer(model=parts["base"].model, args=args, train_dataset=ds, callbacks=[MixAgentCallback(mixer)]).train()
