@@ -16,7 +16,7 @@ from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, suggest
 
 __all__ = ["MixingPolicy", "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES",
-           "make_policy"]
+           "make_policy", "policy_from_spec", "BASELINE_SPECS"]
 
 
 @runtime_checkable
@@ -118,3 +118,38 @@ def make_policy(name: str, **params: Any) -> MixingPolicy:
     if name not in POLICIES:
         raise ConfigError("policy", [f"unknown policy {name!r}{suggest(name, POLICIES)}; known: {', '.join(POLICIES)}"])
     return POLICIES[name](**params)
+
+
+BASELINE_SPECS = ("uniform", "natural", "target_only", "replay:<rho>")
+
+
+def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> MixingPolicy:
+    """A policy from a short spec: ``uniform``, ``natural``, ``target_only``, ``replay:<rho>`` (natural
+    shares within each field) or the directory of a trained policy artifact.
+
+    Args:
+        spec: the spec string.
+        natural: ``{domain: token share}``, needed by ``natural``, ``target_only`` and ``replay``.
+    """
+    from pathlib import Path
+
+    name, _, rho = spec.partition(":")
+    if name in ("natural", "target_only", "replay") and natural is None:
+        raise ConfigError("policy", [f"policy {spec!r} needs the domains' natural token shares"])
+    if name == "uniform" and not rho:
+        return UniformPolicy()
+    if name == "natural" and not rho:
+        return NaturalPolicy(natural)
+    if name == "target_only" and not rho:
+        return ReplayPolicy(0.0, natural)
+    if name == "replay":
+        try:
+            return ReplayPolicy(float(rho), natural)
+        except ValueError:
+            raise ConfigError("policy", [f"replay needs a share: 'replay:0.5', got {spec!r}"]) from None
+    if Path(spec).is_dir():
+        from mixagent.agent.artifact import load_policy
+
+        return load_policy(spec)
+    raise ConfigError("policy", [f"unknown policy {spec!r}{suggest(name, BASELINE_SPECS)}: give one of "
+                                 f"{', '.join(BASELINE_SPECS)} or a policy artifact directory (runs/agent/<name>/rl)"])

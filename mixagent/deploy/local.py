@@ -1,0 +1,97 @@
+"""Everything a deployment run on mixagent's own corpora needs, built from config files: the base model
+(pre-trained on the source field and cached), the domain data, the evaluation and the policy.
+
+The examples and ``make demo`` use it; a user with their own model and data builds the same pieces
+(:class:`~mixagent.deploy.mixture.MixtureDataset`, an evaluation, a policy) directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from mixagent.base_model import BaseModel, BaseModelConfig, get_base_model
+from mixagent.config import load_config
+from mixagent.deploy.distributed import broadcast_array
+from mixagent.deploy.mixture import MixtureDataset
+from mixagent.domain_data import DomainData
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.errors import ConfigError
+from mixagent.evaluation import EvalSpec, Evaluator
+from mixagent.paths import REPO_ROOT
+from mixagent.policies import MixingPolicy, policy_from_spec
+from mixagent.tokenizer import token_byte_lengths
+
+__all__ = ["LocalRun", "build_local_run", "INITIAL_MIXTURES"]
+
+log = logging.getLogger(__name__)
+INITIAL_MIXTURES = ("natural", "uniform", "estimate")
+
+
+@dataclasses.dataclass
+class LocalRun:
+    """The pieces of a run on local corpora."""
+
+    base: BaseModel
+    space: DomainSpace
+    data: DomainData
+    evaluator: Evaluator
+
+    @property
+    def seq_len(self) -> int:
+        return self.base.model_config.seq_len
+
+    @property
+    def natural(self) -> DomainWeights:
+        return DomainWeights.normalised(self.space, self.data.natural)
+
+    def policy(self, spec: str) -> MixingPolicy:
+        """``uniform``, ``natural``, ``target_only``, ``replay:<rho>`` or a policy artifact directory."""
+        return policy_from_spec(spec, self.natural.to_mapping())
+
+    def dataset(self, batch_size: int, seed: int = 0, **kwargs) -> MixtureDataset:
+        return MixtureDataset.from_token_streams(self.data.train, self.space, self.seq_len, batch_size, seed=seed,
+                                                 **kwargs)
+
+    def initial(self, kind: str, model=None, samples: int = 64, seed: int = 0) -> DomainWeights:
+        """The starting mixture: ``natural``, ``uniform`` or ``estimate`` (classify text sampled from
+        ``model`` into the domains; the paper's start-state estimation)."""
+        if kind == "natural":
+            return self.natural
+        if kind == "uniform":
+            return DomainWeights.normalised(self.space, [1.0] * self.space.k)
+        if kind != "estimate":
+            raise ConfigError("initial", [f"initial mixture must be one of {INITIAL_MIXTURES}, got {kind!r}"])
+        from mixagent.deploy.start_state import DomainClassifier, domain_texts, estimate_start_mixture
+
+        tok = self.base.tokenizer
+        clf = DomainClassifier.fit(domain_texts(self.data.train, tok, self.space, seed=seed), self.space, seed=seed)
+        est = estimate_start_mixture(model if model is not None else self.base.model, tok, clf, n_samples=samples,
+                                     max_new_tokens=min(64, self.seq_len - 1), seed=seed)
+        log.info("estimated start mixture from %d samples: %s", est.n_samples, est.weights)
+        # ranks sample the same texts; rank 0's estimate is made exact everywhere
+        return DomainWeights(self.space, broadcast_array(est.weights.values))
+
+
+def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | Path) -> LocalRun:
+    """Load (pre-training when missing) the base model, the space's data and the evaluation.
+
+    Args:
+        base_model: base-model config YAML (``configs/base_model/*.yaml``).
+        space: domain-space YAML (``configs/spaces/*.yaml``).
+        eval_spec: an env spec YAML (``envs/*.yaml``) whose ``eval`` block sets the benchmarks and budget.
+    """
+    from mixagent.spec import load_spec
+
+    base = get_base_model(load_config(BaseModelConfig, _path(base_model)))
+    dspace = DomainSpace.from_yaml(_path(space))
+    data = DomainData(dspace, base.tokenizer, base.tokenizer_hash)
+    espec: EvalSpec = load_spec(_path(eval_spec)).eval
+    evaluator = Evaluator(data, espec, base.tokenizer, token_byte_lengths(base.tokenizer), base.model_config.seq_len)
+    return LocalRun(base, dspace, data, evaluator)
+
+
+def _path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
