@@ -89,6 +89,20 @@ def test_scheduler_fallback_keeps_training(parts, caplog, policy, reason):
     assert "mixing policy failed" in caplog.text
 
 
+def test_scheduler_survives_a_diverged_evaluation(parts, caplog):
+    space = parts["space"]
+    sched = MixingScheduler(ReplayPolicy(0.5), space, initial=DomainWeights.from_mapping(space, {"math": 1.0}))
+    sched.step(fake_eval(space), 0.0)
+    bad = fake_eval(space, 0.2)
+    bad.bpb["math"] = float("nan")
+    with caplog.at_level(logging.WARNING, logger="mixagent.deploy.scheduler"):
+        w = sched.step(bad, 0.5)
+    np.testing.assert_array_equal(w.values, sched.initial.values)
+    assert "non-finite evaluation" in sched.history[-1]["fallback"] and sched.history[-1]["eval"] is None
+    json.dumps(sched.state_dict(), allow_nan=False)  # the saved state stays strict JSON
+    assert sched.prev_eval.bpb["math"] == fake_eval(space).bpb["math"]  # the last finite evaluation is kept
+
+
 def test_scheduler_state_roundtrip_and_foreign_state(parts):
     space = parts["space"]
     a = MixingScheduler(ReplayPolicy(0.5), space, config=SchedulerConfig(floor=0.01))
@@ -121,6 +135,21 @@ def test_scheduler_refuses_artifact_of_another_space(parts, tmp_path):
         MixingScheduler(load_policy(path), parts["space"])  # before any training
     sched = MixingScheduler(load_policy(random_artifact(tmp_path / "ok", parts["space"])), parts["space"])
     assert abs(sched.step(fake_eval(parts["space"]), 0.0).values.sum() - 1) < 1e-9
+
+
+def test_policy_specs_and_unknown_artifact_version(parts, tmp_path):
+    from mixagent.agent.artifact import random_artifact
+    from mixagent.policies import policy_from_spec
+
+    natural = {n: 0.25 for n in parts["space"].names}
+    assert isinstance(policy_from_spec("replay:0.25", natural), ReplayPolicy)
+    with pytest.raises(ConfigError, match="did you mean 'uniform'"):
+        policy_from_spec("unifrom", natural)
+    path = random_artifact(tmp_path / "art", parts["space"])
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(SchemaVersionError, match="99"):
+        policy_from_spec(str(path), natural)
 
 
 # ---- data path -------------------------------------------------------------------------------------
@@ -241,6 +270,24 @@ def test_heldout_loss_and_mixer_save_load(parts, tmp_path):
         other.load(tmp_path / "missing.json")
     with pytest.raises(ConfigError, match="no held-out windows for domains \\['math'\\]"):
         HeldOutLoss({n: w for n, w in parts["windows"].items() if n != "math"}, space)
+
+
+def test_mixer_warns_when_a_change_arrives_late(parts, caplog):
+    space, model = parts["space"], parts["base"].model
+    ds = make_ds(parts)
+    mixer = Mixer(MixingScheduler(ReplayPolicy(0.5), space), ds, parts["heldout"], lag=1)
+    mixer.begin(model)
+    it = iter(DataLoader(ds, batch_size=4, num_workers=1, prefetch_factor=4))
+    next(it)
+    import time
+
+    time.sleep(2)  # the worker fills its prefetch queue, well past batch 2
+    mixer.dataset.schedule.set(DomainWeights.from_mapping(space, {"math": 1}), 2)
+    for _ in range(8):
+        next(it)
+    with caplog.at_level(logging.WARNING, logger="mixagent.deploy.loop"):
+        mixer.update(model, consumed_batches=9, progress=0.5)
+    assert ds.schedule.late >= 1 and "raise lag" in caplog.text
 
 
 def test_default_lag_covers_prefetch():

@@ -149,7 +149,7 @@ class MixAgentCallback(TrainerCallback):
         self._pending = {}
         result = EvalResult(bits, field_scores_from_bits(bits, self.mixer.scheduler.space), {},
                             state.global_step * self._accum * self.mixer.tokens_per_batch)
-        if self.mixer.scheduler.start_eval is None:  # eval_on_start: the start state, before any batch exists
+        if not self.mixer.scheduler.updates:  # eval_on_start: the start state, before any batch exists
             self.mixer.begin(result=result)
             self._record(state, args)
         elif state.global_step < self._max_steps:

@@ -86,7 +86,7 @@ class Mixer:
     def update(self, model: torch.nn.Module | None = None, consumed_batches: int = 0, progress: float = 0.0,
                result: EvalResult | None = None) -> DomainWeights:
         """Evaluate, decide, and apply the new mixture from batch ``consumed_batches + lag`` on."""
-        if self.scheduler.start_eval is None:
+        if not self.scheduler.updates:
             raise ConfigError("Mixer.update", ["call begin() before the first update (it records the start state)"])
         res = self._eval(model, result, consumed_batches * self.tokens_per_batch)
         self._decide(res, progress, first_batch=consumed_batches + self.lag)

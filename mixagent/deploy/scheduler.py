@@ -142,24 +142,32 @@ class MixingScheduler:
             raise ConfigError("MixingScheduler.step", [f"the evaluation lacks domains {missing} or field scores "
                                                        f"{sorted(result.scores)}; evaluate every domain of the space "
                                                        f"and both fields"])
-        if self.start_eval is None:
+        finite = result.is_finite()
+        if self.start_eval is None and finite:
             self.start_eval = self.prev_eval = result
-        obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress))
-        proposal, reason = self._propose(obs)
+        if finite and self.start_eval is not None:
+            obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress))
+            proposal, reason = self._propose(obs)
+        else:  # a diverged model gives the policy nothing to go on
+            proposal, reason = self._fallback(), "non-finite evaluation (NaN/Inf loss or score)"
         if reason is not None:
             log.warning("mixing policy failed at update %d (%s); using the %s mixture", self.updates, reason,
                         self.config.fallback)
         floored = apply_floor(proposal, self.config.floor)
         values, capped = cap_change(floored, self.weights.values, self.config.max_change)
         self.weights = DomainWeights(self.space, values / values.sum(), floor=self.config.floor)
-        self.prev_eval = result
+        if finite:
+            self.prev_eval = result
         self.history.append({"update": self.updates, "progress": float(progress), "tokens_seen": result.tokens_seen,
                              "weights": self.weights.values.tolist(), "proposal": np.asarray(proposal).tolist(),
-                             "fallback": reason, "capped": capped, "eval": result.to_json()})
+                             "fallback": reason, "capped": capped, "eval": result.to_json() if finite else None})
         return self.weights
 
+    def _fallback(self) -> np.ndarray:
+        return (self.initial if self.config.fallback == "initial" else self.weights).values.copy()
+
     def _propose(self, obs: np.ndarray) -> tuple[np.ndarray, str | None]:
-        fallback = (self.initial if self.config.fallback == "initial" else self.weights).values.copy()
+        fallback = self._fallback()
         try:
             out = self.policy.act(obs)
         except Exception as exc:  # noqa: BLE001 — any policy failure must not stop training
