@@ -319,10 +319,10 @@ def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", poli
         cb = MixAgentCallback(mixer, eval_from="trainer", eval_dataset=evals)
     else:
         cb = MixAgentCallback(mixer, every_n_steps=2)
+    args = {"report_to": [], "save_steps": 3, **args}
     targs = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
-                              learning_rate=2e-3, lr_scheduler_type="constant", save_steps=3, logging_steps=1,
-                              report_to=[], use_cpu=True, seed=0, save_only_model=False, disable_tqdm=True,
-                              **args)
+                              learning_rate=2e-3, lr_scheduler_type="constant", logging_steps=1,
+                              use_cpu=True, seed=0, save_only_model=False, disable_tqdm=True, **args)
     trainer = Trainer(model=model, args=targs, train_dataset=ds, callbacks=[cb], **extra)
     trainer.train(resume_from_checkpoint=resume)
     return model, mixer, trainer
@@ -380,3 +380,24 @@ def _bad_batch(parts, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "bs"), max_steps=2, per_device_train_batch_size=4,
                              report_to=[], use_cpu=True, disable_tqdm=True)
     Trainer(model=parts["base"].model, args=args, train_dataset=ds, callbacks=[MixAgentCallback(mixer)]).train()
+
+
+def test_trainer_callback_logs_weights_to_wandb_offline(parts, tmp_path, monkeypatch):
+    from wandb.sdk.wandb_run import Run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged = []
+    real_log = Run.log
+
+    def spy(run, data, *args, **kwargs):  # what reaches the live offline run (wandb.log is bound to it)
+        logged.append(dict(data))
+        return real_log(run, data, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log", spy)
+    _, mixer, _ = trainer_run(parts, tmp_path / "w", max_steps=3, report_to=["wandb"], save_strategy="no")
+    ours = [d for d in logged if "mixagent/weight/math" in d]
+    assert [d["train/global_step"] for d in ours] == [0, 2]
+    assert ours[-1]["mixagent/weight/math"] == mixer.weights.to_mapping()["math"]
+    assert list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
