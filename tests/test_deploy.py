@@ -277,14 +277,11 @@ def test_mixer_warns_when_a_change_arrives_late(parts, caplog):
     ds = make_ds(parts)
     mixer = Mixer(MixingScheduler(ReplayPolicy(0.5), space), ds, parts["heldout"], lag=1)
     mixer.begin(model)
-    it = iter(DataLoader(ds, batch_size=4, num_workers=1, prefetch_factor=4))
-    next(it)
-    import time
-
-    time.sleep(2)  # the worker fills its prefetch queue, well past batch 2
-    mixer.dataset.schedule.set(DomainWeights.from_mapping(space, {"math": 1}), 2)
-    for _ in range(8):
+    it = iter(DataLoader(ds, batch_size=4))
+    for _ in range(4):  # batches 0-3 exist when the change for batch 2 is written
         next(it)
+    mixer.dataset.schedule.set(DomainWeights.from_mapping(space, {"math": 1}), 2)
+    next(it)
     with caplog.at_level(logging.WARNING, logger="mixagent.deploy.loop"):
         mixer.update(model, consumed_batches=9, progress=0.5)
     assert ds.schedule.late >= 1 and "raise lag" in caplog.text
