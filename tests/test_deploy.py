@@ -192,6 +192,19 @@ def test_cursors_do_not_repeat_windows_within_an_epoch(parts):
     assert ds.cursors_at(40).tolist() == [0, 0, 0, 160]
 
 
+def test_cursor_replay_is_incremental_and_exact(parts):
+    space = parts["space"]
+    ds, fresh = make_ds(parts), make_ds(parts)
+    ds.cursors_at(20)
+    for d in (ds, fresh):
+        d.schedule.set(DomainWeights.from_mapping(space, {"wiki": 1, "math": 3}), 25)
+    assert ds.cursors_at(40).tolist() == fresh.cursors_at(40).tolist()  # resumed from the replay at 20
+    for d in (ds, fresh):  # a change that came late (before the last replay) forces a full replay
+        d.schedule.set(DomainWeights.from_mapping(space, {"news": 1}), 30)
+    fresh._forget_replay()
+    assert ds.cursors_at(50).tolist() == fresh.cursors_at(50).tolist()
+
+
 def test_ranks_draw_disjoint_slices_of_one_stream(parts):
     whole = stream(make_ds(parts, batch_size=8, rank=0, world_size=1), 10)
     r0 = stream(make_ds(parts, batch_size=4, rank=0, world_size=2), 10)

@@ -75,7 +75,11 @@ class Mixer:
             return result
         if self.evaluate is None or model is None:
             raise ConfigError("Mixer", ["no evaluation: give Mixer(evaluate=...) or pass result="])
-        return self.evaluate(model, tokens_seen=tokens)
+        was_training = model.training
+        try:
+            return self.evaluate(model, tokens_seen=tokens)
+        finally:
+            model.train(was_training)  # evaluators switch to eval mode; training continues as it was
 
     def begin(self, model: torch.nn.Module | None = None, result: EvalResult | None = None) -> DomainWeights:
         """Evaluate the starting model and apply the policy's first mixture from batch 0 (call before the

@@ -251,9 +251,9 @@ class _Reader:
         if int(self.meta[2]) != self.version:  # the schedule changed: refresh, and flag rows that came late
             self.version = int(self.meta[2])
             rows = self.table[: int(self.meta[0])].copy()
-            for i, row in enumerate(rows):
-                new = i >= len(self.rows) or not np.array_equal(row, self.rows[i])
-                if new and row[0] <= self.made and self.version > 0:
+            for i in range(max(0, len(self.rows) - 1), len(rows)):  # rows are appended; only the last is replaced
+                new = i >= len(self.rows) or not np.array_equal(rows[i], self.rows[i])
+                if new and rows[i, 0] <= self.made:
                     self.meta[1] += 1
             self.rows, self.cums = rows, np.cumsum(rows[:, 1:], axis=1)
         self.made = max(self.made, batch)
@@ -310,6 +310,7 @@ class MixtureDataset(IterableDataset):
         self.configure(rank=rank, world_size=world_size, all_ranks=all_ranks)
         self.return_domain_ids = return_domain_ids
         self.start_batch = 0
+        self._forget_replay()
 
     @classmethod
     def from_token_streams(cls, streams: Sequence[np.ndarray], space: DomainSpace, seq_len: int, batch_size: int,
@@ -326,6 +327,10 @@ class MixtureDataset(IterableDataset):
         if not 0 <= rank < world_size:
             raise ConfigError("MixtureDataset", [f"rank {rank} is not in [0, world_size={world_size})"])
         self.rank, self.world_size, self.all_ranks = rank, world_size, all_ranks
+        self._forget_replay()  # picks depend on the world size
+
+    def _forget_replay(self) -> None:
+        self._replayed = (0, np.zeros(self.space.k, dtype=np.int64), 1, self.schedule.table[0].numpy().copy())
 
     @property
     def samples_per_batch(self) -> int:
@@ -337,11 +342,18 @@ class MixtureDataset(IterableDataset):
         return np.minimum(np.searchsorted(cum, u, side="right"), self.space.k - 1)
 
     def cursors_at(self, batch: int) -> np.ndarray:
-        """Per-domain windows used by batches ``< batch`` (replays the picks; reads no data)."""
+        """Per-domain windows used by batches ``< batch`` (replays the picks; reads no data). The last
+        replay is kept, so periodic checkpoints replay only the batches since the previous one (mixtures
+        for past batches never change: they are written ahead of the batches they apply to)."""
+        rows = self.schedule.table[: self.schedule.rows].numpy()
+        done, counts, n, last = self._replayed
+        # reusable when no row written since then applies before it (a late change would)
+        valid = done <= batch and n <= len(rows) and np.array_equal(rows[n - 1], last) and np.all(rows[n:, 0] >= done)
+        start, counts = (done, counts.copy()) if valid else (0, np.zeros(self.space.k, dtype=np.int64))
         reader = _Reader(self.schedule)
-        counts = np.zeros(self.space.k, dtype=np.int64)
-        for b in range(batch):
+        for b in range(start, batch):
             counts += np.bincount(self.draws(b, reader.cum_at(b)), minlength=self.space.k)
+        self._replayed = (batch, counts.copy(), len(rows), rows[-1].copy())
         return counts
 
     def state_dict(self, consumed_batches: int) -> dict[str, Any]:
@@ -362,6 +374,7 @@ class MixtureDataset(IterableDataset):
                 f"the saved data state differs in {shown}; resume with the same seed, batch size, number of ranks "
                 f"and sequence length"])
         self.schedule.load_entries(state["schedule"])
+        self._forget_replay()
         self.start_batch = int(state["consumed_batches"]) if skip else 0
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
