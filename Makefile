@@ -48,6 +48,7 @@ bench: base-model
 	$(PY) benchmarks/bench_env_step.py
 	$(PY) benchmarks/bench_collect.py
 	$(PY) benchmarks/bench_policy.py
+	$(PY) benchmarks/bench_deploy.py
 
 lint: install
 	$(VENV)/bin/ruff check mixagent tests benchmarks examples
