@@ -393,6 +393,7 @@ def _bad_batch(parts, tmp_path):
 
 
 def test_trainer_callback_logs_weights_to_wandb_offline(parts, tmp_path, monkeypatch):
+    import wandb
     from wandb.sdk.wandb_run import Run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -406,7 +407,11 @@ def test_trainer_callback_logs_weights_to_wandb_offline(parts, tmp_path, monkeyp
         return real_log(run, data, *args, **kwargs)
 
     monkeypatch.setattr(Run, "log", spy)
-    _, mixer, _ = trainer_run(parts, tmp_path / "w", max_steps=3, report_to=["wandb"], save_strategy="no")
+    wandb.teardown()  # wandb caches its settings process-wide on first use; read WANDB_MODE afresh
+    try:
+        _, mixer, _ = trainer_run(parts, tmp_path / "w", max_steps=3, report_to=["wandb"], save_strategy="no")
+    finally:
+        wandb.teardown()
     ours = [d for d in logged if "mixagent/weight/math" in d]
     assert [d["train/global_step"] for d in ours] == [0, 2]
     assert ours[-1]["mixagent/weight/math"] == mixer.weights.to_mapping()["math"]
