@@ -392,7 +392,6 @@ class MixtureDataset(IterableDataset):
             if (b - start) % n_workers != worker:  # another worker's batch: only advance the cursors
                 cursors += np.bincount(domains, minlength=k)
                 continue
-            reader.made = b
             for s in range(len(domains)):
                 d = domains[s]
                 c = cursors[d]
@@ -405,7 +404,7 @@ class MixtureDataset(IterableDataset):
                 window = next(iters[d])
                 positions[d] += 1
                 ids = torch.from_numpy(np.asarray(window, dtype=np.int64))
-                item = {"input_ids": ids, "labels": ids}
+                item = {"input_ids": ids, "labels": ids.clone()}  # a loop may mask labels in place
                 if self.return_domain_ids:
                     item["domain_ids"] = torch.tensor(int(d))
                 yield item
