@@ -6,8 +6,9 @@
 
 The loop: the base model (pre-trained on the source field) trains on batches from a MixtureDataset;
 every ``--every`` steps the Mixer evaluates it, asks the policy for a mixture and publishes it to the
-data. ``--save-every`` writes model, optimizer and mixing state; ``--resume`` continues from them bit for
-bit. ``--report`` writes what happened as JSON (used by the tests).
+data. ``--save-every`` writes model, optimizer and mixing state to ``--out/checkpoint-<step>`` (each
+directory appears whole or not at all); ``--resume`` continues from the latest bit for bit.
+``--report`` writes what happened as JSON (used by the tests).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/deploy/torch_loop")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: never)")
     p.add_argument("--stop-after", type=int, default=0, help="stop after N steps (to test --resume)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue from the latest --out/checkpoint-<step>")
     p.add_argument("--report", default="", help="write a JSON report here (rank-suffixed under DDP)")
     return p.parse_args(argv)
 
@@ -79,11 +80,14 @@ def main(argv: list[str] | None = None) -> dict:
     mixer = Mixer(scheduler, dataset, run.evaluator, lag=default_lag(args.workers, extra=1))
     train_model = torch.nn.parallel.DistributedDataParallel(model) if ddp else model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    ckpt = Path(args.out) / "checkpoint"
     step = 0
     if args.resume:
         from safetensors.torch import load_model
 
+        ckpts = sorted(Path(args.out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not ckpts:
+            raise SystemExit(f"--resume: no checkpoint-* directory in {args.out}")
+        ckpt = ckpts[-1]
         step = mixer.load(ckpt / "mixagent_state.json")
         load_model(model, str(ckpt / "model.safetensors"))
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         mixer.begin(model)
     start_eval = scheduler.start_eval
     loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
-    digest = hashlib.sha256()
+    digest, rows = hashlib.sha256(), []  # what this rank trained on, for the report
     last = args.stop_after or args.steps
     model.train()
     for batch in loader:
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             break
         ids = batch["input_ids"].to(device)
         digest.update(batch["input_ids"].numpy().tobytes())
+        rows.append([hashlib.sha1(r.tobytes()).hexdigest()[:12] for r in batch["input_ids"].numpy()])
         logits = train_model(input_ids=ids[:, :-1]).logits
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -112,13 +117,15 @@ def main(argv: list[str] | None = None) -> dict:
         if args.save_every and step % args.save_every == 0 and rank == 0:
             from safetensors.torch import save_model
 
-            ckpt.mkdir(parents=True, exist_ok=True)
-            save_model(model, str(ckpt / "model.safetensors"))
-            torch.save(opt.state_dict(), ckpt / "optimizer.pt")
-            torch.save(torch.get_rng_state(), ckpt / "rng.pt")
-            mixer.save(ckpt / "mixagent_state.json", consumed_batches=step)
+            from mixagent.paths import staged_dir
+
+            with staged_dir(Path(args.out) / f"checkpoint-{step}") as tmp:  # all files appear at once, or none
+                save_model(model, str(tmp / "model.safetensors"))
+                torch.save(opt.state_dict(), tmp / "optimizer.pt")
+                torch.save(torch.get_rng_state(), tmp / "rng.pt")
+                mixer.save(tmp / "mixagent_state.json", consumed_batches=step)
     final = run.evaluator(model, tokens_seen=step * mixer.tokens_per_batch)
-    report = {"policy": args.policy, "steps": step, "rank": rank, "batches_sha256": digest.hexdigest(),
+    report = {"policy": args.policy, "steps": step, "rank": rank, "batches_sha256": digest.hexdigest(), "rows": rows,
               "weights": [h["weights"] for h in scheduler.history], "schedule": dataset.schedule.entries(),
               "start": start_eval.to_json(), "final": final.to_json(),
               "balanced": balanced_score("balanced", 0.5, start_eval, final, run.space)}

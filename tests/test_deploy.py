@@ -15,7 +15,7 @@ from mixagent.base_model import BaseModelConfig, get_base_model
 from mixagent.config import load_config
 from mixagent.deploy.heldout import HeldOutLoss
 from mixagent.deploy.loop import Mixer
-from mixagent.deploy.mixture import HFDatasetSource, MixtureDataset, TokenArraySource, default_lag
+from mixagent.deploy.mixture import HFDatasetSource, MixtureDataset, SourceUseError, TokenArraySource, default_lag
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig, SchedulerStateError
 from mixagent.domain_data import DomainData
 from mixagent.domains import DomainSpace, DomainWeights
@@ -182,6 +182,34 @@ def test_mixture_follows_schedule_and_workers_match(parts):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["domain_ids"], b["domain_ids"])
 
 
+def test_domain_draws_are_independent_across_batches_and_follow_the_weights(parts):
+    space = parts["space"]
+    ds = make_ds(parts, batch_size=16)
+    u = [np.random.Generator(np.random.Philox(key=ds.seed, counter=[0, b, 0, 0])).random(16) for b in (5, 6)]
+    assert not set(u[0]) & set(u[1])  # consecutive batches share no random numbers
+    w = DomainWeights(space, [0.1, 0.2, 0.3, 0.4])
+    cum = np.cumsum(w.values)
+    picks = np.concatenate([ds.draws(b, cum) for b in range(2000)])  # 32,000 samples
+    freq = np.bincount(picks, minlength=4) / len(picks)
+    np.testing.assert_allclose(freq, w.values, atol=0.01)  # 4+ standard errors at this sample size
+
+
+def test_a_change_during_iteration_with_workers_lands_on_its_batch(parts):
+    space = parts["space"]
+    math_only = DomainWeights.from_mapping(space, {"math": 1.0})
+    planned = make_ds(parts)
+    planned.schedule.set(math_only, 7)
+    expected = stream(planned, 14)
+    live = make_ds(parts)
+    it = iter(DataLoader(live, batch_size=4, num_workers=2, prefetch_factor=2))
+    got = [next(it)]
+    live.schedule.set(math_only, 1 + default_lag(2))  # consumed 1 batch; lag covers what the workers prefetched
+    got += [next(it) for _ in range(13)]
+    for a, b in zip(expected, got):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    assert live.schedule.late == 0
+
+
 def test_cursors_do_not_repeat_windows_within_an_epoch(parts):
     ds = make_ds(parts)
     ds.schedule.set(DomainWeights.from_mapping(parts["space"], {"math": 1.0}), 0)
@@ -257,6 +285,9 @@ def test_hf_datasets_sources_map_streaming_and_pretokenized(parts):
     assert stream(ds, 3)[0]["input_ids"].shape == (2, 16)
     with pytest.raises(ConfigError, match="tokenizer="):
         HFDatasetSource(mapped, 16)
+    streamed = {n: HFDatasetSource(mapped.to_iterable_dataset(), 16, tokenizer=tok) for n in space.names}
+    with pytest.raises(SourceUseError, match="num_workers=0"):  # datasets would split its shards between workers
+        next(iter(DataLoader(MixtureDataset(streamed, space, batch_size=2), batch_size=2, num_workers=1)))
     with pytest.raises(ConfigError, match="missing \\['math'\\]"):
         MixtureDataset({n: sources[n] for n in space.names[:3]}, space, batch_size=2)
 
@@ -357,11 +388,19 @@ def test_trainer_callback_updates_and_resume_is_exact(parts, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_trainer_callback_gathers_per_dataset_evaluations(parts, tmp_path):
-    _, mixer, _ = trainer_run(parts, tmp_path / "t", eval_from="trainer")
+def test_trainer_callback_gathers_per_dataset_evaluations_and_resumes(parts, tmp_path):
+    model_a, mixer, _ = trainer_run(parts, tmp_path / "t", eval_from="trainer")
     hist = mixer.scheduler.history
     assert len(hist) == 3  # eval on start, then the evaluations at steps 2 and 4, each over all 4 datasets
     assert set(hist[0]["eval"]["bpb"]) == set(parts["space"].names)
+    trainer_run(parts, tmp_path / "r", eval_from="trainer", max_steps=3)
+    model_b, resumed, _ = trainer_run(parts, tmp_path / "r", eval_from="trainer",
+                                      resume=str(tmp_path / "r/checkpoint-3"))
+    # eval_on_start runs again at the resume step; it must not add a decision
+    assert resumed.dataset.schedule.entries() == mixer.dataset.schedule.entries()
+    assert [h["weights"] for h in resumed.scheduler.history] == [h["weights"] for h in hist]
+    for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()):
+        assert torch.equal(a, b)
 
 
 def test_trainer_callback_preconditions(parts, tmp_path):

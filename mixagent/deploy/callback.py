@@ -82,6 +82,7 @@ class MixAgentCallback(TrainerCallback):
         self.eval_from = eval_from
         self.resume_from = Path(resume_from) if resume_from else None
         self._pending: dict[str, float] = {}
+        self._last_step = -1  # global step of the last decision
         self._max_steps = 0
         self._accum = 1
 
@@ -91,6 +92,10 @@ class MixAgentCallback(TrainerCallback):
         ds = self.mixer.dataset
         if args.max_steps is None or args.max_steps <= 0:
             raise ConfigError("TrainingArguments", ["max_steps must be set (> 0): the mixture dataset is endless"])
+        if args.train_batch_size != args.per_device_train_batch_size:
+            raise ConfigError("TrainingArguments", [
+                f"the Trainer runs DataParallel over {args.n_gpu} GPUs (one loader batch of {args.train_batch_size}); "
+                f"launch one process per GPU with torchrun instead, so each rank reads its own slice"])
         if args.per_device_train_batch_size != ds.batch_size:
             raise ConfigError("MixAgentCallback", [
                 f"per_device_train_batch_size ({args.per_device_train_batch_size}) differs from the MixtureDataset's "
@@ -117,6 +122,7 @@ class MixAgentCallback(TrainerCallback):
                     f"{path} was saved after {consumed} batches but the Trainer resumes at step {state.global_step} "
                     f"({state.global_step * self._accum} batches); resume from the checkpoint it belongs to"])
             log.info("mixagent state restored from %s (%d updates)", path, self.mixer.scheduler.updates)
+            self._last_step = state.global_step  # any decision at this step is in the restored state
             return
         if self.eval_from == "trainer":
             if not args.eval_on_start:
@@ -147,6 +153,8 @@ class MixAgentCallback(TrainerCallback):
             return  # a dict eval_dataset reports one dataset at a time: wait for the rest
         bits = {n: self._pending[n] / math.log(2) for n in names}
         self._pending = {}
+        if state.global_step <= self._last_step:  # eval_on_start after a resume: already decided at this step
+            return
         result = EvalResult(bits, field_scores_from_bits(bits, self.mixer.scheduler.space), {},
                             state.global_step * self._accum * self.mixer.tokens_per_batch)
         if not self.mixer.scheduler.updates:  # eval_on_start: the start state, before any batch exists
@@ -162,6 +170,7 @@ class MixAgentCallback(TrainerCallback):
         self._record(state, args)
 
     def _record(self, state: TrainerState, args: TrainingArguments) -> None:
+        self._last_step = state.global_step
         logs = {f"mixagent/weight/{n}": w for n, w in self.mixer.weights.to_mapping().items()}
         last = self.mixer.scheduler.history[-1]
         logs["mixagent/fallback"] = float(last["fallback"] is not None)
@@ -176,4 +185,5 @@ class MixAgentCallback(TrainerCallback):
     # ---- checkpoints -------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum)
+        # written after the Trainer's files: a crash in between leaves a checkpoint that resume refuses by name
+        self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum, write=args.should_save)

@@ -69,8 +69,13 @@ class HeldOutLoss:
         rank, world = dist_info()
         sums = np.zeros(2 * self.space.k)  # nll per domain, then units per domain
         rows = np.arange(rank, len(self.windows), world)
-        for i in range(0, len(rows), self.batch_size):
+        # every rank runs the same number of forward passes (sharded models run collectives inside forward)
+        per_rank = -(-len(self.windows) // world)
+        for i in range(0, per_rank, self.batch_size):
             idx = rows[i: i + self.batch_size]
+            if len(idx) == 0:
+                model(input_ids=self.windows[:1, :-1].to(device))  # padding pass, not counted
+                continue
             batch = self.windows[idx].to(device)
             logits = model(input_ids=batch[:, :-1]).logits.float()
             nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").cpu().double()

@@ -63,8 +63,12 @@ class Mixer:
         self.lag = default_lag(0) if lag is None else lag
         if self.lag < 1:
             raise ConfigError("Mixer", [f"lag must be >= 1 batch, got {self.lag}"])
-        self.tokens_per_batch = dataset.batch_size * dataset.world_size * dataset.seq_len
         self._late_seen = 0
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Training tokens of one batch over all ranks (the layout may change until training starts)."""
+        return self.dataset.samples_per_batch * self.dataset.seq_len
 
     @property
     def weights(self) -> DomainWeights:
@@ -133,21 +137,27 @@ class Mixer:
         if state.get("format") != STATE_FORMAT:
             raise SchemaVersionError(f"deployment state format {state.get('format')!r} is not readable (this "
                                      f"mixagent reads format {STATE_FORMAT}); resume with the version that wrote it")
+        # validate everything before changing anything: a refused state leaves this Mixer as it was
+        self.scheduler.check_state(state["scheduler"])  # names the differing scheduler keys, if any
+        self.dataset.check_state(state["data"])  # names the differing data keys, if any
         if state.get("run_id") != self.run_id():
-            self.scheduler.load_state_dict(state["scheduler"])  # names the differing scheduler keys, if any
-            self.dataset.load_state_dict(state["data"], skip=skip)  # names differing data keys, if any
             raise SchedulerStateError(f"the saved state is from another run (run id {state.get('run_id')} vs "
-                                      f"{self.run_id()}); resume with the "
-                                      f"same set-up or start a new run")
+                                      f"{self.run_id()}); resume with the same set-up or start a new run")
+        saved_lag = int(state.get("lag", self.lag))
+        if saved_lag != self.lag:  # later switches move; keep the larger lag, so none arrives late
+            log.warning("the saved run used lag %d, this one %d: mixture switches after the resume point move "
+                        "(resume with the same num_workers to continue exactly)", saved_lag, self.lag)
+            self.lag = max(saved_lag, self.lag)
         self.scheduler.load_state_dict(state["scheduler"])
         self.dataset.load_state_dict(state["data"], skip=skip)
         return int(state["consumed_batches"])
 
-    def save(self, path: str | Path, consumed_batches: int) -> Path | None:
-        """Write the state atomically (rank 0 only; every rank holds the same state)."""
+    def save(self, path: str | Path, consumed_batches: int, write: bool | None = None) -> Path | None:
+        """Write the state atomically. Every rank holds the same state; by default rank 0 writes it
+        (``write=True`` on every process that saves checkpoints, e.g. one per node without shared storage)."""
         from mixagent.trajectories.store import atomic_write_json
 
-        if dist_info()[0] != 0:
+        if not (dist_info()[0] == 0 if write is None else write):
             return None
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

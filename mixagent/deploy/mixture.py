@@ -32,13 +32,18 @@ from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, DataMissingError, MixagentError
 
 __all__ = ["WindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule", "MixtureDataset",
-           "default_lag", "ScheduleFullError"]
+           "default_lag", "ScheduleFullError",
+           "SourceUseError"]
 
 log = logging.getLogger(__name__)
 
 
 class ScheduleFullError(MixagentError, RuntimeError):
     """The shared weights schedule has no free row; build it with a larger ``capacity``."""
+
+
+class SourceUseError(MixagentError, ValueError):
+    """A source is used where it cannot work (one message argument, so DataLoader workers re-raise it as is)."""
 
 
 def default_lag(num_workers: int, prefetch_factor: int | None = None, extra: int = 2) -> int:
@@ -134,6 +139,9 @@ class HFDatasetSource:
 
     def _examples(self, epoch: int) -> Iterator[dict]:
         if self.streaming:
+            if get_worker_info() is not None:  # datasets would give each worker a different share of the shards
+                raise SourceUseError("a streaming (Iterable) datasets source is read in the training process: use "
+                                     "DataLoader num_workers=0, or a map-style Dataset")
             if hasattr(self.dataset, "set_epoch"):
                 self.dataset.set_epoch(epoch)
             yield from self.dataset
@@ -338,7 +346,9 @@ class MixtureDataset(IterableDataset):
 
     def draws(self, batch: int, cum: np.ndarray) -> np.ndarray:
         """Domain of every sample of global batch ``batch`` under cumulative weights ``cum``."""
-        u = np.random.Generator(np.random.Philox(key=self.seed, counter=batch)).random(self.samples_per_batch)
+        # the batch index goes in a high counter word: a batch's numbers never overlap the next batch's
+        rng = np.random.Generator(np.random.Philox(key=self.seed, counter=[0, batch, 0, 0]))
+        u = rng.random(self.samples_per_batch)
         return np.minimum(np.searchsorted(cum, u, side="right"), self.space.k - 1)
 
     def cursors_at(self, batch: int) -> np.ndarray:
@@ -362,9 +372,8 @@ class MixtureDataset(IterableDataset):
                 "seq_len": self.seq_len, "consumed_batches": consumed_batches,
                 "schedule": self.schedule.entries(), "cursors": self.cursors_at(consumed_batches).tolist()}
 
-    def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> None:
-        """Restore the schedule; with ``skip`` the next iteration starts after the consumed batches (off
-        when the training loop skips them itself, as the Trainer does unless ``ignore_data_skip``)."""
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise unless ``state`` was saved by a dataset of the same seed and layout."""
         mine = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
                 "seq_len": self.seq_len}
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
@@ -373,6 +382,11 @@ class MixtureDataset(IterableDataset):
             raise ConfigError("MixtureDataset.load_state_dict", [
                 f"the saved data state differs in {shown}; resume with the same seed, batch size, number of ranks "
                 f"and sequence length"])
+
+    def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> None:
+        """Restore the schedule; with ``skip`` the next iteration starts after the consumed batches (off
+        when the training loop skips them itself, as the Trainer does unless ``ignore_data_skip``)."""
+        self.check_state(state)
         self.schedule.load_entries(state["schedule"])
         self._forget_replay()
         self.start_batch = int(state["consumed_batches"]) if skip else 0

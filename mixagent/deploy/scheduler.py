@@ -198,8 +198,8 @@ class MixingScheduler:
                 "start_eval": self.start_eval.to_json() if self.start_eval else None,
                 "prev_eval": self.prev_eval.to_json() if self.prev_eval else None, "policy": policy_state}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; refuses a state of another run or format."""
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise unless ``state`` was saved by a scheduler of this format, domains, policy and guards."""
         if state.get("format") != SCHEDULER_FORMAT:
             raise SchemaVersionError(f"scheduler state format {state.get('format')!r} is not readable by this "
                                      f"mixagent (reads format {SCHEDULER_FORMAT}); resume with the mixagent version "
@@ -210,6 +210,10 @@ class MixingScheduler:
             raise SchedulerStateError(f"the saved mixing state was written by another run: it differs in {diff} "
                                       f"(saved {[theirs.get(k) for k in diff]}, this run {[mine[k] for k in diff]}); "
                                       f"resume with the same domains, policy and guards, or start without resuming")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; refuses a state of another run or format."""
+        self.check_state(state)
         self.history = list(state["history"])
         self.weights = DomainWeights(self.space, state["weights"], floor=self.config.floor)
         self.initial = DomainWeights(self.space, state["initial"], floor=self.config.floor)
