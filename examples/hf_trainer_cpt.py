@@ -27,7 +27,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 
 from mixagent.deploy.callback import MixAgentCallback
 from mixagent.deploy.gguf import load_gguf_model
-from mixagent.deploy.local import build_local_run, text_run_pieces
+from mixagent.deploy.local import add_run_arguments, build_local_run, text_run_pieces
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
 from mixagent.rewards import balanced_score
@@ -35,20 +35,8 @@ from mixagent.rewards import balanced_score
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
-    p.add_argument("--base", default="configs/base_model/2m.yaml", help="base-model config of the trained model")
-    p.add_argument("--space", default="configs/spaces/math-natural.yaml")
-    p.add_argument("--env", default="envs/math-natural.yaml", help="env spec whose eval block is used")
-    p.add_argument("--initial", default="natural", choices=["natural", "uniform", "estimate"])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--every", type=int, default=25, help="optimizer steps between mixture updates")
-    p.add_argument("--batch", type=int, default=8, help="sequences per step per device")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--floor", type=float, default=0.0)
-    p.add_argument("--max-change", type=float, default=1.0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    add_run_arguments(p, base="configs/base_model/2m.yaml")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoint interval (0: none)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
     p.add_argument("--report", default="", help="write a JSON report here (rank 0)")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mixagent.deploy.local import build_local_run
+from mixagent.deploy.local import add_run_arguments, build_local_run
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
@@ -33,19 +33,7 @@ from mixagent.rewards import balanced_score
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
-    p.add_argument("--base", default="configs/base_model/default.yaml", help="base-model config (the model trained)")
-    p.add_argument("--space", default="configs/spaces/math-natural.yaml")
-    p.add_argument("--env", default="envs/math-natural.yaml", help="env spec whose eval block is used")
-    p.add_argument("--initial", default="natural", choices=["natural", "uniform", "estimate"])
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--every", type=int, default=25, help="steps between mixture updates")
-    p.add_argument("--batch", type=int, default=8, help="sequences per step on each rank")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--floor", type=float, default=0.0)
-    p.add_argument("--max-change", type=float, default=1.0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_arguments(p, base="configs/base_model/default.yaml")
     p.add_argument("--out", default="runs/deploy/torch_loop")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: never)")
     p.add_argument("--stop-after", type=int, default=0, help="stop after N steps (to test --resume)")

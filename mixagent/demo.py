@@ -70,8 +70,9 @@ def deploy(policy: str, steps: int) -> dict | None:
     """One ``examples/hf_trainer_cpt.py`` run (its report is reused when it already exists)."""
     label = "agent" if Path(policy).is_dir() else policy
     report = REPO_ROOT / f"runs/deploy/demo/{label}-{steps}.json"
-    if report.exists() and json.loads(report.read_text()).get("policy") == policy:
-        return json.loads(report.read_text())
+    cached = json.loads(report.read_text()) if report.exists() else {}
+    if cached.get("policy") == policy:
+        return cached
     cmd = [sys.executable, str(REPO_ROOT / "examples/hf_trainer_cpt.py"), "--policy", policy, "--steps", str(steps),
            "--every", str(max(1, steps // 6)), "--out", str(REPO_ROOT / f"runs/deploy/demo/{label}"),
            "--report", str(report)]

@@ -7,6 +7,7 @@ The examples and ``make demo`` use it; a user with their own model and data buil
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from pathlib import Path
@@ -24,7 +25,7 @@ from mixagent.paths import REPO_ROOT
 from mixagent.policies import MixingPolicy, policy_from_spec
 from mixagent.tokenizer import token_byte_lengths
 
-__all__ = ["LocalRun", "build_local_run", "text_run_pieces", "INITIAL_MIXTURES"]
+__all__ = ["LocalRun", "build_local_run", "text_run_pieces", "add_run_arguments", "INITIAL_MIXTURES"]
 
 log = logging.getLogger(__name__)
 INITIAL_MIXTURES = ("natural", "uniform", "estimate")
@@ -73,6 +74,24 @@ class LocalRun:
         log.info("estimated start mixture from %d samples: %s", est.n_samples, est.weights)
         # ranks sample the same texts; rank 0's estimate is made exact everywhere
         return DomainWeights(self.space, broadcast_array(est.weights.values))
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, base: str) -> None:
+    """The flags every deployment example shares: policy, model and data, schedule, guards, seed."""
+    p = parser.add_argument
+    p("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
+    p("--base", default=base, help="base-model config of the trained model")
+    p("--space", default="configs/spaces/math-natural.yaml")
+    p("--env", default="envs/math-natural.yaml", help="env spec whose eval block is used")
+    p("--initial", default="natural", choices=INITIAL_MIXTURES)
+    p("--steps", type=int, default=200)
+    p("--every", type=int, default=25, help="optimizer steps between mixture updates")
+    p("--batch", type=int, default=8, help="sequences per step on each rank")
+    p("--lr", type=float, default=1e-3)
+    p("--floor", type=float, default=0.0)
+    p("--max-change", type=float, default=1.0)
+    p("--workers", type=int, default=0, help="DataLoader workers")
+    p("--seed", type=int, default=0)
 
 
 def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | Path) -> LocalRun:

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixagent.config import config_hash
 from mixagent.deploy.distributed import broadcast_array, dist_info
 from mixagent.deploy.mixture import MixtureDataset, default_lag
-from mixagent.deploy.scheduler import MixingScheduler, SchedulerStateError
+from mixagent.deploy.scheduler import MixingScheduler
 from mixagent.domains import DomainWeights
 from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError
 from mixagent.evaluation import EvalResult
@@ -111,20 +110,14 @@ class Mixer:
         values = broadcast_array(weights.values)
         if not np.array_equal(values, weights.values):
             log.warning("rank %d computed a different mixture than rank 0; using rank 0's", dist_info()[0])
-            self.scheduler.weights = DomainWeights(self.scheduler.space, values)
-            self.scheduler.history[-1]["weights"] = values.tolist()
+            self.scheduler.adopt(values)
         self.dataset.schedule.set(self.scheduler.weights, first_batch)
         log.info("mixture update %d (progress %.2f, from batch %d): %s", self.scheduler.updates - 1, progress,
                  first_batch, ", ".join(f"{n}={w:.3f}" for n, w in self.scheduler.weights.to_mapping().items()))
 
     # ---- state -------------------------------------------------------------------------------------
-    def run_id(self) -> str:
-        """Identifies a run's mixing set-up (domains, policy, guards, data layout and seed)."""
-        d = self.dataset
-        return config_hash(self.scheduler.fingerprint(), d.seed, d.batch_size, d.world_size, d.seq_len)
-
     def state_dict(self, consumed_batches: int) -> dict[str, Any]:
-        return {"kind": STATE_KIND, "format": STATE_FORMAT, "run_id": self.run_id(),
+        return {"kind": STATE_KIND, "format": STATE_FORMAT,
                 "consumed_batches": consumed_batches, "lag": self.lag,
                 "scheduler": self.scheduler.state_dict(), "data": self.dataset.state_dict(consumed_batches)}
 
@@ -140,9 +133,6 @@ class Mixer:
         # validate everything before changing anything: a refused state leaves this Mixer as it was
         self.scheduler.check_state(state["scheduler"])  # names the differing scheduler keys, if any
         self.dataset.check_state(state["data"])  # names the differing data keys, if any
-        if state.get("run_id") != self.run_id():
-            raise SchedulerStateError(f"the saved state is from another run (run id {state.get('run_id')} vs "
-                                      f"{self.run_id()}); resume with the same set-up or start a new run")
         saved_lag = int(state.get("lag", self.lag))
         if saved_lag != self.lag:  # later switches move; keep the larger lag, so none arrives late
             log.warning("the saved run used lag %d, this one %d: mixture switches after the resume point move "

@@ -124,8 +124,7 @@ class HFDatasetSource:
         self.tokenizer = tokenizer
         self.text_column = text_column
         cols = getattr(dataset, "column_names", None)
-        self.pretokenized = bool(cols) and "input_ids" in cols
-        if not self.pretokenized:
+        if not (cols and "input_ids" in cols):
             if tokenizer is None:
                 raise ConfigError("HFDatasetSource", [f"dataset has no 'input_ids' column (columns: {cols}); pass "
                                                       f"tokenizer= to tokenize its {text_column!r} column"])

@@ -163,6 +163,11 @@ class MixingScheduler:
                              "fallback": reason, "capped": capped, "eval": result.to_json() if finite else None})
         return self.weights
 
+    def adopt(self, values: np.ndarray) -> None:
+        """Replace the last decision with ``values`` (rank 0's, broadcast to the other ranks)."""
+        self.weights = DomainWeights(self.space, values, floor=self.config.floor)
+        self.history[-1]["weights"] = self.weights.values.tolist()
+
     def _fallback(self) -> np.ndarray:
         return (self.initial if self.config.fallback == "initial" else self.weights).values.copy()
 
