@@ -19,7 +19,7 @@ data: install
 	$(PY) -m mixagent.data build
 
 base-model: data
-	$(PY) -m mixagent.base_model --rebuild
+	$(PY) -m mixagent.env.base_model --rebuild
 
 demo: data
 	$(PY) -m mixagent.demo

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from mixagent.agent.algos import actor_tensors, import_d3rlpy, make_rl, make_sft
-from mixagent.agent.artifact import load_policy, write_artifact
 from mixagent.agent.config import RLConfig, SFTConfig
 from mixagent.agent.dataset import build_transitions, load_trajectories, to_d3rlpy
 from mixagent.paths import REPO_ROOT
+from mixagent.policies.artifact import load_policy, write_artifact
 
 
 def main() -> None:

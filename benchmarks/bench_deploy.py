@@ -40,22 +40,22 @@ import torch
 from torch.utils.data import IterableDataset
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from mixagent.agent.artifact import load_policy
-from mixagent.agent.artifact import random_artifact as make_random_artifact
-from mixagent.base_model import BaseModelConfig
 from mixagent.config import load_config
+from mixagent.data.domain_data import DomainData
+from mixagent.data.tokenizer import get_tokenizer, token_byte_lengths, tokenizer_dir
 from mixagent.deploy.callback import MixAgentCallback
 from mixagent.deploy.heldout import HeldOutLoss, field_scores_from_bits
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.mixture import MixtureDataset, _Reader
 from mixagent.deploy.scheduler import MixingScheduler
-from mixagent.domain_data import DomainData
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.evaluation import EvalResult, Evaluator
-from mixagent.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
+from mixagent.env.base_model import BaseModelConfig
+from mixagent.env.evaluation import EvalResult, Evaluator
+from mixagent.env.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
+from mixagent.env.spec import load_spec
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
-from mixagent.spec import load_spec
-from mixagent.tokenizer import get_tokenizer, token_byte_lengths, tokenizer_dir
+from mixagent.policies.artifact import load_policy
+from mixagent.policies.artifact import random_artifact as make_random_artifact
 
 COMMAND = ".venv/bin/python benchmarks/bench_deploy.py"
 BATCH = 8

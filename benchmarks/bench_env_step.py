@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixagent.env import MixingEnv
+from mixagent.env.environment import MixingEnv
 from mixagent.paths import ENVS_DIR, REPO_ROOT
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixagent.agent.artifact import load_policy
 from mixagent.agent.dataset import space_from_meta
 from mixagent.paths import REPO_ROOT
+from mixagent.policies.artifact import load_policy
 
 
 def time_calls(fn, inputs: np.ndarray) -> list[float]:
@@ -37,8 +37,8 @@ def time_calls(fn, inputs: np.ndarray) -> list[float]:
 def random_artifact() -> Path:
     """No trained artifact yet: latency does not depend on the weights' values, so time a randomly
     initialised policy of the default shape (math-natural: K=8, hidden [64, 64])."""
-    from mixagent.agent.artifact import random_artifact as make_random
     from mixagent.domains import DomainSpace
+    from mixagent.policies.artifact import random_artifact as make_random
 
     print("no trained policy artifact found (make train-agent or make demo makes one): timing a random one")
     space = DomainSpace.from_yaml(REPO_ROOT / "configs/spaces/math-natural.yaml")

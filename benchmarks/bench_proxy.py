@@ -18,14 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixagent.base_model import BaseModelConfig
 from mixagent.config import load_config
-from mixagent.domain_data import DomainData
+from mixagent.data.domain_data import DomainData
+from mixagent.data.tokenizer import get_tokenizer, tokenizer_dir
 from mixagent.domains import DomainSpace
-from mixagent.model import build_model, resolve_size
+from mixagent.env.base_model import BaseModelConfig
+from mixagent.env.model import build_model, resolve_size
+from mixagent.env.proxy import OptimConfig, make_optimizer, train_segment
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
-from mixagent.proxy import MixtureSampler, OptimConfig, make_optimizer, train_segment
-from mixagent.tokenizer import get_tokenizer, tokenizer_dir
+from mixagent.sampling import MixtureSampler
 
 
 def bare_loop(model, optimizer, batches, clip):

@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mixagent.deploy.local import add_run_arguments, build_local_run
+from mixagent.deploy.cpt import add_run_arguments
+from mixagent.deploy.local import build_local_run
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
-from mixagent.rewards import balanced_score
+from mixagent.env.rewards import balanced_score
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

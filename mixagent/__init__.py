@@ -25,7 +25,7 @@ def register_envs() -> list[str]:
         except (yaml.YAMLError, AttributeError, TypeError, ValueError):
             env_id = f"mixagent/{path.stem}-v0"
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point="mixagent.env:MixingEnv", kwargs={"spec": str(path)},
+            gymnasium.register(id=env_id, entry_point="mixagent.env.environment:MixingEnv", kwargs={"spec": str(path)},
                                disable_env_checker=False)
         ids.append(env_id)
     return ids

@@ -4,7 +4,7 @@ trains the agent on them (``configs/agent/demo.yaml``: BC then CQL); rolls the a
 out on a held-out seed and prints source, target and balanced scores. Then deploys: the best available
 policy (the default agent when ``make train-agent`` made it, else the demo's) drives a short Hugging Face
 Trainer run of continual pre-training of a larger model (``configs/base_model/2m.yaml``, 4x the proxy;
-``examples/hf_trainer_cpt.py``) next to a uniform-mixture run of the same length. Every stage resumes,
+``python -m mixagent.deploy.cpt``) next to a uniform-mixture run of the same length. Every stage resumes,
 so a rerun only prints what is already done."""
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     try:
-        from mixagent.agent.config import AgentConfig
-        from mixagent.agent.train import train_agent
-        from mixagent.trajectories.collect import CollectConfig, collect
+        from mixagent.agent import AgentConfig, train_agent
+        from mixagent.trajectories import CollectConfig, collect
 
         build(load_config(DataConfig, CONFIGS_DIR / "data/default.yaml"))
         cfg = load_config(CollectConfig, args.collect)
@@ -67,16 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def deploy(policy: str, steps: int) -> dict | None:
-    """One ``examples/hf_trainer_cpt.py`` run (its report is reused when it already exists)."""
+    """One ``python -m mixagent.deploy.cpt`` run in a fresh process (its report is reused when it already
+    exists)."""
     label = "agent" if Path(policy).is_dir() else policy
     report = REPO_ROOT / f"runs/deploy/demo/{label}-{steps}.json"
     cached = json.loads(report.read_text()) if report.exists() else {}
     if cached.get("policy") == policy:
         return cached
-    cmd = [sys.executable, str(REPO_ROOT / "examples/hf_trainer_cpt.py"), "--policy", policy, "--steps", str(steps),
+    cmd = [sys.executable, "-m", "mixagent.deploy.cpt", "--policy", policy, "--steps", str(steps),
            "--every", str(max(1, steps // 6)), "--out", str(REPO_ROOT / f"runs/deploy/demo/{label}"),
            "--report", str(report)]
-    print("$ " + " ".join(cmd[1:]), flush=True)
+    print("$ python " + " ".join(cmd[1:]), flush=True)
     if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
         print(f"error: the deployment run of {policy} failed (see above)", file=sys.stderr)
         return None

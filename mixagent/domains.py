@@ -3,13 +3,13 @@
 A :class:`DomainSpace` is loaded from YAML (``configs/spaces/*.yaml``). Each domain belongs to a field
 (``source`` or ``target``) and selects its data from built corpora: whole corpora (``corpora: [wiki]``) or
 one k-means cluster of a field's documents (``cluster: 3`` of a ``clusters`` block, built by
-:mod:`mixagent.labeller`).
+:mod:`mixagent.data.labeller`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class Domain:
         if self.cluster is not None:
             problems.append(f"domain {self.name!r}: 'cluster' is set by a 'clusters' block, not by hand; "
                             f"remove it or describe the split under 'clusters'")
-        return problems + unknown_corpora(self.corpora)
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +82,7 @@ class ClusterSpec:
             problems.append(f"clusters {self.prefix!r}: field must be one of {FIELDS}, got {self.field!r}")
         if self.k < 1:
             problems.append(f"clusters {self.prefix!r}: k must be >= 1, got {self.k}")
-        return problems + unknown_corpora(self.corpora)
+        return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +101,12 @@ class _SpaceFile:
                 f"total k" for g in sorted(set(groups)) if groups.count(g) > 1]
 
 
-def unknown_corpora(names: Sequence[str]) -> list[str]:
-    """Problems for corpus names that no source builds (with suggestions)."""
-    from mixagent.data.sources import SOURCES
-
-    return [f"unknown corpus {n!r}{suggest(n, SOURCES)}; known corpora: {', '.join(SOURCES)}"
-            for n in names if n not in SOURCES]
+def _unknown_corpora(raw: object, known: Collection[str]) -> list[str]:
+    """Problems for corpus names in a space file's ``domains``/``clusters`` blocks that ``known`` lacks."""
+    blocks = [b for key in ("domains", "clusters") for b in (raw.get(key) or [] if isinstance(raw, dict) else [])]
+    names = [c for b in blocks if isinstance(b, dict) for c in (b.get("corpora") or []) if isinstance(c, str)]
+    return [f"unknown corpus {n!r}{suggest(n, known)}; known corpora: {', '.join(known)}"
+            for n in dict.fromkeys(names) if n not in known]
 
 
 class DomainSpace:
@@ -164,12 +164,28 @@ class DomainSpace:
         return {"name": self.name, "domains": [dataclasses.asdict(d) for d in self.domains]}
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> DomainSpace:
-        """Load a space; ``clusters`` blocks expand to ``k`` domains each (data resolved by the labeller)."""
+    def from_yaml(cls, path: str | Path, corpora: Collection[str] | None = None) -> DomainSpace:
+        """Load a space; ``clusters`` blocks expand to ``k`` domains each (data resolved by the labeller).
+
+        Args:
+            path: the space's YAML file (``configs/spaces/*.yaml``).
+            corpora: the corpus names that exist; when given, unknown corpora are reported with the other
+                problems (``mixagent.data.load_space`` passes the data layer's registry).
+
+        Raises:
+            ConfigError: every problem of the file at once, with "did you mean" suggestions.
+        """
         path = Path(path)
         if not path.is_file():
             raise ConfigError(str(path), [f"domain space file {str(path)!r} does not exist (see configs/spaces/)"])
-        spec = from_dict(_SpaceFile, load_yaml(path), str(path))
+        raw = load_yaml(path)
+        unknown = _unknown_corpora(raw, corpora) if corpora is not None else []
+        try:
+            spec = from_dict(_SpaceFile, raw, str(path))
+        except ConfigError as exc:
+            raise ConfigError(exc.where, exc.problems + unknown) from None
+        if unknown:
+            raise ConfigError(str(path), unknown)
         domains = list(spec.domains)
         for c in spec.clusters:  # cluster domains are made here, past Domain.check's hand-set guard
             domains += [Domain(f"{c.prefix}{i:02d}", c.field, list(c.corpora), cluster=i) for i in range(c.k)]

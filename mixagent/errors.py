@@ -8,6 +8,7 @@ from collections.abc import Iterable
 __all__ = [
     "MixagentError",
     "ConfigError",
+    "UsageError",
     "WeightsError",
     "ActionError",
     "UnknownDomainError",
@@ -18,6 +19,7 @@ __all__ = [
     "SchemaVersionError",
     "ResumeMismatchError",
     "StoreWriteError",
+    "WorkerError",
     "CollectWorkerError",
     "AgentDataError",
     "suggest",
@@ -36,6 +38,12 @@ class ConfigError(MixagentError, ValueError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid config {where}: {len(self.problems)} problem(s)\n{lines}")
+
+
+class UsageError(MixagentError, RuntimeError):
+    """An object was used out of order or against its contract at run time (e.g. ``Mixer.update`` before
+    ``begin()``, a schedule change that moves backwards, ``act`` before ``reset``), as opposed to a bad
+    config value (:class:`ConfigError`). The message says which call to make first or what to pass."""
 
 
 class WeightsError(MixagentError, ValueError):
@@ -81,8 +89,12 @@ class StoreWriteError(MixagentError, OSError):
     """Writing to a trajectory or agent run failed (disk full, permissions); finished work is left intact."""
 
 
-class CollectWorkerError(MixagentError, RuntimeError):
-    """A collection worker raised or died; the message carries its traceback or exit code."""
+class WorkerError(MixagentError, RuntimeError):
+    """A worker (collection or online evaluation) raised or died; the message carries its traceback or exit
+    code. Results the driver stored before are kept; ``--resume`` continues."""
+
+
+CollectWorkerError = WorkerError  # the name before workers served online evaluation too
 
 
 class AgentDataError(MixagentError, ValueError):

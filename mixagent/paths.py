@@ -1,15 +1,23 @@
-"""Where mixagent keeps built data and caches: ``$MIXAGENT_DATA`` or ``<repo>/data``."""
+"""Where mixagent keeps built data and caches (``$MIXAGENT_DATA`` or ``<repo>/data``), and the one way
+mixagent publishes a file or a directory: written beside its final name, fsync'ed, then renamed into place,
+so a reader never sees a half-written artifact (a crash leaves the previous version or nothing)."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["REPO_ROOT", "data_root", "ENVS_DIR", "CONFIGS_DIR", "staged_dir"]
+from mixagent.errors import StoreWriteError
+
+__all__ = ["REPO_ROOT", "data_root", "ENVS_DIR", "CONFIGS_DIR", "staged_dir", "atomic_write", "atomic_write_json",
+           "atomic_write_bytes", "fsync_dir", "write_error"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVS_DIR = Path(os.environ.get("MIXAGENT_ENVS", REPO_ROOT / "envs"))
@@ -21,10 +29,71 @@ def data_root() -> Path:
     return Path(os.environ.get("MIXAGENT_DATA", REPO_ROOT / "data"))
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: OSError) -> StoreWriteError:
+    """The typed error for a failed write of ``path``: what went wrong in words, and that finished work is kept."""
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
+            errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return StoreWriteError(exc.errno or errno.EIO, f"could not write {path}: {what}. What was finished before "
+                           f"(trajectories, manifest, agent stages) is intact; free space or fix permissions, then "
+                           f"rerun the same command with --resume")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Publish ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which is fsync'ed and
+    renamed over ``path`` (then the directory is fsync'ed). The one writer every artifact goes through.
+
+    Raises:
+        StoreWriteError: the write, fsync or rename failed (disk full, permissions); ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_with(mode: str, body: Any) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        with open(tmp, mode) as f:
+            f.write(body)
+    return write
+
+
+def atomic_write_json(path: Path, data: Any, indent: int | None = 1) -> None:
+    """Write ``data`` as strict JSON (``NaN``/``Inf`` refused with a ``ValueError`` before anything is
+    written) through :func:`atomic_write`."""
+    atomic_write(path, _write_with("w", json.dumps(data, indent=indent, allow_nan=False)))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` through :func:`atomic_write`."""
+    atomic_write(path, _write_with("wb", data))
+
+
 @contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Write a cache directory atomically: yields a temporary directory beside ``final`` that is renamed
-    to ``final`` on success and removed on failure, so a half-written cache never appears."""
+    """Publish a directory atomically: yields a temporary directory beside ``final`` that is renamed to
+    ``final`` on success and removed on failure, so a half-written cache never appears. If another process
+    published ``final`` first, its copy is kept (caches are content-addressed)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:

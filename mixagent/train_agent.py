@@ -1,56 +1,18 @@
-"""``python -m mixagent.train_agent --config configs/agent/<name>.yaml [key=value ...] [--resume]``
-
-Trains the data-mixing agent on collected trajectories: behaviour cloning of the best trajectories
-("SFT"), then offline RL (CQL by default, IQL or TD3+BC); exports both as policy artifacts; logs offline
-estimates (FQE, TD error, action difference); rolls both out against the baselines on held-out seeds and
-prints the table. See :mod:`mixagent.agent.train` for the run directory.
-"""
+"""``python -m mixagent.train_agent --config configs/agent/<name>.yaml [key=value ...] [--resume]``: the
+mission's entry point, the same command as ``python -m mixagent.agent train`` (see
+:mod:`mixagent.agent.__main__`)."""
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-import time
-
-from mixagent.errors import MixagentError
-from mixagent.paths import CONFIGS_DIR
 
 __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixagent.train_agent", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(CONFIGS_DIR / "agent/default.yaml"), help="agent config YAML")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in the config's run directory from its last checkpoint")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.algo=iql rl.steps=2000")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    t0 = time.time()
-    try:
-        from mixagent.agent.config import AgentConfig
-        from mixagent.agent.train import train_agent
-        from mixagent.config import load_config
+    from mixagent.agent.__main__ import main as train_main
 
-        cfg = load_config(AgentConfig, args.config, args.overrides)
-        result = train_agent(cfg, resume=args.resume, progress=not args.no_progress)
-    except MixagentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    off = result.offline
-    print(f"\nagent run {result.run_dir}")
-    for stage, metrics in off.items():
-        print(f"  offline {stage}: " + ", ".join(f"{k}={v:+.4f}" if v is not None else f"{k}=n/a (diverged)"
-                                                  for k, v in metrics.items()))
-    print(f"\nonline evaluation, seeds {cfg.eval.seeds} (mean ± std over seeds; balanced = final minus start):\n")
-    print(result.table)
-    print(f"\nartifacts: {', '.join(str(p) for p in result.artifacts.values())}; table: {result.run_dir / 'table.md'}")
-    print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items())
-          + f"; this call {time.time() - t0:.0f}s")
-    return 0
+    return train_main(argv, prog="python -m mixagent.train_agent")
 
 
 if __name__ == "__main__":

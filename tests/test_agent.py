@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from mixagent.agent.algos import actor_tensors, import_d3rlpy, make_rl, make_sft
-from mixagent.agent.artifact import ArtifactMismatchError, load_policy, write_artifact
 from mixagent.agent.config import AgentConfig, RLConfig, SFTConfig
 from mixagent.agent.dataset import (
     TrajectorySet,
@@ -30,9 +29,10 @@ from mixagent.agent.dataset import (
 from mixagent.agent.train import train_agent
 from mixagent.config import load_config
 from mixagent.domains import Domain, DomainSpace, DomainWeights
+from mixagent.env.rewards import step_reward
 from mixagent.errors import AgentDataError, ConfigError, CorruptArtifactError, ResumeMismatchError, SchemaVersionError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
-from mixagent.rewards import step_reward
+from mixagent.policies.artifact import ArtifactMismatchError, load_policy, write_artifact
 from mixagent.trajectories import Run
 from mixagent.trajectories.collect import CollectConfig, collect
 from mixagent.trajectories.tree import TreeConfig
@@ -206,7 +206,7 @@ def test_artifact_acts_like_the_d3rlpy_policy(tiny_run, tmp_path, algo):
 
 def test_loader_needs_no_d3rlpy_and_returns_valid_weights(trained, tiny_run):
     path = trained[1].artifacts["rl"]
-    code = (f"import sys, numpy as np; from mixagent.agent.artifact import load_policy; "
+    code = (f"import sys, numpy as np; from mixagent.policies.artifact import load_policy; "
             f"from mixagent.domains import DomainSpace; from mixagent.paths import REPO_ROOT; "
             f"p = load_policy({str(path)!r}); p.reset(DomainSpace.from_yaml(REPO_ROOT / 'configs/spaces/tiny.yaml')); "
             f"w = p.act(np.zeros(p.obs_dim, np.float32)); "
@@ -308,3 +308,17 @@ def test_cli_reports_config_errors(capsys):
     assert main(["rl.algo=cqll", "sft.top_fraction=2"]) == 2
     err = capsys.readouterr().err
     assert "rl.algo 'cqll' unknown (did you mean 'cql'?)" in err and "sft.top_fraction must be in (0, 1]" in err
+
+
+def test_agent_cli_names_its_job_and_the_mission_alias_runs_it(capsys):
+    from mixagent.agent.__main__ import cli
+
+    assert cli(["frobnicate"]) == 2 and "python -m mixagent.agent train" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        cli(["train", "--help"])
+    assert done.value.code == 0 and "python -m mixagent.agent train" in capsys.readouterr().out
+    from mixagent.train_agent import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "python -m mixagent.train_agent" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-import mixagent.base_model as bm
+import mixagent.env.base_model as bm
 from mixagent.config import load_config
 from mixagent.errors import CorruptArtifactError
 from mixagent.paths import CONFIGS_DIR

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mixagent.behaviour import BEHAVIOURS, BehaviourMix, BehaviourSpec, RandomWalkPolicy
 from mixagent.domains import DomainSpace
 from mixagent.errors import ConfigError
 from mixagent.paths import CONFIGS_DIR
+from mixagent.policies.behaviour import BEHAVIOURS, BehaviourMix, BehaviourSpec, RandomWalkPolicy
 
 T = 8
 

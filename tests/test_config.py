@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 
 from mixagent.config import from_dict, load_config, parse_overrides
+from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
-from mixagent.spec import EnvSpec, load_spec
 
 
 def test_unknown_keys_are_all_listed_with_suggestions(tmp_path):
@@ -83,7 +83,7 @@ def test_unknown_corpus_and_model_size():
     with pytest.raises(ConfigError) as err:
         load_spec(ENVS_DIR / "tiny.yaml", ["eval.source.corpora=[wikki]", "eval.batch_size=0"])
     assert "did you mean 'wiki'" in str(err.value) and "batch_size must be >= 1" in str(err.value)
-    from mixagent.base_model import BaseModelConfig
+    from mixagent.env.base_model import BaseModelConfig
 
     with pytest.raises(ConfigError, match="size '0.5M' unknown"):
         from_dict(BaseModelConfig, {"size": "0.5M"})

@@ -11,19 +11,20 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from mixagent.base_model import BaseModelConfig, get_base_model
 from mixagent.config import load_config
+from mixagent.data.domain_data import DomainData
+from mixagent.data.tokenizer import token_byte_lengths
 from mixagent.deploy.heldout import HeldOutLoss
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.mixture import HFDatasetSource, MixtureDataset, SourceUseError, TokenArraySource, default_lag
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig, SchedulerStateError
-from mixagent.domain_data import DomainData
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError
-from mixagent.evaluation import EvalResult
+from mixagent.env.base_model import BaseModelConfig, get_base_model
+from mixagent.env.evaluation import EvalResult
+from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError, UsageError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies import FixedPolicy, ReplayPolicy, UniformPolicy
-from mixagent.tokenizer import token_byte_lengths
+from mixagent.sampling import cumulative
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +128,7 @@ def test_scheduler_refuses_bad_config_and_non_policy(parts):
 
 
 def test_scheduler_refuses_artifact_of_another_space(parts, tmp_path):
-    from mixagent.agent.artifact import ArtifactMismatchError, load_policy, random_artifact
+    from mixagent.policies.artifact import ArtifactMismatchError, load_policy, random_artifact
 
     other = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-natural.yaml")
     path = random_artifact(tmp_path / "art", other)
@@ -138,8 +139,8 @@ def test_scheduler_refuses_artifact_of_another_space(parts, tmp_path):
 
 
 def test_policy_specs_and_unknown_artifact_version(parts, tmp_path):
-    from mixagent.agent.artifact import random_artifact
     from mixagent.policies import policy_from_spec
+    from mixagent.policies.artifact import random_artifact
 
     natural = {n: 0.25 for n in parts["space"].names}
     assert isinstance(policy_from_spec("replay:0.25", natural), ReplayPolicy)
@@ -185,10 +186,10 @@ def test_mixture_follows_schedule_and_workers_match(parts):
 def test_domain_draws_are_independent_across_batches_and_follow_the_weights(parts):
     space = parts["space"]
     ds = make_ds(parts, batch_size=16)
-    u = [np.random.Generator(np.random.Philox(key=ds.seed, counter=[0, b, 0, 0])).random(16) for b in (5, 6)]
+    u = [ds.stream.uniforms(b * ds.samples_per_batch, ds.samples_per_batch) for b in (5, 6)]
     assert not set(u[0]) & set(u[1])  # consecutive batches share no random numbers
     w = DomainWeights(space, [0.1, 0.2, 0.3, 0.4])
-    cum = np.cumsum(w.values)
+    cum = cumulative(w.values)
     picks = np.concatenate([ds.draws(b, cum) for b in range(2000)])  # 32,000 samples
     freq = np.bincount(picks, minlength=4) / len(picks)
     np.testing.assert_allclose(freq, w.values, atol=0.01)  # 4+ standard errors at this sample size
@@ -455,3 +456,29 @@ def test_trainer_callback_logs_weights_to_wandb_offline(parts, tmp_path, monkeyp
     assert [d["train/global_step"] for d in ours] == [0, 2]
     assert ours[-1]["mixagent/weight/math"] == mixer.weights.to_mapping()["math"]
     assert list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
+
+
+# ---- run-time misuse and loss units ----------------------------------------------------------------
+def test_run_time_misuse_is_a_usage_error_not_a_config_error(parts):
+    space = parts["space"]
+    mixer = Mixer(MixingScheduler(UniformPolicy(), space), make_ds(parts), parts["heldout"])
+    with pytest.raises(UsageError, match="before Mixer.begin") as err:
+        mixer.update(result=fake_eval(space))
+    assert not isinstance(err.value, ConfigError) and "invalid config" not in str(err.value)
+    schedule = make_ds(parts).schedule
+    schedule.set(DomainWeights.from_mapping(space, {"math": 1.0}), first_batch=5)
+    with pytest.raises(UsageError, match="changes must move forward"):
+        schedule.set(DomainWeights.from_mapping(space, {"wiki": 1.0}), first_batch=3)
+
+
+def test_held_out_loss_says_its_unit_and_the_scheduler_keeps_it(parts):
+    space, model = parts["space"], parts["base"].model
+    per_byte = parts["heldout"](model)
+    per_token = HeldOutLoss(parts["windows"], space)(model)
+    assert per_byte.unit == "byte" and per_token.unit == "token"
+    assert "unit" not in per_byte.to_json()  # the environment's (trajectory) format is unchanged
+    assert EvalResult.from_json(per_token.to_json()) == per_token
+    sched = MixingScheduler(UniformPolicy(), space)
+    sched.step(per_byte, 0.0)
+    with pytest.raises(UsageError, match="bits per token, the run started in bits per byte"):
+        sched.step(per_token, 0.5)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from mixagent.data import load_space
 from mixagent.domains import Domain, DomainSpace, DomainWeights, action_to_weights, weights_to_action
 from mixagent.errors import ActionError, ConfigError, UnknownDomainError, WeightsError
 from mixagent.paths import CONFIGS_DIR
@@ -86,5 +87,5 @@ def test_space_file_errors(tmp_path):
     path.write_text("name: s\ndomains:\n  - {name: a, field: source, corpora: [wikii]}\n"
                     "  - {name: b, field: target, corpora: [math], cluster: 2}\n")
     with pytest.raises(ConfigError) as err:
-        DomainSpace.from_yaml(path)
+        load_space(path)
     assert "did you mean 'wiki'" in str(err.value) and "set by a 'clusters' block" in str(err.value)

@@ -7,12 +7,12 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import mixagent
-from mixagent.backends import AnalyticBackend
 from mixagent.domains import DomainSpace
-from mixagent.env import MixingEnv
+from mixagent.env.backends import AnalyticBackend
+from mixagent.env.environment import MixingEnv
+from mixagent.env.spec import load_spec
 from mixagent.errors import ActionError, DataMissingError
 from mixagent.paths import ENVS_DIR
-from mixagent.spec import load_spec
 
 
 def test_every_spec_is_registered_and_valid():
@@ -118,7 +118,7 @@ def test_missing_data_directory_names_the_command(tiny_spec_path, tmp_path, monk
 
 def test_step_weights_trains_on_the_exact_mixture(tiny_spec_path):
     from mixagent.policies import ReplayPolicy
-    from mixagent.rollout import rollout
+    from mixagent.study.rollout import rollout
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from mixagent.data.build import read_tasks
-from mixagent.evaluation import BenchmarkSpec, build_items
-from mixagent.tokenizer import token_byte_lengths
+from mixagent.data.tokenizer import token_byte_lengths
+from mixagent.env.evaluation import BenchmarkSpec, build_items
 
 
 def test_champ_items_come_from_held_out_problems():
@@ -57,9 +57,9 @@ def test_evaluation_respects_the_token_budget(tiny_env):
 def test_test_split_items_are_held_out_and_only_a_non_default_split_changes_the_spec_hash(tiny_spec_path):
     import pytest
 
+    from mixagent.env.spec import load_spec
     from mixagent.errors import ConfigError
     from mixagent.paths import ENVS_DIR
-    from mixagent.spec import load_spec
 
     val = BenchmarkSpec(kind="cloze", corpora=("wiki", "news"), max_items=16)
     test = BenchmarkSpec(kind="cloze", corpora=("wiki", "news"), max_items=16, split="test")

@@ -1,7 +1,7 @@
 import numpy as np
 
 from mixagent.data.build import read_split
-from mixagent.labeller import cluster_labels
+from mixagent.data.labeller import cluster_labels
 
 
 def test_clusters_are_deterministic_cached_and_complete():
@@ -27,7 +27,7 @@ def test_corrupt_label_cache_is_rebuilt(caplog):
 
     from mixagent.config import config_hash
     from mixagent.data.build import read_manifest
-    from mixagent.labeller import LABELLER_VERSION
+    from mixagent.data.labeller import LABELLER_VERSION
     from mixagent.paths import data_root
 
     good = cluster_labels(["news"], 3)

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 
-from mixagent.backends import AnalyticBackend
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.env import MixingEnv
+from mixagent.env.backends import AnalyticBackend
+from mixagent.env.environment import MixingEnv
+from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, UnknownDomainError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies import FixedPolicy, MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy, make_policy
-from mixagent.rollout import rollout
-from mixagent.spec import load_spec
+from mixagent.study.rollout import rollout
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_rollout_in_the_env(tiny_spec_path):
 
 
 def test_demo_table_reports_mean_and_spread(tiny_spec_path):
-    from mixagent.compare import compare, format_table
+    from mixagent.study.compare import compare, format_table
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
@@ -67,3 +67,21 @@ def test_demo_table_reports_mean_and_spread(tiny_spec_path):
     assert len(rows) == 2 and all(len(r["per_seed"]["balanced"]) == 2 for r in rows)
     assert rows[0]["balanced"] == pytest.approx(np.mean(rows[0]["per_seed"]["balanced"]))
     assert "| target-only |" in table and "±" in table
+
+
+def test_one_baseline_parser_serves_policies_config_and_labels():
+    from mixagent.agent.config import OnlineEvalConfig
+    from mixagent.agent.online import baseline_label
+    from mixagent.policies import BaselineSpec, baseline_problems, parse_baseline
+
+    assert parse_baseline("replay:0.25") == BaselineSpec("replay", 0.25)
+    assert parse_baseline("target_only") == BaselineSpec("target_only")
+    assert parse_baseline("runs/agent/default/rl") is None  # not a baseline: an artifact path
+    assert baseline_label("replay:0.5") == "replay rho=0.5" and baseline_label("target_only") == "target-only"
+    for bad in ("replay:1.5", "replay", "unifrom", "uniform:2"):
+        assert baseline_problems(bad)
+        config_problems = OnlineEvalConfig(baselines=[bad]).check()
+        assert config_problems == [f"baselines: {p}" for p in baseline_problems(bad)]
+    assert "did you mean 'uniform'" in baseline_problems("unifrom")[0]
+    with pytest.raises(ConfigError, match="replay needs a share in \\[0, 1\\]"):
+        parse_baseline("replay:abc")

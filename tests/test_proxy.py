@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixagent.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
-from mixagent.proxy import MixtureSampler, OptimConfig, lr_at, make_optimizer, train_segment
+from mixagent.env.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
+from mixagent.env.proxy import OptimConfig, lr_at, make_optimizer, train_segment
+from mixagent.sampling import MixtureSampler
 
 
 @pytest.mark.parametrize("size,lo,hi", [("0.5m", 0.4e6, 0.8e6), ("2m", 1.5e6, 2.5e6), ("8m", 6e6, 10e6)])

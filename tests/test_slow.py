@@ -4,10 +4,10 @@ once (about 3 minutes here) and run real continual pre-training segments."""
 import numpy as np
 import pytest
 
-from mixagent.env import MixingEnv
+from mixagent.env.environment import MixingEnv
 from mixagent.paths import ENVS_DIR
 from mixagent.policies import ReplayPolicy, UniformPolicy
-from mixagent.rollout import rollout
+from mixagent.study.rollout import rollout
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import mixagent.base_model as bm
+import mixagent.env.base_model as bm
 from mixagent.config import load_config
+from mixagent.data.domain_data import DomainData
 from mixagent.deploy.start_state import (
     DomainClassifier,
     domain_texts,
@@ -13,7 +14,6 @@ from mixagent.deploy.start_state import (
     estimate_start_mixture,
     sample_texts,
 )
-from mixagent.domain_data import DomainData
 from mixagent.domains import Domain, DomainSpace
 from mixagent.errors import ConfigError, DataMissingError, SchemaVersionError
 from mixagent.paths import CONFIGS_DIR

@@ -1,6 +1,6 @@
 from transformers import PreTrainedTokenizerFast
 
-from mixagent.tokenizer import TokenizerConfig, get_tokenizer, token_byte_lengths, tokenizer_dir
+from mixagent.data.tokenizer import TokenizerConfig, get_tokenizer, token_byte_lengths, tokenizer_dir
 
 
 def test_tokenizer_roundtrip_and_byte_lengths():

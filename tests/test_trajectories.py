@@ -18,14 +18,14 @@ import sys
 import numpy as np
 import pytest
 
-from mixagent.backends import AnalyticBackend
-from mixagent.behaviour import BehaviourMix
 from mixagent.config import load_config
 from mixagent.domains import DomainSpace
-from mixagent.env import MixingEnv
+from mixagent.env.backends import AnalyticBackend
+from mixagent.env.environment import MixingEnv
+from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, ResumeMismatchError, SchemaVersionError, StoreWriteError, TrajectoryFormatError
 from mixagent.paths import CONFIGS_DIR, ENVS_DIR, REPO_ROOT
-from mixagent.spec import load_spec
+from mixagent.policies.behaviour import BehaviourMix
 from mixagent.trajectories import Run, read_trajectory
 from mixagent.trajectories import store as store_mod
 from mixagent.trajectories.__main__ import main as cli

@@ -6,16 +6,16 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mixagent.env.rewards import REWARDS
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
-from mixagent.rewards import REWARDS
+from mixagent.policies.baselines import BASELINE_SPECS, baseline_problems
 
 __all__ = ["AgentConfig", "SFTConfig", "RLConfig", "FQEConfig", "OnlineEvalConfig", "WandbConfig", "RL_ALGOS",
            "BASELINES"]
 
 RL_ALGOS = ("cql", "iql", "td3_plus_bc")
-# baselines of the online comparison; ``replay:<rho>`` takes any rho in [0, 1]
-BASELINES = ("uniform", "natural", "target_only", "replay:<rho>")
+BASELINES = BASELINE_SPECS  # baselines of the online comparison (``replay:<rho>`` takes any rho in [0, 1])
 
 
 def _hidden_problems(hidden: list[int]) -> list[str]:
@@ -143,18 +143,7 @@ class OnlineEvalConfig:
             problems.append(f"launcher must be 'local' or 'inline', got {self.launcher!r}")
         if self.workers < 0:
             problems.append("workers must be >= 0 (0 = one per core)")
-        for b in self.baselines:
-            name, _, rho = b.partition(":")
-            if name == "replay":
-                try:
-                    ok = 0.0 <= float(rho) <= 1.0
-                except ValueError:
-                    ok = False
-                if not ok:
-                    problems.append(f"baselines: {b!r} needs a rho in [0, 1], e.g. 'replay:0.5'")
-            elif name not in BASELINES or rho:
-                problems.append(f"baselines: unknown baseline {b!r}{suggest(name, BASELINES)}; known: "
-                                f"{', '.join(BASELINES)}")
+        problems += [f"baselines: {p}" for b in self.baselines for p in baseline_problems(b)]
         return problems
 
 
@@ -182,7 +171,7 @@ class AgentConfig:
     Args:
         name: run name: the directory ``<out_dir>/<name>``.
         runs: trajectory run directories (relative to the repository root), all of one env spec and space.
-        reward: registered reward the rewards are recomputed with (``mixagent.rewards``); empty = the
+        reward: registered reward the rewards are recomputed with (``mixagent.env.rewards``); empty = the
             env spec's reward.
         lam: target-field weight of the balanced score; negative = the env spec's.
         dedupe_prefixes: enter each branched prefix step once (else once per trajectory that copies it).

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from mixagent.domains import Domain, DomainSpace
+from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.env.rewards import balanced_score, field_improvement, step_reward
 from mixagent.errors import AgentDataError
-from mixagent.observation import OBSERVATION_VERSION, ObservationBuilder
-from mixagent.rewards import balanced_score, field_improvement, step_reward
 from mixagent.trajectories.store import Run, Trajectory
 
 __all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories",
@@ -178,7 +178,7 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
 
     Args:
         tset: the trajectory set.
-        reward: a registered reward name (``mixagent.rewards.REWARDS``).
+        reward: a registered reward name (``mixagent.env.rewards.REWARDS``).
         lam: target-field weight of the balanced score.
         select: the trajectories to use.
         dedupe: enter each branched prefix step once.

@@ -15,16 +15,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mixagent.base_model import get_base_model
-from mixagent.compare import summarize
 from mixagent.config import from_dict
-from mixagent.env import MixingEnv
+from mixagent.env.base_model import get_base_model
+from mixagent.env.environment import MixingEnv
+from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
-from mixagent.policies import MixingPolicy, policy_from_spec
-from mixagent.rollout import iter_rollout
-from mixagent.spec import EnvSpec
-from mixagent.trajectories.launchers import InlineLauncher, LocalLauncher, cpu_count
-from mixagent.trajectories.store import atomic_write_json
+from mixagent.paths import atomic_write_json
+from mixagent.policies import MixingPolicy, baseline_problems, parse_baseline, policy_from_spec
+from mixagent.study.compare import summarize
+from mixagent.study.rollout import iter_rollout
+from mixagent.workers import InlineLauncher, LocalLauncher, Ready, cpu_count
 
 __all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_label", "check_held_out"]
 
@@ -43,8 +43,28 @@ class PolicyRef:
 
 
 def baseline_label(name: str) -> str:
-    base, _, rho = name.partition(":")
-    return f"replay rho={float(rho):g}" if base == "replay" else base.replace("_", "-")
+    """The table label of baseline spec ``name`` (``replay:0.5`` -> ``replay rho=0.5``)."""
+    spec = parse_baseline(name)
+    if spec is None:
+        raise ConfigError("baselines", baseline_problems(name))
+    return spec.label
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """An evaluation worker trained one segment of ``label``'s episode on ``seed``."""
+
+    label: str
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """An evaluation episode ended; ``summary`` is its :func:`~mixagent.study.compare.summarize` row."""
+
+    label: str
+    seed: int
+    summary: dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,16 +91,16 @@ class EvalRunner:
             self.env = MixingEnv(from_dict(EnvSpec, spec, "recorded env spec"))
         self.identity = {"spec_hash": self.env.spec_.spec_hash()}
 
-    def run(self, ref: PolicyRef, seed: int) -> Iterator[tuple]:
+    def run(self, ref: PolicyRef, seed: int) -> Iterator[Segment | Episode]:
         policy = ref.build(self.env)
         steps = iter_rollout(self.env, policy, seed)
         while True:
             try:
                 next(steps)
             except StopIteration as done:
-                yield ("episode", ref.label, seed, summarize(done.value, self.env.space, seed))
+                yield Episode(ref.label, seed, summarize(done.value, self.env.space, seed))
                 return
-            yield ("segment", ref.label, seed)
+            yield Segment(ref.label, seed)
 
 
 def check_held_out(seeds: list[int], used: set[int]) -> None:
@@ -128,21 +148,20 @@ def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds
         bar = tqdm(total=len(todo) * horizon, desc="online eval", unit="segment", disable=not progress)
         try:
             for event in runner.events(setup, todo):
-                if event[0] == "ready":
-                    if event[1]["spec_hash"] != spec_hash:
+                match event:
+                    case Ready(identity=identity) if identity["spec_hash"] != spec_hash:
                         raise ConfigError("online evaluation", [
-                            f"the env built from the recorded spec has hash {event[1]['spec_hash']}, the trajectories "
+                            f"the env built from the recorded spec has hash {identity['spec_hash']}, the trajectories "
                             f"were collected with {spec_hash}: the base model, data or domain space changed since "
                             f"collection; rebuild them as they were or collect again"])
-                elif event[0] == "segment":
-                    bar.update()
-                    bar.set_postfix_str(f"{event[1]} seed {event[2]}")
-                elif event[0] == "episode":
-                    _, label, seed, summary = event
-                    path = where(refs[label], seed)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_json(path, summary)
-                    results[label][seed] = summary
+                    case Segment(label=label, seed=seed):
+                        bar.update()
+                        bar.set_postfix_str(f"{label} seed {seed}")
+                    case Episode(label=label, seed=seed, summary=summary):
+                        path = where(refs[label], seed)
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write_json(path, summary)
+                        results[label][seed] = summary
         finally:
             runner.close()
             bar.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
 import time
 from collections import defaultdict
@@ -34,7 +33,6 @@ from mixagent.agent.algos import (
     make_sft,
     rl_params_problems,
 )
-from mixagent.agent.artifact import write_artifact
 from mixagent.agent.config import AgentConfig
 from mixagent.agent.dataset import (
     TrajectorySet,
@@ -45,14 +43,14 @@ from mixagent.agent.dataset import (
     top_trajectories,
 )
 from mixagent.agent.online import PolicyRef, baseline_label, check_held_out, evaluate_online
-from mixagent.compare import format_table
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
-from mixagent.env import MixingEnv
+from mixagent.env.environment import MixingEnv
+from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, ResumeMismatchError
-from mixagent.observation import OBSERVATION_VERSION
-from mixagent.paths import REPO_ROOT
-from mixagent.spec import EnvSpec
-from mixagent.trajectories.store import atomic_write_json
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.policies.artifact import write_artifact
+from mixagent.study.compare import format_table
 
 __all__ = ["train_agent", "AgentResult", "MetricSink"]
 
@@ -165,12 +163,11 @@ def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
 def _save_checkpoint(algo: Any, path: Path, step: int) -> None:
     """Modules, optimizers and every RNG the loop uses, so a resumed stage continues bit for bit."""
     modules = algo.impl.modules.create_checkpointer(algo.impl.device).modules
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"modules": {k: v.state_dict() for k, v in modules.items()}, "torch_rng": torch.get_rng_state()}, tmp)
+    payload = {"modules": {k: v.state_dict() for k, v in modules.items()}, "torch_rng": torch.get_rng_state()}
     np_state, py_state = np.random.get_state(), random.getstate()
     extra = {"step": step, "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     atomic_write_json(path.with_suffix(".json"), extra)
 
 

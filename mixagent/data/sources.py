@@ -18,13 +18,14 @@ import subprocess
 import sys
 import sysconfig
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mixagent.errors import SourceUnavailableError
+from mixagent.domains import DomainSpace
+from mixagent.errors import SourceUnavailableError, suggest
 
-__all__ = ["Document", "Source", "SOURCES"]
+__all__ = ["Document", "Source", "SOURCES", "unknown_corpora", "load_space"]
 
 
 @dataclasses.dataclass
@@ -330,3 +331,18 @@ SOURCES: dict[str, Source] = {
                "pip install champ-dataset", _read_math),
     ]
 }
+
+
+def unknown_corpora(names: Sequence[str]) -> list[str]:
+    """Problems for corpus names that no source builds (with suggestions)."""
+    return [f"unknown corpus {n!r}{suggest(n, SOURCES)}; known corpora: {', '.join(SOURCES)}"
+            for n in names if n not in SOURCES]
+
+
+def load_space(path: str | Path) -> DomainSpace:
+    """Load a domain space YAML (``configs/spaces/*.yaml``) and check its corpora against :data:`SOURCES`.
+
+    Raises:
+        ConfigError: every problem of the file at once (unknown corpora with suggestions).
+    """
+    return DomainSpace.from_yaml(path, corpora=SOURCES)

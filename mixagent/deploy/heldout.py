@@ -1,4 +1,4 @@
-"""Per-domain held-out loss of the model being trained, as an :class:`~mixagent.evaluation.EvalResult`.
+"""Per-domain held-out loss of the model being trained, as an :class:`~mixagent.env.evaluation.EvalResult`.
 
 The light evaluation for deployment: fixed validation windows per domain, their mean loss in bits per
 byte (with ``byte_lengths``) or bits per token. Field scores come from a benchmark callable when given;
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from mixagent.deploy.distributed import all_reduce_sum, dist_info
 from mixagent.domains import FIELDS, DomainSpace
+from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError
-from mixagent.evaluation import EvalResult
 
 __all__ = ["HeldOutLoss", "field_scores_from_bits"]
 
@@ -86,4 +86,4 @@ class HeldOutLoss:
         bits = sums[: self.space.k] / math.log(2) / sums[self.space.k:]
         bpb = {n: float(b) for n, b in zip(self.space.names, bits)}
         scores = dict(self.benchmark(model)) if self.benchmark else field_scores_from_bits(bpb, self.space)
-        return EvalResult(bpb, scores, {}, tokens_seen, int(self.windows[:, 1:].numel()))
+        return EvalResult(bpb, scores, {}, tokens_seen, int(self.windows[:, 1:].numel()), unit=self.unit)

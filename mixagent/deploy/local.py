@@ -7,25 +7,25 @@ The examples and ``make demo`` use it; a user with their own model and data buil
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from pathlib import Path
 
-from mixagent.base_model import BaseModel, BaseModelConfig, get_base_model
 from mixagent.config import load_config
+from mixagent.data.domain_data import DomainData
+from mixagent.data.sources import load_space
+from mixagent.data.tokenizer import token_byte_lengths
 from mixagent.deploy.distributed import broadcast_array
 from mixagent.deploy.heldout import HeldOutLoss
 from mixagent.deploy.mixture import MixtureDataset
-from mixagent.domain_data import DomainData
 from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.env.base_model import BaseModel, BaseModelConfig, get_base_model
+from mixagent.env.evaluation import EvalSpec, Evaluator
 from mixagent.errors import ConfigError
-from mixagent.evaluation import EvalSpec, Evaluator
 from mixagent.paths import REPO_ROOT
 from mixagent.policies import MixingPolicy, policy_from_spec
-from mixagent.tokenizer import token_byte_lengths
 
-__all__ = ["LocalRun", "build_local_run", "text_run_pieces", "add_run_arguments", "INITIAL_MIXTURES"]
+__all__ = ["LocalRun", "build_local_run", "text_run_pieces", "INITIAL_MIXTURES"]
 
 log = logging.getLogger(__name__)
 INITIAL_MIXTURES = ("natural", "uniform", "estimate")
@@ -76,24 +76,6 @@ class LocalRun:
         return DomainWeights(self.space, broadcast_array(est.weights.values))
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, base: str) -> None:
-    """The flags every deployment example shares: policy, model and data, schedule, guards, seed."""
-    p = parser.add_argument
-    p("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
-    p("--base", default=base, help="base-model config of the trained model")
-    p("--space", default="configs/spaces/math-natural.yaml")
-    p("--env", default="envs/math-natural.yaml", help="env spec whose eval block is used")
-    p("--initial", default="natural", choices=INITIAL_MIXTURES)
-    p("--steps", type=int, default=200)
-    p("--every", type=int, default=25, help="optimizer steps between mixture updates")
-    p("--batch", type=int, default=8, help="sequences per step on each rank")
-    p("--lr", type=float, default=1e-3)
-    p("--floor", type=float, default=0.0)
-    p("--max-change", type=float, default=1.0)
-    p("--workers", type=int, default=0, help="DataLoader workers")
-    p("--seed", type=int, default=0)
-
-
 def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | Path) -> LocalRun:
     """Load (pre-training when missing) the base model, the space's data and the evaluation.
 
@@ -102,10 +84,10 @@ def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | 
         space: domain-space YAML (``configs/spaces/*.yaml``).
         eval_spec: an env spec YAML (``envs/*.yaml``) whose ``eval`` block sets the benchmarks and budget.
     """
-    from mixagent.spec import load_spec
+    from mixagent.env.spec import load_spec
 
     base = get_base_model(load_config(BaseModelConfig, _path(base_model)))
-    dspace = DomainSpace.from_yaml(_path(space))
+    dspace = load_space(_path(space))
     data = DomainData(dspace, base.tokenizer, base.tokenizer_hash)
     espec: EvalSpec = load_spec(_path(eval_spec)).eval
     evaluator = Evaluator(data, espec, base.tokenizer, token_byte_lengths(base.tokenizer), base.model_config.seq_len)

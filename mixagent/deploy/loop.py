@@ -28,8 +28,8 @@ from mixagent.deploy.distributed import broadcast_array, dist_info
 from mixagent.deploy.mixture import MixtureDataset, default_lag
 from mixagent.deploy.scheduler import MixingScheduler
 from mixagent.domains import DomainWeights
-from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError
-from mixagent.evaluation import EvalResult
+from mixagent.env.evaluation import EvalResult
+from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError, UsageError
 
 __all__ = ["Mixer", "STATE_FILE", "STATE_KIND", "STATE_FORMAT"]
 
@@ -46,7 +46,7 @@ class Mixer:
         scheduler: the guarded policy.
         dataset: the run's :class:`MixtureDataset` (its schedule receives the mixtures).
         evaluate: ``model -> EvalResult`` (e.g. :class:`~mixagent.deploy.heldout.HeldOutLoss` or
-            :class:`~mixagent.evaluation.Evaluator`); may be ``None`` when results are passed in.
+            :class:`~mixagent.env.evaluation.Evaluator`); may be ``None`` when results are passed in.
         lag: batches between a decision and the first batch it applies to; at least the batches in flight
             (:func:`~mixagent.deploy.mixture.default_lag`; the default suits ``num_workers=0``).
     """
@@ -77,7 +77,8 @@ class Mixer:
         if result is not None:
             return result
         if self.evaluate is None or model is None:
-            raise ConfigError("Mixer", ["no evaluation: give Mixer(evaluate=...) or pass result="])
+            raise UsageError("Mixer: no evaluation to decide from; give Mixer(evaluate=...) or pass result= (and "
+                             "the model) to begin()/update()")
         was_training = model.training
         try:
             return self.evaluate(model, tokens_seen=tokens)
@@ -94,7 +95,8 @@ class Mixer:
                result: EvalResult | None = None) -> DomainWeights:
         """Evaluate, decide, and apply the new mixture from batch ``consumed_batches + lag`` on."""
         if not self.scheduler.updates:
-            raise ConfigError("Mixer.update", ["call begin() before the first update (it records the start state)"])
+            raise UsageError("Mixer.update was called before Mixer.begin(): call begin(model) once before the first "
+                             "update (it records the start state and the first mixture)")
         res = self._eval(model, result, consumed_batches * self.tokens_per_batch)
         self._decide(res, progress, first_batch=consumed_batches + self.lag)
         late = self.dataset.schedule.late
@@ -145,7 +147,7 @@ class Mixer:
     def save(self, path: str | Path, consumed_batches: int, write: bool | None = None) -> Path | None:
         """Write the state atomically. Every rank holds the same state; by default rank 0 writes it
         (``write=True`` on every process that saves checkpoints, e.g. one per node without shared storage)."""
-        from mixagent.trajectories.store import atomic_write_json
+        from mixagent.paths import atomic_write_json
 
         if not (dist_info()[0] == 0 if write is None else write):
             return None

@@ -1,13 +1,16 @@
 """The mixture data path of a real training run: per-domain window sources, a shared-memory weights
-schedule and an ``IterableDataset`` that reads it for every sample.
+schedule and an ``IterableDataset`` that reads it for every batch.
 
-**One global stream.** Batch ``b`` of the run holds ``batch_size * world_size`` samples (every rank's).
-Sample ``s`` of batch ``b`` picks its domain from a uniform number drawn by a counter-based generator
-keyed by ``(seed, b)`` and the weights in force at batch ``b``; each domain's windows are taken in order
-by a per-domain cursor that counts that domain's earlier picks (so text repeats only after a full pass).
-The stream is therefore a pure function of the seed, the sources and the schedule: every rank and every
-DataLoader worker computes the same picks, each yields only its own samples, resuming is a replay of the
-picks (no data is read), and an interrupted run continues bit for bit.
+**One global stream, the environment's.** Batch ``b`` of the run holds ``batch_size * world_size``
+samples (every rank's); sample ``s`` of batch ``b`` is sample ``b * samples_per_batch + s`` of the
+run. Its domain and window come from :mod:`mixagent.sampling`, the very sampler the environment trains the
+proxy with: a counter-addressable uniform per sample (seeded by ``seed``) searched in the weights in force
+at batch ``b``, and per-domain cursors over each domain's windows (one shuffled order for local token
+arrays, so text repeats only after a full pass). The same seed and weights give the same windows as the
+environment's :class:`~mixagent.sampling.MixtureSampler`. The stream is a pure function of the seed, the
+sources and the schedule: every rank and every DataLoader worker computes the same picks, each yields only
+its own samples, resuming is a replay of the picks (no data is read), and an interrupted run continues bit
+for bit.
 
 **Weight changes and the prefetch lag.** DataLoader workers (and accelerate) prepare batches ahead of the
 training loop, so a change cannot reach batches that already exist. The scheduler therefore writes each
@@ -29,11 +32,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, DataMissingError, MixagentError
+from mixagent.errors import ConfigError, DataMissingError, MixagentError, UsageError
+from mixagent.sampling import MixtureStream, cumulative
 
-__all__ = ["WindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule", "MixtureDataset",
-           "default_lag", "ScheduleFullError",
-           "SourceUseError"]
+__all__ = ["WindowSource", "IndexedWindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule",
+           "MixtureDataset", "default_lag", "ScheduleFullError", "SourceUseError"]
 
 log = logging.getLogger(__name__)
 
@@ -65,36 +68,46 @@ class WindowSource(Protocol):
         """Windows ``start, start + 1, ...`` of the domain's sequence (later epochs continue it)."""
 
 
+@runtime_checkable
+class IndexedWindowSource(Protocol):
+    """A domain's windows with random access (a local token array): ``n`` windows, ``window(j)``. The
+    dataset reads them in its stream's shuffled order; other sources are read sequentially."""
+
+    length: int
+    n: int
+
+    def window(self, j: int) -> np.ndarray:
+        """Window ``j`` of ``n``."""
+
+
 class TokenArraySource:
-    """Non-overlapping windows of a token array (a local tokenized corpus), in a shuffled order that is
-    redrawn every epoch.
+    """Non-overlapping windows of a token array (a local tokenized corpus). The dataset takes them in the
+    shuffled order of its :class:`~mixagent.sampling.MixtureStream` (the environment's window order).
 
     Args:
         tokens: the domain's token ids (e.g. ``DomainData.train[d]``; EOS-separated documents).
         length: tokens per window.
-        seed: seeds the per-epoch window orders.
+
+    Raises:
+        DataMissingError: fewer tokens than one window.
     """
 
-    def __init__(self, tokens: np.ndarray, length: int, seed: int = 0) -> None:
+    def __init__(self, tokens: np.ndarray, length: int) -> None:
         self.tokens = np.asarray(tokens)
         self.length = length
-        self.seed = seed
         self.n = len(self.tokens) // length
         if self.n == 0:
             raise DataMissingError(f"a domain has {len(self.tokens)} tokens, fewer than one window of {length}; "
                                    f"give it more text or shorten seq_len")
-        self._orders: dict[int, np.ndarray] = {}
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {epoch: np.random.Generator(np.random.PCG64([self.seed, epoch])).permutation(self.n)}
-        return self._orders[epoch]
+    def window(self, j: int) -> np.ndarray:
+        """Window ``j`` (``0 <= j < n``) in the array's own order: ``(length,)`` token ids."""
+        return self.tokens[j * self.length: (j + 1) * self.length]
 
     def windows(self, start: int) -> Iterator[np.ndarray]:
+        """Windows ``start, start + 1, ...`` in the array's own order, cyclic (the :class:`WindowSource` view)."""
         for i in itertools.count(start):
-            epoch, j = divmod(i, self.n)
-            w = int(self._order(epoch)[j])
-            yield self.tokens[w * self.length: (w + 1) * self.length]
+            yield self.window(i % self.n)
 
 
 class HFDatasetSource:
@@ -211,13 +224,13 @@ class WeightSchedule:
     def set(self, weights: DomainWeights, first_batch: int) -> None:
         """Apply ``weights`` from batch ``first_batch`` on (not earlier than the last row's batch)."""
         if weights.space.names != self.space.names:
-            raise ConfigError("WeightSchedule.set", [f"weights for domains {list(weights.space.names)}, the schedule "
-                                                     f"has {list(self.space.names)}"])
+            raise UsageError(f"WeightSchedule.set: weights for domains {list(weights.space.names)}, the schedule has "
+                             f"{list(self.space.names)}; build the weights in the schedule's space")
         n = self.rows
         last = int(self.table[n - 1, 0])
         if first_batch < last:
-            raise ConfigError("WeightSchedule.set", [f"first_batch {first_batch} is before the last change at "
-                                                     f"batch {last}; changes must move forward"])
+            raise UsageError(f"WeightSchedule.set: first_batch {first_batch} is before the last change at batch "
+                             f"{last}; changes must move forward")
         row = n - 1 if first_batch == last and n > 1 else n
         if row >= self.table.shape[0]:
             raise ScheduleFullError(f"the weights schedule is full ({self.table.shape[0]} rows); build it with "
@@ -244,7 +257,8 @@ class WeightSchedule:
 
 
 class _Reader:
-    """A worker's view of the schedule: cumulative weights for a batch index, with late-row detection."""
+    """A worker's view of the schedule: cumulative weights (:func:`~mixagent.sampling.cumulative`) for a
+    batch index, with late-row detection."""
 
     def __init__(self, schedule: WeightSchedule) -> None:
         self.table = schedule.table.numpy()
@@ -262,7 +276,7 @@ class _Reader:
                 new = i >= len(self.rows) or not np.array_equal(rows[i], self.rows[i])
                 if new and rows[i, 0] <= self.made:
                     self.meta[1] += 1
-            self.rows, self.cums = rows, np.cumsum(rows[:, 1:], axis=1)
+            self.rows, self.cums = rows, np.stack([cumulative(r[1:]) for r in rows])
         self.made = max(self.made, batch)
         return self.cums[int(np.searchsorted(self.rows[:, 0], batch, side="right")) - 1]
 
@@ -304,6 +318,8 @@ class MixtureDataset(IterableDataset):
         if batch_size < 1:
             raise ConfigError("MixtureDataset", [f"batch_size must be >= 1, got {batch_size}"])
         self.sources = [sources[n] for n in space.names]
+        self.indexed = [isinstance(src, IndexedWindowSource) for src in self.sources]
+        self.stream = MixtureStream([src.n if ix else 0 for src, ix in zip(self.sources, self.indexed)], seed)
         self.space = space
         self.seq_len = self.sources[0].length
         self.batch_size = batch_size
@@ -322,11 +338,11 @@ class MixtureDataset(IterableDataset):
     @classmethod
     def from_token_streams(cls, streams: Sequence[np.ndarray], space: DomainSpace, seq_len: int, batch_size: int,
                            seed: int = 0, **kwargs: Any) -> MixtureDataset:
-        """From local tokenized corpora: one token array per domain, in the space's order."""
+        """From local tokenized corpora: one token array per domain, in the space's order. With
+        ``seq_len`` = the proxy's window length and the same seed, the windows are the environment's."""
         if len(streams) != space.k:
             raise ConfigError("MixtureDataset", [f"{len(streams)} token streams for {space.k} domains"])
-        sources = {n: TokenArraySource(s, seq_len, seed=seed * 1_000_003 + i) for i, (n, s) in
-                   enumerate(zip(space.names, streams))}
+        sources = {n: TokenArraySource(s, seq_len) for n, s in zip(space.names, streams)}
         return cls(sources, space, batch_size, seed=seed, **kwargs)
 
     def configure(self, rank: int, world_size: int, all_ranks: bool = False) -> None:
@@ -344,11 +360,10 @@ class MixtureDataset(IterableDataset):
         return self.batch_size * self.world_size
 
     def draws(self, batch: int, cum: np.ndarray) -> np.ndarray:
-        """Domain of every sample of global batch ``batch`` under cumulative weights ``cum``."""
-        # the batch index goes in a high counter word: a batch's numbers never overlap the next batch's
-        rng = np.random.Generator(np.random.Philox(key=self.seed, counter=[0, batch, 0, 0]))
-        u = rng.random(self.samples_per_batch)
-        return np.minimum(np.searchsorted(cum, u, side="right"), self.space.k - 1)
+        """Domain ``(samples_per_batch,)`` of every sample of global batch ``batch`` under cumulative weights
+        ``cum`` (:func:`~mixagent.sampling.cumulative`)."""
+        n = self.samples_per_batch
+        return self.stream.domains(batch * n, n, cum)
 
     def cursors_at(self, batch: int) -> np.ndarray:
         """Per-domain windows used by batches ``< batch`` (replays the picks; reads no data). The last
@@ -398,7 +413,7 @@ class MixtureDataset(IterableDataset):
         lo, hi = (0, self.samples_per_batch) if self.all_ranks else (self.rank * bs, (self.rank + 1) * bs)
         start = self.start_batch
         cursors = self.cursors_at(start)
-        iters = [src.windows(int(c)) for src, c in zip(self.sources, cursors)]
+        iters = [None if ix else src.windows(int(c)) for src, ix, c in zip(self.sources, self.indexed, cursors)]
         positions = cursors.copy()  # next window index each iterator yields
         for b in itertools.count(start):
             domains = self.draws(b, reader.cum_at(b))
@@ -411,11 +426,15 @@ class MixtureDataset(IterableDataset):
                 cursors[d] += 1
                 if not lo <= s < hi:
                     continue
-                while positions[d] < c:  # skip windows other ranks/workers took
-                    next(iters[d])
+                it = iters[d]
+                if it is None:  # a token array: the stream's window order, random access
+                    window = self.sources[d].window(self.stream.window(d, c))
+                else:
+                    while positions[d] < c:  # skip windows other ranks/workers took
+                        next(it)
+                        positions[d] += 1
+                    window = next(it)
                     positions[d] += 1
-                window = next(iters[d])
-                positions[d] += 1
                 ids = torch.from_numpy(np.asarray(window, dtype=np.int64))
                 item = {"input_ids": ids, "labels": ids.clone()}  # a loop may mask labels in place
                 if self.return_domain_ids:

@@ -1,6 +1,6 @@
 """The mixing scheduler: a :class:`~mixagent.policies.MixingPolicy` behind safety guards.
 
-It owns the policy, the shared :class:`~mixagent.observation.ObservationBuilder` (the same observations
+It owns the policy, the shared :class:`~mixagent.env.observation.ObservationBuilder` (the same observations
 the policy saw in the environment) and the weights history. ``step(eval_result)`` turns an evaluation of
 the model being trained into the next mixture:
 
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, MixagentError, SchemaVersionError
-from mixagent.evaluation import EvalResult
-from mixagent.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.errors import ConfigError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
 
 __all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
@@ -139,9 +139,11 @@ class MixingScheduler:
         """
         missing = [n for n in self.space.names if n not in result.bpb]
         if missing or any(f not in result.scores for f in ("source", "target")):
-            raise ConfigError("MixingScheduler.step", [f"the evaluation lacks domains {missing} or field scores "
-                                                       f"{sorted(result.scores)}; evaluate every domain of the space "
-                                                       f"and both fields"])
+            raise UsageError(f"MixingScheduler.step: the evaluation lacks domains {missing} or field scores "
+                             f"{sorted(result.scores)}; evaluate every domain of the space and both fields")
+        if self.start_eval is not None and result.unit != self.start_eval.unit:
+            raise UsageError(f"MixingScheduler.step: the evaluation is in bits per {result.unit}, the run started in "
+                             f"bits per {self.start_eval.unit}; evaluate the same way for the whole run")
         finite = result.is_finite()
         if self.start_eval is None and finite:
             self.start_eval = self.prev_eval = result

@@ -1,13 +1,21 @@
-"""Trajectory collection and the trajectory store.
+"""Trajectory collection and the trajectory store (names imported lazily).
 
 * :mod:`mixagent.trajectories.store`: the on-disk run format (``Run``, ``read_trajectory``, ``RunWriter``).
-* :mod:`mixagent.trajectories.tree`: branching collection trees (``TreeRunner``).
-* :mod:`mixagent.trajectories.launchers`: inline, local process pool and Ray launchers.
-* :mod:`mixagent.trajectories.collect`: the collect job (``CollectConfig``, ``collect``).
+* :mod:`mixagent.trajectories.tree`: branching collection trees (``TreeRunner``) and their typed events.
+* :mod:`mixagent.trajectories.collect`: the collect job (``CollectConfig``, ``collect``); it runs on the
+  launchers of :mod:`mixagent.workers`.
 
 CLI: ``python -m mixagent.trajectories collect|ls|stats|verify``.
 """
 
-from mixagent.trajectories.store import SCHEMA_VERSION, Run, Trajectory, list_runs, read_trajectory
+from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "Run", "Trajectory", "list_runs", "read_trajectory"]
+from mixagent._lazy import lazy_exports
+
+__all__ = ["SCHEMA_VERSION", "Run", "Trajectory", "list_runs", "read_trajectory", "RunWriter", "collect",
+           "CollectConfig", "CollectSummary", "TreeConfig"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "SCHEMA_VERSION": "store", "Run": "store", "Trajectory": "store", "list_runs": "store",
+    "read_trajectory": "store", "RunWriter": "store", "collect": "collect", "CollectConfig": "collect",
+    "CollectSummary": "collect", "TreeConfig": "tree"})

@@ -92,7 +92,8 @@ def _stats(args) -> int:
 
 
 def _verify(args) -> int:
-    from mixagent.trajectories.store import Run, atomic_write_json
+    from mixagent.paths import atomic_write_json
+    from mixagent.trajectories.store import Run
 
     run = Run(_run_path(args.run, Path(args.root)))
     bad = run.problems()

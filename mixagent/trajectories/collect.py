@@ -18,17 +18,27 @@ import numpy as np
 from tqdm import tqdm
 
 import mixagent
-from mixagent.base_model import get_base_model
-from mixagent.behaviour import BehaviourMix, BehaviourSpec
 from mixagent.config import to_dict
-from mixagent.domains import DomainSpace
-from mixagent.env import MixingEnv
+from mixagent.data.sources import load_space
+from mixagent.env.base_model import get_base_model
+from mixagent.env.environment import MixingEnv
+from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, ResumeMismatchError
-from mixagent.paths import REPO_ROOT
-from mixagent.spec import load_spec
-from mixagent.trajectories.launchers import LAUNCHERS, InlineLauncher, Launcher, cpu_count
-from mixagent.trajectories.store import Run, RunWriter, atomic_write_json
-from mixagent.trajectories.tree import TreeConfig, TreeRunner, WorkerSetup, spec_identity, trajectory_id
+from mixagent.paths import REPO_ROOT, atomic_write_json
+from mixagent.policies.behaviour import BehaviourMix, BehaviourSpec
+from mixagent.trajectories.store import Run, RunWriter
+from mixagent.trajectories.tree import (
+    Close,
+    Open,
+    Step,
+    TreeConfig,
+    TreeDone,
+    TreeRunner,
+    WorkerSetup,
+    spec_identity,
+    trajectory_id,
+)
+from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
 
 __all__ = ["CollectConfig", "CollectSummary", "collect", "plan_workers", "run_stats", "format_stats"]
 
@@ -46,7 +56,7 @@ class CollectConfig:
         trees: root episodes; each grows ``tree.factor ** len(tree.branch_at)`` trajectories.
         seed: seeds every episode's data order and every behaviour draw.
         tree: the branching shape (empty ``branch_at`` = independent rollouts).
-        behaviours: the behaviour mix (``mixagent.behaviour``).
+        behaviours: the behaviour mix (``mixagent.policies.behaviour``).
         launcher: ``local`` (worker processes), ``ray`` or ``inline`` (in this process).
         workers: workers to run; 0 = one per core, at most one per tree.
         threads_per_worker: torch threads per worker; 0 = cores // workers. Results do not depend on it.
@@ -168,7 +178,7 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
     problems = cfg.tree.check_horizon(spec.steps)
     if problems:
         raise ConfigError("collect", problems)
-    space = DomainSpace.from_yaml(spec.space_path())
+    space = load_space(spec.space_path())
     meta = {"run": cfg.run, "env": spec_identity(spec), "seed": cfg.seed,
             "domains": {"names": list(space.names), "fields": list(space.fields), "space": spec.space},
             "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours], "trees": cfg.trees,
@@ -189,26 +199,26 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
                dynamic_ncols=True)
     try:
         for event in launcher.events(setup, tasks) if tasks else ():
-            kind = event[0]
-            if kind == "step":
-                if event[1] is not None:
-                    writer.step(event[1], event[2])
-                bar.update(1)
-            elif kind == "open":
-                writer.open(event[1], event[2], event[3])
-            elif kind == "close":
-                entry = writer.close(event[1], event[2])
-                new, transitions = new + 1, transitions + entry["steps"]
-                bar.set_postfix_str(f"trajectories {len(writer.done_ids)}, transitions {transitions}")
-            elif kind == "tree_done":
-                bar.total -= per_tree - event[2]["segments"]  # resumed trees skip finished subtrees
-                bar.refresh()
-                session.update(seconds=round(time.perf_counter() - t0, 1), segments=session["segments"]
-                               + event[2]["segments"], trajectories=new)
-                writer.tree_done(event[1])
-            elif kind == "ready":
-                _check_proxy(writer, event[1])
-                session["ready_s"] = round(time.perf_counter() - t0, 2)  # worker start-up (the last one to report)
+            match event:
+                case Step(id=tid, line=line):
+                    if tid is not None:
+                        writer.step(tid, line)
+                    bar.update(1)
+                case Open(id=tid, header=header, prefix=prefix):
+                    writer.open(tid, header, prefix)
+                case Close(id=tid, end=end):
+                    entry = writer.close(tid, end)
+                    new, transitions = new + 1, transitions + entry["steps"]
+                    bar.set_postfix_str(f"trajectories {len(writer.done_ids)}, transitions {transitions}")
+                case TreeDone(tree=tree, segments=segments):
+                    bar.total -= per_tree - segments  # resumed trees skip finished subtrees
+                    bar.refresh()
+                    session.update(seconds=round(time.perf_counter() - t0, 1), segments=session["segments"] + segments,
+                                   trajectories=new)
+                    writer.tree_done(tree)
+                case Ready(identity=identity):
+                    _check_proxy(writer, identity)
+                    session["ready_s"] = round(time.perf_counter() - t0, 2)  # worker start-up (the last one to report)
     except BaseException:
         writer.abort()
         raise

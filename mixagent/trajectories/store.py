@@ -12,7 +12,6 @@ checked against their sha256. There is one writer per run: the collector's drive
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import logging
@@ -25,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.errors import ResumeMismatchError, SchemaVersionError, StoreWriteError, TrajectoryFormatError
-from mixagent.evaluation import EvalResult
+from mixagent.env.evaluation import EvalResult
+from mixagent.errors import ResumeMismatchError, SchemaVersionError, TrajectoryFormatError
+from mixagent.paths import atomic_write_json, fsync_dir, write_error
 
 __all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS"]
 
@@ -58,14 +58,6 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_version(found: Any, what: Path) -> None:
     if found not in READABLE_VERSIONS:
         raise SchemaVersionError(f"{what} has schema_version {found!r}; this mixagent reads "
@@ -86,30 +78,6 @@ def _load_json(path: Path, what: str) -> dict:
         raise TrajectoryFormatError(f"{path}: {what} must be a JSON object")
     _check_version(data.get("schema_version"), path)
     return data
-
-
-def atomic_write_json(path: Path, data: dict) -> None:
-    """Write ``path`` via a temporary file, fsync, atomic rename and a directory fsync."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(data, indent=1, allow_nan=False))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
-
-
-def _write_error(path: Path, exc: OSError) -> StoreWriteError:
-    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-            errno.EACCES: "permission denied", errno.EROFS: "the file system is read-only",
-            errno.EPERM: "operation not permitted"}.get(exc.errno or 0, exc.strerror or str(exc))
-    return StoreWriteError(exc.errno or errno.EIO, f"could not write {path}: {what}. What was finished before "
-                           f"(trajectories, manifest, agent stages) is intact; free space or fix permissions, then "
-                           f"rerun the same command with --resume")
 
 
 # --- reading -------------------------------------------------------------------------------------------
@@ -298,7 +266,7 @@ class RunWriter:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise _write_error(self.dir, exc) from None
+                raise write_error(self.dir, exc) from None
             self.meta = {"schema_version": SCHEMA_VERSION, **meta}
             self.manifest = {"schema_version": SCHEMA_VERSION, "trajectories": {}, "trees_done": []}
             atomic_write_json(self.dir / "manifest.json", self.manifest)
@@ -360,7 +328,7 @@ class RunWriter:
         try:
             f = open(path, "wb")
         except OSError as exc:
-            raise _write_error(path, exc) from None
+            raise write_error(path, exc) from None
         handle = _Open(path, f, hashlib.sha256(), 0, header)
         self._open[tid] = handle
         self._write(handle, [{"kind": "header", "schema_version": SCHEMA_VERSION, **header}, *prefix])
@@ -380,9 +348,9 @@ class RunWriter:
         try:
             handle.file.close()
             os.replace(handle.path, final)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as exc:
-            raise _write_error(final, exc) from None
+            raise write_error(final, exc) from None
         del self._open[tid]
         entry = self._entry(final, handle.sha.hexdigest(), handle.header, end)
         self.manifest["trajectories"][tid] = entry
@@ -412,7 +380,7 @@ class RunWriter:
             handle.file.flush()
             os.fsync(handle.file.fileno())
         except OSError as exc:
-            raise _write_error(handle.path, exc) from None
+            raise write_error(handle.path, exc) from None
         handle.sha.update(data)
 
     @staticmethod

@@ -10,13 +10,13 @@ segments and logs 16 x 8 = 128 transitions, where independent rollouts would tra
 The runner is a generator of small events the driver writes to the store (the only writer), so it runs the
 same in-process, in a local worker process or in a Ray actor:
 
-====================================  ==========================================================
-``("ready", info)``                   the worker built its env (``info``: :func:`proxy_identity`)
-``("open", id, header, prefix)``      a trajectory starts; ``prefix`` = its shared step records
-``("step", id | None, record)``       one trained segment (``None``: recomputing a finished prefix)
-``("close", id, end)``                the trajectory is finished (or truncated) with this end record
-``("tree_done", tree, stats)``        every leaf of the tree is finished
-====================================  ==========================================================
+=======================================  =======================================================
+``Ready(identity)`` (the launcher's)     the worker built its env (``identity``: :func:`proxy_identity`)
+``Open(id, header, prefix)``             a trajectory starts; ``prefix`` = its shared step records
+``Step(id | None, line)``                one trained segment (``None``: recomputing a finished prefix)
+``Close(id, end)``                       the trajectory is finished (or truncated) with this end record
+``TreeDone(tree, segments)``             every leaf of the tree is finished
+=======================================  =======================================================
 """
 
 from __future__ import annotations
@@ -30,15 +30,52 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixagent.behaviour import BehaviourMix, BehaviourSpec
 from mixagent.domains import weights_to_action
-from mixagent.env import MixingEnv
-from mixagent.observation import OBSERVATION_VERSION
+from mixagent.env.environment import MixingEnv
+from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.spec import EnvSpec
 from mixagent.paths import REPO_ROOT
 from mixagent.policies import MixingPolicy
-from mixagent.spec import EnvSpec
+from mixagent.policies.behaviour import BehaviourMix, BehaviourSpec
 
-__all__ = ["TreeConfig", "WorkerSetup", "TreeRunner", "trajectory_id", "parent_of", "spec_identity", "proxy_identity"]
+__all__ = ["Open", "Step", "Close", "TreeDone", "TreeEvent", "TreeConfig", "WorkerSetup", "TreeRunner",
+           "trajectory_id", "parent_of", "spec_identity", "proxy_identity"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Open:
+    """Start trajectory ``id``: its header line and the prefix lines it shares with its parent."""
+
+    id: str
+    header: dict
+    prefix: list[dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One collected segment; ``id`` is ``None`` while exploring a prefix whose trajectories are done."""
+
+    id: str | None
+    line: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Close:
+    """Trajectory ``id`` ended; ``end`` is its end line."""
+
+    id: str
+    end: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeDone:
+    """Tree ``tree`` finished after ``segments`` trained segments (0 when it was done before)."""
+
+    tree: int
+    segments: int
+
+
+TreeEvent = Open | Step | Close | TreeDone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +185,11 @@ class TreeRunner:
         seq = np.random.SeedSequence([self.setup.seed, tree, len(path), *path])
         return self.mix.sample(self.env.space, self.env.natural.values, self.horizon, seq)
 
-    def run(self, tree: int, done: frozenset[str] = frozenset()) -> Iterator[tuple]:
+    def run(self, tree: int, done: frozenset[str] = frozenset()) -> Iterator[TreeEvent]:
         """Collect tree ``tree``, skipping the leaves in ``done`` (ids of finished trajectories)."""
         leaves = [trajectory_id(tree, p) for p in self.shape.leaf_paths()]
         if all(leaf in done for leaf in leaves):
-            yield ("tree_done", tree, {"segments": 0})
+            yield TreeDone(tree, 0)
             return
         self.tree, self.done, self.segments = tree, done, 0
         episode_seed = int(np.random.SeedSequence([self.setup.seed, tree]).generate_state(1)[0] >> 1)
@@ -164,9 +201,9 @@ class TreeRunner:
         root = (0,) * len(self.shape.branch_at)
         writing = self._maybe_open(root)
         if writing is not None:
-            yield ("open", writing, self._header(root, behaviours), [])
+            yield Open(writing, self._header(root, behaviours), [])
         yield from self._explore(0, (), policy, behaviours, [], obs, writing)
-        yield ("tree_done", tree, {"segments": self.segments})
+        yield TreeDone(tree, self.segments)
 
     def _maybe_open(self, leaf: tuple[int, ...]) -> str | None:
         tid = trajectory_id(self.tree, leaf)
@@ -178,7 +215,7 @@ class TreeRunner:
                 "branch_step": branch_step, **self.header_base, "behaviour": behaviours}
 
     def _explore(self, depth: int, path: tuple[int, ...], policy: MixingPolicy, behaviours: list[dict],
-                 lines: list[dict], obs: np.ndarray, writing: str | None) -> Iterator[tuple]:
+                 lines: list[dict], obs: np.ndarray, writing: str | None) -> Iterator[TreeEvent]:
         env, shape = self.env, self.shape
         end = shape.branch_at[depth] if depth < len(shape.branch_at) else self.horizon
         while len(lines) < end:  # the flat collection loop: act, train a segment, log the raw outcome
@@ -187,14 +224,14 @@ class TreeRunner:
             self.segments += 1
             lines.append(self._record(len(lines), weights, reward, terminated, truncated, info, len(behaviours) - 1,
                                       lines[-1]["tokens_seen"] if lines else 0))
-            yield ("step", writing, lines[-1])
+            yield Step(writing, lines[-1])
             if truncated:
                 if writing is not None:
-                    yield ("close", writing, self._end(lines))
+                    yield Close(writing, self._end(lines))
                 return  # a diverged proxy has no children
         if depth == len(shape.branch_at):
             if writing is not None:
-                yield ("close", writing, self._end(lines))
+                yield Close(writing, self._end(lines))
             return
         snap, fresh = env.snapshot(), True
         for c in range(shape.factor):
@@ -213,7 +250,7 @@ class TreeRunner:
             child_behaviours = [*behaviours, {"from_step": end, **record}]
             child_writing = self._maybe_open(child + tail)
             if child_writing is not None:
-                yield ("open", child_writing, self._header(child + tail, child_behaviours), list(lines))
+                yield Open(child_writing, self._header(child + tail, child_behaviours), list(lines))
             yield from self._explore(depth + 1, child, child_policy, child_behaviours, list(lines), obs, child_writing)
 
     def _record(self, t: int, weights, reward: float, terminated: bool, truncated: bool, info: dict,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mixagent.domains import DomainSpace
+from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, suggest
-from mixagent.evaluation import EvalResult
 
 __all__ = ["REWARDS", "balanced_score", "step_reward", "field_improvement"]
 

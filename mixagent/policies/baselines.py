@@ -1,33 +1,21 @@
-"""The ``MixingPolicy`` protocol and the first baselines.
-
-Every policy — these baselines, the behaviour policies of collection and the trained agent — implements
-``reset(space)`` and ``act(observation) -> DomainWeights``, so any of them drives the environment, the
-collector and a real training run alike.
+"""The constant-mixture baselines and the one parser of baseline specs (``uniform``, ``natural``,
+``target_only``, ``replay:<rho>``), used by the agent's config, online evaluation and deployment alike.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, suggest
+from mixagent.policies.protocol import MixingPolicy
 
-__all__ = ["MixingPolicy", "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES",
-           "make_policy", "policy_from_spec", "BASELINE_SPECS"]
-
-
-@runtime_checkable
-class MixingPolicy(Protocol):
-    """Chooses the next mixture from an observation (``mixagent.observation`` layout)."""
-
-    def reset(self, space: DomainSpace) -> None:
-        """Start a run in ``space``."""
-
-    def act(self, observation: np.ndarray) -> DomainWeights:
-        """The mixture for the next segment."""
+__all__ = ["UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
+           "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems"]
 
 
 class _Constant:
@@ -121,6 +109,63 @@ def make_policy(name: str, **params: Any) -> MixingPolicy:
 
 
 BASELINE_SPECS = ("uniform", "natural", "target_only", "replay:<rho>")
+_NEEDS_SHARES = ("natural", "target_only", "replay")
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSpec:
+    """A parsed baseline spec: ``name`` (``uniform``, ``natural``, ``target_only`` or ``replay``) and, for
+    ``replay``, the source-field share ``rho`` in [0, 1]."""
+
+    name: str
+    rho: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The name in tables: ``replay rho=0.5``, ``target-only``, ``uniform``."""
+        return f"replay rho={self.rho:g}" if self.name == "replay" else self.name.replace("_", "-")
+
+    def build(self, natural: Mapping[str, float] | None = None) -> MixingPolicy:
+        """The policy; ``natural`` (``{domain: token share}``) is needed by all but ``uniform``."""
+        if self.name in _NEEDS_SHARES and natural is None:
+            raise ConfigError("policy", [f"policy {self.name!r} needs the domains' natural token shares"])
+        if self.name == "uniform":
+            return UniformPolicy()
+        if self.name == "natural":
+            return NaturalPolicy(natural or {})
+        return ReplayPolicy(0.0 if self.name == "target_only" else float(self.rho or 0.0), natural)
+
+
+def baseline_problems(spec: str) -> list[str]:
+    """What is wrong with a baseline spec string (empty when it parses)."""
+    name, colon, rho = spec.partition(":")
+    if name == "replay":
+        try:
+            ok = 0.0 <= float(rho) <= 1.0
+        except ValueError:
+            ok = False
+        return [] if ok else [f"{spec!r} needs a rho in [0, 1], e.g. 'replay:0.5'"]
+    if name in BASELINE_SPECS and not colon:
+        return []
+    return [f"unknown baseline {spec!r}{suggest(name, BASELINE_SPECS)}; known: {', '.join(BASELINE_SPECS)}"]
+
+
+def parse_baseline(spec: str) -> BaselineSpec | None:
+    """Parse ``uniform``, ``natural``, ``target_only`` or ``replay:<rho>``; ``None`` when ``spec`` is not
+    a baseline spec at all (e.g. an artifact path).
+
+    Raises:
+        ConfigError: ``replay`` without a share in [0, 1].
+    """
+    name, colon, rho = spec.partition(":")
+    if name == "replay":
+        problems = baseline_problems(spec)
+        if problems:
+            raise ConfigError("policy", [f"replay needs a share in [0, 1]: 'replay:0.5', got {spec!r}"])
+        return BaselineSpec("replay", float(rho))
+    if name in BASELINE_SPECS and not colon:
+        return BaselineSpec(name)
+    return None
 
 
 def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> MixingPolicy:
@@ -130,26 +175,20 @@ def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> M
     Args:
         spec: the spec string.
         natural: ``{domain: token share}``, needed by ``natural``, ``target_only`` and ``replay``.
+
+    Raises:
+        ConfigError: an unknown spec (with a suggestion), a bad ``rho``, or missing natural shares.
+        CorruptArtifactError, SchemaVersionError: an artifact directory that does not load.
     """
     from pathlib import Path
 
-    name, _, rho = spec.partition(":")
-    if name in ("natural", "target_only", "replay") and natural is None:
-        raise ConfigError("policy", [f"policy {spec!r} needs the domains' natural token shares"])
-    if name == "uniform" and not rho:
-        return UniformPolicy()
-    if name == "natural" and not rho:
-        return NaturalPolicy(natural)
-    if name == "target_only" and not rho:
-        return ReplayPolicy(0.0, natural)
-    if name == "replay":
-        try:
-            return ReplayPolicy(float(rho), natural)
-        except ValueError:
-            raise ConfigError("policy", [f"replay needs a share: 'replay:0.5', got {spec!r}"]) from None
+    baseline = parse_baseline(spec)
+    if baseline is not None:
+        return baseline.build(natural)
     if Path(spec).is_dir():
-        from mixagent.agent.artifact import load_policy
+        from mixagent.policies.artifact import load_policy
 
         return load_policy(spec)
-    raise ConfigError("policy", [f"unknown policy {spec!r}{suggest(name, BASELINE_SPECS)}: give one of "
-                                 f"{', '.join(BASELINE_SPECS)} or a policy artifact directory (runs/agent/<name>/rl)"])
+    raise ConfigError("policy", [f"unknown policy {spec!r}{suggest(spec.partition(':')[0], BASELINE_SPECS)}: give "
+                                 f"one of {', '.join(BASELINE_SPECS)} or a policy artifact directory "
+                                 f"(runs/agent/<name>/rl)"])

@@ -6,8 +6,8 @@ import dataclasses
 from collections.abc import Generator
 
 from mixagent.domains import weights_to_action
-from mixagent.env import MixingEnv
-from mixagent.evaluation import EvalResult
+from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
 
 __all__ = ["Rollout", "rollout", "iter_rollout"]

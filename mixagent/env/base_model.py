@@ -1,4 +1,4 @@
-"""``make base-model`` (``python -m mixagent.base_model``): pre-train the proxy on the source field at its
+"""``make base-model`` (``python -m mixagent.env.base_model``): pre-train the proxy on the source field at its
 natural proportions and cache the checkpoint (safetensors + meta.json with its sha256) by config hash."""
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import torch
 from tqdm import tqdm
 
 from mixagent.config import config_hash, load_config, to_dict
+from mixagent.data.tokenizer import TokenizerConfig, get_tokenizer, tokenizer_dir
 from mixagent.domains import Domain, DomainSpace
+from mixagent.env.model import ModelConfig, build_model, count_parameters, resolve_size
+from mixagent.env.proxy import OptimConfig, make_optimizer, train_segment
 from mixagent.errors import CorruptArtifactError, MixagentError
-from mixagent.model import ModelConfig, build_model, count_parameters, resolve_size
 from mixagent.paths import CONFIGS_DIR, data_root, staged_dir
-from mixagent.proxy import MixtureSampler, OptimConfig, make_optimizer, train_segment
-from mixagent.tokenizer import TokenizerConfig, get_tokenizer, tokenizer_dir
+from mixagent.sampling import MixtureSampler
 
 __all__ = ["BaseModelConfig", "BaseModel", "get_base_model", "SOURCE_CORPORA"]
 
@@ -33,7 +34,7 @@ SOURCE_CORPORA = ("wiki", "news", "fiction", "politics", "foldoc", "gcide", "wor
 @dataclasses.dataclass(frozen=True)
 class BaseModelConfig:
     """Args:
-        size: proxy size, one of ``mixagent.model.MODEL_SIZES`` (``0.5m``, ``2m``, ``8m``).
+        size: proxy size, one of ``mixagent.env.model.MODEL_SIZES`` (``0.5m``, ``2m``, ``8m``).
         seq_len: context length.
         corpora: source-field corpora, mixed at their natural token shares.
         tokens: pre-training tokens.
@@ -51,9 +52,9 @@ class BaseModelConfig:
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
 
     def check(self) -> list[str]:
-        from mixagent.domains import unknown_corpora
+        from mixagent.data.sources import unknown_corpora
+        from mixagent.env.model import MODEL_SIZES
         from mixagent.errors import suggest
-        from mixagent.model import MODEL_SIZES
 
         problems = [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
         if self.size not in MODEL_SIZES:
@@ -95,11 +96,11 @@ def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseMod
         expected = meta["sha256"]
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptArtifactError(f"base model meta {meta_path} is unreadable ({exc}); rebuild it with "
-                                   f"`make base-model` (runs python -m mixagent.base_model --rebuild)") from None
+                                   f"`make base-model` (runs python -m mixagent.env.base_model --rebuild)") from None
     if not weights.exists() or _sha256(weights) != expected:
         raise CorruptArtifactError(f"base model {weights} does not match the sha256 in {meta_path}; it is corrupt "
                                    f"or was modified. Rebuild it with `make base-model` "
-                                   f"(python -m mixagent.base_model --rebuild)")
+                                   f"(python -m mixagent.env.base_model --rebuild)")
     mcfg = cfg.model_config(len(tokenizer))
     model = build_model(mcfg)
     load_model(model, str(weights))
@@ -130,7 +131,7 @@ def get_base_model(cfg: BaseModelConfig, root: Path | None = None, rebuild_corru
 def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: Path) -> BaseModel:
     from safetensors.torch import save_model
 
-    from mixagent.domain_data import DomainData
+    from mixagent.data.domain_data import DomainData
 
     space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora], fields=("source",))
     data = DomainData(space, tokenizer, tok_hash, root)
@@ -169,7 +170,7 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixagent.base_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mixagent.env.base_model", description=__doc__)
     parser.add_argument("--config", default=str(CONFIGS_DIR / "base_model/default.yaml"))
     parser.add_argument("--rebuild", action="store_true", help="rebuild a checkpoint that fails its hash check")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tokens=1000000")

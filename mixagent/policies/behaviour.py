@@ -34,7 +34,8 @@ import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, suggest
-from mixagent.policies import MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy
+from mixagent.policies.baselines import NaturalPolicy, ReplayPolicy, UniformPolicy
+from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["BehaviourSpec", "BehaviourMix", "BEHAVIOURS", "DirichletPolicy", "RandomWalkPolicy",
            "ReplaySchedulePolicy", "EpsilonPolicy", "step_of"]
@@ -235,7 +236,7 @@ class BehaviourSpec:
     """One behaviour of a collect config's mixture of behaviours.
 
     Args:
-        name: a registered behaviour (``mixagent.behaviour.BEHAVIOURS``).
+        name: a registered behaviour (``mixagent.policies.behaviour.BEHAVIOURS``).
         weight: its probability mass in the mixture (normalised over all behaviours).
         params: its parameters: a value, ``{range: [lo, hi]}``, ``{log_range: [lo, hi]}`` or
             ``{choice: [...]}``; unnamed parameters take the behaviour's defaults.

@@ -1,20 +1,20 @@
-"""Training the proxy LM on a mixture: the per-domain window sampler, the learning-rate schedule and the
-flat training-segment loop (fp32, a few threads, micro-batches of ~8 sequences)."""
+"""Training the proxy LM on a mixture: the learning-rate schedule and the flat training-segment loop (fp32,
+a few threads, micro-batches of ~8 sequences). Batches come from :class:`mixagent.sampling.MixtureSampler`,
+the sampler deployment uses too."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixagent.errors import DataMissingError
+from mixagent.sampling import MixtureSampler
 
-__all__ = ["OptimConfig", "MixtureSampler", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
+__all__ = ["OptimConfig", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,39 +70,6 @@ def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opti
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
                              foreach=True)
-
-
-class MixtureSampler:
-    """Draws training windows of ``length`` tokens: domain ~ Categorical(weights), then the next window
-    of that domain's shuffled window order (a per-domain cursor, so text repeats only after a full pass).
-
-    Args:
-        streams: one token stream per domain.
-        length: tokens per window (sequence length + 1 for the shifted targets).
-        seed: seeds the window orders and the domain draws.
-    """
-
-    def __init__(self, streams: list[np.ndarray], length: int, seed: int, names: Sequence[str] | None = None) -> None:
-        self.streams = streams
-        self.length = length
-        self.rng = np.random.Generator(np.random.PCG64(seed))
-        self.n_windows = np.array([len(s) // length for s in streams])
-        if np.any(self.n_windows == 0):
-            empty = [names[i] if names else i for i in np.flatnonzero(self.n_windows == 0)]
-            raise DataMissingError(f"domains {empty} have fewer than {length} training tokens; give them more "
-                                   f"data (corpus max_bytes, fewer clusters) or drop them from the space")
-        self.orders = [self.rng.permutation(n) for n in self.n_windows]
-        self.cursors = np.zeros(len(streams), dtype=np.int64)
-
-    def sample(self, weights: np.ndarray, n: int) -> np.ndarray:
-        """``(n, length)`` int64 windows drawn under ``weights``."""
-        domains = self.rng.choice(len(self.streams), size=n, p=weights)
-        out = np.empty((n, self.length), dtype=np.int64)
-        for row, d in enumerate(domains):
-            w = self.orders[d][self.cursors[d] % self.n_windows[d]]
-            self.cursors[d] += 1
-            out[row] = self.streams[d][w * self.length: (w + 1) * self.length]
-        return out
 
 
 @dataclasses.dataclass

@@ -20,13 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from mixagent.data.build import read_split, read_tasks
-from mixagent.domain_data import DomainData
-from mixagent.domains import FIELDS, DomainSpace, unknown_corpora
+from mixagent.data.domain_data import DomainData
+from mixagent.data.sources import unknown_corpora
+from mixagent.domains import FIELDS, DomainSpace
 from mixagent.errors import ConfigError, suggest
 
 __all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items"]
 
 BENCHMARK_KINDS = ("champ_mc", "cloze")
+LOSS_UNITS = ("byte", "token")  # EvalResult.bpb is in bits per byte or bits per token
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,11 +105,14 @@ class EvalResult:
     """Raw evaluation numbers after one segment (never normalised; rewards derive from these).
 
     Attributes:
-        bpb: held-out bits per byte per domain name.
+        bpb: held-out loss per domain name, in bits per ``unit``: bits per byte (tokenizer-independent) in
+            the environment; bits per token in deployments that give no byte lengths.
         scores: per field, mean probability on the gold choice of its benchmark.
         accuracy: per field, benchmark accuracy.
         tokens_seen: training tokens consumed so far in the run.
         eval_tokens: tokens processed by this evaluation.
+        unit: ``"byte"`` or ``"token"``, what ``bpb`` is per (JSON omits the default ``"byte"``, so
+            trajectory files keep their format).
     """
 
     bpb: dict[str, float]
@@ -115,9 +120,17 @@ class EvalResult:
     accuracy: dict[str, float]
     tokens_seen: int = 0
     eval_tokens: int = 0
+    unit: str = "byte"
+
+    def __post_init__(self) -> None:
+        if self.unit not in LOSS_UNITS:
+            raise ValueError(f"EvalResult.unit must be one of {LOSS_UNITS}, got {self.unit!r}")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["unit"] == "byte":
+            del d["unit"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> EvalResult:
@@ -202,7 +215,7 @@ class Evaluator:
         data: the space's domain data (validation windows).
         spec: budget and benchmarks.
         tokenizer: the proxy's tokenizer.
-        byte_lengths: bytes per token id (``mixagent.tokenizer.token_byte_lengths``).
+        byte_lengths: bytes per token id (``mixagent.data.tokenizer.token_byte_lengths``).
         seq_len: the model's context length.
     """
 

@@ -8,14 +8,15 @@ from typing import Protocol
 
 import numpy as np
 
-from mixagent.base_model import get_base_model
-from mixagent.domain_data import DomainData
+from mixagent.data.domain_data import DomainData
+from mixagent.data.tokenizer import token_byte_lengths
 from mixagent.domains import FIELDS, DomainSpace
+from mixagent.env.base_model import get_base_model
+from mixagent.env.evaluation import EvalResult, Evaluator
+from mixagent.env.proxy import SegmentStats, make_optimizer, train_segment
+from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
-from mixagent.evaluation import EvalResult, Evaluator
-from mixagent.proxy import MixtureSampler, SegmentStats, make_optimizer, train_segment
-from mixagent.spec import EnvSpec
-from mixagent.tokenizer import token_byte_lengths
+from mixagent.sampling import MixtureSampler
 
 __all__ = ["ProxyBackend", "LMBackend", "AnalyticBackend", "make_backend"]
 
@@ -95,15 +96,13 @@ class LMBackend:
     def state(self) -> dict:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-                "sampler": (copy.deepcopy(self.sampler.rng.bit_generator.state), self.sampler.cursors.copy()),
+                "sampler": self.sampler.state(),
                 "tokens_seen": self.tokens_seen}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        rng_state, cursors = state["sampler"]
-        self.sampler.rng.bit_generator.state = copy.deepcopy(rng_state)
-        self.sampler.cursors = cursors.copy()
+        self.sampler.restore(state["sampler"])
         self.tokens_seen = state["tokens_seen"]
 
 

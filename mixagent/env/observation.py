@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from mixagent.domains import FIELDS, DomainSpace
-from mixagent.evaluation import EvalResult
+from mixagent.env.evaluation import EvalResult
 
 __all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP"]
 

@@ -9,13 +9,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mixagent.backends import ProxyBackend, make_backend
-from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
+from mixagent.data.sources import load_space
+from mixagent.domains import DomainWeights, action_to_weights, check_action_mapping
+from mixagent.env.backends import ProxyBackend, make_backend
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.observation import CLIP, ObservationBuilder
+from mixagent.env.rewards import balanced_score, step_reward
+from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ActionError, ConfigError, WeightsError
-from mixagent.evaluation import EvalResult
-from mixagent.observation import CLIP, ObservationBuilder
-from mixagent.rewards import balanced_score, step_reward
-from mixagent.spec import EnvSpec, load_spec
 
 __all__ = ["MixingEnv"]
 
@@ -39,14 +40,14 @@ class MixingEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(-10, 10, (3K + 5,), float32)`` built by ``mixagent.observation.ObservationBuilder``: current
+    ``Box(-10, 10, (3K + 5,), float32)`` built by ``mixagent.env.observation.ObservationBuilder``: current
     weights; per-domain bits per byte relative to the start and its change since the last step; per-field
     benchmark scores relative to the start and their last change; progress ``t/T``.
 
     ## Rewards
 
     The change of a balanced score ``B_t = lam * target_improvement + (1 - lam) * source_improvement``
-    (each relative to the start of the run; ``mixagent.rewards``), so the return is ``B_T - B_0``.
+    (each relative to the start of the run; ``mixagent.env.rewards``), so the return is ``B_T - B_0``.
     ``info["balanced_score"]`` holds ``B_t``; ``info["eval"]`` the raw EvalResult. Wall-clock timings of
     the last step (not deterministic, so not in ``info``) are in ``env.unwrapped.timings``.
 
@@ -62,8 +63,8 @@ class MixingEnv(gym.Env):
 
     ## Arguments
 
-    ``spec``: an :class:`~mixagent.spec.EnvSpec` or the path of an ``envs/*.yaml`` file;
-    ``backend``: an optional :class:`~mixagent.backends.ProxyBackend` (default: the spec's);
+    ``spec``: an :class:`~mixagent.env.spec.EnvSpec` or the path of an ``envs/*.yaml`` file;
+    ``backend``: an optional :class:`~mixagent.env.backends.ProxyBackend` (default: the spec's);
     ``overrides``: ``key=value`` strings applied to the spec file.
 
     ## Version History
@@ -79,7 +80,7 @@ class MixingEnv(gym.Env):
             raise ConfigError("MixingEnv", [f"render_mode {render_mode!r} is not supported; use one of "
                                             f"{self.metadata['render_modes']} or None"])
         self.spec_ = spec if isinstance(spec, EnvSpec) else load_spec(spec, overrides)
-        self.space = DomainSpace.from_yaml(self.spec_.space_path())
+        self.space = load_space(self.spec_.space_path())
         check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
         self.obs_builder = ObservationBuilder(self.space)

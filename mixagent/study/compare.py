@@ -10,10 +10,10 @@ import numpy as np
 from tqdm import tqdm
 
 from mixagent.domains import DomainSpace
-from mixagent.env import MixingEnv
-from mixagent.evaluation import EvalResult
+from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
-from mixagent.rollout import Rollout, rollout
+from mixagent.study.rollout import Rollout, rollout
 
 __all__ = ["summarize", "compare", "format_table", "METRICS"]
 

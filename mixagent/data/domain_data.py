@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from mixagent.data.build import check_corpora, corpora_dir
+from mixagent.data.labeller import ClusterLabels, cluster_labels
+from mixagent.data.tokens import TokenizedSplit, load_tokenized
 from mixagent.domains import DomainSpace
-from mixagent.labeller import ClusterLabels, cluster_labels
 from mixagent.paths import data_root
-from mixagent.tokens import TokenizedSplit, load_tokenized
 
 __all__ = ["DomainData"]
 

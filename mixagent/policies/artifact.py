@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +21,9 @@ import numpy as np
 import torch
 
 from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
-from mixagent.errors import CorruptArtifactError, SchemaVersionError, WeightsError
-from mixagent.observation import OBSERVATION_VERSION
+from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
+from mixagent.paths import atomic_write_bytes, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError"]
 
@@ -40,15 +40,12 @@ class ArtifactMismatchError(WeightsError):
 def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``out/policy.safetensors`` and ``out/meta.json`` (each through a temporary file and an atomic
     rename; the meta records the weights' sha256, so a torn or swapped pair is detected on load)."""
-    from safetensors.torch import save_file
-
-    from mixagent.trajectories.store import atomic_write_json
+    from safetensors.torch import save
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}, str(tmp))
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, out / WEIGHTS_FILE)
+    raw = save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()})
+    digest = hashlib.sha256(raw).hexdigest()
+    atomic_write_bytes(out / WEIGHTS_FILE, raw)
     full = {"kind": KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest, **meta,
             "versions": {"torch": torch.__version__, "python": platform.python_version(), **meta.get("versions", {})}}
     atomic_write_json(out / META_FILE, full)
@@ -160,7 +157,7 @@ class AgentPolicy:
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         if self.space is None:
-            raise RuntimeError("call reset(space) before act()")
+            raise UsageError(f"{self!r}: call reset(space) before act()")
         return action_to_weights(self.space, self.action(observation), self.temperature, self.floor)
 
     def __repr__(self) -> str:
@@ -175,7 +172,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy:
 def random_artifact(out: Path, space: DomainSpace, hidden: Sequence[int] = (64, 64), seed: int = 0) -> Path:
     """A randomly initialised policy artifact for ``space`` (timing, tests and demos before an agent is
     trained; its mixtures are arbitrary)."""
-    from mixagent.observation import ObservationBuilder  # the artifact module itself stays light
+    from mixagent.env.observation import ObservationBuilder  # the artifact module itself stays light
 
     g = torch.Generator().manual_seed(seed)
     k, dim = space.k, ObservationBuilder(space).dim

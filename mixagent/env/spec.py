@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mixagent.base_model import BaseModelConfig
 from mixagent.config import config_hash, load_config, to_dict
-from mixagent.evaluation import EvalSpec
+from mixagent.env.base_model import BaseModelConfig
+from mixagent.env.evaluation import EvalSpec
+from mixagent.env.proxy import OptimConfig
+from mixagent.env.rewards import REWARDS
 from mixagent.paths import REPO_ROOT
-from mixagent.proxy import OptimConfig
-from mixagent.rewards import REWARDS
 
 __all__ = ["ActionSpec", "RewardSpec", "EnvSpec", "load_spec"]
 
@@ -34,7 +34,7 @@ class ActionSpec:
 @dataclasses.dataclass(frozen=True)
 class RewardSpec:
     """Args:
-        name: a registered reward (``mixagent.rewards.REWARDS``).
+        name: a registered reward (``mixagent.env.rewards.REWARDS``).
         lam: weight of the target field in the balanced score (1 - lam for the source field).
     """
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mixagent.config import config_hash
 from mixagent.data.build import corpora_dir, read_manifest, read_split
-from mixagent.paths import data_root
+from mixagent.paths import atomic_write_json, data_root
 
 __all__ = ["ClusterLabels", "cluster_labels"]
 
@@ -93,11 +92,5 @@ def cluster_labels(corpora: list[str], k: int, root: Path | None = None, seed: i
     top_terms = [terms[np.argsort(-c)[:5]].tolist() for c in km.cluster_centers_]
     body = {"corpora": corpora, "sizes": sizes, "labels": labels, "eval_order": eval_order, "top_terms": top_terms}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as fh:
-        tmp = Path(fh.name)
-    try:
-        tmp.write_text(json.dumps({"sha": config_hash(body), "body": body}))
-        tmp.rename(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_json(path, {"sha": config_hash(body), "body": body}, indent=None)
     return ClusterLabels(corpora, sizes, labels, eval_order, top_terms)

@@ -1,4 +1,5 @@
-"""Launchers run collection trees on workers and stream their events back to the driver (the one writer).
+"""Launchers run a job's tasks (collection trees, online-evaluation episodes) on workers and stream their
+events back to the driver (the one writer).
 
 * ``inline``: in the driver process (debugging; tests inject env factories through it).
 * ``local`` (default): a pool of worker processes on this machine fed from one task queue.
@@ -8,6 +9,10 @@
 A worker builds its runner once (``setup.make_runner()``: a collection ``TreeRunner``, or the agent's
 online-evaluation runner), then runs tasks (``runner.run(*task)``) until they run out. Tasks are
 independent and deterministic, so which worker runs which task does not change the results.
+
+Events are small dataclasses: the launcher's own (:class:`Ready`, one per worker) and the runner's (the
+job defines them, e.g. ``mixagent.trajectories.tree.Step``). A failed worker raises :class:`WorkerError`
+in the driver; what the driver stored before is kept, and the job's ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -23,10 +29,32 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from mixagent.errors import CollectWorkerError, ConfigError
+from mixagent.errors import ConfigError, WorkerError
 
 __all__ = ["Launcher", "Runner", "RunnerSetup", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
-           "cpu_count"]
+           "cpu_count", "Ready"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    """A worker built its runner; ``identity`` is the runner's (its env, base model, data)."""
+
+    identity: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerDone:
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _WorkerFailed:
+    where: str
+    traceback: str
+
+
+_KEPT = ("what the driver stored before (trajectories, episodes) is kept: fix the cause and rerun the same "
+         "command with --resume")
 
 
 class Runner(Protocol):
@@ -34,8 +62,8 @@ class Runner(Protocol):
 
     identity: dict
 
-    def run(self, *task: Any) -> Iterator[tuple]:
-        """Yield the task's events."""
+    def run(self, *task: Any) -> Iterator[Any]:
+        """Yield the task's events (picklable dataclasses)."""
 
 
 class RunnerSetup(Protocol):
@@ -56,10 +84,10 @@ def cpu_count() -> int:
 
 
 class Launcher(Protocol):
-    """Runs tasks on ``workers`` workers and yields the runners' events (plus one ``ready`` per worker)."""
+    """Runs tasks on ``workers`` workers and yields the runners' events (plus one :class:`Ready` per worker)."""
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
-        """Yield events until every task is done; raise :class:`CollectWorkerError` if a worker fails."""
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
+        """Yield events until every task is done; raise :class:`WorkerError` if a worker fails."""
 
     def close(self) -> None:
         """Stop every worker (also after an error)."""
@@ -71,9 +99,9 @@ class InlineLauncher:
     def __init__(self, workers: int = 1, address: str = "") -> None:
         self.runner: Runner | None = None
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
         self.runner = self.runner or setup.make_runner()
-        yield ("ready", self.runner.identity)
+        yield Ready(self.runner.identity)
         for task in tasks:
             yield from self.runner.run(*task)
 
@@ -91,15 +119,15 @@ def _local_worker(setup: RunnerSetup, tasks: mp.Queue, events: mp.Queue, parent:
     _die_with_parent()
     try:
         runner = setup.make_runner()
-        events.put(("ready", runner.identity))
+        events.put(Ready(runner.identity))
         while (task := tasks.get()) is not None:
             for event in runner.run(*task):
                 if os.getppid() != parent:  # the driver is gone (non-Linux fallback)
                     return
                 events.put(event)
-        events.put(("worker_done", os.getpid()))
+        events.put(_WorkerDone(os.getpid()))
     except BaseException:  # noqa: BLE001  (anything a worker hits is reported to the driver)
-        events.put(("error", f"worker pid {os.getpid()}", traceback.format_exc()))
+        events.put(_WorkerFailed(f"worker pid {os.getpid()}", traceback.format_exc()))
 
 
 class LocalLauncher:
@@ -113,7 +141,7 @@ class LocalLauncher:
         self.workers = workers
         self.procs: list[mp.Process] = []
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
         ctx = mp.get_context("spawn")
         task_q, event_q = ctx.Queue(), ctx.Queue()
         for task in tasks:
@@ -121,7 +149,7 @@ class LocalLauncher:
         for _ in range(self.workers):
             task_q.put(None)
         self.procs = [ctx.Process(target=_local_worker, args=(setup, task_q, event_q, os.getpid()), daemon=True,
-                                  name=f"mixagent-collect-{i}") for i in range(self.workers)]
+                                  name=f"mixagent-worker-{i}") for i in range(self.workers)]
         for p in self.procs:  # spawn re-imports the caller's __main__: scripts need an `if __name__ == "__main__":`
             p.start()
         finished = 0
@@ -131,15 +159,13 @@ class LocalLauncher:
             except queue.Empty:
                 dead = [p for p in self.procs if p.exitcode not in (None, 0)]
                 if dead:
-                    raise CollectWorkerError(f"worker {dead[0].name} died with exit code {dead[0].exitcode} "
-                                             f"(a negative code is the signal, e.g. -9 = killed, often out of "
-                                             f"memory); finished trajectories are kept, rerun with --resume") from None
+                    raise WorkerError(f"worker {dead[0].name} died with exit code {dead[0].exitcode} (a negative "
+                                  f"code is the signal, e.g. -9 = killed, often out of memory); {_KEPT}") from None
                 continue
-            if event[0] == "worker_done":
+            if isinstance(event, _WorkerDone):
                 finished += 1
-            elif event[0] == "error":
-                raise CollectWorkerError(f"{event[1]} failed; finished trajectories are kept, fix the cause and "
-                                         f"rerun with --resume. Its traceback:\n{event[2]}")
+            elif isinstance(event, _WorkerFailed):
+                raise WorkerError(f"{event.where} failed; {_KEPT}. Its traceback:\n{event.traceback}")
             else:
                 yield event
 
@@ -162,7 +188,7 @@ class _RayWorker:
     def identity(self) -> dict:
         return self.runner.identity
 
-    def run(self, *task: Any) -> Iterator[tuple]:
+    def run(self, *task: Any) -> Iterator[Any]:
         yield from self.runner.run(*task)
 
 
@@ -184,7 +210,7 @@ class RayLauncher:
         self.actors: list = []
         self._started = False
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[tuple]:
+    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
         ray = self.ray
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.workers * setup.threads}
@@ -194,7 +220,7 @@ class RayLauncher:
         self.actors = [actor_cls.remote(setup) for _ in range(self.workers)]
         try:
             for identity in ray.get([a.identity.remote() for a in self.actors]):
-                yield ("ready", identity)
+                yield Ready(identity)
             pending = collections.deque(tasks)
             running: dict = {}
 
@@ -214,8 +240,7 @@ class RayLauncher:
                         continue
                     yield event
         except ray.exceptions.RayError as exc:
-            raise CollectWorkerError(f"a Ray worker failed; finished trajectories are kept, fix the cause and "
-                                     f"rerun with --resume. Ray says:\n{exc}") from None
+            raise WorkerError(f"a Ray worker failed; {_KEPT}. Ray says:\n{exc}") from None
 
     def close(self) -> None:
         for actor in self.actors:

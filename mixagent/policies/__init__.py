@@ -1,0 +1,25 @@
+"""Mixing policies: the :class:`MixingPolicy` protocol, the baselines (and the one baseline-spec parser),
+the seeded behaviour policies of collection, and the policy artifact format with its loader (plain torch,
+no d3rlpy). Names load lazily.
+
+* ``protocol``: :class:`MixingPolicy`; ``baselines``: uniform, natural, fixed, replay, target-only,
+  :func:`policy_from_spec`, :func:`parse_baseline`; ``behaviour``: Dirichlet, random-walk, piecewise
+  replay and epsilon behaviours; ``artifact``: ``policy.safetensors`` + ``meta.json``, :func:`load_policy`.
+"""
+
+from __future__ import annotations
+
+from mixagent._lazy import lazy_exports
+
+__all__ = ["MixingPolicy", "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES",
+           "make_policy", "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline",
+           "baseline_problems", "BehaviourSpec", "BehaviourMix", "BEHAVIOURS", "AgentPolicy", "load_policy",
+           "write_artifact", "random_artifact", "ArtifactMismatchError"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "MixingPolicy": "protocol", **{n: "baselines" for n in (
+        "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
+        "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems")},
+    "BehaviourSpec": "behaviour", "BehaviourMix": "behaviour", "BEHAVIOURS": "behaviour",
+    **{n: "artifact" for n in ("AgentPolicy", "load_policy", "write_artifact", "random_artifact",
+                               "ArtifactMismatchError")}})

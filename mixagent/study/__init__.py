@@ -1,0 +1,12 @@
+"""Studies over policies in the real environment: rolling a policy out (``rollout``) and comparison tables
+over seeds (``compare``). The headroom audit, reports and plots land here too. Names load lazily."""
+
+from __future__ import annotations
+
+from mixagent._lazy import lazy_exports
+
+__all__ = ["Rollout", "rollout", "iter_rollout", "summarize", "compare", "format_table", "METRICS"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Rollout": "rollout", "rollout": "rollout", "iter_rollout": "rollout", "summarize": "compare",
+    "compare": "compare", "format_table": "compare", "METRICS": "compare"})

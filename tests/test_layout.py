@@ -1,0 +1,109 @@
+"""The package layout: every import points down the floors (ground <- data <- env <- policies <-
+{trajectories, deploy, study} <- agent <- CLIs), the module graph has no cycle, and package faces are lazy."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import mixagent
+
+PKG = Path(mixagent.__file__).parent
+GROUND = {"errors", "config", "paths", "workers", "domains", "sampling", "_lazy", "__init__"}
+FLOORS = {"data": 1, "env": 2, "policies": 3, "trajectories": 4, "deploy": 4, "study": 4, "agent": 5,
+          "demo": 6, "train_agent": 6}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """``{module: mixagent modules it imports}``, function-level (lazy) imports included."""
+    graph: dict[str, set[str]] = {}
+    for path in sorted(PKG.rglob("*.py")):
+        name = _module_name(path)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mixagent"):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("mixagent")}
+        graph[name] = found - {name}
+    return graph
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _floor(module: str) -> int:
+    room = _room(module)
+    return 0 if room in GROUND else FLOORS[room]
+
+
+def test_every_module_lives_on_a_known_floor():
+    unknown = sorted(m for m in _imports() if _room(m) not in GROUND and _room(m) not in FLOORS)
+    assert not unknown, f"modules outside the layout (add them to a room): {unknown}"
+
+
+def test_no_upward_import_and_siblings_stay_apart():
+    bad = []
+    for module, targets in _imports().items():
+        for t in targets:
+            if t == "mixagent":  # the package root only registers environments
+                continue
+            if _floor(t) > _floor(module) or (_floor(t) == _floor(module) and _floor(t) == 4
+                                                and _room(t) != _room(module)):
+                bad.append(f"{module} -> {t}")
+    assert not bad, "imports that point up (or across trajectories/deploy/study):\n" + "\n".join(sorted(bad))
+
+
+def test_deploy_never_imports_training_code():
+    graph = _imports()
+    bad = [f"{m} -> {t}" for m, ts in graph.items() if _room(m) == "deploy" for t in ts
+           if _room(t) in ("trajectories", "agent")]
+    assert not bad
+
+
+def test_module_graph_has_no_cycle():
+    imports = _imports()
+    # a package's face re-exports its submodules lazily: an import of the face stands for all of them
+    members = {m: {n for n in imports if n.startswith(m + ".")} for m in imports}
+    members["mixagent"] = set()  # the root only registers environments and holds the version
+    graph = {m: {u for t in ts if t in imports for u in ({t} | members[t]) - {m}} for m, ts in imports.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(t):] + [t]))
+            if t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_package_faces_are_lazy_and_cheap():
+    faces = ("import sys, mixagent, mixagent.agent, mixagent.policies, mixagent.env, mixagent.deploy, mixagent.study, "
+             "mixagent.trajectories, mixagent.data; ")
+    show = "print(sorted(m for m in sys.modules if m in {})); "
+    heavy = {"torch", "d3rlpy", "transformers", "mixagent.agent.train", "mixagent.policies.baselines"}
+    loaded = subprocess.run([sys.executable, "-c", faces + show.format(heavy)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]", f"importing the package faces loaded {loaded}"
+    used = subprocess.run([sys.executable, "-c", faces + "from mixagent.policies import parse_baseline; "
+                           + show.format(heavy)], capture_output=True, text=True, check=True).stdout.strip()
+    assert used == "['mixagent.policies.baselines']"  # a name resolves to its module on first use
