@@ -19,7 +19,7 @@ import shutil
 
 from mixagent.config import load_config
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
-from mixagent.trajectories.collect import CollectConfig, collect
+from mixagent.trajectories.collector import CollectConfig, collect
 from mixagent.trajectories.tree import TreeConfig
 
 OUT = REPO_ROOT / "runs/bench/collect"

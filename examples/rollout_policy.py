@@ -13,7 +13,7 @@ import gymnasium
 
 import mixagent  # noqa: F401  (registers mixagent/<spec>-v0)
 from mixagent.policies import ReplayPolicy
-from mixagent.study.rollout import rollout
+from mixagent.study.rollouts import rollout
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from mixagent.errors import AgentDataError, ConfigError, CorruptArtifactError, R
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 from mixagent.policies.artifact import ArtifactMismatchError, load_policy, write_artifact
 from mixagent.trajectories import Run
-from mixagent.trajectories.collect import CollectConfig, collect
+from mixagent.trajectories.collector import CollectConfig, collect
 from mixagent.trajectories.tree import TreeConfig
 from tests.test_trajectories import analytic_factory, tiny_config
 

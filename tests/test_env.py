@@ -118,7 +118,7 @@ def test_missing_data_directory_names_the_command(tiny_spec_path, tmp_path, monk
 
 def test_step_weights_trains_on_the_exact_mixture(tiny_spec_path):
     from mixagent.policies import ReplayPolicy
-    from mixagent.study.rollout import rollout
+    from mixagent.study.rollouts import rollout
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))

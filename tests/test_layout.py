@@ -107,3 +107,18 @@ def test_package_faces_are_lazy_and_cheap():
     used = subprocess.run([sys.executable, "-c", faces + "from mixagent.policies import parse_baseline; "
                            + show.format(heavy)], capture_output=True, text=True, check=True).stdout.strip()
     assert used == "['mixagent.policies.baselines']"  # a name resolves to its module on first use
+
+
+def test_face_names_stay_objects_after_their_modules_are_imported():
+    """Importing ``pkg.sub`` sets ``pkg.sub`` to the module; a face export with a module's name would be
+    shadowed by it, so no export may share a submodule's name."""
+    code = ("import importlib, pkgutil, types, mixagent\n"
+            "for m in pkgutil.walk_packages(mixagent.__path__, 'mixagent.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "bad = []\n"
+            "for face in ('agent', 'policies', 'env', 'deploy', 'study', 'trajectories', 'data'):\n"
+            "    pkg = importlib.import_module('mixagent.' + face)\n"
+            "    bad += [f'{face}.{n}' for n in pkg.__all__ if isinstance(getattr(pkg, n), types.ModuleType)]\n"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.splitlines()[-1] == "[]"

@@ -8,7 +8,7 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, UnknownDomainError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies import FixedPolicy, MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy, make_policy
-from mixagent.study.rollout import rollout
+from mixagent.study.rollouts import rollout
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_rollout_in_the_env(tiny_spec_path):
 
 
 def test_demo_table_reports_mean_and_spread(tiny_spec_path):
-    from mixagent.study.compare import compare, format_table
+    from mixagent.study.tables import compare, format_table
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))

@@ -7,7 +7,7 @@ import pytest
 from mixagent.env.environment import MixingEnv
 from mixagent.paths import ENVS_DIR
 from mixagent.policies import ReplayPolicy, UniformPolicy
-from mixagent.study.rollout import rollout
+from mixagent.study.rollouts import rollout
 
 pytestmark = pytest.mark.slow
 

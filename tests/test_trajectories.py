@@ -29,7 +29,7 @@ from mixagent.policies.behaviour import BehaviourMix
 from mixagent.trajectories import Run, read_trajectory
 from mixagent.trajectories import store as store_mod
 from mixagent.trajectories.__main__ import main as cli
-from mixagent.trajectories.collect import CollectConfig, collect, plan_workers
+from mixagent.trajectories.collector import CollectConfig, collect, plan_workers
 from mixagent.trajectories.tree import TreeConfig
 
 

@@ -22,8 +22,8 @@ from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
 from mixagent.paths import atomic_write_json
 from mixagent.policies import MixingPolicy, baseline_problems, parse_baseline, policy_from_spec
-from mixagent.study.compare import summarize
-from mixagent.study.rollout import iter_rollout
+from mixagent.study.rollouts import iter_rollout
+from mixagent.study.tables import summarize
 from mixagent.workers import InlineLauncher, LocalLauncher, Ready, cpu_count
 
 __all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_label", "check_held_out"]
@@ -60,7 +60,7 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True)
 class Episode:
-    """An evaluation episode ended; ``summary`` is its :func:`~mixagent.study.compare.summarize` row."""
+    """An evaluation episode ended; ``summary`` is its :func:`~mixagent.study.tables.summarize` row."""
 
     label: str
     seed: int

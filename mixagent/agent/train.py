@@ -50,7 +50,7 @@ from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 from mixagent.policies.artifact import write_artifact
-from mixagent.study.compare import format_table
+from mixagent.study.tables import format_table
 
 __all__ = ["train_agent", "AgentResult", "MetricSink"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from mixagent._lazy import lazy_exports
 
-__all__ = ["DataConfig", "build", "read_split", "SOURCES", "load_space", "DomainData", "get_tokenizer",
+__all__ = ["DataConfig", "read_split", "SOURCES", "load_space", "DomainData", "get_tokenizer",
            "TokenizerConfig", "load_tokenized", "cluster_labels"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "DataConfig": "build", "build": "build", "read_split": "build", "SOURCES": "sources",
+    "DataConfig": "build", "read_split": "build", "SOURCES": "sources",
     "load_space": "sources", "DomainData": "domain_data", "get_tokenizer": "tokenizer",
     "TokenizerConfig": "tokenizer", "load_tokenized": "tokens", "cluster_labels": "labeller"})

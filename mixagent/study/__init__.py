@@ -1,5 +1,5 @@
-"""Studies over policies in the real environment: rolling a policy out (``rollout``) and comparison tables
-over seeds (``compare``). The headroom audit, reports and plots land here too. Names load lazily."""
+"""Studies over policies in the real environment: rolling a policy out (``rollouts``) and comparison tables
+over seeds (``tables``). The headroom audit, reports and plots land here too. Names load lazily."""
 
 from __future__ import annotations
 
@@ -8,5 +8,5 @@ from mixagent._lazy import lazy_exports
 __all__ = ["Rollout", "rollout", "iter_rollout", "summarize", "compare", "format_table", "METRICS"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "Rollout": "rollout", "rollout": "rollout", "iter_rollout": "rollout", "summarize": "compare",
-    "compare": "compare", "format_table": "compare", "METRICS": "compare"})
+    "Rollout": "rollouts", "rollout": "rollouts", "iter_rollout": "rollouts", "summarize": "tables",
+    "compare": "tables", "format_table": "tables", "METRICS": "tables"})

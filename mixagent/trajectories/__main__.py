@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _collect(args) -> int:
     from mixagent.config import load_config
-    from mixagent.trajectories.collect import CollectConfig, collect
+    from mixagent.trajectories.collector import CollectConfig, collect
 
     overrides = list(args.overrides)
     if args.address:
@@ -61,7 +61,7 @@ def _collect(args) -> int:
 
 
 def _ls(args) -> int:
-    from mixagent.trajectories.collect import run_stats
+    from mixagent.trajectories.collector import run_stats
     from mixagent.trajectories.store import Run, list_runs
 
     runs = list_runs(Path(args.root))
@@ -83,7 +83,7 @@ def _ls(args) -> int:
 
 
 def _stats(args) -> int:
-    from mixagent.trajectories.collect import format_stats, run_stats
+    from mixagent.trajectories.collector import format_stats, run_stats
     from mixagent.trajectories.store import Run
 
     stats = run_stats(Run(_run_path(args.run, Path(args.root))), read_files=True)

@@ -13,7 +13,7 @@ from mixagent.domains import DomainSpace
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
-from mixagent.study.rollout import Rollout, rollout
+from mixagent.study.rollouts import Rollout, rollout
 
 __all__ = ["summarize", "compare", "format_table", "METRICS"]
 
