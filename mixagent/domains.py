@@ -9,6 +9,7 @@ one k-means cluster of a field's documents (``cluster: 3`` of a ``clusters`` blo
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -258,10 +259,10 @@ class DomainWeights:
 
 
 def check_action_mapping(k: int, temperature: float, floor: float) -> None:
-    """Raise ConfigError unless ``temperature > 0`` and ``0 <= floor * k < 1``."""
-    if temperature <= 0:
-        raise ConfigError("action mapping", [f"temperature must be > 0, got {temperature}"])
-    if not 0 <= floor * k < 1:
+    """Raise ConfigError unless ``temperature`` is a finite number > 0 and ``0 <= floor * k < 1``."""
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError("action mapping", [f"temperature must be a finite number > 0, got {temperature}"])
+    if not (isinstance(floor, int | float) and math.isfinite(floor) and 0 <= floor * k < 1):
         raise ConfigError("action mapping", [f"floor * K must be in [0, 1), got floor={floor}, K={k}; "
                                              f"use floor < {1 / k:.4g}"])
 

@@ -113,7 +113,35 @@ def test_flagged_trajectories_are_excluded_and_truncated_ones_are_timeouts(tmp_p
     ts = TrajectorySet([cfg.run_dir], space_from_meta(run.meta["domains"]), run.meta["env"], flagged, 0,
                        {"nan": {t.id: t.header for _, t in flagged}})
     tr = build_transitions(ts, "balanced", 0.5)
-    assert len(tr) == 1 and tr.timeouts.tolist() == [1.0] and tr.terminals.tolist() == [0.0]
+    # the one completed step is a transition; its next observation is the final-observation row
+    assert tr.transition_count == 1 and tr.timeouts.tolist() == [0.0, 1.0] and tr.terminals.tolist() == [0.0, 0.0]
+    assert tr.final_obs.tolist() == [False, True] and to_d3rlpy(tr, ts.space.k).transition_count == 1
+
+
+def test_trajectories_cut_short_keep_every_completed_step(tmp_path):
+    """Complete trajectories plus two cut short by a diverged segment after 1 and 2 completed steps (the
+    tiny env has 3 steps): every completed step is a transition, 4 x 3 + 1 + 2 = 15."""
+    cfg = tiny_config(tmp_path, run="full", trees=1)
+    collect(cfg, env_factory=analytic_factory(), progress=False)
+    full = Run(cfg.run_dir)
+    complete = [("full", t) for t in full.trajectories()]
+    cut = []
+    for at in (1, 2):
+        c = tiny_config(tmp_path, run=f"cut{at}", trees=1)
+        collect(c, env_factory=analytic_factory(nan_at_step=at), progress=False)
+        cut.append((f"cut{at}", next(iter(Run(c.run_dir).trajectories()))))
+    assert [len(t.evals) for _, t in cut] == [1, 2] and all(t.truncated for _, t in cut)
+    picked = complete + cut
+    headers = {r: {t.id: t.header for rr, t in picked if rr == r} for r in {r for r, _ in picked}}
+    ts = TrajectorySet([cfg.run_dir], space_from_meta(full.meta["domains"]), full.meta["env"], picked, 0, headers)
+    tr = build_transitions(ts, "balanced", 0.5, dedupe=False)
+    horizon = ts.horizon
+    assert sum(len(t.evals) for _, t in complete) == len(complete) * horizon
+    want = len(complete) * horizon + 1 + 2
+    assert tr.transition_count == want and to_d3rlpy(tr, ts.space.k).transition_count == want == 15
+    # the final observation after the 2nd step is what the env showed the policy then (progress 2/T)
+    last = next(e for e in tr.episodes if e["run"] == "cut2")
+    assert tr.final_obs[last["row"] + 2] and tr.observations[last["row"] + 2][-1] == pytest.approx(2 / horizon)
 
 
 def test_bad_trajectory_sets_raise_typed_errors(tiny_run, tmp_path):

@@ -482,3 +482,58 @@ def test_held_out_loss_says_its_unit_and_the_scheduler_keeps_it(parts):
     sched.step(per_byte, 0.0)
     with pytest.raises(UsageError, match="bits per token, the run started in bits per byte"):
         sched.step(per_token, 0.5)
+
+
+# ---- everything read back is validated before use (reliability issue) --------------------------------
+def test_artifact_with_a_nan_temperature_is_refused_at_load(parts, tmp_path):
+    from mixagent.policies.artifact import load_policy, random_artifact
+
+    path = random_artifact(tmp_path / "art", parts["space"])
+    meta = json.loads((path / "meta.json").read_text())
+    for field, value, shown in (("temperature", float("nan"), "action.temperature is nan"),
+                                ("floor", 0.5, "action.floor is 0.5")):
+        (path / "meta.json").write_text(json.dumps({**meta, "action": {**meta["action"], field: value}}))
+        with pytest.raises(CorruptArtifactError, match=shown):
+            load_policy(path)
+
+
+@pytest.mark.parametrize("bad, where", [(float("nan"), "schedule\\[1\\].weights"), (-0.5, "schedule\\[1\\].weights")])
+def test_a_saved_state_with_a_bad_schedule_row_is_refused_before_use(parts, tmp_path, bad, where):
+    space, model = parts["space"], parts["base"].model
+    mixer = Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts), parts["heldout"], lag=3)
+    mixer.begin(model)
+    mixer.update(model, consumed_batches=4, progress=0.5)
+    path = mixer.save(tmp_path / "state.json", consumed_batches=6)
+    state = json.loads(path.read_text())
+    state["data"]["schedule"][1][1][0] = bad
+    path.write_text(json.dumps(state))
+    other = Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts), parts["heldout"], lag=3)
+    before = other.dataset.schedule.entries()
+    with pytest.raises(CorruptArtifactError, match=where):
+        other.load(path)
+    assert other.dataset.schedule.entries() == before and other.scheduler.updates == 0  # nothing assigned
+    state = json.loads(path.read_text())
+    state["data"]["schedule"][1][1][0] = 0.25
+    state["scheduler"]["weights"] = [float("nan")] * space.k
+    path.write_text(json.dumps(state))
+    with pytest.raises(CorruptArtifactError, match="saved mixing state is invalid: weights"):
+        other.load(path)
+
+
+def test_held_out_windows_without_bytes_are_refused_when_built(parts):
+    space, lengths = parts["space"], token_byte_lengths(parts["base"].tokenizer)
+    eos = int(np.flatnonzero(lengths == 0)[0])  # a token with no bytes (the document separator)
+    windows = dict(parts["windows"], math=np.full_like(parts["windows"]["math"], eos))
+    with pytest.raises(ConfigError, match="held-out windows of domains \\['math'\\] hold no bytes"):
+        HeldOutLoss(windows, space, lengths)
+
+
+def test_a_streaming_source_without_the_text_column_fails_before_training():
+    import datasets
+
+    def gen():
+        yield from ({"body": f"text {i}"} for i in range(3))
+
+    stream = datasets.IterableDataset.from_generator(gen)
+    with pytest.raises(ConfigError, match="text_column 'text' is not a column .*\\['body'\\]"):
+        HFDatasetSource(stream, 16, tokenizer=lambda texts, **kw: {"input_ids": [[1]] * len(texts)}, eos_id=0)

@@ -125,7 +125,12 @@ def _check_compatible(a: Run, b: Run) -> None:
 
 @dataclasses.dataclass
 class Transitions:
-    """Flat arrays in d3rlpy's episode layout (an episode ends at a terminal or a timeout)."""
+    """Flat arrays in d3rlpy's episode layout (an episode ends at a terminal or a timeout).
+
+    A trajectory cut short ends with one *final-observation* row (``final_obs``): the observation after its
+    last completed step, with a zero action and reward and the timeout flag, which d3rlpy reads only as the
+    next observation of the step before. So every completed step is a trainable transition.
+    """
 
     observations: np.ndarray  # (N, 3K+5) float32
     actions: np.ndarray  # (N, K) float32, in [-1, 1]
@@ -133,12 +138,19 @@ class Transitions:
     terminals: np.ndarray  # (N,) float32
     timeouts: np.ndarray  # (N,) float32
     episodes: list[dict]  # per episode: run, id, first row, first step, steps, return of the whole trajectory
+    final_obs: np.ndarray | None = None  # (N,) bool: the final-observation rows of trajectories cut short
 
     def __len__(self) -> int:
+        """Rows (transitions plus final-observation rows)."""
         return len(self.rewards)
 
+    @property
+    def transition_count(self) -> int:
+        """Trainable transitions: one per completed step (what d3rlpy's ``transition_count`` reports)."""
+        return len(self) - (int(self.final_obs.sum()) if self.final_obs is not None else 0)
+
     def describe(self) -> dict[str, Any]:
-        return {"transitions": len(self), "episodes": len(self.episodes),
+        return {"transitions": self.transition_count, "rows": len(self), "episodes": len(self.episodes),
                 "trajectories": len({(e["run"], e["id"]) for e in self.episodes}),
                 "terminals": int(self.terminals.sum()), "timeouts": int(self.timeouts.sum())}
 
@@ -188,7 +200,7 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
     builder = ObservationBuilder(space)
     items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))
     seen: set[tuple[str, str, int]] = set()
-    obs, acts, rews, terms, outs, episodes = [], [], [], [], [], []
+    obs, acts, rews, terms, outs, boots, episodes = [], [], [], [], [], [], []
     for run, traj in items:
         evals = traj.evals
         n = len(evals)  # a truncated trajectory's failed last step has no evaluation and no reward
@@ -213,13 +225,25 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
             last = t == n - 1
             terms.append(float(last and not traj.truncated and n == horizon))
             outs.append(float(last and not terms[-1]))
+            boots.append(False)
+        if not terms[-1]:
+            # cut short (diverged, or stored before the horizon): the last completed step has its evaluation,
+            # so the observation after it is known. It goes in as a final row that d3rlpy uses only as that
+            # transition's next observation (an episode ending in a timeout yields rows - 1 transitions).
+            outs[-1] = 0.0
+            obs.append(builder(weights[n], start, before[n - 1], before[n], n / horizon))
+            acts.append(np.zeros(space.k))
+            rews.append(0.0)
+            terms.append(0.0)
+            outs.append(1.0)
+            boots.append(True)
         episodes.append({"run": run, "id": traj.id, "row": row, "first_step": first, "steps": n - first,
                          "return": balanced_score(reward, lam, start, evals[-1], space)})
     if not obs:
         raise AgentDataError("the selected trajectories hold no completed steps; collect more trajectories")
     return Transitions(np.asarray(obs, np.float32), np.clip(np.asarray(acts, np.float32), -1, 1),
                        np.asarray(rews, np.float32), np.asarray(terms, np.float32), np.asarray(outs, np.float32),
-                       episodes)
+                       episodes, np.asarray(boots, bool))
 
 
 def to_d3rlpy(tr: Transitions, action_size: int) -> Any:

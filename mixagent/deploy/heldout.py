@@ -58,6 +58,12 @@ class HeldOutLoss:
         targets = self.windows[:, 1:].numpy()
         weight = byte_lengths[targets].astype(np.float64) if byte_lengths is not None else np.ones(targets.shape)
         self.unit = "byte" if byte_lengths is not None else "token"
+        per_domain = np.bincount(np.repeat(self.owner, targets.shape[1]), weights=weight.ravel(), minlength=space.k)
+        empty = [n for n, units in zip(space.names, per_domain) if not units > 0]
+        if empty:  # their loss would be 0/0 = NaN at every evaluation, and every decision would fall back
+            what = "bytes (only tokens of byte length 0, e.g. EOS)" if byte_lengths is not None else "target tokens"
+            raise ConfigError("HeldOutLoss", [f"the held-out windows of domains {empty} hold no {what}; give them "
+                                              f"windows of real text"])
         self.weight = torch.from_numpy(weight)
         self.mask = self.weight > 0  # EOS separators have no bytes: they do not count
 

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, DataMissingError, MixagentError, UsageError
+from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, MixagentError, UsageError
 from mixagent.sampling import MixtureStream, cumulative
 
 __all__ = ["WindowSource", "IndexedWindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule",
@@ -137,6 +137,12 @@ class HFDatasetSource:
         self.tokenizer = tokenizer
         self.text_column = text_column
         cols = getattr(dataset, "column_names", None)
+        if cols is None:  # a streaming dataset whose features are unknown: peek at its first example
+            try:
+                first = next(iter(dataset))
+            except StopIteration:
+                raise DataMissingError("a datasets source yielded no examples; give every domain some data") from None
+            cols = list(first) if isinstance(first, Mapping) else []
         if not (cols and "input_ids" in cols):
             if tokenizer is None:
                 raise ConfigError("HFDatasetSource", [f"dataset has no 'input_ids' column (columns: {cols}); pass "
@@ -387,7 +393,17 @@ class MixtureDataset(IterableDataset):
                 "schedule": self.schedule.entries(), "cursors": self.cursors_at(consumed_batches).tolist()}
 
     def check_state(self, state: dict[str, Any]) -> None:
-        """Raise unless ``state`` was saved by a dataset of the same seed and layout."""
+        """Raise unless ``state`` was saved by a dataset of the same seed and layout and every value in it is
+        valid (schedule rows: batches from 0, non-decreasing; weights: K finite, non-negative, sum 1).
+
+        Raises:
+            ConfigError: another seed, batch size, number of ranks or sequence length.
+            CorruptArtifactError: an invalid value, named by its place (e.g. ``schedule[2].weights``).
+        """
+        problems = self._state_problems(state)
+        if problems:
+            raise CorruptArtifactError(f"the saved data state is invalid: {'; '.join(problems)}; it was edited or "
+                                       f"torn — resume from another checkpoint")
         mine = {"seed": self.seed, "batch_size": self.batch_size, "world_size": self.world_size,
                 "seq_len": self.seq_len}
         diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
@@ -396,6 +412,36 @@ class MixtureDataset(IterableDataset):
             raise ConfigError("MixtureDataset.load_state_dict", [
                 f"the saved data state differs in {shown}; resume with the same seed, batch size, number of ranks "
                 f"and sequence length"])
+
+    def _state_problems(self, state: dict[str, Any]) -> list[str]:
+        def count(x: Any) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+        problems = [f"{k} is {state.get(k)!r}; expected an integer >= 0" for k in ("consumed_batches",)
+                    if not count(state.get(k))]
+        rows = state.get("schedule")
+        if not (isinstance(rows, list) and rows and len(rows) <= self.schedule.table.shape[0]):
+            return problems + [f"schedule has {len(rows) if isinstance(rows, list) else rows!r} rows; expected 1 to "
+                               f"{self.schedule.table.shape[0]}"]
+        last = 0
+        for i, row in enumerate(rows):
+            if not (isinstance(row, list | tuple) and len(row) == 2):
+                problems.append(f"schedule[{i}] is {row!r}; expected [first_batch, weights]")
+                continue
+            batch, weights = row
+            if not count(batch) or batch < last or (i == 0 and batch != 0):
+                problems.append(f"schedule[{i}].first_batch is {batch!r}; expected an integer >= {last}"
+                                + (" (0 for the first row)" if i == 0 else ""))
+            else:
+                last = batch
+            try:
+                DomainWeights(self.space, weights)
+            except (MixagentError, TypeError, ValueError) as exc:
+                problems.append(f"schedule[{i}].weights: {exc}")
+        cursors = state.get("cursors")
+        if not (isinstance(cursors, list) and len(cursors) == self.space.k and all(count(c) for c in cursors)):
+            problems.append(f"cursors is {cursors!r}; expected {self.space.k} integers >= 0")
+        return problems
 
     def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> None:
         """Restore the schedule; with ``skip`` the next iteration starts after the consumed batches (off

@@ -26,7 +26,7 @@ import numpy as np
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
-from mixagent.errors import ConfigError, MixagentError, SchemaVersionError, UsageError
+from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
 
 __all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
@@ -217,6 +217,24 @@ class MixingScheduler:
             raise SchedulerStateError(f"the saved mixing state was written by another run: it differs in {diff} "
                                       f"(saved {[theirs.get(k) for k in diff]}, this run {[mine[k] for k in diff]}); "
                                       f"resume with the same domains, policy and guards, or start without resuming")
+        problems = []
+        for key in ("weights", "initial"):
+            try:
+                DomainWeights(self.space, state.get(key), floor=self.config.floor)
+            except (MixagentError, TypeError, ValueError) as exc:
+                problems.append(f"{key}: {exc}")
+        for key in ("start_eval", "prev_eval"):
+            try:
+                ev = EvalResult.from_json(state[key]) if state.get(key) else None
+                if ev is not None and (not ev.is_finite() or set(ev.bpb) != set(self.space.names)):
+                    problems.append(f"{key} has non-finite values or other domains than {list(self.space.names)}")
+            except (KeyError, TypeError, ValueError) as exc:
+                problems.append(f"{key} is not an evaluation ({exc})")
+        if not isinstance(state.get("history"), list):
+            problems.append(f"history is {type(state.get('history')).__name__}; expected a list")
+        if problems:
+            raise CorruptArtifactError(f"the saved mixing state is invalid: {'; '.join(problems)}; it was edited or "
+                                       f"torn — resume from another checkpoint")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` output; refuses a state of another run or format."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,12 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
+from mixagent.domains import FIELDS, DomainSpace, DomainWeights, action_to_weights, check_action_mapping
 from mixagent.env.observation import OBSERVATION_VERSION
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
 from mixagent.paths import atomic_write_bytes, atomic_write_json
 
-__all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError"]
+__all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError",
+           "meta_problems"]
 
 FORMAT_VERSION = 1
 KIND = "mixagent.policy"
@@ -52,6 +54,42 @@ def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[st
     return out
 
 
+def meta_problems(meta: dict[str, Any]) -> list[str]:
+    """Every invalid field of an artifact's ``meta.json`` (types, finite numbers, ranges, sizes), named by
+    its path, e.g. ``action.temperature is nan; expected a finite number > 0``. Empty when it is valid."""
+
+    def get(dotted: str) -> Any:
+        node: Any = meta
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node
+
+    def number(x: Any) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+    problems = []
+    names, fields = get("domains.names"), get("domains.fields")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+            and len(set(names)) == len(names)):
+        problems.append(f"domains.names is {names!r}; expected a list of unique domain names")
+        names = None
+    if not (isinstance(fields, list) and all(f in FIELDS for f in fields) and names and len(fields) == len(names)):
+        problems.append(f"domains.fields is {fields!r}; expected one of {FIELDS} per domain")
+    for key in ("observation.version", "observation.dim"):
+        if not (isinstance(get(key), int) and not isinstance(get(key), bool) and get(key) > 0):
+            problems.append(f"{key} is {get(key)!r}; expected a positive integer")
+    temperature, floor = get("action.temperature"), get("action.floor")
+    if not (number(temperature) and temperature > 0):
+        problems.append(f"action.temperature is {temperature!r}; expected a finite number > 0")
+    if not (number(floor) and floor >= 0 and (not names or floor * len(names) < 1)):
+        problems.append(f"action.floor is {floor!r}; expected a finite number with 0 <= floor * K < 1")
+    hidden = get("network.hidden")
+    if not (isinstance(hidden, list) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0
+                                             for h in hidden)):
+        problems.append(f"network.hidden is {hidden!r}; expected a list of positive layer widths")
+    return problems
+
+
 def _corrupt(path: Path, what: str) -> CorruptArtifactError:
     return CorruptArtifactError(f"policy artifact {path}: {what}; re-export it with `python -m mixagent.train_agent "
                                 f"--config <its config> --resume` (or train again)")
@@ -65,8 +103,9 @@ class AgentPolicy:
         device: torch device for the forward pass (``cpu`` by default; one decision is tiny).
 
     Raises:
-        CorruptArtifactError: missing or unreadable files, a checksum mismatch or tensors that do not fit
-            the recorded network shape.
+        CorruptArtifactError: missing or unreadable files, a checksum mismatch, a ``meta.json`` field of the
+            wrong type or out of range (non-finite temperature, floor * K >= 1, ...; named in the message),
+            non-finite tensors, or tensors that do not fit the recorded network shape.
         SchemaVersionError: an artifact format or kind this code does not read.
     """
 
@@ -94,8 +133,14 @@ class AgentPolicy:
             raise _corrupt(path, f"{WEIGHTS_FILE} is missing or unreadable") from None
         if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
             raise _corrupt(path, f"{WEIGHTS_FILE} does not match the sha256 recorded in {META_FILE}")
+        problems = meta_problems(meta)
+        if problems:
+            raise _corrupt(path, f"{META_FILE} has invalid fields: {'; '.join(problems)}")
         try:
             tensors = load_file(str(path / WEIGHTS_FILE), device=device)
+            bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+            if bad or not (tensors["obs_std"] > 0).all():
+                raise ValueError(f"non-finite tensors {bad}" if bad else "obs_std has entries <= 0")
             self.meta = meta
             self.names: tuple[str, ...] = tuple(meta["domains"]["names"])
             self.fields: tuple[str, ...] = tuple(meta["domains"]["fields"])
