@@ -337,7 +337,7 @@ def test_default_lag_covers_prefetch():
 
 
 # ---- Trainer callback ------------------------------------------------------------------------------
-def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", policy=None, **args):
+def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", policy=None, perturb=0.0, **args):
     import copy
 
     from transformers import Trainer, TrainingArguments
@@ -346,6 +346,10 @@ def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", poli
 
     space = parts["space"]
     model = copy.deepcopy(parts["base"].model)
+    if perturb:  # another run of the same config (e.g. another base checkpoint): other evaluations
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=torch.Generator().manual_seed(7)))
     ds = make_ds(parts, batch_size=4)
     ds.return_domain_ids = False
     mixer = Mixer(MixingScheduler(policy or ReplayPolicy(0.5), space, config=SchedulerConfig(max_change=0.2)), ds,
@@ -537,3 +541,42 @@ def test_a_streaming_source_without_the_text_column_fails_before_training():
     stream = datasets.IterableDataset.from_generator(gen)
     with pytest.raises(ConfigError, match="text_column 'text' is not a column .*\\['body'\\]"):
         HFDatasetSource(stream, 16, tokenizer=lambda texts, **kw: {"input_ids": [[1]] * len(texts)}, eos_id=0)
+
+
+# ---- resuming uses the resumed checkpoint's state and nothing else (reliability issue) ---------------
+def _history(mixer):
+    return [(h["weights"], h["eval"]) for h in mixer.scheduler.history]
+
+
+def test_resume_loads_the_state_of_the_checkpoint_it_resumes(parts, tmp_path):
+    _, mixer_y, _ = trainer_run(parts, tmp_path / "y", max_steps=3)  # the run to continue
+    _, mixer_x, _ = trainer_run(parts, tmp_path / "x", max_steps=3, perturb=0.05)  # an earlier run, same config
+    assert _history(mixer_x) != _history(mixer_y)
+    # resumed from y's checkpoint while output_dir holds x's checkpoint-3: y's state, not x's
+    _, resumed, _ = trainer_run(parts, tmp_path / "x", max_steps=3, resume=str(tmp_path / "y/checkpoint-3"))
+    assert _history(resumed) == _history(mixer_y)
+    # and into a fresh output_dir: the state is found with the checkpoint
+    _, fresh, _ = trainer_run(parts, tmp_path / "fresh", max_steps=6, resume=str(tmp_path / "y/checkpoint-3"))
+    assert _history(fresh)[:2] == _history(mixer_y) and len(fresh.scheduler.history) == 3  # + the step-4 decision
+
+
+def test_extending_a_finished_run_takes_the_decision_due_at_the_resume_step_once(parts, tmp_path):
+    trainer_run(parts, tmp_path / "e", max_steps=4, save_steps=4)
+    _, mixer, trainer = trainer_run(parts, tmp_path / "e", max_steps=8, save_steps=4,
+                                    resume=str(tmp_path / "e/checkpoint-4"))
+    logged = [r["step"] for r in trainer.state.log_history if "mixagent/weight/math" in r]
+    assert logged == [0, 2, 4, 6] and len(mixer.scheduler.history) == 4
+    # resuming the extended run at its step-4 checkpoint does not take the step-4 decision again
+    _, again, trainer = trainer_run(parts, tmp_path / "e", max_steps=8, save_steps=4,
+                                    resume=str(tmp_path / "e/checkpoint-4"))
+    assert [r["step"] for r in trainer.state.log_history if "mixagent/weight/math" in r] == [0, 2, 4, 6]
+
+
+def test_a_checkpoint_without_mixing_state_is_a_usage_error(parts, tmp_path):
+    trainer_run(parts, tmp_path / "o", max_steps=3)
+    state_path = tmp_path / "o/checkpoint-3/trainer_state.json"
+    trainer_state = json.loads(state_path.read_text())
+    trainer_state["stateful_callbacks"].pop("MixAgentCallback")  # as an older mixagent wrote it
+    state_path.write_text(json.dumps(trainer_state))
+    with pytest.raises(UsageError, match="holds no mixagent state.*resume_from="):
+        trainer_run(parts, tmp_path / "o", max_steps=6, resume=str(tmp_path / "o/checkpoint-3"))

@@ -12,8 +12,14 @@ Trainer's dataloader). It evaluates per-domain held-out loss every ``every_n_ste
 or, with ``eval_from="trainer"``, gathers the Trainer's own per-dataset evaluations (a dict
 ``eval_dataset`` makes ``on_evaluate`` fire once per dataset; it acts when all domains have reported) —
 asks the scheduler for the next mixture, writes it to the schedule and logs it (Trainer log history,
-Python logging, wandb when the Trainer reports to it). Its state is saved as ``mixagent_state.json`` in
-every Trainer checkpoint and restored on ``trainer.train(resume_from_checkpoint=...)``.
+Python logging, wandb when the Trainer reports to it).
+
+**State bound to its checkpoint.** The callback is a ``transformers`` ``ExportableState``: its mixing state
+is stored inside each checkpoint's own ``trainer_state.json`` (``stateful_callbacks``), so
+``trainer.train(resume_from_checkpoint=...)`` restores the state of exactly the checkpoint it resumes,
+wherever that directory is — never a same-named checkpoint of another run in ``output_dir``. A readable
+copy is written beside it as ``mixagent_state.json`` (the plain loop's format). The decision due at the
+resume step is taken once: not skipped when a finished run is extended, not repeated when it was made.
 """
 
 from __future__ import annotations
@@ -25,13 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_callback import ExportableState
 
 from mixagent.deploy.distributed import dist_info
 from mixagent.deploy.heldout import field_scores_from_bits
 from mixagent.deploy.loop import STATE_FILE, Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.env.evaluation import EvalResult
-from mixagent.errors import ConfigError, MixagentError
+from mixagent.errors import ConfigError, MixagentError, UsageError
 
 __all__ = ["MixAgentCallback", "MissingEvalDataError"]
 
@@ -43,7 +50,7 @@ class MissingEvalDataError(MixagentError, ValueError):
     """The callback has no evaluation data for some domain of the policy's space."""
 
 
-class MixAgentCallback(TrainerCallback):
+class MixAgentCallback(TrainerCallback, ExportableState):
     """Re-weights the training mixture during ``Trainer.train``.
 
     Args:
@@ -52,8 +59,14 @@ class MixAgentCallback(TrainerCallback):
         eval_from: ``held_out`` (the mixer's evaluation) or ``trainer`` (the Trainer's evaluations of an
             ``eval_dataset`` dict keyed by domain name; set ``eval_strategy="steps"``).
         eval_dataset: with ``eval_from="trainer"``, the dict given to the Trainer (checked here).
-        resume_from: checkpoint directory holding ``mixagent_state.json`` when it is not
-            ``output_dir/checkpoint-<step>``.
+        resume_from: a checkpoint directory whose ``mixagent_state.json`` to load on resume, for
+            checkpoints whose ``trainer_state.json`` holds no mixing state (written before mixagent bound
+            the state to the checkpoint). Otherwise the resumed checkpoint's own state is used.
+
+    Raises:
+        UsageError: on resume, when the resumed checkpoint holds no mixing state and no ``resume_from`` is
+            given, or ``restore_callback_states_from_checkpoint=True`` (the Trainer would rebuild this
+            callback without its mixer).
     """
 
     def __init__(self, mixer: Mixer, every_n_steps: int = 50, eval_from: str = "held_out",
@@ -83,8 +96,32 @@ class MixAgentCallback(TrainerCallback):
         self.resume_from = Path(resume_from) if resume_from else None
         self._pending: dict[str, float] = {}
         self._last_step = -1  # global step of the last decision
+        self._step: int | None = None  # global step the training loop is at (None before training)
         self._max_steps = 0
         self._accum = 1
+
+    # ---- the state stored in the Trainer's checkpoints ----------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """``ExportableState``: what goes into ``trainer_state.json`` of the checkpoint being written (the
+        Trainer also asks once before training starts, when there is nothing to store yet)."""
+        if self._step is None or not self.mixer.scheduler.updates:
+            return {"args": {}, "attributes": {}}
+        return {"args": {}, "attributes": {"mixagent_state": self.mixer.state_dict(self._step * self._accum),
+                                           "last_decision_step": self._last_step, "global_step": self._step}}
+
+    def _stored_state(self, state: TrainerState) -> dict[str, Any] | None:
+        stored = (state.stateful_callbacks or {}).get(type(self).__name__)
+        if isinstance(stored, list):  # several callbacks of this class: ours is the first
+            stored = stored[0] if stored else None
+        attributes = stored.get("attributes", {}) if isinstance(stored, dict) else {}
+        return attributes if attributes.get("mixagent_state") else None
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    **kwargs: Any) -> None:
+        if getattr(args, "restore_callback_states_from_checkpoint", False):
+            raise UsageError("restore_callback_states_from_checkpoint=True makes the Trainer rebuild callbacks "
+                             "from their saved arguments, which cannot hold a Mixer; leave it False: "
+                             "MixAgentCallback restores its own state from the resumed checkpoint")
 
     # ---- set-up ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
@@ -114,15 +151,9 @@ class MixAgentCallback(TrainerCallback):
             log.info("mixture lag raised from %d to %d batches (num_workers=%d)", self.mixer.lag, needed, workers)
             self.mixer.lag = needed
         self._max_steps, self._accum = args.max_steps, args.gradient_accumulation_steps
-        if state.global_step > 0:  # resuming: the Trainer loaded its state before calling us
-            path = (self.resume_from or Path(args.output_dir) / f"checkpoint-{state.global_step}") / STATE_FILE
-            consumed = self.mixer.load(path, skip=args.ignore_data_skip)
-            if consumed != state.global_step * self._accum:
-                raise ConfigError("MixAgentCallback", [
-                    f"{path} was saved after {consumed} batches but the Trainer resumes at step {state.global_step} "
-                    f"({state.global_step * self._accum} batches); resume from the checkpoint it belongs to"])
-            log.info("mixagent state restored from %s (%d updates)", path, self.mixer.scheduler.updates)
-            self._last_step = state.global_step  # any decision at this step is in the restored state
+        self._step = state.global_step
+        if state.global_step > 0:  # resuming: the Trainer loaded the checkpoint's state before calling us
+            self._resume(args, state, model)
             return
         if self.eval_from == "trainer":
             if not args.eval_on_start:
@@ -132,10 +163,40 @@ class MixAgentCallback(TrainerCallback):
         self.mixer.begin(model)
         self._record(state, args)
 
+    def _resume(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
+        stored = self._stored_state(state)
+        if stored is not None:
+            where = f"the resumed checkpoint's trainer_state.json (step {state.global_step})"
+            consumed = self.mixer.load_state_dict(stored["mixagent_state"], skip=args.ignore_data_skip)
+            self._last_step = int(stored.get("last_decision_step", state.global_step))
+        elif self.resume_from is not None:
+            where = str(self.resume_from / STATE_FILE)
+            consumed = self.mixer.load(self.resume_from / STATE_FILE, skip=args.ignore_data_skip)
+            self._last_step = state.global_step  # such a state does not record its last decision
+        else:
+            raise UsageError(f"the checkpoint being resumed (step {state.global_step}) holds no mixagent state in its "
+                             f"trainer_state.json: it was written without MixAgentCallback or by an older mixagent. "
+                             f"Pass MixAgentCallback(..., resume_from=<that checkpoint directory>) to load its "
+                             f"{STATE_FILE}, or start without resuming")
+        if consumed != state.global_step * self._accum:
+            raise ConfigError("MixAgentCallback", [
+                f"{where} was saved after {consumed} batches but the Trainer resumes at step {state.global_step} "
+                f"({state.global_step * self._accum} batches); resume from the checkpoint it belongs to"])
+        log.info("mixagent state restored from %s (%d updates)", where, self.mixer.scheduler.updates)
+        # A decision is due at the resume step when it is an update step the restored run did not decide at
+        # (a finished run extended past its end: runs stop deciding at their last step). It is taken once.
+        step, every = state.global_step, (self.every_n_steps if self.eval_from == "held_out" else state.eval_steps)
+        due = bool(every) and step % int(every) == 0 and self._last_step < step < self._max_steps
+        if self.eval_from == "held_out":
+            if due:
+                self._update(state, args, model=model)
+        elif not due:  # eval_on_start evaluates again at the resume step: only a due decision may use it
+            self._last_step = max(self._last_step, step)
+
     # ---- updates -----------------------------------------------------------------------------------
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: Any = None, **kwargs: Any) -> None:
-        step = state.global_step
+        step = self._step = state.global_step
         if self.eval_from != "held_out" or step % self.every_n_steps or step >= self._max_steps:
             return
         self._update(state, args, model=model)
@@ -184,6 +245,6 @@ class MixAgentCallback(TrainerCallback):
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # a readable copy beside the checkpoint; resuming reads the copy inside the checkpoint's trainer_state.json
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        # written after the Trainer's files: a crash in between leaves a checkpoint that resume refuses by name
         self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum, write=args.should_save)
