@@ -5,7 +5,7 @@ Trainer, its data mixture driven by a mixing policy through ``MixAgentCallback``
     python examples/hf_trainer_cpt.py --policy uniform                        # a baseline, same length
     python examples/hf_trainer_cpt.py --base configs/base_model/8m.yaml       # the ~8M base (long pre-training)
     torchrun --nproc_per_node 2 examples/hf_trainer_cpt.py --steps 40         # DDP through accelerate
-    python examples/hf_trainer_cpt.py --model gguf-smollm2 --device cuda      # SmolLM2-135M (GPU-scale path)
+    python examples/hf_trainer_cpt.py --model gguf-smollm2          # SmolLM2-135M (GPU-scale; CUDA if present)
 
 The base model is pre-trained on the source field (cached; ``configs/base_model/2m.yaml`` by default,
 4x the proxy). The run reports the source- and target-field benchmark scores before and after, and the

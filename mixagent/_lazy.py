@@ -4,6 +4,7 @@ when the name is first used, so importing a package stays cheap (no torch, d3rlp
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,10 +21,12 @@ def lazy_exports(package: str, where: Mapping[str, str]) -> tuple[Callable[[str]
 
     def __getattr__(name: str) -> Any:
         if name not in where:
-            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+            from mixagent.errors import suggest
+
+            raise AttributeError(f"module {package!r} has no attribute {name!r}{suggest(name, where)}")
         return getattr(importlib.import_module(f"{package}.{where[name]}"), name)
 
     def __dir__() -> list[str]:
-        return sorted(where)
+        return sorted(set(where) | set(vars(sys.modules[package])))
 
     return __getattr__, __dir__

@@ -49,16 +49,20 @@ def write_error(path: Path, exc: OSError) -> StoreWriteError:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Publish ``path`` atomically: ``write(tmp)`` fills a temporary file beside it, which is fsync'ed and
-    renamed over ``path`` (then the directory is fsync'ed). The one writer every artifact goes through.
+    """Publish ``path`` atomically: ``write(tmp)`` fills a uniquely named temporary file beside it, which is
+    fsync'ed and renamed over ``path`` (then the directory is fsync'ed), so concurrent writers never share a
+    temporary file and a reader sees one whole version or the other. The one writer artifacts go through.
 
     Raises:
         StoreWriteError: the write, fsync or rename failed (disk full, permissions); ``path`` is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # unique: writers may race
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        tmp.chmod(0o644)  # mkstemp makes it private; published files are readable like any other
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

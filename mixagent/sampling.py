@@ -21,15 +21,34 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mixagent.errors import DataMissingError
+from mixagent.errors import DataMissingError, WeightsError
 
-__all__ = ["MixtureStream", "MixtureSampler", "cumulative", "pick_domains"]
+__all__ = ["MixtureStream", "MixtureSampler", "cumulative", "pick_domains", "SUM_TOL"]
 
 
-def cumulative(weights: np.ndarray) -> np.ndarray:
+SUM_TOL = float(np.sqrt(np.finfo(np.float64).eps))  # what numpy's Generator.choice accepts as summing to 1
+
+
+def cumulative(weights: np.ndarray | Sequence[float], k: int | None = None) -> np.ndarray:
     """The normalised cumulative mixture ``(K,)`` float64 that :func:`pick_domains` searches (as numpy's
-    ``Generator.choice`` builds it, so picks agree with ``choice(K, p=weights)`` bit for bit)."""
-    cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
+    ``Generator.choice`` builds it, so picks agree with ``choice(K, p=weights)`` bit for bit).
+
+    Args:
+        weights: ``(K,)`` domain weights: finite, non-negative, summing to 1 within ``SUM_TOL``.
+        k: the expected number of domains, when known.
+
+    Raises:
+        WeightsError: a wrong length, non-finite or negative entries, or a sum other than 1.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or len(w) == 0 or (k is not None and len(w) != k):
+        raise WeightsError(f"weights have shape {w.shape}, expected ({k if k is not None else 'K'},)")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise WeightsError(f"weights must be finite and >= 0, got {w.tolist()}")
+    if abs(w.sum() - 1.0) > SUM_TOL:
+        raise WeightsError(f"weights must sum to 1 (within {SUM_TOL:.1e}), got {float(w.sum())!r}; normalise them "
+                           f"(DomainWeights.normalised)")
+    cdf = np.cumsum(w)
     cdf /= cdf[-1]
     return cdf
 
@@ -102,8 +121,12 @@ class MixtureSampler:
         self.drawn = 0  # samples drawn so far (the next sample's global index)
 
     def sample(self, weights: np.ndarray, n: int) -> np.ndarray:
-        """``(n, length)`` int64 windows drawn under ``weights`` ``(K,)`` (non-negative, sum 1)."""
-        domains = self.stream.domains(self.drawn, n, cumulative(weights))
+        """``(n, length)`` int64 windows drawn under ``weights`` ``(K,)`` (non-negative, sum 1).
+
+        Raises:
+            WeightsError: invalid weights (see :func:`cumulative`); nothing is drawn.
+        """
+        domains = self.stream.domains(self.drawn, n, cumulative(weights, len(self.streams)))
         self.drawn += n
         out = np.empty((n, self.length), dtype=np.int64)
         for row, d in enumerate(domains):

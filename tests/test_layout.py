@@ -22,15 +22,29 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_module(dotted: str) -> bool:
+    where = PKG.parent / dotted.replace(".", "/")
+    return where.with_suffix(".py").is_file() or (where / "__init__.py").is_file()
+
+
 def _imports() -> dict[str, set[str]]:
     """``{module: mixagent modules it imports}``, function-level (lazy) imports included."""
     graph: dict[str, set[str]] = {}
     for path in sorted(PKG.rglob("*.py")):
         name = _module_name(path)
         found = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mixagent"):
-                found.add(node.module)
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:  # relative: resolve against this module's package
+                    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    module = f"{base}.{module}" if module else base
+                if not module.startswith("mixagent"):
+                    continue
+                found.add(module)
+                # `from mixagent import agent` / `from . import x`: the names may be modules themselves
+                found |= {f"{module}.{a.name}" for a in node.names if _is_module(f"{module}.{a.name}")}
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("mixagent")}
         graph[name] = found - {name}

@@ -43,3 +43,32 @@ def test_staged_dir_publishes_whole_or_nothing(tmp_path):
     with staged_dir(final) as tmp:
         (tmp / "a").write_text("1")
     assert (final / "a").read_text() == "1"
+
+
+def test_concurrent_writers_never_share_a_temporary_file(tmp_path):
+    import threading
+
+    path, errors, torn = tmp_path / "cache.json", [], []
+
+    def writer(tag):
+        for i in range(60):
+            try:
+                atomic_write_json(path, {"tag": tag, "i": i, "body": list(range(2000))})
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    def reader():
+        for _ in range(200):
+            if path.exists():
+                try:
+                    json.loads(path.read_text())
+                except ValueError:
+                    torn.append(1)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not torn and json.loads(path.read_text())["i"] == 59
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache.json"]

@@ -80,3 +80,13 @@ def test_resumed_dataset_continues_the_environments_stream():
     got = [b["input_ids"] for _, b in zip(range(3), DataLoader(resumed, batch_size=batch))]
     want = _env_batches([w.values] * 7, batch, seed, length)[4:]
     assert all(torch.equal(g, torch.from_numpy(x)) for g, x in zip(got, want))
+
+
+@pytest.mark.parametrize("weights", [[0.0, 0.0, 0.0], [np.nan, 0.5, 0.5], [1.0, 1.0, 1.0], [0.5, -0.1, 0.6], [1.0]])
+def test_invalid_weights_are_refused_before_anything_is_drawn(weights):
+    from mixagent.errors import WeightsError
+
+    sampler = MixtureSampler(_streams(), 16, seed=0)
+    with pytest.raises(WeightsError):
+        sampler.sample(np.array(weights), 4)
+    assert sampler.drawn == 0 and not sampler.cursors.any()

@@ -48,7 +48,7 @@ from mixagent.env.environment import MixingEnv
 from mixagent.env.observation import OBSERVATION_VERSION
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, ResumeMismatchError
-from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_bytes, atomic_write_json
 from mixagent.policies.artifact import write_artifact
 from mixagent.study.tables import format_table
 
@@ -342,7 +342,7 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     results = evaluate_online(spec, spec_hash, refs, list(cfg.eval.seeds), run_dir / "online", cache, tset.horizon,
                               cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
     table, rows = format_table(results, tset.space, lam)
-    (run_dir / "table.md").write_text(table + "\n")
+    atomic_write_bytes(run_dir / "table.md", (table + "\n").encode())
     atomic_write_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,
                                           "env_overrides": list(cfg.eval.env_overrides),
                                           "seeds": list(cfg.eval.seeds), "reward": reward, "lam": lam, "rows": rows})

@@ -7,7 +7,7 @@ deployment step).
     python -m mixagent.deploy.cpt --policy uniform                        # a baseline, same length
     python -m mixagent.deploy.cpt --base configs/base_model/8m.yaml       # the ~8M base (long pre-training)
     torchrun --nproc_per_node 2 -m mixagent.deploy.cpt --steps 40         # DDP through accelerate
-    python -m mixagent.deploy.cpt --model gguf-smollm2 --device cuda      # SmolLM2-135M (GPU-scale path)
+    python -m mixagent.deploy.cpt --model gguf-smollm2          # SmolLM2-135M (GPU-scale; CUDA if present)
 
 The base model is pre-trained on the source field (cached; ``configs/base_model/2m.yaml`` by default,
 4x the proxy). The run reports the source- and target-field benchmark scores before and after, and the
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -33,6 +32,7 @@ from mixagent.deploy.local import INITIAL_MIXTURES, build_local_run, text_run_pi
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
 from mixagent.env.rewards import balanced_score
+from mixagent.paths import atomic_write_json
 
 __all__ = ["main", "parse_args", "add_run_arguments"]
 
@@ -56,7 +56,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, base: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m mixagent.deploy.cpt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p, base="configs/base_model/2m.yaml")
     p.add_argument("--save-steps", type=int, default=0, help="Trainer checkpoint interval (0: none)")
     p.add_argument("--out", default="")
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.report and world > 1:  # every rank reports, so runs can be compared across ranks
         path = Path(args.report)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.with_name(f"{path.stem}.rank{trainer.args.process_index}{path.suffix}").write_text(json.dumps(report))
+        atomic_write_json(path.with_name(f"{path.stem}.rank{trainer.args.process_index}{path.suffix}"), report, None)
     if trainer.is_world_process_zero():
         name = Path(args.base).stem if args.model == "base" else args.model
         print(f"{args.policy} on {name} ({report['parameters']:,} params), {args.steps} steps: "
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"balanced {report['balanced']:+.4f}")
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.report).write_text(json.dumps(report, indent=1))
+            atomic_write_json(Path(args.report), report)
     return report
 
 

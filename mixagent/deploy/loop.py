@@ -36,7 +36,7 @@ __all__ = ["Mixer", "STATE_FILE", "STATE_KIND", "STATE_FORMAT"]
 log = logging.getLogger(__name__)
 STATE_FILE = "mixagent_state.json"
 STATE_KIND = "mixagent.deploy_state"
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the data stream is mixagent.sampling's (format 1 drew domains with Philox per batch)
 
 
 class Mixer:
@@ -130,8 +130,11 @@ class Mixer:
             raise CorruptArtifactError(f"not a mixagent deployment state (kind {state.get('kind')!r}); pass the "
                                        f"{STATE_FILE} a Mixer or MixAgentCallback saved")
         if state.get("format") != STATE_FORMAT:
+            why = (" (format 1 was written before deployment shared the environment's sampler: its data stream "
+                   "cannot be continued exactly)" if state.get("format") == 1 else "")
             raise SchemaVersionError(f"deployment state format {state.get('format')!r} is not readable (this "
-                                     f"mixagent reads format {STATE_FORMAT}); resume with the version that wrote it")
+                                     f"mixagent reads format {STATE_FORMAT}){why}; resume with the version that "
+                                     f"wrote it, or start a new run")
         # validate everything before changing anything: a refused state leaves this Mixer as it was
         self.scheduler.check_state(state["scheduler"])  # names the differing scheduler keys, if any
         self.dataset.check_state(state["data"])  # names the differing data keys, if any

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -87,12 +88,16 @@ class TokenArraySource:
     Args:
         tokens: the domain's token ids (e.g. ``DomainData.train[d]``; EOS-separated documents).
         length: tokens per window.
+        seed: ignored (deprecated): the dataset's seed orders the windows.
 
     Raises:
         DataMissingError: fewer tokens than one window.
     """
 
-    def __init__(self, tokens: np.ndarray, length: int) -> None:
+    def __init__(self, tokens: np.ndarray, length: int, seed: int | None = None) -> None:
+        if seed is not None:
+            warnings.warn("TokenArraySource(seed=) is ignored: the window order comes from the MixtureDataset's "
+                          "seed (the environment's sampler); drop the argument", DeprecationWarning, stacklevel=2)
         self.tokens = np.asarray(tokens)
         self.length = length
         self.n = len(self.tokens) // length

@@ -97,7 +97,7 @@ class MixingScheduler:
     """Drives a training run's mixture with a policy.
 
     Args:
-        policy: any :class:`MixingPolicy` (a baseline or ``mixagent.agent.load_policy(...)``); it is
+        policy: any :class:`MixingPolicy` (a baseline or ``mixagent.policies.load_policy(...)``); it is
             ``reset`` to ``space`` here, so a policy for other domains fails before training starts.
         space: the domain space of the run's data.
         initial: the mixture before the first update (default uniform).

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, suggest
+from mixagent.errors import ConfigError, UsageError, suggest
 from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
@@ -31,6 +31,8 @@ class _Constant:
         raise NotImplementedError
 
     def act(self, observation: np.ndarray) -> DomainWeights:
+        if not hasattr(self, "_weights"):
+            raise UsageError(f"{type(self).__name__}: call reset(space) before act()")
         return self._weights
 
 
