@@ -580,3 +580,29 @@ def test_a_checkpoint_without_mixing_state_is_a_usage_error(parts, tmp_path):
     state_path.write_text(json.dumps(trainer_state))
     with pytest.raises(UsageError, match="holds no mixagent state.*resume_from="):
         trainer_run(parts, tmp_path / "o", max_steps=6, resume=str(tmp_path / "o/checkpoint-3"))
+
+
+class CountingTokenizer:
+    """A tokenizer that counts the texts it tokenizes in shared memory (DataLoader workers included)."""
+
+    def __init__(self, tok):
+        self.tok, self.eos_token_id = tok, tok.eos_token_id
+        self.texts = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def __call__(self, texts, **kwargs):
+        self.texts += len(texts)
+        return self.tok(texts, **kwargs)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_each_text_is_tokenized_once_whatever_the_workers(parts, workers):
+    import datasets
+
+    space, counting = parts["space"], CountingTokenizer(parts["base"].tokenizer)
+    texts = {n: [f"{n} passage {i}: " + "words of text here. " * (i % 7 + 3) for i in range(48)] for n in space.names}
+    sources = {n: HFDatasetSource(datasets.Dataset.from_dict({"text": t}), 16, tokenizer=counting, seed=i)
+               for i, (n, t) in enumerate(texts.items())}
+    assert int(counting.texts) == 192  # 4 domains x 48 texts, once each
+    ds = MixtureDataset(sources, space, batch_size=4, seed=1)
+    batches = stream(ds, 40, workers=workers)
+    assert len(batches) == 40 and int(counting.texts) == 192  # reading (in any worker) tokenizes nothing more

@@ -120,10 +120,11 @@ class HFDatasetSource:
 
     Map-style datasets are read in a seeded order redrawn every epoch; ``IterableDataset`` (streaming)
     ones in their own order (call their ``shuffle`` first if wanted; ``set_epoch`` is called per pass).
-    Examples with an ``input_ids`` column are used as they are; otherwise ``text_column`` is tokenized.
-    Documents are joined with ``eos_id`` and cut into windows. Sources are read sequentially, so a
-    resumed or non-first rank re-reads (and re-tokenizes) the windows before its own: cheap for
-    pre-tokenized data, documented for streaming.
+    Examples with an ``input_ids`` column are used as they are; otherwise ``text_column`` is tokenized —
+    once, when the source is built (``datasets.map``, cached on disk for file-backed data), for map-style
+    datasets, and as it streams for streaming ones (read in the training process only). Documents are
+    joined with ``eos_id`` and cut into windows. Sources are read sequentially, so a resumed or non-first
+    rank or worker re-reads the token ids before its own windows (it does not tokenize them again).
 
     Args:
         dataset: a ``datasets.Dataset`` or ``datasets.IterableDataset``.
@@ -159,6 +160,12 @@ class HFDatasetSource:
         if self.eos_id is None:
             raise ConfigError("HFDatasetSource", ["no document separator: pass eos_id= or a tokenizer with an EOS"])
         self.streaming = not hasattr(dataset, "__len__")
+        if not self.streaming and "input_ids" not in cols:
+            # tokenize every text once, here, rather than in every DataLoader worker and every pass (each worker
+            # reads the whole sequence to find its windows); datasets caches the result of file-backed data
+            self.dataset = dataset.map(lambda batch: {"input_ids": tokenizer(batch[text_column],
+                                                                             add_special_tokens=False)["input_ids"]},
+                                       batched=True, batch_size=256, desc="tokenizing")
 
     def _examples(self, epoch: int) -> Iterator[dict]:
         if self.streaming:
