@@ -59,7 +59,7 @@ def main() -> None:
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tok_dir / "tokenizer.json"), eos_token="<|endoftext|>")
     rows = [measure(tok, args.texts, args.batches, w) for w in (0, 2)]
     for r in rows:
-        print(f"workers {r['workers']}: {r['texts_tokenized']} texts tokenized for {args.texts} texts, {r['seconds']} s")
+        print(f"workers {r['workers']}: {r['texts_tokenized']} texts tokenized of {args.texts}, {r['seconds']} s")
     out = REPO_ROOT / "runs/bench/sources.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"texts": args.texts, "batches": args.batches, "rows": rows}, indent=1))
