@@ -178,6 +178,7 @@ def test_mixture_follows_schedule_and_workers_match(parts):
     doms = torch.stack([b["domain_ids"] for b in serial]).numpy()
     assert set(np.unique(doms[:30])) == {0, 1, 2, 3}  # uniform before batch 30
     assert np.all(doms[30:] == 3)  # only math from batch 30 on
+    ds.seek(0)  # a new pass continues the stream unless restarted explicitly
     parallel = stream(ds, 60, workers=2)  # the same stream when two workers split the batches
     for a, b in zip(serial, parallel):
         assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["domain_ids"], b["domain_ids"])
@@ -606,3 +607,19 @@ def test_each_text_is_tokenized_once_whatever_the_workers(parts, workers):
     ds = MixtureDataset(sources, space, batch_size=4, seed=1)
     batches = stream(ds, 40, workers=workers)
     assert len(batches) == 40 and int(counting.texts) == 192  # reading (in any worker) tokenizes nothing more
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_new_pass_continues_the_stream_and_a_restart_is_explicit(parts, workers):
+    whole = torch.cat([b["input_ids"] for b in stream(make_ds(parts), 20)])
+    ds = make_ds(parts)
+    first = torch.cat([b["input_ids"] for b in stream(ds, 5, workers=workers)])
+    second = torch.cat([b["input_ids"] for b in stream(ds, 5, workers=workers)])
+    assert torch.equal(first, whole[:20])  # 5 batches of 4
+    if workers == 0:
+        assert torch.equal(second, whole[20:40])  # exactly where the first pass stopped
+    else:  # after what the workers had prepared: never a window of the first pass again
+        skipped = next(i for i in range(5, 20) if torch.equal(second[:4], whole[4 * i: 4 * i + 4]))
+        assert torch.equal(second, whole[4 * skipped: 4 * skipped + 20])
+    ds.seek(0)
+    assert torch.equal(torch.cat([b["input_ids"] for b in stream(ds, 5, workers=workers)]), whole[:20])

@@ -12,6 +12,11 @@ sources and the schedule: every rank and every DataLoader worker computes the sa
 its own samples, resuming is a replay of the picks (no data is read), and an interrupted run continues bit
 for bit.
 
+**Passes.** A new pass over the dataset (iterating it again) continues the stream: exactly where the
+previous pass stopped in this process, or with DataLoader workers after the last batch they had prepared
+(prefetched batches the loop never took are skipped, never repeated). :meth:`MixtureDataset.seek` sets
+where the next pass starts (``seek(0)`` restarts; resuming a saved state seeks to its consumed batches).
+
 **Weight changes and the prefetch lag.** DataLoader workers (and accelerate) prepare batches ahead of the
 training loop, so a change cannot reach batches that already exist. The scheduler therefore writes each
 new mixture with the first batch it applies to: ``consumed + lag``, where ``lag`` is at least the
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -40,6 +46,7 @@ __all__ = ["WindowSource", "IndexedWindowSource", "TokenArraySource", "HFDataset
            "MixtureDataset", "default_lag", "ScheduleFullError", "SourceUseError"]
 
 log = logging.getLogger(__name__)
+MAX_WORKERS = 64  # DataLoader workers a MixtureDataset tracks (where a new pass starts)
 
 
 class ScheduleFullError(MixagentError, RuntimeError):
@@ -350,7 +357,12 @@ class MixtureDataset(IterableDataset):
             world_size = torch.distributed.get_world_size() if dist else 1
         self.configure(rank=rank, world_size=world_size, all_ranks=all_ranks)
         self.return_domain_ids = return_domain_ids
-        self.start_batch = 0
+        # where passes start, shared with DataLoader workers: [pass key, pass start, prepared-until per reader]
+        # (reader 0 is this process, 1 + i is worker i); see _pass_start
+        self._passes = torch.zeros(2 + 1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._passes[0] = -1
+        self._lock = multiprocessing.get_context().Lock()
+        self._local_passes = 0
         self._forget_replay()
 
     @classmethod
@@ -461,15 +473,49 @@ class MixtureDataset(IterableDataset):
         self.check_state(state)
         self.schedule.load_entries(state["schedule"])
         self._forget_replay()
-        self.start_batch = int(state["consumed_batches"]) if skip else 0
+        self.seek(int(state["consumed_batches"]) if skip else 0)
+
+    # ---- where a pass starts -----------------------------------------------------------------------
+    @property
+    def start_batch(self) -> int:
+        """The batch the next pass starts at, when no pass has run since :meth:`seek` (else the last start)."""
+        return int(self._passes[1])
+
+    def seek(self, batch: int) -> None:
+        """Start the next pass over the dataset at global batch ``batch`` (``seek(0)`` restarts the stream;
+        resuming seeks to the consumed batches). Without it, a new pass continues the stream: exactly
+        where the previous pass stopped in this process, or, with DataLoader workers, after the last batch
+        they prepared (batches prefetched but never taken are skipped, never repeated)."""
+        if batch < 0:
+            raise UsageError(f"MixtureDataset.seek: batch must be >= 0, got {batch}")
+        with self._lock:
+            self._passes[0] = -1
+            self._passes[1] = batch
+            self._passes[2:] = 0
+
+    def _pass_start(self, worker: int | None, base_seed: int) -> int:
+        """The batch this pass starts at, the same for every worker of the pass: the first reader of a pass
+        folds the previous passes' progress into the start; its siblings (same pass key) read that start."""
+        self._local_passes += 1  # persistent workers keep their seed across passes; this tells passes apart
+        key = (base_seed * 1_000_003 + self._local_passes) & (2**62 - 1) if worker is not None else -2
+        with self._lock:
+            if worker is None or int(self._passes[0]) != key:
+                self._passes[1] = max(int(self._passes[1]), int(self._passes[2:].max()))
+                self._passes[2:] = 0
+                self._passes[0] = key
+            return int(self._passes[1])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        if n_workers > MAX_WORKERS:
+            raise SourceUseError(f"MixtureDataset supports up to {MAX_WORKERS} DataLoader workers, got {n_workers}")
+        start = self._pass_start(info.id if info else None, (info.seed - info.id) if info else 0)
+        slot = 2 + (1 + worker if info else 0)
         reader = _Reader(self.schedule)
         k, bs = self.space.k, self.batch_size
         lo, hi = (0, self.samples_per_batch) if self.all_ranks else (self.rank * bs, (self.rank + 1) * bs)
-        start = self.start_batch
+        last_own = hi - 1  # the last sample of each batch this reader yields
         cursors = self.cursors_at(start)
         iters = [None if ix else src.windows(int(c)) for src, ix, c in zip(self.sources, self.indexed, cursors)]
         positions = cursors.copy()  # next window index each iterator yields
@@ -497,4 +543,6 @@ class MixtureDataset(IterableDataset):
                 item = {"input_ids": ids, "labels": ids.clone()}  # a loop may mask labels in place
                 if self.return_domain_ids:
                     item["domain_ids"] = torch.tensor(int(d))
+                if s == last_own:  # recorded before the batch's last item leaves: a loop may stop right after it
+                    self._passes[slot] = b + 1
                 yield item
