@@ -10,6 +10,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -316,3 +317,25 @@ def test_cli_ls_and_stats(reference, capsys):
     assert min(r["return_min"] for r in stats["by_behaviour"].values()) == min(returns)
     assert all(0 < r["final_target"] < 1 for r in stats["by_behaviour"].values())
     assert cli(["stats", "nope", "--root", str(root)]) == 2
+
+
+# --- values are validated when read back (reliability issue) -------------------------------------------
+@pytest.mark.parametrize("field, value, shown", [
+    ("weights", [-0.5, 1.5, 0.0, 0.0], "step 1 weights: expected 4 finite weights >= 0"),
+    ("weights", [0.5, 0.6, 0.0, 0.0], "step 1 weights: weights sum to"),
+    ("action", [0.1, None, 0.0, 0.0], "step 1 action: expected 4 finite numbers"),
+    ("eval", {"bpb": {"wiki": None}, "scores": {"source": 0.3}}, "step 1 eval: bpb must map names to finite"),
+])
+def test_a_trajectory_with_invalid_values_is_refused_when_read(analytic_reference, tmp_path, field, value, shown):
+    run_dir, _ = analytic_reference
+    src = next(iter(sorted(run_dir.glob("*.jsonl"))))
+    lines = src.read_text().splitlines()
+    rec = json.loads(lines[2])  # the step with t = 1
+    assert rec["t"] == 1 and len(rec["weights"]) == 4
+    rec[field] = value
+    lines[2] = json.dumps(rec)
+    bad = tmp_path / src.name
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrajectoryFormatError, match=re.escape(shown)):
+        read_trajectory(bad)
+    assert read_trajectory(src).steps[1]["weights"]  # the original reads fine

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from mixagent.policies import MixingPolicy, baseline_problems, parse_baseline, p
 from mixagent.study.rollouts import iter_rollout
 from mixagent.study.tables import summarize
 from mixagent.workers import InlineLauncher, LocalLauncher, Ready, cpu_count
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_label", "check_held_out"]
 
@@ -103,6 +107,22 @@ class EvalRunner:
             yield Segment(ref.label, seed)
 
 
+def _read_episode(path: Path, seed: int) -> dict | None:
+    """A stored episode summary, or ``None`` (it is then run again) when it is unreadable or holds invalid
+    values: another seed, non-finite or missing scores, mixtures that are not distributions."""
+    try:
+        ep = json.loads(path.read_text())
+        numbers = [ep[k] for k in ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "return")]
+        ok = (ep["seed"] == seed and all(isinstance(x, int | float) and math.isfinite(x) for x in numbers)
+              and all(abs(sum(w) - 1.0) <= 1e-4 and min(w) >= 0 for w in ep["weights"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        log.warning("stored episode %s is unreadable or invalid; running it again", path)
+        return None
+    return ep
+
+
 def check_held_out(seeds: list[int], used: set[int]) -> None:
     """Refuse evaluation seeds that collection used as episode seeds."""
     clash = sorted(set(seeds) & used)
@@ -129,8 +149,9 @@ def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds
     for ref in policies:
         for seed in seeds:
             path = where(ref, seed)
-            if path.is_file():
-                results[ref.label][seed] = json.loads(path.read_text())
+            cached = _read_episode(path, seed) if path.is_file() else None
+            if cached is not None:
+                results[ref.label][seed] = cached
             else:
                 todo.append((ref, seed))
     refs = {ref.label: ref for ref in policies}

@@ -165,7 +165,51 @@ def _parse(path: Path, raw: bytes) -> Trajectory:
     if bad or records[-1].get("steps") != len(steps):
         raise TrajectoryFormatError(f"{path}: step records out of order or missing (line {bad[:3] or len(records)});"
                                     f" {_fix_hint(run_dir)}")
+    problems = _value_problems(records[0], steps)
+    if problems:
+        raise TrajectoryFormatError(f"{path}: invalid values: {'; '.join(problems[:5])}"
+                                    f"{f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''}; "
+                                    f"{_fix_hint(run_dir)}")
     return Trajectory(path, records[0], steps, records[-1])
+
+
+def _weights_problem(w: Any, k: int) -> str | None:
+    if not (isinstance(w, list) and len(w) == k and all(_number(x) and x >= 0 for x in w)):
+        return f"expected {k} finite weights >= 0, got {w!r}"
+    return None if abs(sum(w) - 1.0) <= 1e-6 else f"weights sum to {sum(w)!r}, not 1"
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _eval_problem(ev: Any) -> str | None:
+    if not isinstance(ev, dict):
+        return f"not an evaluation object: {ev!r}"
+    for part in ("bpb", "scores"):
+        vals = ev.get(part)
+        if not (isinstance(vals, dict) and vals and all(_number(v) for v in vals.values())):
+            return f"{part} must map names to finite numbers, got {vals!r}"
+    return None
+
+
+def _value_problems(header: dict, steps: list[dict]) -> list[str]:
+    """Values a reader would use, checked before use: shapes, finite numbers, weights summing to 1. A
+    diverged step (``nonfinite_loss``) may lack its evaluation (stored as null)."""
+    start_w = header.get("start_weights")
+    k = len(start_w) if isinstance(start_w, list) else 0
+    problems = [f"header start_weights: {p}" for p in [_weights_problem(start_w, k) if k else
+                                                        f"expected a list of weights, got {start_w!r}"] if p]
+    problems += [f"header start: {p}" for p in [_eval_problem(header.get("start"))] if p]
+    for rec in steps:
+        t = rec.get("t")
+        problems += [f"step {t} weights: {p}" for p in [_weights_problem(rec.get("weights"), k)] if p]
+        action = rec.get("action")
+        if not (isinstance(action, list) and len(action) == k and all(_number(a) for a in action)):
+            problems.append(f"step {t} action: expected {k} finite numbers, got {action!r}")
+        if rec.get("eval") is not None or not rec.get("nonfinite_loss"):
+            problems += [f"step {t} eval: {p}" for p in [_eval_problem(rec.get("eval"))] if p]
+    return problems
 
 
 class Run:
