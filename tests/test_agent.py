@@ -350,3 +350,20 @@ def test_agent_cli_names_its_job_and_the_mission_alias_runs_it(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "python -m mixagent.train_agent" in capsys.readouterr().out
+
+
+def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path):
+    from mixagent.agent.online import PolicyRef, evaluate_online
+    from mixagent.trajectories.tree import spec_identity
+
+    make = analytic_factory()
+    env = make()
+    ident = spec_identity(env.spec_)
+    args = dict(spec=ident["spec"], spec_hash=ident["spec_hash"], policies=[PolicyRef("uniform", baseline="uniform")],
+                seeds=[1000], out=tmp_path / "out", cache=tmp_path / "cache", horizon=env.horizon, launcher="inline",
+                env_factory=make, progress=False)
+    first = evaluate_online(**args)["uniform"][0]
+    stored = next((tmp_path / "cache").rglob("1000.json"))
+    stored.write_text(json.dumps({**first, "balanced": None}))  # a torn or edited cache entry
+    again = evaluate_online(**args)["uniform"][0]
+    assert again == first and json.loads(stored.read_text()) == first
