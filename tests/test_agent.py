@@ -279,18 +279,27 @@ def test_artifact_refuses_another_space_and_corruption(trained, tmp_path):
         load_policy(bad)
 
 
-def test_nan_network_still_returns_valid_weights(trained, tmp_path):
-    src = trained[1].artifacts["sft"]
-    from safetensors.torch import load_file
+def test_nan_network_is_refused_when_written_and_when_read(trained, tmp_path):
+    import hashlib
 
+    from safetensors.torch import load_file, save_file
+
+    src = trained[1].artifacts["sft"]
     tensors = load_file(str(src / "policy.safetensors"))
     tensors["head.bias"] = torch.full_like(tensors["head.bias"], float("nan"))
     meta = {k: v for k, v in json.loads((src / "meta.json").read_text()).items()
             if k not in ("kind", "format_version", "weights_sha256")}
-    policy = load_policy(write_artifact(tmp_path / "nan", tensors, meta))
-    policy.reset(DomainSpace.from_yaml(REPO_ROOT / "configs/spaces/tiny.yaml"))
-    w = policy.act(np.zeros(policy.obs_dim, np.float32))
-    np.testing.assert_allclose(w.values, np.full(4, 0.25))
+    with pytest.raises(CorruptArtifactError, match=r"non-finite tensors \['head.bias'\]"):
+        write_artifact(tmp_path / "nan", tensors, meta)
+    assert not (tmp_path / "nan").exists()
+    # a NaN written into an artifact on disk (its checksum updated too) is refused at load, not at act()
+    art = shutil.copytree(src, tmp_path / "edited")
+    save_file(tensors, str(art / "policy.safetensors"))
+    edited = json.loads((art / "meta.json").read_text())
+    edited["weights_sha256"] = hashlib.sha256((art / "policy.safetensors").read_bytes()).hexdigest()
+    (art / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(CorruptArtifactError, match=r"non-finite tensors \['head.bias'\]"):
+        load_policy(art)
 
 
 def test_wandb_offline_writes_under_the_run_directory(tmp_path, monkeypatch):

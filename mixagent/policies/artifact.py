@@ -41,9 +41,17 @@ class ArtifactMismatchError(WeightsError):
 
 def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     """Write ``out/policy.safetensors`` and ``out/meta.json`` (each through a temporary file and an atomic
-    rename; the meta records the weights' sha256, so a torn or swapped pair is detected on load)."""
+    rename; the meta records the weights' sha256, so a torn or swapped pair is detected on load).
+
+    Raises:
+        CorruptArtifactError: a tensor holds NaN or Inf (nothing is written).
+    """
     from safetensors.torch import save
 
+    bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+    if bad:  # such an artifact could never be loaded: say so where it is made
+        raise CorruptArtifactError(f"refusing to write policy artifact {out}: non-finite tensors {bad} (the training "
+                                   f"diverged); lower the learning rates or resume from an earlier checkpoint")
     out.mkdir(parents=True, exist_ok=True)
     raw = save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()})
     digest = hashlib.sha256(raw).hexdigest()
