@@ -15,7 +15,7 @@ from mixagent.deploy.start_state import (
     sample_texts,
 )
 from mixagent.domains import Domain, DomainSpace
-from mixagent.errors import ConfigError, DataMissingError, SchemaVersionError
+from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, SchemaVersionError
 from mixagent.paths import CONFIGS_DIR
 
 LENGTH = 32  # tokens per window and per sample: small enough for the tiny model's 64-token context
@@ -81,6 +81,9 @@ def test_json_round_trip_and_refusals(clf, held_out, space):
     other = DomainSpace("other", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
     with pytest.raises(ConfigError, match="re-fit"):
         DomainClassifier.from_json(d, other)
+    nan_coef = [[float("nan")] + row[1:] for row in d["coef"]]
+    with pytest.raises(CorruptArtifactError, match="non-finite \\['coef'\\]"):
+        DomainClassifier.from_json({**d, "coef": nan_coef}, space)
 
 
 def test_fit_refuses_missing_unknown_and_empty_domains(held_out, space):

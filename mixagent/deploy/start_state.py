@@ -91,6 +91,10 @@ class DomainClassifier:
             raise CorruptArtifactError(f"domain classifier arrays do not fit together: {n} terms, idf "
                                        f"{self.idf.shape}, coef {self.coef.shape}, intercept "
                                        f"{self.intercept.shape} for {space.k} domains; re-fit the classifier")
+        bad = [name for name, a in (("idf", self.idf), ("coef", self.coef), ("intercept", self.intercept))
+               if not np.all(np.isfinite(a))]
+        if bad or len(set(self.vocabulary)) != n:
+            raise CorruptArtifactError(f"domain classifier has non-finite {bad} or duplicate terms; re-fit it")
         self._vec = _vectorizer(self.vocabulary)
         self._vec.idf_ = self.idf
 
