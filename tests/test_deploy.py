@@ -623,3 +623,33 @@ def test_a_new_pass_continues_the_stream_and_a_restart_is_explicit(parts, worker
         assert torch.equal(second, whole[4 * skipped: 4 * skipped + 20])
     ds.seek(0)
     assert torch.equal(torch.cat([b["input_ids"] for b in stream(ds, 5, workers=workers)]), whole[:20])
+
+
+def _ids(loader, n):
+    out = []
+    for i, b in enumerate(loader):
+        out.append(b["input_ids"].clone())
+        if i + 1 == n:
+            break
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_passes_are_told_apart_with_seeded_loaders_and_persistent_workers(parts, persistent):
+    whole = torch.cat([b["input_ids"] for b in stream(make_ds(parts), 40)])
+    ds = make_ds(parts)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=persistent,
+                        generator=torch.Generator().manual_seed(0))  # the same worker seeds every pass
+    seen = [_ids(loader, 3) for _ in range(3)]
+    rows = [next(i for i in range(0, 160, 4) if torch.equal(x[:4], whole[i: i + 4])) for x in seen]
+    assert rows[0] == 0 and rows[0] < rows[1] < rows[2]  # every pass continues, none repeats
+    for _ in range(3):  # a restart right after a break holds, whatever the workers still prefetch
+        ds.seek(0)
+        assert torch.equal(_ids(loader, 3), whole[:12])
+
+
+def test_a_pass_broken_mid_batch_continues_with_the_next_sample(parts):
+    whole = torch.cat([b["input_ids"] for b in stream(make_ds(parts), 10)])
+    ds = make_ds(parts)  # batches of 4 samples, read 2 at a time
+    first, second = _ids(DataLoader(ds, batch_size=2), 3), _ids(DataLoader(ds, batch_size=2), 3)
+    assert torch.equal(first, whole[:6]) and torch.equal(second, whole[6:12])

@@ -47,6 +47,7 @@ __all__ = ["WindowSource", "IndexedWindowSource", "TokenArraySource", "HFDataset
 
 log = logging.getLogger(__name__)
 MAX_WORKERS = 64  # DataLoader workers a MixtureDataset tracks (where a new pass starts)
+_SLOTS = 1 + MAX_WORKERS  # reader slots: this process, then one per worker
 
 
 class ScheduleFullError(MixagentError, RuntimeError):
@@ -357,12 +358,13 @@ class MixtureDataset(IterableDataset):
             world_size = torch.distributed.get_world_size() if dist else 1
         self.configure(rank=rank, world_size=world_size, all_ranks=all_ranks)
         self.return_domain_ids = return_domain_ids
-        # where passes start, shared with DataLoader workers: [pass key, pass start, prepared-until per reader]
-        # (reader 0 is this process, 1 + i is worker i); see _pass_start
-        self._passes = torch.zeros(2 + 1 + MAX_WORKERS, dtype=torch.int64).share_memory_()
-        self._passes[0] = -1
+        # where passes start, shared with DataLoader workers (see _join_pass): [current pass, its start (a
+        # global sample index), fresh flag], then per reader slot (0: this process, 1 + i: worker i) the pass it
+        # last joined, the pass its progress belongs to, and its progress (samples handed out, global index)
+        self._passes = torch.zeros(3 + 3 * _SLOTS, dtype=torch.int64).share_memory_()
+        self._passes[2] = 1
+        self._passes[3: 3 + _SLOTS] = -1
         self._lock = multiprocessing.get_context().Lock()
-        self._local_passes = 0
         self._forget_replay()
 
     @classmethod
@@ -478,44 +480,61 @@ class MixtureDataset(IterableDataset):
     # ---- where a pass starts -----------------------------------------------------------------------
     @property
     def start_batch(self) -> int:
-        """The batch the next pass starts at, when no pass has run since :meth:`seek` (else the last start)."""
-        return int(self._passes[1])
+        """The batch the next pass starts in, when no pass has run since :meth:`seek` (else the last start)."""
+        return int(self._passes[1]) // self.samples_per_batch
 
     def seek(self, batch: int) -> None:
         """Start the next pass over the dataset at global batch ``batch`` (``seek(0)`` restarts the stream;
-        resuming seeks to the consumed batches). Without it, a new pass continues the stream: exactly
-        where the previous pass stopped in this process, or, with DataLoader workers, after the last batch
-        they prepared (batches prefetched but never taken are skipped, never repeated)."""
-        if batch < 0:
-            raise UsageError(f"MixtureDataset.seek: batch must be >= 0, got {batch}")
-        with self._lock:
-            self._passes[0] = -1
-            self._passes[1] = batch
-            self._passes[2:] = 0
+        resuming seeks to the consumed batches). Without it, a new pass continues the stream: exactly after
+        the last sample the previous pass handed out in this process, or, with DataLoader workers, after the
+        samples they had prepared (prefetched ones the loop never took are skipped, never repeated).
 
-    def _pass_start(self, worker: int | None, base_seed: int) -> int:
-        """The batch this pass starts at, the same for every worker of the pass: the first reader of a pass
-        folds the previous passes' progress into the start; its siblings (same pass key) read that start."""
-        self._local_passes += 1  # persistent workers keep their seed across passes; this tells passes apart
-        key = (base_seed * 1_000_003 + self._local_passes) & (2**62 - 1) if worker is not None else -2
+        Raises:
+            UsageError: a negative batch.
+        """
+        if not isinstance(batch, int) or batch < 0:
+            raise UsageError(f"MixtureDataset.seek: batch must be an integer >= 0, got {batch!r}")
         with self._lock:
-            if worker is None or int(self._passes[0]) != key:
-                self._passes[1] = max(int(self._passes[1]), int(self._passes[2:].max()))
-                self._passes[2:] = 0
-                self._passes[0] = key
-            return int(self._passes[1])
+            self._passes[0] += 1  # progress recorded from here on by readers of older passes is ignored
+            self._passes[1] = batch * self.samples_per_batch
+            self._passes[2] = 1
+
+    def _join_pass(self, slot: int) -> tuple[int, int]:
+        """``(pass, start sample)`` for a reader starting to iterate, the same for every reader of a pass.
+
+        A reader whose slot already joined the current pass is the first of a new one: it folds the current
+        pass's progress into the new start. Other readers join the current pass. After :meth:`seek` (or at
+        first) the first reader takes the sought start as it is. Pass numbers count passes, so a seeded
+        DataLoader (same worker seeds every pass) and persistent workers are told apart alike.
+        """
+        p = self._passes
+        with self._lock:
+            cur = int(p[0])
+            if int(p[2]):  # the first reader after a seek (or ever)
+                p[2] = 0
+            elif slot == 0 or int(p[3 + slot]) == cur:  # this reader already read the current pass: a new one
+                progress = p[3 + 2 * _SLOTS: 3 + 3 * _SLOTS][p[3 + _SLOTS: 3 + 2 * _SLOTS] == cur]
+                p[1] = max(int(p[1]), int(progress.max()) if len(progress) else 0)
+                cur += 1
+                p[0] = cur
+            p[3 + slot] = cur
+            p[3 + _SLOTS + slot] = cur
+            p[3 + 2 * _SLOTS + slot] = int(p[1])
+            return cur, int(p[1])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         n_workers, worker = (info.num_workers, info.id) if info else (1, 0)
         if n_workers > MAX_WORKERS:
             raise SourceUseError(f"MixtureDataset supports up to {MAX_WORKERS} DataLoader workers, got {n_workers}")
-        start = self._pass_start(info.id if info else None, (info.seed - info.id) if info else 0)
-        slot = 2 + (1 + worker if info else 0)
+        slot = 1 + worker if info else 0
+        _, first = self._join_pass(slot)
+        progress = 3 + 2 * _SLOTS + slot
+        spb = self.samples_per_batch
+        start = first // spb
         reader = _Reader(self.schedule)
         k, bs = self.space.k, self.batch_size
-        lo, hi = (0, self.samples_per_batch) if self.all_ranks else (self.rank * bs, (self.rank + 1) * bs)
-        last_own = hi - 1  # the last sample of each batch this reader yields
+        lo, hi = (0, spb) if self.all_ranks else (self.rank * bs, (self.rank + 1) * bs)
         cursors = self.cursors_at(start)
         iters = [None if ix else src.windows(int(c)) for src, ix, c in zip(self.sources, self.indexed, cursors)]
         positions = cursors.copy()  # next window index each iterator yields
@@ -528,7 +547,7 @@ class MixtureDataset(IterableDataset):
                 d = domains[s]
                 c = cursors[d]
                 cursors[d] += 1
-                if not lo <= s < hi:
+                if not lo <= s < hi or b * spb + s < first:  # another rank's, or handed out by an earlier pass
                     continue
                 it = iters[d]
                 if it is None:  # a token array: the stream's window order, random access
@@ -543,6 +562,5 @@ class MixtureDataset(IterableDataset):
                 item = {"input_ids": ids, "labels": ids.clone()}  # a loop may mask labels in place
                 if self.return_domain_ids:
                     item["domain_ids"] = torch.tensor(int(d))
-                if s == last_own:  # recorded before the batch's last item leaves: a loop may stop right after it
-                    self._passes[slot] = b + 1
+                self._passes[progress] = b * spb + s + 1  # before the item leaves: a loop may stop right after it
                 yield item
