@@ -31,6 +31,7 @@ __all__ = [
 
 FIELDS = ("source", "target")
 WEIGHT_TOL = 1e-6
+MIN_TEMPERATURE = 1e-6  # the action map divides actions in [-1, 1] by it; far smaller values overflow to inf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,9 +260,11 @@ class DomainWeights:
 
 
 def check_action_mapping(k: int, temperature: float, floor: float) -> None:
-    """Raise ConfigError unless ``temperature`` is a finite number > 0 and ``0 <= floor * k < 1``."""
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature > 0):
-        raise ConfigError("action mapping", [f"temperature must be a finite number > 0, got {temperature}"])
+    """Raise ConfigError unless ``temperature`` is a finite number >= ``MIN_TEMPERATURE`` and
+    ``0 <= floor * k < 1``."""
+    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+        raise ConfigError("action mapping", [f"temperature must be a finite number >= {MIN_TEMPERATURE} (below it "
+                                             f"actions / temperature overflow), got {temperature}"])
     if not (isinstance(floor, int | float) and math.isfinite(floor) and 0 <= floor * k < 1):
         raise ConfigError("action mapping", [f"floor * K must be in [0, 1), got floor={floor}, K={k}; "
                                              f"use floor < {1 / k:.4g}"])

@@ -361,7 +361,10 @@ def test_agent_cli_names_its_job_and_the_mission_alias_runs_it(capsys):
     assert "python -m mixagent.train_agent" in capsys.readouterr().out
 
 
-def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path):
+@pytest.mark.parametrize("edit", [lambda e: e.update(balanced=None), lambda e: e.pop("start"),
+                                  lambda e: e.pop("truncated"), lambda e: e["start"]["bpb"].update(wiki=float("nan")),
+                                  lambda e: e.update(weights=[[1.0]])])
+def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path, edit):
     from mixagent.agent.online import PolicyRef, evaluate_online
     from mixagent.trajectories.tree import spec_identity
 
@@ -373,6 +376,8 @@ def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path):
                 env_factory=make, progress=False)
     first = evaluate_online(**args)["uniform"][0]
     stored = next((tmp_path / "cache").rglob("1000.json"))
-    stored.write_text(json.dumps({**first, "balanced": None}))  # a torn or edited cache entry
+    edited = json.loads(json.dumps(first))
+    edit(edited)
+    stored.write_text(json.dumps(edited))  # a torn or edited cache entry
     again = evaluate_online(**args)["uniform"][0]
     assert again == first and json.loads(stored.read_text()) == first

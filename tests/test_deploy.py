@@ -653,3 +653,55 @@ def test_a_pass_broken_mid_batch_continues_with_the_next_sample(parts):
     ds = make_ds(parts)  # batches of 4 samples, read 2 at a time
     first, second = _ids(DataLoader(ds, batch_size=2), 3), _ids(DataLoader(ds, batch_size=2), 3)
     assert torch.equal(first, whole[:6]) and torch.equal(second, whole[6:12])
+
+
+@pytest.mark.parametrize("edit, shown", [
+    (lambda st: st["scheduler"].pop("start_eval"), "start_eval is missing"),
+    (lambda st: st.update(consumed_batches="x"), "consumed_batches is 'x'"),
+    (lambda st: st.update(consumed_batches=100), "consumed_batches 100 differs from the data section's 6"),
+    (lambda st: st.update(scheduler="x"), "scheduler is str"),
+    (lambda st: st["scheduler"].update(fingerprint=[]), "no fingerprint object"),
+    (lambda st: st["scheduler"].update(history=[]), "history is empty although"),
+    (lambda st: st["scheduler"].update(history=[1, "x"]), "history\\[0\\].weights"),
+    (lambda st: st.update(lag=-5), "lag is -5"),
+])
+def test_every_part_of_a_saved_state_is_checked_before_anything_is_assigned(parts, tmp_path, edit, shown):
+    space, model = parts["space"], parts["base"].model
+    mixer = Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts), parts["heldout"], lag=3)
+    mixer.begin(model)
+    mixer.update(model, consumed_batches=4, progress=0.5)
+    state = json.loads(json.dumps(mixer.state_dict(6)))
+    edit(state)
+    other = Mixer(MixingScheduler(ReplayPolicy(0.5), space), make_ds(parts), parts["heldout"], lag=3)
+    with pytest.raises(CorruptArtifactError, match=shown):
+        other.load_state_dict(state)
+    assert other.scheduler.updates == 0 and other.dataset.schedule.rows == 1 and other.dataset.start_batch == 0
+
+
+def test_an_edited_callback_entry_in_trainer_state_is_refused(parts, tmp_path):
+    trainer_run(parts, tmp_path / "k", max_steps=3)
+    path = tmp_path / "k/checkpoint-3/trainer_state.json"
+    st = json.loads(path.read_text())
+    st["stateful_callbacks"]["MixAgentCallback"]["attributes"]["last_decision_step"] = "x"
+    path.write_text(json.dumps(st))
+    with pytest.raises(CorruptArtifactError, match="MixAgentCallback entry is invalid"):
+        trainer_run(parts, tmp_path / "k", max_steps=6, resume=str(tmp_path / "k/checkpoint-3"))
+
+
+def test_artifacts_whose_tensors_do_not_match_the_network_are_refused(parts, tmp_path):
+    from mixagent.policies.artifact import load_policy, random_artifact, write_artifact
+
+    path = random_artifact(tmp_path / "art", parts["space"], hidden=(8, 8))
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, "network": {"hidden": [8]}}))
+    with pytest.raises(CorruptArtifactError, match="not in a network of 1 hidden layers"):
+        load_policy(path)
+    (path / "meta.json").write_text(json.dumps({**meta, "action": {**meta["action"], "temperature": 1e-310}}))
+    with pytest.raises(CorruptArtifactError, match="action.temperature is 1e-310"):
+        load_policy(path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path / "policy.safetensors"))
+    with pytest.raises(CorruptArtifactError, match="refusing to write.*action.temperature"):
+        write_artifact(tmp_path / "bad", tensors, {**meta, "action": {"temperature": 0, "floor": 0.0}})
+    assert not (tmp_path / "bad").exists()

@@ -325,6 +325,11 @@ def test_cli_ls_and_stats(reference, capsys):
     ("weights", [0.5, 0.6, 0.0, 0.0], "step 1 weights: weights sum to"),
     ("action", [0.1, None, 0.0, 0.0], "step 1 action: expected 4 finite numbers"),
     ("eval", {"bpb": {"wiki": None}, "scores": {"source": 0.3}}, "step 1 eval: bpb must map names to finite"),
+    ("eval", {"bpb": {"wiki": 1.0}, "scores": {"source": 0.3, "target": 0.2}, "accuracy": {}},
+     "step 1 eval: bpb has domains ['wiki'], the run's start has"),
+    ("eval", {"bpb": {"wiki": 1.0}, "scores": {"source": 0.3}, "extra": 1}, "step 1 eval: unknown keys ['extra']"),
+    ("truncated", "no", "step 1 truncated: expected true or false"),
+    ("nonfinite_loss+eval", None, "step 1 eval: only the last (diverged) step may lack its evaluation"),
 ])
 def test_a_trajectory_with_invalid_values_is_refused_when_read(analytic_reference, tmp_path, field, value, shown):
     run_dir, _ = analytic_reference
@@ -332,7 +337,10 @@ def test_a_trajectory_with_invalid_values_is_refused_when_read(analytic_referenc
     lines = src.read_text().splitlines()
     rec = json.loads(lines[2])  # the step with t = 1
     assert rec["t"] == 1 and len(rec["weights"]) == 4
-    rec[field] = value
+    if field == "nonfinite_loss+eval":  # a null evaluation in the middle of a trajectory
+        rec.update(nonfinite_loss=True, eval=None)
+    else:
+        rec[field] = value
     lines[2] = json.dumps(rec)
     bad = tmp_path / src.name
     bad.write_text("\n".join(lines) + "\n")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from mixagent.config import from_dict
 from mixagent.env.base_model import get_base_model
 from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
 from mixagent.paths import atomic_write_json
@@ -110,12 +111,20 @@ class EvalRunner:
 def _read_episode(path: Path, seed: int) -> dict | None:
     """A stored episode summary, or ``None`` (it is then run again) when it is unreadable or holds invalid
     values: another seed, non-finite or missing scores, mixtures that are not distributions."""
+    def finite(x: object) -> bool:
+        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
     try:
         ep = json.loads(path.read_text())
         numbers = [ep[k] for k in ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "return")]
-        ok = (ep["seed"] == seed and all(isinstance(x, int | float) and math.isfinite(x) for x in numbers)
-              and all(abs(sum(w) - 1.0) <= 1e-4 and min(w) >= 0 for w in ep["weights"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        evals = [EvalResult.from_json(ep[k]) for k in ("start", "final")]
+        k = len(evals[0].bpb)
+        ok = (ep["seed"] == seed and isinstance(ep["truncated"], bool) and all(finite(x) for x in numbers)
+              and all(e.is_finite() and set(e.bpb) == set(evals[0].bpb) for e in evals)
+              and isinstance(ep["weights"], list) and len(ep["weights"]) > 0
+              and all(isinstance(w, list) and len(w) == k and all(finite(x) and x >= 0 for x in w)
+                      and abs(sum(w) - 1.0) <= 1e-4 for w in ep["weights"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         log.warning("stored episode %s is unreadable or invalid; running it again", path)

@@ -38,7 +38,7 @@ from mixagent.deploy.heldout import field_scores_from_bits
 from mixagent.deploy.loop import STATE_FILE, Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.env.evaluation import EvalResult
-from mixagent.errors import ConfigError, MixagentError, UsageError
+from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, UsageError
 
 __all__ = ["MixAgentCallback", "MissingEvalDataError"]
 
@@ -167,11 +167,18 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         stored = self._stored_state(state)
         if stored is not None:
             where = f"the resumed checkpoint's trainer_state.json (step {state.global_step})"
+            last = stored.get("last_decision_step")
+            if not (isinstance(last, int) and not isinstance(last, bool) and -1 <= last <= state.global_step
+                    and isinstance(stored["mixagent_state"], dict)):
+                raise CorruptArtifactError(f"{where}: its MixAgentCallback entry is invalid (last_decision_step "
+                                           f"{last!r}, mixagent_state {type(stored['mixagent_state']).__name__}); "
+                                           f"it was edited or torn — resume from another checkpoint")
             consumed = self.mixer.load_state_dict(stored["mixagent_state"], skip=args.ignore_data_skip)
-            self._last_step = int(stored.get("last_decision_step", state.global_step))
+            self._last_step = last
         elif self.resume_from is not None:
-            where = str(self.resume_from / STATE_FILE)
-            consumed = self.mixer.load(self.resume_from / STATE_FILE, skip=args.ignore_data_skip)
+            path = self.resume_from if self.resume_from.is_file() else self.resume_from / STATE_FILE
+            where = str(path)
+            consumed = self.mixer.load(path, skip=args.ignore_data_skip)
             self._last_step = state.global_step  # such a state does not record its last decision
         else:
             raise UsageError(f"the checkpoint being resumed (step {state.global_step}) holds no mixagent state in its "

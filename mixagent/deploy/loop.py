@@ -126,6 +126,8 @@ class Mixer:
     def load_state_dict(self, state: dict[str, Any], skip: bool = True) -> int:
         """Restore a :meth:`state_dict`; returns the consumed batches. ``skip=False`` when the training
         loop itself skips the consumed batches (the Trainer's default)."""
+        if not isinstance(state, dict):
+            raise CorruptArtifactError(f"a deployment state must be a JSON object, got {type(state).__name__}")
         if state.get("kind") != STATE_KIND:
             raise CorruptArtifactError(f"not a mixagent deployment state (kind {state.get('kind')!r}); pass the "
                                        f"{STATE_FILE} a Mixer or MixAgentCallback saved")
@@ -136,8 +138,23 @@ class Mixer:
                                      f"mixagent reads format {STATE_FORMAT}){why}; resume with the version that "
                                      f"wrote it, or start a new run")
         # validate everything before changing anything: a refused state leaves this Mixer as it was
-        self.scheduler.check_state(state["scheduler"])  # names the differing scheduler keys, if any
-        self.dataset.check_state(state["data"])  # names the differing data keys, if any
+        consumed, lag, sched, data = (state.get(k) for k in ("consumed_batches", "lag", "scheduler", "data"))
+        problems = []
+        if not (isinstance(consumed, int) and not isinstance(consumed, bool) and consumed >= 0):
+            problems.append(f"consumed_batches is {consumed!r}; expected an integer >= 0")
+        elif isinstance(data, dict) and data.get("consumed_batches") != consumed:
+            problems.append(f"consumed_batches {consumed} differs from the data section's "
+                            f"{data.get('consumed_batches')!r}")
+        if lag is not None and not (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1):
+            problems.append(f"lag is {lag!r}; expected an integer >= 1")
+        problems += [f"{k} is {type(v).__name__}; expected an object" for k, v in (("scheduler", sched),
+                                                                                  ("data", data))
+                     if not isinstance(v, dict)]
+        if problems:
+            raise CorruptArtifactError(f"the saved deployment state is invalid: {'; '.join(problems)}; it was "
+                                       f"edited or torn — resume from another checkpoint")
+        self.scheduler.check_state(sched)  # names the differing scheduler keys or invalid values, if any
+        self.dataset.check_state(data)  # names the differing data keys or invalid values, if any
         saved_lag = int(state.get("lag", self.lag))
         if saved_lag != self.lag:  # later switches move; keep the larger lag, so none arrives late
             log.warning("the saved run used lag %d, this one %d: mixture switches after the resume point move "

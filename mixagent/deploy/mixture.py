@@ -168,12 +168,14 @@ class HFDatasetSource:
         if self.eos_id is None:
             raise ConfigError("HFDatasetSource", ["no document separator: pass eos_id= or a tokenizer with an EOS"])
         self.streaming = not hasattr(dataset, "__len__")
+        if not self.streaming and len(dataset) == 0:
+            raise DataMissingError("a datasets source has no examples; give every domain some data")
         if not self.streaming and "input_ids" not in cols:
             # tokenize every text once, here, rather than in every DataLoader worker and every pass (each worker
             # reads the whole sequence to find its windows); datasets caches the result of file-backed data
             self.dataset = dataset.map(lambda batch: {"input_ids": tokenizer(batch[text_column],
                                                                              add_special_tokens=False)["input_ids"]},
-                                       batched=True, batch_size=256, desc="tokenizing")
+                                       batched=True, batch_size=256, remove_columns=[text_column], desc="tokenizing")
 
     def _examples(self, epoch: int) -> Iterator[dict]:
         if self.streaming:

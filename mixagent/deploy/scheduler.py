@@ -211,7 +211,11 @@ class MixingScheduler:
             raise SchemaVersionError(f"scheduler state format {state.get('format')!r} is not readable by this "
                                      f"mixagent (reads format {SCHEDULER_FORMAT}); resume with the mixagent version "
                                      f"that wrote it or start a new run")
-        mine, theirs = self.fingerprint(), state.get("fingerprint", {})
+        theirs = state.get("fingerprint")
+        if not isinstance(theirs, dict):
+            raise CorruptArtifactError(f"the saved mixing state has no fingerprint object (got {theirs!r}); it was "
+                                       f"edited or torn — resume from another checkpoint")
+        mine = self.fingerprint()
         diff = sorted(k for k in mine if mine[k] != theirs.get(k))
         if diff:
             raise SchedulerStateError(f"the saved mixing state was written by another run: it differs in {diff} "
@@ -224,14 +228,26 @@ class MixingScheduler:
             except (MixagentError, TypeError, ValueError) as exc:
                 problems.append(f"{key}: {exc}")
         for key in ("start_eval", "prev_eval"):
+            if key not in state:
+                problems.append(f"{key} is missing")
+                continue
             try:
                 ev = EvalResult.from_json(state[key]) if state.get(key) else None
                 if ev is not None and (not ev.is_finite() or set(ev.bpb) != set(self.space.names)):
                     problems.append(f"{key} has non-finite values or other domains than {list(self.space.names)}")
             except (KeyError, TypeError, ValueError) as exc:
                 problems.append(f"{key} is not an evaluation ({exc})")
-        if not isinstance(state.get("history"), list):
-            problems.append(f"history is {type(state.get('history')).__name__}; expected a list")
+        history = state.get("history")
+        if not isinstance(history, list):
+            problems.append(f"history is {type(history).__name__}; expected a list")
+        else:
+            for i, h in enumerate(history):
+                try:
+                    DomainWeights(self.space, h["weights"], floor=self.config.floor)
+                except (MixagentError, TypeError, ValueError, KeyError) as exc:
+                    problems.append(f"history[{i}].weights: {exc!r}")
+            if state.get("start_eval") and not history:
+                problems.append("history is empty although the run has a start evaluation")
         if problems:
             raise CorruptArtifactError(f"the saved mixing state is invalid: {'; '.join(problems)}; it was edited or "
                                        f"torn — resume from another checkpoint")

@@ -21,13 +21,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mixagent.domains import FIELDS, DomainSpace, DomainWeights, action_to_weights, check_action_mapping
+from mixagent.domains import (
+    FIELDS,
+    MIN_TEMPERATURE,
+    DomainSpace,
+    DomainWeights,
+    action_to_weights,
+    check_action_mapping,
+)
 from mixagent.env.observation import OBSERVATION_VERSION
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
 from mixagent.paths import atomic_write_bytes, atomic_write_json
 
 __all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError",
-           "meta_problems"]
+           "meta_problems", "tensor_problem"]
 
 FORMAT_VERSION = 1
 KIND = "mixagent.policy"
@@ -48,10 +55,13 @@ def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[st
     """
     from safetensors.torch import save
 
-    bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
-    if bad:  # such an artifact could never be loaded: say so where it is made
-        raise CorruptArtifactError(f"refusing to write policy artifact {out}: non-finite tensors {bad} (the training "
-                                   f"diverged); lower the learning rates or resume from an earlier checkpoint")
+    hidden = meta.get("network", {}).get("hidden")
+    problem = tensor_problem(tensors, len(hidden) if isinstance(hidden, list) else -1)
+    problems = ([problem] if problem else []) + meta_problems(meta)
+    if problems:  # such an artifact could never be loaded: say so where it is made, and write nothing
+        raise CorruptArtifactError(f"refusing to write policy artifact {out}: {'; '.join(problems)}"
+                                   + (" (the training diverged; lower the learning rates or resume from an earlier "
+                                      "checkpoint)" if problem and "non-finite" in problem else ""))
     out.mkdir(parents=True, exist_ok=True)
     raw = save({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()})
     digest = hashlib.sha256(raw).hexdigest()
@@ -60,6 +70,22 @@ def write_artifact(out: Path, tensors: Mapping[str, torch.Tensor], meta: dict[st
             "versions": {"torch": torch.__version__, "python": platform.python_version(), **meta.get("versions", {})}}
     atomic_write_json(out / META_FILE, full)
     return out
+
+
+def tensor_problem(tensors: Mapping[str, torch.Tensor], layers: int) -> str | None:
+    """What is wrong with an artifact's tensors for ``layers`` hidden layers (``None`` when they fit):
+    non-finite values, ``obs_std <= 0``, or tensors the network does not have (or lacks)."""
+    bad = sorted(k for k, v in tensors.items() if not torch.isfinite(v).all())
+    if bad:
+        return f"non-finite tensors {bad}"
+    want = {f"layers.{i}.{p}" for i in range(max(layers, 0)) for p in ("weight", "bias")}
+    want |= {"head.weight", "head.bias", "obs_mean", "obs_std"}
+    if set(tensors) != want:
+        return (f"tensors {sorted(set(tensors) - want)} are not in a network of {layers} hidden layers and "
+                f"{sorted(want - set(tensors))} are missing")
+    if not (tensors["obs_std"] > 0).all():
+        return "obs_std has entries <= 0"
+    return None
 
 
 def meta_problems(meta: dict[str, Any]) -> list[str]:
@@ -87,8 +113,8 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
         if not (isinstance(get(key), int) and not isinstance(get(key), bool) and get(key) > 0):
             problems.append(f"{key} is {get(key)!r}; expected a positive integer")
     temperature, floor = get("action.temperature"), get("action.floor")
-    if not (number(temperature) and temperature > 0):
-        problems.append(f"action.temperature is {temperature!r}; expected a finite number > 0")
+    if not (number(temperature) and temperature >= MIN_TEMPERATURE):
+        problems.append(f"action.temperature is {temperature!r}; expected a finite number >= {MIN_TEMPERATURE}")
     if not (number(floor) and floor >= 0 and (not names or floor * len(names) < 1)):
         problems.append(f"action.floor is {floor!r}; expected a finite number with 0 <= floor * K < 1")
     hidden = get("network.hidden")
@@ -146,9 +172,9 @@ class AgentPolicy:
             raise _corrupt(path, f"{META_FILE} has invalid fields: {'; '.join(problems)}")
         try:
             tensors = load_file(str(path / WEIGHTS_FILE), device=device)
-            bad = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
-            if bad or not (tensors["obs_std"] > 0).all():
-                raise ValueError(f"non-finite tensors {bad}" if bad else "obs_std has entries <= 0")
+            problem = tensor_problem(tensors, len(meta["network"]["hidden"]))
+            if problem:
+                raise ValueError(problem)
             self.meta = meta
             self.names: tuple[str, ...] = tuple(meta["domains"]["names"])
             self.fields: tuple[str, ...] = tuple(meta["domains"]["fields"])

@@ -183,13 +183,20 @@ def _number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _eval_problem(ev: Any) -> str | None:
+_EVAL_KEYS = {f.name for f in dataclasses.fields(EvalResult)}
+
+
+def _eval_problem(ev: Any, domains: set[str] | None = None) -> str | None:
     if not isinstance(ev, dict):
         return f"not an evaluation object: {ev!r}"
+    if set(ev) - _EVAL_KEYS:
+        return f"unknown keys {sorted(set(ev) - _EVAL_KEYS)}"
     for part in ("bpb", "scores"):
         vals = ev.get(part)
         if not (isinstance(vals, dict) and vals and all(_number(v) for v in vals.values())):
             return f"{part} must map names to finite numbers, got {vals!r}"
+    if domains is not None and set(ev["bpb"]) != domains:
+        return f"bpb has domains {sorted(ev['bpb'])}, the run's start has {sorted(domains)}"
     return None
 
 
@@ -201,14 +208,21 @@ def _value_problems(header: dict, steps: list[dict]) -> list[str]:
     problems = [f"header start_weights: {p}" for p in [_weights_problem(start_w, k) if k else
                                                         f"expected a list of weights, got {start_w!r}"] if p]
     problems += [f"header start: {p}" for p in [_eval_problem(header.get("start"))] if p]
-    for rec in steps:
+    start = header.get("start")
+    domains = set(start["bpb"]) if not problems and isinstance(start, dict) else None
+    for i, rec in enumerate(steps):
         t = rec.get("t")
+        for flag in ("terminated", "truncated", "nonfinite_loss"):
+            if not isinstance(rec.get(flag), bool):
+                problems.append(f"step {t} {flag}: expected true or false, got {rec.get(flag)!r}")
+        if rec.get("eval") is None and rec.get("nonfinite_loss") and i != len(steps) - 1:
+            problems.append(f"step {t} eval: only the last (diverged) step may lack its evaluation")
         problems += [f"step {t} weights: {p}" for p in [_weights_problem(rec.get("weights"), k)] if p]
         action = rec.get("action")
         if not (isinstance(action, list) and len(action) == k and all(_number(a) for a in action)):
             problems.append(f"step {t} action: expected {k} finite numbers, got {action!r}")
         if rec.get("eval") is not None or not rec.get("nonfinite_loss"):
-            problems += [f"step {t} eval: {p}" for p in [_eval_problem(rec.get("eval"))] if p]
+            problems += [f"step {t} eval: {p}" for p in [_eval_problem(rec.get("eval"), domains)] if p]
     return problems
 
 
