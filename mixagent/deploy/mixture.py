@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, MixagentError, UsageError
-from mixagent.sampling import MixtureStream, cumulative
+from mixagent.sampling import MixtureStream
 
 __all__ = ["WindowSource", "IndexedWindowSource", "TokenArraySource", "HFDatasetSource", "WeightSchedule",
            "MixtureDataset", "default_lag", "ScheduleFullError", "SourceUseError"]
@@ -304,7 +304,8 @@ class _Reader:
                 new = i >= len(self.rows) or not np.array_equal(rows[i], self.rows[i])
                 if new and rows[i, 0] <= self.made:
                     self.meta[1] += 1
-            self.rows, self.cums = rows, np.stack([cumulative(r[1:]) for r in rows])
+            cums = np.cumsum(rows[:, 1:], axis=1)  # row by row exactly as sampling.cumulative (rows are valid weights)
+            self.rows, self.cums = rows, cums / cums[:, -1:]
         self.made = max(self.made, batch)
         return self.cums[int(np.searchsorted(self.rows[:, 0], batch, side="right")) - 1]
 
@@ -531,7 +532,7 @@ class MixtureDataset(IterableDataset):
             raise SourceUseError(f"MixtureDataset supports up to {MAX_WORKERS} DataLoader workers, got {n_workers}")
         slot = 1 + worker if info else 0
         _, first = self._join_pass(slot)
-        progress = 3 + 2 * _SLOTS + slot
+        progress, passes = 3 + 2 * _SLOTS + slot, self._passes.numpy()  # a numpy view: cheap per-sample writes
         spb = self.samples_per_batch
         start = first // spb
         reader = _Reader(self.schedule)
@@ -564,5 +565,5 @@ class MixtureDataset(IterableDataset):
                 item = {"input_ids": ids, "labels": ids.clone()}  # a loop may mask labels in place
                 if self.return_domain_ids:
                     item["domain_ids"] = torch.tensor(int(d))
-                self._passes[progress] = b * spb + s + 1  # before the item leaves: a loop may stop right after it
+                passes[progress] = b * spb + s + 1  # before the item leaves: a loop may stop right after it
                 yield item
