@@ -384,8 +384,11 @@ class MixtureDataset(IterableDataset):
         """Set the distributed layout (called by the callback before the DataLoader starts)."""
         if not 0 <= rank < world_size:
             raise ConfigError("MixtureDataset", [f"rank {rank} is not in [0, world_size={world_size})"])
+        batch = self.start_batch if hasattr(self, "_passes") else 0  # positions count samples of the old layout
         self.rank, self.world_size, self.all_ranks = rank, world_size, all_ranks
         self._forget_replay()  # picks depend on the world size
+        if hasattr(self, "_passes"):
+            self.seek(batch)
 
     def _forget_replay(self) -> None:
         self._replayed = (0, np.zeros(self.space.k, dtype=np.int64), 1, self.schedule.table[0].numpy().copy())
