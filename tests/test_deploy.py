@@ -705,3 +705,8 @@ def test_artifacts_whose_tensors_do_not_match_the_network_are_refused(parts, tmp
     with pytest.raises(CorruptArtifactError, match="refusing to write.*action.temperature"):
         write_artifact(tmp_path / "bad", tensors, {**meta, "action": {"temperature": 0, "floor": 0.0}})
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_trainer_may_not_rebuild_the_callback_from_saved_arguments(parts, tmp_path):
+    with pytest.raises(UsageError, match="restore_callback_states_from_checkpoint=True"):
+        trainer_run(parts, tmp_path / "r", max_steps=2, restore_callback_states_from_checkpoint=True)
