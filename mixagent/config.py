@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,9 +21,20 @@ import yaml
 
 from mixagent.errors import ConfigError, suggest
 
-__all__ = ["load_config", "load_yaml", "from_dict", "to_dict", "config_hash", "parse_overrides", "apply_overrides"]
+__all__ = ["load_config", "load_yaml", "from_dict", "to_dict", "config_hash", "parse_overrides", "apply_overrides",
+           "is_number", "is_int"]
 
 T = TypeVar("T")
+
+
+def is_number(x: Any) -> bool:
+    """A finite real number (``bool`` is not a number here): what values read back from JSON must be."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def is_int(x: Any, minimum: int | None = None) -> bool:
+    """An integer (not a ``bool``), at least ``minimum`` when given."""
+    return isinstance(x, int) and not isinstance(x, bool) and (minimum is None or x >= minimum)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

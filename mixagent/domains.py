@@ -9,13 +9,13 @@ one k-means cluster of a field's documents (``cluster: 3`` of a ``clusters`` blo
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from mixagent.config import from_dict, load_yaml
+from mixagent.config import from_dict, is_number, load_yaml
 from mixagent.errors import ActionError, ConfigError, UnknownDomainError, WeightsError, suggest
 
 __all__ = [
@@ -259,13 +259,21 @@ class DomainWeights:
         return f"DomainWeights({shown}{', ...' if self.space.k > 8 else ''})"
 
 
+def weights_problem(w: Any, k: int, tol: float = WEIGHT_TOL) -> str | None:
+    """What is wrong with a list of ``k`` weights read back from JSON (``None`` when it is a distribution
+    within ``tol``); for readers that hold no :class:`DomainSpace` to build :class:`DomainWeights` in."""
+    if not (isinstance(w, list) and len(w) == k and all(is_number(x) and x >= 0 for x in w)):
+        return f"expected {k} finite weights >= 0, got {w!r}"
+    return None if abs(sum(w) - 1.0) <= tol else f"weights sum to {sum(w)!r}, not 1"
+
+
 def check_action_mapping(k: int, temperature: float, floor: float) -> None:
     """Raise ConfigError unless ``temperature`` is a finite number >= ``MIN_TEMPERATURE`` and
     ``0 <= floor * k < 1``."""
-    if not (isinstance(temperature, int | float) and math.isfinite(temperature) and temperature >= MIN_TEMPERATURE):
+    if not (is_number(temperature) and temperature >= MIN_TEMPERATURE):
         raise ConfigError("action mapping", [f"temperature must be a finite number >= {MIN_TEMPERATURE} (below it "
                                              f"actions / temperature overflow), got {temperature}"])
-    if not (isinstance(floor, int | float) and math.isfinite(floor) and 0 <= floor * k < 1):
+    if not (is_number(floor) and 0 <= floor * k < 1):
         raise ConfigError("action mapping", [f"floor * K must be in [0, 1), got floor={floor}, K={k}; "
                                              f"use floor < {1 / k:.4g}"])
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mixagent.config import from_dict
+from mixagent.config import from_dict, is_number
+from mixagent.domains import weights_problem
 from mixagent.env.base_model import get_base_model
 from mixagent.env.environment import MixingEnv
-from mixagent.env.evaluation import EvalResult
+from mixagent.env.evaluation import eval_json_problem
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
 from mixagent.paths import atomic_write_json
@@ -110,21 +110,16 @@ class EvalRunner:
 
 def _read_episode(path: Path, seed: int) -> dict | None:
     """A stored episode summary, or ``None`` (it is then run again) when it is unreadable or holds invalid
-    values: another seed, non-finite or missing scores, mixtures that are not distributions."""
-    def finite(x: object) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
+    values: another seed, non-finite or missing scores, evaluations or mixtures that are not valid."""
     try:
         ep = json.loads(path.read_text())
         numbers = [ep[k] for k in ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "return")]
-        evals = [EvalResult.from_json(ep[k]) for k in ("start", "final")]
-        k = len(evals[0].bpb)
-        ok = (ep["seed"] == seed and isinstance(ep["truncated"], bool) and all(finite(x) for x in numbers)
-              and all(e.is_finite() and set(e.bpb) == set(evals[0].bpb) for e in evals)
+        domains = ep["start"]["bpb"] if isinstance(ep["start"], dict) else None
+        ok = (ep["seed"] == seed and isinstance(ep["truncated"], bool) and all(is_number(x) for x in numbers)
+              and isinstance(domains, dict) and not any(eval_json_problem(ep[k], domains) for k in ("start", "final"))
               and isinstance(ep["weights"], list) and len(ep["weights"]) > 0
-              and all(isinstance(w, list) and len(w) == k and all(finite(x) and x >= 0 for x in w)
-                      and abs(sum(w) - 1.0) <= 1e-4 for w in ep["weights"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+              and not any(weights_problem(w, len(domains), tol=1e-4) for w in ep["weights"]))  # stored to 6 digits
+    except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         log.warning("stored episode %s is unreadable or invalid; running it again", path)

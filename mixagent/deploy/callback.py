@@ -33,6 +33,7 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
+from mixagent.config import is_int
 from mixagent.deploy.distributed import dist_info
 from mixagent.deploy.heldout import field_scores_from_bits
 from mixagent.deploy.loop import STATE_FILE, Mixer
@@ -97,6 +98,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         self._pending: dict[str, float] = {}
         self._last_step = -1  # global step of the last decision
         self._step: int | None = None  # global step the training loop is at (None before training)
+        self._exported: tuple[int, dict[str, Any]] | None = None  # (step, state) last put in a checkpoint
         self._max_steps = 0
         self._accum = 1
 
@@ -106,8 +108,9 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         Trainer also asks once before training starts, when there is nothing to store yet)."""
         if self._step is None or not self.mixer.scheduler.updates:
             return {"args": {}, "attributes": {}}
-        return {"args": {}, "attributes": {"mixagent_state": self.mixer.state_dict(self._step * self._accum),
-                                           "last_decision_step": self._last_step, "global_step": self._step}}
+        self._exported = (self._step, self.mixer.state_dict(self._step * self._accum))  # on_save writes it too
+        return {"args": {}, "attributes": {"mixagent_state": self._exported[1], "last_decision_step": self._last_step,
+                                           "global_step": self._step}}
 
     def _stored_state(self, state: TrainerState) -> dict[str, Any] | None:
         stored = (state.stateful_callbacks or {}).get(type(self).__name__)
@@ -168,7 +171,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         if stored is not None:
             where = f"the resumed checkpoint's trainer_state.json (step {state.global_step})"
             last = stored.get("last_decision_step")
-            if not (isinstance(last, int) and not isinstance(last, bool) and -1 <= last <= state.global_step
+            if not (is_int(last, -1) and last <= state.global_step
                     and isinstance(stored["mixagent_state"], dict)):
                 raise CorruptArtifactError(f"{where}: its MixAgentCallback entry is invalid (last_decision_step "
                                            f"{last!r}, mixagent_state {type(stored['mixagent_state']).__name__}); "
@@ -254,4 +257,6 @@ class MixAgentCallback(TrainerCallback, ExportableState):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # a readable copy beside the checkpoint; resuming reads the copy inside the checkpoint's trainer_state.json
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum, write=args.should_save)
+        exported = self._exported[1] if self._exported and self._exported[0] == state.global_step else None
+        self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum, write=args.should_save,
+                        state=exported)

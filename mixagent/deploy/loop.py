@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixagent.config import is_int
 from mixagent.deploy.distributed import broadcast_array, dist_info
 from mixagent.deploy.mixture import MixtureDataset, default_lag
 from mixagent.deploy.scheduler import MixingScheduler
@@ -140,12 +141,12 @@ class Mixer:
         # validate everything before changing anything: a refused state leaves this Mixer as it was
         consumed, lag, sched, data = (state.get(k) for k in ("consumed_batches", "lag", "scheduler", "data"))
         problems = []
-        if not (isinstance(consumed, int) and not isinstance(consumed, bool) and consumed >= 0):
+        if not is_int(consumed, 0):
             problems.append(f"consumed_batches is {consumed!r}; expected an integer >= 0")
         elif isinstance(data, dict) and data.get("consumed_batches") != consumed:
             problems.append(f"consumed_batches {consumed} differs from the data section's "
                             f"{data.get('consumed_batches')!r}")
-        if lag is not None and not (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 1):
+        if lag is not None and not is_int(lag, 1):
             problems.append(f"lag is {lag!r}; expected an integer >= 1")
         problems += [f"{k} is {type(v).__name__}; expected an object" for k, v in (("scheduler", sched),
                                                                                   ("data", data))
@@ -164,16 +165,18 @@ class Mixer:
         self.dataset.load_state_dict(state["data"], skip=skip)
         return int(state["consumed_batches"])
 
-    def save(self, path: str | Path, consumed_batches: int, write: bool | None = None) -> Path | None:
+    def save(self, path: str | Path, consumed_batches: int, write: bool | None = None,
+             state: dict[str, Any] | None = None) -> Path | None:
         """Write the state atomically. Every rank holds the same state; by default rank 0 writes it
-        (``write=True`` on every process that saves checkpoints, e.g. one per node without shared storage)."""
+        (``write=True`` on every process that saves checkpoints, e.g. one per node without shared storage).
+        ``state``: this Mixer's :meth:`state_dict` at ``consumed_batches`` when the caller already has it."""
         from mixagent.paths import atomic_write_json
 
         if not (dist_info()[0] == 0 if write is None else write):
             return None
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, self.state_dict(consumed_batches))
+        atomic_write_json(path, state if state is not None else self.state_dict(consumed_batches))
         return path
 
     def load(self, path: str | Path, skip: bool = True) -> int:

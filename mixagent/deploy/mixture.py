@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from mixagent.config import is_int
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, MixagentError, UsageError
 from mixagent.sampling import MixtureStream
@@ -363,8 +364,8 @@ class MixtureDataset(IterableDataset):
         self.return_domain_ids = return_domain_ids
         # where passes start, shared with DataLoader workers (see _join_pass): [current pass, its start (a
         # global sample index), fresh flag], then per reader slot (0: this process, 1 + i: worker i) the pass it
-        # last joined, the pass its progress belongs to, and its progress (samples handed out, global index)
-        self._passes = torch.zeros(3 + 3 * _SLOTS, dtype=torch.int64).share_memory_()
+        # last joined (its progress belongs to that pass), then each slot's progress (samples handed out)
+        self._passes = torch.zeros(3 + 2 * _SLOTS, dtype=torch.int64).share_memory_()
         self._passes[2] = 1
         self._passes[3: 3 + _SLOTS] = -1
         self._lock = multiprocessing.get_context().Lock()
@@ -446,11 +447,8 @@ class MixtureDataset(IterableDataset):
                 f"and sequence length"])
 
     def _state_problems(self, state: dict[str, Any]) -> list[str]:
-        def count(x: Any) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
         problems = [f"{k} is {state.get(k)!r}; expected an integer >= 0" for k in ("consumed_batches",)
-                    if not count(state.get(k))]
+                    if not is_int(state.get(k), 0)]
         rows = state.get("schedule")
         if not (isinstance(rows, list) and rows and len(rows) <= self.schedule.table.shape[0]):
             return problems + [f"schedule has {len(rows) if isinstance(rows, list) else rows!r} rows; expected 1 to "
@@ -461,7 +459,7 @@ class MixtureDataset(IterableDataset):
                 problems.append(f"schedule[{i}] is {row!r}; expected [first_batch, weights]")
                 continue
             batch, weights = row
-            if not count(batch) or batch < last or (i == 0 and batch != 0):
+            if not is_int(batch, last) or (i == 0 and batch != 0):
                 problems.append(f"schedule[{i}].first_batch is {batch!r}; expected an integer >= {last}"
                                 + (" (0 for the first row)" if i == 0 else ""))
             else:
@@ -471,7 +469,7 @@ class MixtureDataset(IterableDataset):
             except (MixagentError, TypeError, ValueError) as exc:
                 problems.append(f"schedule[{i}].weights: {exc}")
         cursors = state.get("cursors")
-        if not (isinstance(cursors, list) and len(cursors) == self.space.k and all(count(c) for c in cursors)):
+        if not (isinstance(cursors, list) and len(cursors) == self.space.k and all(is_int(c, 0) for c in cursors)):
             problems.append(f"cursors is {cursors!r}; expected {self.space.k} integers >= 0")
         return problems
 
@@ -505,8 +503,8 @@ class MixtureDataset(IterableDataset):
             self._passes[1] = batch * self.samples_per_batch
             self._passes[2] = 1
 
-    def _join_pass(self, slot: int) -> tuple[int, int]:
-        """``(pass, start sample)`` for a reader starting to iterate, the same for every reader of a pass.
+    def _join_pass(self, slot: int) -> int:
+        """The sample a reader starting to iterate begins at, the same for every reader of a pass.
 
         A reader whose slot already joined the current pass is the first of a new one: it folds the current
         pass's progress into the new start. Other readers join the current pass. After :meth:`seek` (or at
@@ -519,14 +517,13 @@ class MixtureDataset(IterableDataset):
             if int(p[2]):  # the first reader after a seek (or ever)
                 p[2] = 0
             elif slot == 0 or int(p[3 + slot]) == cur:  # this reader already read the current pass: a new one
-                progress = p[3 + 2 * _SLOTS: 3 + 3 * _SLOTS][p[3 + _SLOTS: 3 + 2 * _SLOTS] == cur]
+                progress = p[3 + _SLOTS:][p[3: 3 + _SLOTS] == cur]
                 p[1] = max(int(p[1]), int(progress.max()) if len(progress) else 0)
                 cur += 1
                 p[0] = cur
             p[3 + slot] = cur
-            p[3 + _SLOTS + slot] = cur
-            p[3 + 2 * _SLOTS + slot] = int(p[1])
-            return cur, int(p[1])
+            p[3 + _SLOTS + slot] = int(p[1])
+            return int(p[1])
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -534,8 +531,8 @@ class MixtureDataset(IterableDataset):
         if n_workers > MAX_WORKERS:
             raise SourceUseError(f"MixtureDataset supports up to {MAX_WORKERS} DataLoader workers, got {n_workers}")
         slot = 1 + worker if info else 0
-        _, first = self._join_pass(slot)
-        progress, passes = 3 + 2 * _SLOTS + slot, self._passes.numpy()  # a numpy view: cheap per-sample writes
+        first = self._join_pass(slot)
+        progress, passes = 3 + _SLOTS + slot, self._passes.numpy()  # a numpy view: cheap per-sample writes
         spb = self.samples_per_batch
         start = first // spb
         reader = _Reader(self.schedule)

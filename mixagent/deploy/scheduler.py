@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.env.evaluation import EvalResult
+from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
 from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
@@ -231,12 +231,9 @@ class MixingScheduler:
             if key not in state:
                 problems.append(f"{key} is missing")
                 continue
-            try:
-                ev = EvalResult.from_json(state[key]) if state.get(key) else None
-                if ev is not None and (not ev.is_finite() or set(ev.bpb) != set(self.space.names)):
-                    problems.append(f"{key} has non-finite values or other domains than {list(self.space.names)}")
-            except (KeyError, TypeError, ValueError) as exc:
-                problems.append(f"{key} is not an evaluation ({exc})")
+            problem = state[key] and eval_json_problem(state[key], self.space.names, f"space {self.space.name!r}")
+            if problem:
+                problems.append(f"{key}: {problem}")
         history = state.get("history")
         if not isinstance(history, list):
             problems.append(f"history is {type(history).__name__}; expected a list")

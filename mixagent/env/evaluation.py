@@ -14,18 +14,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixagent.config import is_number
 from mixagent.data.build import read_split, read_tasks
 from mixagent.data.domain_data import DomainData
 from mixagent.data.sources import unknown_corpora
 from mixagent.domains import FIELDS, DomainSpace
 from mixagent.errors import ConfigError, suggest
 
-__all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items"]
+__all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items", "eval_json_problem"]
 
 BENCHMARK_KINDS = ("champ_mc", "cloze")
 LOSS_UNITS = ("byte", "token")  # EvalResult.bpb is in bits per byte or bits per token
@@ -142,6 +145,28 @@ class EvalResult:
 
     def is_finite(self) -> bool:
         return all(math.isfinite(v) for v in [*self.bpb.values(), *self.scores.values()])
+
+
+def eval_json_problem(d: Any, domains: Collection[str] | None = None,
+                      domains_of: str = "the run's start") -> str | None:
+    """What is wrong with an :class:`EvalResult` read back from JSON (``None`` when it is valid): an object
+    of known keys whose ``bpb`` and ``scores`` map names to finite numbers, with ``bpb`` over exactly
+    ``domains`` (those of ``domains_of``, for the message) when given. For every reader of stored
+    evaluations (trajectories, episodes, deployment states)."""
+    if not isinstance(d, dict):
+        return f"not an evaluation object: {d!r}"
+    unknown = set(d) - {f.name for f in dataclasses.fields(EvalResult)}
+    if unknown:
+        return f"unknown keys {sorted(unknown)}"
+    for part in ("bpb", "scores"):
+        vals = d.get(part)
+        if not (isinstance(vals, dict) and vals and all(is_number(v) for v in vals.values())):
+            return f"{part} must map names to finite numbers, got {vals!r}"
+    if d.get("unit", "byte") not in LOSS_UNITS:
+        return f"unit must be one of {LOSS_UNITS}, got {d['unit']!r}"
+    if domains is not None and set(d["bpb"]) != set(domains):
+        return f"bpb has domains {sorted(d['bpb'])}, {domains_of} has {sorted(domains)}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)

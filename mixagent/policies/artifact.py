@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixagent.config import is_int, is_number
 from mixagent.domains import (
     FIELDS,
     MIN_TEMPERATURE,
@@ -98,9 +98,6 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
             node = node.get(key) if isinstance(node, dict) else None
         return node
 
-    def number(x: Any) -> bool:
-        return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
     problems = []
     names, fields = get("domains.names"), get("domains.fields")
     if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
@@ -110,16 +107,15 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
     if not (isinstance(fields, list) and all(f in FIELDS for f in fields) and names and len(fields) == len(names)):
         problems.append(f"domains.fields is {fields!r}; expected one of {FIELDS} per domain")
     for key in ("observation.version", "observation.dim"):
-        if not (isinstance(get(key), int) and not isinstance(get(key), bool) and get(key) > 0):
+        if not is_int(get(key), 1):
             problems.append(f"{key} is {get(key)!r}; expected a positive integer")
     temperature, floor = get("action.temperature"), get("action.floor")
-    if not (number(temperature) and temperature >= MIN_TEMPERATURE):
+    if not (is_number(temperature) and temperature >= MIN_TEMPERATURE):
         problems.append(f"action.temperature is {temperature!r}; expected a finite number >= {MIN_TEMPERATURE}")
-    if not (number(floor) and floor >= 0 and (not names or floor * len(names) < 1)):
+    if not (is_number(floor) and floor >= 0 and (not names or floor * len(names) < 1)):
         problems.append(f"action.floor is {floor!r}; expected a finite number with 0 <= floor * K < 1")
     hidden = get("network.hidden")
-    if not (isinstance(hidden, list) and all(isinstance(h, int) and not isinstance(h, bool) and h > 0
-                                             for h in hidden)):
+    if not (isinstance(hidden, list) and all(is_int(h, 1) for h in hidden)):
         problems.append(f"network.hidden is {hidden!r}; expected a list of positive layer widths")
     return problems
 

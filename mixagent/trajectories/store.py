@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.env.evaluation import EvalResult
+from mixagent.config import is_number
+from mixagent.domains import weights_problem
+from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.errors import ResumeMismatchError, SchemaVersionError, TrajectoryFormatError
 from mixagent.paths import atomic_write_json, fsync_dir, write_error
 
@@ -173,41 +175,14 @@ def _parse(path: Path, raw: bytes) -> Trajectory:
     return Trajectory(path, records[0], steps, records[-1])
 
 
-def _weights_problem(w: Any, k: int) -> str | None:
-    if not (isinstance(w, list) and len(w) == k and all(_number(x) and x >= 0 for x in w)):
-        return f"expected {k} finite weights >= 0, got {w!r}"
-    return None if abs(sum(w) - 1.0) <= 1e-6 else f"weights sum to {sum(w)!r}, not 1"
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-_EVAL_KEYS = {f.name for f in dataclasses.fields(EvalResult)}
-
-
-def _eval_problem(ev: Any, domains: set[str] | None = None) -> str | None:
-    if not isinstance(ev, dict):
-        return f"not an evaluation object: {ev!r}"
-    if set(ev) - _EVAL_KEYS:
-        return f"unknown keys {sorted(set(ev) - _EVAL_KEYS)}"
-    for part in ("bpb", "scores"):
-        vals = ev.get(part)
-        if not (isinstance(vals, dict) and vals and all(_number(v) for v in vals.values())):
-            return f"{part} must map names to finite numbers, got {vals!r}"
-    if domains is not None and set(ev["bpb"]) != domains:
-        return f"bpb has domains {sorted(ev['bpb'])}, the run's start has {sorted(domains)}"
-    return None
-
-
 def _value_problems(header: dict, steps: list[dict]) -> list[str]:
     """Values a reader would use, checked before use: shapes, finite numbers, weights summing to 1. A
     diverged step (``nonfinite_loss``) may lack its evaluation (stored as null)."""
     start_w = header.get("start_weights")
     k = len(start_w) if isinstance(start_w, list) else 0
-    problems = [f"header start_weights: {p}" for p in [_weights_problem(start_w, k) if k else
+    problems = [f"header start_weights: {p}" for p in [weights_problem(start_w, k) if k else
                                                         f"expected a list of weights, got {start_w!r}"] if p]
-    problems += [f"header start: {p}" for p in [_eval_problem(header.get("start"))] if p]
+    problems += [f"header start: {p}" for p in [eval_json_problem(header.get("start"))] if p]
     start = header.get("start")
     domains = set(start["bpb"]) if not problems and isinstance(start, dict) else None
     for i, rec in enumerate(steps):
@@ -217,12 +192,12 @@ def _value_problems(header: dict, steps: list[dict]) -> list[str]:
                 problems.append(f"step {t} {flag}: expected true or false, got {rec.get(flag)!r}")
         if rec.get("eval") is None and rec.get("nonfinite_loss") and i != len(steps) - 1:
             problems.append(f"step {t} eval: only the last (diverged) step may lack its evaluation")
-        problems += [f"step {t} weights: {p}" for p in [_weights_problem(rec.get("weights"), k)] if p]
+        problems += [f"step {t} weights: {p}" for p in [weights_problem(rec.get("weights"), k)] if p]
         action = rec.get("action")
-        if not (isinstance(action, list) and len(action) == k and all(_number(a) for a in action)):
+        if not (isinstance(action, list) and len(action) == k and all(is_number(a) for a in action)):
             problems.append(f"step {t} action: expected {k} finite numbers, got {action!r}")
         if rec.get("eval") is not None or not rec.get("nonfinite_loss"):
-            problems += [f"step {t} eval: {p}" for p in [_eval_problem(rec.get("eval"), domains)] if p]
+            problems += [f"step {t} eval: {p}" for p in [eval_json_problem(rec.get("eval"), domains)] if p]
     return problems
 
 
