@@ -196,9 +196,37 @@ def load_yaml(path: Path) -> Any:
                                       f"syntax (indentation, colons, brackets)"]) from None
 
 
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        added = getattr(type(obj), "ADDED_FIELDS", ())
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name in added and value == _default(f):
+                continue  # a field added later, left at its default: older configs keep their hash
+            out[f.name] = _plain(value)
+        return out
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
 def to_dict(obj: Any) -> dict[str, Any]:
-    """Plain-JSON form of a config dataclass."""
-    return json.loads(json.dumps(dataclasses.asdict(obj), default=list))
+    """Plain-JSON form of a config dataclass.
+
+    Fields a class lists in its ``ADDED_FIELDS`` class attribute (knobs added after configs were hashed
+    and cached) are left out while they hold their default, so every config written before them keeps
+    its hash and cache key; loading fills the default back in.
+    """
+    return json.loads(json.dumps(_plain(obj), default=list))
 
 
 def config_hash(*parts: Any) -> str:

@@ -9,6 +9,7 @@ one k-means cluster of a field's documents (``cluster: 3`` of a ``clusters`` blo
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,28 @@ class Domain:
         field: ``source`` (the field we must not forget) or ``target`` (the field we learn).
         corpora: corpus names (see ``python -m mixagent.data list``) whose documents form this domain.
         cluster: when set, only documents the field's labeller put in this cluster.
+        match: when set, only passages whose id matches this regular expression (``re.search``), e.g.
+            ``'^C_'`` for CHAMP's concepts or ``'-ref#'`` for its reference solutions: sub-domains of one
+            corpus that keep its document-level train/validation/test split.
     """
 
     name: str
     field: str
     corpora: list[str]
     cluster: int | None = None
+    match: str | None = None
+
+    ADDED_FIELDS = ("match",)
 
     def check(self) -> list[str]:
         problems = []
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                problems.append(f"domain {self.name!r}: match {self.match!r} is not a regular expression ({exc})")
+            if self.cluster is not None:
+                problems.append(f"domain {self.name!r}: use either match or a clusters block, not both")
         if self.field not in FIELDS:
             problems.append(f"domain {self.name!r}: field must be one of {FIELDS}, got {self.field!r}")
         if not self.corpora:
@@ -307,3 +321,25 @@ def weights_to_action(weights: DomainWeights, temperature: float = 0.25, floor: 
     logits = temperature * np.log(p)
     logits -= (logits.max() + logits.min()) / 2.0
     return np.clip(logits, -1.0, 1.0).astype(np.float32)
+
+
+def replay_weights(space: DomainSpace, shares: np.ndarray | Sequence[float], rho: float) -> np.ndarray:
+    """``(K,)`` weights with source-field share ``rho`` and target-field share ``1 - rho``, split within each
+    field by ``shares`` (e.g. natural token shares): the replay family of mixtures (``rho=1``: source-only,
+    ``rho=0``: target-only).
+
+    Raises:
+        WeightsError: ``rho`` outside [0, 1], or ``shares`` give a field with a positive share no weight.
+    """
+    if not 0.0 <= rho <= 1.0:
+        raise WeightsError(f"rho must be in [0, 1], got {rho}")
+    base = np.asarray(shares, dtype=np.float64)
+    w = np.zeros(space.k)
+    for field, share in (("source", rho), ("target", 1.0 - rho)):
+        mask = space.field_mask(field)
+        if share > 0:
+            if base[mask].sum() <= 0:
+                raise WeightsError(f"shares give no weight to any {field}-field domain "
+                                   f"({', '.join(np.asarray(space.names)[mask])}); give them a positive share")
+            w[mask] = share * base[mask] / base[mask].sum()
+    return w

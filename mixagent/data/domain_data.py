@@ -4,14 +4,16 @@ mixture sampler and fixed validation windows for the evaluation environment."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
-from mixagent.data.build import check_corpora, corpora_dir
+from mixagent.data.build import check_corpora, corpora_dir, read_split
 from mixagent.data.labeller import ClusterLabels, cluster_labels
 from mixagent.data.tokens import TokenizedSplit, load_tokenized
 from mixagent.domains import DomainSpace
+from mixagent.errors import ConfigError
 from mixagent.paths import data_root
 
 __all__ = ["DomainData"]
@@ -42,7 +44,19 @@ class DomainData:
         self.train: list[np.ndarray] = []
         self.val_parts: list[list[tuple[np.ndarray, float]]] = []
         for d in space.domains:
-            if d.cluster is None:
+            if d.match is not None:
+                pattern = re.compile(d.match)
+                split_parts = {}
+                for split in ("train", "val"):
+                    split_parts[split] = [tok[c][split].select(self._matching(c, split, pattern, root)) for c in d.corpora]
+                sizes = np.array([len(t) for t in split_parts["train"]], dtype=np.float64)
+                if not sizes.sum():
+                    raise ConfigError(space.name, [f"domain {d.name!r}: no training passage of {d.corpora} has an id "
+                                                   f"matching {d.match!r}; check the pattern against the ids in "
+                                                   f"data/corpora/<corpus>/train.jsonl"])
+                self.train.append(np.concatenate(split_parts["train"]))
+                self.val_parts.append([(v, s) for v, s in zip(split_parts["val"], sizes / sizes.sum()) if len(v)])
+            elif d.cluster is None:
                 train = [tok[c]["train"].tokens for c in d.corpora]
                 sizes = np.array([len(t) for t in train], dtype=np.float64)
                 self.train.append(np.concatenate(train) if len(train) > 1 else train[0])
@@ -56,6 +70,11 @@ class DomainData:
         self.natural = sizes / sizes.sum()
 
     @staticmethod
+    def _matching(corpus: str, split: str, pattern: re.Pattern, root: Path) -> np.ndarray:
+        ids = [p["id"] for p in read_split(corpus, split, corpora_dir(root))]
+        return np.array([i for i, pid in enumerate(ids) if pattern.search(pid)], dtype=np.int64)
+
+    @staticmethod
     def _cluster_val(tok: dict[str, dict[str, TokenizedSplit]], lab: ClusterLabels, cluster: int) -> np.ndarray:
         """A cluster's held-out passages; topped up with the field's nearest others when they are few."""
         own = int((lab.labels["val"] == cluster).sum())
@@ -67,6 +86,34 @@ class DomainData:
             parts.append(tok[corpus]["val"].select(np.array([i])))
             size += len(parts[-1])
         return np.concatenate(parts)
+
+    def capped_train(self, field_mask: np.ndarray, tokens: int, length: int, seed: int = 0) -> list[np.ndarray]:
+        """Training streams with the masked domains' unique tokens capped at ``tokens`` in all: scarce data
+        that a data-hungry mixture must repeat (Muennighoff et al., arXiv 2305.16264).
+
+        The cap is split over the masked domains by natural share (a domain smaller than its share keeps
+        all of it) and each keeps a fixed random subset of whole ``length``-token windows (``seed``), so the
+        sampler's windows stay aligned. The natural mixture is not changed.
+
+        Raises:
+            ConfigError: the cap leaves a masked domain with no whole window.
+        """
+        mask = np.asarray(field_mask, dtype=bool)
+        shares = np.where(mask, self.natural, 0.0)
+        shares = shares / shares.sum()
+        rng = np.random.Generator(np.random.PCG64(seed))
+        out = list(self.train)
+        for d in np.flatnonzero(mask):
+            have = len(self.train[d]) // length
+            keep = min(have, int(tokens * shares[d]) // length)
+            if keep < 1:
+                raise ConfigError(self.space.name, [
+                    f"target_tokens={tokens} leaves domain {self.space.names[d]!r} (share {shares[d]:.3f}) less than "
+                    f"one {length}-token window; raise target_tokens to at least {int(np.ceil(length / shares[d]))}"])
+            if keep < have:
+                windows = np.sort(rng.choice(have, keep, replace=False))
+                out[d] = self.train[d][: have * length].reshape(have, length)[windows].reshape(-1)
+        return out
 
     def val_windows(self, domain: int, n_windows: int, length: int) -> np.ndarray:
         """``(n, length)`` fixed validation windows of one domain: split across its corpora by share and

@@ -60,6 +60,10 @@ class LMBackend:
         self.tokenizer = base.tokenizer
         self.data = DomainData(space, base.tokenizer, base.tokenizer_hash)
         self.natural = self.data.natural
+        self.train_streams = self.data.train
+        if spec.target_tokens:
+            self.train_streams = self.data.capped_train(space.field_mask("target"), spec.target_tokens,
+                                                        base.model_config.seq_len + 1)
         self.evaluator = Evaluator(self.data, spec.eval, base.tokenizer, token_byte_lengths(base.tokenizer),
                                    base.model_config.seq_len)
         self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
@@ -78,10 +82,12 @@ class LMBackend:
     def reset(self, seed: int) -> EvalResult:
         self.model.load_state_dict(self.base_state)
         self.optimizer = make_optimizer(self.model, self.spec.optim)
-        self.sampler = MixtureSampler(self.data.train, self.model_config.seq_len + 1, seed, self.space.names)
+        self.sampler = MixtureSampler(self.train_streams, self.model_config.seq_len + 1, seed, self.space.names)
         self.tokens_seen = 0
         if self._base_eval is None:  # the base model's evaluation does not depend on the seed
             self._base_eval = self.evaluator(self.model, 0)
+            self._base_items = dict(self.evaluator.last_items)
+        self.evaluator.last_items = dict(self._base_items)  # per-item values match the evaluation returned
         return copy.deepcopy(self._base_eval)
 
     def train(self, weights: np.ndarray, step: int) -> SegmentStats:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -41,6 +42,10 @@ class BaseModelConfig:
         seed: initialisation and data-order seed.
         tokenizer: the tokenizer to train/load.
         optim: optimizer and batch settings.
+        target_corpora: target-field corpora mixed into pre-training (a base that has seen a little of the
+            target field, so continual pre-training refines rather than introduces it).
+        target_share: share of pre-training tokens drawn from ``target_corpora`` (natural shares among
+            them); the source corpora share the rest at their natural proportions.
     """
 
     size: str = "0.5m"
@@ -50,6 +55,10 @@ class BaseModelConfig:
     seed: int = 0
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    target_corpora: tuple[str, ...] = ()
+    target_share: float = 0.0
+
+    ADDED_FIELDS = ("target_corpora", "target_share")
 
     def check(self) -> list[str]:
         from mixagent.data.sources import unknown_corpora
@@ -57,6 +66,14 @@ class BaseModelConfig:
         from mixagent.errors import suggest
 
         problems = [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
+        if not 0 <= self.target_share < 1:
+            problems.append(f"target_share must be in [0, 1), got {self.target_share}")
+        elif self.target_share > 0 and not self.target_corpora:
+            problems.append("target_share > 0 needs target_corpora, e.g. target_corpora: [math]")
+        if set(self.target_corpora) & set(self.corpora):
+            problems.append(f"corpora {sorted(set(self.target_corpora) & set(self.corpora))} are listed both as "
+                            f"source (corpora) and as target (target_corpora)")
+        problems += unknown_corpora(self.target_corpora)
         if self.size not in MODEL_SIZES:
             problems.append(f"size {self.size!r} unknown{suggest(self.size, MODEL_SIZES)}; "
                             f"known: {', '.join(MODEL_SIZES)}")
@@ -133,17 +150,23 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
 
     from mixagent.data.domain_data import DomainData
 
-    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora], fields=("source",))
+    target = list(cfg.target_corpora) if cfg.target_share > 0 else []
+    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora] +
+                        [Domain(c, "target", [c]) for c in target], fields=("source", "target") if target else ("source",))
     data = DomainData(space, tokenizer, tok_hash, root)
     mcfg = cfg.model_config(len(tokenizer))
     model = build_model(mcfg, seed=cfg.seed)
     opt = make_optimizer(model, cfg.optim)
     sampler = MixtureSampler(data.train, mcfg.seq_len + 1, seed=cfg.seed, names=space.names)
     shares = data.natural
+    if target:  # the source corpora at natural proportions, the target corpora at target_share in all
+        is_target = space.field_mask("target")
+        shares = np.where(is_target, cfg.target_share, 1 - cfg.target_share) * shares / np.where(
+            is_target, shares[is_target].sum(), shares[~is_target].sum())
     total = max(1, cfg.tokens // (cfg.optim.micro_batch * mcfg.seq_len))
     chunk = max(1, min(50, total // 20))
     log.info("pre-training base model %s (%d params) on %s for %d steps", cfg.size, count_parameters(model),
-             "+".join(cfg.corpora), total)
+             "+".join(cfg.corpora) + (f" + {cfg.target_share:.0%} {'+'.join(target)}" if target else ""), total)
     t0, done, losses = time.time(), 0, []
     with tqdm(total=total * cfg.optim.micro_batch * mcfg.seq_len, desc="base model", unit="tok",
               unit_scale=True) as bar:
@@ -160,7 +183,8 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
     with staged_dir(path) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         meta = {"config": to_dict(cfg), "model_config": dataclasses.asdict(mcfg),
-                "parameters": count_parameters(model), "tokenizer_hash": tok_hash,
+                "parameters": count_parameters(model), "target_share": cfg.target_share,
+                "target_corpora": target, "tokenizer_hash": tok_hash,
                 "tokens": total * cfg.optim.micro_batch * mcfg.seq_len, "final_loss": losses[-1],
                 "seconds": round(time.time() - t0, 1), "sha256": _sha256(tmp / "model.safetensors"),
                 "torch": torch.__version__}

@@ -14,7 +14,9 @@ from mixagent.domains import DomainWeights, action_to_weights, check_action_mapp
 from mixagent.env.backends import ProxyBackend, make_backend
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.observation import CLIP, ObservationBuilder
-from mixagent.env.rewards import balanced_score, step_reward
+from mixagent.env.proxy import lr_at
+from mixagent.env.references import get_reference
+from mixagent.env.rewards import Reference, balanced_score, needs_reference, step_reward
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ActionError, ConfigError, WeightsError
 
@@ -83,7 +85,10 @@ class MixingEnv(gym.Env):
         self.space = load_space(self.spec_.space_path())
         check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
-        self.obs_builder = ObservationBuilder(self.space)
+        self.obs_builder = ObservationBuilder(self.space, self.spec_.observe_lr)
+        self.reference: Reference | None = None
+        if needs_reference(self.spec_.reward.name):  # run (once per spec hash, then cached) before any episode
+            self.reference = get_reference(self.spec_, self.backend, self.space)
         k = self.space.k
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), np.float32)
         self.observation_space = gym.spaces.Box(-CLIP, CLIP, (self.obs_builder.dim,), np.float32)
@@ -108,9 +113,20 @@ class MixingEnv(gym.Env):
         self._start = self._prev = self.backend.reset(episode_seed)
         self._weights = self.initial_weights()
         self._t = 0
-        self._last_obs = self.obs_builder(self._weights.values, self._start, self._start, self._start, 0.0)
+        self._last_obs = self.obs_builder(self._weights.values, self._start, self._start, self._start, 0.0,
+                                          self._lr(0))
+        r = self.spec_.reward
         return self._last_obs, {"eval": self._start.to_json(), "weights": self._weights.to_mapping(),
-                                "episode_seed": episode_seed, "balanced_score": 0.0}
+                                "episode_seed": episode_seed,
+                                "balanced_score": balanced_score(r.name, r.lam, self._start, self._start, self.space,
+                                                                 self.reference)}
+
+    def _lr(self, t: int) -> float | None:
+        """The learning rate at the start of segment ``t`` over the peak (``None`` unless observed)."""
+        if not self.spec_.observe_lr:
+            return None
+        per = getattr(self.backend, "steps_per_segment", 1)
+        return lr_at(t * per, self.spec_.steps * per, self.spec_.optim) / self.spec_.optim.lr
 
     def step(self, action):
         try:
@@ -153,10 +169,12 @@ class MixingEnv(gym.Env):
             return self._last_obs, 0.0, False, True, info
         self._t += 1
         r = self.spec_.reward
-        reward = step_reward(r.name, r.lam, self._start, self._prev, now, self.space)
-        obs = self.obs_builder(weights.values, self._start, self._prev, now, self._t / self.spec_.steps)
+        reward = step_reward(r.name, r.lam, self._start, self._prev, now, self.space, self.reference)
+        obs = self.obs_builder(weights.values, self._start, self._prev, now, self._t / self.spec_.steps,
+                               self._lr(min(self._t, self.spec_.steps - 1)))
         self._prev, self._weights, self._last_obs = now, weights, obs
-        info.update(eval=now.to_json(), balanced_score=balanced_score(r.name, r.lam, self._start, now, self.space))
+        info.update(eval=now.to_json(),
+                    balanced_score=balanced_score(r.name, r.lam, self._start, now, self.space, self.reference))
         return obs, float(reward), self._t >= self.spec_.steps, False, info
 
     def snapshot(self) -> dict:

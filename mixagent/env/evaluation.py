@@ -7,6 +7,10 @@ log-likelihood, at a fixed token budget.
   length) and ``cloze`` (held-out text -> the true next sentence/line vs others of similar length).
   A field's *score* is the mean probability the model puts on the gold choice among the candidates
   (continuous; chance = 1/choices); accuracy is reported beside it.
+* ``champ_solution``: the held-out CHAMP problems' reference solutions given their problem (no
+  distractors). The score is the per-byte likelihood of the gold solutions, ``2 ** -bpb`` with ``bpb`` the
+  bits per byte of all gold solution tokens: continuous, higher is better, and far less noisy over a few
+  dozen items than a multiple-choice probability (its accuracy field repeats the score).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from mixagent.errors import ConfigError, suggest
 
 __all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items", "eval_json_problem"]
 
-BENCHMARK_KINDS = ("champ_mc", "cloze")
+BENCHMARK_KINDS = ("champ_mc", "cloze", "champ_solution")
 LOSS_UNITS = ("byte", "token")  # EvalResult.bpb is in bits per byte or bits per token
 
 
@@ -68,6 +72,8 @@ class BenchmarkSpec:
             problems.append(f"unit must be 'sentence' or 'line', got {self.unit!r}")
         if self.scoring not in ("loglik", "pmi"):
             problems.append(f"scoring must be 'loglik' or 'pmi', got {self.scoring!r}")
+        if self.kind == "champ_solution" and self.scoring != "loglik":
+            problems.append("kind champ_solution is scored by log-likelihood only: set scoring: loglik")
         if self.choices < 2 or self.max_items < 1:
             problems.append("choices must be >= 2 and max_items >= 1")
         if not self.corpora:
@@ -219,6 +225,14 @@ def _cloze_pair(text: str, unit: str) -> tuple[str, str] | None:
 
 def build_items(spec: BenchmarkSpec) -> list[MCItem]:
     """Deterministic benchmark items from the spec's split (at most ``max_items``)."""
+    if spec.kind == "champ_solution":
+        items = []
+        for c in spec.corpora:
+            for p in read_split(c, spec.split):
+                if p["id"].endswith("-ref#0") and "\nSolution:" in p["text"]:
+                    ctx, sol = p["text"].split("\nSolution:", 1)
+                    items.append(MCItem(ctx + "\nSolution:", (sol,), 0))
+        return items[: spec.max_items]
     if spec.kind == "champ_mc":
         tasks = [t for c in spec.corpora for t in read_tasks(c, spec.split)]
         pairs = [(f"Problem: {t['problem']}\nAnswer:", f" {t['answer']}") for t in tasks]
@@ -263,7 +277,8 @@ class Evaluator:
         target_bytes = byte_lengths[self.windows[:, 1:].numpy()]
         self.text_mask = torch.from_numpy(target_bytes > 0)
         self.window_bytes = np.zeros(k)
-        np.add.at(self.window_bytes, self.owner, target_bytes.sum(1))
+        self.window_bytes_each = target_bytes.sum(1).astype(np.float64)
+        np.add.at(self.window_bytes, self.owner, self.window_bytes_each)
         # benchmark candidates: (token ids, continuation start) and (field, item, choice, sign); a pmi
         # field adds each candidate once more after a bare EOS with sign -1
         eos = tokenizer.eos_token_id
@@ -274,10 +289,13 @@ class Evaluator:
         for fi, field in enumerate(FIELDS):
             bench = getattr(spec, field)
             used, kept = 0, []
+            solution = bench.kind == "champ_solution"
             for item in build_items(bench):
                 ctx = tokenizer(item.context, add_special_tokens=False)["input_ids"]
                 conts = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
-                if max(len(c) for c in conts) > seq_len // 2:
+                if solution:  # the solution's first seq_len - 16 tokens after at least 16 of the problem
+                    conts = [c[: seq_len - 16] for c in conts]
+                elif max(len(c) for c in conts) > seq_len // 2:
                     continue
                 seqs = [((ctx[-(seq_len - len(c)):] + c, min(len(ctx), seq_len - len(c))), ci, 1.0)
                         for ci, c in enumerate(conts)]
@@ -295,6 +313,14 @@ class Evaluator:
                 raise ConfigError("eval", [f"the {field} benchmark has no items within the token budget; raise "
                                            f"eval.token_budget or lower eval.bpb_share"])
             self.items[field] = kept
+        # bytes of each field's gold continuations (bits per byte of champ_solution)
+        self.item_bytes = [np.array([byte_lengths[np.asarray(seq[start:])].sum() for (seq, start), (f, _, c, sign)
+                                     in zip(self.seqs, self.seq_meta) if f == fi and c == 0 and sign > 0],
+                                    dtype=np.float64) for fi in range(len(FIELDS))]
+        self.gold_bytes = np.array([b.sum() for b in self.item_bytes])
+        # per-item values of the last call, for bootstraps over items: "windows" -> (nats, bytes, domain) per
+        # bits-per-byte window; per field -> (gold probability,) or, for champ_solution, (nats, bytes) per item
+        self.last_items: dict[str, tuple[np.ndarray, ...]] = {}
         self.eval_tokens = int(self.windows[:, 1:].numel() + sum(len(s) for s, _ in self.seqs))
 
     @torch.inference_mode()
@@ -302,13 +328,16 @@ class Evaluator:
         model.eval()
         bs = self.spec.batch_size
         nll = np.zeros(self.space.k)
+        window_nll = np.zeros(len(self.windows))
         for i in range(0, len(self.windows), bs):
             batch = self.windows[i: i + bs]
             logits = model(input_ids=batch[:, :-1]).logits
             loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
             loss = (loss * self.text_mask[i: i + bs]).sum(1).double().numpy()
             np.add.at(nll, self.owner[i: i + bs], loss)
+            window_nll[i: i + bs] = loss
         bpb = nll / math.log(2) / self.window_bytes
+        self.last_items = {"windows": (window_nll, self.window_bytes_each, self.owner.astype(np.float64))}
         loglik = np.zeros(len(self.seqs))
         order = sorted(range(len(self.seqs)), key=lambda j: len(self.seqs[j][0]))  # similar lengths batch well
         for i in range(0, len(order), bs):
@@ -326,6 +355,11 @@ class Evaluator:
         scores, accuracy = {}, {}
         for fi, field in enumerate(FIELDS):
             items = self.items[field]
+            if getattr(self.spec, field).kind == "champ_solution":
+                ll_items = np.array([v for (f, _, _, _), v in zip(self.seq_meta, loglik) if f == fi])
+                scores[field] = accuracy[field] = float(math.exp(ll_items.sum() / self.gold_bytes[fi]))  # 2**-bpb
+                self.last_items[field] = (ll_items, self.item_bytes[fi])
+                continue
             ll = np.zeros((len(items), max(len(it.choices) for it in items)))
             for (f, item, choice, sign), value in zip(self.seq_meta, loglik):
                 if f == fi:
@@ -334,6 +368,7 @@ class Evaluator:
             prob = np.exp(ll - ll.max(1, keepdims=True))
             prob /= prob.sum(1, keepdims=True)
             scores[field] = float(prob[np.arange(len(items)), gold].mean())
+            self.last_items[field] = (prob[np.arange(len(items)), gold],)
             accuracy[field] = float((ll.argmax(1) == gold).mean())
         return EvalResult({n: float(b) for n, b in zip(self.space.names, bpb)}, scores, accuracy,
                           tokens_seen, self.eval_tokens)

@@ -12,6 +12,7 @@ slice                 size   meaning
 ``3K, 3K+1``          2      source, target benchmark score relative to the start
 ``3K+2, 3K+3``        2      source, target score change since the last step (relative to start)
 ``3K+4``              1      progress ``t/T``
+``3K+5`` (optional)   1      learning rate of the coming segment over the peak (``observe_lr`` specs)
 ====================  =====  ==========================================================
 """
 
@@ -33,16 +34,22 @@ class ObservationBuilder:
 
     Args:
         space: the domain space (fixes K and the domain order).
+        observe_lr: append the learning-rate entry (dimension ``3K + 6``).
     """
 
     version = OBSERVATION_VERSION
 
-    def __init__(self, space: DomainSpace) -> None:
+    def __init__(self, space: DomainSpace, observe_lr: bool = False) -> None:
         self.space = space
-        self.dim = 3 * space.k + 5
+        self.observe_lr = observe_lr
+        self.dim = 3 * space.k + 5 + int(observe_lr)
 
     def __call__(self, weights: np.ndarray, start: EvalResult, prev: EvalResult, now: EvalResult,
-                 progress: float) -> np.ndarray:
+                 progress: float, lr: float | None = None) -> np.ndarray:
+        """``(dim,)`` float32; ``lr`` (the coming segment's learning rate over the peak) is required exactly
+        when ``observe_lr`` is set."""
+        if (lr is None) == self.observe_lr:
+            raise ValueError(f"lr must be given {'with' if self.observe_lr else 'only with'} observe_lr")
         names = self.space.names
         b0 = np.array([start.bpb[n] for n in names])
         b_prev = np.array([prev.bpb[n] for n in names])
@@ -57,5 +64,6 @@ class ObservationBuilder:
             s_now / s0 - 1.0,
             (s_now - s_prev) / s0,
             [progress],
+            [] if lr is None else [lr],
         ])
         return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)

@@ -14,17 +14,26 @@ import torch.nn.functional as F
 
 from mixagent.sampling import MixtureSampler
 
-__all__ = ["OptimConfig", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
+SCHEDULES = ("cosine", "wsd")
+
+__all__ = ["OptimConfig", "SCHEDULES", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay over a run.
+    """AdamW over a run with a linear warm-up, then one of two learning-rate schedules:
+
+    * ``cosine``: cosine decay from ``lr`` to ``min_lr_ratio * lr`` over the rest of the run;
+    * ``wsd``: warmup-stable-decay (Hu et al. 2024, MiniCPM, arXiv 2404.06395): hold ``lr``, then decay
+      linearly to ``min_lr_ratio * lr`` over the last ``decay_fraction`` of the run. Over a continual
+      pre-training run this is the re-warm / hold / re-decay of Ibrahim et al. (arXiv 2403.08763).
 
     Args:
         lr: peak learning rate.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         warmup_fraction: share of the run's steps spent warming up.
+        schedule: ``cosine`` or ``wsd``.
+        decay_fraction: ``wsd`` only: share of the run's steps in the final decay.
         weight_decay: AdamW weight decay.
         grad_clip: global gradient-norm clip (0 disables it).
         micro_batch: sequences per optimizer step.
@@ -38,9 +47,20 @@ class OptimConfig:
     grad_clip: float = 1.0
     micro_batch: int = 8
     threads: int = 2
+    schedule: str = "cosine"
+    decay_fraction: float = 0.25
+
+    ADDED_FIELDS = ("schedule", "decay_fraction")  # later knobs: configs from before them keep their hash
 
     def check(self) -> list[str]:
         problems = []
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            problems.append(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        elif self.schedule == "wsd" and self.warmup_fraction + self.decay_fraction > 1:
+            problems.append(f"warmup_fraction + decay_fraction must be <= 1, got {self.warmup_fraction} + "
+                            f"{self.decay_fraction}")
         if not self.lr > 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -60,6 +80,13 @@ def lr_at(step: int, total: int, cfg: OptimConfig) -> float:
     warm = max(1, int(total * cfg.warmup_fraction))
     if step < warm:
         return cfg.lr * (step + 1) / warm
+    if cfg.schedule == "wsd":
+        decay = max(1, round(total * cfg.decay_fraction))
+        start = total - decay
+        if step < start:
+            return cfg.lr
+        frac = min(1.0, (step - start + 1) / decay)
+        return cfg.lr * (1 - (1 - cfg.min_lr_ratio) * frac)
     frac = min(1.0, (step - warm) / max(1, total - warm))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 

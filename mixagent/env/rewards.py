@@ -1,20 +1,36 @@
-"""Named reward functions. Each scores a run's *balanced* improvement at time t from raw EvalResults; the
-per-step reward is its change, so an episode's return telescopes to final minus start. Because
-trajectories store raw EvalResults, any registered reward can be applied offline without re-collecting.
+"""Named reward functions. Each scores a run at time t from raw EvalResults; the per-step reward is the
+score's change, so an episode's return telescopes to ``B_T - B_0`` (potential-based shaping: this holds
+with discount 1 only, so agents trained on these rewards use gamma = 1). Because trajectories store raw
+EvalResults, any registered reward can be applied offline without re-collecting.
 
-Balanced score ``B_t = lam * target_improvement + (1 - lam) * source_improvement``, each a relative change
-versus the start of the run (the source term is negative under forgetting).
+Two families:
+
+* **relative** (``balanced``, ``balanced_bpb``, ``balanced_mixed``; environment v0):
+  ``B_t = lam * target_improvement + (1 - lam) * source_improvement``, each a relative change versus the
+  start of the run (the source term is negative under forgetting), so ``B_0 = 0``.
+* **normalised** (``normalised_bpb``, ``normalised_score`` and their ``_min`` variants; environment v1):
+  per field ``s_f = (L_f(worst) - L_f) / (L_f(worst) - L_f(best))``, the D4RL normalised-score convention
+  (Fu et al., arXiv 2004.07219), with the extremes from reference runs at the same token budget
+  (source-only and target-only; :class:`Reference`, ``mixagent.env.references``). ``s_f = 1`` is what
+  spending the whole budget on that field reaches, ``0`` what spending none of it does. The balanced
+  score is ``lam * s_target + (1 - lam) * s_source``; the ``_min`` variant is ``min(s_target, s_source)``.
+  ``L_f`` is a field's mean held-out bits per byte (``_bpb``) or its benchmark score (``_score``, higher
+  is better, so the roles of best and worst follow the measure's direction).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 
-from mixagent.domains import DomainSpace
+from mixagent.config import is_number
+from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
-from mixagent.errors import ConfigError, suggest
+from mixagent.errors import ConfigError, UsageError, suggest
 
-__all__ = ["REWARDS", "balanced_score", "step_reward", "field_improvement"]
+__all__ = ["REWARDS", "NORMALISED_REWARDS", "Reference", "balanced_score", "step_reward", "field_improvement",
+           "field_measure", "field_scores", "needs_reference"]
 
 Improvement = Callable[[EvalResult, EvalResult, DomainSpace, str], float]
 
@@ -32,26 +48,110 @@ def _mixed(start: EvalResult, now: EvalResult, space: DomainSpace, field: str) -
     return 0.5 * (_benchmark(start, now, space, field) + _bpb(start, now, space, field))
 
 
-REWARDS: dict[str, Improvement] = {
+REWARDS: dict[str, Improvement | None] = {
     "balanced": _benchmark,  # benchmark scores (the paper's source/target evaluation feedback)
     "balanced_bpb": _bpb,  # held-out bits per byte, averaged over each field's domains
     "balanced_mixed": _mixed,  # the mean of the two
+    # normalised by reference runs (no relative-improvement function; see balanced_score)
+    "normalised_bpb": None,
+    "normalised_bpb_min": None,
+    "normalised_score": None,
+    "normalised_score_min": None,
 }
+NORMALISED_REWARDS = tuple(n for n, f in REWARDS.items() if f is None)
+MEASURES = ("bpb", "score")  # what a normalised reward measures a field by
+
+
+def needs_reference(name: str) -> bool:
+    """Whether reward ``name`` is scaled by reference runs."""
+    return name in NORMALISED_REWARDS
+
+
+def field_measure(measure: str, result: EvalResult, space: DomainSpace, field: str) -> float:
+    """A field's raw value under ``measure``: mean held-out bits per byte (``bpb``, lower is better) or
+    benchmark score (``score``, higher is better)."""
+    return result.field_bpb(space, field) if measure == "bpb" else float(result.scores[field])
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The extremes a field reaches at an episode's token budget, per measure: ``worst[measure][field]``
+    from the run that spends nothing on the field, ``best[measure][field]`` from the run that spends
+    everything on it (mean over the reference seeds).
+
+    Raises:
+        ConfigError: a field whose best equals its worst (zero range: the field cannot be normalised).
+    """
+
+    best: dict[str, dict[str, float]]
+    worst: dict[str, dict[str, float]]
+    spec_hash: str = ""
+    seeds: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        for m in MEASURES:
+            for f in FIELDS:
+                b, w = self.best.get(m, {}).get(f), self.worst.get(m, {}).get(f)
+                if not (is_number(b) and is_number(w)):
+                    problems.append(f"reference {m} of the {f} field must be finite numbers, got best={b!r}, worst={w!r}")
+                elif math.isclose(b, w, rel_tol=0, abs_tol=1e-12):
+                    problems.append(f"the {f} field's {m} has zero range (best = worst = {b:.6g}) at this budget; "
+                                    f"a normalised reward cannot scale it: use a relative reward (balanced_bpb) or "
+                                    f"give the episode more tokens")
+        if problems:
+            raise ConfigError("reference runs", problems)
+
+    def normalise(self, measure: str, field: str, value: float) -> float:
+        """``(worst - value) / (worst - best)``: 0 at the worst reference, 1 at the best."""
+        w, b = self.worst[measure][field], self.best[measure][field]
+        return (w - value) / (w - b)
+
+    def to_json(self) -> dict:
+        return {"spec_hash": self.spec_hash, "seeds": list(self.seeds), "best": self.best, "worst": self.worst}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Reference:
+        return cls(d["best"], d["worst"], d.get("spec_hash", ""), tuple(d.get("seeds", ())))
 
 
 def field_improvement(name: str) -> Improvement:
     if name not in REWARDS:
         raise ConfigError("reward", [f"unknown reward {name!r}{suggest(name, REWARDS)}; known: {', '.join(REWARDS)}"])
-    return REWARDS[name]
+    f = REWARDS[name]
+    if f is None:
+        raise UsageError(f"reward {name!r} is normalised by reference runs, not a relative improvement; "
+                         f"use field_scores(..., reference)")
+    return f
 
 
-def balanced_score(name: str, lam: float, start: EvalResult, now: EvalResult, space: DomainSpace) -> float:
-    """``B_t`` under reward ``name`` with target weight ``lam``."""
+def field_scores(name: str, now: EvalResult, space: DomainSpace, reference: Reference) -> dict[str, float]:
+    """Per-field normalised scores ``s_f`` of a normalised reward."""
+    measure = name.split("_")[1]
+    return {f: reference.normalise(measure, f, field_measure(measure, now, space, f)) for f in FIELDS}
+
+
+def balanced_score(name: str, lam: float, start: EvalResult, now: EvalResult, space: DomainSpace,
+                   reference: Reference | None = None) -> float:
+    """``B_t`` under reward ``name`` with target weight ``lam`` (``reference`` for normalised rewards).
+
+    Raises:
+        ConfigError: unknown reward name.
+        UsageError: a normalised reward without ``reference``.
+    """
+    if needs_reference(name):
+        if reference is None:
+            raise UsageError(f"reward {name!r} needs reference runs (mixagent.env.references.get_reference)")
+        s = field_scores(name, now, space, reference)
+        if name.endswith("_min"):
+            return min(s["target"], s["source"])
+        return lam * s["target"] + (1 - lam) * s["source"]
     f = field_improvement(name)
     return lam * f(start, now, space, "target") + (1 - lam) * f(start, now, space, "source")
 
 
 def step_reward(name: str, lam: float, start: EvalResult, prev: EvalResult, now: EvalResult,
-                space: DomainSpace) -> float:
+                space: DomainSpace, reference: Reference | None = None) -> float:
     """``B_t - B_{t-1}``."""
-    return balanced_score(name, lam, start, now, space) - balanced_score(name, lam, start, prev, space)
+    return (balanced_score(name, lam, start, now, space, reference)
+            - balanced_score(name, lam, start, prev, space, reference))

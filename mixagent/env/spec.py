@@ -67,6 +67,11 @@ class EnvSpec:
         reward: reward function.
         optim: continual pre-training optimizer (the schedule spans the whole episode).
         version: MDP version (bump when the MDP changes).
+        target_tokens: cap on unique target-field training tokens per episode (0 = no cap): target-heavy
+            mixtures then repeat data (``DomainData.capped_train``; the same subset every episode).
+        observe_lr: append the coming segment's learning rate over the peak to the observation.
+        reference_seeds: seeds of the reference runs (source-only and target-only at the episode's budget)
+            that normalised rewards scale by; never used for evaluation.
     """
 
     name: str
@@ -81,9 +86,18 @@ class EnvSpec:
     reward: RewardSpec = dataclasses.field(default_factory=RewardSpec)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     version: int = 0
+    target_tokens: int = 0
+    observe_lr: bool = False
+    reference_seeds: tuple[int, ...] = (9001,)
+
+    ADDED_FIELDS = ("target_tokens", "observe_lr", "reference_seeds")
 
     def check(self) -> list[str]:
         problems = []
+        if self.target_tokens < 0:
+            problems.append(f"target_tokens must be >= 0 (0 = no cap), got {self.target_tokens}")
+        if not self.reference_seeds:
+            problems.append("reference_seeds must list at least one seed")
         if self.steps < 1:
             problems.append(f"steps must be >= 1, got {self.steps}")
         if self.segment_tokens < 1:

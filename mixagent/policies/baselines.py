@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError, UsageError, suggest
+from mixagent.domains import DomainSpace, DomainWeights, replay_weights
+from mixagent.errors import ConfigError, UsageError, WeightsError, suggest
 from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
@@ -84,14 +84,10 @@ class ReplayPolicy(_Constant):
 
     def weights_for(self, space: DomainSpace) -> DomainWeights:
         base = (DomainWeights.from_mapping(space, self.shares).values if self.shares else np.ones(space.k))
-        w = np.zeros(space.k)
-        for field, share in (("source", self.rho), ("target", 1.0 - self.rho)):
-            mask = space.field_mask(field)
-            if share > 0 and base[mask].sum() <= 0:
-                raise ConfigError("ReplayPolicy", [f"shares give no weight to any {field}-field domain "
-                                                   f"({', '.join(np.asarray(space.names)[mask])}); add them to shares"])
-            w[mask] = share * base[mask] / base[mask].sum() if share > 0 else 0.0
-        return DomainWeights.normalised(space, w)
+        try:
+            return DomainWeights.normalised(space, replay_weights(space, base, self.rho))
+        except WeightsError as exc:
+            raise ConfigError("ReplayPolicy", [f"{exc}; add them to shares"]) from None
 
 
 POLICIES: dict[str, Callable[..., MixingPolicy]] = {

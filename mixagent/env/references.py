@@ -1,0 +1,88 @@
+"""Reference runs for normalised rewards: source-only and target-only continual pre-training at an
+episode's token budget, run once per env spec hash and cached under
+``data/cache/references/<spec hash>.json`` (the extremes of :class:`~mixagent.env.rewards.Reference`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mixagent.domains import FIELDS, DomainSpace, replay_weights
+from mixagent.env.backends import ProxyBackend
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.rewards import MEASURES, Reference, field_measure
+from mixagent.env.spec import EnvSpec
+from mixagent.errors import ConfigError, CorruptArtifactError
+from mixagent.paths import atomic_write_json, data_root
+
+__all__ = ["get_reference", "reference_path", "run_static", "REFERENCE_VERSION"]
+
+log = logging.getLogger(__name__)
+REFERENCE_VERSION = 1
+
+
+def reference_path(spec_hash: str, root: Path | None = None) -> Path:
+    return (root or data_root()) / "cache" / "references" / f"{spec_hash}.json"
+
+
+def run_static(backend: ProxyBackend, weights: np.ndarray, steps: int, seed: int) -> EvalResult:
+    """One episode under fixed ``weights`` ``(K,)``, evaluated once at its end."""
+    backend.reset(seed)
+    for t in range(steps):
+        stats = backend.train(weights, t)
+        if stats.nonfinite:
+            raise ConfigError("reference runs", [f"a reference run diverged (NaN/Inf loss) at step {t}; lower "
+                                                 f"optim.lr"])
+    return backend.evaluate()
+
+
+def _load(path: Path, spec_hash: str) -> Reference:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CorruptArtifactError(f"reference runs {path} are unreadable ({exc}); delete the file to rerun them") \
+            from None
+    if d.get("spec_hash") != spec_hash:
+        raise ConfigError(str(path), [f"reference runs were cached for spec hash {d.get('spec_hash')!r}, this env's "
+                                      f"is {spec_hash!r}; delete the file to rerun them for this spec"])
+    if d.get("version") != REFERENCE_VERSION:
+        raise ConfigError(str(path), [f"reference format {d.get('version')!r}, expected {REFERENCE_VERSION}; delete "
+                                      f"the file to rerun them"])
+    return Reference.from_json(d)
+
+
+def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None) -> Reference:
+    """The spec's reference extremes: loaded from the cache, else run (2 episodes per reference seed, with a
+    progress bar) and cached atomically.
+
+    Raises:
+        ConfigError: a cached file for another spec hash or format, a diverged run, or a zero range.
+    """
+    spec_hash = spec.spec_hash()
+    path = reference_path(spec_hash, root)
+    if path.exists():
+        return _load(path, spec_hash)
+    runs: dict[str, list[EvalResult]] = {"source_only": [], "target_only": []}
+    with tqdm(total=2 * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}", unit="episode") as bar:
+        for seed in spec.reference_seeds:
+            for name, rho in (("source_only", 1.0), ("target_only", 0.0)):
+                w = replay_weights(space, backend.natural, rho)
+                runs[name].append(run_static(backend, w, spec.steps, seed))
+                bar.update()
+    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    for m in MEASURES:
+        for f in FIELDS:
+            own, other = ("source_only", "target_only") if f == "source" else ("target_only", "source_only")
+            best[m][f] = float(np.mean([field_measure(m, r, space, f) for r in runs[own]]))
+            worst[m][f] = float(np.mean([field_measure(m, r, space, f) for r in runs[other]]))
+    ref = Reference(best, worst, spec_hash, tuple(spec.reference_seeds))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, **ref.to_json(),
+                             "runs": {k: [r.to_json() for r in v] for k, v in runs.items()}})
+    log.info("reference runs for %s cached in %s", spec.env_id, path)
+    return ref

@@ -1,0 +1,176 @@
+"""Environment v1's knobs: WSD learning rate, sub-domains by passage id, scarce target data, a base that saw
+some target data, the solution benchmark, normalised rewards with cached reference runs, the LR in the
+observation. Every test runs the real pieces on the tiny v1 spec (``envs/tiny-cpt.yaml``)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mixagent.config import load_config, to_dict
+from mixagent.data import load_space
+from mixagent.data.build import read_split
+from mixagent.data.domain_data import DomainData
+from mixagent.domains import Domain, DomainSpace, replay_weights
+from mixagent.env.base_model import BaseModelConfig, get_base_model
+from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.proxy import OptimConfig, lr_at
+from mixagent.env.references import get_reference, reference_path
+from mixagent.env.rewards import Reference, balanced_score
+from mixagent.env.spec import load_spec
+from mixagent.errors import ConfigError, UsageError
+from mixagent.paths import CONFIGS_DIR, ENVS_DIR
+from mixagent.study.headroom import episode_seed_of
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(ENVS_DIR / "tiny-cpt.yaml")
+
+
+@pytest.fixture(scope="module")
+def env(spec):
+    return MixingEnv(spec)
+
+
+def test_wsd_warms_up_holds_then_decays_linearly():
+    cfg = OptimConfig(lr=1.0, schedule="wsd", warmup_fraction=0.1, decay_fraction=0.25, min_lr_ratio=0.0)
+    lrs = [lr_at(i, 100, cfg) for i in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == 1.0  # 10 warm-up steps
+    assert all(x == 1.0 for x in lrs[10:75])  # stable
+    np.testing.assert_allclose(lrs[75:], [1 - (i + 1) / 25 for i in range(25)])  # linear to 0 at the last step
+    assert load_spec(ENVS_DIR / "math-natural.yaml").optim.schedule == "cosine"  # v0 keeps its schedule
+    with pytest.raises(ConfigError, match="warmup_fraction \\+ decay_fraction"):
+        load_config(OptimConfig, None, ["schedule=wsd", "warmup_fraction=0.5", "decay_fraction=0.6"])
+    with pytest.raises(ConfigError, match="schedule must be one of"):
+        load_config(OptimConfig, None, ["schedule=cosin"])
+
+
+def test_added_knobs_at_their_defaults_keep_old_hashes():
+    assert "schedule" not in to_dict(OptimConfig()) and to_dict(OptimConfig(schedule="wsd"))["schedule"] == "wsd"
+    base = load_config(BaseModelConfig, CONFIGS_DIR / "base_model/default.yaml")
+    assert "target_share" not in to_dict(base)
+    v0 = load_spec(ENVS_DIR / "math-natural.yaml").mdp_dict()
+    assert not {"target_tokens", "observe_lr", "reference_seeds"} & set(v0)
+    assert load_spec(ENVS_DIR / "math-natural.yaml").spec_hash() == "e76ce34196fc0b8a"  # v0's hash since issue 6
+
+
+def test_subdomains_by_passage_id_partition_the_corpus(spec, env):
+    space = env.space
+    gold, sol = space.index("math-gold"), space.index("math-solutions")
+    ids = [p["id"] for p in read_split("math", "train")]
+    n_gold = sum(1 for i in ids if i.startswith("C_") or "-ref#" in i)
+    data = env.backend.data
+    tok = env.backend.tokenizer
+    eos = tok.eos_token_id
+    assert int((data.train[gold] == eos).sum()) == n_gold  # one EOS per passage
+    assert int((data.train[gold] == eos).sum() + (data.train[sol] == eos).sum()) == len(ids)
+    base = get_base_model(spec.base_config())
+    bad = DomainSpace("bad", [Domain("w", "source", ["wiki"]), Domain("m", "target", ["math"], match="^no-such-id")])
+    with pytest.raises(ConfigError, match="no training passage"):
+        DomainData(bad, base.tokenizer, base.tokenizer_hash)
+    with pytest.raises(ConfigError, match="not a regular expression"):
+        load_config(Domain, None, ["name=m", "field=target", "corpora=[math]", "match=(unclosed"])
+
+
+def test_target_cap_keeps_a_fixed_subset_of_whole_windows(spec, env):
+    backend, space = env.backend, env.space
+    length = backend.model_config.seq_len + 1
+    target = space.field_mask("target")
+    capped = backend.train_streams
+    assert sum(len(capped[d]) for d in np.flatnonzero(target)) <= spec.target_tokens
+    for d in np.flatnonzero(target):
+        windows = {backend.data.train[d][i * length:(i + 1) * length].tobytes()
+                   for i in range(len(backend.data.train[d]) // length)}
+        assert all(capped[d][i * length:(i + 1) * length].tobytes() in windows for i in range(len(capped[d]) // length))
+    for d in np.flatnonzero(~target):
+        assert capped[d] is backend.data.train[d]  # the source field is not capped
+    again = backend.data.capped_train(target, spec.target_tokens, length)
+    assert all(np.array_equal(a, b) for a, b in zip(capped, again))  # the same subset every time
+    with pytest.raises(ConfigError, match="raise target_tokens"):
+        backend.data.capped_train(target, 10, length)
+
+
+def test_base_with_a_target_share_has_seen_the_target(spec):
+    plain = get_base_model(load_config(BaseModelConfig, CONFIGS_DIR / "base_model/tiny.yaml"))
+    prior = get_base_model(spec.base_config())
+    assert prior.meta["target_share"] == 0.05 and prior.meta["target_corpora"] == ["math"]
+    assert plain.path != prior.path
+    with pytest.raises(ConfigError, match="target_share > 0 needs target_corpora"):
+        load_config(BaseModelConfig, None, ["target_share=0.1"])
+    with pytest.raises(ConfigError, match="both as source"):
+        load_config(BaseModelConfig, None, ["target_share=0.1", "target_corpora=[wiki]"])
+
+
+def test_solution_benchmark_score_is_two_to_minus_bits_per_byte(env):
+    start = env.reset(seed=0)[1]["eval"]
+    ll, nbytes = env.backend.evaluator.last_items["target"]
+    bpb = -ll.sum() / math.log(2) / nbytes.sum()
+    assert start["scores"]["target"] == pytest.approx(2 ** -bpb, rel=1e-9)
+    assert 0 < start["scores"]["target"] < 1 and len(ll) == len(env.backend.evaluator.items["target"])
+
+
+def test_normalised_reward_uses_cached_reference_runs(spec, env):
+    ref = env.reference
+    assert ref.spec_hash == spec.spec_hash() and reference_path(spec.spec_hash()).exists()
+    # source-only is the source field's best and the target field's worst
+    assert ref.best["bpb"]["source"] < ref.worst["bpb"]["source"]
+    assert ref.best["bpb"]["target"] < ref.worst["bpb"]["target"]
+    # a source-only episode scores s_source ~ 1 and s_target ~ 0 on the reference seed
+    backend = env.backend
+    seed = spec.reference_seeds[0]
+    backend.reset(seed)
+    w = replay_weights(env.space, backend.natural, 1.0)
+    for t in range(spec.steps):
+        backend.train(w, t)
+    final = backend.evaluate()
+    assert ref.normalise("bpb", "source", final.field_bpb(env.space, "source")) == pytest.approx(1.0, abs=1e-9)
+    assert ref.normalise("bpb", "target", final.field_bpb(env.space, "target")) == pytest.approx(0.0, abs=1e-9)
+    # the return telescopes to B_T - B_0 and info carries B_t
+    obs, info = env.reset(seed=1)
+    b0, total, done = info["balanced_score"], 0.0, False
+    while not done:
+        obs, r, done, _, info = env.step(np.zeros(env.space.k, np.float32))
+        total += r
+    assert total == pytest.approx(info["balanced_score"] - b0, abs=1e-12)
+    assert get_reference(spec, backend, env.space) == ref  # loaded, not rerun
+
+
+def test_reference_runs_for_another_spec_are_refused(spec, env, tmp_path):
+    path = reference_path(spec.spec_hash(), tmp_path)
+    path.parent.mkdir(parents=True)
+    d = json.loads(reference_path(spec.spec_hash()).read_text())
+    path.write_text(json.dumps({**d, "spec_hash": "0123456789abcdef"}))
+    with pytest.raises(ConfigError, match="cached for spec hash '0123456789abcdef'"):
+        get_reference(spec, env.backend, env.space, root=tmp_path)
+
+
+def test_zero_range_and_missing_reference_are_typed_errors(env):
+    same = {"bpb": {"source": 2.0, "target": 3.0}, "score": {"source": 0.5, "target": 0.2}}
+    with pytest.raises(ConfigError, match="zero range"):
+        Reference(same, same)
+    ev = EvalResult({n: 2.0 for n in env.space.names}, {"source": 0.5, "target": 0.2}, {"source": 0.5, "target": 0.2})
+    with pytest.raises(UsageError, match="needs reference runs"):
+        balanced_score("normalised_bpb", 0.5, ev, ev, env.space)
+    ref = Reference({"bpb": {"source": 1.0, "target": 1.0}, "score": {"source": 1.0, "target": 1.0}},
+                    {"bpb": {"source": 3.0, "target": 5.0}, "score": {"source": 0.0, "target": 0.0}})
+    # s_source = (3 - 2) / 2 = 0.5, s_target = (5 - 2) / 4 = 0.75
+    assert balanced_score("normalised_bpb", 0.5, ev, ev, env.space, ref) == pytest.approx(0.625)
+    assert balanced_score("normalised_bpb_min", 0.5, ev, ev, env.space, ref) == pytest.approx(0.5)
+    assert balanced_score("normalised_score", 1.0, ev, ev, env.space, ref) == pytest.approx(0.2)
+
+
+def test_observation_carries_the_learning_rate(spec, env):
+    obs, info = env.reset(seed=2)
+    assert obs.shape == (3 * env.space.k + 6,) and env.observation_space.shape == obs.shape
+    per = env.backend.steps_per_segment
+    seen = [obs[-1]]
+    for t in range(spec.steps - 1):
+        obs, *_ = env.step(np.zeros(env.space.k, np.float32))
+        seen.append(obs[-1])
+    expect = [lr_at(t * per, spec.steps * per, spec.optim) / spec.optim.lr for t in range(spec.steps)]
+    np.testing.assert_allclose(seen, expect, rtol=1e-6)
+    assert seen[1] == 1.0 and seen[-1] < 1.0  # stable, then the last segment starts the decay
+    assert env.reset(seed=5)[1]["episode_seed"] == episode_seed_of(5)

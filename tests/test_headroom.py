@@ -1,0 +1,145 @@
+"""The headroom audit on the tiny v1 spec: prefix-shared rows equal rows run alone, the oracle searches on
+tuning seeds only, the report's numbers follow from the stored evaluations, resuming reruns nothing, and
+bad requests are typed errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.data import load_space
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.rewards import balanced_score
+from mixagent.env.spec import load_spec
+from mixagent.errors import ConfigError
+from mixagent.paths import ENVS_DIR
+from mixagent.study import headroom
+from mixagent.study.headroom import AuditConfig, Schedule, build_schedules, run_audit
+
+SPEC = ENVS_DIR / "tiny-cpt.yaml"
+
+
+def _cfg(**kw):
+    base = dict(env=str(SPEC), seeds=(0, 1, 2), tune_seeds=(100,), static_rhos=(0.0, 0.5, 1.0),
+                two_phase_switches=(2,), two_phase_rhos=(0.5, 1.0), decay_stable_rhos=(1.0,), decay_rhos=(0.0,),
+                replay_first_steps=(1,), replay_first_rhos=(0.5,), oracle_trials=3, launcher="inline")
+    return AuditConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def audit(tmp_path_factory):
+    root = tmp_path_factory.mktemp("headroom")
+    out = run_audit(_cfg(), root=root)
+    return root, out, json.loads((out / "report.json").read_text())
+
+
+def test_grid_families_and_decay_step():
+    spec = load_spec(SPEC)
+    rows = build_schedules(_cfg(), spec)
+    fams = {r.family for r in rows}
+    assert fams == {"static", "two_phase", "decay", "replay_first"}
+    assert len({r.key for r in rows}) == len(rows)
+    decay = [r for r in rows if r.family == "decay"]
+    assert headroom.decay_step(spec) == 3 and decay[0].rhos == (1.0, 1.0, 1.0, 0.0)
+    with pytest.raises(ConfigError, match="switch steps must be in 1..3"):
+        build_schedules(_cfg(two_phase_switches=(4,)), spec)
+
+
+def test_report_rows_follow_from_the_stored_evaluations(audit):
+    root, out, report = audit
+    spec = load_spec(SPEC)
+    space = load_space(spec.space_path())
+    assert report["env_id"] == "mixagent/tiny-cpt-v1" and report["reward"] == "normalised_bpb"
+    leaves = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    start = EvalResult.from_json(json.loads((out / "start.json").read_text())["eval"])
+    from mixagent.env.rewards import Reference
+
+    ref = Reference.from_json(report["reference"])
+    rows = {r["label"]: r for r in report["rows"]}
+    assert len(rows) == len(build_schedules(_cfg(), spec)) + 1  # + the oracle
+    for row in rows.values():
+        assert row["seeds"] == [0, 1, 2]
+        vals = [balanced_score("normalised_bpb", 0.5, start, EvalResult.from_json(leaf["eval"]), space, ref)
+                for leaf in leaves if leaf["key"] == row["key"] and leaf["trial"] is None]
+        assert row["rewards"]["normalised_bpb"]["values"] == pytest.approx(vals)
+        assert row["rewards"]["normalised_bpb"]["std"] == pytest.approx(np.std(vals, ddof=1))
+    s = report["summary"]["normalised_bpb"]
+    static = [r for r in rows.values() if r["family"] == "static"]
+    assert s["best_static"]["mean"] == max(r["rewards"]["normalised_bpb"]["mean"] for r in static)
+    pooled = np.sqrt(np.mean([r["rewards"]["normalised_bpb"]["std"] ** 2 for r in rows.values()]))
+    assert s["pooled_std"] == pytest.approx(pooled)
+    assert s["best_schedule"]["gap_in_std"] == pytest.approx((s["best_schedule"]["mean"] - s["best_static"]["mean"]) / pooled)
+    means = [r["rewards"]["normalised_bpb"]["mean"] for r in static]
+    assert s["static_spread"] == pytest.approx(max(means) - min(means))
+    # static rho=1 on held-out seeds is close to the source-only reference: s_source near 1, s_target near 0
+    assert abs(rows["static rho=1"]["source_norm_bpb"] - 1) < 0.2 and abs(rows["static rho=1"]["target_norm_bpb"]) < 0.3
+    noise = report["item_noise"]
+    assert noise["score_std"] > 0 and noise["gap_std"] > 0 and noise["items"]["target"] > 0
+    for name in ("static.png", "schedules.png", "report.md"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_oracle_tunes_on_tuning_seeds_only(audit):
+    _, out, report = audit
+    oracle = json.loads((out / "oracle.json").read_text())
+    leaves = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    trials = [leaf for leaf in leaves if leaf["trial"] is not None]
+    assert {leaf["seed"] for leaf in trials} == {100} and len(trials) == 3 == oracle["trials"]
+    assert trials[0]["key"] == "rho:" + ",".join(["0.7500"] * 4)  # the fixed first trial
+    assert [leaf["seed"] for leaf in leaves if leaf["key"] == oracle["key"] and leaf["trial"] is None] == [0, 1, 2]
+    assert oracle["tune_value"] == max(
+        o for o in [_value(leaf, report) for leaf in trials])
+
+
+def _value(leaf, report):
+    spec = load_spec(SPEC)
+    from mixagent.env.rewards import Reference
+
+    return balanced_score("normalised_bpb", 0.5, None, EvalResult.from_json(leaf["eval"]),
+                          load_space(spec.space_path()), Reference.from_json(report["reference"]))
+
+
+def test_forked_rows_equal_rows_run_alone(audit):
+    _, out, _ = audit
+    leaves = {(leaf["seed"], leaf["key"]): leaf for leaf in
+              (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()) if leaf["trial"] is None}
+    runner = headroom._Setup(str(SPEC), (), 2).make_runner()
+    alone = Schedule("two-phase", "two_phase", (1.0, 1.0, 0.5, 0.5))
+    got = list(runner.run(1, [alone]))
+    assert got[0].eval == leaves[(1, alone.key)]["eval"]  # it was forked from static rho=1 in the audit
+
+
+def test_resume_reruns_nothing(audit, monkeypatch):
+    root, out, report = audit
+    before = (out / "results.jsonl").read_text()
+    monkeypatch.setattr(headroom._Runner, "run", lambda *a, **k: pytest.fail("a finished leaf was rerun"))
+    run_audit(_cfg(), root=root)
+    assert (out / "results.jsonl").read_text() == before
+    assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
+
+
+def test_bad_requests_are_typed_errors(audit, tmp_path):
+    root, out, _ = audit
+    with pytest.raises(ConfigError, match="unknown env 'mixagent/tiny-cpt-v9'"):
+        run_audit(_cfg(env="mixagent/tiny-cpt-v9"), root=tmp_path)
+    assert headroom.resolve_env("mixagent/tiny-cpt-v1") == SPEC
+    with pytest.raises(ConfigError, match="static_rhos is empty"):
+        run_audit(_cfg(static_rhos=()), root=tmp_path)
+    with pytest.raises(ConfigError, match="also held-out seeds"):
+        run_audit(_cfg(tune_seeds=(1,)), root=tmp_path)
+    with pytest.raises(ConfigError, match="reference_seeds"):
+        run_audit(_cfg(seeds=(9001, 1, 2)), root=tmp_path)
+    head = json.loads((out / "spec.json").read_text())
+    other = tmp_path / "other" / out.parent.name / out.name
+    other.mkdir(parents=True)
+    (other / "spec.json").write_text(json.dumps({**head, "spec_hash": "feedfacefeedface"}))
+    with pytest.raises(ConfigError, match="cached for spec hash 'feedfacefeedface'"):
+        run_audit(_cfg(), root=tmp_path / "other")
+
+
+def test_seeds_used_by_collection_are_refused(monkeypatch, tmp_path):
+    spec = load_spec(SPEC)
+    monkeypatch.setattr(headroom, "_collection_seeds", lambda h: {headroom.episode_seed_of(1)}
+                        if h == spec.spec_hash() else set())
+    with pytest.raises(ConfigError, match=r"held-out seeds \[1\] were used by trajectory collection"):
+        run_audit(_cfg(), root=tmp_path)
