@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from mixagent.config import load_config, to_dict
-from mixagent.data import load_space
 from mixagent.data.build import read_split
 from mixagent.data.domain_data import DomainData
 from mixagent.domains import Domain, DomainSpace, replay_weights
@@ -167,7 +166,7 @@ def test_observation_carries_the_learning_rate(spec, env):
     assert obs.shape == (3 * env.space.k + 6,) and env.observation_space.shape == obs.shape
     per = env.backend.steps_per_segment
     seen = [obs[-1]]
-    for t in range(spec.steps - 1):
+    for _ in range(spec.steps - 1):
         obs, *_ = env.step(np.zeros(env.space.k, np.float32))
         seen.append(obs[-1])
     expect = [lr_at(t * per, spec.steps * per, spec.optim) / spec.optim.lr for t in range(spec.steps)]

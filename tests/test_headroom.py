@@ -15,6 +15,7 @@ from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
 from mixagent.study import headroom
 from mixagent.study.headroom import AuditConfig, Schedule, build_schedules, run_audit
+from mixagent.study.headroom_report import make_report
 
 SPEC = ENVS_DIR / "tiny-cpt.yaml"
 
@@ -30,7 +31,8 @@ def _cfg(**kw):
 def audit(tmp_path_factory):
     root = tmp_path_factory.mktemp("headroom")
     out = run_audit(_cfg(), root=root)
-    return root, out, json.loads((out / "report.json").read_text())
+    make_report(out)
+    return root, out.dir, json.loads((out.dir / "report.json").read_text())
 
 
 def test_grid_families_and_decay_step():
@@ -68,7 +70,8 @@ def test_report_rows_follow_from_the_stored_evaluations(audit):
     assert s["best_static"]["mean"] == max(r["rewards"]["normalised_bpb"]["mean"] for r in static)
     pooled = np.sqrt(np.mean([r["rewards"]["normalised_bpb"]["std"] ** 2 for r in rows.values()]))
     assert s["pooled_std"] == pytest.approx(pooled)
-    assert s["best_schedule"]["gap_in_std"] == pytest.approx((s["best_schedule"]["mean"] - s["best_static"]["mean"]) / pooled)
+    gap = s["best_schedule"]["mean"] - s["best_static"]["mean"]
+    assert s["best_schedule"]["gap_in_std"] == pytest.approx(gap / pooled)
     means = [r["rewards"]["normalised_bpb"]["mean"] for r in static]
     assert s["static_spread"] == pytest.approx(max(means) - min(means))
     # static rho=1 on held-out seeds is close to the source-only reference: s_source near 1, s_target near 0
@@ -113,7 +116,7 @@ def test_resume_reruns_nothing(audit, monkeypatch):
     root, out, report = audit
     before = (out / "results.jsonl").read_text()
     monkeypatch.setattr(headroom._Runner, "run", lambda *a, **k: pytest.fail("a finished leaf was rerun"))
-    run_audit(_cfg(), root=root)
+    make_report(run_audit(_cfg(), root=root))
     assert (out / "results.jsonl").read_text() == before
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
 
@@ -137,9 +140,31 @@ def test_bad_requests_are_typed_errors(audit, tmp_path):
         run_audit(_cfg(), root=tmp_path / "other")
 
 
-def test_seeds_used_by_collection_are_refused(monkeypatch, tmp_path):
+def test_seeds_used_by_collection_are_refused(tmp_path):
     spec = load_spec(SPEC)
-    monkeypatch.setattr(headroom, "_collection_seeds", lambda h: {headroom.episode_seed_of(1)}
-                        if h == spec.spec_hash() else set())
-    with pytest.raises(ConfigError, match=r"held-out seeds \[1\] were used by trajectory collection"):
+    run = tmp_path / "mine"
+    run.mkdir()
+    (run / "meta.json").write_text(json.dumps({"env": {"spec_hash": spec.spec_hash()}}))
+    (run / "t00000_0.jsonl").write_text(json.dumps({"type": "header", "episode_seed": 1}) + "\n{}\n")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "meta.json").write_text(json.dumps({"env": {"spec_hash": "another"}}))
+    (other / "t00000_0.jsonl").write_text(json.dumps({"episode_seed": 2}) + "\n")
+    assert headroom._collection_seeds(spec.spec_hash(), tmp_path) == {1}
+
+
+def test_audit_refuses_seeds_collection_used(monkeypatch, tmp_path):
+    monkeypatch.setattr(headroom, "_collection_seeds", lambda h, root=None: {1, 7})
+    with pytest.raises(ConfigError, match=r"seeds \[1\] were used by trajectory collection"):
         run_audit(_cfg(), root=tmp_path)
+
+
+def test_env_overrides_make_a_design_variant(audit, tmp_path):
+    from mixagent.study.headroom import AuditStore
+
+    spec = load_spec(SPEC, ["optim.decay_fraction=0.5"])
+    assert spec.spec_hash() != load_spec(SPEC).spec_hash()
+    decay = [r for r in build_schedules(_cfg(), spec) if r.family == "decay"]
+    assert headroom.decay_step(spec) == 2 and decay[0].rhos == (1.0, 1.0, 0.0, 0.0)
+    store = AuditStore(tmp_path, spec)
+    assert store.dir.name == spec.spec_hash()

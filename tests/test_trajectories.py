@@ -347,3 +347,30 @@ def test_a_trajectory_with_invalid_values_is_refused_when_read(analytic_referenc
     with pytest.raises(TrajectoryFormatError, match=re.escape(shown)):
         read_trajectory(bad)
     assert read_trajectory(src).steps[1]["weights"]  # the original reads fine
+
+
+def test_packed_run_reads_like_the_run_and_refuses_a_changed_archive(reference, tmp_path, capsys):
+    from mixagent.agent.dataset import load_trajectories
+    from mixagent.trajectories.store import PACK_ARCHIVE, pack_run
+
+    run_dir, want, _ = reference
+    out = pack_run(run_dir, tmp_path / "reference" / "tiny-v0", extra={"note": "test"})
+    assert sorted(p.name for p in out.iterdir()) == sorted([PACK_ARCHIVE, "manifest.json", "meta.json"])
+    packed = Run(out)
+    assert packed.packed and packed.meta["packed"]["note"] == "test" and digest(out) == want
+    assert packed.meta["packed"]["bytes"] < packed.meta["packed"]["raw_bytes"] / 3  # compact
+    tset = load_trajectories([out])
+    assert len(tset.trajectories) == len(want) and tset.env["spec_hash"] == Run(run_dir).meta["env"]["spec_hash"]
+    again = pack_run(run_dir, tmp_path / "again")
+    assert (again / PACK_ARCHIVE).read_bytes() == (out / PACK_ARCHIVE).read_bytes()  # deterministic
+    with pytest.raises(ResumeMismatchError, match="exists"):
+        pack_run(run_dir, out)
+    data = bytearray((out / PACK_ARCHIVE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / PACK_ARCHIVE).write_bytes(bytes(data))
+    with pytest.raises(TrajectoryFormatError, match=f"{PACK_ARCHIVE}: sha256 does not match"):
+        list(Run(out).trajectories())
+    assert cli(["verify", str(out), "--drop-bad"]) == 1
+    assert "packed (read-only)" in capsys.readouterr().out
+    with pytest.raises(ResumeMismatchError, match="packed"):
+        store_mod.RunWriter(again, Run(again).meta, resume=True)

@@ -48,7 +48,8 @@ class DomainData:
                 pattern = re.compile(d.match)
                 split_parts = {}
                 for split in ("train", "val"):
-                    split_parts[split] = [tok[c][split].select(self._matching(c, split, pattern, root)) for c in d.corpora]
+                    split_parts[split] = [tok[c][split].select(self._matching(c, split, pattern, root))
+                                          for c in d.corpora]
                 sizes = np.array([len(t) for t in split_parts["train"]], dtype=np.float64)
                 if not sizes.sum():
                     raise ConfigError(space.name, [f"domain {d.name!r}: no training passage of {d.corpora} has an id "

@@ -23,12 +23,14 @@ from mixagent.domains import Domain, DomainSpace
 from mixagent.env.model import ModelConfig, build_model, count_parameters, resolve_size
 from mixagent.env.proxy import OptimConfig, make_optimizer, train_segment
 from mixagent.errors import CorruptArtifactError, MixagentError
-from mixagent.paths import CONFIGS_DIR, data_root, staged_dir
+from mixagent.paths import CONFIGS_DIR, REPO_ROOT, data_root, staged_dir
 from mixagent.sampling import MixtureSampler
 
-__all__ = ["BaseModelConfig", "BaseModel", "get_base_model", "SOURCE_CORPORA"]
+__all__ = ["BaseModelConfig", "BaseModel", "get_base_model", "commit_base_model", "committed_dir", "SOURCE_CORPORA",
+           "COMMITTED_BASE_DIR"]
 
 log = logging.getLogger(__name__)
+COMMITTED_BASE_DIR = REPO_ROOT / "checkpoints" / "base"  # base checkpoints that reference datasets start from
 SOURCE_CORPORA = ("wiki", "news", "fiction", "politics", "foldoc", "gcide", "wordnet")
 
 
@@ -124,8 +126,58 @@ def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseMod
     return BaseModel(model, mcfg, tokenizer, tok_hash, meta, path)
 
 
-def get_base_model(cfg: BaseModelConfig, root: Path | None = None, rebuild_corrupt: bool = False) -> BaseModel:
-    """Load the cached base model, pre-training it first when missing.
+def committed_dir(cfg: BaseModelConfig, root: Path | None = None, committed: Path | None = None) -> Path:
+    """Where a committed copy of this base checkpoint lives in the repository (``checkpoints/base/<name>``,
+    the same name as its cache directory)."""
+    return (committed or COMMITTED_BASE_DIR) / base_dir(cfg, root).name
+
+
+def _adopt_committed(cfg: BaseModelConfig, root: Path, path: Path, committed: Path | None) -> None:
+    """Copy a committed checkpoint into the cache (verified first), so a trajectory dataset collected from
+    it starts from the same weights on any machine: float results differ between CPU kinds, so a base
+    re-trained here need not match it.
+
+    Raises:
+        CorruptArtifactError: the committed copy fails its sha256, or was trained with another tokenizer.
+    """
+    src = committed_dir(cfg, root, committed)
+    if not (src / "meta.json").exists():
+        return
+    meta = json.loads((src / "meta.json").read_text())
+    if _sha256(src / "model.safetensors") != meta.get("sha256"):
+        raise CorruptArtifactError(f"committed base model {src / 'model.safetensors'} does not match the sha256 in "
+                                   f"its meta.json; restore it from git (git checkout -- {src})")
+    tok_meta = json.loads((tokenizer_dir(cfg.tokenizer, root) / "meta.json").read_text())
+    if meta.get("tokenizer_file_hash") not in (None, tok_meta.get("file_hash")):
+        raise CorruptArtifactError(f"committed base model {src} was trained with tokenizer "
+                                   f"{meta['tokenizer_file_hash']}, this machine built {tok_meta.get('file_hash')}; "
+                                   f"rebuild the data with the package versions in data/corpora/BUILD.json")
+    with staged_dir(path) as tmp:
+        shutil.copy2(src / "model.safetensors", tmp / "model.safetensors")
+        (tmp / "meta.json").write_text(json.dumps({**meta, "adopted_from": str(src)}, indent=2))
+    log.info("base model adopted from the committed copy %s", src)
+
+
+def commit_base_model(cfg: BaseModelConfig, root: Path | None = None, committed: Path | None = None) -> Path:
+    """Copy the cached checkpoint of ``cfg`` into the repository's ``checkpoints/base/`` (with its
+    tokenizer's content hash), for datasets collected from it; returns the directory."""
+    root = root or data_root()
+    base = get_base_model(cfg, root)
+    tok_meta = json.loads((tokenizer_dir(cfg.tokenizer, root) / "meta.json").read_text())
+    out = committed_dir(cfg, root, committed)
+    if not (out / "meta.json").exists():
+        with staged_dir(out) as tmp:
+            shutil.copy2(base.path / "model.safetensors", tmp / "model.safetensors")
+            meta = {k: v for k, v in base.meta.items() if k != "adopted_from"}
+            (tmp / "meta.json").write_text(json.dumps({**meta, "tokenizer_file_hash": tok_meta["file_hash"]},
+                                                      indent=2))
+    return out
+
+
+def get_base_model(cfg: BaseModelConfig, root: Path | None = None, rebuild_corrupt: bool = False,
+                   committed: Path | None = None) -> BaseModel:
+    """Load the cached base model; when missing, adopt a committed copy (``checkpoints/base/``, verified),
+    else pre-train it.
 
     A checkpoint that fails its hash check raises :class:`CorruptArtifactError` — unless
     ``rebuild_corrupt`` is set, when it is discarded and trained again. It is never silently used.
@@ -134,6 +186,8 @@ def get_base_model(cfg: BaseModelConfig, root: Path | None = None, rebuild_corru
     tokenizer = get_tokenizer(cfg.tokenizer, root)
     tok_hash = tokenizer_dir(cfg.tokenizer, root).name
     path = base_dir(cfg, root)
+    if not (path / "meta.json").exists() and not (path / "model.safetensors").exists():
+        _adopt_committed(cfg, root, path, committed)
     if (path / "meta.json").exists() or (path / "model.safetensors").exists():
         try:
             return _load(path, cfg, tokenizer, tok_hash)
@@ -151,8 +205,8 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
     from mixagent.data.domain_data import DomainData
 
     target = list(cfg.target_corpora) if cfg.target_share > 0 else []
-    space = DomainSpace("base-source", [Domain(c, "source", [c]) for c in cfg.corpora] +
-                        [Domain(c, "target", [c]) for c in target], fields=("source", "target") if target else ("source",))
+    domains = [Domain(c, "source", [c]) for c in cfg.corpora] + [Domain(c, "target", [c]) for c in target]
+    space = DomainSpace("base-source", domains, fields=("source", "target") if target else ("source",))
     data = DomainData(space, tokenizer, tok_hash, root)
     mcfg = cfg.model_config(len(tokenizer))
     model = build_model(mcfg, seed=cfg.seed)

@@ -94,7 +94,8 @@ class Reference:
             for f in FIELDS:
                 b, w = self.best.get(m, {}).get(f), self.worst.get(m, {}).get(f)
                 if not (is_number(b) and is_number(w)):
-                    problems.append(f"reference {m} of the {f} field must be finite numbers, got best={b!r}, worst={w!r}")
+                    problems.append(f"reference {m} of the {f} field must be finite numbers, got best={b!r}, "
+                                    f"worst={w!r}")
                 elif math.isclose(b, w, rel_tol=0, abs_tol=1e-12):
                     problems.append(f"the {f} field's {m} has zero range (best = worst = {b:.6g}) at this budget; "
                                     f"a normalised reward cannot scale it: use a relative reward (balanced_bpb) or "

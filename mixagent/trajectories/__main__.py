@@ -36,10 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "verify":
             q.add_argument("--drop-bad", action="store_true",
                            help="delete bad trajectories from the run so --resume collects them again")
+    q = sub.add_parser("pack", help="pack a finished run into one checksummed archive (reference datasets)")
+    q.add_argument("run", help="run name (under --root) or path")
+    q.add_argument("--out", required=True, help="output directory, e.g. trajectories/reference/math-cpt-v1")
+    q.add_argument("--root", default=str(REPO_ROOT / "trajectories"), help="directory of runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return {"collect": _collect, "ls": _ls, "stats": _stats, "verify": _verify}[args.cmd](args)
+        return {"collect": _collect, "ls": _ls, "stats": _stats, "verify": _verify, "pack": _pack}[args.cmd](args)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -102,6 +106,9 @@ def _verify(args) -> int:
     if not bad:
         print(f"{run.name}: {len(run.entries)} trajectories verified (schema, structure, sha256)")
         return 0
+    if args.drop_bad and run.packed:
+        print(f"{run.path} is a packed (read-only) run: restore it from git instead of dropping trajectories")
+        return 1
     if args.drop_bad:
         for tid in bad:
             entry = run.entries.pop(tid)
@@ -111,6 +118,16 @@ def _verify(args) -> int:
         print(f"dropped {len(bad)} trajectories; collect with --resume to collect them again")
         return 0
     return 1
+
+
+def _pack(args) -> int:
+    from mixagent.trajectories.store import pack_run
+
+    out = pack_run(_run_path(args.run, Path(args.root)), args.out)
+    meta = json.loads((out / "meta.json").read_text())["packed"]
+    print(f"packed {len(meta['order'])} trajectories: {meta['raw_bytes'] / 1e6:.2f} MB -> {meta['bytes'] / 1e6:.2f} MB "
+          f"in {out} (sha256 {meta['sha256'][:16]}...)")
+    return 0
 
 
 if __name__ == "__main__":

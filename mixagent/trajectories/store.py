@@ -30,7 +30,8 @@ from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.errors import ResumeMismatchError, SchemaVersionError, TrajectoryFormatError
 from mixagent.paths import atomic_write_json, fsync_dir, write_error
 
-__all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS"]
+__all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS",
+           "pack_run", "PACK_ARCHIVE"]
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,27 @@ class Run:
         self.path = Path(path)
         self.meta = _load_json(self.path / "meta.json", "meta.json")
         self.manifest = _load_json(self.path / "manifest.json", "manifest.json")
+        self._packed: dict[str, bytes] | None = None
+
+    @property
+    def packed(self) -> bool:
+        """A packed run (:func:`pack_run`): one checksummed archive instead of one file per trajectory."""
+        return "packed" in self.meta
+
+    def raw(self, entry: dict) -> tuple[Path, bytes]:
+        """A trajectory's path and bytes, from its file or from the packed archive."""
+        file = self.path / entry["file"]
+        if self.packed:
+            if self._packed is None:
+                self._packed = _unpack(self.path, self.meta["packed"], self.entries)
+            if entry["file"] not in self._packed:
+                raise TrajectoryFormatError(f"{file}: listed in the manifest but not in the archive "
+                                            f"{self.path / self.meta['packed']['archive']}")
+            return file, self._packed[entry["file"]]
+        try:
+            return file, file.read_bytes()
+        except OSError:
+            raise TrajectoryFormatError(f"{file}: listed in the manifest but missing; {_fix_hint(self.path)}") from None
 
     @property
     def name(self) -> str:
@@ -231,17 +253,75 @@ class Run:
         for _tid, entry in sorted(self.entries.items()):
             if entry.get("flagged") and not include_flagged:
                 continue
-            yield _verified(self.path, entry) if verify else read_trajectory(self.path / entry["file"])
+            file, raw = self.raw(entry)
+            yield _checked(file, raw, entry) if verify else _parse(file, raw)
 
     def problems(self) -> dict[str, str]:
         """Every listed trajectory that fails validation, with the reason (empty when the run is sound)."""
         bad = {}
         for tid, entry in sorted(self.entries.items()):
             try:
-                _verified(self.path, entry)
+                _checked(*self.raw(entry), entry)
             except (TrajectoryFormatError, SchemaVersionError) as exc:
                 bad[tid] = str(exc).split("; run `")[0]
         return bad
+
+
+PACK_ARCHIVE = "trajectories.jsonl.gz"
+
+
+def pack_run(run_dir: str | Path, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """Pack a finished run into a compact, versioned, checksummed directory that ``Run`` reads like any run
+    (e.g. the committed reference datasets under ``trajectories/reference/``): ``meta.json`` (the run's,
+    plus a ``packed`` block with the archive's sha256 and ``extra``), ``manifest.json`` (the run's, every
+    entry keeping its file's sha256) and one deterministic gzip archive of every trajectory file in id order.
+
+    Raises:
+        TrajectoryFormatError: the run has invalid trajectories (``verify --drop-bad`` and resume first).
+        ResumeMismatchError: ``out_dir`` exists.
+    """
+    import gzip
+
+    from mixagent.paths import staged_dir
+
+    run, out = Run(run_dir), Path(out_dir)
+    if out.exists():
+        raise ResumeMismatchError(f"{out} exists; packed runs are written once (delete it to pack again)")
+    bad = run.problems()
+    if bad:
+        raise TrajectoryFormatError(f"{run.path} has {len(bad)} invalid trajectories (e.g. {next(iter(bad.items()))}); "
+                                    f"{_fix_hint(run.path)}")
+    order = sorted(run.entries)
+    blob = b"".join(run.raw(run.entries[tid])[1] for tid in order)
+    archive = gzip.compress(blob, compresslevel=9, mtime=0)
+    packed = {"archive": PACK_ARCHIVE, "sha256": hashlib.sha256(archive).hexdigest(), "bytes": len(archive),
+              "raw_bytes": len(blob), "order": order, "source_run": str(run.path.name), **(extra or {})}
+    with staged_dir(out) as tmp:
+        (tmp / PACK_ARCHIVE).write_bytes(archive)
+        (tmp / "manifest.json").write_text(json.dumps(run.manifest, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({**run.meta, "packed": packed}, indent=1))
+    return out
+
+
+def _unpack(run_dir: Path, packed: dict, entries: dict[str, dict]) -> dict[str, bytes]:
+    """File name -> bytes of a packed run, after checking the archive's sha256."""
+    import gzip
+
+    path = run_dir / packed["archive"]
+    try:
+        archive = path.read_bytes()
+    except OSError:
+        raise TrajectoryFormatError(f"{path}: the packed run's archive is missing; restore it (git checkout -- "
+                                    f"{path})") from None
+    if hashlib.sha256(archive).hexdigest() != packed["sha256"]:
+        raise TrajectoryFormatError(f"{path}: sha256 does not match meta.json (the archive changed or is "
+                                    f"corrupt); restore it (git checkout -- {path})")
+    blob, out, at = gzip.decompress(archive), {}, 0
+    for tid in packed["order"]:
+        n = entries[tid]["bytes"]
+        out[entries[tid]["file"]] = blob[at: at + n]
+        at += n
+    return out
 
 
 def _verified(run_dir: Path, entry: dict) -> Trajectory:
@@ -250,6 +330,11 @@ def _verified(run_dir: Path, entry: dict) -> Trajectory:
         raw = file.read_bytes()
     except OSError:
         raise TrajectoryFormatError(f"{file}: listed in the manifest but missing; {_fix_hint(run_dir)}") from None
+    return _checked(file, raw, entry)
+
+
+def _checked(file: Path, raw: bytes, entry: dict) -> Trajectory:
+    run_dir = file.parent
     if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
         raise TrajectoryFormatError(f"{file}: sha256 does not match the manifest (the file changed after it was "
                                     f"finished); {_fix_hint(run_dir)}")
@@ -292,6 +377,8 @@ class RunWriter:
         if not exists and resume:
             log.info("--resume: %s does not exist yet; starting it", self.dir)
         if exists:
+            if "packed" in _load_json(self.dir / "meta.json", "meta.json"):
+                raise ResumeMismatchError(f"{self.dir} is a packed (read-only) run; collect into another run name")
             self.meta = self._check_resume(meta)
             self.manifest = _load_json(self.dir / "manifest.json", "manifest.json")
             self._recover()
