@@ -168,3 +168,15 @@ def test_env_overrides_make_a_design_variant(audit, tmp_path):
     assert headroom.decay_step(spec) == 2 and decay[0].rhos == (1.0, 1.0, 0.0, 0.0)
     store = AuditStore(tmp_path, spec)
     assert store.dir.name == spec.spec_hash()
+
+
+def test_report_only_rebuilds_the_report_without_a_model(audit, monkeypatch):
+    root, out, report = audit
+    import mixagent.env.backends as backends
+
+    monkeypatch.setattr(backends, "make_backend", lambda *a: pytest.fail("report-only built a backend"))
+    (out / "report.json").unlink()
+    make_report(run_audit(_cfg(), root=root, report_only=True))
+    assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
+    with pytest.raises(ConfigError, match="no finished audit"):
+        run_audit(_cfg(), root=root / "empty", report_only=True)

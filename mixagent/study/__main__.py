@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, help="oracle search trials (0 = no oracle)")
     p.add_argument("--workers", type=int, help="worker processes (0 = one per core)")
     p.add_argument("--launcher", choices=["local", "inline", "ray"])
-    p.add_argument("--out", help="output root (default runs/headroom)")
+    p.add_argument("--out", help="output root (default audits/, committed)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild the report from stored (e.g. committed) results without running anything")
     p.add_argument("overrides", nargs="*", help="key=value audit config overrides, e.g. static_rhos=[0,0.5,1]")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append("env_overrides=[" + ",".join(f"'{s}'" for s in args.env_set) + "]")
     try:
         cfg = load_config(AuditConfig, args.config, overrides)
-        run = run_audit(cfg)
+        run = run_audit(cfg, report_only=args.report_only)
         make_report(run)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)

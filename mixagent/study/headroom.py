@@ -112,7 +112,7 @@ class AuditConfig:
         oracle_trials: trials of the oracle search (0 = no oracle row).
         oracle_seed: the TPE sampler's seed.
         workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
-        out: output root, relative to the repository.
+        out: output root, relative to the repository (``audits/``, committed: audits are expensive).
     """
 
     env: str = "envs/math-cpt.yaml"
@@ -130,7 +130,7 @@ class AuditConfig:
     oracle_seed: int = 0
     workers: int = 0
     launcher: str = "local"
-    out: str = "runs/headroom"
+    out: str = "audits"
 
     def check(self) -> list[str]:
         problems = []
@@ -385,12 +385,17 @@ class AuditRun:
         return self.store.dir
 
 
-def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | None = None) -> AuditRun:
+def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | None = None,
+              report_only: bool = False) -> AuditRun:
     """Run (or resume) every row and the oracle; ``make_report(run_audit(cfg))`` writes the report.
 
+    The result directory keeps everything the report needs (the base model's evaluation, the reference
+    runs, every leaf), so a committed audit rebuilds its report on a fresh clone with ``report_only``,
+    without a model.
+
     Raises:
-        ConfigError: an unknown env, an empty grid, held-out seeds that collection used, or results cached
-            for another spec hash.
+        ConfigError: an unknown env, an empty grid, held-out seeds that collection used, results cached
+            for another spec hash, or ``report_only`` on a directory without results.
     """
     from mixagent.data.sources import load_space
     from mixagent.env.backends import make_backend
@@ -411,13 +416,23 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     schedules = build_schedules(cfg, spec)
     store = AuditStore(Path(root or REPO_ROOT / cfg.out), spec)
     space = load_space(spec.space_path())
+    if report_only:
+        if not (store.dir / "start.json").exists() or not (store.dir / "reference.json").exists():
+            raise ConfigError("audit", [f"{store.dir} holds no finished audit to report on; run it without "
+                                        f"--report-only"])
+        head = json.loads((store.dir / "start.json").read_text())
+        reference = Reference.from_json(json.loads((store.dir / "reference.json").read_text()))
+        return AuditRun(store, cfg, spec, space, np.asarray(head["natural"]), EvalResult.from_json(head["eval"]),
+                        reference, schedules)
     # the base model's evaluation and the reference runs (once per spec hash; the normalised rewards)
     backend = make_backend(spec, space)
     start = backend.reset(episode_seed_of(cfg.seeds[0]))
-    if not (store.dir / "start.json").exists():
-        atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": _items_json(backend)})
-    reference = get_reference(spec, backend, space)
     natural = backend.natural
+    if not (store.dir / "start.json").exists() or "natural" not in json.loads((store.dir / "start.json").read_text()):
+        atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": _items_json(backend),
+                                                     "natural": np.asarray(natural).tolist()})
+    reference = get_reference(spec, backend, space)
+    atomic_write_json(store.dir / "reference.json", reference.to_json())
     del backend
     done = store.done()
     by_first: dict[tuple[int, bytes], list[Schedule]] = {}
