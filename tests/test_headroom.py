@@ -76,8 +76,9 @@ def test_report_rows_follow_from_the_stored_evaluations(audit):
     assert s["static_spread"] == pytest.approx(max(means) - min(means))
     # static rho=1 on held-out seeds is close to the source-only reference: s_source near 1, s_target near 0
     assert abs(rows["static rho=1"]["source_norm_bpb"] - 1) < 0.2 and abs(rows["static rho=1"]["target_norm_bpb"]) < 0.3
-    noise = report["item_noise"]
+    noise = report["item_noise"]["normalised_bpb"]
     assert noise["score_std"] > 0 and noise["gap_std"] > 0 and noise["items"]["target"] > 0
+    assert report["item_noise"]["normalised_score"]["score_std"] > 0
     for name in ("static.png", "schedules.png", "report.md"):
         assert (out / name).stat().st_size > 1000
 

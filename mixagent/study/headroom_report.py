@@ -88,8 +88,9 @@ def make_report(run: AuditRun) -> dict:
                                       "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")}
         table.append(entry)
     summary = {name: _summary(table, name, len(cfg.seeds)) for name in rewards}
-    noise = _item_noise(table, summary[spec.reward.name], leaves, cfg, space, start, reference, store, lam,
-                        spec.reward.name)
+    noise = {name: _item_noise(table, summary[name], leaves, cfg, space, start, reference, store, lam, name)
+             for name in dict.fromkeys([spec.reward.name, "normalised_bpb", "normalised_score"])}
+    noise = {name: v for name, v in noise.items() if v}
     report = {"env_id": spec.env_id, "spec_hash": spec.spec_hash(), "reward": spec.reward.name, "lam": lam,
               "seeds": list(cfg.seeds), "tune_seeds": list(cfg.tune_seeds), "oracle": oracle_meta,
               "reference": reference.to_json(), "start": start.to_json(), "summary": summary,
@@ -209,11 +210,10 @@ def format_report(report: dict) -> str:
             f"| {orc.get('label', '-')} {_fmt(orc.get('mean'))} | "
             f"{_fmt(orc.get('gap_in_std'), 1)} | {_fmt(s.get('static_spread_in_std'), 1)} | "
             f"{'yes' if s.get('bar_met') else 'no'} |")
-    noise = report["item_noise"]
-    if noise:
+    for reward, noise in report["item_noise"].items():
         gap = (f"; paired gap (best schedule - best static) std {noise['gap_std']:.4f}, gap / noise "
                f"{_fmt(noise.get('gap_over_noise'), 1)}") if "gap_std" in noise else ""
-        lines += ["", f"Item noise of `{name}` ({noise['resamples']} bootstrap resamples over "
+        lines += ["", f"Item noise of `{reward}` ({noise['resamples']} bootstrap resamples over "
                       f"{noise['windows_per_domain']}+ windows per domain and {noise['items']} benchmark items): "
                       f"final score std {noise['score_std']:.4f}{gap}."]
     s = report["summary"][name]
