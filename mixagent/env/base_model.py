@@ -251,12 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixagent.env.base_model", description=__doc__)
     parser.add_argument("--config", default=str(CONFIGS_DIR / "base_model/default.yaml"))
     parser.add_argument("--rebuild", action="store_true", help="rebuild a checkpoint that fails its hash check")
+    parser.add_argument("--commit", action="store_true",
+                        help="also copy the checkpoint into checkpoints/base/ (for a committed reference dataset)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. tokens=1000000")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(BaseModelConfig, args.config, args.overrides)
         base = get_base_model(cfg, rebuild_corrupt=args.rebuild)
+        if args.commit:
+            print(f"committed copy: {commit_base_model(cfg)}")
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
