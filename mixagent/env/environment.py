@@ -1,4 +1,4 @@
-"""The data-mixing environment (``gymnasium.make("mixagent/<spec>-v0")``)."""
+"""The data-mixing environment (``gymnasium.make("mixagent/<spec>-v<version>")``)."""
 
 from __future__ import annotations
 
@@ -44,12 +44,15 @@ class MixingEnv(gym.Env):
 
     ``Box(-10, 10, (3K + 5,), float32)`` built by ``mixagent.env.observation.ObservationBuilder``: current
     weights; per-domain bits per byte relative to the start and its change since the last step; per-field
-    benchmark scores relative to the start and their last change; progress ``t/T``.
+    benchmark scores relative to the start and their last change; progress ``t/T``. Specs with
+    ``observe_lr`` append the coming segment's learning rate over the peak (``3K + 6``).
 
     ## Rewards
 
     The change of a balanced score ``B_t = lam * target_improvement + (1 - lam) * source_improvement``
     (each relative to the start of the run; ``mixagent.env.rewards``), so the return is ``B_T - B_0``.
+    Normalised rewards (v1) scale each field by source-only and target-only reference runs at the same
+    budget (run once per spec hash, cached; ``env.reference``), so ``B_0`` is the base model's score.
     ``info["balanced_score"]`` holds ``B_t``; ``info["eval"]`` the raw EvalResult. Wall-clock timings of
     the last step (not deterministic, so not in ``info``) are in ``env.unwrapped.timings``.
 
@@ -72,6 +75,9 @@ class MixingEnv(gym.Env):
     ## Version History
 
     * v0: initial version.
+    * v1 (``math-cpt-v1``): warmup-stable-decay LR observed in the state, a cap on unique target tokens, a
+      base that saw 3% math, math sub-domains, the ``champ_solution`` benchmark and the normalised reward.
+      v0 specs keep their meaning and hashes.
     """
 
     metadata = {"render_modes": ["ansi"]}
