@@ -80,6 +80,9 @@ def test_target_cap_keeps_a_fixed_subset_of_whole_windows(spec, env):
     target = space.field_mask("target")
     capped = backend.train_streams
     assert sum(len(capped[d]) for d in np.flatnonzero(target)) <= spec.target_tokens
+    shares = backend.natural[target] / backend.natural[target].sum()
+    for d, share in zip(np.flatnonzero(target), shares):  # each keeps its share, to within one window
+        assert len(capped[d]) > spec.target_tokens * share - length
     for d in np.flatnonzero(target):
         windows = {backend.data.train[d][i * length:(i + 1) * length].tobytes()
                    for i in range(len(backend.data.train[d]) // length)}
@@ -109,6 +112,12 @@ def test_solution_benchmark_score_is_two_to_minus_bits_per_byte(env):
     bpb = -ll.sum() / math.log(2) / nbytes.sum()
     assert start["scores"]["target"] == pytest.approx(2 ** -bpb, rel=1e-9)
     assert 0 < start["scores"]["target"] < 1 and len(ll) == len(env.backend.evaluator.items["target"])
+    # the bytes are the gold solutions' UTF-8 bytes (checked on the solutions short enough to be kept whole)
+    tok = env.backend.tokenizer
+    seq_len = env.backend.model_config.seq_len
+    whole = [(item.choices[0], n) for item, n in zip(env.backend.evaluator.items["target"], nbytes)
+             if len(tok(item.choices[0], add_special_tokens=False)["input_ids"]) <= seq_len - 16]
+    assert whole and all(n == len(text.encode("utf-8")) for text, n in whole)
 
 
 def test_normalised_reward_uses_cached_reference_runs(spec, env):
@@ -150,6 +159,9 @@ def test_zero_range_and_missing_reference_are_typed_errors(env):
     same = {"bpb": {"source": 2.0, "target": 3.0}, "score": {"source": 0.5, "target": 0.2}}
     with pytest.raises(ConfigError, match="zero range"):
         Reference(same, same)
+    worse = {"bpb": {"source": 3.0, "target": 4.0}, "score": {"source": 0.5, "target": 0.2}}
+    with pytest.raises(ConfigError, match="the source field's bpb is inverted"):
+        Reference(worse, {"bpb": {"source": 2.0, "target": 5.0}, "score": {"source": 0.4, "target": 0.1}})
     ev = EvalResult({n: 2.0 for n in env.space.names}, {"source": 0.5, "target": 0.2}, {"source": 0.5, "target": 0.2})
     with pytest.raises(UsageError, match="needs reference runs"):
         balanced_score("normalised_bpb", 0.5, ev, ev, env.space)

@@ -131,8 +131,9 @@ def test_bad_requests_are_typed_errors(audit, tmp_path):
         run_audit(_cfg(static_rhos=()), root=tmp_path)
     with pytest.raises(ConfigError, match="also held-out seeds"):
         run_audit(_cfg(tune_seeds=(1,)), root=tmp_path)
-    with pytest.raises(ConfigError, match="reference_seeds"):
-        run_audit(_cfg(seeds=(9001, 1, 2)), root=tmp_path)
+    clash = f"reference_seeds=[{headroom.episode_seed_of(1)}]"
+    with pytest.raises(ConfigError, match=r"seeds \[1\] train on the data order of the spec's reference runs"):
+        run_audit(_cfg(env_overrides=(clash,)), root=tmp_path)
     head = json.loads((out / "spec.json").read_text())
     other = tmp_path / "other" / out.parent.name / out.name
     other.mkdir(parents=True)
@@ -181,3 +182,33 @@ def test_report_only_rebuilds_the_report_without_a_model(audit, monkeypatch):
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
     with pytest.raises(ConfigError, match="no finished audit"):
         run_audit(_cfg(), root=root / "empty", report_only=True)
+
+
+def test_identity_resample_reproduces_the_stored_evaluation(audit):
+    from mixagent.study.headroom_report import _resampled
+
+    _, out, _ = audit
+    spec = load_spec(SPEC)
+    space = load_space(spec.space_path())
+    leaf = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    owner = np.asarray(leaf["items"]["windows"][2]).astype(int)
+    idx = {"windows": [np.flatnonzero(owner == d) for d in range(space.k)],
+           **{f: np.arange(len(leaf["items"][f][0])) for f in ("source", "target")}}
+    again = _resampled(EvalResult.from_json(leaf["eval"]), leaf["items"], idx, space)
+    for name, v in leaf["eval"]["bpb"].items():
+        assert again.bpb[name] == pytest.approx(v, rel=1e-5)  # items are stored to 6 decimals
+    for f in ("source", "target"):
+        assert again.scores[f] == pytest.approx(leaf["eval"]["scores"][f], rel=1e-5)
+
+
+def test_decay_step_follows_the_learning_rate_schedule():
+    from mixagent.env.proxy import lr_at
+
+    for df in (0.25, 0.35, 0.5, 0.1):
+        spec = load_spec(SPEC, [f"optim.decay_fraction={df}"])
+        per = spec.segment_tokens // (spec.optim.micro_batch * spec.base_config().seq_len)
+        total = per * spec.steps
+        peak = spec.optim.lr
+        warm = max(1, int(total * spec.optim.warmup_fraction))
+        first = min(i for i in range(warm, total) if lr_at(i, total, spec.optim) < peak)
+        assert headroom.decay_step(spec) == min(spec.steps - 1, max(1, first // per)), df

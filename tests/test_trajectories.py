@@ -361,10 +361,22 @@ def test_packed_run_reads_like_the_run_and_refuses_a_changed_archive(reference, 
     assert packed.meta["packed"]["bytes"] < packed.meta["packed"]["raw_bytes"] / 3  # compact
     tset = load_trajectories([out])
     assert len(tset.trajectories) == len(want) and tset.env["spec_hash"] == Run(run_dir).meta["env"]["spec_hash"]
+    from mixagent.study.headroom import _collection_seeds
+
+    seeds = {int(t.header["episode_seed"]) for t in Run(run_dir).trajectories()}
+    assert _collection_seeds(Run(run_dir).meta["env"]["spec_hash"], tmp_path / "reference") == seeds
     again = pack_run(run_dir, tmp_path / "again")
     assert (again / PACK_ARCHIVE).read_bytes() == (out / PACK_ARCHIVE).read_bytes()  # deterministic
     with pytest.raises(ResumeMismatchError, match="exists"):
         pack_run(run_dir, out)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run_dir, unfinished)
+    manifest = json.loads((unfinished / "manifest.json").read_text())
+    manifest["trees_done"] = manifest["trees_done"][:-1]
+    (unfinished / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrajectoryFormatError, match="is not finished"):
+        pack_run(unfinished, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
     data = bytearray((out / PACK_ARCHIVE).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (out / PACK_ARCHIVE).write_bytes(bytes(data))

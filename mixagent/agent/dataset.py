@@ -19,7 +19,7 @@ import numpy as np
 
 from mixagent.domains import Domain, DomainSpace
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
-from mixagent.env.rewards import balanced_score, field_improvement, step_reward
+from mixagent.env.rewards import balanced_score, field_improvement, needs_reference, step_reward
 from mixagent.errors import AgentDataError
 from mixagent.trajectories.store import Run, Trajectory
 
@@ -195,7 +195,13 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
         select: the trajectories to use.
         dedupe: enter each branched prefix step once.
     """
+    if needs_reference(reward):
+        raise AgentDataError(f"reward {reward!r} is normalised by reference runs, which trajectory datasets do not "
+                             f"carry yet; train on a relative reward (reward=balanced_bpb or reward=balanced)")
     field_improvement(reward)  # unknown names raise before any work
+    if tset.env["spec"].get("observe_lr"):
+        raise AgentDataError(f"the runs were collected on {tset.env['id']}, whose observation carries the learning "
+                             f"rate (observe_lr); agents cannot rebuild that observation yet")
     space, horizon = tset.space, tset.horizon
     builder = ObservationBuilder(space)
     items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))

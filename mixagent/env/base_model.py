@@ -72,6 +72,9 @@ class BaseModelConfig:
             problems.append(f"target_share must be in [0, 1), got {self.target_share}")
         elif self.target_share > 0 and not self.target_corpora:
             problems.append("target_share > 0 needs target_corpora, e.g. target_corpora: [math]")
+        elif self.target_corpora and self.target_share == 0:
+            problems.append("target_corpora without a target_share would change the cache key but not the model; "
+                            "set target_share (e.g. 0.03) or drop target_corpora")
         if set(self.target_corpora) & set(self.corpora):
             problems.append(f"corpora {sorted(set(self.target_corpora) & set(self.corpora))} are listed both as "
                             f"source (corpora) and as target (target_corpora)")

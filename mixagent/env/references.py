@@ -40,7 +40,7 @@ def run_static(backend: ProxyBackend, weights: np.ndarray, steps: int, seed: int
     return backend.evaluate()
 
 
-def _load(path: Path, spec_hash: str) -> Reference:
+def _load(path: Path, spec_hash: str, base_id: str) -> Reference:
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -49,6 +49,9 @@ def _load(path: Path, spec_hash: str) -> Reference:
     if d.get("spec_hash") != spec_hash:
         raise ConfigError(str(path), [f"reference runs were cached for spec hash {d.get('spec_hash')!r}, this env's "
                                       f"is {spec_hash!r}; delete the file to rerun them for this spec"])
+    if d.get("base") not in (None, base_id):
+        raise ConfigError(str(path), [f"reference runs were made from base checkpoint {d.get('base')}, this env's is "
+                                      f"{base_id} (a re-trained base); delete the file to rerun them"])
     if d.get("version") != REFERENCE_VERSION:
         raise ConfigError(str(path), [f"reference format {d.get('version')!r}, expected {REFERENCE_VERSION}; delete "
                                       f"the file to rerun them"])
@@ -64,8 +67,9 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
     """
     spec_hash = spec.spec_hash()
     path = reference_path(spec_hash, root)
+    base_id = getattr(backend, "base_id", "")
     if path.exists():
-        return _load(path, spec_hash)
+        return _load(path, spec_hash, base_id)
     runs: dict[str, list[EvalResult]] = {"source_only": [], "target_only": []}
     with tqdm(total=2 * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}", unit="episode") as bar:
         for seed in spec.reference_seeds:
@@ -82,7 +86,7 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
             worst[m][f] = float(np.mean([field_measure(m, r, space, f) for r in runs[other]]))
     ref = Reference(best, worst, spec_hash, tuple(spec.reference_seeds))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, **ref.to_json(),
+    atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, "base": base_id, **ref.to_json(),
                              "runs": {k: [r.to_json() for r in v] for k, v in runs.items()}})
     log.info("reference runs for %s cached in %s", spec.env_id, path)
     return ref

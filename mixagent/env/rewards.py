@@ -96,10 +96,14 @@ class Reference:
                 if not (is_number(b) and is_number(w)):
                     problems.append(f"reference {m} of the {f} field must be finite numbers, got best={b!r}, "
                                     f"worst={w!r}")
-                elif math.isclose(b, w, rel_tol=0, abs_tol=1e-12):
+                elif math.isclose(b, w, rel_tol=1e-6, abs_tol=1e-12):
                     problems.append(f"the {f} field's {m} has zero range (best = worst = {b:.6g}) at this budget; "
                                     f"a normalised reward cannot scale it: use a relative reward (balanced_bpb) or "
                                     f"give the episode more tokens")
+                elif (b > w) if m == "bpb" else (b < w):
+                    problems.append(f"the {f} field's {m} is inverted: the run spending the budget on it scored "
+                                    f"{b:.6g}, the run spending none {w:.6g}; a normalised reward would reward "
+                                    f"neglecting the field: use a relative reward, or more items or tokens")
         if problems:
             raise ConfigError("reference runs", problems)
 

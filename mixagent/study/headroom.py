@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,7 +219,11 @@ def decay_step(spec: EnvSpec) -> int | None:
     ``None``."""
     if spec.optim.schedule != "wsd":
         return None
-    return min(spec.steps - 1, max(1, math.floor(spec.steps * (1 - spec.optim.decay_fraction))))
+    base = spec.base_config()
+    per = max(1, spec.segment_tokens // (spec.optim.micro_batch * base.seq_len))
+    total = per * spec.steps
+    first = total - max(1, round(total * spec.optim.decay_fraction))  # lr_at's first decaying optimizer step
+    return min(spec.steps - 1, max(1, first // per))
 
 
 # --- the runner: one per worker, a prefix tree of schedules per task -----------------------------------
@@ -319,7 +322,8 @@ def _collection_seeds(spec_hash: str, root: Path | None = None) -> set[int]:
                 import gzip
 
                 lines = gzip.decompress((meta.parent / d["packed"]["archive"]).read_bytes()).splitlines()
-                headers = [json.loads(x) for x in lines if x.startswith(b'{"kind":"header"')]
+                records = (json.loads(x) for x in lines if b'"header"' in x)
+                headers = [r for r in records if r.get("kind") == "header"]
             else:
                 headers = []
                 for f in meta.parent.glob("*.jsonl"):
@@ -347,6 +351,7 @@ class AuditStore:
         else:
             atomic_write_json(head, {"version": RESULTS_VERSION, "env_id": spec.env_id,
                                      "spec_hash": spec.spec_hash(), "spec": spec.mdp_dict()})
+        self.base = ""  # the base checkpoint id the driver's backend loaded
         self.leaves: list[Leaf] = []
         if self.path.exists():
             for n, line in enumerate(self.path.read_text().splitlines()):
@@ -410,9 +415,10 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     if used:
         raise ConfigError("audit", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
                                     f"held-out and tuning seeds must be others"])
-    clash = set(cfg.seeds) & set(spec.reference_seeds)
+    clash = [s for s in (*cfg.seeds, *cfg.tune_seeds) if episode_seed_of(s) in spec.reference_seeds]
     if clash:
-        raise ConfigError("audit", [f"seeds {sorted(clash)} are the spec's reference_seeds; pick other seeds"])
+        raise ConfigError("audit", [f"seeds {clash} train on the data order of the spec's reference runs "
+                                    f"(reference_seeds {list(spec.reference_seeds)}); pick other seeds"])
     schedules = build_schedules(cfg, spec)
     store = AuditStore(Path(root or REPO_ROOT / cfg.out), spec)
     space = load_space(spec.space_path())
@@ -428,9 +434,16 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     backend = make_backend(spec, space)
     start = backend.reset(episode_seed_of(cfg.seeds[0]))
     natural = backend.natural
+    base_id = getattr(backend, "base_id", "")
+    if (store.dir / "start.json").exists():
+        stored = json.loads((store.dir / "start.json").read_text()).get("base")
+        if stored not in (None, base_id):
+            raise ConfigError("audit", [f"{store.dir} holds results from base checkpoint {stored}; this machine's is "
+                                        f"{base_id} (a re-trained base); adopt the committed checkpoint or use "
+                                        f"another --out"])
     if not (store.dir / "start.json").exists() or "natural" not in json.loads((store.dir / "start.json").read_text()):
         atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": _items_json(backend),
-                                                     "natural": np.asarray(natural).tolist()})
+                                                     "natural": np.asarray(natural).tolist(), "base": base_id})
     reference = get_reference(spec, backend, space)
     atomic_write_json(store.dir / "reference.json", reference.to_json())
     del backend
@@ -441,6 +454,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
             if (seed, s.key, None) not in done:
                 by_first.setdefault((seed, s.weights(space, natural, 0).round(10).tobytes()), []).append(s)
     tasks = [(seed, group) for (seed, _), group in by_first.items()]
+    store.base = base_id
     _run_tasks(cfg, spec_path, tasks, store, launcher, spec, "audit rows")
     if cfg.oracle_trials:
         _oracle(cfg, spec, spec_path, space, start, reference, store, launcher)
@@ -461,9 +475,11 @@ def _run_tasks(cfg: AuditConfig, spec_path: Path, tasks: list[tuple], store: Aud
         with tqdm(total=sum(len(g) for _, g, *_ in tasks), desc=f"{desc} ({segments} segments)", unit="row") as bar:
             for event in launcher.events(_Setup(str(spec_path), tuple(cfg.env_overrides), threads), tasks):
                 if isinstance(event, Ready):
-                    if event.identity.get("spec_hash") != spec.spec_hash():
-                        raise ConfigError("audit", [f"a worker built spec hash {event.identity.get('spec_hash')}, "
-                                                    f"the driver {spec.spec_hash()}"])
+                    theirs = (event.identity.get("spec_hash"), event.identity.get("base"))
+                    if theirs != (spec.spec_hash(), store.base):
+                        raise ConfigError("audit", [f"a worker built spec {theirs[0]} from base {theirs[1]}, the "
+                                                    f"driver spec {spec.spec_hash()} from base {store.base}: workers "
+                                                    f"need the same data and base checkpoint"])
                     continue
                 store.add(event)
                 bar.update()
@@ -500,7 +516,9 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
                     for leaf in leaves])))
                 for n, leaves in by_trial.items() if {leaf.seed for leaf in leaves} >= set(cfg.tune_seeds)}
 
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=cfg.oracle_seed))
+    startup = min(10, max(4, cfg.oracle_trials // 4))  # TPE's random start-up trials (optuna's default is 10)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+        seed=cfg.oracle_seed, n_startup_trials=startup))
     dists = {f"rho{t}": optuna.distributions.FloatDistribution(0.0, 1.0) for t in range(T)}
     for _, (rhos, value) in sorted(trials().items()):
         study.add_trial(optuna.trial.create_trial(params={f"rho{t}": x for t, x in enumerate(rhos)},
@@ -532,7 +550,7 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
     atomic_write_json(store.dir / "oracle.json", {
         "key": sched.key, "rhos": list(rhos), "trial": number, "tune_value": value, "trials": len(found),
         "tune_seeds": list(cfg.tune_seeds),
-        "sampler": f"optuna {optuna.__version__} TPESampler(seed={cfg.oracle_seed})",
+        "sampler": f"optuna {optuna.__version__} TPESampler(seed={cfg.oracle_seed}, n_startup_trials={startup})",
         "reward": spec.reward.name,
         "budget": f"{len(found)} trials x {len(cfg.tune_seeds)} tuning seed(s) = {len(found) * len(cfg.tune_seeds)} "
                   f"episodes, then {len(cfg.seeds)} held-out episodes"})

@@ -287,6 +287,9 @@ def pack_run(run_dir: str | Path, out_dir: str | Path, extra: dict | None = None
     run, out = Run(run_dir), Path(out_dir)
     if out.exists():
         raise ResumeMismatchError(f"{out} exists; packed runs are written once (delete it to pack again)")
+    if not run.complete:
+        raise TrajectoryFormatError(f"{run.path} is not finished ({len(run.manifest['trees_done'])} of "
+                                    f"{run.meta['trees']} trees); finish it with collect --resume before packing")
     bad = run.problems()
     if bad:
         raise TrajectoryFormatError(f"{run.path} has {len(bad)} invalid trajectories (e.g. {next(iter(bad.items()))}); "
@@ -317,6 +320,9 @@ def _unpack(run_dir: Path, packed: dict, entries: dict[str, dict]) -> dict[str, 
         raise TrajectoryFormatError(f"{path}: sha256 does not match meta.json (the archive changed or is "
                                     f"corrupt); restore it (git checkout -- {path})")
     blob, out, at = gzip.decompress(archive), {}, 0
+    if set(packed["order"]) != set(entries):
+        raise TrajectoryFormatError(f"{path}: the archive's trajectories differ from the manifest's; restore the "
+                                    f"packed run from git (git checkout -- {run_dir})")
     for tid in packed["order"]:
         n = entries[tid]["bytes"]
         out[entries[tid]["file"]] = blob[at: at + n]
