@@ -112,12 +112,13 @@ def test_solution_benchmark_score_is_two_to_minus_bits_per_byte(env):
     bpb = -ll.sum() / math.log(2) / nbytes.sum()
     assert start["scores"]["target"] == pytest.approx(2 ** -bpb, rel=1e-9)
     assert 0 < start["scores"]["target"] < 1 and len(ll) == len(env.backend.evaluator.items["target"])
-    # the bytes are the gold solutions' UTF-8 bytes (checked on the solutions short enough to be kept whole)
+    # the bytes are the UTF-8 bytes of each gold solution's kept tokens (its first seq_len - 16; a character
+    # cut at the end decodes to one replacement character, hence the slack of 3 bytes)
     tok = env.backend.tokenizer
     seq_len = env.backend.model_config.seq_len
-    whole = [(item.choices[0], n) for item, n in zip(env.backend.evaluator.items["target"], nbytes)
-             if len(tok(item.choices[0], add_special_tokens=False)["input_ids"]) <= seq_len - 16]
-    assert whole and all(n == len(text.encode("utf-8")) for text, n in whole)
+    for item, n in zip(env.backend.evaluator.items["target"], nbytes):
+        ids = tok(item.choices[0], add_special_tokens=False)["input_ids"][: seq_len - 16]
+        assert abs(n - len(tok.decode(ids).encode("utf-8"))) <= 3 and n < len(item.choices[0].encode("utf-8"))
 
 
 def test_normalised_reward_uses_cached_reference_runs(spec, env):
