@@ -182,6 +182,9 @@ def test_report_only_rebuilds_the_report_without_a_model(audit, monkeypatch):
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
     with pytest.raises(ConfigError, match="no finished audit"):
         run_audit(_cfg(), root=root / "empty", report_only=True)
+    assert not (root / "empty").exists()  # a failed report-only writes nothing
+    other = run_audit(_cfg(seeds=(1, 2), oracle_trials=0), root=root, report_only=True)
+    assert other.cfg.seeds == (0, 1, 2) and other.cfg.oracle_trials == 3  # the audit's own config, not the flags
 
 
 def test_identity_resample_reproduces_the_stored_evaluation(audit):

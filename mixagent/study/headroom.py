@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mixagent.config import is_number
+from mixagent.config import is_number, to_dict
 from mixagent.domains import DomainSpace, replay_weights
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import Reference, balanced_score
@@ -187,9 +187,11 @@ def build_schedules(cfg: AuditConfig, spec: EnvSpec) -> list[Schedule]:
         ConfigError: a switch step outside ``1..T-1``.
     """
     T = spec.steps
-    bad = [s for s in (*cfg.two_phase_switches, *cfg.replay_first_steps) if not 1 <= s < T]
-    if bad:
-        raise ConfigError("audit", [f"switch steps must be in 1..{T - 1} for a {T}-step env, got {bad}"])
+    problems = [f"{name}: switch steps must be in 1..{T - 1} for a {T}-step env, got {bad}"
+                for name in ("two_phase_switches", "replay_first_steps")
+                if (bad := [s for s in getattr(cfg, name) if not 1 <= s < T])]
+    if problems:
+        raise ConfigError("audit", problems)
     rows = [Schedule(f"static rho={r:g}", "static", (float(r),) * T) for r in cfg.static_rhos]
     rows += [Schedule("natural", "static", mixture="natural"), Schedule("uniform", "static", mixture="uniform")]
     for s in cfg.two_phase_switches:
@@ -411,6 +413,9 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
         raise ConfigError("audit", problems)
     spec_path = resolve_env(cfg.env)
     spec = load_spec(spec_path, cfg.env_overrides)
+    out_root = Path(root or REPO_ROOT / cfg.out)
+    if report_only:
+        return _stored_run(cfg, spec, out_root)
     used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
     if used:
         raise ConfigError("audit", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
@@ -420,16 +425,9 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
         raise ConfigError("audit", [f"seeds {clash} train on the data order of the spec's reference runs "
                                     f"(reference_seeds {list(spec.reference_seeds)}); pick other seeds"])
     schedules = build_schedules(cfg, spec)
-    store = AuditStore(Path(root or REPO_ROOT / cfg.out), spec)
+    store = AuditStore(out_root, spec)
+    atomic_write_json(store.dir / "audit.json", to_dict(cfg))  # what --report-only rebuilds the report with
     space = load_space(spec.space_path())
-    if report_only:
-        if not (store.dir / "start.json").exists() or not (store.dir / "reference.json").exists():
-            raise ConfigError("audit", [f"{store.dir} holds no finished audit to report on; run it without "
-                                        f"--report-only"])
-        head = json.loads((store.dir / "start.json").read_text())
-        reference = Reference.from_json(json.loads((store.dir / "reference.json").read_text()))
-        return AuditRun(store, cfg, spec, space, np.asarray(head["natural"]), EvalResult.from_json(head["eval"]),
-                        reference, schedules)
     # the base model's evaluation and the reference runs (once per spec hash; the normalised rewards)
     backend = make_backend(spec, space)
     start = backend.reset(episode_seed_of(cfg.seeds[0]))
@@ -459,6 +457,29 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     if cfg.oracle_trials:
         _oracle(cfg, spec, spec_path, space, start, reference, store, launcher)
     return AuditRun(store, cfg, spec, space, natural, start, reference, schedules)
+
+
+def _stored_run(cfg: AuditConfig, spec: EnvSpec, out_root: Path) -> AuditRun:
+    """A finished audit read back for its report, with the config it was run with (``audit.json``), so a
+    report is never rebuilt for other seeds or grids than its rows; writes nothing.
+
+    Raises:
+        ConfigError: no finished audit of this spec under ``out_root``.
+    """
+    from mixagent.config import from_dict
+    from mixagent.data.sources import load_space
+
+    where = out_root / f"{spec.name}-v{spec.version}" / spec.spec_hash()
+    if not all((where / f).exists() for f in ("start.json", "reference.json", "results.jsonl", "audit.json")):
+        raise ConfigError("audit", [f"{where} holds no finished audit of {spec.env_id} (spec {spec.spec_hash()}) to "
+                                    f"report on; run it without --report-only"])
+    stored = from_dict(AuditConfig, json.loads((where / "audit.json").read_text()), str(where / "audit.json"))
+    stored = dataclasses.replace(stored, env=cfg.env, env_overrides=cfg.env_overrides, out=cfg.out)
+    head = json.loads((where / "start.json").read_text())
+    reference = Reference.from_json(json.loads((where / "reference.json").read_text()))
+    return AuditRun(AuditStore(out_root, spec), stored, spec, load_space(spec.space_path()),
+                    np.asarray(head["natural"]), EvalResult.from_json(head["eval"]), reference,
+                    build_schedules(stored, spec))
 
 
 def _run_tasks(cfg: AuditConfig, spec_path: Path, tasks: list[tuple], store: AuditStore, launcher: Launcher | None,

@@ -1,4 +1,4 @@
-"""``python -m mixagent.trajectories collect|ls|stats|verify``."""
+"""``python -m mixagent.trajectories collect|ls|stats|verify|pack``."""
 
 from __future__ import annotations
 

@@ -259,6 +259,11 @@ class Run:
     def problems(self) -> dict[str, str]:
         """Every listed trajectory that fails validation, with the reason (empty when the run is sound)."""
         bad = {}
+        if self.packed and self.entries:
+            try:
+                self.raw(next(iter(self.entries.values())))
+            except TrajectoryFormatError as exc:  # the whole archive is unusable: one problem, not one per entry
+                return {"(archive)": str(exc)}
         for tid, entry in sorted(self.entries.items()):
             try:
                 _checked(*self.raw(entry), entry)
