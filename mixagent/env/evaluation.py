@@ -317,7 +317,6 @@ class Evaluator:
         self.item_bytes = [np.array([byte_lengths[np.asarray(seq[start:])].sum() for (seq, start), (f, _, c, sign)
                                      in zip(self.seqs, self.seq_meta) if f == fi and c == 0 and sign > 0],
                                     dtype=np.float64) for fi in range(len(FIELDS))]
-        self.gold_bytes = np.array([b.sum() for b in self.item_bytes])
         # per-item values of the last call, for bootstraps over items: "windows" -> (nats, bytes, domain) per
         # bits-per-byte window; per field -> (gold probability,) or, for champ_solution, (nats, bytes) per item
         self.last_items: dict[str, tuple[np.ndarray, ...]] = {}
@@ -357,7 +356,7 @@ class Evaluator:
             items = self.items[field]
             if getattr(self.spec, field).kind == "champ_solution":
                 ll_items = np.array([v for (f, _, _, _), v in zip(self.seq_meta, loglik) if f == fi])
-                scores[field] = accuracy[field] = float(math.exp(ll_items.sum() / self.gold_bytes[fi]))  # 2**-bpb
+                scores[field] = accuracy[field] = float(math.exp(ll_items.sum() / self.item_bytes[fi].sum()))  # 2**-bpb
                 self.last_items[field] = (ll_items, self.item_bytes[fi])
                 continue
             ll = np.zeros((len(items), max(len(it.choices) for it in items)))

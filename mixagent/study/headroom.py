@@ -433,13 +433,12 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     start = backend.reset(episode_seed_of(cfg.seeds[0]))
     natural = backend.natural
     base_id = getattr(backend, "base_id", "")
-    if (store.dir / "start.json").exists():
-        stored = json.loads((store.dir / "start.json").read_text()).get("base")
-        if stored not in (None, base_id):
-            raise ConfigError("audit", [f"{store.dir} holds results from base checkpoint {stored}; this machine's is "
-                                        f"{base_id} (a re-trained base); adopt the committed checkpoint or use "
-                                        f"another --out"])
-    if not (store.dir / "start.json").exists() or "natural" not in json.loads((store.dir / "start.json").read_text()):
+    head = json.loads((store.dir / "start.json").read_text()) if (store.dir / "start.json").exists() else {}
+    if head.get("base") not in (None, base_id):
+        raise ConfigError("audit", [f"{store.dir} holds results from base checkpoint {head['base']}; this machine's "
+                                    f"is {base_id} (a re-trained base); adopt the committed checkpoint or use "
+                                    f"another --out"])
+    if "natural" not in head:
         atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": _items_json(backend),
                                                      "natural": np.asarray(natural).tolist(), "base": base_id})
     reference = get_reference(spec, backend, space)

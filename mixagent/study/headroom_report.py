@@ -88,13 +88,15 @@ def make_report(run: AuditRun) -> dict:
                                       "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")}
         table.append(entry)
     summary = {name: _summary(table, name, len(cfg.seeds)) for name in rewards}
-    noise = {name: _item_noise(table, summary[name], leaves, cfg, space, start, reference, store, lam, name)
+    start_items = json.loads((store.dir / "start.json").read_text())["items"]
+    boot = _Bootstrap(start, start_items, space, reference, lam) if start_items else None
+    noise = {name: _item_noise(table, summary[name], leaves, boot, name) if boot else {}
              for name in dict.fromkeys([spec.reward.name, "normalised_bpb", "normalised_score"])}
     noise = {name: v for name, v in noise.items() if v}
     report = {"env_id": spec.env_id, "spec_hash": spec.spec_hash(), "reward": spec.reward.name, "lam": lam,
               "seeds": list(cfg.seeds), "tune_seeds": list(cfg.tune_seeds), "oracle": oracle_meta,
               "reference": reference.to_json(), "start": start.to_json(), "summary": summary,
-              "item_noise": noise, "rows": table, "episode_seconds": _episode_seconds(store, spec),
+              "item_noise": noise, "rows": table, "episode_seconds": _episode_seconds(store),
               "config": to_dict(cfg)}
     atomic_write_json(store.dir / "report.json", _finite(report))
     text = format_report(report)
@@ -150,35 +152,42 @@ def _summary(table: list[dict], name: str, n_seeds: int) -> dict:
     return out
 
 
-def _item_noise(table, summary, leaves, cfg, space, start, reference, store, lam, name) -> dict:
+class _Bootstrap:
+    """Shared resamples of the evaluation windows and benchmark items (the same indices for every row and
+    reward, so gaps are paired), with the base model's evaluation resampled once."""
+
+    def __init__(self, start: EvalResult, start_items: dict, space: DomainSpace, reference, lam: float) -> None:
+        self.space, self.reference, self.lam = space, reference, lam
+        self.idx = _bootstrap_indices(start_items, space, BOOTSTRAP)
+        self.starts = [_resampled(start, start_items, i, space) for i in self.idx]
+        self.windows_per_domain = int(np.bincount(np.asarray(start_items["windows"][2]).astype(int)).min())
+        self.items = {f: len(start_items[f][0]) for f in ("source", "target")}
+
+    def scores(self, name: str, leaf) -> np.ndarray:
+        """``(BOOTSTRAP,)`` final scores of ``leaf`` under reward ``name``, one per resample."""
+        ev = EvalResult.from_json(leaf.eval)
+        return np.array([balanced_score(name, self.lam, s0, _resampled(ev, leaf.items, i, self.space), self.space,
+                                        self.reference) for s0, i in zip(self.starts, self.idx)])
+
+
+def _item_noise(table: list[dict], summary: dict, leaves: dict, boot: _Bootstrap, name: str) -> dict:
     """Bootstrap over evaluation windows and benchmark items: the std of the final score of the best
     static row (mean over seeds of its per-seed std) and of its paired gap to the best schedule."""
     if "best_static" not in summary:
         return {}
-    start_items = json.loads((store.dir / "start.json").read_text())["items"]
-    if not start_items:
-        return {}
     by_label = {r["label"]: r for r in table}
     static = by_label[summary["best_static"]["label"]]
     sched = by_label.get(summary.get("best_schedule", {}).get("label"))
-    idx = _bootstrap_indices(start_items, space, BOOTSTRAP)
-    start_b = [_resampled(start, start_items, i, space) for i in idx]
     score_sd, gap_sd = [], []
     for seed in static["seeds"]:
-        a = leaves[(seed, static["key"])]
-        va = np.array([balanced_score(name, lam, s0, _resampled(EvalResult.from_json(a.eval), a.items, i, space), space,
-                                      reference) for s0, i in zip(start_b, idx)])
+        va = boot.scores(name, leaves[(seed, static["key"])])
         score_sd.append(va.std(ddof=1))
         if sched and (seed, sched["key"]) in leaves:
-            b = leaves[(seed, sched["key"])]
-            vb = np.array([balanced_score(name, lam, s0, _resampled(EvalResult.from_json(b.eval), b.items, i, space),
-                                          space, reference) for s0, i in zip(start_b, idx)])
-            gap_sd.append((vb - va).std(ddof=1))
+            gap_sd.append((boot.scores(name, leaves[(seed, sched["key"])]) - va).std(ddof=1))
     # the reference extremes stay fixed (their per-item values are not stored), so score_std also counts the
     # item-difficulty shift the references would share: an upper bound. The paired gap has no such term.
     out = {"resamples": BOOTSTRAP, "score_std": float(np.mean(score_sd)), "references_resampled": False,
-           "windows_per_domain": int(np.bincount(np.asarray(start_items["windows"][2]).astype(int)).min()),
-           "items": {f: len(start_items[f][0]) for f in ("source", "target")}}
+           "windows_per_domain": boot.windows_per_domain, "items": boot.items}
     if gap_sd:
         out["gap_std"] = float(np.mean(gap_sd))
         gap = summary["best_schedule"].get("gap", float("nan"))
@@ -186,7 +195,7 @@ def _item_noise(table, summary, leaves, cfg, space, start, reference, store, lam
     return out
 
 
-def _episode_seconds(store: AuditStore, spec: EnvSpec) -> float | None:
+def _episode_seconds(store: AuditStore) -> float | None:
     """Median wall time of one whole episode: the oracle's trials (one schedule per tree, no forks); ``None``
     without an oracle."""
     times = [leaf.seconds for leaf in store.leaves if leaf.trial is not None]
