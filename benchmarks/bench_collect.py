@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["branching", "scaling", "all"], default="all")
     parser.add_argument("--scaling-steps", type=int, default=4, help="steps of each of the 4 scaling episodes")
     args = parser.parse_args()
-    base = load_config(CollectConfig, CONFIGS_DIR / "collect/default.yaml",
+    base = load_config(CollectConfig, CONFIGS_DIR / "collect/v0.yaml",
                        [f"out_dir={OUT}", "launcher=local"])
     results: dict = {}
     if args.part in ("branching", "all"):

@@ -1,11 +1,15 @@
-"""``make demo``: the whole pipeline at demo scale on embedded defaults. Builds data, tokenizer and base
-model (cached); collects a small branching set of behaviour trajectories (``configs/collect/demo.yaml``);
-trains the agent on them (``configs/agent/demo.yaml``: BC then CQL); rolls the agent and three baselines
-out on a held-out seed and prints source, target and balanced scores. Then deploys: the best available
-policy (the default agent when ``make train-agent`` made it, else the demo's) drives a short Hugging Face
-Trainer run of continual pre-training of a larger model (``configs/base_model/2m.yaml``, 4x the proxy;
-``python -m mixagent.deploy.cpt``) next to a uniform-mixture run of the same length. Every stage resumes,
-so a rerun only prints what is already done."""
+"""``make demo``: the whole pipeline at demo scale on embedded defaults, on environment v1
+(``mixagent/math-cpt-v1``). Builds data and tokenizer (cached); reads the committed reference dataset
+(``trajectories/reference/math-cpt-v1``: 400 behaviour trajectories, collected once with
+``make collect-trajectories``; the base checkpoint and reference runs it started from are committed too);
+trains the agent on it briefly (``configs/agent/demo.yaml``: BC then CQL on the normalised reward); rolls
+the agent and three baselines out on a held-out seed and prints source, target and normalised scores. Then
+deploys: the best available policy (the default agent when ``make train-agent`` made it, else the demo's)
+drives a short Hugging Face Trainer run of continual pre-training of a larger model
+(``configs/base_model/2m.yaml``, 4x the proxy; ``python -m mixagent.deploy.cpt``) next to a
+uniform-mixture run of the same length. ``--collect CONFIG`` collects a dataset first (the toy
+``configs/collect/demo.yaml`` on v0, for instance, with an agent config that reads it). Every stage
+resumes, so a rerun only prints what is already done."""
 
 from __future__ import annotations
 
@@ -27,29 +31,38 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixagent.demo", description=__doc__)
-    parser.add_argument("--collect", default=str(CONFIGS_DIR / "collect/demo.yaml"), help="collect config")
+    parser.add_argument("--collect", default="", help="collect this config first (default: none; the agent "
+                        "reads the committed reference dataset)")
     parser.add_argument("--agent", default=str(CONFIGS_DIR / "agent/demo.yaml"), help="agent config")
     parser.add_argument("--deploy-steps", type=int, default=120, help="Trainer steps of each deployment run")
+    parser.add_argument("--space", default="configs/spaces/math-sub.yaml", help="domain space of the deployment")
+    parser.add_argument("--env", default="envs/math-cpt.yaml", help="env whose evaluation the deployment uses")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the agent config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
     try:
         from mixagent.agent import AgentConfig, train_agent
-        from mixagent.trajectories import CollectConfig, collect
+        from mixagent.trajectories import CollectConfig, Run, collect
+        from mixagent.trajectories.collector import format_stats, run_stats
 
         build(load_config(DataConfig, CONFIGS_DIR / "data/default.yaml"))
-        cfg = load_config(CollectConfig, args.collect)
         agent_cfg = load_config(AgentConfig, args.agent, args.overrides)
-        print(f"\n[1/3] collecting behaviour trajectories ({args.collect}): {cfg.trees} branching trees")
-        print(collect(cfg, resume=True).format())
+        if args.collect:
+            cfg = load_config(CollectConfig, args.collect)
+            print(f"\n[1/3] collecting behaviour trajectories ({args.collect}): {cfg.trees} branching trees")
+            print(collect(cfg, resume=True).format())
+        else:
+            print(f"\n[1/3] the committed dataset ({', '.join(agent_cfg.runs)}):")
+            for path in agent_cfg.run_paths():
+                print(format_stats(run_stats(Run(path))))
         print(f"\n[2/3] training the agent ({args.agent}), then the online comparison")
         result = train_agent(agent_cfg, resume=True)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"\nheld-out seeds {agent_cfg.eval.seeds}; scores = mean gold-choice probability of each field's "
-          f"benchmark; balanced = change of the balanced score (final minus start, higher is better):\n")
+    print(f"\nheld-out seeds {agent_cfg.eval.seeds}; scores = each field's benchmark score; balanced = change of "
+          f"the env's reward score (final minus start, higher is better):\n")
     print(result.table)
     print(f"\ntable: {result.run_dir / 'table.md'}; policy artifacts: "
           f"{', '.join(str(p) for p in result.artifacts.values())}")
@@ -57,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     best = default if (default / "meta.json").exists() else result.artifacts["rl"]
     print(f"\n[3/3] deployment: {best} drives a Trainer run of the 2m base model ({args.deploy_steps} steps), "
           f"next to a uniform mixture")
-    rows = [deploy(str(best), args.deploy_steps), deploy("uniform", args.deploy_steps)]
+    rows = [deploy(str(best), args.deploy_steps, args.space, args.env),
+            deploy("uniform", args.deploy_steps, args.space, args.env)]
     if any(r is None for r in rows):
         return 2
     print(deploy_table(rows, ["agent", "uniform"]))
@@ -65,22 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def deploy(policy: str, steps: int) -> dict | None:
+def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
+           env: str = "envs/math-cpt.yaml") -> dict | None:
     """One ``python -m mixagent.deploy.cpt`` run in a fresh process (its report is reused when it already
     exists)."""
     label = "agent" if Path(policy).is_dir() else policy
     report = REPO_ROOT / f"runs/deploy/demo/{label}-{steps}.json"
     cached = json.loads(report.read_text()) if report.exists() else {}
-    if cached.get("policy") == policy:
+    if cached.get("policy") == policy and cached.get("domains") == _space_names(space):
         return cached
     cmd = [sys.executable, "-m", "mixagent.deploy.cpt", "--policy", policy, "--steps", str(steps),
-           "--every", str(max(1, steps // 6)), "--out", str(REPO_ROOT / f"runs/deploy/demo/{label}"),
+           "--every", str(max(1, steps // 6)), "--space", space, "--env", env,
+           "--out", str(REPO_ROOT / f"runs/deploy/demo/{label}-{Path(space).stem}"),
            "--report", str(report)]
     print("$ python " + " ".join(cmd[1:]), flush=True)
     if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
         print(f"error: the deployment run of {policy} failed (see above)", file=sys.stderr)
         return None
     return json.loads(report.read_text())
+
+
+def _space_names(space: str) -> list[str]:
+    from mixagent.data.sources import load_space
+
+    return list(load_space(REPO_ROOT / space).names)
 
 
 def deploy_table(rows: list[dict], labels: list[str]) -> str:

@@ -381,8 +381,3 @@ def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path, edit):
     stored.write_text(json.dumps(edited))  # a torn or edited cache entry
     again = evaluate_online(**args)["uniform"][0]
     assert again == first and json.loads(stored.read_text()) == first
-
-
-def test_normalised_reward_is_refused_until_datasets_carry_reference_runs():
-    with pytest.raises(ConfigError, match="normalised by reference runs"):
-        load_config(AgentConfig, CONFIGS_DIR / "agent/default.yaml", ["reward=normalised_bpb"])

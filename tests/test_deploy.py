@@ -366,9 +366,9 @@ def trainer_run(parts, out, max_steps=6, resume=None, eval_from="held_out", poli
         cb = MixAgentCallback(mixer, eval_from="trainer", eval_dataset=evals)
     else:
         cb = MixAgentCallback(mixer, every_n_steps=2)
-    args = {"report_to": [], "save_steps": 3, **args}
+    args = {"report_to": [], "save_steps": 3, "lr_scheduler_type": "constant", **args}
     targs = TrainingArguments(output_dir=str(out), max_steps=max_steps, per_device_train_batch_size=4,
-                              learning_rate=2e-3, lr_scheduler_type="constant", logging_steps=1,
+                              learning_rate=2e-3, logging_steps=1,
                               use_cpu=True, seed=0, save_only_model=False, disable_tqdm=True, **args)
     trainer = Trainer(model=model, args=targs, train_dataset=ds, callbacks=[cb], **extra)
     trainer.train(resume_from_checkpoint=resume)
@@ -392,6 +392,31 @@ def test_trainer_callback_updates_and_resume_is_exact(parts, tmp_path):
     assert mixer_b.dataset.schedule.entries() == mixer_a.dataset.schedule.entries()
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+class _LrPolicy:
+    """A policy trained on an ``observe_lr`` env (stand-in): records the learning rate it is shown."""
+
+    observe_lr = True
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def reset(self, space) -> None:
+        self.space = space
+
+    def act(self, observation):
+        self.seen.append(float(observation[-1]))
+        return DomainWeights.normalised(self.space, np.ones(self.space.k))
+
+
+def test_trainer_callback_shows_the_coming_learning_rate_to_policies_that_observe_it(parts, tmp_path):
+    policy = _LrPolicy()
+    _, mixer, _ = trainer_run(parts, tmp_path / "lr", policy=policy, lr_scheduler_type="linear", warmup_steps=0,
+                              save_steps=100)
+    assert mixer.scheduler.obs_builder.dim == 3 * parts["space"].k + 6
+    # decisions at steps 0, 2, 4 of 6 under a linear decay from the peak 2e-3: the coming step's LR / peak
+    np.testing.assert_allclose(policy.seen, [1.0, 4 / 6, 2 / 6], rtol=1e-6)
 
 
 def test_trainer_callback_gathers_per_dataset_evaluations_and_resumes(parts, tmp_path):

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS
+from mixagent.env.rewards import REWARDS
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import BASELINE_SPECS, baseline_problems
@@ -210,9 +210,6 @@ class AgentConfig:
         if self.reward and self.reward not in REWARDS:
             problems.append(f"reward {self.reward!r} unknown{suggest(self.reward, REWARDS)}; known: "
                             f"{', '.join(REWARDS)}")
-        elif self.reward in NORMALISED_REWARDS:
-            problems.append(f"reward {self.reward!r} is normalised by reference runs, which trajectory datasets do "
-                            f"not carry yet; train on a relative reward (balanced_bpb, balanced) for now")
         if self.lam > 1:
             problems.append(f"lam must be in [0, 1] (or negative for the env's), got {self.lam}")
         if self.log_every < 1 or self.checkpoint_every < 1:

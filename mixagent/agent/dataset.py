@@ -10,6 +10,7 @@ its branch step), so a tree does not weigh its early steps ``factor ** depth`` t
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +20,11 @@ import numpy as np
 
 from mixagent.domains import Domain, DomainSpace
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
-from mixagent.env.rewards import balanced_score, field_improvement, needs_reference, step_reward
-from mixagent.errors import AgentDataError
+from mixagent.env.rewards import REWARDS, Reference, balanced_score, needs_reference, step_reward
+from mixagent.errors import AgentDataError, ConfigError, suggest
 from mixagent.trajectories.store import Run, Trajectory
 
-__all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories",
+__all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories", "check_reward",
            "to_d3rlpy", "space_from_meta"]
 
 
@@ -45,6 +46,10 @@ class TrajectorySet:
         trajectories: ``(run name, trajectory)`` pairs, flagged (NaN) trajectories excluded.
         flagged: how many flagged trajectories were left out.
         headers: every trajectory's header by run and id, flagged ones included (branch ancestry).
+        reference: the reference extremes the runs recorded (``meta.json`` ``proxy.reference``; collected on
+            a spec with a normalised reward), which normalised rewards are recomputed with.
+        observed_lr: per segment, the learning rate over the peak that ``observe_lr`` specs put in the
+            observation (``meta.json`` ``proxy.observed_lr``).
     """
 
     runs: list[Path]
@@ -53,6 +58,8 @@ class TrajectorySet:
     trajectories: list[tuple[str, Trajectory]]
     flagged: int
     headers: dict[str, dict[str, dict]]
+    reference: Reference | None = None
+    observed_lr: list[float] | None = None
 
     @property
     def horizon(self) -> int:
@@ -103,8 +110,10 @@ def load_trajectories(paths: Sequence[str | Path]) -> TrajectorySet:
     if not items:
         raise AgentDataError(f"the runs {[str(d) for d in dirs]} hold no usable trajectories ({flagged} flagged as "
                              f"diverged); collect more with `python -m mixagent.trajectories collect ... --resume`")
+    proxy = first.meta.get("proxy") or {}
+    reference = Reference.from_json(proxy["reference"]) if proxy.get("reference") else None
     return TrajectorySet(dirs, space_from_meta(first.meta["domains"]), first.meta["env"], items, flagged,
-                         headers)
+                         headers, reference, proxy.get("observed_lr"))
 
 
 def _check_compatible(a: Run, b: Run) -> None:
@@ -121,6 +130,12 @@ def _check_compatible(a: Run, b: Run) -> None:
         keys = sorted(k for k in set(sa) | set(sb) if sa.get(k) != sb.get(k)) or ["base model or data"]
         raise AgentDataError(f"runs {a.path} and {b.path} were collected in different env specs ({a.meta['env']['id']}"
                              f" vs {b.meta['env']['id']}; differing: {', '.join(keys)}); list only runs of one spec")
+    pa, pb = a.meta.get("proxy") or {}, b.meta.get("proxy") or {}
+    for key in ("reference", "observed_lr"):
+        if json.dumps(pa.get(key), sort_keys=True) != json.dumps(pb.get(key), sort_keys=True):
+            raise AgentDataError(f"runs {a.path} and {b.path} recorded different {key} (meta.json proxy.{key}: "
+                                 f"{pa.get(key)} vs {pb.get(key)}), so their rewards or observations would not "
+                                 f"agree; list only runs collected against the same reference runs and schedule")
 
 
 @dataclasses.dataclass
@@ -155,10 +170,15 @@ class Transitions:
                 "terminals": int(self.terminals.sum()), "timeouts": int(self.timeouts.sum())}
 
 
-def trajectory_return(traj: Trajectory, space: DomainSpace, reward: str, lam: float) -> float:
-    """``B_T - B_0`` under ``reward`` (the last completed evaluation for a truncated trajectory)."""
+def trajectory_return(traj: Trajectory, space: DomainSpace, reward: str, lam: float,
+                      reference: Reference | None = None) -> float:
+    """``B_T - B_0`` under ``reward`` (the last completed evaluation for a truncated trajectory;
+    ``reference`` for normalised rewards)."""
     evals = traj.evals
-    return balanced_score(reward, lam, traj.start, evals[-1], space) if evals else 0.0
+    if not evals:
+        return 0.0
+    return (balanced_score(reward, lam, traj.start, evals[-1], space, reference)
+            - balanced_score(reward, lam, traj.start, traj.start, space, reference))
 
 
 def top_trajectories(tset: TrajectorySet, fraction: float, reward: str, lam: float) -> list[tuple[str, Trajectory]]:
@@ -173,7 +193,8 @@ def top_trajectories(tset: TrajectorySet, fraction: float, reward: str, lam: flo
         need = math.ceil(1 / fraction) if fraction > 0 else "more"
         raise AgentDataError(f"sft.top_fraction={fraction} of {len(complete)} complete trajectories selects none; "
                              f"collect at least {need} trajectories or raise sft.top_fraction (at most 1)")
-    ranked = sorted(complete, key=lambda rt: -trajectory_return(rt[1], tset.space, reward, lam))
+    check_reward(tset, reward)
+    ranked = sorted(complete, key=lambda rt: -trajectory_return(rt[1], tset.space, reward, lam, tset.reference))
     return ranked[:n]
 
 
@@ -182,6 +203,27 @@ def _owner(headers: dict[str, dict], tid: str, step: int) -> str:
     while step < headers[tid]["branch_step"] and headers[tid]["parent"] in headers:
         tid = headers[tid]["parent"]
     return tid
+
+
+def check_reward(tset: TrajectorySet, reward: str) -> None:
+    """Raise unless the runs carry what ``reward`` and their observation need.
+
+    Raises:
+        ConfigError: an unknown reward name.
+        AgentDataError: a normalised reward on runs without recorded reference extremes, or an
+            ``observe_lr`` spec whose runs did not record the learning rates.
+    """
+    if reward not in REWARDS:
+        raise ConfigError("reward", [f"unknown reward {reward!r}{suggest(reward, REWARDS)}; known: "
+                                     f"{', '.join(REWARDS)}"])
+    if needs_reference(reward) and tset.reference is None:
+        raise AgentDataError(f"reward {reward!r} is normalised by reference runs, and the runs "
+                             f"{[str(r) for r in tset.runs]} recorded none (meta.json proxy.reference; only runs "
+                             f"collected on a spec with a normalised reward do): train on a relative reward "
+                             f"(reward=balanced_bpb) or collect on a v1 spec such as envs/math-cpt.yaml")
+    if tset.env["spec"].get("observe_lr") and tset.observed_lr is None:
+        raise AgentDataError(f"the runs were collected on {tset.env['id']}, whose observation carries the learning "
+                             f"rate, but their meta.json has no proxy.observed_lr; re-collect them with this mixagent")
 
 
 def build_transitions(tset: TrajectorySet, reward: str, lam: float,
@@ -195,15 +237,10 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
         select: the trajectories to use.
         dedupe: enter each branched prefix step once.
     """
-    if needs_reference(reward):
-        raise AgentDataError(f"reward {reward!r} is normalised by reference runs, which trajectory datasets do not "
-                             f"carry yet; train on a relative reward (reward=balanced_bpb or reward=balanced)")
-    field_improvement(reward)  # unknown names raise before any work
-    if tset.env["spec"].get("observe_lr"):
-        raise AgentDataError(f"the runs were collected on {tset.env['id']}, whose observation carries the learning "
-                             f"rate (observe_lr); agents cannot rebuild that observation yet")
-    space, horizon = tset.space, tset.horizon
-    builder = ObservationBuilder(space)
+    check_reward(tset, reward)
+    space, horizon, ref, lrs = tset.space, tset.horizon, tset.reference, tset.observed_lr
+    builder = ObservationBuilder(space, lrs is not None)
+    lr = (lambda t: lrs[min(t, horizon - 1)]) if lrs is not None else (lambda t: None)  # noqa: E731
     items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))
     seen: set[tuple[str, str, int]] = set()
     obs, acts, rews, terms, outs, boots, episodes = [], [], [], [], [], [], []
@@ -225,9 +262,9 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
         before = [start] + evals  # before[t] is the evaluation the action at step t saw
         for t in range(first, n):
             prev = before[t - 1] if t >= 1 else start
-            obs.append(builder(weights[t], start, prev, before[t], t / horizon))
+            obs.append(builder(weights[t], start, prev, before[t], t / horizon, lr(t)))
             acts.append(traj.steps[t]["action"])
-            rews.append(step_reward(reward, lam, start, before[t], before[t + 1], space))
+            rews.append(step_reward(reward, lam, start, before[t], before[t + 1], space, ref))
             last = t == n - 1
             terms.append(float(last and not traj.truncated and n == horizon))
             outs.append(float(last and not terms[-1]))
@@ -237,14 +274,14 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
             # so the observation after it is known. It goes in as a final row that d3rlpy uses only as that
             # transition's next observation (an episode ending in a timeout yields rows - 1 transitions).
             outs[-1] = 0.0
-            obs.append(builder(weights[n], start, before[n - 1], before[n], n / horizon))
+            obs.append(builder(weights[n], start, before[n - 1], before[n], n / horizon, lr(n)))
             acts.append(np.zeros(space.k))
             rews.append(0.0)
             terms.append(0.0)
             outs.append(1.0)
             boots.append(True)
         episodes.append({"run": run, "id": traj.id, "row": row, "first_step": first, "steps": n - first,
-                         "return": balanced_score(reward, lam, start, evals[-1], space)})
+                         "return": trajectory_return(traj, space, reward, lam, ref)})
     if not obs:
         raise AgentDataError("the selected trajectories hold no completed steps; collect more trajectories")
     return Transitions(np.asarray(obs, np.float32), np.clip(np.asarray(acts, np.float32), -1, 1),

@@ -378,7 +378,7 @@ def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: st
     return {
         "algo": "bc" if stage == "sft" else cfg.rl.algo, "stage": stage,
         "domains": {"names": list(tset.space.names), "fields": list(tset.space.fields), "space": tset.space.name},
-        "observation": {"version": OBSERVATION_VERSION, "dim": int(mean.shape[0])},
+        "observation": {"version": OBSERVATION_VERSION, "dim": int(mean.shape[0]), "lr": tset.observed_lr is not None},
         "action": {"temperature": spec["action"]["temperature"], "floor": spec["action"]["floor"],
                    "map": "floor + (1 - K*floor) * softmax(tanh_output / temperature)"},
         "normalisation": {"kind": "standard", "eps": OBS_EPS, "tensors": ["obs_mean", "obs_std (std + eps)"]},

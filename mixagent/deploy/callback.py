@@ -101,6 +101,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         self._exported: tuple[int, dict[str, Any]] | None = None  # (step, state) last put in a checkpoint
         self._max_steps = 0
         self._accum = 1
+        self._optimizer: Any = None  # the Trainer's optimizer (its learning rate, for policies that observe it)
 
     # ---- the state stored in the Trainer's checkpoints ----------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -155,6 +156,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
             self.mixer.lag = needed
         self._max_steps, self._accum = args.max_steps, args.gradient_accumulation_steps
         self._step = state.global_step
+        self._optimizer = kwargs.get("optimizer")
         if state.global_step > 0:  # resuming: the Trainer loaded the checkpoint's state before calling us
             self._resume(args, state, model)
             return
@@ -163,8 +165,15 @@ class MixAgentCallback(TrainerCallback, ExportableState):
                 raise ConfigError("TrainingArguments", ["eval_from='trainer' needs eval_on_start=True: the first "
                                                         "evaluation is the run's start state"])
             return
-        self.mixer.begin(model)
+        self.mixer.begin(model, lr=self._lr(args))
         self._record(state, args)
+
+    def _lr(self, args: TrainingArguments) -> float | None:
+        """The coming step's learning rate over the peak (``args.learning_rate``), for policies that observe it."""
+        opt = self._optimizer
+        if opt is None or not args.learning_rate:
+            return None
+        return float(opt.param_groups[0]["lr"]) / float(args.learning_rate)
 
     def _resume(self, args: TrainingArguments, state: TrainerState, model: Any) -> None:
         stored = self._stored_state(state)
@@ -207,6 +216,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     model: Any = None, **kwargs: Any) -> None:
         step = self._step = state.global_step
+        self._optimizer = kwargs.get("optimizer", self._optimizer)
         if self.eval_from != "held_out" or step % self.every_n_steps or step >= self._max_steps:
             return
         self._update(state, args, model=model)
@@ -215,6 +225,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
                     metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
         if self.eval_from != "trainer" or not metrics:
             return
+        self._optimizer = kwargs.get("optimizer", self._optimizer)
         names = self.mixer.scheduler.space.names
         for key, value in metrics.items():
             for n in names:
@@ -229,7 +240,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         result = EvalResult(bits, field_scores_from_bits(bits, self.mixer.scheduler.space), {},
                             state.global_step * self._accum * self.mixer.tokens_per_batch, unit="token")
         if not self.mixer.scheduler.updates:  # eval_on_start: the start state, before any batch exists
-            self.mixer.begin(result=result)
+            self.mixer.begin(result=result, lr=self._lr(args))
             self._record(state, args)
         elif state.global_step < self._max_steps:
             self._update(state, args, result=result)
@@ -237,7 +248,7 @@ class MixAgentCallback(TrainerCallback, ExportableState):
     def _update(self, state: TrainerState, args: TrainingArguments, model: Any = None,
                 result: EvalResult | None = None) -> None:
         self.mixer.update(model, consumed_batches=state.global_step * self._accum,
-                          progress=state.global_step / self._max_steps, result=result)
+                          progress=state.global_step / self._max_steps, result=result, lr=self._lr(args))
         self._record(state, args)
 
     def _record(self, state: TrainerState, args: TrainingArguments) -> None:

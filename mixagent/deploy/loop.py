@@ -86,20 +86,23 @@ class Mixer:
         finally:
             model.train(was_training)  # evaluators switch to eval mode; training continues as it was
 
-    def begin(self, model: torch.nn.Module | None = None, result: EvalResult | None = None) -> DomainWeights:
+    def begin(self, model: torch.nn.Module | None = None, result: EvalResult | None = None,
+              lr: float | None = None) -> DomainWeights:
         """Evaluate the starting model and apply the policy's first mixture from batch 0 (call before the
-        DataLoader is iterated)."""
-        self._decide(self._eval(model, result, 0), 0.0, first_batch=0)
+        DataLoader is iterated). ``lr``: the first step's learning rate over the peak (needed only by
+        policies that observe it, see :meth:`MixingScheduler.step`)."""
+        self._decide(self._eval(model, result, 0), 0.0, first_batch=0, lr=lr)
         return self.weights
 
     def update(self, model: torch.nn.Module | None = None, consumed_batches: int = 0, progress: float = 0.0,
-               result: EvalResult | None = None) -> DomainWeights:
-        """Evaluate, decide, and apply the new mixture from batch ``consumed_batches + lag`` on."""
+               result: EvalResult | None = None, lr: float | None = None) -> DomainWeights:
+        """Evaluate, decide, and apply the new mixture from batch ``consumed_batches + lag`` on (``lr`` as in
+        :meth:`begin`, for the coming step)."""
         if not self.scheduler.updates:
             raise UsageError("Mixer.update was called before Mixer.begin(): call begin(model) once before the first "
                              "update (it records the start state and the first mixture)")
         res = self._eval(model, result, consumed_batches * self.tokens_per_batch)
-        self._decide(res, progress, first_batch=consumed_batches + self.lag)
+        self._decide(res, progress, first_batch=consumed_batches + self.lag, lr=lr)
         late = self.dataset.schedule.late
         if late > self._late_seen:
             log.warning("%d mixture change(s) reached batches the DataLoader had already prepared; raise lag "
@@ -107,8 +110,8 @@ class Mixer:
             self._late_seen = late
         return self.weights
 
-    def _decide(self, result: EvalResult, progress: float, first_batch: int) -> None:
-        weights = self.scheduler.step(result, progress)
+    def _decide(self, result: EvalResult, progress: float, first_batch: int, lr: float | None = None) -> None:
+        weights = self.scheduler.step(result, progress, lr)
         # every rank computed from the same all-reduced evaluation; rank 0's answer is made exact everywhere
         values = broadcast_array(weights.values)
         if not np.array_equal(values, weights.values):

@@ -118,7 +118,8 @@ class MixingScheduler:
         policy.reset(space)  # raises a typed error when the policy was trained for other domains
         self.policy = policy
         self.space = space
-        self.obs_builder = ObservationBuilder(space)
+        self.observe_lr = bool(getattr(policy, "observe_lr", False))  # trained on an observe_lr env
+        self.obs_builder = ObservationBuilder(space, self.observe_lr)
         start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
         self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
         self.weights = self.initial
@@ -130,13 +131,23 @@ class MixingScheduler:
     def updates(self) -> int:
         return len(self.history)
 
-    def step(self, result: EvalResult, progress: float) -> DomainWeights:
+    def step(self, result: EvalResult, progress: float, lr: float | None = None) -> DomainWeights:
         """The next mixture after an evaluation; the first call records the run's start evaluation.
 
         Args:
             result: evaluation of the model now (per-domain bits per byte or per token, field scores).
             progress: share of the run done, in ``[0, 1]`` (the observation's ``t/T``).
+            lr: the learning rate of the coming optimizer step over the run's peak, in ``[0, 1]``; required
+                when the policy observes it (``policy.observe_lr``, agents trained on ``observe_lr`` envs),
+                ignored otherwise.
+
+        Raises:
+            UsageError: an evaluation missing domains or fields, or ``lr`` missing for a policy that observes it.
         """
+        if self.observe_lr and lr is None:
+            raise UsageError(f"MixingScheduler.step: the policy {self.policy!r} observes the learning rate (it was "
+                             f"trained on an observe_lr env); pass lr= the coming step's learning rate over the "
+                             f"run's peak (MixAgentCallback does this from the Trainer's optimizer)")
         missing = [n for n in self.space.names if n not in result.bpb]
         if missing or any(f not in result.scores for f in ("source", "target")):
             raise UsageError(f"MixingScheduler.step: the evaluation lacks domains {missing} or field scores "
@@ -148,7 +159,8 @@ class MixingScheduler:
         if self.start_eval is None and finite:
             self.start_eval = self.prev_eval = result
         if finite and self.start_eval is not None:
-            obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress))
+            obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress),
+                                   float(lr) if self.observe_lr else None)
             proposal, reason = self._propose(obs)
         else:  # a diverged model gives the policy nothing to go on
             proposal, reason = self._fallback(), "non-finite evaluation (NaN/Inf loss or score)"

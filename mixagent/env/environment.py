@@ -127,12 +127,20 @@ class MixingEnv(gym.Env):
                                 "balanced_score": balanced_score(r.name, r.lam, self._start, self._start, self.space,
                                                                  self.reference)}
 
-    def _lr(self, t: int) -> float | None:
-        """The learning rate at the start of segment ``t`` over the peak (``None`` unless observed)."""
+    def lr_schedule(self) -> list[float] | None:
+        """The observed learning rate of each segment ``t = 0..T-1``: the LR of its first optimizer step over
+        the peak, in ``(0, 1]`` (``None`` unless the spec has ``observe_lr``). Runs record it (meta.json
+        ``proxy.observed_lr``) so datasets rebuild the observation without a model."""
         if not self.spec_.observe_lr:
             return None
         per = getattr(self.backend, "steps_per_segment", 1)
-        return lr_at(t * per, self.spec_.steps * per, self.spec_.optim) / self.spec_.optim.lr
+        return [lr_at(t * per, self.spec_.steps * per, self.spec_.optim) / self.spec_.optim.lr
+                for t in range(self.spec_.steps)]
+
+    def _lr(self, t: int) -> float | None:
+        """The learning rate at the start of segment ``t`` over the peak (``None`` unless observed)."""
+        lrs = self.lr_schedule()
+        return None if lrs is None else lrs[t]
 
     def step(self, action):
         try:

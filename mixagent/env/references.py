@@ -1,6 +1,10 @@
 """Reference runs for normalised rewards: source-only and target-only continual pre-training at an
 episode's token budget, run once per env spec hash and cached under
-``data/cache/references/<spec hash>.json`` (the extremes of :class:`~mixagent.env.rewards.Reference`)."""
+``data/cache/references/<spec hash>.json`` (the extremes of :class:`~mixagent.env.rewards.Reference`).
+
+A committed copy under ``checkpoints/references/<spec hash>.json`` (written when a reference dataset is
+packed, from the extremes its rewards were computed with) is adopted when the cache lacks one, so a fresh
+clone scores episodes exactly as the dataset did instead of re-running the references on another CPU."""
 
 from __future__ import annotations
 
@@ -17,12 +21,14 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import MEASURES, Reference, field_measure
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, CorruptArtifactError
-from mixagent.paths import atomic_write_json, data_root
+from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
-__all__ = ["get_reference", "reference_path", "run_static", "REFERENCE_VERSION"]
+__all__ = ["get_reference", "reference_path", "run_static", "commit_reference", "REFERENCE_VERSION",
+           "COMMITTED_REFERENCE_DIR"]
 
 log = logging.getLogger(__name__)
 REFERENCE_VERSION = 1
+COMMITTED_REFERENCE_DIR = REPO_ROOT / "checkpoints" / "references"
 
 
 def reference_path(spec_hash: str, root: Path | None = None) -> Path:
@@ -58,9 +64,11 @@ def _load(path: Path, spec_hash: str, base_id: str) -> Reference:
     return Reference.from_json(d)
 
 
-def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None) -> Reference:
-    """The spec's reference extremes: loaded from the cache, else run (2 episodes per reference seed, with a
-    progress bar) and cached atomically.
+def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,
+                  committed_dir: Path | None = None) -> Reference:
+    """The spec's reference extremes: loaded from the cache, else from a committed copy
+    (``checkpoints/references/``), else run (2 episodes per reference seed, with a progress bar) and cached
+    atomically.
 
     Raises:
         ConfigError: a cached file for another spec hash or format, a diverged run, or a zero range.
@@ -70,6 +78,10 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
     base_id = getattr(backend, "base_id", "")
     if path.exists():
         return _load(path, spec_hash, base_id)
+    committed = (committed_dir or COMMITTED_REFERENCE_DIR) / f"{spec_hash}.json"
+    if committed.exists():
+        log.info("reference runs for %s adopted from the committed %s", spec.env_id, committed)
+        return _load(committed, spec_hash, base_id)
     runs: dict[str, list[EvalResult]] = {"source_only": [], "target_only": []}
     with tqdm(total=2 * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}", unit="episode") as bar:
         for seed in spec.reference_seeds:
@@ -90,3 +102,25 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
                              "runs": {k: [r.to_json() for r in v] for k, v in runs.items()}})
     log.info("reference runs for %s cached in %s", spec.env_id, path)
     return ref
+
+
+def commit_reference(reference: Reference, env_id: str, base_id: str, committed_dir: Path | None = None) -> Path:
+    """Write ``reference`` to ``checkpoints/references/<spec hash>.json`` so envs of that spec adopt it
+    (see the module docstring). Rewriting the same extremes is a no-op.
+
+    Raises:
+        ConfigError: a committed file for that spec hash already holds other extremes or another base.
+    """
+    path = (committed_dir or COMMITTED_REFERENCE_DIR) / f"{reference.spec_hash}.json"
+    record = {"version": REFERENCE_VERSION, "env_id": env_id, "base": base_id, **reference.to_json()}
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in ("base", "best", "worst")} != {k: record[k] for k in ("base", "best", "worst")}:
+            raise ConfigError(str(path), [f"a committed reference for spec {reference.spec_hash} already holds other "
+                                          f"extremes or another base ({old.get('base')}); datasets of one spec must "
+                                          f"share their reference runs: delete the file only if no committed dataset "
+                                          f"uses it"])
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+    return path

@@ -5,7 +5,9 @@ supported d3rlpy algorithm shares: ``tanh(head(mlp(standardise(obs))))`` with Re
 action then goes through the env's action map (``mixagent.domains.action_to_weights``).
 
 ``policy.safetensors`` holds ``layers.{i}.weight/bias`` (hidden layers), ``head.weight/bias``,
-``obs_mean`` and ``obs_std``; ``meta.json`` holds everything else (format below, ``FORMAT_VERSION``).
+``obs_mean`` and ``obs_std``; ``meta.json`` holds everything else (format below, ``FORMAT_VERSION``);
+``observation.lr`` (optional, default false) marks a policy trained on an ``observe_lr`` env, whose
+observation ends with the learning rate over the peak (``3K + 6``).
 """
 
 from __future__ import annotations
@@ -109,6 +111,12 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
     for key in ("observation.version", "observation.dim"):
         if not is_int(get(key), 1):
             problems.append(f"{key} is {get(key)!r}; expected a positive integer")
+    lr, dim = get("observation.lr"), get("observation.dim")
+    if lr not in (None, True, False):
+        problems.append(f"observation.lr is {lr!r}; expected true (trained on an observe_lr env) or false")
+    elif names and is_int(dim, 1) and dim != 3 * len(names) + 5 + int(bool(lr)):
+        problems.append(f"observation.dim is {dim}; {len(names)} domains give 3K+5 = {3 * len(names) + 5} "
+                        f"(3K+6 with observation.lr true)")
     temperature, floor = get("action.temperature"), get("action.floor")
     if not (is_number(temperature) and temperature >= MIN_TEMPERATURE):
         problems.append(f"action.temperature is {temperature!r}; expected a finite number >= {MIN_TEMPERATURE}")
@@ -176,6 +184,7 @@ class AgentPolicy:
             self.fields: tuple[str, ...] = tuple(meta["domains"]["fields"])
             self.observation_version = int(meta["observation"]["version"])
             self.obs_dim = int(meta["observation"]["dim"])
+            self.observe_lr = bool(meta["observation"].get("lr", False))  # trained on an observe_lr env
             self.temperature = float(meta["action"]["temperature"])
             self.floor = float(meta["action"]["floor"])
             hidden = [int(h) for h in meta["network"]["hidden"]]

@@ -127,6 +127,14 @@ def _pack(args) -> int:
     meta = json.loads((out / "meta.json").read_text())["packed"]
     print(f"packed {len(meta['order'])} trajectories: {meta['raw_bytes'] / 1e6:.2f} MB -> {meta['bytes'] / 1e6:.2f} MB "
           f"in {out} (sha256 {meta['sha256'][:16]}...)")
+    full = json.loads((out / "meta.json").read_text())
+    proxy = full.get("proxy") or {}
+    if proxy.get("reference"):  # envs of this spec then score episodes with the dataset's own extremes
+        from mixagent.env.references import commit_reference
+        from mixagent.env.rewards import Reference
+
+        path = commit_reference(Reference.from_json(proxy["reference"]), full["env"]["id"], proxy["base_model"])
+        print(f"reference extremes committed to {path}")
     return 0
 
 

@@ -7,6 +7,7 @@ every event the workers stream back; it is the run's only writer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import platform
 import subprocess
@@ -22,6 +23,7 @@ from mixagent.config import to_dict
 from mixagent.data.sources import load_space
 from mixagent.env.base_model import get_base_model
 from mixagent.env.environment import MixingEnv
+from mixagent.env.rewards import needs_reference
 from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write_json
@@ -174,6 +176,8 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
         spec = load_spec(REPO_ROOT / cfg.env, cfg.env_overrides)
         if spec.backend == "lm":  # a missing base model is pre-trained once here, not once per worker
             get_base_model(spec.base_config())
+        if needs_reference(spec.reward.name):  # and missing reference runs run once here, then are cached
+            MixingEnv(spec)
         launcher = LAUNCHERS[cfg.launcher](workers, cfg.address)
     problems = cfg.tree.check_horizon(spec.steps)
     if problems:
@@ -239,6 +243,13 @@ def _check_proxy(writer: RunWriter, identity: dict) -> None:
     if old is None:
         writer.meta["proxy"] = identity
         atomic_write_json(writer.dir / "meta.json", writer.meta)
+    elif any(json.dumps(old.get(k), sort_keys=True) != json.dumps(identity.get(k), sort_keys=True)
+             for k in ("reference", "observed_lr")):
+        raise ResumeMismatchError(f"this worker's reference runs or learning-rate schedule differ from the run's "
+                                  f"(run: reference {old.get('reference')}, observed_lr {old.get('observed_lr')}; "
+                                  f"worker: {identity.get('reference')}, {identity.get('observed_lr')}). The "
+                                  f"references are cached per spec hash in data/cache/references/: restore the run's "
+                                  f"file there, or collect into a new run")
     elif old["base_model"] != identity["base_model"] or not np.allclose(old["natural"], identity["natural"],
                                                                           rtol=0, atol=1e-12):
         raise ResumeMismatchError(f"the base model or the data differ from the run's: run has base model "

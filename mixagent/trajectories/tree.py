@@ -137,8 +137,16 @@ def spec_identity(spec: EnvSpec) -> dict[str, Any]:
 
 def proxy_identity(env: MixingEnv) -> dict[str, Any]:
     """What a worker's built env adds: the base checkpoint and the data's natural shares (meta.json
-    ``proxy``; every worker must agree, and a resumed run must match)."""
-    return {"base_model": getattr(env.backend, "base_id", None), "natural": env.natural.values.tolist()}
+    ``proxy``; every worker must agree, and a resumed run must match). Specs with a normalised reward add
+    the ``reference`` extremes, and ``observe_lr`` specs the ``observed_lr`` of each segment, so a dataset
+    recomputes rewards and observations without reference runs or a model."""
+    identity: dict[str, Any] = {"base_model": getattr(env.backend, "base_id", None),
+                                "natural": env.natural.values.tolist()}
+    if env.reference is not None:
+        identity["reference"] = env.reference.to_json()
+    if (lrs := env.lr_schedule()) is not None:
+        identity["observed_lr"] = lrs
+    return identity
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,133 @@
+"""Agents on environment v1: runs collected on a spec with a normalised reward and the learning rate in
+the observation record both (meta.json ``proxy``), datasets rebuild the same rewards and observations from
+them, the trained artifact marks that it observes the learning rate, and deployment passes it. Every test
+runs the real pieces on the tiny v1 spec (``envs/tiny-cpt.yaml``)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.agent import AgentConfig, build_transitions, load_trajectories, train_agent
+from mixagent.agent.dataset import top_trajectories
+from mixagent.config import load_config
+from mixagent.deploy.scheduler import MixingScheduler
+from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.references import commit_reference, get_reference
+from mixagent.env.rewards import Reference, balanced_score
+from mixagent.errors import AgentDataError, ConfigError, UsageError
+from mixagent.paths import CONFIGS_DIR, ENVS_DIR
+from mixagent.policies import load_policy
+from mixagent.policies.artifact import meta_problems
+from mixagent.trajectories.collector import CollectConfig, collect
+from mixagent.trajectories.tree import TreeConfig
+from tests.test_agent import TRAIN
+
+
+@pytest.fixture(scope="module")
+def v1_env():
+    return MixingEnv(ENVS_DIR / "tiny-cpt.yaml")
+
+
+@pytest.fixture(scope="module")
+def v1_run(tmp_path_factory, v1_env):
+    """One tree on the tiny v1 spec, forking once at step 2 (2 trajectories, 6 segments)."""
+    cfg = dataclasses.replace(load_config(CollectConfig, CONFIGS_DIR / "collect/tiny.yaml",
+                                          ["env=envs/tiny-cpt.yaml", f"out_dir={tmp_path_factory.mktemp('v1')}"]),
+                              run="v1_tiny", trees=1, tree=TreeConfig((2,), 2), launcher="inline")
+    collect(cfg, progress=False)
+    return cfg.run_dir
+
+
+def test_runs_record_the_reference_and_learning_rates_and_datasets_use_them(v1_run, v1_env):
+    proxy = json.loads((v1_run / "meta.json").read_text())["proxy"]
+    assert Reference.from_json(proxy["reference"]) == v1_env.reference
+    assert proxy["observed_lr"] == v1_env.lr_schedule() and proxy["observed_lr"][-1] < 1.0
+    tset = load_trajectories([v1_run])
+    tr = build_transitions(tset, "normalised_bpb", 0.5, dedupe=False)
+    k, horizon = tset.space.k, tset.horizon
+    assert tr.observations.shape[1] == 3 * k + 6
+    for ep in tr.episodes:
+        traj = next(t for _, t in tset.trajectories if t.id == ep["id"])
+        rows = slice(ep["row"], ep["row"] + ep["steps"])
+        # the recomputed reward is the env's, step by step, and the return telescopes to B_T - B_0
+        np.testing.assert_allclose(tr.rewards[rows], traj.rewards, rtol=0, atol=1e-6)
+        b = [balanced_score("normalised_bpb", 0.5, traj.start, e, tset.space, v1_env.reference)
+             for e in (traj.start, traj.evals[-1])]
+        assert ep["return"] == pytest.approx(b[1] - b[0], abs=1e-9) == pytest.approx(float(traj.rewards.sum()))
+        # the observation's last entry is the learning rate of the coming segment
+        np.testing.assert_allclose(tr.observations[rows, -1], proxy["observed_lr"][:horizon], rtol=1e-6)
+    # another normalised reward is recomputed from the same raw evaluations and the recorded extremes
+    low = build_transitions(tset, "normalised_bpb_min", 0.5, dedupe=False)
+    for ep in low.episodes:
+        traj = next(t for _, t in tset.trajectories if t.id == ep["id"])
+        s = [v1_env.reference.normalise("bpb", f, traj.evals[-1].field_bpb(tset.space, f))
+             for f in ("source", "target")]
+        s0 = [v1_env.reference.normalise("bpb", f, traj.start.field_bpb(tset.space, f)) for f in ("source", "target")]
+        assert ep["return"] == pytest.approx(min(s) - min(s0), abs=1e-9)
+    assert len(top_trajectories(tset, 0.5, "normalised_bpb", 0.5)) == 1
+
+
+def test_runs_without_a_reference_refuse_normalised_rewards(v1_run, tmp_path):
+    meta = json.loads((v1_run / "meta.json").read_text())
+    for key, match in (("reference", "recorded none"), ("observed_lr", "no proxy.observed_lr")):
+        copy = tmp_path / key
+        copy.mkdir()
+        for f in v1_run.iterdir():
+            if f.is_file():
+                (copy / f.name).write_bytes(f.read_bytes())
+        m = json.loads(json.dumps(meta))
+        del m["proxy"][key]
+        (copy / "meta.json").write_text(json.dumps(m))
+        with pytest.raises(AgentDataError, match=match):
+            build_transitions(load_trajectories([copy]), "normalised_bpb", 0.5)
+    with pytest.raises(ConfigError, match="unknown reward 'normalised_bp'.*did you mean"):
+        build_transitions(load_trajectories([v1_run]), "normalised_bp", 0.5)
+
+
+def test_agent_trains_on_v1_and_deploys_with_the_learning_rate(v1_run, v1_env, tmp_path):
+    cfg = load_config(AgentConfig, CONFIGS_DIR / "agent/default.yaml",
+                      ["name=v1", f"out_dir={tmp_path}", f"runs=[{v1_run}]", *TRAIN, "rl.gamma=1.0",
+                       "reward=normalised_bpb", "sft.top_fraction=1.0", "eval.agents=[sft]"])
+    result = train_agent(cfg, progress=False)
+    meta = json.loads((result.artifacts["sft"] / "meta.json").read_text())
+    assert meta["observation"] == {"version": meta["observation"]["version"], "dim": 3 * v1_env.space.k + 6,
+                                   "lr": True}
+    assert meta["reward"]["name"] == "normalised_bpb" and not meta_problems(meta)
+    assert meta_problems({**meta, "observation": {**meta["observation"], "lr": False}})  # dim no longer fits
+    policy = load_policy(result.artifacts["sft"])
+    assert policy.observe_lr
+    # online evaluation ran the agent in the v1 env itself (its observation has the LR entry)
+    assert [r["policy"] for r in result.rows] == ["agent SFT (bc)", "uniform"]
+    assert all(r["seeds"] == [1000] and np.isfinite(r["balanced"]) for r in result.rows)
+    # deployment: the scheduler builds the same observation, and asks for the LR when the policy needs it
+    sched = MixingScheduler(policy, v1_env.space)
+    start = EvalResult.from_json(v1_env.reset(seed=3)[1]["eval"])
+    with pytest.raises(UsageError, match="observes the learning rate.*pass lr="):
+        sched.step(start, 0.0)
+    w = sched.step(start, 0.0, lr=0.1)
+    obs = sched.obs_builder(sched.initial.values, start, start, start, 0.0, 0.1)
+    np.testing.assert_allclose(w.values, policy.act(obs).values, atol=1e-9)
+
+
+def test_committed_reference_is_adopted_and_never_overwritten(v1_env, tmp_path):
+    spec, ref = v1_env.spec_, v1_env.reference
+    base = v1_env.backend.base_id
+    path = commit_reference(ref, spec.env_id, base, tmp_path / "committed")
+    assert commit_reference(ref, spec.env_id, base, tmp_path / "committed") == path  # same extremes: a no-op
+    # an empty cache adopts the committed copy instead of running the references again
+    calls = []
+    backend = v1_env.backend
+    original = backend.reset
+    backend.reset = lambda seed: calls.append(seed) or original(seed)
+    try:
+        got = get_reference(spec, backend, v1_env.space, root=tmp_path / "empty", committed_dir=tmp_path / "committed")
+    finally:
+        backend.reset = original
+    assert got == ref and not calls
+    other = Reference({m: dict(v) for m, v in ref.best.items()}, ref.worst, ref.spec_hash, ref.seeds)
+    other.best["bpb"]["source"] -= 0.01
+    with pytest.raises(ConfigError, match="already holds other extremes"):
+        commit_reference(other, spec.env_id, base, tmp_path / "committed")
