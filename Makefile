@@ -24,12 +24,13 @@ base-model: data
 demo: data
 	$(PY) -m mixagent.demo
 
-# the default dataset for the agent (about an hour on 2 cores); rerunning resumes or reports a finished run
-collect-trajectories: base-model
+# environment v1's dataset (about an hour on 2 cores; committed packed as trajectories/reference/math-cpt-v1,
+# so nothing needs it); the base checkpoint is the committed one. Rerunning resumes or reports a finished run
+collect-trajectories: data
 	$(PY) -m mixagent.trajectories collect --config configs/collect/default.yaml --resume
 
-# the agent on the default dataset (collected first if missing): BC, CQL, FQE, online table; resumes
-train-agent: collect-trajectories
+# the agent on the committed v1 dataset: BC, CQL, FQE, online table on the audit's seeds; resumes
+train-agent: data
 	$(PY) -m mixagent.train_agent --config configs/agent/default.yaml --resume
 
 collect-tiny: data
