@@ -95,7 +95,8 @@ def stub_result(space: DomainSpace, rng: np.random.Generator | None = None) -> E
 
 def policy_path(space: DomainSpace) -> tuple[Path, str]:
     trained = REPO_ROOT / "runs/agent/default/rl"
-    if (trained / "meta.json").is_file():
+    meta = json.loads((trained / "meta.json").read_text()) if (trained / "meta.json").is_file() else {}
+    if meta.get("domains", {}).get("names") == list(space.names):  # a trained agent of this space
         return trained, "trained (runs/agent/default/rl)"
     return make_random_artifact(REPO_ROOT / "runs/bench/random_policy", space), "random artifact (no trained one)"
 
@@ -189,7 +190,7 @@ def micro(space: DomainSpace, data: DomainData, path: Path, seq_len: int, args: 
     res: dict[str, Any] = {}
     n = args.samples
     mixer = make_mixer(path, space, data, seq_len, None)
-    mixer.begin(result=stub_result(space))
+    mixer.begin(result=stub_result(space), lr=1.0)
     it = iter(mixer.dataset)
     for _ in range(200):
         next(it)
@@ -206,8 +207,9 @@ def micro(space: DomainSpace, data: DomainData, path: Path, seq_len: int, args: 
     rng = np.random.default_rng(1)
     results = [stub_result(space, rng) for _ in range(args.calls + 50)]
     mixer = make_mixer(path, space, data, seq_len, None)  # fresh: 1000 updates fit the schedule's 4096 rows
-    mixer.begin(result=results[0])
-    upd = per_call(lambda i: mixer.update(consumed_batches=25 * (i + 1), progress=0.5, result=results[i]), args.calls)
+    mixer.begin(result=results[0], lr=1.0)
+    upd = per_call(lambda i: mixer.update(consumed_batches=25 * (i + 1), progress=0.5, result=results[i], lr=1.0),
+                   args.calls)
     res["update_median_us"], res["update_p99_us"] = 1e6 * statistics.median(upd), 1e6 * p99(upd)
     sched = mixer.dataset.schedule
     w = mixer.weights
@@ -234,8 +236,8 @@ def micro(space: DomainSpace, data: DomainData, path: Path, seq_len: int, args: 
 
     # 3. decision latency: MixingScheduler.step alone
     scheduler = MixingScheduler(load_policy(path), space, DomainWeights.normalised(space, data.natural))
-    scheduler.step(results[0], 0.0)
-    steps = per_call(lambda i: scheduler.step(results[i], (i % 100) / 100), args.calls)
+    scheduler.step(results[0], 0.0, lr=1.0)
+    steps = per_call(lambda i: scheduler.step(results[i], (i % 100) / 100, lr=1.0), args.calls)
     res["decision_median_us"], res["decision_p99_us"] = 1e6 * statistics.median(steps), 1e6 * p99(steps)
     res["decision_fallbacks"] = sum(h["fallback"] is not None for h in scheduler.history)
     return res

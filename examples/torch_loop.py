@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
         torch.set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
     else:
-        mixer.begin(model)
+        mixer.begin(model, lr=opt.param_groups[0]["lr"] / args.lr)  # the LR is seen by policies that observe it
     start_eval = scheduler.start_eval
     loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers)
     digest, rows = hashlib.sha256(), []  # what this rank trained on, for the report
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
         opt.step()
         step += 1
         if step % args.every == 0 and step < args.steps:
-            mixer.update(model, consumed_batches=step, progress=step / args.steps)
+            mixer.update(model, consumed_batches=step, progress=step / args.steps,
+                         lr=opt.param_groups[0]["lr"] / args.lr)
             model.train()
         if args.save_every and step % args.save_every == 0 and rank == 0:
             from safetensors.torch import save_model

@@ -61,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"\nheld-out seeds {agent_cfg.eval.seeds}; scores = each field's benchmark score; balanced = change of "
-          f"the env's reward score (final minus start, higher is better):\n")
+    print(f"\nheld-out seeds {agent_cfg.eval.seeds}; scores = each field's benchmark score; balanced = the env's "
+          f"reward score at the end of the episode (normalised: 1 = each field's best reference run):\n")
     print(result.table)
     print(f"\ntable: {result.run_dir / 'table.md'}; policy artifacts: "
           f"{', '.join(str(p) for p in result.artifacts.values())}")
     default = REPO_ROOT / "runs/agent/default/rl"
-    best = default if (default / "meta.json").exists() else result.artifacts["rl"]
+    best = default if _fits(default, args.space) else result.artifacts["rl"]
     print(f"\n[3/3] deployment: {best} drives a Trainer run of the 2m base model ({args.deploy_steps} steps), "
           f"next to a uniform mixture")
     rows = [deploy(str(best), args.deploy_steps, args.space, args.env),
@@ -97,6 +97,14 @@ def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
         print(f"error: the deployment run of {policy} failed (see above)", file=sys.stderr)
         return None
     return json.loads(report.read_text())
+
+
+def _fits(artifact: Path, space: str) -> bool:
+    """Whether ``artifact`` is a policy for the domain space ``space`` (e.g. not an older run's agent)."""
+    try:
+        return json.loads((artifact / "meta.json").read_text())["domains"]["names"] == _space_names(space)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _space_names(space: str) -> list[str]:

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m mixagent.agent tr
     for stage, metrics in off.items():
         print(f"  offline {stage}: " + ", ".join(f"{k}={v:+.4f}" if v is not None else f"{k}=n/a (diverged)"
                                                   for k, v in metrics.items()))
-    print(f"\nonline evaluation, seeds {cfg.eval.seeds} (mean ± std over seeds; balanced = final minus start):\n")
+    print(f"\nonline evaluation, seeds {cfg.eval.seeds} (mean ± std over seeds; balanced = the env's reward score at "
+          f"the end: the gain over the start for relative rewards, the normalised score for normalised ones):\n")
     print(result.table)
     print(f"\nartifacts: {', '.join(str(p) for p in result.artifacts.values())}; table: {result.run_dir / 'table.md'}")
     print("seconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in result.seconds.items())

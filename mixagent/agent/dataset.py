@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mixagent.config import is_number
 from mixagent.domains import Domain, DomainSpace
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
 from mixagent.env.rewards import REWARDS, Reference, balanced_score, needs_reference, step_reward
@@ -111,9 +112,19 @@ def load_trajectories(paths: Sequence[str | Path]) -> TrajectorySet:
         raise AgentDataError(f"the runs {[str(d) for d in dirs]} hold no usable trajectories ({flagged} flagged as "
                              f"diverged); collect more with `python -m mixagent.trajectories collect ... --resume`")
     proxy = first.meta.get("proxy") or {}
-    reference = Reference.from_json(proxy["reference"]) if proxy.get("reference") else None
+    try:
+        reference = Reference.from_json(proxy["reference"]) if proxy.get("reference") else None
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise AgentDataError(f"{first.path}/meta.json proxy.reference is invalid ({type(exc).__name__}: {exc}); "
+                             f"restore the file from git or re-collect") from None
+    lrs = proxy.get("observed_lr")
+    horizon = int(first.meta["env"]["horizon"])
+    if lrs is not None and not (isinstance(lrs, list) and len(lrs) == horizon
+                                and all(is_number(x) and 0 <= x <= 1 for x in lrs)):
+        raise AgentDataError(f"{first.path}/meta.json proxy.observed_lr is {lrs!r}; expected {horizon} learning rates "
+                             f"over the peak in [0, 1], one per segment: restore the file from git or re-collect")
     return TrajectorySet(dirs, space_from_meta(first.meta["domains"]), first.meta["env"], items, flagged,
-                         headers, reference, proxy.get("observed_lr"))
+                         headers, reference, lrs)
 
 
 def _check_compatible(a: Run, b: Run) -> None:
@@ -147,7 +158,7 @@ class Transitions:
     next observation of the step before. So every completed step is a trainable transition.
     """
 
-    observations: np.ndarray  # (N, 3K+5) float32
+    observations: np.ndarray  # (N, 3K+5) float32; (N, 3K+6) with the learning rate (observe_lr specs)
     actions: np.ndarray  # (N, K) float32, in [-1, 1]
     rewards: np.ndarray  # (N,) float32, the recomputed reward (unscaled)
     terminals: np.ndarray  # (N,) float32

@@ -79,6 +79,7 @@ class EvalSetup:
     spec: dict
     threads: int
     env_factory: Callable[[], MixingEnv] | None = None
+    reference: dict | None = None  # the extremes the dataset's rewards used (normalised rewards)
 
     def make_runner(self) -> EvalRunner:
         return EvalRunner(self)
@@ -95,6 +96,14 @@ class EvalRunner:
             spec = dict(setup.spec, optim={**setup.spec["optim"], "threads": setup.threads})
             self.env = MixingEnv(from_dict(EnvSpec, spec, "recorded env spec"))
         self.identity = {"spec_hash": self.env.spec_.spec_hash()}
+        mine = self.env.reference.to_json() if self.env.reference is not None else None
+        if setup.reference is not None and mine is not None and \
+                (mine["best"], mine["worst"]) != (setup.reference["best"], setup.reference["worst"]):
+            raise ConfigError("online evaluation", [
+                f"the env's reference extremes {mine} differ from the ones the trajectories were scored with "
+                f"{setup.reference}: agents and baselines would be scored on another scale. Restore the dataset's "
+                f"checkpoints/references/{mine['spec_hash']}.json (or delete a stale "
+                f"data/cache/references/{mine['spec_hash']}.json)"])
 
     def run(self, ref: PolicyRef, seed: int) -> Iterator[Segment | Episode]:
         policy = ref.build(self.env)
@@ -138,10 +147,12 @@ def check_held_out(seeds: list[int], used: set[int]) -> None:
 def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds: list[int], out: Path,
                     cache: Path | None, horizon: int, launcher: str = "local", workers: int = 0,
                     env_factory: Callable[[], MixingEnv] | None = None,
-                    progress: bool = True) -> dict[str, list[dict]]:
+                    progress: bool = True, reference: dict | None = None) -> dict[str, list[dict]]:
     """Roll every policy out on every seed; returns ``{label: [episode summary per seed]}``.
 
     Episodes already on disk (``out/<label>/<seed>.json``, or the baseline cache) are not rerun.
+    ``reference``: the extremes the training data was scored with; an env that scores with others is
+    refused (:class:`ConfigError`).
     """
     def where(ref: PolicyRef, seed: int) -> Path:
         if ref.baseline and cache is not None:
@@ -169,7 +180,7 @@ def evaluate_online(spec: dict, spec_hash: str, policies: list[PolicyRef], seeds
             env_spec = from_dict(EnvSpec, spec, "recorded env spec")
             if env_spec.backend == "lm":  # a missing base model is pre-trained once here, not once per worker
                 get_base_model(env_spec.base_config())
-        setup = EvalSetup(spec, threads, env_factory)
+        setup = EvalSetup(spec, threads, env_factory, reference)
         bar = tqdm(total=len(todo) * horizon, desc="online eval", unit="segment", disable=not progress)
         try:
             for event in runner.events(setup, todo):

@@ -339,8 +339,10 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
     refs += [PolicyRef(baseline_label(b), baseline=b) for b in cfg.eval.baselines]
     cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
     spec, spec_hash = _eval_spec(tset, cfg.eval.env_overrides)
+    same_spec = tset.reference is not None and spec_hash == tset.env["spec_hash"]  # overrides get their own
     results = evaluate_online(spec, spec_hash, refs, list(cfg.eval.seeds), run_dir / "online", cache, tset.horizon,
-                              cfg.eval.launcher, cfg.eval.workers, env_factory, progress)
+                              cfg.eval.launcher, cfg.eval.workers, env_factory, progress,
+                              tset.reference.to_json() if same_spec else None)
     table, rows = format_table(results, tset.space, lam)
     atomic_write_bytes(run_dir / "table.md", (table + "\n").encode())
     atomic_write_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,

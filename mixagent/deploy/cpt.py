@@ -42,8 +42,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, base: str) -> None:
     p = parser.add_argument
     p("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
     p("--base", default=base, help="base-model config of the trained model")
-    p("--space", default="configs/spaces/math-natural.yaml")
-    p("--env", default="envs/math-natural.yaml", help="env spec whose eval block is used")
+    p("--space", default="configs/spaces/math-sub.yaml", help="domain space (environment v1's by default)")
+    p("--env", default="envs/math-cpt.yaml", help="env spec whose eval block is used (v1's by default)")
     p("--initial", default="natural", choices=INITIAL_MIXTURES)
     p("--steps", type=int, default=200)
     p("--every", type=int, default=25, help="optimizer steps between mixture updates")

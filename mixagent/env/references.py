@@ -46,7 +46,7 @@ def run_static(backend: ProxyBackend, weights: np.ndarray, steps: int, seed: int
     return backend.evaluate()
 
 
-def _load(path: Path, spec_hash: str, base_id: str) -> Reference:
+def _load(path: Path, spec_hash: str, base_id: str, committed: bool = False) -> Reference:
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -56,8 +56,10 @@ def _load(path: Path, spec_hash: str, base_id: str) -> Reference:
         raise ConfigError(str(path), [f"reference runs were cached for spec hash {d.get('spec_hash')!r}, this env's "
                                       f"is {spec_hash!r}; delete the file to rerun them for this spec"])
     if d.get("base") not in (None, base_id):
+        fix = ("restore the committed base checkpoint (checkpoints/base/) the dataset was collected from"
+               if committed else "delete the file to rerun them")
         raise ConfigError(str(path), [f"reference runs were made from base checkpoint {d.get('base')}, this env's is "
-                                      f"{base_id} (a re-trained base); delete the file to rerun them"])
+                                      f"{base_id} (a re-trained base); {fix}"])
     if d.get("version") != REFERENCE_VERSION:
         raise ConfigError(str(path), [f"reference format {d.get('version')!r}, expected {REFERENCE_VERSION}; delete "
                                       f"the file to rerun them"])
@@ -66,9 +68,9 @@ def _load(path: Path, spec_hash: str, base_id: str) -> Reference:
 
 def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,
                   committed_dir: Path | None = None) -> Reference:
-    """The spec's reference extremes: loaded from the cache, else from a committed copy
-    (``checkpoints/references/``), else run (2 episodes per reference seed, with a progress bar) and cached
-    atomically.
+    """The spec's reference extremes: a committed copy (``checkpoints/references/``, what a committed
+    dataset was scored with) first, else the cache, else run (2 episodes per reference seed, with a progress
+    bar) and cached atomically.
 
     Raises:
         ConfigError: a cached file for another spec hash or format, a diverged run, or a zero range.
@@ -76,12 +78,12 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
     spec_hash = spec.spec_hash()
     path = reference_path(spec_hash, root)
     base_id = getattr(backend, "base_id", "")
+    committed = (committed_dir or COMMITTED_REFERENCE_DIR) / f"{spec_hash}.json"
+    if committed.exists():  # the extremes a committed dataset was scored with win over a local cache
+        log.info("reference runs for %s adopted from the committed %s", spec.env_id, committed)
+        return _load(committed, spec_hash, base_id, committed=True)
     if path.exists():
         return _load(path, spec_hash, base_id)
-    committed = (committed_dir or COMMITTED_REFERENCE_DIR) / f"{spec_hash}.json"
-    if committed.exists():
-        log.info("reference runs for %s adopted from the committed %s", spec.env_id, committed)
-        return _load(committed, spec_hash, base_id)
     runs: dict[str, list[EvalResult]] = {"source_only": [], "target_only": []}
     with tqdm(total=2 * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}", unit="episode") as bar:
         for seed in spec.reference_seeds:

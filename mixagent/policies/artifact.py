@@ -116,7 +116,8 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
         problems.append(f"observation.lr is {lr!r}; expected true (trained on an observe_lr env) or false")
     elif names and is_int(dim, 1) and dim != 3 * len(names) + 5 + int(bool(lr)):
         problems.append(f"observation.dim is {dim}; {len(names)} domains give 3K+5 = {3 * len(names) + 5} "
-                        f"(3K+6 with observation.lr true)")
+                        f"(3K+6 with observation.lr true): set observation.lr to what the policy was trained "
+                        f"on, or retrain it")
     temperature, floor = get("action.temperature"), get("action.floor")
     if not (is_number(temperature) and temperature >= MIN_TEMPERATURE):
         problems.append(f"action.temperature is {temperature!r}; expected a finite number >= {MIN_TEMPERATURE}")

@@ -243,6 +243,10 @@ def _check_proxy(writer: RunWriter, identity: dict) -> None:
     if old is None:
         writer.meta["proxy"] = identity
         atomic_write_json(writer.dir / "meta.json", writer.meta)
+    elif any(k in identity and k not in old for k in ("reference", "observed_lr")):
+        raise ResumeMismatchError(f"the run {writer.dir} was started by an older mixagent that did not record the "
+                                  f"reference extremes and learning rates (meta.json proxy.reference / observed_lr) "
+                                  f"its datasets need; collect into a new run")
     elif any(json.dumps(old.get(k), sort_keys=True) != json.dumps(identity.get(k), sort_keys=True)
              for k in ("reference", "observed_lr")):
         raise ResumeMismatchError(f"this worker's reference runs or learning-rate schedule differ from the run's "
