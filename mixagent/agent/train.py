@@ -55,6 +55,7 @@ from mixagent.study.tables import format_table
 __all__ = ["train_agent", "AgentResult", "MetricSink"]
 
 log = logging.getLogger(__name__)
+TRAIN_THREADS = 1  # torch threads for the gradient steps (see _run)
 STAGES = ("sft", "rl")
 # config keys that change what is trained; the rest (evaluation, logging) may differ on --resume
 _TRAINING_KEYS = ("runs", "reward", "lam", "dedupe_prefixes", "seed", "sft", "rl", "checkpoint_every")
@@ -294,6 +295,19 @@ def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions
          lam: float, metrics: MetricLog, progress: bool, env_factory: Callable[[], MixingEnv] | None,
          on_step: Callable[[str, int], None] | None) -> AgentResult:
     d3rlpy = import_d3rlpy()
+    # The 64-64 MLPs at batch 64 are too small to split across threads: one thread ran CQL at 92 steps/s on
+    # the 2-core machine, two threads at ~10 steps/s alone and under 1 step/s beside another job (spin-waits).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return _stages(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step, d3rlpy)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions, sft_tr: Transitions, reward: str,
+            lam: float, metrics: MetricLog, progress: bool, env_factory: Callable[[], MixingEnv] | None,
+            on_step: Callable[[str, int], None] | None, d3rlpy: Any) -> AgentResult:
     run_dir, k = cfg.run_dir, tset.space.k
     mean, std = all_tr.observations.mean(axis=0), all_tr.observations.std(axis=0)
     all_ds, sft_ds = to_d3rlpy(all_tr, k), to_d3rlpy(sft_tr, k)
