@@ -92,6 +92,7 @@ class MixingEnv(gym.Env):
         check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
         self.obs_builder = ObservationBuilder(self.space, self.spec_.observe_lr)
+        self._lrs = self.lr_schedule()  # fixed by the spec and the backend: computed once, read every step
         self.reference: Reference | None = None
         if needs_reference(self.spec_.reward.name):  # run (once per spec hash, then cached) before any episode
             self.reference = get_reference(self.spec_, self.backend, self.space)
@@ -139,8 +140,7 @@ class MixingEnv(gym.Env):
 
     def _lr(self, t: int) -> float | None:
         """The learning rate at the start of segment ``t`` over the peak (``None`` unless observed)."""
-        lrs = self.lr_schedule()
-        return None if lrs is None else lrs[t]
+        return None if self._lrs is None else self._lrs[t]
 
     def step(self, action):
         try:
