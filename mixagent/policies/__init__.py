@@ -3,8 +3,10 @@ the seeded behaviour policies of collection, and the policy artifact format with
 no d3rlpy). Names load lazily.
 
 * ``protocol``: :class:`MixingPolicy`; ``baselines``: uniform, natural, fixed, replay, target-only,
-  :func:`policy_from_spec`, :func:`parse_baseline`; ``behaviour``: Dirichlet, random-walk, piecewise
-  replay and epsilon behaviours; ``artifact``: ``policy.safetensors`` + ``meta.json``, :func:`load_policy`.
+  :func:`parse_baseline`; ``behaviour``: Dirichlet, random-walk, piecewise replay and epsilon behaviours;
+  ``heuristics``: switch at the LR decay, upsample at the end; ``online``: DoReMi, ODM, ADO, Velocitune,
+  Aioli; ``regmix``: RegMix's regression; ``registry``: spec -> policy for all of them
+  (:func:`policy_from_spec`); ``artifact``: ``policy.safetensors`` + ``meta.json``, :func:`load_policy`.
 """
 
 from __future__ import annotations
@@ -14,12 +16,21 @@ from mixagent._lazy import lazy_exports
 __all__ = ["MixingPolicy", "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES",
            "make_policy", "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline",
            "baseline_problems", "BehaviourSpec", "BehaviourMix", "BEHAVIOURS", "AgentPolicy", "load_policy",
-           "write_artifact", "random_artifact", "ArtifactMismatchError"]
+           "write_artifact", "random_artifact", "ArtifactMismatchError", "DecaySwitchPolicy", "EndUpsamplePolicy",
+           "DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "AioliPolicy", "ReferenceCurve",
+           "ObservationView", "PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems",
+           "fit_regmix", "RegMixFit", "sample_mixtures"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "MixingPolicy": "protocol", **{n: "baselines" for n in (
         "UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
-        "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems")},
+        "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems")},
     "BehaviourSpec": "behaviour", "BehaviourMix": "behaviour", "BEHAVIOURS": "behaviour",
     **{n: "artifact" for n in ("AgentPolicy", "load_policy", "write_artifact", "random_artifact",
-                               "ArtifactMismatchError")}})
+                               "ArtifactMismatchError")},
+    "DecaySwitchPolicy": "heuristics", "EndUpsamplePolicy": "heuristics",
+    **{n: "online" for n in ("DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "AioliPolicy",
+                             "ReferenceCurve", "ObservationView")},
+    **{n: "registry" for n in ("PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems",
+                               "policy_from_spec")},
+    **{n: "regmix" for n in ("fit_regmix", "RegMixFit", "sample_mixtures")}})

@@ -1,5 +1,6 @@
 """The constant-mixture baselines and the one parser of baseline specs (``uniform``, ``natural``,
-``target_only``, ``replay:<rho>``), used by the agent's config, online evaluation and deployment alike.
+``target_only``, ``replay:<rho>``), used by the agent's config, online evaluation and deployment alike
+(``mixagent.policies.registry.policy_from_spec`` turns any spec into a policy).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mixagent.errors import ConfigError, UsageError, WeightsError, suggest
 from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["UniformPolicy", "NaturalPolicy", "FixedPolicy", "ReplayPolicy", "POLICIES", "make_policy",
-           "policy_from_spec", "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems"]
+           "BASELINE_SPECS", "BaselineSpec", "parse_baseline", "baseline_problems"]
 
 
 class _Constant:
@@ -164,29 +165,3 @@ def parse_baseline(spec: str) -> BaselineSpec | None:
     if name in BASELINE_SPECS and not colon:
         return BaselineSpec(name)
     return None
-
-
-def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> MixingPolicy:
-    """A policy from a short spec: ``uniform``, ``natural``, ``target_only``, ``replay:<rho>`` (natural
-    shares within each field) or the directory of a trained policy artifact.
-
-    Args:
-        spec: the spec string.
-        natural: ``{domain: token share}``, needed by ``natural``, ``target_only`` and ``replay``.
-
-    Raises:
-        ConfigError: an unknown spec (with a suggestion), a bad ``rho``, or missing natural shares.
-        CorruptArtifactError, SchemaVersionError: an artifact directory that does not load.
-    """
-    from pathlib import Path
-
-    baseline = parse_baseline(spec)
-    if baseline is not None:
-        return baseline.build(natural)
-    if Path(spec).is_dir():
-        from mixagent.policies.artifact import load_policy
-
-        return load_policy(spec)
-    raise ConfigError("policy", [f"unknown policy {spec!r}{suggest(spec.partition(':')[0], BASELINE_SPECS)}: give "
-                                 f"one of {', '.join(BASELINE_SPECS)} or a policy artifact directory "
-                                 f"(runs/agent/<name>/rl)"])

@@ -1,0 +1,213 @@
+"""The published mixing methods (issue 13): each update rule against values worked out by hand from the
+formulas in its docstring (the arithmetic is in the comments), and their bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mixagent.domains import Domain, DomainSpace
+from mixagent.errors import ConfigError, UsageError
+from mixagent.policies import (
+    ADOPolicy,
+    AioliPolicy,
+    DecaySwitchPolicy,
+    DoReMiPolicy,
+    EndUpsamplePolicy,
+    ODMPolicy,
+    PolicyContext,
+    ReferenceCurve,
+    VelocitunePolicy,
+    build_policy,
+    fit_regmix,
+    policy_from_spec,
+    sample_mixtures,
+)
+from mixagent.policies.online import fit_power_law
+
+
+def two() -> DomainSpace:
+    return DomainSpace("two", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
+
+
+def four() -> DomainSpace:
+    return DomainSpace("four", [Domain("a", "source", ["wiki"]), Domain("b", "source", ["news"]),
+                                Domain("c", "target", ["math"]), Domain("d", "target", ["code"])])
+
+
+HALF = {"wiki": 0.5, "math": 0.5}
+
+
+def obs(weights, loss, progress, change=None, lr=None) -> np.ndarray:
+    """An observation in ``mixagent.env.observation``'s layout: ``loss`` is ``b_t / b_0``."""
+    k = len(weights)
+    change = np.zeros(k) if change is None else change
+    tail = [progress] if lr is None else [progress, lr]
+    return np.array([*weights, *(np.asarray(loss) - 1.0), *change, 0, 0, 0, 0, *tail], dtype=np.float32)
+
+
+def ref2() -> ReferenceCurve:
+    return ReferenceCurve(("wiki", "math"), (0.0, 1.0), ((1.0, 1.0), (0.8, 0.9)), (0.5, 0.5), "test")
+
+
+def test_doremi_update_matches_hand_computation():
+    p = DoReMiPolicy(ref2())
+    p.reset(two())
+    assert p.act(obs([0.5, 0.5], [1, 1], 0.0)).values == pytest.approx([0.5, 0.5])  # uniform start
+    # reference at progress 0.5: (0.9, 0.95); losses (1.1, 0.9) -> excess (0.2, 0)
+    # softmax(log .5 + .2, log .5) = (e^.2, 1) / (e^.2 + 1) = (0.549834, 0.450166); then .999 a + .001 / 2
+    w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values
+    assert w == pytest.approx([0.5497841633, 0.4502158367], abs=1e-7)
+
+
+def test_doremi_average_variant_and_needs_a_reference():
+    p = DoReMiPolicy(ref2(), average=True)
+    p.reset(two())
+    p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values  # mean of the start (.5, .5) and the update above
+    assert w == pytest.approx([(0.5 + 0.5497841633) / 2, (0.5 + 0.4502158367) / 2], abs=1e-7)
+    with pytest.raises(ConfigError, match="needs a reference run"):
+        DoReMiPolicy(None)
+    with pytest.raises(ConfigError, match="needs a reference run"):
+        build_policy("doremi", PolicyContext(natural=HALF))
+    other = ReferenceCurve(("a", "b"), (0.0, 1.0), ((1.0, 1.0), (0.8, 0.9)), (0.5, 0.5))
+    with pytest.raises(ConfigError, match="record the reference run in this space"):
+        DoReMiPolicy(other).reset(two())
+
+
+def test_odm_exp3_update_matches_hand_computation():
+    k = 4
+    p = ODMPolicy(warmup=0)
+    p.reset(four())
+    assert p.act(obs([0.25] * 4, [1] * 4, 0.0)).values == pytest.approx([0.25] * 4)
+    loss = [0.9, 0.8, 1.0, 0.7]
+    for t in range(1, 7):
+        w = p.act(obs([0.25] * 4, loss, t / 8)).values
+        if t <= 5:  # eps_t = min(1/4, sqrt(ln 4 / (4 t))) stays 1/4 up to t = 5, so w_k = 0 * ... + 1/4
+            assert w == pytest.approx([0.25] * 4, abs=1e-12)
+    # t = 6: R = 6 L / 10; eps_5 = 1/4, eps_6 = sqrt(ln 4 / 24) = 0.2403378;
+    # w_k = exp(R_k / 4) (1 - 4 eps_6) / sum_j exp(R_j / 4) + eps_6, normalised
+    assert ODMPolicy.epsilon(k, 6) == pytest.approx(math.sqrt(math.log(4) / 24))
+    assert w == pytest.approx([0.25007137, 0.24992646, 0.25021847, 0.24978370], abs=1e-8)
+
+
+def test_fit_power_law_recovers_a_known_law():
+    n = np.array([0.05, 0.1, 0.2, 0.4, 0.8])
+    e, a, alpha = fit_power_law(n, 0.4 + 0.2 * n ** -0.5)
+    assert (math.exp(e), math.exp(a), alpha) == pytest.approx((0.4, 0.2, 0.5), rel=1e-3)
+    with pytest.raises(ValueError, match=">= 3 points"):
+        fit_power_law(n[:2], n[:2])
+
+
+def test_ado_update_matches_hand_computation():
+    p = ADOPolicy(HALF)
+    p.reset(two())
+    assert p.act(obs([0.5, 0.5], [1, 1], 0.0)).values == pytest.approx([0.5, 0.5])
+
+    def law(n):  # wiki: 0.4 + 0.2 n^-0.5, math: 0.6 + 0.1 n^-0.3 (n in budgets)
+        return [0.4 + 0.2 * n ** -0.5, 0.6 + 0.1 * n ** -0.3]
+
+    for t in (1, 2):  # fewer than 3 points: the natural shares
+        assert p.act(obs([0.5, 0.5], law(0.125 * t), 0.25 * t)).values == pytest.approx([0.5, 0.5])
+    w = p.act(obs([0.5, 0.5], law(0.375), 0.75)).values
+    # n = 0.375 each; speed = alpha (L - e^e) / n: 0.5 * 0.2 * .375^-.5 / .375 and 0.3 * 0.1 * .375^-.3 / .375;
+    # score = speed * mu * sqrt(h (1 - h)) with mu = h = .5; rho = score / sum = (0.802206, 0.197794);
+    # pi = 0.9 * mean(rho so far) + 0.1 * rho = rho (the first)
+    assert w == pytest.approx([0.80220589, 0.19779411], abs=2e-3)
+
+
+def test_velocitune_update_matches_hand_computation():
+    p = VelocitunePolicy(HALF, ref2())  # two reference points: no fit, targets = the last values (0.8, 0.9)
+    p.reset(two())
+    assert p.target == pytest.approx([0.8, 0.9])
+    p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    # V = ((0.9 - 0.8) / 0.2, (0.95 - 0.9) / 0.1) = (0.5, 0.5): no change
+    assert p.act(obs([0.5, 0.5], [0.9, 0.95], 0.5)).values == pytest.approx([0.5, 0.5])
+    # V = ((0.85 - 0.8) / 0.2, (0.95 - 0.9) / 0.1) = (0.25, 0.5): w = (e^.25, e^.5) / sum
+    assert p.act(obs([0.5, 0.5], [0.85, 0.95], 0.75)).values == pytest.approx([0.4378235, 0.5621765], abs=1e-7)
+
+
+def test_aioli_update_matches_hand_computation():
+    p = AioliPolicy(HALF)
+    p.reset(two())
+    p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    # one step trained on p = (0.8, 0.2), loss decreases (0.1, 0.02); ridge without intercept, penalty 1e-3:
+    # A_i. = y_i x / (x.x + 1e-3) = y_i (0.8, 0.2) / 0.681, so sum_i A_ij = 0.12 (0.8, 0.2) / 0.681
+    # p = (.5, .5) * exp(0.2 * sum_i A_ij), normalised
+    w = p.act(obs([0.8, 0.2], [0.9, 0.98], 0.25, change=[-0.1, -0.02])).values
+    assert w == pytest.approx([0.50528615, 0.49471385], abs=1e-7)
+
+
+def test_online_methods_keep_their_weights_on_non_finite_losses(caplog):
+    p = AioliPolicy(HALF)
+    p.reset(two())
+    p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    before = p.act(obs([0.8, 0.2], [0.9, 0.98], 0.25, change=[-0.1, -0.02])).values
+    bad = obs([0.8, 0.2], [0.9, 0.98], 0.5, change=[-0.1, -0.02])
+    bad[2] = np.nan
+    with caplog.at_level("WARNING"):
+        after = p.act(bad).values
+    assert after == pytest.approx(before) and p.fallbacks == 1
+    assert "non-finite" in caplog.text
+    with pytest.raises(UsageError, match="expected"):
+        p.act(np.zeros(4))
+
+
+def test_decay_switch_follows_the_learning_rate():
+    p = DecaySwitchPolicy(HALF)  # 0.5 before the decay, 0.25 during it
+    p.reset(two())
+    source = [p.act(obs([0.5, 0.5], [1, 1], t / 6, lr=lr)).values[0] for t, lr in enumerate([0.5, 1, 1, 0.6, 0.2, 1])]
+    # rises (warm-up), holds, decays from step 3 on; the switch holds once made
+    assert source == pytest.approx([0.5, 0.5, 0.5, 0.25, 0.25, 0.25])
+    p.reset(two())
+    with pytest.raises(UsageError, match="switch="):
+        p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    q = DecaySwitchPolicy(HALF, switch=0.5)
+    q.reset(two())
+    assert [q.act(obs([0.5, 0.5], [1, 1], t / 4)).values[0] for t in range(4)] == pytest.approx([.5, .5, .25, .25])
+    with pytest.raises(ConfigError, match="stable_rho"):
+        DecaySwitchPolicy(HALF, stable_rho=1.5)
+
+
+def test_end_upsample_switches_for_the_last_share():
+    p = EndUpsamplePolicy(HALF, rho=0.5, end_rho=0.1, last=0.2)
+    p.reset(two())
+    # T = 8: progress 7/8 = 0.875 >= 0.8 is the only upsampled step (12.5% of the run)
+    assert [p.act(obs([0.5, 0.5], [1, 1], t / 8)).values[0] for t in range(8)] == pytest.approx([0.5] * 7 + [0.1])
+    with pytest.raises(ConfigError, match="last"):
+        EndUpsamplePolicy(HALF, last=0.0)
+
+
+def test_regmix_ranks_and_finds_a_known_optimum():
+    natural = np.array([0.4, 0.3, 0.2, 0.1])
+    best = np.array([0.1, 0.2, 0.3, 0.4])
+    x = sample_mixtures(natural, 64, seed=0)
+    y = -((x - best) ** 2).sum(axis=1)
+    fit = fit_regmix(x, y, natural, seed=0)
+    assert fit.spearman > 0.7  # 0.79 here; an unfitted model ranks at about 0
+    found = fit.best_mixture(seed=1, n_sim=5000, top=20)
+    assert found.sum() == pytest.approx(1.0)
+    assert np.abs(found - best).sum() < 0.6 * np.abs(natural - best).sum()  # well on the way from natural
+    with pytest.raises(ConfigError, match="at least 10 proxy runs"):
+        fit_regmix(x[:6], y[:6], natural)
+    y_bad = y.copy()
+    y_bad[3] = np.nan
+    with pytest.raises(ConfigError, match="finite"):
+        fit_regmix(x, y_bad, natural)
+
+
+def test_registry_names_and_suggestions():
+    space = two()
+    for name in ("decay_switch", "end_upsample", "odm", "ado", "aioli"):
+        policy = policy_from_spec(name, HALF)
+        policy.reset(space)
+        assert policy.act(obs([0.5, 0.5], [1, 1], 0.0, lr=0.5)).values.sum() == pytest.approx(1.0)
+    assert build_policy("regmix", PolicyContext(regmix={"wiki": 0.3, "math": 0.7})).__class__.__name__ == "FixedPolicy"
+    with pytest.raises(ConfigError, match="did you mean 'doremi'"):
+        build_policy("doremy", PolicyContext())
+    with pytest.raises(ConfigError, match="not fitted"):
+        build_policy("regmix", PolicyContext())
+    with pytest.raises(ConfigError, match="natural token shares"):
+        build_policy("ado", PolicyContext()).reset(space)
