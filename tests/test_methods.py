@@ -174,8 +174,14 @@ def test_decay_switch_follows_the_learning_rate():
 def test_end_upsample_switches_for_the_last_share():
     p = EndUpsamplePolicy(HALF, rho=0.5, end_rho=0.1, last=0.2)
     p.reset(two())
-    # T = 8: progress 7/8 = 0.875 >= 0.8 is the only upsampled step (12.5% of the run)
+    # T = 8: floor(0.2 * 8) = 1 upsampled segment, the last (12.5% of the run)
     assert [p.act(obs([0.5, 0.5], [1, 1], t / 8)).values[0] for t in range(8)] == pytest.approx([0.5] * 7 + [0.1])
+    # T = 4: floor(0.8) = 0, so at least the last segment; T = 20: the last 4
+    p.reset(two())
+    assert [p.act(obs([0.5, 0.5], [1, 1], t / 4)).values[0] for t in range(4)] == pytest.approx([0.5] * 3 + [0.1])
+    p.reset(two())
+    got = [p.act(obs([0.5, 0.5], [1, 1], t / 20)).values[0] for t in range(20)]
+    assert got == pytest.approx([0.5] * 16 + [0.1] * 4)
     with pytest.raises(ConfigError, match="last"):
         EndUpsamplePolicy(HALF, last=0.0)
 

@@ -58,11 +58,11 @@ def test_rollout_in_the_env(tiny_spec_path):
 
 
 def test_demo_table_reports_mean_and_spread(tiny_spec_path):
-    from mixagent.study.tables import compare, format_table
+    from mixagent.study.tables import format_table, roll_all
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
-    results = compare(env, {"uniform": UniformPolicy(), "target-only": ReplayPolicy(0.0)}, seeds=[0, 1])
+    results = roll_all(env, {"uniform": UniformPolicy(), "target-only": ReplayPolicy(0.0)}, seeds=[0, 1])
     table, rows = format_table(results, env.space)
     assert len(rows) == 2 and all(len(r["per_seed"]["balanced"]) == 2 for r in rows)
     assert rows[0]["balanced"] == pytest.approx(np.mean(rows[0]["per_seed"]["balanced"]))

@@ -97,7 +97,9 @@ class EndUpsamplePolicy(_TwoRho):
     """Upsample the target field at the end of the run (Blakeney et al., *Does your data spark joy?
     Performance gains from domain upsampling at the end of training*, arXiv 2406.03476).
 
-    Rule: replay share ``rho`` until progress ``1 - last``, then ``end_rho``.
+    Rule: replay share ``rho``, then ``end_rho`` for the last ``max(1, floor(last * T))`` of the run's ``T``
+    re-weighting segments (``T`` read from the first step's progress ``1/T``), so a short run upsamples
+    its last segment rather than none.
 
     Args:
         shares: ``{domain: natural token share}`` within each field.
@@ -114,5 +116,14 @@ class EndUpsamplePolicy(_TwoRho):
         super().__init__(rho, end_rho, shares)
         self.last = float(last)
 
+    def _reset_state(self) -> None:
+        self._horizon: int | None = None
+
     def switched(self, observation: np.ndarray) -> bool:
-        return float(observation[3 * self.k + 4]) >= 1.0 - self.last - 1e-9
+        progress = float(observation[3 * self.k + 4])
+        if progress <= 0.0:
+            return False
+        if self._horizon is None:  # the first step after the start is at progress 1/T
+            self._horizon = max(1, round(1.0 / progress))
+        upsampled = max(1, int(self.last * self._horizon + 1e-9))
+        return progress >= 1.0 - upsampled / self._horizon - 1e-9

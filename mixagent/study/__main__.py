@@ -1,5 +1,6 @@
-"""``python -m mixagent.study headroom``: the headroom audit of an environment (see
-``mixagent.study.headroom``)."""
+"""``python -m mixagent.study``: ``headroom`` (the headroom audit of an environment, ``mixagent.study.headroom``),
+``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``) and ``ranks`` (a rank
+table across comparisons)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="rebuild the report from stored (e.g. committed) results without running anything")
     p.add_argument("overrides", nargs="*", help="key=value audit config overrides, e.g. static_rhos=[0,0.5,1]")
+    c = sub.add_parser("compare", help="every method (baselines, published methods, agents) on held-out seeds")
+    c.add_argument("--config", help="a comparison YAML (configs/compare/*.yaml); flags below override it")
+    c.add_argument("--name", help="the directory under --out (default from the config)")
+    c.add_argument("--env", help="env spec file or id, e.g. mixagent/math-cpt-v1")
+    c.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE", help="spec override (repeatable)")
+    c.add_argument("--policies", help="comma-separated specs: uniform,doremi,regmix,runs/agent/default/rl ...")
+    c.add_argument("--seeds", type=int, nargs="+", help="held-out evaluation seeds")
+    c.add_argument("--tune-seeds", type=int, nargs="+", help="seeds of reference and proxy runs")
+    c.add_argument("--workers", type=int)
+    c.add_argument("--launcher", choices=["local", "inline", "ray"])
+    c.add_argument("--out", help="output root (default runs/compare)")
+    c.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. regmix_runs=32")
+    r = sub.add_parser("ranks", help="a rank table across finished comparisons")
+    r.add_argument("dirs", nargs="+", help="comparison directories (runs/compare/<name>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "compare":
+        return _compare(args)
+    if args.cmd == "ranks":
+        return _ranks(args.dirs)
     from mixagent.config import load_config
     from mixagent.study.headroom import AuditConfig, run_audit
     from mixagent.study.headroom_report import make_report
@@ -48,6 +67,52 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print((run.dir / "report.md").read_text())
     print(f"report, results and plots in {run.dir}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from mixagent.config import load_config
+    from mixagent.study.compare import CompareConfig, run_compare
+    from mixagent.study.compare_report import make_compare_report
+
+    overrides = list(args.overrides)
+    for key, value in (("name", args.name), ("env", args.env), ("workers", args.workers),
+                       ("launcher", args.launcher), ("out", args.out)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.policies:
+        overrides.append("policies=[" + ",".join(f"'{p.strip()}'" for p in args.policies.split(",") if p.strip()) + "]")
+    for key, value in (("seeds", args.seeds), ("tune_seeds", args.tune_seeds)):
+        if value:
+            overrides.append(f"{key}=[{','.join(map(str, value))}]")
+    if args.env_set:
+        overrides.append("env_overrides=[" + ",".join(f"'{s}'" for s in args.env_set) + "]")
+    try:
+        cfg = load_config(CompareConfig, args.config, overrides)
+        run = run_compare(cfg)
+        make_compare_report(run)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((run.dir / "report.md").read_text())
+    print(f"table, report and plots in {run.dir}")
+    return 0
+
+
+def _ranks(dirs: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from mixagent.study.compare_report import rank_table
+
+    tables = []
+    for d in dirs:
+        path = Path(d) / "table.json"
+        if not path.is_file():
+            print(f"error: {path} not found: run `python -m mixagent.study compare` for it first", file=sys.stderr)
+            return 2
+        tables.append(json.loads(path.read_text()))
+    print(rank_table(tables))
     return 0
 
 

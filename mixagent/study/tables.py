@@ -15,7 +15,7 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
 from mixagent.study.rollouts import Rollout, rollout
 
-__all__ = ["summarize", "compare", "format_table", "METRICS"]
+__all__ = ["summarize", "roll_all", "format_table", "METRICS"]
 
 METRICS = ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "balanced_bpb")
 
@@ -31,7 +31,7 @@ def summarize(r: Rollout, space: DomainSpace, seed: int) -> dict:
             "weights": [[round(w, 6) for w in s["weights"].values()] for s in r.steps]}
 
 
-def compare(env: MixingEnv, policies: Mapping[str, MixingPolicy], seeds: list[int]) -> dict[str, list[dict]]:
+def roll_all(env: MixingEnv, policies: Mapping[str, MixingPolicy], seeds: list[int]) -> dict[str, list[dict]]:
     """Roll every policy out on every seed in this process, with one progress bar over all segments."""
     results: dict[str, list[dict]] = {}
     with tqdm(total=len(policies) * len(seeds) * env.horizon, desc="rollouts", unit="segment") as bar:

@@ -1,0 +1,466 @@
+"""The comparison (``python -m mixagent.study compare``): every mixing method rolled out the same way in one
+environment on held-out seeds, beside the oracles, with a report a researcher would publish.
+
+Stages (each resumable: every finished episode is one JSON file in a cache keyed by the env's spec hash and
+the policy's identity, so a rerun or another comparison on the same env reuses it):
+
+1. **Preparation on the tuning seeds** (never the evaluation seeds):
+   * a natural-weights run, DoReMi's reference model and Velocitune's scaling-law targets (a
+     :class:`~mixagent.policies.ReferenceCurve`; counted as one extra episode for each of them);
+   * RegMix's proxy runs: ``regmix_runs`` static mixtures from its Dirichlet prior, then its LightGBM fit
+     and the best predicted mixture (``regmix.json``: the mixture, the held-out Spearman);
+   * the target-only reference family for *target data efficiency*: target-only runs over
+     ``efficiency_steps`` budgets (the spec with fewer steps: its own LR schedule over the shorter run).
+2. **Every policy on every evaluation seed** (the env's own rollouts; baselines, methods and agent
+   artifacts alike).
+3. **Oracles**, labelled as such, from the env's headroom audit when one covers the evaluation seeds:
+   the hindsight-best static mixture and the hindsight-best schedule (best mean on the evaluation seeds).
+
+``mixagent.study.compare_report`` writes ``table.md``, ``table.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mixagent.config import to_dict
+from mixagent.domains import DomainSpace
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.rewards import Reference
+from mixagent.env.spec import EnvSpec, load_spec
+from mixagent.errors import ConfigError
+from mixagent.paths import REPO_ROOT, atomic_write_json
+from mixagent.policies.online import ReferenceCurve
+from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, PolicyContext, build_policy, method_problems
+from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
+from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+
+__all__ = ["CompareConfig", "CompareRun", "run_compare", "Episode", "policy_kind", "DEFAULT_POLICIES"]
+
+log = logging.getLogger(__name__)
+DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_switch", "end_upsample", "doremi",
+                    "odm", "ado", "velocitune", "aioli", "regmix")
+EPISODE_VERSION = 1
+
+
+def policy_kind(spec: str) -> str:
+    """The family of a policy spec, for tables: baseline, heuristic, online, fitted or agent."""
+    if spec in ("decay_switch", "end_upsample"):
+        return "heuristic"
+    if spec in ("doremi", "odm", "ado", "velocitune", "aioli"):
+        return "online"
+    if spec == "regmix":
+        return "fitted"
+    return "agent" if Path(spec).is_dir() else "baseline"
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """What the comparison runs.
+
+    Args:
+        name: the comparison's directory under ``out``.
+        env: an env spec file or id (``mixagent/math-cpt-v1``).
+        env_overrides: ``key=value`` spec overrides (a design variant).
+        policies: method specs (``mixagent.policies.registry``: ``uniform``, ``replay:0.5``, ``doremi``, ...)
+            or trained policy artifact directories (``runs/agent/default/rl``).
+        seeds: held-out evaluation seeds (>= 3 for a verdict; disjoint from collection's and the tuning seeds).
+        tune_seeds: seeds of the preparation runs (the reference run is the first's).
+        regmix_runs: RegMix's proxy runs (static mixtures, on the tuning seeds in turn).
+        efficiency_steps: budgets (in steps of the env) of the target-only family for data efficiency;
+            empty = no data-efficiency column.
+        oracles: add the audit's hindsight-best static mixture and schedule when an audit covers ``seeds``.
+        audit_root: where headroom audits live (``audits/``).
+        workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
+        out: output root (``runs/compare``); episodes are cached under ``<out>/cache/``.
+    """
+
+    name: str = "v1"
+    env: str = "envs/math-cpt.yaml"
+    env_overrides: tuple[str, ...] = ()
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    tune_seeds: tuple[int, ...] = (100,)
+    regmix_runs: int = 24
+    efficiency_steps: tuple[int, ...] = (2, 4, 6)
+    oracles: bool = True
+    audit_root: str = "audits"
+    workers: int = 0
+    launcher: str = "local"
+    out: str = "runs/compare"
+
+    def check(self) -> list[str]:
+        problems = []
+        if not self.name or "/" in self.name:
+            problems.append(f"name must be a plain directory name, got {self.name!r}")
+        if not self.policies:
+            problems.append("policies is empty: name at least one (e.g. uniform, doremi, runs/agent/default/rl)")
+        for p in self.policies:
+            if not Path(p).is_dir() and not (REPO_ROOT / p).is_dir():
+                problems += method_problems(p)
+        if len(set(self.policies)) != len(self.policies):
+            problems.append(f"policies repeat: {list(self.policies)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds must list distinct held-out seeds (3 or more for a verdict), got "
+                            f"{list(self.seeds)}")
+        if set(self.seeds) & set(self.tune_seeds):
+            problems.append(f"tune_seeds {sorted(set(self.seeds) & set(self.tune_seeds))} are also evaluation seeds: "
+                            f"reference and proxy runs must not see the evaluation seeds")
+        needs_tuning = any(p in (*NEEDS_REFERENCE, "regmix") for p in self.policies) or self.efficiency_steps
+        if needs_tuning and not self.tune_seeds:
+            problems.append("tune_seeds is empty but doremi, velocitune, regmix or the data-efficiency family need "
+                            "preparation runs")
+        if self.regmix_runs < 0 or self.workers < 0:
+            problems.append("regmix_runs and workers must be >= 0")
+        if self.launcher not in LAUNCHERS:
+            problems.append(f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        return problems
+
+
+# --- what workers run ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A worker trained one segment."""
+
+    key: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """A finished episode: ``record`` as stored (summary, per-step evaluations and scores)."""
+
+    key: str
+    seed: int
+    record: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyPoint:
+    """A target-only run of ``steps`` steps: its final target-field bits per byte."""
+
+    steps: int
+    seed: int
+    target_bpb: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setup:
+    spec_path: str
+    overrides: tuple[str, ...]
+    threads: int
+    context: dict  # natural shares, reference curve, regmix mixture (JSON)
+
+    def make_runner(self) -> _Runner:
+        return _Runner(self)
+
+
+class _Runner:
+    def __init__(self, setup: _Setup) -> None:
+        import torch
+
+        from mixagent.env.environment import MixingEnv
+
+        torch.set_num_threads(setup.threads)
+        self.setup = setup
+        self.env = MixingEnv(load_spec(setup.spec_path, [*setup.overrides, f"optim.threads={setup.threads}"]))
+        self.identity = {"spec_hash": self.env.spec_.spec_hash(), "base": getattr(self.env.backend, "base_id", "")}
+        c = setup.context
+        self.context = PolicyContext(self.env.natural.to_mapping(),
+                                     ReferenceCurve.from_json(c["reference"]) if c.get("reference") else None,
+                                     c.get("regmix"))
+
+    def run(self, kind: str, key: str, seed: int, arg: object = None) -> Iterator[Segment | Episode | FamilyPoint]:
+        if kind == "family":
+            yield FamilyPoint(int(arg), seed, self._target_only(int(arg), seed))  # type: ignore[arg-type]
+            return
+        from mixagent.policies.baselines import FixedPolicy
+        from mixagent.policies.registry import policy_from_spec
+        from mixagent.study.rollouts import iter_rollout
+
+        if kind == "fixed":
+            policy = FixedPolicy(dict(zip(self.env.space.names, arg)))  # type: ignore[arg-type]
+        elif key.split("@")[0] in METHODS:
+            policy = build_policy(key.split("@")[0], self.context)
+        else:
+            policy = policy_from_spec(str(arg) if arg else key, self.context.natural)
+        steps = iter_rollout(self.env, policy, seed)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                yield Episode(key, seed, _record(done.value, self.env.space, seed, self.env))
+                return
+            yield Segment(key)
+
+    def _target_only(self, steps: int, seed: int) -> float:
+        from mixagent.domains import replay_weights
+        from mixagent.env.backends import make_backend
+
+        spec = load_spec(self.setup.spec_path, [*self.setup.overrides, f"optim.threads={self.setup.threads}",
+                                                f"steps={steps}"])
+        backend = make_backend(spec, self.env.space)
+        backend.reset(episode_seed_of(seed))
+        w = replay_weights(self.env.space, backend.natural, 0.0)
+        for t in range(steps):
+            backend.train(w, t)
+        return float(backend.evaluate().field_bpb(self.env.space, "target"))
+
+
+def _record(r, space: DomainSpace, seed: int, env) -> dict:
+    from mixagent.study.tables import summarize
+
+    out = summarize(r, space, seed)
+    out["version"] = EPISODE_VERSION
+    out["evals"] = [s["eval"] for s in r.steps if "eval" in s]
+    out["scores"] = [s["balanced_score"] for s in r.steps if "balanced_score" in s]
+    out["target_tokens"] = float(sum(sum(w for n, w in s["weights"].items()
+                                         if space.domains[space.index(n)].field == "target") for s in r.steps))
+    return out
+
+
+# --- the driver ---------------------------------------------------------------------------------------
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _artifact_id(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.is_file():
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class CompareRun:
+    """A finished comparison: what :func:`mixagent.study.compare_report.make_compare_report` reads."""
+
+    cfg: CompareConfig
+    spec: EnvSpec
+    space: DomainSpace
+    natural: np.ndarray
+    reference: Reference | None
+    dir: Path
+    episodes: dict[str, list[dict]]  # label -> one record per evaluation seed
+    labels: dict[str, str]  # label -> policy spec
+    extra_episodes: dict[str, int]  # label -> preparation episodes it used beyond its own
+    regmix: dict | None
+    family: list[dict]  # target-only family: {"steps", "seed", "target_bpb"}
+    audit: dict  # the headroom audit's rows on the evaluation seeds (oracles, static front); may be empty
+    start: EvalResult | None = None
+
+
+class _Cache:
+    """Episodes on disk, one JSON file each, under the spec hash."""
+
+    def __init__(self, root: Path, spec: EnvSpec) -> None:
+        self.dir = root / "cache" / f"{spec.name}-v{spec.version}" / spec.spec_hash()
+
+    def path(self, key: str, seed: int) -> Path:
+        return self.dir / key.replace("/", "_").replace(":", "_") / f"{seed}.json"
+
+    def get(self, key: str, seed: int) -> dict | None:
+        p = self.path(key, seed)
+        try:
+            d = json.loads(p.read_text())
+            if d.get("version") == EPISODE_VERSION and d.get("seed") == seed and len(d.get("weights", [])) > 0:
+                return d
+        except (OSError, ValueError):
+            pass
+        if p.exists():
+            log.warning("stored episode %s is unreadable; running it again", p)
+        return None
+
+    def put(self, key: str, seed: int, record: dict) -> None:
+        p = self.path(key, seed)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p, record)
+
+
+def _launch(cfg: CompareConfig, spec_path: Path, context: dict, tasks: list[tuple], horizon: int, desc: str,
+            cache: _Cache, spec: EnvSpec, launcher: Launcher | None) -> Iterator[Episode | FamilyPoint]:
+    if not tasks:
+        return
+    own = launcher is None
+    cores = cpu_count()
+    if own:
+        if cfg.launcher == "inline":
+            launcher, threads = InlineLauncher(), cores
+        else:
+            n = cfg.workers or max(1, min(cores, len(tasks)))
+            launcher, threads = LAUNCHERS[cfg.launcher](n), max(1, cores // n)
+    else:
+        threads = spec.optim.threads
+    total = sum(horizon if t[0] != "family" else 1 for t in tasks)
+    try:
+        with tqdm(total=total, desc=desc, unit="segment") as bar:
+            for event in launcher.events(_Setup(str(spec_path), tuple(cfg.env_overrides), threads, context), tasks):
+                if isinstance(event, Ready):
+                    if event.identity.get("spec_hash") != spec.spec_hash():
+                        raise ConfigError("compare", [f"a worker built spec {event.identity.get('spec_hash')}, the "
+                                                      f"driver {spec.spec_hash()}: workers need the same data "
+                                                      f"and base checkpoint"])
+                elif isinstance(event, Segment):
+                    bar.update()
+                    bar.set_postfix_str(event.key[:24])
+                else:
+                    if isinstance(event, FamilyPoint):
+                        bar.update()
+                    yield event
+    finally:
+        if own:
+            launcher.close()
+
+
+def _curve(record: dict, space: DomainSpace, horizon: int, label: str) -> ReferenceCurve:
+    start = EvalResult.from_json(record["start"])
+    evals = [start] + [EvalResult.from_json(e) for e in record["evals"]]
+    names = space.names
+    loss = tuple(tuple(float(e.bpb[n] / start.bpb[n]) for n in names) for e in evals)
+    progress = tuple(t / horizon for t in range(len(evals)))
+    weights = tuple(float(x) for x in np.mean(record["weights"], axis=0))
+    return ReferenceCurve(tuple(names), progress, loss, weights, label)
+
+
+def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path | None = None) -> CompareRun:
+    """Run (or resume) the comparison; ``make_compare_report(run_compare(cfg))`` writes the report.
+
+    Raises:
+        ConfigError: bad config (every problem at once), evaluation seeds that collection used, workers that
+            built another spec.
+    """
+    from mixagent.env.environment import MixingEnv
+    from mixagent.policies.regmix import fit_regmix, min_runs, sample_mixtures
+
+    problems = cfg.check()
+    if problems:
+        raise ConfigError("compare", problems)
+    spec_path = resolve_env(cfg.env)
+    spec = load_spec(spec_path, cfg.env_overrides)
+    used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
+    if used:
+        raise ConfigError("compare", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
+                                      f"evaluation and tuning seeds must be held out"])
+    out_root = Path(root or REPO_ROOT / cfg.out)
+    out = out_root / cfg.name
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", {"config": to_dict(cfg), "env_id": spec.env_id,
+                                             "spec_hash": spec.spec_hash()})
+    cache = _Cache(out_root, spec)
+    env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
+    space, T = env.space, env.horizon
+    natural = env.natural.values.copy()
+    context: dict = {}
+    extra: dict[str, int] = {}
+
+    def run_tasks(tasks: list[tuple], desc: str) -> None:
+        for ev in _launch(cfg, spec_path, context, tasks, T, desc, cache, spec, launcher):
+            if isinstance(ev, Episode):
+                cache.put(ev.key, ev.seed, ev.record)
+
+    # 1. preparation on the tuning seeds
+    needs_ref = [p for p in cfg.policies if p in NEEDS_REFERENCE]
+    if needs_ref:
+        seed = cfg.tune_seeds[0]
+        if cache.get("natural", seed) is None:
+            run_tasks([("episode", "natural", seed, "natural")], "reference run (natural, tuning seed)")
+        curve = _curve(cache.get("natural", seed) or {}, space, T, f"natural, seed {seed}")
+        context["reference"] = curve.to_json()
+        extra.update({p: 1 for p in needs_ref})
+    regmix_info = None
+    if "regmix" in cfg.policies and cfg.regmix_runs < min_runs(space.k):
+        raise ConfigError("compare", [f"regmix_runs={cfg.regmix_runs}: RegMix needs at least {min_runs(space.k)} proxy "
+                                      f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
+    if "regmix" in cfg.policies:
+        mixtures = sample_mixtures(natural, cfg.regmix_runs, seed=0)
+        probes = [(f"fixed@{_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)
+                  for i, m in enumerate(mixtures)]
+        run_tasks([("fixed", key, seed, np.round(m, 6).tolist()) for key, seed, m in probes
+                   if cache.get(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
+        records = [cache.get(key, seed) for key, seed, _ in probes]
+        fit = fit_regmix(np.array([np.round(m, 6) for _, _, m in probes]),
+                         np.array([r["balanced"] if r else np.nan for r in records]), natural, seed=0)
+        best = fit.best_mixture(seed=0)
+        context["regmix"] = dict(zip(space.names, best.round(6).tolist()))
+        regmix_info = {"mixture": context["regmix"], "spearman_heldout": fit.spearman, "runs": fit.n_runs,
+                       "published_spearman": [0.975, 0.997], "tune_seeds": list(cfg.tune_seeds)}
+        atomic_write_json(out / "regmix.json", regmix_info)
+        extra["regmix"] = cfg.regmix_runs
+    family: list[dict] = []
+    fam_path = cache.dir / "target_only_family.json"
+    if cfg.efficiency_steps:
+        stored = json.loads(fam_path.read_text()) if fam_path.exists() else []
+        have = {(p["steps"], p["seed"]) for p in stored}
+        want = [(s, cfg.tune_seeds[0]) for s in sorted(set(cfg.efficiency_steps)) if s < T]
+        todo = [("family", f"target_only@{s}", seed, s) for s, seed in want if (s, seed) not in have]
+        for ev in _launch(cfg, spec_path, context, todo, T, "target-only family", cache, spec, launcher):
+            if isinstance(ev, FamilyPoint):
+                stored.append({"steps": ev.steps, "seed": ev.seed, "target_bpb": ev.target_bpb})
+                fam_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(fam_path, stored)
+        family = [p for p in stored if (p["steps"], p["seed"]) in set(want)]
+        full = cache.get("target_only", cfg.tune_seeds[0])
+        if full is None:
+            run_tasks([("episode", "target_only", cfg.tune_seeds[0], "target_only")], "target-only family (full run)")
+            full = cache.get("target_only", cfg.tune_seeds[0])
+        family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
+
+    # 2. every policy on every evaluation seed
+    labels: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for p in cfg.policies:
+        path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
+        if path.is_dir():
+            label, key = p.rstrip("/"), f"artifact@{_artifact_id(path)}"
+        elif p in NEEDS_REFERENCE:
+            label, key = p, f"{p}@{_digest(context['reference'])}"
+        elif p == "regmix":
+            label, key = p, f"regmix@{_digest(context['regmix'])}"
+        else:
+            label, key = p, p
+        labels[label], keys[label] = p, key
+    tasks = [("episode", keys[label], seed, str(REPO_ROOT / spec_) if (REPO_ROOT / spec_).is_dir() else spec_)
+             for label, spec_ in labels.items() for seed in cfg.seeds if cache.get(keys[label], seed) is None]
+    run_tasks(tasks, f"policies x {len(cfg.seeds)} seeds")
+    episodes = {label: [cache.get(keys[label], s) for s in cfg.seeds] for label in labels}
+    missing = [f"{label} seed {s}" for label, eps in episodes.items() for s, e in zip(cfg.seeds, eps) if e is None]
+    if missing:
+        raise ConfigError("compare", [f"episodes missing after the run: {', '.join(missing)}; rerun to resume"])
+
+    first = episodes[next(iter(episodes))][0]
+    return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
+                      _audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
+
+
+def _audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
+    """The env's headroom audit rows that cover the evaluation seeds: ``{"dir", "natural", "rows": {key:
+    [eval JSON per evaluation seed]}}``; empty (logged) when no audit of this spec covers them."""
+    where = REPO_ROOT / cfg.audit_root / f"{spec.name}-v{spec.version}" / spec.spec_hash()
+    if not (where / "results.jsonl").exists():
+        log.info("no headroom audit of %s under %s: the table has no oracle rows", spec.env_id, where)
+        return {}
+    by_key: dict[str, dict[int, dict]] = {}
+    for line in (where / "results.jsonl").read_text().splitlines():
+        if line.strip():
+            leaf = json.loads(line)
+            if leaf.get("trial") is None and leaf["seed"] in cfg.seeds:
+                by_key.setdefault(leaf["key"], {})[leaf["seed"]] = leaf["eval"]
+    rows = {k: [v[s] for s in cfg.seeds] for k, v in by_key.items() if set(v) >= set(cfg.seeds)}
+    if not rows:
+        log.info("the audit under %s does not cover seeds %s: no oracle rows", where, list(cfg.seeds))
+        return {}
+    head = json.loads((where / "start.json").read_text())
+    shown = where.relative_to(REPO_ROOT) if where.is_relative_to(REPO_ROOT) else where
+    return {"dir": str(shown), "natural": head["natural"], "rows": rows}

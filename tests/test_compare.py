@@ -1,0 +1,130 @@
+"""The comparison job on the tiny v1 spec: its table follows from the stored episodes, DoReMi reads the
+reference run of the tuning seed, the audit's rows become labelled oracles, a rerun runs nothing, the
+report and plots are written, and bad requests are typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.rewards import balanced_score
+from mixagent.errors import ConfigError
+from mixagent.paths import ENVS_DIR
+from mixagent.study import compare as compare_mod
+from mixagent.study.compare import CompareConfig, run_compare
+from mixagent.study.compare_report import make_compare_report, rank_table
+
+SPEC = ENVS_DIR / "tiny-cpt.yaml"
+
+
+def _cfg(root, **kw):
+    base = dict(name="tiny", env=str(SPEC), policies=("natural", "doremi", "decay_switch"), seeds=(0, 1, 2),
+                tune_seeds=(100,), regmix_runs=0, efficiency_steps=(2, 3), launcher="inline", out=str(root),
+                audit_root=str(root / "audits"))
+    return CompareConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    run = run_compare(_cfg(root))
+    # an audit of the same spec whose rows are this run's episodes: "natural" (static) and decay_switch's
+    # schedule, so the oracle rows must reproduce those policies' scores
+    audit = root / "audits" / "tiny-cpt-v1" / run.spec.spec_hash()
+    audit.mkdir(parents=True)
+    (audit / "start.json").write_text(json.dumps({"natural": run.natural.tolist(), "eval": run.start.to_json()}))
+    rhos = [float(np.round(np.asarray(w)[run.space.field_mask("source")].sum(), 4))
+            for w in run.episodes["decay_switch"][0]["weights"]]
+    schedule_key = "rho:" + ",".join(f"{r:.4f}" for r in rhos)
+    with (audit / "results.jsonl").open("w") as f:
+        for key, label in (("natural", "natural"), (schedule_key, "decay_switch")):
+            for ep in run.episodes[label]:
+                f.write(json.dumps({"seed": ep["seed"], "key": key, "eval": ep["final"], "items": {},
+                                    "seconds": 0.0, "trial": None}) + "\n")
+    run = run_compare(_cfg(root))
+    table = make_compare_report(run)
+    return root, run, table, schedule_key
+
+
+def test_table_follows_from_the_stored_episodes(compared):
+    _, run, table, _ = compared
+    rows = {r["policy"]: r for r in table["rows"]}
+    spec = run.spec
+    for label in ("natural", "doremi", "decay_switch"):
+        eps = run.episodes[label]
+        recomputed = [balanced_score(spec.reward.name, spec.reward.lam, EvalResult.from_json(e["start"]),
+                                     EvalResult.from_json(e["final"]), run.space, run.reference) for e in eps]
+        assert rows[label]["scores"] == pytest.approx(recomputed, abs=1e-9)
+        assert rows[label]["mean"] == pytest.approx(np.mean(recomputed))
+        assert rows[label]["std"] == pytest.approx(np.std(recomputed, ddof=1))
+        assert len(eps[0]["weights"]) == spec.steps and len(eps[0]["evals"]) == spec.steps
+    pooled = np.sqrt(np.mean([rows[n]["std"] ** 2 for n in ("natural", "doremi", "decay_switch")]))
+    assert table["pooled_seed_std"] == pytest.approx(pooled)
+    best = max(("natural", "doremi", "decay_switch"), key=lambda n: rows[n]["mean"])
+    assert rows[best]["rank"] == 1 and rows[best]["gap_to_best"] == 0
+    # decay_switch: 0.5 replay until the LR decays (the last of 4 steps on the tiny spec), then 0.25
+    sw = np.asarray(run.episodes["decay_switch"][0]["weights"])[:, run.space.field_mask("source")].sum(axis=1)
+    assert sw == pytest.approx([0.5, 0.5, 0.5, 0.25], abs=1e-5)
+
+
+def test_doremi_reads_the_tuning_seeds_reference_run(compared):
+    root, run, table, _ = compared
+    assert run.extra_episodes == {"doremi": 1}
+    ref = json.loads(next((root / "cache").glob("*/*/natural/100.json")).read_text())
+    assert ref["seed"] == 100 and len(ref["evals"]) == run.spec.steps  # the natural run on the tuning seed
+    start = EvalResult.from_json(run.episodes["doremi"][0]["start"])
+    assert run.episodes["doremi"][0]["weights"][0] == pytest.approx([1 / run.space.k] * run.space.k, abs=1e-6)
+    assert start.bpb == EvalResult.from_json(ref["start"]).bpb  # one base model, one start
+
+
+def test_oracles_come_from_the_audit_and_are_labelled(compared):
+    _, _, table, schedule_key = compared
+    rows = {r["policy"]: r for r in table["rows"]}
+    static, schedule = rows["oracle: best static (hindsight)"], rows["oracle: best schedule (hindsight)"]
+    assert static["kind"] == schedule["kind"] == "oracle" and "rank" not in static
+    assert static["audit_row"] == "natural" and static["scores"] == pytest.approx(rows["natural"]["scores"])
+    assert schedule["audit_row"] == schedule_key
+    assert schedule["scores"] == pytest.approx(rows["decay_switch"]["scores"])
+
+
+def test_data_efficiency_and_report_files(compared):
+    _, run, table, _ = compared
+    assert sorted(p["steps"] for p in table["target_only_family"]) == [2, 3, 4]
+    fit = table["efficiency_fit"]
+    assert fit is not None and fit["A"] > 0 and fit["B"] > 0
+    natural = next(r for r in table["rows"] if r["policy"] == "natural")
+    a, b, c = fit["A"], fit["B"], fit["C"]
+    if natural["target_bpb"] > c:  # tokens target-only needs for natural's target loss / tokens natural used
+        need = (a / (natural["target_bpb"] - c)) ** (1 / b)
+        assert natural["efficiency"] == pytest.approx(need / natural["target_tokens"])
+    for f in ("table.md", "table.json", "report.md", "mixtures.png", "dynamics.png", "front.png", "efficiency.png"):
+        assert (run.dir / f).stat().st_size > 0
+    assert "oracle: best schedule (hindsight)" in (run.dir / "table.md").read_text()
+    assert "| natural |" in rank_table([table, table])
+
+
+def test_rerun_runs_nothing(compared, monkeypatch):
+    root, _, _, _ = compared
+
+    def no_work(cfg, spec_path, context, tasks, *args, **kw):
+        assert not tasks, f"a finished comparison reran {tasks}"
+        return iter(())
+
+    monkeypatch.setattr(compare_mod, "_launch", no_work)
+    run = run_compare(_cfg(root))
+    assert set(run.episodes) == {"natural", "doremi", "decay_switch"}
+
+
+def test_bad_requests_are_typed_errors(compared, tmp_path):
+    root, _, _, _ = compared
+    with pytest.raises(ConfigError, match="did you mean 'doremi'"):
+        run_compare(_cfg(tmp_path, policies=("doremy",)))
+    with pytest.raises(ConfigError, match="also evaluation seeds"):
+        run_compare(_cfg(tmp_path, tune_seeds=(0,)))
+    with pytest.raises(ConfigError, match="needs at least 10 proxy runs"):
+        run_compare(_cfg(root, policies=("natural", "regmix"), regmix_runs=3))
+    with pytest.raises(ConfigError, match="'replay:7' needs a rho"):
+        run_compare(_cfg(tmp_path, policies=("replay:7",)))
