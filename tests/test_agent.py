@@ -339,6 +339,15 @@ def test_unknown_d3rlpy_key_and_seen_seeds_are_refused_before_writing(tiny_run, 
     assert not cfg.run_dir.exists()
 
 
+def test_eval_baselines_take_methods_that_need_no_preparation(tiny_run, tmp_path):
+    cfg = agent_config(tmp_path, tiny_run, "eval.baselines=[uniform, odm, decay_switch]")
+    assert list(cfg.eval.baselines) == ["uniform", "odm", "decay_switch"]
+    with pytest.raises(ConfigError, match="'doremi' needs preparation runs.*mixagent.study compare"):
+        agent_config(tmp_path, tiny_run, "eval.baselines=[uniform, doremi]")
+    with pytest.raises(ConfigError, match="did you mean 'odm'"):
+        agent_config(tmp_path, tiny_run, "eval.baselines=[odn]")
+
+
 def test_cli_reports_config_errors(capsys):
     from mixagent.train_agent import main
 

@@ -9,13 +9,24 @@ from typing import Any
 from mixagent.env.rewards import REWARDS
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
-from mixagent.policies.baselines import BASELINE_SPECS, baseline_problems
+from mixagent.policies.baselines import BASELINE_SPECS
 
 __all__ = ["AgentConfig", "SFTConfig", "RLConfig", "FQEConfig", "OnlineEvalConfig", "WandbConfig", "RL_ALGOS",
            "BASELINES"]
 
 RL_ALGOS = ("cql", "iql", "td3_plus_bc")
 BASELINES = BASELINE_SPECS  # baselines of the online comparison (``replay:<rho>`` takes any rho in [0, 1])
+
+
+def _eval_baseline_problems(spec: str) -> list[str]:
+    from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, method_problems
+
+    if spec in METHODS:
+        if spec in (*NEEDS_REFERENCE, "regmix"):
+            return [f"{spec!r} needs preparation runs (a reference run or proxy runs): compare the agent with it "
+                    f"through `python -m mixagent.study compare --policies {spec},runs/agent/<name>/rl`"]
+        return []
+    return method_problems(spec)
 
 
 def _hidden_problems(hidden: list[int]) -> list[str]:
@@ -118,7 +129,10 @@ class OnlineEvalConfig:
         env_overrides: ``key=value`` overrides of the runs' recorded env spec for evaluation only, e.g.
             ``[eval.source.split=test, eval.target.split=test]`` scores every policy on held-out
             benchmark items that collection never saw.
-        baselines: ``uniform``, ``natural``, ``target_only`` and ``replay:<rho>`` entries.
+        baselines: ``uniform``, ``natural``, ``target_only`` and ``replay:<rho>`` entries, and the registered
+            methods that need nothing but the natural shares (``decay_switch``, ``end_upsample``, ``odm``,
+            ``ado``, ``aioli``); DoReMi, Velocitune and RegMix need preparation runs: compare against them
+            with ``python -m mixagent.study compare``.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
         cache: directory where baseline episodes are cached by env spec hash (they do not depend on the
@@ -143,7 +157,7 @@ class OnlineEvalConfig:
             problems.append(f"launcher must be 'local' or 'inline', got {self.launcher!r}")
         if self.workers < 0:
             problems.append("workers must be >= 0 (0 = one per core)")
-        problems += [f"baselines: {p}" for b in self.baselines for p in baseline_problems(b)]
+        problems += [f"baselines: {p}" for b in self.baselines for p in _eval_baseline_problems(b)]
         return problems
 
 

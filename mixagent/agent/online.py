@@ -37,7 +37,8 @@ __all__ = ["PolicyRef", "EvalSetup", "EvalRunner", "evaluate_online", "baseline_
 @dataclasses.dataclass(frozen=True)
 class PolicyRef:
     """A policy a worker can build: a baseline name (``uniform``, ``natural``, ``target_only``,
-    ``replay:<rho>``) or a policy artifact directory."""
+    ``replay:<rho>``), a registered method that needs only the natural shares (``decay_switch``, ``odm``,
+    ...) or a policy artifact directory."""
 
     label: str
     baseline: str = ""
@@ -49,6 +50,10 @@ class PolicyRef:
 
 def baseline_label(name: str) -> str:
     """The table label of baseline spec ``name`` (``replay:0.5`` -> ``replay rho=0.5``)."""
+    from mixagent.policies.registry import METHODS
+
+    if name in METHODS:
+        return name
     spec = parse_baseline(name)
     if spec is None:
         raise ConfigError("baselines", baseline_problems(name))

@@ -45,7 +45,9 @@ from mixagent.agent.dataset import (
 from mixagent.agent.online import PolicyRef, baseline_label, check_held_out, evaluate_online
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env.environment import MixingEnv
+from mixagent.env.evaluation import EvalResult
 from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.rewards import balanced_score, needs_reference
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_bytes, atomic_write_json
@@ -357,7 +359,11 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
     results = evaluate_online(spec, spec_hash, refs, list(cfg.eval.seeds), run_dir / "online", cache, tset.horizon,
                               cfg.eval.launcher, cfg.eval.workers, env_factory, progress,
                               tset.reference.to_json() if same_spec else None)
-    table, rows = format_table(results, tset.space, lam)
+    first = next(iter(results.values()))[0]["start"]
+    start = EvalResult.from_json(first)
+    b0 = balanced_score(reward, lam, start, start, tset.space, tset.reference) if same_spec or not \
+        needs_reference(reward) else 0.0
+    table, rows = format_table(results, tset.space, lam, start_score=b0)
     atomic_write_bytes(run_dir / "table.md", (table + "\n").encode())
     atomic_write_json(run_dir / "table.json", {"env": tset.env["id"], "spec_hash": spec_hash,
                                           "env_overrides": list(cfg.eval.env_overrides),

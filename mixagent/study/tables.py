@@ -50,8 +50,11 @@ def bpb_balanced(summary: dict, space: DomainSpace, lam: float) -> float:
     return lam * (b0t - summary["target_bpb"]) / b0t + (1 - lam) * (b0s - summary["source_bpb"]) / b0s
 
 
-def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: float = 0.5) -> tuple[str, list[dict]]:
-    """A markdown table and its rows (mean, standard deviation and per-seed values of each metric)."""
+def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: float = 0.5,
+                 start_score: float = 0.0) -> tuple[str, list[dict]]:
+    """A markdown table and its rows (mean, sample standard deviation (ddof 1, as the audit and the
+    comparison) and per-seed values of each metric). ``start_score``: the reward's balanced score of the
+    base model (0 for relative rewards; ``B_0`` for normalised ones), shown on the start row."""
     rows = []
     for name, runs in results.items():
         runs = [{**r, "balanced_bpb": bpb_balanced(r, space, lam)} for r in runs]
@@ -60,7 +63,8 @@ def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: flo
         label = f"{name} ({diverged} of {len(runs)} diverged)" if diverged else name
         row: dict = {"policy": label, "seeds": [r["seed"] for r in runs], "diverged": diverged, "per_seed": per_seed}
         for key, values in per_seed.items():
-            row[key], row[key + "_std"] = float(np.mean(values)), float(np.std(values))
+            row[key] = float(np.mean(values))
+            row[key + "_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)
 
     def cell(row: dict, key: str, fmt: str) -> str:
@@ -72,7 +76,8 @@ def format_table(results: Mapping[str, list[dict]], space: DomainSpace, lam: flo
     if len(starts) == 1:  # one start state (the base model) for every episode: show it once
         start = EvalResult.from_json(next(iter(results.values()))[0]["start"])
         lines.append(f"| (base model, start) | {start.scores['source']:.4f} | {start.scores['target']:.4f} | "
-                     f"{start.field_bpb(space, 'source'):.4f} | {start.field_bpb(space, 'target'):.4f} | 0 | 0 |")
+                     f"{start.field_bpb(space, 'source'):.4f} | {start.field_bpb(space, 'target'):.4f} | "
+                     f"{start_score:+.4f} | 0 |")
     lines += [f"| {r['policy']} | {cell(r, 'source_score', '.4f')} | {cell(r, 'target_score', '.4f')} | "
               f"{cell(r, 'source_bpb', '.4f')} | {cell(r, 'target_bpb', '.4f')} | {cell(r, 'balanced', '+.4f')} | "
               f"{cell(r, 'balanced_bpb', '+.4f')} |"
