@@ -72,7 +72,7 @@ def test_demo_table_reports_mean_and_spread(tiny_spec_path):
 def test_one_baseline_parser_serves_policies_config_and_labels():
     from mixagent.agent.config import OnlineEvalConfig
     from mixagent.agent.online import baseline_label
-    from mixagent.policies import BaselineSpec, baseline_problems, parse_baseline
+    from mixagent.policies import BaselineSpec, baseline_problems, method_problems, parse_baseline
 
     assert parse_baseline("replay:0.25") == BaselineSpec("replay", 0.25)
     assert parse_baseline("target_only") == BaselineSpec("target_only")
@@ -81,7 +81,7 @@ def test_one_baseline_parser_serves_policies_config_and_labels():
     for bad in ("replay:1.5", "replay", "unifrom", "uniform:2"):
         assert baseline_problems(bad)
         config_problems = OnlineEvalConfig(baselines=[bad]).check()
-        assert config_problems == [f"baselines: {p}" for p in baseline_problems(bad)]
+        assert config_problems == [f"baselines: {p}" for p in method_problems(bad)]  # the registry's parser
     assert "did you mean 'uniform'" in baseline_problems("unifrom")[0]
     with pytest.raises(ConfigError, match="replay needs a share in \\[0, 1\\]"):
         parse_baseline("replay:abc")
