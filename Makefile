@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent
+.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent compare
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ collect-trajectories: data
 # the agent on the committed v1 dataset: BC, CQL, FQE, online table on the audit's seeds; resumes
 train-agent: data
 	$(PY) -m mixagent.train_agent --config configs/agent/default.yaml --resume
+
+# every method (baselines, heuristics, DoReMi, ODM, ADO, Velocitune, Aioli, RegMix) on v1's held-out seeds,
+# with the audit's oracles (about 40 min on 2 cores; resumable): runs/compare/v1/{table.md,report.md,*.png}
+compare: data
+	$(PY) -m mixagent.study compare --config configs/compare/v1.yaml
 
 collect-tiny: data
 	$(PY) -m mixagent.trajectories collect --config configs/collect/tiny.yaml --resume

@@ -9,10 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from mixagent.domains import Domain, DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score
 from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
+from mixagent.policies.artifact import ArtifactMismatchError, random_artifact
 from mixagent.study import compare as compare_mod
 from mixagent.study.compare import CompareConfig, run_compare
 from mixagent.study.compare_report import make_compare_report, rank_table
@@ -128,3 +130,8 @@ def test_bad_requests_are_typed_errors(compared, tmp_path):
         run_compare(_cfg(root, policies=("natural", "regmix"), regmix_runs=3))
     with pytest.raises(ConfigError, match="'replay:7' needs a rho"):
         run_compare(_cfg(tmp_path, policies=("replay:7",)))
+    other = DomainSpace("other", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
+    art = random_artifact(tmp_path / "other-space", other)
+    with pytest.raises(ArtifactMismatchError, match="domain space"):
+        run_compare(_cfg(tmp_path, policies=("natural", str(art))))
+    assert not list((tmp_path / "cache").glob("*/*/*/*.json"))  # refused before any episode

@@ -361,6 +361,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     cache = _Cache(out_root, spec)
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
     space, T = env.space, env.horizon
+    _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
     context: dict = {}
     extra: dict[str, int] = {}
@@ -417,7 +418,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
             full = cache.get("target_only", cfg.tune_seeds[0])
         family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
 
-    # 2. every policy on every evaluation seed
+    # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
     labels: dict[str, str] = {}
     keys: dict[str, str] = {}
     for p in cfg.policies:
@@ -442,6 +443,20 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     first = episodes[next(iter(episodes))][0]
     return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
                       _audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
+
+
+def _check_artifacts(cfg: CompareConfig, env) -> None:
+    """Load every artifact policy, start it in the env's space and feed it one observation of the env's
+    size, so one trained for another space or observation fails here, before any episode
+    (``ArtifactMismatchError`` names both domain lists)."""
+    from mixagent.policies.artifact import load_policy
+
+    for p in cfg.policies:
+        path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
+        if path.is_dir():
+            policy = load_policy(path)
+            policy.reset(env.space)
+            policy.act(np.zeros(env.observation_space.shape, dtype=np.float32))  # the observation's size
 
 
 def _audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
