@@ -128,6 +128,10 @@ def test_bad_requests_are_typed_errors(compared, tmp_path):
         run_compare(_cfg(tmp_path, tune_seeds=(0,)))
     with pytest.raises(ConfigError, match="needs at least 10 proxy runs"):
         run_compare(_cfg(root, policies=("natural", "regmix"), regmix_runs=3))
+    with pytest.raises(ConfigError, match="budgets of the target-only family must be in 1..3"):
+        run_compare(_cfg(tmp_path, efficiency_steps=(2, 4)))
+    with pytest.raises(ConfigError, match="needs at least 2 budgets"):
+        run_compare(_cfg(tmp_path, efficiency_steps=(2,)))
     with pytest.raises(ConfigError, match="'replay:7' needs a rho"):
         run_compare(_cfg(tmp_path, policies=("replay:7",)))
     other = DomainSpace("other", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])

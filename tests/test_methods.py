@@ -53,20 +53,26 @@ def ref2() -> ReferenceCurve:
 
 
 def test_doremi_update_matches_hand_computation():
-    p = DoReMiPolicy(ref2())
+    p = DoReMiPolicy(ref2(), eta=0.5)
     p.reset(two())
     assert p.act(obs([0.5, 0.5], [1, 1], 0.0)).values == pytest.approx([0.5, 0.5])  # uniform start
-    # reference at progress 0.5: (0.9, 0.95); losses (1.1, 0.9) -> excess (0.2, 0)
-    # softmax(log .5 + .2, log .5) = (e^.2, 1) / (e^.2 + 1) = (0.549834, 0.450166); then .999 a + .001 / 2
+    # progress 0.5: reference (0.9, 0.95), losses (1.1, 0.9) -> excess (0.2, 0);
+    # alpha = softmax(log .5 + .5 * (.2, 0)) = (e^.1, 1) / (e^.1 + 1), then .999 alpha + .001 / 2
     w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values
-    assert w == pytest.approx([0.5497841633, 0.4502158367], abs=1e-7)
+    assert w == pytest.approx([0.5249542083, 0.4750457917], abs=1e-8)
+    # progress 1: reference (0.8, 0.9), losses (0.8, 1.0) -> excess (0, 0.1); alpha carried from the last step:
+    # alpha ~ alpha_1 * (1, e^.05), smoothed again
+    w = p.act(obs([0.5, 0.5], [0.8, 1.0], 1.0)).values
+    assert w == pytest.approx([0.5124598981, 0.4875401019], abs=1e-8)
 
 
 def test_doremi_average_variant_and_needs_a_reference():
     p = DoReMiPolicy(ref2(), average=True)
     p.reset(two())
     p.act(obs([0.5, 0.5], [1, 1], 0.0))
-    w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values  # mean of the start (.5, .5) and the update above
+    # eta 1: excess (0.2, 0) gives (e^.2, 1) / (e^.2 + 1) = (0.549834, 0.450166), smoothed (0.549784, 0.450216);
+    # the variant drives with the mean of the start (.5, .5) and that
+    w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values
     assert w == pytest.approx([(0.5 + 0.5497841633) / 2, (0.5 + 0.4502158367) / 2], abs=1e-7)
     with pytest.raises(ConfigError, match="needs a reference run"):
         DoReMiPolicy(None)
@@ -93,6 +99,27 @@ def test_odm_exp3_update_matches_hand_computation():
     assert w == pytest.approx([0.25007137, 0.24992646, 0.25021847, 0.24978370], abs=1e-8)
 
 
+def test_odm_counts_batches_so_short_runs_can_move():
+    ten = DomainSpace("ten", [Domain(f"s{i}", "source", ["wiki"]) for i in range(5)]
+                      + [Domain(f"t{i}", "target", ["math"]) for i in range(5)])
+    loss = np.linspace(0.6, 1.0, 10)
+    per_step = ODMPolicy()
+    per_step.reset(ten)
+    batched = ODMPolicy(batches_per_step=64)
+    batched.reset(ten)
+    for t in range(8):
+        a = per_step.act(obs([0.1] * 10, loss if t else [1] * 10, t / 8)).values
+        b = batched.act(obs([0.1] * 10, loss if t else [1] * 10, t / 8)).values
+    assert a == pytest.approx([0.1] * 10, abs=1e-12)  # eps_t = 1/K until t > K ln K = 23: uniform
+    # B = 64: after 7 updates, t = 448 and R = 448 L / 10 (warm-up 1 step: the first update is uniform)
+    t = 7 * 64
+    prev, now = math.sqrt(math.log(10) / (10 * (t - 1))), math.sqrt(math.log(10) / (10 * t))
+    e = np.exp(prev * t * loss / 10)
+    w = e * (1 - 10 * now) / e.sum() + now
+    assert b == pytest.approx(w / w.sum(), abs=1e-9)
+    assert b[-1] > b[0] + 0.02  # the highest-loss domain gains
+
+
 def test_fit_power_law_recovers_a_known_law():
     n = np.array([0.05, 0.1, 0.2, 0.4, 0.8])
     e, a, alpha = fit_power_law(n, 0.4 + 0.2 * n ** -0.5)
@@ -102,20 +129,24 @@ def test_fit_power_law_recovers_a_known_law():
 
 
 def test_ado_update_matches_hand_computation():
-    p = ADOPolicy(HALF)
+    mu = {"wiki": 0.7, "math": 0.3}
+    p = ADOPolicy(mu)
     p.reset(two())
-    assert p.act(obs([0.5, 0.5], [1, 1], 0.0)).values == pytest.approx([0.5, 0.5])
+    assert p.act(obs([0.7, 0.3], [1, 1], 0.0)).values == pytest.approx([0.7, 0.3])
 
     def law(n):  # wiki: 0.4 + 0.2 n^-0.5, math: 0.6 + 0.1 n^-0.3 (n in budgets)
-        return [0.4 + 0.2 * n ** -0.5, 0.6 + 0.1 * n ** -0.3]
+        return [0.4 + 0.2 * n[0] ** -0.5, 0.6 + 0.1 * n[1] ** -0.3]
 
-    for t in (1, 2):  # fewer than 3 points: the natural shares
-        assert p.act(obs([0.5, 0.5], law(0.125 * t), 0.25 * t)).values == pytest.approx([0.5, 0.5])
-    w = p.act(obs([0.5, 0.5], law(0.375), 0.75)).values
-    # n = 0.375 each; speed = alpha (L - e^e) / n: 0.5 * 0.2 * .375^-.5 / .375 and 0.3 * 0.1 * .375^-.3 / .375;
-    # score = speed * mu * sqrt(h (1 - h)) with mu = h = .5; rho = score / sum = (0.802206, 0.197794);
-    # pi = 0.9 * mean(rho so far) + 0.1 * rho = rho (the first)
-    assert w == pytest.approx([0.80220589, 0.19779411], abs=2e-3)
+    for progress in (0.25, 0.5):  # fewer than 3 points per domain: the natural shares
+        n = [0.7 * progress, 0.3 * progress]  # trained on mu, so h stays mu
+        assert p.act(obs([0.7, 0.3], law(n), progress)).values == pytest.approx([0.7, 0.3])
+    # progress 0.75: n = (.525, .225); speed_k = alpha_k (L_k - e^e_k) / n_k = alpha A n^-alpha / n;
+    # score = speed * mu * sqrt(h (1 - h)) with h = mu; rho = score / sum = (0.746239, 0.253761); pi = rho
+    w = p.act(obs([0.7, 0.3], law([0.525, 0.225]), 0.75)).values
+    assert w == pytest.approx([0.7462393, 0.2537607], abs=2e-3)
+    # progress 1: rho_2 = (0.735190, 0.264810); pi = 0.9 * mean(rho_1, rho_2) + 0.1 * rho_2
+    w = p.act(obs([0.7, 0.3], law([0.7, 0.3]), 1.0)).values
+    assert w == pytest.approx([0.7401624, 0.2598376], abs=2e-3)
 
 
 def test_velocitune_update_matches_hand_computation():
@@ -123,10 +154,25 @@ def test_velocitune_update_matches_hand_computation():
     p.reset(two())
     assert p.target == pytest.approx([0.8, 0.9])
     p.act(obs([0.5, 0.5], [1, 1], 0.0))
-    # V = ((0.9 - 0.8) / 0.2, (0.95 - 0.9) / 0.1) = (0.5, 0.5): no change
-    assert p.act(obs([0.5, 0.5], [0.9, 0.95], 0.5)).values == pytest.approx([0.5, 0.5])
     # V = ((0.85 - 0.8) / 0.2, (0.95 - 0.9) / 0.1) = (0.25, 0.5): w = (e^.25, e^.5) / sum
     assert p.act(obs([0.5, 0.5], [0.85, 0.95], 0.75)).values == pytest.approx([0.4378235, 0.5621765], abs=1e-7)
+
+
+def test_velocitune_targets_from_a_scaling_law_fit():
+    # a reference run on (0.5, 0.5) whose losses follow L_k(D) = E + B D^-beta in the tokens D = 0.5 * progress:
+    # wiki (0.5, 0.1, 0.5), math (0.6, 0.05, 0.8)
+    laws = [(0.5, 0.1, 0.5), (0.6, 0.05, 0.8)]
+    progress = (0.0, 0.25, 0.5, 0.75, 1.0)
+    loss = ((1.0, 1.0),) + tuple(tuple(e + b * (0.5 * x) ** -beta for e, b, beta in laws) for x in progress[1:])
+    ref = ReferenceCurve(("wiki", "math"), progress, loss, (0.5, 0.5))
+    p = VelocitunePolicy({"wiki": 0.6, "math": 0.4}, ref)
+    p.reset(two())
+    # targets at the natural shares of the whole budget: 0.5 + 0.1 * 0.6^-0.5, 0.6 + 0.05 * 0.4^-0.8
+    assert p.target == pytest.approx([0.6290994, 0.7040692], abs=1e-4)
+    p.act(obs([0.6, 0.4], [1, 1], 0.0))
+    # V = (L - L*) / (1 - L*); w <- w * exp(V), normalised, carried from step to step
+    assert p.act(obs([0.6, 0.4], [0.9, 0.9], 0.5)).values == pytest.approx([0.6162752, 0.3837248], abs=1e-4)
+    assert p.act(obs([0.6, 0.4], [0.8, 0.85], 1.0)).values == pytest.approx([0.6085961, 0.3914039], abs=1e-4)
 
 
 def test_aioli_update_matches_hand_computation():

@@ -44,6 +44,9 @@ class _TwoRho:
     def act(self, observation: np.ndarray) -> DomainWeights:
         if not hasattr(self, "_mixtures"):
             raise UsageError(f"{type(self).__name__}: call reset(space) before act()")
+        if np.shape(observation) not in ((3 * self.k + 5,), (3 * self.k + 6,)):
+            raise UsageError(f"observation of shape {np.shape(observation)} for a {self.k}-domain space: expected "
+                             f"({3 * self.k + 5},) or ({3 * self.k + 6},) (mixagent.env.observation)")
         self._switched = self._switched or self.switched(np.asarray(observation, dtype=np.float64))
         return self._mixtures[self.second if self._switched else self.first]
 
@@ -90,7 +93,7 @@ class DecaySwitchPolicy(_TwoRho):
         if self.switch is None:
             raise UsageError("decay_switch: the observation has no learning rate (an env without observe_lr); give "
                              "switch=<progress of the decay start>")
-        return float(observation[3 * self.k + 4]) >= self.switch - 1e-9
+        return float(observation[3 * self.k + 4]) >= self.switch - 1e-6  # float32 observation
 
 
 class EndUpsamplePolicy(_TwoRho):
@@ -125,5 +128,6 @@ class EndUpsamplePolicy(_TwoRho):
             return False
         if self._horizon is None:  # the first step after the start is at progress 1/T
             self._horizon = max(1, round(1.0 / progress))
-        upsampled = max(1, int(self.last * self._horizon + 1e-9))
-        return progress >= 1.0 - upsampled / self._horizon - 1e-9
+        upsampled = max(1, int(self.last * self._horizon + 1e-6))
+        step = round(progress * self._horizon)  # an index: the observation is float32
+        return step >= self._horizon - upsampled

@@ -10,8 +10,9 @@ here they update once per re-weighting step from what the observation gives ever
 * progress ``t / T`` (``obs[3K+4]``), so tokens seen are counted in units of the run's budget.
 
 Each class docstring gives the source, the update rule as implemented and what was adapted. Every method
-starts (progress 0) from its published initial mixture. A non-finite observation (a diverged proxy) keeps
-the last weights and logs it (``fallbacks`` counts them).
+starts (progress 0) from its published initial mixture. A non-finite observation keeps the last weights and
+logs it (``fallbacks`` counts them); the env's observation builder already maps NaN to 0 and clips, so
+this guards callers that build observations themselves (deployment, tests).
 
 ===============  ================================================  ============================================
 name             method                                            needs
@@ -235,28 +236,32 @@ class ODMPolicy(_OnlineMethod):
     """Online Data Mixing: an EXP3 bandit over domains (Albalak et al., *Efficient Online Data Mixing For
     Language Model Pre-Training*, arXiv 2312.02406; alon-albalak/online-data-mixing).
 
-    Update at step ``t >= 1`` (the ``t``-th observation of losses): reward ``r_k = L_k / 10``;
-    ``R_k <- R_k + r_k`` (or ``R <- 0.9 R + 0.1 r`` with ``moving_average``);
-    ``eps_t = min(1/K, sqrt(ln K / (K t)))`` (``eps_0 = 1/K``);
+    Update at each re-weighting step, which stands for ``B = batches_per_step`` of ODM's per-batch updates:
+    reward ``r_k = L_k / 10``; ``R_k <- R_k + B r_k`` (or, with ``moving_average``, ``B`` steps of
+    ``R <- 0.9 R + 0.1 r``); ``t <- t + B``; ``eps_t = min(1/K, sqrt(ln K / (K t)))`` (``eps_0 = 1/K``);
     ``w_k = exp(eps_{t-1} R_k) (1 - K eps_t) / sum_j exp(eps_{t-1} R_j) + eps_t``; ``pi = w / sum w``.
-    The first ``warmup`` updates accumulate rewards but keep the uniform start.
+    The first ``warmup`` re-weighting steps accumulate rewards but keep the uniform start.
 
     Adaptation: ODM draws one domain per batch and credits it ``r / pi_k`` (importance weighting). Here every
-    domain's held-out loss is observed at every step, so each domain is credited its own reward -- the
-    expectation of the importance-weighted estimate (full-information EXP3, i.e. Hedge). ``L`` is the
-    relative held-out loss ``b_t / b_0``.
+    domain's held-out loss is observed at every step, so each domain is credited its own reward for each of
+    the ``B`` batches -- the expectation of the importance-weighted estimate (full-information EXP3, i.e.
+    Hedge). ``L`` is the relative held-out loss ``b_t / b_0``. With ``B = 1`` (one update per re-weighting
+    step) the exploration floor ``eps_t`` stays at ``1/K`` until ``t > K ln K`` and ODM *is* uniform for the
+    whole of a short run (23 steps at K = 10); the comparison passes the env's optimizer steps per segment.
 
     Args:
-        warmup: updates that keep uniform weights (rewards still accumulate).
+        warmup: re-weighting steps that keep uniform weights (rewards still accumulate).
         moving_average: use the 0.9 moving average of rewards instead of their sum.
+        batches_per_step: optimizer batches one re-weighting step stands for (``B`` above).
     """
 
     name = "odm"
 
-    def __init__(self, warmup: int = 1, moving_average: bool = False) -> None:
-        if warmup < 0:
-            raise ConfigError("odm", [f"warmup must be >= 0, got {warmup}"])
-        self.warmup, self.moving_average = int(warmup), moving_average
+    def __init__(self, warmup: int = 1, moving_average: bool = False, batches_per_step: int = 1) -> None:
+        if warmup < 0 or batches_per_step < 1:
+            raise ConfigError("odm", [f"warmup must be >= 0 and batches_per_step >= 1, got {warmup}, "
+                                      f"{batches_per_step}"])
+        self.warmup, self.moving_average, self.batches = int(warmup), moving_average, int(batches_per_step)
 
     @staticmethod
     def epsilon(k: int, t: int) -> float:
@@ -264,14 +269,18 @@ class ODMPolicy(_OnlineMethod):
         return 1.0 / k if t == 0 else min(1.0 / k, math.sqrt(math.log(k) / (k * t)))
 
     def start(self, space: DomainSpace) -> np.ndarray:
-        self.rewards, self.t = np.zeros(space.k), 0
+        self.rewards, self.t, self.steps = np.zeros(space.k), 0, 0
         return np.full(space.k, 1.0 / space.k)
 
     def update(self, view: ObservationView) -> np.ndarray:
-        r = view.loss / 10.0
-        self.rewards = 0.9 * self.rewards + 0.1 * r if self.moving_average else self.rewards + r
-        self.t += 1
-        if self.t <= self.warmup:
+        r, b = view.loss / 10.0, self.batches
+        if self.moving_average:
+            self.rewards = 0.9 ** b * self.rewards + (1.0 - 0.9 ** b) * r
+        else:
+            self.rewards = self.rewards + b * r
+        self.t += b
+        self.steps += 1
+        if self.steps <= self.warmup:
             return np.full(self.k, 1.0 / self.k)
         prev, now = self.epsilon(self.k, self.t - 1), self.epsilon(self.k, self.t)
         e = np.exp(prev * (self.rewards - self.rewards.max()))  # the shift cancels in the ratio
@@ -315,7 +324,8 @@ class ADOPolicy(_OnlineMethod):
     ``s_k = alpha_k (L_k(n_k) - exp(e_k)) / n_k``; the score ``s_k mu_k sqrt(h_k (1 - h_k))`` (``mu`` the
     natural shares, ``h`` a 0.9 moving average of realised shares); ``rho`` = the normalised score, floored
     at 0.01 and renormalised; ``pi = 0.9 * mean(rho so far) + 0.1 * rho``. Until every domain has
-    ``min_points`` points with ``n > 0`` (and for a domain whose fit fails), the natural shares stand in.
+    ``min_points`` points with ``n > 0``, and at any step where one domain's fit fails, the natural shares
+    stand in for the whole mixture (no ``rho`` is recorded for that step).
 
     Adaptation: ``n_k`` is counted in units of the run's budget (the sum of the domain's weight times the
     progress of each segment) and ``L`` is the relative held-out loss, which is already an average over a
@@ -388,6 +398,8 @@ class VelocitunePolicy(_OnlineMethod):
 
     def __init__(self, natural: Mapping[str, float] | None, reference: ReferenceCurve | None,
                  eta: float = 1.0) -> None:
+        if not eta > 0:
+            raise ConfigError("velocitune", [f"eta must be > 0, got {eta}"])
         if reference is None:
             raise ConfigError("velocitune", ["Velocitune needs a reference run for its target losses (a "
                                              "ReferenceCurve); `python -m mixagent.study compare` records one"])
@@ -443,6 +455,8 @@ class AioliPolicy(_OnlineMethod):
     name = "aioli"
 
     def __init__(self, natural: Mapping[str, float] | None, eta: float = 0.2, ridge: float = 1e-3) -> None:
+        if not (eta > 0 and ridge > 0):
+            raise ConfigError("aioli", [f"eta and ridge must be > 0, got {eta}, {ridge}"])
         self.natural, self.eta, self.ridge = natural, float(eta), float(ridge)
 
     def start(self, space: DomainSpace) -> np.ndarray:

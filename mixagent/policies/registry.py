@@ -17,7 +17,9 @@ from mixagent.policies.baselines import BASELINE_SPECS, FixedPolicy, baseline_pr
 from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems", "NEEDS_REFERENCE",
-           "policy_from_spec"]
+           "policy_from_spec", "policy_fingerprint", "RULES_VERSION"]
+
+RULES_VERSION = 1  # bump when a method's update rule or default changes: cached episodes then rerun
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +30,13 @@ class PolicyContext:
         natural: ``{domain: natural token share}``.
         reference: a :class:`~mixagent.policies.online.ReferenceCurve` (DoReMi, Velocitune).
         regmix: ``{domain: weight}``, RegMix's fitted mixture.
+        batches_per_step: optimizer batches per re-weighting step (ODM counts its updates in batches).
     """
 
     natural: Mapping[str, float] | None = None
     reference: object | None = None
     regmix: Mapping[str, float] | None = None
+    batches_per_step: int = 1
 
 
 def _regmix(ctx: PolicyContext) -> MixingPolicy:
@@ -50,7 +54,7 @@ def _methods() -> dict[str, Callable[[PolicyContext], MixingPolicy]]:
         "decay_switch": lambda ctx: DecaySwitchPolicy(ctx.natural),
         "end_upsample": lambda ctx: EndUpsamplePolicy(ctx.natural),
         "doremi": lambda ctx: DoReMiPolicy(ctx.reference),  # type: ignore[arg-type]
-        "odm": lambda ctx: ODMPolicy(),
+        "odm": lambda ctx: ODMPolicy(batches_per_step=ctx.batches_per_step),
         "ado": lambda ctx: ADOPolicy(ctx.natural),
         "velocitune": lambda ctx: VelocitunePolicy(ctx.natural, ctx.reference),  # type: ignore[arg-type]
         "aioli": lambda ctx: AioliPolicy(ctx.natural),
@@ -117,3 +121,23 @@ def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> M
     raise ConfigError("policy", [f"unknown policy {spec!r}{suggest(spec.partition(':')[0], METHOD_SPECS)}: give "
                                  f"one of {', '.join(METHOD_SPECS)} or a policy artifact directory "
                                  f"(runs/agent/<name>/rl)"])
+
+
+def _plain(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in sorted(value.items())}
+    if hasattr(value, "to_json"):
+        return _plain(value.to_json())
+    return None
+
+
+def policy_fingerprint(policy: MixingPolicy) -> dict:
+    """What defines a built policy's behaviour, as JSON: its class, its public constructor state (numbers,
+    strings, shares, a reference curve) and :data:`RULES_VERSION`. The comparison keys cached episodes by
+    its digest, so changing a default or a rule reruns the episodes instead of reusing stale ones."""
+    state = {k: _plain(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")}
+    return {"class": type(policy).__name__, "rules": RULES_VERSION, "state": state}

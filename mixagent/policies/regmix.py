@@ -73,7 +73,7 @@ class RegMixFit:
     """A fitted RegMix regressor.
 
     Attributes:
-        model: the LightGBM regressor fitted on every run.
+        model: the LightGBM regressor fitted on the runs (20% of them held out for early stopping).
         spearman: held-out Spearman rank correlation of k-fold predictions with the measured scores.
         n_runs: proxy runs it was fitted on.
         natural: ``(K,)`` the prior's mean.

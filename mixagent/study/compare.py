@@ -39,7 +39,14 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.online import ReferenceCurve
-from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, PolicyContext, build_policy, method_problems
+from mixagent.policies.registry import (
+    METHODS,
+    NEEDS_REFERENCE,
+    PolicyContext,
+    build_policy,
+    method_problems,
+    policy_fingerprint,
+)
 from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
 from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
 
@@ -174,10 +181,7 @@ class _Runner:
         self.setup = setup
         self.env = MixingEnv(load_spec(setup.spec_path, [*setup.overrides, f"optim.threads={setup.threads}"]))
         self.identity = {"spec_hash": self.env.spec_.spec_hash(), "base": getattr(self.env.backend, "base_id", "")}
-        c = setup.context
-        self.context = PolicyContext(self.env.natural.to_mapping(),
-                                     ReferenceCurve.from_json(c["reference"]) if c.get("reference") else None,
-                                     c.get("regmix"))
+        self.context = _policy_context(setup.context, self.env.natural.to_mapping(), self.env.spec_)
 
     def run(self, kind: str, key: str, seed: int, arg: object = None) -> Iterator[Segment | Episode | FamilyPoint]:
         if kind == "family":
@@ -216,6 +220,16 @@ class _Runner:
         return float(backend.evaluate().field_bpb(self.env.space, "target"))
 
 
+def batches_per_step(spec: EnvSpec) -> int:
+    """Optimizer batches in one re-weighting segment of ``spec`` (ODM counts its updates in batches)."""
+    return max(1, spec.segment_tokens // (spec.optim.micro_batch * spec.base_config().seq_len))
+
+
+def _policy_context(context: dict, natural: dict[str, float], spec: EnvSpec) -> PolicyContext:
+    reference = ReferenceCurve.from_json(context["reference"]) if context.get("reference") else None
+    return PolicyContext(natural, reference, context.get("regmix"), batches_per_step(spec))
+
+
 def _record(r, space: DomainSpace, seed: int, env) -> dict:
     from mixagent.study.tables import summarize
 
@@ -223,8 +237,9 @@ def _record(r, space: DomainSpace, seed: int, env) -> dict:
     out["version"] = EPISODE_VERSION
     out["evals"] = [s["eval"] for s in r.steps if "eval" in s]
     out["scores"] = [s["balanced_score"] for s in r.steps if "balanced_score" in s]
-    out["target_tokens"] = float(sum(sum(w for n, w in s["weights"].items()
-                                         if space.domains[space.index(n)].field == "target") for s in r.steps))
+    target = space.field_mask("target")
+    out["target_tokens"] = float(sum(np.asarray(list(s["weights"].values()))[target].sum()  # trained and evaluated
+                                     for s in r.steps if "eval" in s))
     return out
 
 
@@ -350,9 +365,22 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     spec_path = resolve_env(cfg.env)
     spec = load_spec(spec_path, cfg.env_overrides)
     used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
-    if used:
-        raise ConfigError("compare", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
-                                      f"evaluation and tuning seeds must be held out"])
+    problems = [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; evaluation and "
+                f"tuning seeds must be held out"] if used else []
+    clash = [s for s in (*cfg.seeds, *cfg.tune_seeds) if episode_seed_of(s) in spec.reference_seeds]
+    if clash:
+        problems.append(f"seeds {clash} train on the data order of the spec's reference runs (reference_seeds "
+                        f"{list(spec.reference_seeds)}); pick other seeds")
+    bad = [s for s in cfg.efficiency_steps if not 1 <= s < spec.steps]
+    if bad:
+        problems.append(f"efficiency_steps {bad}: budgets of the target-only family must be in 1..{spec.steps - 1} "
+                        f"steps (the full {spec.steps}-step run is always added)")
+    elif cfg.efficiency_steps and len(set(cfg.efficiency_steps)) < 2:
+        problems.append(f"efficiency_steps {list(cfg.efficiency_steps)}: the 3-parameter fit L(D) = A/D^B + C needs "
+                        f"at least 2 budgets below {spec.steps} steps (plus the full run); [] for no data "
+                        f"efficiency")
+    if problems:
+        raise ConfigError("compare", problems)
     out_root = Path(root or REPO_ROOT / cfg.out)
     out = out_root / cfg.name
     out.mkdir(parents=True, exist_ok=True)
@@ -377,7 +405,11 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         seed = cfg.tune_seeds[0]
         if cache.get("natural", seed) is None:
             run_tasks([("episode", "natural", seed, "natural")], "reference run (natural, tuning seed)")
-        curve = _curve(cache.get("natural", seed) or {}, space, T, f"natural, seed {seed}")
+        record = cache.get("natural", seed)
+        if record is None or len(record["evals"]) < 2:
+            raise ConfigError("compare", [f"the natural reference run on tuning seed {seed} did not finish (or "
+                                          f"diverged); DoReMi and Velocitune need it: rerun to resume"])
+        curve = _curve(record, space, T, f"natural, seed {seed}")
         context["reference"] = curve.to_json()
         extra.update({p: 1 for p in needs_ref})
     regmix_info = None
@@ -391,6 +423,10 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         run_tasks([("fixed", key, seed, np.round(m, 6).tolist()) for key, seed, m in probes
                    if cache.get(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
         records = [cache.get(key, seed) for key, seed, _ in probes]
+        lost = [key for (key, _, _), r in zip(probes, records) if r is None]
+        if lost:
+            raise ConfigError("compare", [f"{len(lost)} RegMix proxy runs are missing from the cache (an interrupted "
+                                          f"run): rerun to resume"])
         fit = fit_regmix(np.array([np.round(m, 6) for _, _, m in probes]),
                          np.array([r["balanced"] if r else np.nan for r in records]), natural, seed=0)
         best = fit.best_mixture(seed=0)
@@ -400,7 +436,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         atomic_write_json(out / "regmix.json", regmix_info)
         extra["regmix"] = cfg.regmix_runs
     family: list[dict] = []
-    fam_path = cache.dir / "target_only_family.json"
+    fam_path = cache.dir / f"target_only_family.v{EPISODE_VERSION}.json"
     if cfg.efficiency_steps:
         stored = json.loads(fam_path.read_text()) if fam_path.exists() else []
         have = {(p["steps"], p["seed"]) for p in stored}
@@ -421,15 +457,14 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
     labels: dict[str, str] = {}
     keys: dict[str, str] = {}
+    ctx = _policy_context(context, env.natural.to_mapping(), spec)
     for p in cfg.policies:
         path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
         if path.is_dir():
             label, key = p.rstrip("/"), f"artifact@{_artifact_id(path)}"
-        elif p in NEEDS_REFERENCE:
-            label, key = p, f"{p}@{_digest(context['reference'])}"
-        elif p == "regmix":
-            label, key = p, f"regmix@{_digest(context['regmix'])}"
-        else:
+        elif p in METHODS:  # keyed by what defines its behaviour: a changed default or rule reruns it
+            label, key = p, f"{p}@{_digest(policy_fingerprint(build_policy(p, ctx)))}"
+        else:  # the constant baselines: their spec string is their definition
             label, key = p, p
         labels[label], keys[label] = p, key
     tasks = [("episode", keys[label], seed, str(REPO_ROOT / spec_) if (REPO_ROOT / spec_).is_dir() else spec_)

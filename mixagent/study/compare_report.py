@@ -68,6 +68,16 @@ def _efficiency(fit: tuple[float, float, float] | None, target_bpb: float, used:
     return float((a / (target_bpb - c)) ** (1.0 / b) / used)
 
 
+def _mean_weights(per_episode: list[list[list[float]]], steps: int, k: int) -> list[list[float]]:
+    """``(T, K)`` mean mixture per step over episodes; a diverged episode's missing steps are left out."""
+    padded = np.full((len(per_episode), steps, k), np.nan)
+    for i, w in enumerate(per_episode):
+        padded[i, : len(w)] = w
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(padded, axis=0) if np.isfinite(padded).any() else padded[0]
+    return np.nan_to_num(mean, nan=0.0).tolist()
+
+
 def _rows(run: CompareRun) -> list[dict]:
     space, spec, seeds = run.space, run.spec, list(run.cfg.seeds)
     fit = efficiency_fit(run.family)
@@ -80,7 +90,7 @@ def _rows(run: CompareRun) -> list[dict]:
                      "target_bpb": float(np.mean([e.field_bpb(space, "target") for e in evals])),
                      "fields": [field_view(run, e) for e in evals],
                      "target_tokens": float(np.mean([e["target_tokens"] for e in eps])),
-                     "weights": np.mean([e["weights"] for e in eps], axis=0).tolist(),
+                     "weights": _mean_weights([e["weights"] for e in eps], spec.steps, space.k),
                      "extra_episodes": run.extra_episodes.get(label, 0),
                      "diverged": sum(bool(e["truncated"]) for e in eps)})
     audit = run.audit.get("rows", {})
@@ -178,7 +188,9 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
     lines = [f"# Comparison `{cfg.name}` on {run.spec.env_id} (spec {run.spec.spec_hash()})", "",
              f"Reward: `{run.spec.reward.name}` (lam {run.spec.reward.lam}), final balanced score; evaluation seeds "
              f"{list(cfg.seeds)}; preparation runs on tuning seeds {list(cfg.tune_seeds)}. Pooled seed standard "
-             f"deviation {table['pooled_seed_std']:.4f}; gaps under {NOISE_UNITS:g} of it are within noise.", "",
+             f"deviation {table['pooled_seed_std']:.4f} (the spread of one episode across seeds; the standard error "
+             f"of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of it); gaps under "
+             f"{NOISE_UNITS:g} of it are called within noise.", "",
              md, "",
              f"**Strongest method: {best['policy']}** ({best['mean']:+.4f} ± {best['std']:.4f}); within noise of it: "
              f"{', '.join(tied) if tied else 'none'}."]
