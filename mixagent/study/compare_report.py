@@ -45,18 +45,22 @@ def field_view(run: CompareRun, ev: EvalResult) -> tuple[float, float]:
 
 def efficiency_fit(family: list[dict]) -> tuple[float, float, float] | None:
     """``(A, B, C)`` of ``L(D) = A / D^B + C`` on the target-only family (``D`` in segments), or ``None``
-    with fewer than 3 budgets or a failed fit."""
+    with fewer than 3 budgets, a failed or flat fit (``B < 0.01``), or a family whose target loss does not
+    fall as its tokens grow (e.g. under a cap on unique target tokens, where target-only repeats its data):
+    then no target loss can be expressed as the target-only tokens that reach it."""
     from mixagent.policies.online import fit_power_law
 
     pts = [(p["steps"], p["target_bpb"]) for p in family if math.isfinite(p["target_bpb"])]
     if len({d for d, _ in pts}) < 3:
         return None
-    d, loss = np.array(pts, dtype=np.float64).T
+    d, loss = np.array(sorted(pts), dtype=np.float64).T
+    if np.any(np.diff(loss) >= 0):
+        return None
     try:
         e, a, b = fit_power_law(d, loss, huber=False)
     except ValueError:
         return None
-    return math.exp(a), b, math.exp(e)
+    return (math.exp(a), b, math.exp(e)) if b >= 0.01 else None
 
 
 def _efficiency(fit: tuple[float, float, float] | None, target_bpb: float, used: float) -> float | None:
@@ -65,7 +69,8 @@ def _efficiency(fit: tuple[float, float, float] | None, target_bpb: float, used:
     a, b, c = fit
     if target_bpb <= c or b <= 0:
         return math.inf
-    return float((a / (target_bpb - c)) ** (1.0 / b) / used)
+    log_need = (math.log(a) - math.log(target_bpb - c)) / b  # in log space: a flat fit (small B) overflows
+    return math.inf if log_need > 700 else float(math.exp(log_need) / used)
 
 
 def _mean_weights(per_episode: list[list[list[float]]], steps: int, k: int) -> list[list[float]]:
@@ -173,7 +178,11 @@ def make_compare_report(run: CompareRun) -> dict:
              "audit": run.audit.get("dir"), "domains": list(run.space.names)}
     md = format_table(rows, run.spec.reward.name)
     atomic_write(run.dir / "table.md", lambda tmp: tmp.write_text(md + "\n"))
-    atomic_write_json(run.dir / "table.json", table)
+    json_rows = [{**r, "efficiency": None if r["efficiency"] is None or math.isinf(r["efficiency"])
+                  else r["efficiency"],
+                  "efficiency_below_fit_floor": r["efficiency"] is not None and math.isinf(r["efficiency"])}
+                 for r in rows]  # JSON has no infinity: a target loss below the fit's floor C is flagged
+    atomic_write_json(run.dir / "table.json", {**table, "rows": json_rows})
     plots = _plot(run, rows, fit)
     text = _report_md(run, rows, table, md, plots)
     atomic_write(run.dir / "report.md", lambda tmp: tmp.write_text(text))
@@ -207,6 +216,12 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
         lines.append(f"- Target data efficiency: L(D) = {f['A']:.4f} / D^{f['B']:.3f} + {f['C']:.4f} (D in segments "
                      f"of {run.spec.segment_tokens} tokens) on target-only runs of "
                      f"{sorted(p['steps'] for p in run.family)} segments, tuning seed {cfg.tune_seeds[0]}.")
+    elif run.family:
+        pts = sorted((p["steps"], p["target_bpb"]) for p in run.family)
+        lines.append("- Target data efficiency is not defined here: target-only runs of " + ", ".join(
+            f"{d} segments reach target bpb {x:.4f}" for d, x in pts) + ". More target tokens do not make "
+            "target-only training better on the target (with a cap on unique target tokens it repeats its data), "
+            "so no policy's target loss maps to a number of target-only tokens.")
     lines += ["", "Extra episodes: preparation runs a method used beyond its own episode (DoReMi's and Velocitune's "
               "reference run, RegMix's proxy runs).", ""]
     lines += [f"![{p}]({p})" for p in plots]
@@ -314,9 +329,22 @@ def _plot(run: CompareRun, rows: list[dict], fit) -> list[str]:
     unit = "normalised score (1 = best reference)" if normalised else "relative bpb improvement"
     ax.set_xlabel(f"source field: {unit}")
     ax.set_ylabel(f"target field: {unit}")
-    ax.set_title("Final source vs target (mean ± std over seeds)", fontsize=9)
+    title = "Final source vs target (mean ± std over seeds)"
+    methods = [r for r in rows if r["kind"] != "oracle"]
+    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in methods])) if methods else 0.0
+    best = max(r["mean"] for r in methods) if methods else 0.0
+    near = [r for r in rows if pooled > 0 and r["mean"] >= best - 10 * pooled]
+    if 1 < len(near) < len(rows):  # zoom on the rows that compete; the rest are named in the title
+        pts = np.array([np.mean(r["fields"], axis=0) for r in near])
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        pad = np.maximum((hi - lo) * 0.25, 0.01)
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        off = [r["policy"] for r in rows if r not in near]
+        title += f"\nzoomed to rows within 10 pooled std of the best; off-axis: {', '.join(off)[:90]}"
+    ax.set_title(title, fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6.5, loc="best", ncol=2)
+    ax.legend(fontsize=6, loc="lower left", ncol=2)
     fig.tight_layout()
     fig.savefig(run.dir / "front.png", dpi=110)
     plt.close(fig)
