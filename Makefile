@@ -34,7 +34,7 @@ train-agent: data
 	$(PY) -m mixagent.train_agent --config configs/agent/default.yaml --resume
 
 # every method (baselines, heuristics, DoReMi, ODM, ADO, Velocitune, Aioli, RegMix) on v1's held-out seeds,
-# with the audit's oracles (about 40 min on 2 cores; resumable): runs/compare/v1/{table.md,report.md,*.png}
+# with the audit's oracles; episodes are cached (and committed) under audits/compare/, so this rebuilds the report
 compare: data
 	$(PY) -m mixagent.study compare --config configs/compare/v1.yaml
 
