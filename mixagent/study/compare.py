@@ -111,7 +111,12 @@ class CompareConfig:
         if not self.policies:
             problems.append("policies is empty: name at least one (e.g. uniform, doremi, runs/agent/default/rl)")
         for p in self.policies:
-            if not Path(p).is_dir() and not (REPO_ROOT / p).is_dir():
+            if Path(p).is_dir() or (REPO_ROOT / p).is_dir():
+                continue
+            if "/" in p:
+                problems.append(f"policy {p!r}: no such artifact directory; train one with `make train-agent` "
+                                f"(runs/agent/default/{{sft,rl}}) or give its path")
+            else:
                 problems += method_problems(p)
         if len(set(self.policies)) != len(self.policies):
             problems.append(f"policies repeat: {list(self.policies)}")
@@ -120,7 +125,7 @@ class CompareConfig:
                             f"{list(self.seeds)}")
         if set(self.seeds) & set(self.tune_seeds):
             problems.append(f"tune_seeds {sorted(set(self.seeds) & set(self.tune_seeds))} are also evaluation seeds: "
-                            f"reference and proxy runs must not see the evaluation seeds")
+                            f"reference and proxy runs must not see the evaluation seeds (e.g. tune_seeds=[100])")
         needs_tuning = any(p in (*NEEDS_REFERENCE, "regmix") for p in self.policies) or self.efficiency_steps
         if needs_tuning and not self.tune_seeds:
             problems.append("tune_seeds is empty but doremi, velocitune, regmix or the data-efficiency family need "
@@ -383,14 +388,17 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", problems)
     out_root = Path(root or REPO_ROOT / cfg.out)
     out = out_root / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "compare.json", {"config": to_dict(cfg), "env_id": spec.env_id,
-                                             "spec_hash": spec.spec_hash()})
     cache = _Cache(out_root, spec)
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
+    if "regmix" in cfg.policies and cfg.regmix_runs < min_runs(space.k):
+        raise ConfigError("compare", [f"regmix_runs={cfg.regmix_runs}: RegMix needs at least {min_runs(space.k)} proxy "
+                                      f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
+    out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
+    atomic_write_json(out / "compare.json", {"config": to_dict(cfg), "env_id": spec.env_id,
+                                             "spec_hash": spec.spec_hash()})
     context: dict = {}
     extra: dict[str, int] = {}
 
@@ -413,9 +421,6 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         context["reference"] = curve.to_json()
         extra.update({p: 1 for p in needs_ref})
     regmix_info = None
-    if "regmix" in cfg.policies and cfg.regmix_runs < min_runs(space.k):
-        raise ConfigError("compare", [f"regmix_runs={cfg.regmix_runs}: RegMix needs at least {min_runs(space.k)} proxy "
-                                      f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
     if "regmix" in cfg.policies:
         mixtures = sample_mixtures(natural, cfg.regmix_runs, seed=0)
         probes = [(f"fixed@{_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)

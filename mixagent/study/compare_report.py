@@ -172,7 +172,8 @@ def make_compare_report(run: CompareRun) -> dict:
     pooled = math.sqrt(np.mean([r["std"] ** 2 for r in methods])) if len(run.cfg.seeds) > 1 else float("nan")
     fit = efficiency_fit(run.family)
     table = {"version": 1, "env_id": run.spec.env_id, "spec_hash": run.spec.spec_hash(),
-             "reward": run.spec.reward.name, "seeds": list(run.cfg.seeds), "pooled_seed_std": pooled,
+             "reward": run.spec.reward.name, "seeds": list(run.cfg.seeds),
+             "pooled_seed_std": pooled if math.isfinite(pooled) else None,  # one seed: no noise estimate
              "noise_units": NOISE_UNITS, "rows": rows, "regmix": run.regmix, "target_only_family": run.family,
              "efficiency_fit": dict(zip(("A", "B", "C"), fit)) if fit else None,
              "audit": run.audit.get("dir"), "domains": list(run.space.names)}
@@ -197,8 +198,8 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
     lines = [f"# Comparison `{cfg.name}` on {run.spec.env_id} (spec {run.spec.spec_hash()})", "",
              f"Reward: `{run.spec.reward.name}` (lam {run.spec.reward.lam}), final balanced score; evaluation seeds "
              f"{list(cfg.seeds)}; preparation runs on tuning seeds {list(cfg.tune_seeds)}. Pooled seed standard "
-             f"deviation {table['pooled_seed_std']:.4f} (the spread of one episode across seeds; the standard error "
-             f"of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of it); gaps under "
+             f"deviation {table['pooled_seed_std'] or float('nan'):.4f} (the spread of one episode across seeds; "
+             f"the standard error of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of it); gaps under "
              f"{NOISE_UNITS:g} of it are called within noise.", "",
              md, "",
              f"**Strongest method: {best['policy']}** ({best['mean']:+.4f} ± {best['std']:.4f}); within noise of it: "
