@@ -199,8 +199,8 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
              f"Reward: `{run.spec.reward.name}` (lam {run.spec.reward.lam}), final balanced score; evaluation seeds "
              f"{list(cfg.seeds)}; preparation runs on tuning seeds {list(cfg.tune_seeds)}. Pooled seed standard "
              f"deviation {table['pooled_seed_std'] or float('nan'):.4f} (the spread of one episode across seeds; "
-             f"the standard error of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of it); gaps under "
-             f"{NOISE_UNITS:g} of it are called within noise.", "",
+             f"the standard error of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of "
+             f"it); gaps under {NOISE_UNITS:g} of it are called within noise.", "",
              md, "",
              f"**Strongest method: {best['policy']}** ({best['mean']:+.4f} ± {best['std']:.4f}); within noise of it: "
              f"{', '.join(tied) if tied else 'none'}."]
