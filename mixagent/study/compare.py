@@ -367,7 +367,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     problems = cfg.check()
     if problems:
         raise ConfigError("compare", problems)
-    spec_path = resolve_env(cfg.env)
+    spec_path = resolve_env(cfg.env, "compare")
     spec = load_spec(spec_path, cfg.env_overrides)
     used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
     problems = [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; evaluation and "

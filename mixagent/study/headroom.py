@@ -155,7 +155,7 @@ class AuditConfig:
         return problems
 
 
-def resolve_env(env: str) -> Path:
+def resolve_env(env: str, who: str = "audit") -> Path:
     """An env spec path from a path or an id ``mixagent/<name>-v<version>``.
 
     Raises:
@@ -165,7 +165,7 @@ def resolve_env(env: str) -> Path:
     if path.suffix in (".yaml", ".yml"):
         full = path if path.is_absolute() else REPO_ROOT / path
         if not full.is_file():
-            raise ConfigError("audit", [f"env spec file {env!r} not found; give an envs/*.yaml file or an id"])
+            raise ConfigError(who, [f"env spec file {env!r} not found; give an envs/*.yaml file or an id"])
         return full
     known = {}
     for f in sorted((REPO_ROOT / "envs").glob("*.yaml")):
@@ -176,7 +176,7 @@ def resolve_env(env: str) -> Path:
     if env not in known:
         from mixagent.errors import suggest
 
-        raise ConfigError("audit", [f"unknown env {env!r}{suggest(env, known)}; known: {', '.join(known)}"])
+        raise ConfigError(who, [f"unknown env {env!r}{suggest(env, known)}; known: {', '.join(known)}"])
     return known[env]
 
 
@@ -473,7 +473,7 @@ def _stored_run(cfg: AuditConfig, spec: EnvSpec, out_root: Path) -> AuditRun:
         raise ConfigError("audit", [f"{where} holds no finished audit of {spec.env_id} (spec {spec.spec_hash()}) to "
                                     f"report on; run it without --report-only"])
     stored = from_dict(AuditConfig, json.loads((where / "audit.json").read_text()), str(where / "audit.json"))
-    stored = dataclasses.replace(stored, env=cfg.env, env_overrides=cfg.env_overrides, out=cfg.out)
+    stored = dataclasses.replace(stored, out=cfg.out)  # the env as recorded: an id or a path name the same spec
     head = json.loads((where / "start.json").read_text())
     reference = Reference.from_json(json.loads((where / "reference.json").read_text()))
     return AuditRun(AuditStore(out_root, spec), stored, spec, load_space(spec.space_path()),

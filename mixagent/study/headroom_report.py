@@ -210,8 +210,9 @@ def format_report(report: dict) -> str:
     """The report as markdown: summary per reward, item noise, and every row."""
     name = report["reward"]
     lines = [f"# Headroom audit: {report['env_id']} (spec {report['spec_hash']})", "",
-             f"Held-out seeds {report['seeds']}; reward `{name}` (lam {report['lam']}); oracle tuned on seeds "
-             f"{report['tune_seeds']}" + (f" ({report['oracle']['budget']})" if report["oracle"] else "") + ".", "",
+             f"Held-out seeds {report['seeds']}; reward `{name}` (lam {report['lam']}); "
+             + (f"oracle tuned on seeds {report['tune_seeds']} ({report['oracle']['budget']})." if report["oracle"]
+                else "no oracle row.") + "", "",
              "| reward | pooled seed std | best static | best schedule | gap (std) | oracle | gap (std) "
              "| static spread (std) | bar met |",
              "|---|---:|---|---|---:|---|---:|---:|---|"]
