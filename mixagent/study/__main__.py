@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--tune-seeds", type=int, nargs="+", help="seeds of reference and proxy runs")
     c.add_argument("--workers", type=int)
     c.add_argument("--launcher", choices=["local", "inline", "ray"])
-    c.add_argument("--out", help="output root (default runs/compare)")
+    c.add_argument("--out", help="output root (the config's; configs/compare/*.yaml use audits/compare, committed)")
     c.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. regmix_runs=32")
     r = sub.add_parser("ranks", help="a rank table across finished comparisons")
-    r.add_argument("dirs", nargs="+", help="comparison directories (runs/compare/<name>)")
+    r.add_argument("dirs", nargs="+", help="comparison directories (audits/compare/<name>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "compare":

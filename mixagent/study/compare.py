@@ -87,7 +87,8 @@ class CompareConfig:
         oracles: add the audit's hindsight-best static mixture and schedule when an audit covers ``seeds``.
         audit_root: where headroom audits live (``audits/``).
         workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
-        out: output root (``runs/compare``); episodes are cached under ``<out>/cache/``.
+        out: output root (``runs/compare`` by default; the shipped configs use ``audits/compare``, committed);
+            episodes are cached under ``<out>/cache/``.
     """
 
     name: str = "v1"
