@@ -171,7 +171,7 @@ def make_compare_report(run: CompareRun) -> dict:
     methods = [r for r in rows if r["kind"] != "oracle"]
     pooled = math.sqrt(np.mean([r["std"] ** 2 for r in methods])) if len(run.cfg.seeds) > 1 else float("nan")
     fit = efficiency_fit(run.family)
-    table = {"version": 1, "env_id": run.spec.env_id, "spec_hash": run.spec.spec_hash(),
+    table = {"version": 1, "name": run.cfg.name, "env_id": run.spec.env_id, "spec_hash": run.spec.spec_hash(),
              "reward": run.spec.reward.name, "seeds": list(run.cfg.seeds),
              "pooled_seed_std": pooled if math.isfinite(pooled) else None,  # one seed: no noise estimate
              "noise_units": NOISE_UNITS, "rows": rows, "regmix": run.regmix, "target_only_family": run.family,
@@ -378,7 +378,7 @@ def rank_table(tables: list[dict]) -> str:
     """A markdown rank table across settings (one ``table.json`` per comparison): each method's rank among
     the non-oracle rows in each setting, and its mean rank."""
     names = list(dict.fromkeys(r["policy"] for t in tables for r in t["rows"] if r["kind"] != "oracle"))
-    head = "| policy | " + " | ".join(t["env_id"] for t in tables) + " | mean rank |"
+    head = "| policy | " + " | ".join(f"{t.get('name', '?')} ({t['env_id']})" for t in tables) + " | mean rank |"
     lines = [head, "|---|" + "---:|" * (len(tables) + 1)]
     for n in names:
         ranks = [next((r["rank"] for r in t["rows"] if r["policy"] == n and "rank" in r), None) for t in tables]
