@@ -139,3 +139,15 @@ def test_bad_requests_are_typed_errors(compared, tmp_path):
     with pytest.raises(ArtifactMismatchError, match="domain space"):
         run_compare(_cfg(tmp_path, policies=("natural", str(art))))
     assert not list((tmp_path / "cache").glob("*/*/*/*.json"))  # refused before any episode
+
+
+def test_cli_takes_overrides_after_flags(tmp_path, capsys):
+    from mixagent.study.__main__ import _flags_first, main
+
+    assert _flags_first(["compare", "--seeds", "0", "1", "regmix_runs=3", "--env-set", "steps=4", "x.y=[]"]) == [
+        "compare", "--seeds", "0", "1", "--env-set", "steps=4", "--", "regmix_runs=3", "x.y=[]"]
+    code = main(["compare", "--env", str(SPEC), "--seeds", "0", "1", "2", "regmix_runs=3", "--policies",
+                 "natural,regmix", "--out", str(tmp_path), "efficiency_steps=[]"])
+    assert code == 2
+    assert "RegMix needs at least 10 proxy runs" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before writing anything

@@ -6,9 +6,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from mixagent.errors import MixagentError
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def _flags_first(argv: list[str]) -> list[str]:
+    """``key=value`` overrides moved after every flag, so ``--seeds 0 1 2 regmix_runs=32`` works (``--seeds``
+    would otherwise try to read the override as a seed); a ``--env-set`` value stays with its flag."""
+    keep, moved, after_env_set = [], [], False
+    for token in argv:
+        if not after_env_set and _OVERRIDE.match(token):
+            moved.append(token)
+        else:
+            keep.append(token)
+        after_env_set = token == "--env-set"
+    return keep + (["--", *moved] if moved else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. regmix_runs=32")
     r = sub.add_parser("ranks", help="a rank table across finished comparisons")
     r.add_argument("dirs", nargs="+", help="comparison directories (audits/compare/<name>)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "compare":
         return _compare(args)
