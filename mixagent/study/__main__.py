@@ -5,6 +5,7 @@ table across comparisons)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -60,30 +61,53 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("dirs", nargs="+", help="comparison directories (audits/compare/<name>)")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.cmd == "compare":
-        return _compare(args)
     if args.cmd == "ranks":
         return _ranks(args.dirs)
+    if args.cmd == "headroom":
+        return _headroom(args)
+    return _compare(args)
+
+
+def _overrides(args: argparse.Namespace, flags: dict) -> list[str]:
+    """``key=value`` overrides from the positional ones, then the flags given (lists in YAML flow form), then
+    ``--env-set`` as ``env_overrides``."""
+    out = list(args.overrides)
+    for key, value in flags.items():
+        if isinstance(value, list) and value:
+            out.append(f"{key}={json.dumps(value)}")
+        elif value is not None and not isinstance(value, list):
+            out.append(f"{key}={value}")
+    if args.env_set:
+        out.append(f"env_overrides={json.dumps(args.env_set)}")
+    return out
+
+
+def _run(job, what: str) -> int:
+    """Run ``job() -> run`` (its report written to ``run.dir/report.md``); a user error is one ``error:`` line
+    and exit code 2."""
+    try:
+        run = job()
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((run.dir / "report.md").read_text())
+    print(f"{what} in {run.dir}")
+    return 0
+
+
+def _headroom(args: argparse.Namespace) -> int:
     from mixagent.config import load_config
     from mixagent.study.headroom import AuditConfig, run_audit
     from mixagent.study.headroom_report import make_report
 
     flags = {"env": args.env, "seeds": args.seeds, "tune_seeds": args.tune_seeds, "oracle_trials": args.trials,
              "workers": args.workers, "launcher": args.launcher, "out": args.out}
-    overrides = [*args.overrides] + [f"{k}={v}" for k, v in flags.items() if v is not None and not isinstance(v, list)]
-    overrides += [f"{k}=[{','.join(map(str, v))}]" for k, v in flags.items() if isinstance(v, list)]
-    if args.env_set:
-        overrides.append("env_overrides=[" + ",".join(f"'{s}'" for s in args.env_set) + "]")
-    try:
-        cfg = load_config(AuditConfig, args.config, overrides)
-        run = run_audit(cfg, report_only=args.report_only)
+
+    def job():
+        run = run_audit(load_config(AuditConfig, args.config, _overrides(args, flags)), report_only=args.report_only)
         make_report(run)
-    except MixagentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((run.dir / "report.md").read_text())
-    print(f"report, results and plots in {run.dir}")
-    return 0
+        return run
+    return _run(job, "report, results and plots")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -91,32 +115,18 @@ def _compare(args: argparse.Namespace) -> int:
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
-    overrides = list(args.overrides)
-    for key, value in (("name", args.name), ("env", args.env), ("workers", args.workers),
-                       ("launcher", args.launcher), ("out", args.out)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if args.policies:
-        overrides.append("policies=[" + ",".join(f"'{p.strip()}'" for p in args.policies.split(",") if p.strip()) + "]")
-    for key, value in (("seeds", args.seeds), ("tune_seeds", args.tune_seeds)):
-        if value:
-            overrides.append(f"{key}=[{','.join(map(str, value))}]")
-    if args.env_set:
-        overrides.append("env_overrides=[" + ",".join(f"'{s}'" for s in args.env_set) + "]")
-    try:
-        cfg = load_config(CompareConfig, args.config, overrides)
-        run = run_compare(cfg)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+    flags = {"name": args.name, "env": args.env, "workers": args.workers, "launcher": args.launcher, "out": args.out,
+             "policies": policies, "seeds": args.seeds, "tune_seeds": args.tune_seeds}
+
+    def job():
+        run = run_compare(load_config(CompareConfig, args.config, _overrides(args, flags)))
         make_compare_report(run)
-    except MixagentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((run.dir / "report.md").read_text())
-    print(f"table, report and plots in {run.dir}")
-    return 0
+        return run
+    return _run(job, "table, report and plots")
 
 
 def _ranks(dirs: list[str]) -> int:
-    import json
     from pathlib import Path
 
     from mixagent.study.compare_report import rank_table

@@ -187,7 +187,7 @@ class _Runner:
         self.setup = setup
         self.env = MixingEnv(load_spec(setup.spec_path, [*setup.overrides, f"optim.threads={setup.threads}"]))
         self.identity = {"spec_hash": self.env.spec_.spec_hash(), "base": getattr(self.env.backend, "base_id", "")}
-        self.context = _policy_context(setup.context, self.env.natural.to_mapping(), self.env.spec_)
+        self.context = _policy_context(setup.context, self.env)
 
     def run(self, kind: str, key: str, seed: int, arg: object = None) -> Iterator[Segment | Episode | FamilyPoint]:
         if kind == "family":
@@ -208,7 +208,7 @@ class _Runner:
             try:
                 next(steps)
             except StopIteration as done:
-                yield Episode(key, seed, _record(done.value, self.env.space, seed, self.env))
+                yield Episode(key, seed, _record(done.value, self.env.space, seed))
                 return
             yield Segment(key)
 
@@ -226,17 +226,15 @@ class _Runner:
         return float(backend.evaluate().field_bpb(self.env.space, "target"))
 
 
-def batches_per_step(spec: EnvSpec) -> int:
-    """Optimizer batches in one re-weighting segment of ``spec`` (ODM counts its updates in batches)."""
-    return max(1, spec.segment_tokens // (spec.optim.micro_batch * spec.base_config().seq_len))
-
-
-def _policy_context(context: dict, natural: dict[str, float], spec: EnvSpec) -> PolicyContext:
+def _policy_context(context: dict, env) -> PolicyContext:
+    """What the methods need in ``env``: its natural shares, the preparation runs' results (``context``,
+    JSON) and the optimizer batches per segment (ODM counts its updates in batches)."""
     reference = ReferenceCurve.from_json(context["reference"]) if context.get("reference") else None
-    return PolicyContext(natural, reference, context.get("regmix"), batches_per_step(spec))
+    return PolicyContext(env.natural.to_mapping(), reference, context.get("regmix"),
+                         getattr(env.backend, "steps_per_segment", 1))
 
 
-def _record(r, space: DomainSpace, seed: int, env) -> dict:
+def _record(r, space: DomainSpace, seed: int) -> dict:
     from mixagent.study.tables import summarize
 
     out = summarize(r, space, seed)
@@ -311,7 +309,7 @@ class _Cache:
 
 
 def _launch(cfg: CompareConfig, spec_path: Path, context: dict, tasks: list[tuple], horizon: int, desc: str,
-            cache: _Cache, spec: EnvSpec, launcher: Launcher | None) -> Iterator[Episode | FamilyPoint]:
+            spec: EnvSpec, launcher: Launcher | None) -> Iterator[Episode | FamilyPoint]:
     if not tasks:
         return
     own = launcher is None
@@ -404,7 +402,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     extra: dict[str, int] = {}
 
     def run_tasks(tasks: list[tuple], desc: str) -> None:
-        for ev in _launch(cfg, spec_path, context, tasks, T, desc, cache, spec, launcher):
+        for ev in _launch(cfg, spec_path, context, tasks, T, desc, spec, launcher):
             if isinstance(ev, Episode):
                 cache.put(ev.key, ev.seed, ev.record)
 
@@ -448,7 +446,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         have = {(p["steps"], p["seed"]) for p in stored}
         want = [(s, cfg.tune_seeds[0]) for s in sorted(set(cfg.efficiency_steps)) if s < T]
         todo = [("family", f"target_only@{s}", seed, s) for s, seed in want if (s, seed) not in have]
-        for ev in _launch(cfg, spec_path, context, todo, T, "target-only family", cache, spec, launcher):
+        for ev in _launch(cfg, spec_path, context, todo, T, "target-only family", spec, launcher):
             if isinstance(ev, FamilyPoint):
                 stored.append({"steps": ev.steps, "seed": ev.seed, "target_bpb": ev.target_bpb})
                 fam_path.parent.mkdir(parents=True, exist_ok=True)
@@ -463,7 +461,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
     labels: dict[str, str] = {}
     keys: dict[str, str] = {}
-    ctx = _policy_context(context, env.natural.to_mapping(), spec)
+    ctx = _policy_context(context, env)
     for p in cfg.policies:
         path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
         if path.is_dir():

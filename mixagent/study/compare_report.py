@@ -18,11 +18,12 @@ import math
 
 import numpy as np
 
-from mixagent.domains import DomainSpace, replay_weights
+from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score, field_scores, needs_reference
 from mixagent.paths import atomic_write, atomic_write_json
 from mixagent.study.compare import CompareRun, policy_kind
+from mixagent.study.headroom import Schedule
 
 __all__ = ["make_compare_report", "efficiency_fit", "field_view", "format_table", "rank_table"]
 
@@ -104,14 +105,11 @@ def _rows(run: CompareRun) -> list[dict]:
         natural = np.asarray(run.audit["natural"])
 
         def static(key: str) -> bool:
-            return not key.startswith("rho:") or len(set(key.removeprefix("rho:").split(","))) == 1
+            return Schedule.from_key(key).is_static
 
         def weights(key: str) -> list[list[float]]:
-            if key == "uniform":
-                return [[1.0 / space.k] * space.k] * spec.steps
-            if key == "natural":
-                return [natural.tolist()] * spec.steps
-            return [replay_weights(space, natural, float(r)).tolist() for r in key.removeprefix("rho:").split(",")]
+            sched = Schedule.from_key(key)
+            return [sched.weights(space, natural, t).tolist() for t in range(spec.steps)]
 
         scored = {k: [balanced_score(spec.reward.name, spec.reward.lam, start, EvalResult.from_json(e), space,
                                      run.reference) for e in evs] for k, evs in audit.items()}
@@ -310,10 +308,10 @@ def _plot(run: CompareRun, rows: list[dict], fit) -> list[str]:
     audit = run.audit.get("rows", {})
     front = []
     for key, evs in audit.items():
-        rhos = key.removeprefix("rho:").split(",")
-        if key.startswith("rho:") and len(set(rhos)) == 1:
+        sched = Schedule.from_key(key)
+        if sched.rhos and sched.is_static:  # the replay grid (natural and uniform are not on it)
             pts = np.array([field_view(run, EvalResult.from_json(e)) for e in evs])
-            front.append((float(rhos[0]), *pts.mean(axis=0)))
+            front.append((sched.rhos[0], *pts.mean(axis=0)))
     if front:
         front.sort()
         f = np.array(front)

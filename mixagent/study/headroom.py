@@ -78,6 +78,18 @@ class Schedule:
     def key(self) -> str:
         return self.mixture or "rho:" + ",".join(f"{r:.4f}" for r in self.rhos)
 
+    @classmethod
+    def from_key(cls, key: str, label: str = "", family: str = "") -> Schedule:
+        """The schedule a stored leaf's ``key`` names (``natural``, ``uniform`` or ``rho:<r0>,<r1>,...``)."""
+        if key.startswith("rho:"):
+            return cls(label or key, family, tuple(float(x) for x in key.removeprefix("rho:").split(",")))
+        return cls(label or key, family, mixture=key)
+
+    @property
+    def is_static(self) -> bool:
+        """A constant mixture: a named one, or the same ``rho`` at every step."""
+        return bool(self.mixture) or len(set(self.rhos)) == 1
+
     def weights(self, space: DomainSpace, natural: np.ndarray, t: int) -> np.ndarray:
         """``(K,)`` weights of step ``t``."""
         if self.mixture == "uniform":
@@ -580,4 +592,4 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
 
 
 def _rhos_of(key: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in key.removeprefix("rho:").split(","))
+    return Schedule.from_key(key).rhos
