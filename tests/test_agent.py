@@ -187,6 +187,13 @@ def test_train_agent_end_to_end(trained, tmp_path, monkeypatch):
     assert [r["policy"] for r in result.rows] == ["agent SFT (bc)", "agent RL (cql)", "uniform"]
     assert all(r["seeds"] == [1000] and np.isfinite(r["balanced"]) for r in result.rows)
     assert "| agent RL (cql) |" in (run_dir / "table.md").read_text()
+    report = json.loads((run_dir / "report/table.json").read_text())  # the comparison's report of the episodes
+    assert {r["policy"]: r["kind"] for r in report["rows"]} == {"agent SFT (bc)": "agent", "agent RL (cql)": "agent",
+                                                                "uniform": "baseline"}
+    by = {r["policy"]: r for r in report["rows"]}
+    assert by["uniform"]["scores"] == [next(r for r in result.rows if r["policy"] == "uniform")["balanced"]]
+    written = {p.name for p in (run_dir / "report").iterdir()}
+    assert {"mixtures.png", "dynamics.png", "front.png", "report.md"} <= written
     assert not (REPO_ROOT / "d3rlpy_logs").exists() and not (run_dir / "d3rlpy_logs").exists()
 
 

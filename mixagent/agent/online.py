@@ -48,7 +48,7 @@ def check_held_out(seeds: list[int], used: set[int]) -> None:
 def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], seeds: list[int], cache: Path,
                     launcher: str = "local", workers: int = 0, env_factory: Callable[[], MixingEnv] | None = None,
                     progress: bool = True, reference: dict | None = None,
-                    read_also: tuple[Path, ...] = ()) -> dict[str, list[dict]]:
+                    read_also: tuple[Path, ...] = (), report_dir: Path | None = None) -> dict[str, list[dict]]:
     """Roll every policy out on every seed; returns ``{label: [episode record per seed]}`` (the
     :func:`~mixagent.study.tables.summarize` row plus per-step evaluations).
 
@@ -61,6 +61,8 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
         env_factory: builds the env in this process instead of ``spec`` (tests; forces the inline launcher).
         reference: the extremes the training data was scored with; an env that scores with others is
             refused.
+        report_dir: where to write the comparison's report of these episodes (``table.md``, ``report.md``,
+            the mixture, dynamics and front plots, the audit's oracles when an audit covers the seeds).
 
     Raises:
         ConfigError: the env built from ``spec`` has another hash (the base model, data or space changed
@@ -74,6 +76,11 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
             f"collected with {spec_hash}: the base model, data or domain space changed since collection; "
             f"rebuild them as they were or collect again"])
     store = EpisodeCache(cache, (env.spec_.name, env.spec_.version, spec_hash), read_also)
-    return roll_policies(env, policies, list(seeds), store, EpisodeSetup(spec, 1, {}, env_factory, reference),
-                         desc="online eval", launcher="inline" if env_factory is not None else launcher,
-                         workers=workers, progress=progress)
+    results = roll_policies(env, policies, list(seeds), store, EpisodeSetup(spec, 1, {}, env_factory, reference),
+                            desc="online eval", launcher="inline" if env_factory is not None else launcher,
+                            workers=workers, progress=progress)
+    if report_dir is not None:
+        from mixagent.study.compare_report import report_episodes
+
+        report_episodes(env, results, policies, list(seeds), report_dir, report_dir.parent.name)
+    return results

@@ -360,7 +360,7 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
     same_spec = tset.reference is not None and spec_hash == tset.env["spec_hash"]  # overrides get their own
     results = evaluate_online(spec, spec_hash, policies, list(cfg.eval.seeds), cache, cfg.eval.launcher,
                               cfg.eval.workers, env_factory, progress,
-                              tset.reference.to_json() if same_spec else None, reuse)
+                              tset.reference.to_json() if same_spec else None, reuse, run_dir / "report")
     first = next(iter(results.values()))[0]["start"]
     start = EvalResult.from_json(first)
     b0 = balanced_score(reward, lam, start, start, tset.space, tset.reference) if same_spec or not \

@@ -51,7 +51,7 @@ from mixagent.study.episodes import (
 from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
 from mixagent.workers import LAUNCHERS, Launcher
 
-__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "DEFAULT_POLICIES"]
+__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "DEFAULT_POLICIES"]
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_switch", "end_upsample", "doremi",
@@ -288,7 +288,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
 
     first = episodes[next(iter(episodes))][0]
     return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
-                      _audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
+                      audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
 
 
 def _check_artifacts(cfg: CompareConfig, env) -> None:
@@ -305,7 +305,7 @@ def _check_artifacts(cfg: CompareConfig, env) -> None:
             policy.act(np.zeros(env.observation_space.shape, dtype=np.float32))  # the observation's size
 
 
-def _audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
+def audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
     """The env's headroom audit rows that cover the evaluation seeds: ``{"dir", "natural", "rows": {key:
     [eval JSON per evaluation seed]}}``; empty (logged) when no audit of this spec covers them."""
     where = REPO_ROOT / cfg.audit_root / f"{spec.name}-v{spec.version}" / spec.spec_hash()
