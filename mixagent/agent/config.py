@@ -136,8 +136,10 @@ class OnlineEvalConfig:
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
         cache: root of the episode cache (``mixagent.study.episodes``: one file per episode, keyed by the env's
-            spec hash and the policy's identity), relative to the repository root; the comparison's default
-            ``runs/compare``, so either reuses the other's episodes; empty keeps them in the run directory.
+            spec hash and the policy's identity), relative to the repository root. ``runs/compare`` is also
+            where ``python -m mixagent.study compare`` writes by default, so the two share episodes there (the
+            shipped comparison configs write to the committed ``audits/compare`` instead, and read only
+            that). Empty keeps the episodes in the run directory and turns ``reuse`` off.
         reuse: comparison roots whose cached episodes are reused read only (the committed ``audits/compare``:
             the baselines' episodes on the audit's seeds are not rerun).
     """

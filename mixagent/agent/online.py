@@ -14,11 +14,12 @@ import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
+
 from mixagent.env.environment import MixingEnv
 from mixagent.errors import ConfigError
 from mixagent.policies import baseline_problems, parse_baseline
 from mixagent.study.episodes import EpisodeCache, EpisodeSetup, roll_policies
-from mixagent.workers import cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
         ConfigError: the env built from ``spec`` has another hash (the base model, data or space changed
             since collection), scores with other reference extremes, or a policy the registry refuses.
     """
-    driver = EpisodeSetup(spec, cpu_count(), {}, env_factory, reference).make_runner()  # checks the extremes
+    driver = EpisodeSetup(spec, torch.get_num_threads(), {}, env_factory, reference).make_runner()  # checks extremes
     env = driver.env
     if env.spec_.spec_hash() != spec_hash:
         raise ConfigError("online evaluation", [

@@ -9,8 +9,9 @@ ran is an episode the others reuse: same spec hash, same policy identity, same f
 * **Policy identity** (:func:`policy_key`): a constant baseline is its spec string (``uniform``,
   ``replay:0.5``); a registered method is ``<name>@<digest>`` of its :func:`~mixagent.policies.registry.
   policy_fingerprint` (a changed default or rule reruns it); a trained artifact is ``artifact@<digest>`` of
-  its files (a retrained agent reruns).
-* **The cache** (:class:`EpisodeCache`): ``<root>/cache/<env name>-v<version>/<spec hash>/<key>/<seed>.json``;
+  its weights and the behaviour part of its ``meta.json`` (a retrained agent reruns; a resumed one does not).
+* **The cache** (:class:`EpisodeCache`): ``<root>/cache/<env name>-v<version>/<spec hash>/<key>/<seed>.json``
+  (``/`` and ``:`` in the key become ``_``);
   read-only roots (the committed ``audits/compare``) are looked up after the writable one. A stored episode
   that is unreadable or holds invalid values is run again.
 * **Workers** (:class:`EpisodeSetup`): each builds the env once from the spec (as a dict) or from a factory
@@ -35,12 +36,13 @@ from mixagent.env.evaluation import eval_json_problem
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
+from mixagent.policies.baselines import parse_baseline
 from mixagent.policies.online import ReferenceCurve
 from mixagent.policies.registry import METHODS, PolicyContext, build_policy, policy_fingerprint
 from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
 
-__all__ = ["EPISODE_VERSION", "EpisodeCache", "EpisodeSetup", "Segment", "Episode", "FamilyPoint", "policy_key",
-           "policy_context", "artifact_dir", "content_digest", "launch", "roll_policies"]
+__all__ = ["EPISODE_VERSION", "EpisodeCache", "EpisodeSetup", "EpisodeRunner", "Segment", "Episode", "FamilyPoint",
+           "policy_key", "policy_context", "artifact_dir", "content_digest", "launch", "roll_policies"]
 
 log = logging.getLogger(__name__)
 EPISODE_VERSION = 1
@@ -89,20 +91,35 @@ def content_digest(obj: object) -> str:
 
 
 def _artifact_id(path: Path) -> str:
+    """What defines an artifact's behaviour: its weight and tensor files and its ``meta.json`` less the
+    record of how it was trained (``training``, ``versions``: a resumed run with other evaluation settings
+    rewrites those, the policy is the same)."""
     h = hashlib.sha256()
     for f in sorted(path.glob("*")):
-        if f.is_file():
+        if f.is_file() and f.name != "meta.json":
             h.update(f.name.encode() + f.read_bytes())
+    meta = path / "meta.json"
+    if meta.is_file():
+        try:
+            acts = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("training", "versions")}
+        except ValueError:  # unreadable: its bytes are its identity (loading it fails with a typed error)
+            acts = {"bytes": meta.read_text(errors="replace")}
+        h.update(b"meta.json" + json.dumps(acts, sort_keys=True).encode())
     return h.hexdigest()[:12]
+
+
+def _is_named(spec: str) -> bool:
+    """A registered method or constant baseline (names win over a directory of the same name)."""
+    return spec in METHODS or parse_baseline(spec) is not None
 
 
 def policy_key(spec: str, ctx: PolicyContext) -> str:
     """The cache identity of policy ``spec`` in context ``ctx`` (see the module docstring)."""
-    path = artifact_dir(spec)
-    if path is not None:
-        return f"artifact@{_artifact_id(path)}"
     if spec in METHODS:
         return f"{spec}@{content_digest(policy_fingerprint(build_policy(spec, ctx)))}"
+    path = None if _is_named(spec) else artifact_dir(spec)
+    if path is not None:
+        return f"artifact@{_artifact_id(path)}"
     return spec
 
 
@@ -260,7 +277,7 @@ class EpisodeRunner:
 
         if kind == "fixed":
             return FixedPolicy(dict(zip(self.env.space.names, arg)))  # type: ignore[call-overload]
-        path = artifact_dir(str(arg))
+        path = None if _is_named(str(arg)) else artifact_dir(str(arg))
         if path is not None:
             from mixagent.policies.artifact import load_policy
 
@@ -301,7 +318,7 @@ def launch(setup: EpisodeSetup, tasks: list[tuple], horizon: int, desc: str, spe
             runner: Launcher = InlineLauncher()
             setup = dataclasses.replace(setup, threads=cores)
         else:
-            n = workers or max(1, min(cores, len(tasks)))
+            n = max(1, min(workers or cores, len(tasks)))  # at most one worker per task
             runner = LAUNCHERS[launcher](n)
             setup = dataclasses.replace(setup, threads=max(1, cores // n))
     else:
@@ -341,14 +358,15 @@ def roll_policies(env, policies: Mapping[str, str], seeds: list[int], cache: Epi
         setup: the workers' setup (spec, preparation context, reference extremes).
 
     Raises:
-        ConfigError: a policy the registry does not know, what a method needs missing from the context, a
-            worker that built another spec, episodes still missing after the run.
+        ConfigError: what a method needs missing from the context, a worker that built another spec,
+            episodes still missing after the run (callers validate policy specs first: an unknown one fails
+            in the worker).
     """
     ctx = policy_context(setup.context, env)
     keys = {label: policy_key(spec, ctx) for label, spec in policies.items()}
     tasks = []
     for label, spec in policies.items():
-        path = artifact_dir(spec)
+        path = None if _is_named(spec) else artifact_dir(spec)
         tasks += [("episode", keys[label], s, str(path) if path else spec) for s in seeds
                   if cache.get(keys[label], s) is None]
     for ev in launch(setup, list(dict.fromkeys(tasks)), env.horizon, desc, env.spec_.spec_hash(),
