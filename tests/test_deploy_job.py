@@ -56,12 +56,21 @@ def test_user_jsonl_config_runs_end_to_end(odm_run):
     assert "| math | target |" in md and "![mixture.png](mixture.png)" in md
 
 
-def test_resume_continues_the_same_run(odm_run, tmp_path):
+def test_a_stopped_run_resumes_exactly(odm_run, tmp_path):
+    import shutil
+
     tmp, report = odm_run
     with pytest.raises(UsageError, match="holds this run's checkpoints: resume=true"):
         run_deploy(cfg(tmp, "policy.spec=odm"), progress=False)
-    longer = run_deploy(cfg(tmp, "policy.spec=odm", "trainer.max_steps=16", "resume=true"), progress=False)
-    assert longer["history"][:3] == report["history"]  # the decisions before the checkpoint are the same ones
+    shutil.copytree(tmp / "run", tmp_path / "run")  # the same run, stopped after its checkpoint at step 6
+    shutil.rmtree(tmp_path / "run" / "checkpoint-12")
+    resumed = run_deploy(cfg(tmp_path, "policy.spec=odm", "resume=true"), progress=False)
+    assert resumed["history"] == report["history"]  # the same decisions, from the same evaluations
+    n = len(resumed["batches_sha256"])
+    assert n >= 6 and resumed["batches_sha256"][-6:] == report["batches_sha256"][-6:]  # the same samples
+    assert resumed["final"] == report["final"]  # and the same model at the end
+    longer = run_deploy(cfg(tmp_path, "policy.spec=odm", "trainer.max_steps=16", "resume=true"), progress=False)
+    assert longer["history"][:3] == report["history"]  # extending the finished run keeps its decisions
     assert len(longer["history"]) == 4 and round(longer["history"][3]["progress"] * 16) == 12
 
 

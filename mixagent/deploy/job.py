@@ -15,6 +15,7 @@ Order of work, so that a bad request fails before anything heavy loads and leave
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -198,7 +199,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
         DataMissingError: a domain without training or held-out data, or shorter than one window.
         UsageError: an output directory holding another run's state, or nothing to resume.
     """
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     from mixagent.deploy.callback import MixAgentCallback
     from mixagent.deploy.loop import Mixer
@@ -247,7 +248,14 @@ def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
                 disable_tqdm=not progress)
     if world > 1 and device == "cpu":
         args["ddp_backend"] = "gloo"
-    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset,
+    digests: list[str] = []  # what this process trained on, batch by batch (resumed runs compare them)
+
+    def collate(items: list[dict]) -> dict:
+        batch = default_data_collator(items)
+        digests.append(hashlib.sha256(batch["input_ids"].numpy().tobytes()).hexdigest()[:16])
+        return batch
+
+    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collate,
                       callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)])
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     steps = int(args["max_steps"])
@@ -258,7 +266,10 @@ def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
               "schedule": dataset.schedule.entries(), "start": scheduler.start_eval.to_json(),
               "final": final.to_json(), "device": device, "dtype": cfg.model.dtype,
               "balanced": balanced_score("balanced", 0.5, scheduler.start_eval, final, space),
-              "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]}
+              "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+              "train_seconds": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
+                                    None),
+              "batches_sha256": digests}
     if trainer.is_world_process_zero():
         write_report(out, report)
         s, f = scheduler.start_eval.scores, final.scores
