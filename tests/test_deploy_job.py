@@ -188,3 +188,18 @@ def test_cli_runs_the_job_and_reports_config_errors(tmp_path, capsys):
     assert main(["--config", str(USER), "--no-progress", f"trainer.output_dir={tmp_path / 'cli'}",
                  "trainer.max_steps=4", "policy.every=2", "trainer.save_steps=0"]) == 0
     assert (tmp_path / "cli" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_its_checks_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py's logic at tiny scale on CPU: a stop-and-resume that matches the straight run
+    decision for decision and batch for batch, the overhead baseline without the callback, the proxy env."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", CONFIGS_DIR.parent / "benchmarks/gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["resume"] == {"decisions_equal": True, "batches_equal": True, "final_bpb_max_abs_diff": 0.0}
+    assert result["weights_changed"] and result["step_seconds"]["without_callback"] > 0

@@ -189,8 +189,11 @@ def _pieces(cfg: DeployConfig, model: Any, tokenizer: Any, batch: int):
     raise AssertionError("user data is built by tokenized_pieces")  # pragma: no cover
 
 
-def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
+def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) -> dict:
     """Run (or resume) the job; returns the report (also ``<output dir>/report.json``).
+
+    ``mixing=False`` trains the same run on the starting mixture without the callback (the baseline of the
+    callback's overhead in ``benchmarks/gpu_check.py``).
 
     Raises:
         ConfigError: bad config values, CUDA or bf16 the machine lacks, a policy the registry does not know,
@@ -256,11 +259,14 @@ def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
         return batch
 
     trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collate,
-                      callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)])
+                      callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)] if mixing else [])
+    if not mixing:
+        mixer.begin(model)  # the starting mixture for the whole run, no decisions after it
     trainer.train(resume_from_checkpoint=True if cfg.resume else None)
     steps = int(args["max_steps"])
     final = evaluate(trainer.model, tokens_seen=steps * accum * mixer.tokens_per_batch)
-    report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": p.spec, "model": about, "steps": steps,
+    label = p.spec if mixing else f"{p.spec} (not mixing: the starting mixture throughout)"
+    report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": label, "model": about, "steps": steps,
               "domains": list(space.names), "fields": list(space.fields),
               "mapping": mapping.to_json() if mapping else None, "history": scheduler.history,
               "schedule": dataset.schedule.entries(), "start": scheduler.start_eval.to_json(),
@@ -273,7 +279,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True) -> dict:
     if trainer.is_world_process_zero():
         write_report(out, report)
         s, f = scheduler.start_eval.scores, final.scores
-        print(f"{p.spec} on {about['name']} ({about['parameters']:,} params), {steps} steps: source "
+        print(f"{label} on {about['name']} ({about['parameters']:,} params), {steps} steps: source "
               f"{s['source']:.4f} -> {f['source']:.4f}, target {s['target']:.4f} -> {f['target']:.4f}; report: "
               f"{out / 'report.md'}")
     return report
