@@ -190,6 +190,16 @@ def test_cli_runs_the_job_and_reports_config_errors(tmp_path, capsys):
     assert (tmp_path / "cli" / "report.md").is_file()
 
 
+def test_wandb_asked_through_report_to_logs_offline_under_the_run(tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_DIR"):  # recorded, so what the job sets is undone after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    run_deploy(cfg(tmp_path, "trainer.max_steps=4", "policy.every=2", "trainer.save_steps=0",
+                   "trainer.report_to=[wandb]"), progress=False)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
 @pytest.mark.slow
 def test_gpu_check_smoke_runs_its_checks_on_cpu(tmp_path):
     """benchmarks/gpu_check.py's logic at tiny scale on CPU: a stop-and-resume that matches the straight run

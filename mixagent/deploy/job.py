@@ -235,8 +235,9 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
                                             "config": to_dict(cfg), "hash": config_hash(_identity(cfg)),
                                             "domains": dict(zip(space.names, space.fields)),
                                             "mapping": mapping.to_json() if mapping else None})
-    if cfg.wandb != "disabled":
-        os.environ["WANDB_MODE"] = cfg.wandb
+    asked = cfg.trainer.get("report_to") or []
+    if cfg.wandb != "disabled" or "wandb" in ([asked] if isinstance(asked, str) else asked):
+        os.environ["WANDB_MODE"] = cfg.wandb if cfg.wandb != "disabled" else "offline"  # offline unless told
         os.environ.setdefault("WANDB_DIR", str(out))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args: dict[str, Any] = {"per_device_train_batch_size": batch, "logging_steps": 10, "save_strategy": "no",

@@ -273,7 +273,8 @@ class DeployConfig:
         trainer: ``TrainingArguments`` passed through (``output_dir``, ``max_steps``,
             ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``learning_rate``,
             ``save_steps``, ``report_to``, ...); the job sets precision, device and seed from the sections.
-        wandb: ``disabled``, ``offline`` (files under the output dir, sync later) or ``online``.
+        wandb: ``disabled``, ``offline`` (files under the output dir, sync later) or ``online``;
+            ``trainer.report_to: [wandb]`` alone logs offline.
         resume: continue from the last checkpoint in the output directory (its mixing state included).
         seed: data order and initialisation seed.
     """
