@@ -6,7 +6,8 @@ trains the agent on it briefly (``configs/agent/demo.yaml``: BC then CQL on the 
 the agent and three baselines out on a held-out seed and prints source, target and normalised scores. Then
 deploys: the best available policy (the default agent when ``make train-agent`` made it, else the demo's)
 drives a short Hugging Face Trainer run of continual pre-training of a larger model
-(``configs/base_model/2m.yaml``, 4x the proxy; ``python -m mixagent.deploy.cpt``) next to a
+(``configs/base_model/2m.yaml``, 4x the proxy; the deploy job ``python -m mixagent.deploy --config
+configs/deploy/cpt-2m.yaml``) next to a
 uniform-mixture run of the same length. ``--collect CONFIG`` collects a dataset first (the toy
 ``configs/collect/demo.yaml`` on v0, for instance, with an agent config that reads it). Every stage
 resumes, so a rerun only prints what is already done."""
@@ -81,17 +82,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
            env: str = "envs/math-cpt.yaml") -> dict | None:
-    """One ``python -m mixagent.deploy.cpt`` run in a fresh process (its report is reused when it already
-    exists)."""
-    label = "agent" if Path(policy).is_dir() else policy
-    report = REPO_ROOT / f"runs/deploy/demo/{label}-{steps}.json"
+    """One deploy job (``python -m mixagent.deploy --config configs/deploy/cpt-2m.yaml``) in a fresh process;
+    its report is reused when the run already finished."""
+    label = "agent" if Path(policy).is_dir() else policy.replace(":", "")
+    out = REPO_ROOT / f"runs/deploy/demo-job/{label}-{Path(space).stem}-{steps}"
+    report = out / "report.json"
     cached = json.loads(report.read_text()) if report.exists() else {}
     if cached.get("policy") == policy and cached.get("domains") == _space_names(space):
         return cached
-    cmd = [sys.executable, "-m", "mixagent.deploy.cpt", "--policy", policy, "--steps", str(steps),
-           "--every", str(max(1, steps // 6)), "--space", space, "--env", env,
-           "--out", str(REPO_ROOT / f"runs/deploy/demo/{label}-{Path(space).stem}"),
-           "--report", str(report)]
+    cmd = [sys.executable, "-m", "mixagent.deploy", "--config", "configs/deploy/cpt-2m.yaml", f"name=demo-{label}",
+           f"policy.spec={policy}", f"trainer.max_steps={steps}", f"policy.every={max(1, steps // 6)}",
+           f"data.corpora={space}", f"eval.env={env}", f"trainer.output_dir={out}"]
     print("$ python " + " ".join(cmd[1:]), flush=True)
     if subprocess.run(cmd, cwd=REPO_ROOT).returncode != 0:
         print(f"error: the deployment run of {policy} failed (see above)", file=sys.stderr)
@@ -118,7 +119,7 @@ def deploy_table(rows: list[dict], labels: list[str]) -> str:
              "|---|---|---|---:|---|"]
     for label, r in zip(labels, rows):
         s, f = r["start"]["scores"], r["final"]["scores"]
-        top = sorted(zip(r["domains"], r["weights"][-1]), key=lambda x: -x[1])[:3]
+        top = sorted(zip(r["domains"], r["history"][-1]["weights"]), key=lambda x: -x[1])[:3]
         lines.append(f"| {label} | {s['source']:.4f} -> {f['source']:.4f} | {s['target']:.4f} -> {f['target']:.4f} "
                      f"| {r['balanced']:+.4f} | {', '.join(f'{n} {w:.2f}' for n, w in top)} |")
     return "\n".join(lines)

@@ -187,6 +187,13 @@ def test_train_agent_end_to_end(trained, tmp_path, monkeypatch):
     assert [r["policy"] for r in result.rows] == ["agent SFT (bc)", "agent RL (cql)", "uniform"]
     assert all(r["seeds"] == [1000] and np.isfinite(r["balanced"]) for r in result.rows)
     assert "| agent RL (cql) |" in (run_dir / "table.md").read_text()
+    report = json.loads((run_dir / "report/table.json").read_text())  # the comparison's report of the episodes
+    assert {r["policy"]: r["kind"] for r in report["rows"]} == {"agent SFT (bc)": "agent", "agent RL (cql)": "agent",
+                                                                "uniform": "baseline"}
+    by = {r["policy"]: r for r in report["rows"]}
+    assert by["uniform"]["scores"] == [next(r for r in result.rows if r["policy"] == "uniform")["balanced"]]
+    written = {p.name for p in (run_dir / "report").iterdir()}
+    assert {"mixtures.png", "dynamics.png", "front.png", "report.md"} <= written
     assert not (REPO_ROOT / "d3rlpy_logs").exists() and not (run_dir / "d3rlpy_logs").exists()
 
 
@@ -374,15 +381,14 @@ def test_agent_cli_names_its_job_and_the_mission_alias_runs_it(capsys):
                                   lambda e: e.pop("truncated"), lambda e: e["start"]["bpb"].update(wiki=float("nan")),
                                   lambda e: e.update(weights=[[1.0]])])
 def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path, edit):
-    from mixagent.agent.online import PolicyRef, evaluate_online
+    from mixagent.agent.online import evaluate_online
     from mixagent.trajectories.tree import spec_identity
 
     make = analytic_factory()
     env = make()
     ident = spec_identity(env.spec_)
-    args = dict(spec=ident["spec"], spec_hash=ident["spec_hash"], policies=[PolicyRef("uniform", baseline="uniform")],
-                seeds=[1000], out=tmp_path / "out", cache=tmp_path / "cache", horizon=env.horizon, launcher="inline",
-                env_factory=make, progress=False)
+    args = dict(spec=ident["spec"], spec_hash=ident["spec_hash"], policies={"uniform": "uniform"}, seeds=[1000],
+                cache=tmp_path / "cache", launcher="inline", env_factory=make, progress=False)
     first = evaluate_online(**args)["uniform"][0]
     stored = next((tmp_path / "cache").rglob("1000.json"))
     edited = json.loads(json.dumps(first))

@@ -134,12 +134,12 @@ def test_committed_reference_is_adopted_and_never_overwritten(v1_env, tmp_path):
 
 
 def test_online_evaluation_refuses_an_env_scoring_with_other_extremes(v1_run):
-    from mixagent.agent.online import EvalRunner, EvalSetup
+    from mixagent.study.episodes import EpisodeRunner, EpisodeSetup
 
     tset = load_trajectories([v1_run])
     ref = tset.reference.to_json()
-    EvalRunner(EvalSetup(tset.env["spec"], 1, None, ref))  # the dataset's own extremes: accepted
+    EpisodeRunner(EpisodeSetup(tset.env["spec"], 1, {}, None, ref))  # the dataset's own extremes: accepted
     other = json.loads(json.dumps(ref))
     other["worst"]["bpb"]["target"] += 0.5
     with pytest.raises(ConfigError, match="differ from the ones the trajectories were scored with"):
-        EvalRunner(EvalSetup(tset.env["spec"], 1, None, other))
+        EpisodeRunner(EpisodeSetup(tset.env["spec"], 1, {}, None, other))

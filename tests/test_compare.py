@@ -16,6 +16,7 @@ from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
 from mixagent.policies.artifact import ArtifactMismatchError, random_artifact
 from mixagent.study import compare as compare_mod
+from mixagent.study import episodes as episodes_mod
 from mixagent.study.compare import CompareConfig, run_compare
 from mixagent.study.compare_report import make_compare_report, rank_table
 
@@ -111,13 +112,39 @@ def test_data_efficiency_and_report_files(compared):
 def test_rerun_runs_nothing(compared, monkeypatch):
     root, _, _, _ = compared
 
-    def no_work(cfg, spec_path, context, tasks, *args, **kw):
+    def no_work(setup, tasks, *args, **kw):
         assert not tasks, f"a finished comparison reran {tasks}"
         return iter(())
 
-    monkeypatch.setattr(compare_mod, "_launch", no_work)
+    monkeypatch.setattr(compare_mod, "launch", no_work)
+    monkeypatch.setattr(episodes_mod, "launch", no_work)
     run = run_compare(_cfg(root))
     assert set(run.episodes) == {"natural", "doremi", "decay_switch"}
+
+
+def test_online_evaluation_reuses_the_comparisons_episodes(compared, tmp_path, monkeypatch):
+    """The agent's online evaluation runs on the comparison's engine: the same spec, seed and policy
+    identity (a method keyed by its fingerprint, with the env's batches per segment) is the same stored
+    episode, read from the comparison's root without running anything."""
+    from mixagent.agent.online import evaluate_online
+    from mixagent.config import to_dict
+
+    root, run, _, _ = compared
+
+    def no_work(setup, tasks, *args, **kw):
+        assert not tasks, f"the online evaluation reran {tasks}"
+        return iter(())
+
+    monkeypatch.setattr(episodes_mod, "launch", no_work)
+    got = evaluate_online(to_dict(run.spec), run.spec.spec_hash(), {"rule": "decay_switch", "nat": "natural"},
+                          [0, 1, 2], tmp_path / "mine", launcher="inline", progress=False, read_also=(root,))
+    assert got["rule"] == run.episodes["decay_switch"] and got["nat"] == run.episodes["natural"]
+    assert not (tmp_path / "mine").exists()  # nothing written: read only from the comparison's cache
+    monkeypatch.undo()
+    fresh = evaluate_online(to_dict(run.spec), run.spec.spec_hash(), {"rule": "decay_switch"}, [0], tmp_path / "mine",
+                            launcher="inline", progress=False)  # no reuse: rerun, and it reproduces the episode
+    assert fresh["rule"][0]["weights"] == run.episodes["decay_switch"][0]["weights"]
+    assert fresh["rule"][0]["balanced"] == pytest.approx(run.episodes["decay_switch"][0]["balanced"], abs=1e-9)
 
 
 def test_bad_requests_are_typed_errors(compared, tmp_path):

@@ -186,3 +186,17 @@ def test_observation_carries_the_learning_rate(spec, env):
     np.testing.assert_allclose(seen, expect, rtol=1e-6)
     assert seen[1] == 1.0 and seen[-1] < 1.0  # stable, then the last segment starts the decay
     assert env.reset(seed=5)[1]["episode_seed"] == episode_seed_of(5)
+
+
+def test_the_proxy_device_is_a_knob_of_its_own_spec_hash():
+    import torch
+
+    default = load_spec(ENVS_DIR / "tiny-cpt.yaml")
+    assert load_spec(ENVS_DIR / "tiny-cpt.yaml", ["optim.device=cpu"]).spec_hash() == default.spec_hash()
+    cuda = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["optim.device=cuda"])
+    assert cuda.spec_hash() != default.spec_hash()  # results differ in the last bits: not the same MDP
+    with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:<index>"):
+        load_spec(ENVS_DIR / "tiny-cpt.yaml", ["optim.device=tpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="torch sees no CUDA device"):
+            MixingEnv(cuda)

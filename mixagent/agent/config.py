@@ -135,8 +135,13 @@ class OnlineEvalConfig:
             with ``python -m mixagent.study compare``.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
-        cache: directory where baseline episodes are cached by env spec hash (they do not depend on the
-            agent), relative to the repository root; empty disables the cache.
+        cache: root of the episode cache (``mixagent.study.episodes``: one file per episode, keyed by the env's
+            spec hash and the policy's identity), relative to the repository root. ``runs/compare`` is also
+            where ``python -m mixagent.study compare`` writes by default, so the two share episodes there (the
+            shipped comparison configs write to the committed ``audits/compare`` instead, and read only
+            that). Empty keeps the episodes in the run directory and turns ``reuse`` off.
+        reuse: comparison roots whose cached episodes are reused read only (the committed ``audits/compare``:
+            the baselines' episodes on the audit's seeds are not rerun).
     """
 
     seeds: list[int] = dataclasses.field(default_factory=lambda: [1000, 1001, 1002])
@@ -146,7 +151,8 @@ class OnlineEvalConfig:
         "uniform", "natural", "target_only", "replay:0.25", "replay:0.5", "replay:0.75"])
     workers: int = 0
     launcher: str = "local"
-    cache: str = "runs/eval_cache"
+    cache: str = "runs/compare"
+    reuse: list[str] = dataclasses.field(default_factory=lambda: ["audits/compare"])
 
     def check(self) -> list[str]:
         problems = [] if self.seeds else ["seeds must list at least one seed"]

@@ -42,7 +42,7 @@ from mixagent.agent.dataset import (
     to_d3rlpy,
     top_trajectories,
 )
-from mixagent.agent.online import PolicyRef, baseline_label, check_held_out, evaluate_online
+from mixagent.agent.online import baseline_label, check_held_out, evaluate_online
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
@@ -351,14 +351,16 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
 
     t0 = time.perf_counter()
     labels = {"sft": "agent SFT (bc)", "rl": f"agent RL ({cfg.rl.algo})"}
-    refs = [PolicyRef(labels[s], artifact=str(artifacts[s])) for s in STAGES if s in cfg.eval.agents]
-    refs += [PolicyRef(baseline_label(b), baseline=b) for b in cfg.eval.baselines]
-    cache = (REPO_ROOT / cfg.eval.cache) if cfg.eval.cache and env_factory is None else None
+    policies = {labels[s]: str(artifacts[s]) for s in STAGES if s in cfg.eval.agents}
+    policies.update({baseline_label(b): b for b in cfg.eval.baselines})
+    shared = cfg.eval.cache and env_factory is None  # tests' in-process envs keep their episodes in the run
+    cache = REPO_ROOT / cfg.eval.cache if shared else run_dir / "online"
+    reuse = tuple(REPO_ROOT / r for r in cfg.eval.reuse) if shared else ()
     spec, spec_hash = _eval_spec(tset, cfg.eval.env_overrides)
     same_spec = tset.reference is not None and spec_hash == tset.env["spec_hash"]  # overrides get their own
-    results = evaluate_online(spec, spec_hash, refs, list(cfg.eval.seeds), run_dir / "online", cache, tset.horizon,
-                              cfg.eval.launcher, cfg.eval.workers, env_factory, progress,
-                              tset.reference.to_json() if same_spec else None)
+    results = evaluate_online(spec, spec_hash, policies, list(cfg.eval.seeds), cache, cfg.eval.launcher,
+                              cfg.eval.workers, env_factory, progress,
+                              tset.reference.to_json() if same_spec else None, reuse, run_dir / "report")
     first = next(iter(results.values()))[0]["start"]
     start = EvalResult.from_json(first)
     b0 = balanced_score(reward, lam, start, start, tset.space, tset.reference) if same_spec or not \

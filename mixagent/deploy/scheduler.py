@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
 from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
+
+if TYPE_CHECKING:
+    from mixagent.deploy.mapping import DomainMapping
 
 __all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
 
@@ -102,10 +105,13 @@ class MixingScheduler:
         space: the domain space of the run's data.
         initial: the mixture before the first update (default uniform).
         config: guards.
+        mapping: a :class:`~mixagent.deploy.mapping.DomainMapping` when the policy acts in another domain
+            space than the run's: observations are built in the policy's space and its mixtures mapped back
+            (the guards apply to the run's mixture).
     """
 
     def __init__(self, policy: MixingPolicy, space: DomainSpace, initial: DomainWeights | None = None,
-                 config: SchedulerConfig | None = None) -> None:
+                 config: SchedulerConfig | None = None, mapping: DomainMapping | None = None) -> None:
         self.config = config or SchedulerConfig()
         if problems := self.config.check(space.k):
             raise ConfigError("SchedulerConfig", problems)
@@ -115,11 +121,16 @@ class MixingScheduler:
         if initial is not None and initial.space.names != space.names:
             raise ConfigError("MixingScheduler", [f"initial weights are for domains {list(initial.space.names)}, "
                                                   f"the run's space has {list(space.names)}"])
-        policy.reset(space)  # raises a typed error when the policy was trained for other domains
+        if mapping is not None and mapping.user.names != space.names:
+            raise ConfigError("MixingScheduler", [f"the mapping is onto domains {list(mapping.user.names)}, the "
+                                                  f"run's space has {list(space.names)}"])
+        self.mapping = mapping
+        self.policy_space = mapping.agent if mapping is not None else space
+        policy.reset(self.policy_space)  # raises a typed error when the policy was trained for other domains
         self.policy = policy
         self.space = space
         self.observe_lr = bool(getattr(policy, "observe_lr", False))  # trained on an observe_lr env
-        self.obs_builder = ObservationBuilder(space, self.observe_lr)
+        self.obs_builder = ObservationBuilder(self.policy_space, self.observe_lr)
         start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
         self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
         self.weights = self.initial
@@ -159,7 +170,10 @@ class MixingScheduler:
         if self.start_eval is None and finite:
             self.start_eval = self.prev_eval = result
         if finite and self.start_eval is not None:
-            obs = self.obs_builder(self.weights.values, self.start_eval, self.prev_eval, result, float(progress),
+            m = self.mapping
+            view = (lambda e: e) if m is None else m.eval_to_agent
+            weights = self.weights.values if m is None else m.to_agent(self.weights.values)
+            obs = self.obs_builder(weights, view(self.start_eval), view(self.prev_eval), view(result), float(progress),
                                    float(lr) if self.observe_lr else None)
             proposal, reason = self._propose(obs)
         else:  # a diverged model gives the policy nothing to go on
@@ -191,23 +205,28 @@ class MixingScheduler:
             out = self.policy.act(obs)
         except Exception as exc:  # noqa: BLE001 — any policy failure must not stop training
             return fallback, f"{type(exc).__name__}: {exc}"
+        space = self.policy_space
         if isinstance(out, DomainWeights):
-            if out.space.names != self.space.names:
+            if out.space.names != space.names:
                 return fallback, f"weights for another domain space ({out.space.name!r})"
             values = out.values
         else:
             values = np.asarray(out, dtype=np.float64).reshape(-1)
-        if values.shape != (self.space.k,):
-            return fallback, f"{values.size} weights for {self.space.k} domains"
+        if values.shape != (space.k,):
+            return fallback, f"{values.size} weights for {space.k} domains"
         if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
             return fallback, "non-finite, negative or all-zero weights"
-        return values.astype(np.float64), None
+        values = values.astype(np.float64)
+        return (values if self.mapping is None else self.mapping.to_user(values)), None
 
     # ---- state -------------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         """What a saved state must match to be resumed here: domains, observation version, guards."""
-        return {"domains": list(self.space.names), "observation_version": OBSERVATION_VERSION,
-                "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
+        out = {"domains": list(self.space.names), "observation_version": OBSERVATION_VERSION,
+               "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
+        if self.mapping is not None:  # absent without one, so states saved before mappings existed still resume
+            out["mapping"] = self.mapping.to_json()
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state: weights history, start/previous evaluations, current weights, policy state."""

@@ -7,6 +7,7 @@ import copy
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from mixagent.data.domain_data import DomainData
 from mixagent.data.tokenizer import token_byte_lengths
@@ -66,6 +67,11 @@ class LMBackend:
                                                         base.model_config.seq_len + 1)
         self.evaluator = Evaluator(self.data, spec.eval, base.tokenizer, token_byte_lengths(base.tokenizer),
                                    base.model_config.seq_len)
+        if spec.optim.device != "cpu":
+            if not torch.cuda.is_available():
+                raise ConfigError(spec.name, [f"optim.device={spec.optim.device} but torch sees no CUDA device: use "
+                                              f"optim.device=cpu"])
+            base.model.to(spec.optim.device)
         self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
         self.base_id = f"{base.path.name}:{base.meta['sha256'][:16]}"  # config hash : checkpoint hash
         self.model = base.model

@@ -325,14 +325,15 @@ class Evaluator:
     @torch.inference_mode()
     def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:
         model.eval()
+        dev = next(model.parameters()).device
         bs = self.spec.batch_size
         nll = np.zeros(self.space.k)
         window_nll = np.zeros(len(self.windows))
         for i in range(0, len(self.windows), bs):
-            batch = self.windows[i: i + bs]
+            batch = self.windows[i: i + bs].to(dev)
             logits = model(input_ids=batch[:, :-1]).logits
             loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            loss = (loss * self.text_mask[i: i + bs]).sum(1).double().numpy()
+            loss = (loss * self.text_mask[i: i + bs].to(dev)).sum(1).double().cpu().numpy()
             np.add.at(nll, self.owner[i: i + bs], loss)
             window_nll[i: i + bs] = loss
         bpb = nll / math.log(2) / self.window_bytes
@@ -348,9 +349,10 @@ class Evaluator:
                 s, start = self.seqs[j]
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, start - 1: len(s) - 1] = True  # positions predicting continuation tokens
+            ids, mask = ids.to(dev), mask.to(dev)
             logp = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1)
             tok = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-            loglik[idx] = (tok * mask).sum(1).double().numpy()
+            loglik[idx] = (tok * mask).sum(1).double().cpu().numpy()
         scores, accuracy = {}, {}
         for fi, field in enumerate(FIELDS):
             items = self.items[field]

@@ -38,6 +38,8 @@ class OptimConfig:
         grad_clip: global gradient-norm clip (0 disables it).
         micro_batch: sequences per optimizer step.
         threads: torch intra-op threads.
+        device: where the proxy trains and is evaluated: ``cpu`` (the reference setting) or ``cuda``
+            (``cuda:<i>``); results differ in the last bits, so a CUDA env has its own spec hash.
     """
 
     lr: float = 2e-3
@@ -49,8 +51,9 @@ class OptimConfig:
     threads: int = 2
     schedule: str = "cosine"
     decay_fraction: float = 0.25
+    device: str = "cpu"
 
-    ADDED_FIELDS = ("schedule", "decay_fraction")  # later knobs: configs from before them keep their hash
+    ADDED_FIELDS = ("schedule", "decay_fraction", "device")  # later knobs: configs from before them keep their hash
 
     def check(self) -> list[str]:
         problems = []
@@ -67,6 +70,8 @@ class OptimConfig:
             problems.append(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 <= self.warmup_fraction < 1:
             problems.append(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not (self.device == "cpu" or self.device == "cuda" or self.device.startswith("cuda:")):
+            problems.append(f"device must be cpu, cuda or cuda:<index>, got {self.device!r}")
         if self.micro_batch < 1 or self.threads < 1:
             problems.append("micro_batch and threads must be >= 1")
         if self.weight_decay < 0 or self.grad_clip < 0:
@@ -116,13 +121,14 @@ def train_segment(model: torch.nn.Module, optimizer: torch.optim.Optimizer, samp
     torch.set_num_threads(cfg.threads)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     t0 = time.perf_counter()
-    losses = torch.zeros(steps)
+    losses = torch.zeros(steps, device=device)
     for i in range(steps):
         lr = lr_at(first_step + i, total_steps, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = torch.from_numpy(sampler.sample(weights, cfg.micro_batch))
+        batch = torch.from_numpy(sampler.sample(weights, cfg.micro_batch)).to(device)
         logits = model(input_ids=batch[:, :-1]).logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
         if not torch.isfinite(loss):

@@ -13,6 +13,7 @@ import numpy as np
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, UsageError
 from mixagent.policies.baselines import ReplayPolicy
+from mixagent.policies.protocol import RunningState
 
 __all__ = ["DecaySwitchPolicy", "EndUpsamplePolicy"]
 
@@ -23,8 +24,10 @@ def _check_rhos(who: str, **rhos: float) -> None:
         raise ConfigError(who, bad)
 
 
-class _TwoRho:
+class _TwoRho(RunningState):
     """Replay share ``first`` until ``switched(observation)`` first holds, ``second`` from then on."""
+
+    STATE = ("_switched",)
 
     def __init__(self, first: float, second: float, shares: Mapping[str, float] | None) -> None:
         self.first, self.second, self.shares = float(first), float(second), dict(shares) if shares else None
@@ -73,6 +76,8 @@ class DecaySwitchPolicy(_TwoRho):
         UsageError: an observation without an LR and no ``switch``.
     """
 
+    STATE = ("_peak",)
+
     def __init__(self, shares: Mapping[str, float] | None, stable_rho: float = 0.5, decay_rho: float = 0.25,
                  switch: float | None = None) -> None:
         _check_rhos("decay_switch", stable_rho=stable_rho, decay_rho=decay_rho)
@@ -110,6 +115,8 @@ class EndUpsamplePolicy(_TwoRho):
         end_rho: replay share of the last phase (default 0.1: mostly target).
         last: the final share of the run that is upsampled (paper: 10-20%; default 0.2).
     """
+
+    STATE = ("_horizon",)
 
     def __init__(self, shares: Mapping[str, float] | None, rho: float = 0.5, end_rho: float = 0.1,
                  last: float = 0.2) -> None:

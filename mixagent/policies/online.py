@@ -39,6 +39,7 @@ import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, UsageError
+from mixagent.policies.protocol import RunningState
 
 __all__ = ["ObservationView", "ReferenceCurve", "DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy",
            "AioliPolicy", "fit_power_law"]
@@ -147,11 +148,13 @@ def _shares_vector(space: DomainSpace, shares: Mapping[str, float] | None, who: 
     return DomainWeights.from_mapping(space, shares).values.astype(np.float64)
 
 
-class _OnlineMethod:
-    """Shared plumbing of the online methods: ``reset``, observation parsing and the non-finite guard.
-    Subclasses set ``name`` and implement ``start(space) -> (K,)`` and ``update(view) -> (K,)``."""
+class _OnlineMethod(RunningState):
+    """Shared plumbing of the online methods: ``reset``, observation parsing, the non-finite guard and the
+    running state a resumed run restores (``STATE``). Subclasses set ``name`` and ``STATE`` and implement
+    ``start(space) -> (K,)`` and ``update(view) -> (K,)``."""
 
     name = "online"
+    STATE = ("_weights", "fallbacks")
 
     def reset(self, space: DomainSpace) -> None:
         self.space = space
@@ -207,6 +210,7 @@ class DoReMiPolicy(_OnlineMethod):
     """
 
     name = "doremi"
+    STATE = ("alpha", "_sum", "_n")
 
     def __init__(self, reference: ReferenceCurve | None, eta: float = 1.0, smoothing: float = 1e-3,
                  average: bool = False) -> None:
@@ -256,6 +260,7 @@ class ODMPolicy(_OnlineMethod):
     """
 
     name = "odm"
+    STATE = ("rewards", "t", "steps")
 
     def __init__(self, warmup: int = 1, moving_average: bool = False, batches_per_step: int = 1) -> None:
         if warmup < 0 or batches_per_step < 1:
@@ -337,6 +342,7 @@ class ADOPolicy(_OnlineMethod):
     """
 
     name = "ado"
+    STATE = ("h", "seen", "points", "rhos", "_progress")
 
     def __init__(self, natural: Mapping[str, float] | None, min_points: int = 3) -> None:
         if min_points < 3:
@@ -395,6 +401,7 @@ class VelocitunePolicy(_OnlineMethod):
     """
 
     name = "velocitune"
+    STATE = ("w",)
 
     def __init__(self, natural: Mapping[str, float] | None, reference: ReferenceCurve | None,
                  eta: float = 1.0) -> None:
@@ -453,6 +460,7 @@ class AioliPolicy(_OnlineMethod):
     """
 
     name = "aioli"
+    STATE = ("p", "x", "y")
 
     def __init__(self, natural: Mapping[str, float] | None, eta: float = 0.2, ridge: float = 1e-3) -> None:
         if not (eta > 0 and ridge > 0):

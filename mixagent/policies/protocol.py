@@ -13,7 +13,7 @@ import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 
-__all__ = ["MixingPolicy"]
+__all__ = ["MixingPolicy", "RunningState"]
 
 
 @runtime_checkable
@@ -25,3 +25,64 @@ class MixingPolicy(Protocol):
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         """The mixture for the next segment."""
+
+
+def _encode(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist()}
+    if isinstance(value, tuple):
+        return {"tuple": [_encode(v) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"running state of type {type(value).__name__} is not serialisable")
+
+
+def _decode(value: object) -> object:
+    if isinstance(value, dict) and set(value) == {"ndarray"}:
+        return np.asarray(value["ndarray"], dtype=np.float64)
+    if isinstance(value, dict) and set(value) == {"tuple"}:
+        return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+class RunningState:
+    """``state_dict()`` / ``load_state_dict()`` for policies whose decisions depend on what they saw earlier
+    in the run (the online methods' weights and statistics, a heuristic's switch). Each class lists its
+    running attributes in ``STATE`` (collected over the class hierarchy); the state is JSON (arrays as
+    ``{"ndarray": [...]}``), stored by :class:`~mixagent.deploy.scheduler.MixingScheduler` in every
+    checkpoint, so a resumed training run continues the policy's decisions exactly. Load it after
+    ``reset(space)``."""
+
+    STATE: tuple[str, ...] = ()
+
+    def _state_names(self) -> list[str]:
+        names: list[str] = []
+        for cls in reversed(type(self).__mro__):
+            names += [n for n in cls.__dict__.get("STATE", ()) if n not in names]
+        return names
+
+    def state_dict(self) -> dict:
+        """The running state as JSON: ``{"class", "state": {attribute: value}}``."""
+        return {"class": type(self).__name__,
+                "state": {n: _encode(getattr(self, n)) for n in self._state_names() if hasattr(self, n)}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output.
+
+        Raises:
+            ValueError: a state of another policy class or with unknown attributes.
+        """
+        if not isinstance(state, dict) or state.get("class") != type(self).__name__:
+            raise ValueError(f"a running state of {state.get('class') if isinstance(state, dict) else state!r} "
+                             f"cannot be loaded into {type(self).__name__}")
+        unknown = set(state["state"]) - set(self._state_names())
+        if unknown:
+            raise ValueError(f"unknown running-state attributes {sorted(unknown)} for {type(self).__name__}")
+        for name, value in state["state"].items():
+            setattr(self, name, _decode(value))

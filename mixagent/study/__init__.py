@@ -1,7 +1,9 @@
 """Studies over policies in the real environment: rolling a policy out (``rollouts``), per-seed tables
 (``tables``), the headroom audit (``headroom``, its report in ``headroom_report``; CLI ``python -m
 mixagent.study headroom``) and the comparison of every method (``compare``, its report in
-``compare_report``; CLI ``python -m mixagent.study compare``). Names load lazily."""
+``compare_report``; CLI ``python -m mixagent.study compare``), both over one episode engine
+(``episodes``: workers, the episode cache, policy identities) that the agent's online evaluation uses too.
+Names load lazily."""
 
 from __future__ import annotations
 

@@ -22,14 +22,11 @@ the policy's identity, so a rerun or another comparison on the same env reuses i
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from mixagent.config import to_dict
 from mixagent.domains import DomainSpace
@@ -39,23 +36,26 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.online import ReferenceCurve
-from mixagent.policies.registry import (
-    METHODS,
-    NEEDS_REFERENCE,
-    PolicyContext,
-    build_policy,
-    method_problems,
-    policy_fingerprint,
+from mixagent.policies.registry import NEEDS_REFERENCE, method_problems
+from mixagent.study.episodes import (
+    EPISODE_VERSION,
+    Episode,
+    EpisodeCache,
+    EpisodeSetup,
+    FamilyPoint,
+    artifact_dir,
+    content_digest,
+    launch,
+    roll_policies,
 )
 from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
-from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.workers import LAUNCHERS, Launcher
 
-__all__ = ["CompareConfig", "CompareRun", "run_compare", "Episode", "policy_kind", "DEFAULT_POLICIES"]
+__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "DEFAULT_POLICIES"]
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_switch", "end_upsample", "doremi",
                     "odm", "ado", "velocitune", "aioli", "regmix")
-EPISODE_VERSION = 1
 
 
 def policy_kind(spec: str) -> str:
@@ -66,7 +66,7 @@ def policy_kind(spec: str) -> str:
         return "online"
     if spec == "regmix":
         return "fitted"
-    return "agent" if Path(spec).is_dir() else "baseline"
+    return "agent" if artifact_dir(spec) is not None else "baseline"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +89,8 @@ class CompareConfig:
         workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
         out: output root (``runs/compare`` by default; the shipped configs use ``audits/compare``, committed);
             episodes are cached under ``<out>/cache/``.
+        reuse: further output roots whose cached episodes are reused, read only (the committed
+            ``audits/compare``: a comparison under ``runs/compare`` then reruns only what is new).
     """
 
     name: str = "v1"
@@ -104,6 +106,7 @@ class CompareConfig:
     workers: int = 0
     launcher: str = "local"
     out: str = "runs/compare"
+    reuse: tuple[str, ...] = ("audits/compare",)
 
     def check(self) -> list[str]:
         problems = []
@@ -112,7 +115,7 @@ class CompareConfig:
         if not self.policies:
             problems.append("policies is empty: name at least one (e.g. uniform, doremi, runs/agent/default/rl)")
         for p in self.policies:
-            if Path(p).is_dir() or (REPO_ROOT / p).is_dir():
+            if artifact_dir(p) is not None:
                 continue
             if "/" in p:
                 problems.append(f"policy {p!r}: no such artifact directory; train one with `make train-agent` "
@@ -138,130 +141,6 @@ class CompareConfig:
         return problems
 
 
-# --- what workers run ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """A worker trained one segment."""
-
-    key: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Episode:
-    """A finished episode: ``record`` as stored (summary, per-step evaluations and scores)."""
-
-    key: str
-    seed: int
-    record: dict
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyPoint:
-    """A target-only run of ``steps`` steps: its final target-field bits per byte."""
-
-    steps: int
-    seed: int
-    target_bpb: float
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setup:
-    spec_path: str
-    overrides: tuple[str, ...]
-    threads: int
-    context: dict  # natural shares, reference curve, regmix mixture (JSON)
-
-    def make_runner(self) -> _Runner:
-        return _Runner(self)
-
-
-class _Runner:
-    def __init__(self, setup: _Setup) -> None:
-        import torch
-
-        from mixagent.env.environment import MixingEnv
-
-        torch.set_num_threads(setup.threads)
-        self.setup = setup
-        self.env = MixingEnv(load_spec(setup.spec_path, [*setup.overrides, f"optim.threads={setup.threads}"]))
-        self.identity = {"spec_hash": self.env.spec_.spec_hash(), "base": getattr(self.env.backend, "base_id", "")}
-        self.context = _policy_context(setup.context, self.env)
-
-    def run(self, kind: str, key: str, seed: int, arg: object = None) -> Iterator[Segment | Episode | FamilyPoint]:
-        if kind == "family":
-            yield FamilyPoint(int(arg), seed, self._target_only(int(arg), seed))  # type: ignore[arg-type]
-            return
-        from mixagent.policies.baselines import FixedPolicy
-        from mixagent.policies.registry import policy_from_spec
-        from mixagent.study.rollouts import iter_rollout
-
-        if kind == "fixed":
-            policy = FixedPolicy(dict(zip(self.env.space.names, arg)))  # type: ignore[arg-type]
-        elif key.split("@")[0] in METHODS:
-            policy = build_policy(key.split("@")[0], self.context)
-        else:
-            policy = policy_from_spec(str(arg) if arg else key, self.context.natural)
-        steps = iter_rollout(self.env, policy, seed)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                yield Episode(key, seed, _record(done.value, self.env.space, seed))
-                return
-            yield Segment(key)
-
-    def _target_only(self, steps: int, seed: int) -> float:
-        from mixagent.domains import replay_weights
-        from mixagent.env.backends import make_backend
-
-        spec = load_spec(self.setup.spec_path, [*self.setup.overrides, f"optim.threads={self.setup.threads}",
-                                                f"steps={steps}"])
-        backend = make_backend(spec, self.env.space)
-        backend.reset(episode_seed_of(seed))
-        w = replay_weights(self.env.space, backend.natural, 0.0)
-        for t in range(steps):
-            backend.train(w, t)
-        return float(backend.evaluate().field_bpb(self.env.space, "target"))
-
-
-def _policy_context(context: dict, env) -> PolicyContext:
-    """What the methods need in ``env``: its natural shares, the preparation runs' results (``context``,
-    JSON) and the optimizer batches per segment (ODM counts its updates in batches)."""
-    reference = ReferenceCurve.from_json(context["reference"]) if context.get("reference") else None
-    return PolicyContext(env.natural.to_mapping(), reference, context.get("regmix"),
-                         getattr(env.backend, "steps_per_segment", 1))
-
-
-def _record(r, space: DomainSpace, seed: int) -> dict:
-    from mixagent.study.tables import summarize
-
-    out = summarize(r, space, seed)
-    out["version"] = EPISODE_VERSION
-    out["evals"] = [s["eval"] for s in r.steps if "eval" in s]
-    out["scores"] = [s["balanced_score"] for s in r.steps if "balanced_score" in s]
-    target = space.field_mask("target")
-    out["target_tokens"] = float(sum(np.asarray(list(s["weights"].values()))[target].sum()  # trained and evaluated
-                                     for s in r.steps if "eval" in s))
-    return out
-
-
-# --- the driver ---------------------------------------------------------------------------------------
-
-
-def _digest(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _artifact_id(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*")):
-        if f.is_file():
-            h.update(f.name.encode() + f.read_bytes())
-    return h.hexdigest()[:12]
-
-
 @dataclasses.dataclass
 class CompareRun:
     """A finished comparison: what :func:`mixagent.study.compare_report.make_compare_report` reads."""
@@ -279,68 +158,6 @@ class CompareRun:
     family: list[dict]  # target-only family: {"steps", "seed", "target_bpb"}
     audit: dict  # the headroom audit's rows on the evaluation seeds (oracles, static front); may be empty
     start: EvalResult | None = None
-
-
-class _Cache:
-    """Episodes on disk, one JSON file each, under the spec hash."""
-
-    def __init__(self, root: Path, spec: EnvSpec) -> None:
-        self.dir = root / "cache" / f"{spec.name}-v{spec.version}" / spec.spec_hash()
-
-    def path(self, key: str, seed: int) -> Path:
-        return self.dir / key.replace("/", "_").replace(":", "_") / f"{seed}.json"
-
-    def get(self, key: str, seed: int) -> dict | None:
-        p = self.path(key, seed)
-        try:
-            d = json.loads(p.read_text())
-            if d.get("version") == EPISODE_VERSION and d.get("seed") == seed and len(d.get("weights", [])) > 0:
-                return d
-        except (OSError, ValueError):
-            pass
-        if p.exists():
-            log.warning("stored episode %s is unreadable; running it again", p)
-        return None
-
-    def put(self, key: str, seed: int, record: dict) -> None:
-        p = self.path(key, seed)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(p, record)
-
-
-def _launch(cfg: CompareConfig, spec_path: Path, context: dict, tasks: list[tuple], horizon: int, desc: str,
-            spec: EnvSpec, launcher: Launcher | None) -> Iterator[Episode | FamilyPoint]:
-    if not tasks:
-        return
-    own = launcher is None
-    cores = cpu_count()
-    if own:
-        if cfg.launcher == "inline":
-            launcher, threads = InlineLauncher(), cores
-        else:
-            n = cfg.workers or max(1, min(cores, len(tasks)))
-            launcher, threads = LAUNCHERS[cfg.launcher](n), max(1, cores // n)
-    else:
-        threads = spec.optim.threads
-    total = sum(horizon if t[0] != "family" else 1 for t in tasks)
-    try:
-        with tqdm(total=total, desc=desc, unit="segment") as bar:
-            for event in launcher.events(_Setup(str(spec_path), tuple(cfg.env_overrides), threads, context), tasks):
-                if isinstance(event, Ready):
-                    if event.identity.get("spec_hash") != spec.spec_hash():
-                        raise ConfigError("compare", [f"a worker built spec {event.identity.get('spec_hash')}, the "
-                                                      f"driver {spec.spec_hash()}: workers need the same data "
-                                                      f"and base checkpoint"])
-                elif isinstance(event, Segment):
-                    bar.update()
-                    bar.set_postfix_str(event.key[:24])
-                else:
-                    if isinstance(event, FamilyPoint):
-                        bar.update()
-                    yield event
-    finally:
-        if own:
-            launcher.close()
 
 
 def _curve(record: dict, space: DomainSpace, horizon: int, label: str) -> ReferenceCurve:
@@ -387,7 +204,8 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", problems)
     out_root = Path(root or REPO_ROOT / cfg.out)
     out = out_root / cfg.name
-    cache = _Cache(out_root, spec)
+    cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
+                         tuple(REPO_ROOT / r for r in cfg.reuse))
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
@@ -400,9 +218,13 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
                                              "spec_hash": spec.spec_hash()})
     context: dict = {}
     extra: dict[str, int] = {}
+    how = {"launcher": launcher or cfg.launcher, "workers": cfg.workers}
+
+    def setup() -> EpisodeSetup:
+        return EpisodeSetup(to_dict(spec), spec.optim.threads, dict(context))
 
     def run_tasks(tasks: list[tuple], desc: str) -> None:
-        for ev in _launch(cfg, spec_path, context, tasks, T, desc, spec, launcher):
+        for ev in launch(setup(), tasks, T, desc, spec.spec_hash(), **how):
             if isinstance(ev, Episode):
                 cache.put(ev.key, ev.seed, ev.record)
 
@@ -422,7 +244,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     regmix_info = None
     if "regmix" in cfg.policies:
         mixtures = sample_mixtures(natural, cfg.regmix_runs, seed=0)
-        probes = [(f"fixed@{_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)
+        probes = [(f"fixed@{content_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)
                   for i, m in enumerate(mixtures)]
         run_tasks([("fixed", key, seed, np.round(m, 6).tolist()) for key, seed, m in probes
                    if cache.get(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
@@ -442,11 +264,12 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     family: list[dict] = []
     fam_path = cache.dir / f"target_only_family.v{EPISODE_VERSION}.json"
     if cfg.efficiency_steps:
-        stored = json.loads(fam_path.read_text()) if fam_path.exists() else []
+        found = cache.find(fam_path.name)
+        stored = json.loads(found.read_text()) if found is not None else []
         have = {(p["steps"], p["seed"]) for p in stored}
         want = [(s, cfg.tune_seeds[0]) for s in sorted(set(cfg.efficiency_steps)) if s < T]
         todo = [("family", f"target_only@{s}", seed, s) for s, seed in want if (s, seed) not in have]
-        for ev in _launch(cfg, spec_path, context, todo, T, "target-only family", spec, launcher):
+        for ev in launch(setup(), todo, T, "target-only family", spec.spec_hash(), **how):
             if isinstance(ev, FamilyPoint):
                 stored.append({"steps": ev.steps, "seed": ev.seed, "target_bpb": ev.target_bpb})
                 fam_path.parent.mkdir(parents=True, exist_ok=True)
@@ -459,29 +282,13 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
 
     # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
-    labels: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    ctx = _policy_context(context, env)
-    for p in cfg.policies:
-        path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
-        if path.is_dir():
-            label, key = p.rstrip("/"), f"artifact@{_artifact_id(path)}"
-        elif p in METHODS:  # keyed by what defines its behaviour: a changed default or rule reruns it
-            label, key = p, f"{p}@{_digest(policy_fingerprint(build_policy(p, ctx)))}"
-        else:  # the constant baselines: their spec string is their definition
-            label, key = p, p
-        labels[label], keys[label] = p, key
-    tasks = [("episode", keys[label], seed, str(REPO_ROOT / spec_) if (REPO_ROOT / spec_).is_dir() else spec_)
-             for label, spec_ in labels.items() for seed in cfg.seeds if cache.get(keys[label], seed) is None]
-    run_tasks(tasks, f"policies x {len(cfg.seeds)} seeds")
-    episodes = {label: [cache.get(keys[label], s) for s in cfg.seeds] for label in labels}
-    missing = [f"{label} seed {s}" for label, eps in episodes.items() for s, e in zip(cfg.seeds, eps) if e is None]
-    if missing:
-        raise ConfigError("compare", [f"episodes missing after the run: {', '.join(missing)}; rerun to resume"])
+    labels = {(p.rstrip("/") if artifact_dir(p) else p): p for p in cfg.policies}
+    episodes = roll_policies(env, labels, list(cfg.seeds), cache, setup(), desc=f"policies x {len(cfg.seeds)} seeds",
+                             **how)
 
     first = episodes[next(iter(episodes))][0]
     return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
-                      _audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
+                      audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
 
 
 def _check_artifacts(cfg: CompareConfig, env) -> None:
@@ -491,14 +298,14 @@ def _check_artifacts(cfg: CompareConfig, env) -> None:
     from mixagent.policies.artifact import load_policy
 
     for p in cfg.policies:
-        path = Path(p) if Path(p).is_dir() else REPO_ROOT / p
-        if path.is_dir():
+        path = artifact_dir(p)
+        if path is not None:
             policy = load_policy(path)
             policy.reset(env.space)
             policy.act(np.zeros(env.observation_space.shape, dtype=np.float32))  # the observation's size
 
 
-def _audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
+def audit_rows(cfg: CompareConfig, spec: EnvSpec) -> dict:
     """The env's headroom audit rows that cover the evaluation seeds: ``{"dir", "natural", "rows": {key:
     [eval JSON per evaluation seed]}}``; empty (logged) when no audit of this spec covers them."""
     where = REPO_ROOT / cfg.audit_root / f"{spec.name}-v{spec.version}" / spec.spec_hash()

@@ -15,6 +15,8 @@ plots (``mixtures.png``, ``dynamics.png``, ``front.png``, ``efficiency.png``) in
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -22,10 +24,10 @@ from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score, field_scores, needs_reference
 from mixagent.paths import atomic_write, atomic_write_json
-from mixagent.study.compare import CompareRun, policy_kind
+from mixagent.study.compare import CompareConfig, CompareRun, audit_rows, policy_kind
 from mixagent.study.headroom import Schedule
 
-__all__ = ["make_compare_report", "efficiency_fit", "field_view", "format_table", "rank_table"]
+__all__ = ["make_compare_report", "report_episodes", "efficiency_fit", "field_view", "format_table", "rank_table"]
 
 NOISE_UNITS = 2.0  # a gap smaller than this many pooled seed standard deviations is within noise
 
@@ -188,6 +190,27 @@ def make_compare_report(run: CompareRun) -> dict:
     return table
 
 
+def report_episodes(env, episodes: Mapping[str, list[dict]], labels: Mapping[str, str], seeds: list[int],
+                    out: Path, name: str, audit_root: str = "audits") -> dict:
+    """The comparison's report (table, ``report.md``, plots) for episodes run elsewhere on the episode engine,
+    e.g. the agent's online evaluation: scored with ``env``'s reward, beside the audit's oracles when an audit
+    of the env's spec covers ``seeds``; no target-only family, so no data-efficiency column.
+
+    Args:
+        env: the env the episodes ran in (its spec, space, natural shares and reference extremes).
+        episodes: ``{label: [episode record per seed]}`` (:func:`mixagent.study.episodes.roll_policies`).
+        labels: ``{label: policy spec}`` (the kind column: baseline, heuristic, online, agent).
+        out: the directory written (created).
+    """
+    cfg = CompareConfig(name=name, env=env.spec_.env_id, policies=tuple(labels.values()), seeds=tuple(seeds),
+                        tune_seeds=(), efficiency_steps=(), audit_root=audit_root)
+    out.mkdir(parents=True, exist_ok=True)
+    first = next(iter(episodes.values()))[0]
+    run = CompareRun(cfg, env.spec_, env.space, env.natural.values.copy(), env.reference, out, dict(episodes),
+                     dict(labels), {}, None, [], audit_rows(cfg, env.spec_), EvalResult.from_json(first["start"]))
+    return make_compare_report(run)
+
+
 def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: list[str]) -> str:
     methods = sorted([r for r in rows if r["kind"] != "oracle"], key=lambda r: -r["mean"])
     best = methods[0]
@@ -195,7 +218,9 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
     cfg = run.cfg
     lines = [f"# Comparison `{cfg.name}` on {run.spec.env_id} (spec {run.spec.spec_hash()})", "",
              f"Reward: `{run.spec.reward.name}` (lam {run.spec.reward.lam}), final balanced score; evaluation seeds "
-             f"{list(cfg.seeds)}; preparation runs on tuning seeds {list(cfg.tune_seeds)}. Pooled seed standard "
+             f"{list(cfg.seeds)}"
+             + (f"; preparation runs on tuning seeds {list(cfg.tune_seeds)}" if cfg.tune_seeds else "")
+             + ". Pooled seed standard "
              f"deviation {table['pooled_seed_std'] or float('nan'):.4f} (the spread of one episode across seeds; "
              f"the standard error of a gap between two {len(cfg.seeds)}-seed means is sqrt(2/{len(cfg.seeds)}) of "
              f"it); gaps under {NOISE_UNITS:g} of it are called within noise.", "",

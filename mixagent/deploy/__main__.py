@@ -1,0 +1,43 @@
+"""``python -m mixagent.deploy --config configs/deploy/<name>.yaml [key=value ...]``
+
+Continual pre-training of your model on your data with a Hugging Face Trainer, the data mixture driven by
+a mixing policy (a trained agent, a baseline or a registered method). One YAML names the model, the data,
+the policy, the evaluation and the Trainer arguments (``mixagent.deploy.job_config.DeployConfig``);
+``key=value`` overrides any field (``trainer.max_steps=500``, ``policy.spec=uniform``, ``resume=true``).
+The output directory gets ``report.md`` with the mixture and held-out loss plots. See
+``configs/deploy/`` for the shipped jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from mixagent.errors import MixagentError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mixagent.deploy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="deploy config YAML (configs/deploy/*.yaml)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=200")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from mixagent.config import load_config
+        from mixagent.deploy.job import run_deploy
+        from mixagent.deploy.job_config import DeployConfig
+
+        run_deploy(load_config(DeployConfig, args.config, args.overrides), progress=not args.no_progress)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

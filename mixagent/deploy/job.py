@@ -1,0 +1,287 @@
+"""The deploy job (``python -m mixagent.deploy --config configs/deploy/<name>.yaml [key=value ...]``): one
+continual pre-training run of the user's model on the user's data with a Hugging Face Trainer, the data
+mixture driven by a policy through :class:`~mixagent.deploy.callback.MixAgentCallback`.
+
+Order of work, so that a bad request fails before anything heavy loads and leaves nothing behind:
+
+1. the config (every problem at once), the device and precision, the output directory (another run's
+   state, or nothing to resume, is refused);
+2. the data (columns, domains, held-out rows) and the policy (an artifact for another domain space needs
+   ``policy.mapping``; the mapping is checked against both lists);
+3. the model and its tokenizer, then the tokenized data (a domain shorter than one window is refused);
+4. ``deploy.json`` (what the run is) is written, then training; at the end ``report.json``, ``report.md``
+   and the plots (``mixture.png``, ``heldout.png``) in the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixagent.config import config_hash, to_dict
+from mixagent.deploy.job_config import DeployConfig, resolve
+from mixagent.domains import Domain, DomainSpace, DomainWeights
+from mixagent.env.rewards import balanced_score
+from mixagent.errors import ConfigError, UsageError
+from mixagent.paths import atomic_write_json
+
+__all__ = ["run_deploy", "DEPLOY_FORMAT"]
+
+log = logging.getLogger(__name__)
+DEPLOY_FORMAT = 1
+
+
+def _device(cfg: DeployConfig) -> str:
+    """``cpu`` or ``cuda``; refuses CUDA without a GPU and bf16 where the hardware lacks it."""
+    want = cfg.model.device
+    cuda = torch.cuda.is_available()
+    if want == "cuda" and not cuda:
+        raise ConfigError("model.device", ["cuda was asked for but torch sees no CUDA device: use device auto or "
+                                           "cpu, or install a CUDA build of torch on a GPU machine"])
+    device = "cuda" if want == "cuda" or (want == "auto" and cuda) else "cpu"
+    if cfg.model.dtype == "bf16":
+        ok = torch.cuda.is_bf16_supported() if device == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if not ok:
+            raise ConfigError("model.dtype", [f"bf16 was asked for but this {device.upper()} lacks bfloat16 support: "
+                                              f"use dtype fp32"])
+    return device
+
+
+def _identity(cfg: DeployConfig) -> dict:
+    """What makes a run this run: everything but how long it trains and how it resumes."""
+    trainer = {k: v for k, v in cfg.trainer.items() if k not in ("max_steps", "save_steps", "logging_steps",
+                                                                   "output_dir", "report_to")}
+    return {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "policy": to_dict(cfg.policy),
+            "eval": to_dict(cfg.eval), "seed": cfg.seed, "trainer": trainer}
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1]
+                  .isdigit() else -1)
+
+
+def _check_output_dir(cfg: DeployConfig, out: Path) -> None:
+    """Refuse an output directory holding another run's state, or one with nothing to resume."""
+    fix = "set trainer.output_dir to a new directory, or delete this one"
+    if not out.exists() or not any(out.iterdir()):
+        if cfg.resume:
+            raise UsageError(f"resume=true but {out} holds no run to resume: start without resume")
+        return
+    record = out / "deploy.json"
+    if not record.is_file():
+        raise UsageError(f"trainer.output_dir {out} holds files not written by a deploy job "
+                         f"({sorted(p.name for p in out.iterdir())[:5]}): {fix}")
+    try:
+        theirs = json.loads(record.read_text())["identity"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{record} is unreadable ({exc}): {fix}") from exc
+    mine = json.loads(json.dumps(_identity(cfg)))
+    if theirs != mine:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise UsageError(f"trainer.output_dir {out} holds another run's state (it differs in {diff}): {fix}")
+    if _checkpoints(out) and not cfg.resume:
+        raise UsageError(f"trainer.output_dir {out} holds this run's checkpoints: resume=true to continue it, or "
+                         f"{fix} to start over")
+    if cfg.resume and not _checkpoints(out):
+        raise UsageError(f"resume=true but {out} holds no checkpoint (set trainer.save_steps to write them): start "
+                         f"without resume")
+
+
+def _policy_space(policy: Any) -> DomainSpace | None:
+    names, fields = getattr(policy, "names", None), getattr(policy, "fields", None)
+    if names is None or fields is None:
+        return None
+    return DomainSpace(str(policy.meta["domains"].get("space", "agent")),
+                       [Domain(n, f, [n]) for n, f in zip(names, fields)])
+
+
+def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batches: int):
+    """The policy and, for an artifact of another domain space, the mapping onto the run's (typed errors
+    name both domain lists)."""
+    from mixagent.deploy.mapping import DomainMapping
+    from mixagent.policies.artifact import ArtifactMismatchError, load_policy
+    from mixagent.policies.registry import PolicyContext, build_policy, method_problems
+
+    spec = cfg.policy.spec
+    path = resolve(spec)
+    if "/" in spec or path.is_dir():
+        if not path.is_dir():
+            raise ConfigError("policy.spec", [f"{spec!r}: no such artifact directory (train one with make train-agent, "
+                                              f"or name a baseline such as replay:0.5)"])
+        policy = load_policy(path)
+        agent = _policy_space(policy)
+        if agent is not None and agent.names != space.names:
+            if not cfg.policy.mapping:
+                raise ArtifactMismatchError(
+                    f"policy {spec} was trained on domains {dict(zip(agent.names, agent.fields))}, the run has "
+                    f"{dict(zip(space.names, space.fields))}: give policy.mapping {{agent domain: your domain}} "
+                    f"(same field), or use a policy trained on your domains")
+            return policy, DomainMapping(agent, space, dict(cfg.policy.mapping))
+        return policy, None
+    if problems := method_problems(spec):
+        raise ConfigError("policy.spec", problems)
+    if cfg.policy.mapping:
+        raise ConfigError("policy.mapping", [f"{spec!r} acts on the run's own domains; a mapping is only for a "
+                                             f"trained artifact of another domain space: drop it"])
+    return build_policy(spec, PolicyContext(natural.to_mapping(), batches_per_step=batches)), None
+
+
+def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, dict]:
+    """The model (fp32 weights; bf16 runs use the Trainer's mixed precision) and its tokenizer."""
+    m = cfg.model
+    if m.kind == "base":
+        from mixagent.config import load_config
+        from mixagent.env.base_model import BaseModelConfig, get_base_model
+
+        base = get_base_model(load_config(BaseModelConfig, resolve(m.path)))
+        return base.model, base.tokenizer, {"parameters": base.meta["parameters"], "name": Path(m.path).stem}
+    if m.kind == "smollm2_gguf":
+        from mixagent.deploy.gguf import load_gguf_model
+
+        model, tok = load_gguf_model(device=device)
+        return model, tok, {"parameters": sum(p.numel() for p in model.parameters()), "name": "SmolLM2-135M"}
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(m.path)
+    tok_dir = resolve(m.tokenizer) if m.tokenizer else (path if path.is_dir() else path.parent)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    if m.kind == "hf":
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok, {"parameters": sum(p.numel() for p in model.parameters()), "name": path.name}
+
+
+def _pieces(cfg: DeployConfig, model: Any, tokenizer: Any, batch: int):
+    """(space, dataset, evaluate, natural) for the data section's form."""
+    d = cfg.data
+    if d.form == "corpora":
+        from mixagent.deploy.local import build_local_run, text_run_pieces
+
+        if cfg.model.kind == "base":
+            run = build_local_run(cfg.model.path, d.corpora, cfg.eval.env)
+            evaluate = run.evaluator if cfg.eval.kind == "benchmarks" else None
+            if evaluate is None:
+                from mixagent.data.tokenizer import token_byte_lengths
+                from mixagent.deploy.heldout import HeldOutLoss
+
+                windows = {n: run.data.val_windows(i, d.eval_windows, run.seq_len + 1)
+                           for i, n in enumerate(run.space.names)}
+                evaluate = HeldOutLoss(windows, run.space, token_byte_lengths(run.base.tokenizer),
+                                       cfg.eval.batch_size)
+            return run.space, run.dataset(batch, seed=cfg.seed), evaluate, run.natural
+        from mixagent.data.sources import load_space
+
+        space = load_space(resolve(d.corpora))
+        dataset, evaluate = text_run_pieces(space, tokenizer, d.seq_len, batch, d.eval_windows,
+                                            max_docs=d.max_docs or None, seed=cfg.seed)
+        return space, dataset, evaluate, DomainWeights.normalised(space, np.ones(space.k))
+    raise AssertionError("user data is built by tokenized_pieces")  # pragma: no cover
+
+
+def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) -> dict:
+    """Run (or resume) the job; returns the report (also ``<output dir>/report.json``).
+
+    ``mixing=False`` trains the same run on the starting mixture without the callback (the baseline of the
+    callback's overhead in ``benchmarks/gpu_check.py``).
+
+    Raises:
+        ConfigError: bad config values, CUDA or bf16 the machine lacks, a policy the registry does not know,
+            a mapping that does not fit both domain lists, data without the named columns.
+        ArtifactMismatchError: an artifact for another domain space without ``policy.mapping``.
+        DataMissingError: a domain without training or held-out data, or shorter than one window.
+        UsageError: an output directory holding another run's state, or nothing to resume.
+    """
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from mixagent.deploy.callback import MixAgentCallback
+    from mixagent.deploy.loop import Mixer
+    from mixagent.deploy.report import write_report
+    from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
+    from mixagent.deploy.user_data import load_user_data, tokenized_pieces
+
+    out = cfg.output_dir
+    device = _device(cfg)
+    _check_output_dir(cfg, out)
+    batch = int(cfg.trainer.get("per_device_train_batch_size", 8))
+    accum = int(cfg.trainer.get("gradient_accumulation_steps", 1))
+    user = load_user_data(cfg.data, cfg.seed) if cfg.data.form != "corpora" else None
+    if user is not None:  # the policy against the run's domains before the model loads (natural shares later)
+        _policy(cfg, user.space, DomainWeights.normalised(user.space, np.ones(user.space.k)), 1)
+    model, tokenizer, about = _load_model(cfg, device)
+    if user is not None:
+        space = user.space
+        dataset, evaluate, natural = tokenized_pieces(user, tokenizer, cfg.data.seq_len, batch, cfg.data.eval_windows,
+                                                      cfg.eval.unit, cfg.eval.batch_size, cfg.seed)
+    else:
+        space, dataset, evaluate, natural = _pieces(cfg, model, tokenizer, batch)
+    policy, mapping = _policy(cfg, space, natural, cfg.policy.every * accum)
+    initial = natural if cfg.policy.initial == "natural" else DomainWeights.normalised(space, np.ones(space.k))
+    p = cfg.policy
+    scheduler = MixingScheduler(policy, space, initial, SchedulerConfig(p.floor, p.max_change, p.fallback), mapping)
+    mixer = Mixer(scheduler, dataset, evaluate)
+    out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
+    atomic_write_json(out / "deploy.json", {"format": DEPLOY_FORMAT, "identity": _identity(cfg),
+                                            "config": to_dict(cfg), "hash": config_hash(_identity(cfg)),
+                                            "domains": dict(zip(space.names, space.fields)),
+                                            "mapping": mapping.to_json() if mapping else None})
+    asked = cfg.trainer.get("report_to") or []
+    if cfg.wandb != "disabled" or "wandb" in ([asked] if isinstance(asked, str) else asked):
+        os.environ["WANDB_MODE"] = cfg.wandb if cfg.wandb != "disabled" else "offline"  # offline unless told
+        os.environ.setdefault("WANDB_DIR", str(out))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    args: dict[str, Any] = {"per_device_train_batch_size": batch, "logging_steps": 10, "save_strategy": "no",
+                            "report_to": [], "ddp_find_unused_parameters": False,
+                            "accelerator_config": {"dispatch_batches": False}}
+    if cfg.trainer.get("save_steps"):
+        args["save_strategy"] = "steps"
+    args.update(cfg.trainer)
+    if cfg.wandb != "disabled":
+        args["report_to"] = ["wandb"]
+    args.update(output_dir=str(out), seed=cfg.seed, bf16=cfg.model.dtype == "bf16", use_cpu=device == "cpu",
+                disable_tqdm=not progress)
+    if world > 1 and device == "cpu":
+        args["ddp_backend"] = "gloo"
+    digests: list[str] = []  # what this process trained on, batch by batch (resumed runs compare them)
+
+    def collate(items: list[dict]) -> dict:
+        batch = default_data_collator(items)
+        digests.append(hashlib.sha256(batch["input_ids"].numpy().tobytes()).hexdigest()[:16])
+        return batch
+
+    trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collate,
+                      callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)] if mixing else [])
+    if not mixing:
+        mixer.begin(model)  # the starting mixture for the whole run, no decisions after it
+    trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    steps = int(args["max_steps"])
+    final = evaluate(trainer.model, tokens_seen=steps * accum * mixer.tokens_per_batch)
+    label = p.spec if mixing else f"{p.spec} (not mixing: the starting mixture throughout)"
+    report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": label, "model": about, "steps": steps,
+              "domains": list(space.names), "fields": list(space.fields),
+              "mapping": mapping.to_json() if mapping else None, "history": scheduler.history,
+              "schedule": dataset.schedule.entries(), "start": scheduler.start_eval.to_json(),
+              "final": final.to_json(), "device": device, "dtype": cfg.model.dtype,
+              "balanced": balanced_score("balanced", 0.5, scheduler.start_eval, final, space),
+              "train_loss": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+              "train_seconds": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
+                                    None),
+              "batches_sha256": digests}
+    if trainer.is_world_process_zero():
+        write_report(out, report)
+        s, f = scheduler.start_eval.scores, final.scores
+        print(f"{label} on {about['name']} ({about['parameters']:,} params), {steps} steps: source "
+              f"{s['source']:.4f} -> {f['source']:.4f}, target {s['target']:.4f} -> {f['target']:.4f}; report: "
+              f"{out / 'report.md'}")
+    return report
+

