@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent compare
+.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent compare world-model
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,11 @@ train-agent: data
 # with the audit's oracles; episodes are cached (and committed) under audits/compare/, so this rebuilds the report
 compare: data
 	$(PY) -m mixagent.study compare --config configs/compare/v1.yaml
+
+# the world model of v1 (issue 14) on the committed dataset: held-out R², policy ranking; committed under
+# checkpoints/world_models/math-cpt-v1 (about 2 min); gymnasium.make("mixagent/math-cpt-surrogate-v1") serves it
+world-model: data
+	$(PY) -m mixagent.agent world-model --config configs/world_model/default.yaml
 
 collect-tiny: data
 	$(PY) -m mixagent.trajectories collect --config configs/collect/tiny.yaml --resume

@@ -1,7 +1,9 @@
 """mixagent: learned data mixing for continual pre-training.
 
-Importing the package registers one Gymnasium id per ``envs/*.yaml`` (``mixagent/<name>-v<version>``);
-registration only records names — nothing is built until ``gymnasium.make``.
+Importing the package registers one Gymnasium id per ``envs/*.yaml`` (``mixagent/<name>-v<version>``) and
+one surrogate id per committed world model (``mixagent/<name>-surrogate-v<version>``, from
+``checkpoints/world_models/<name>-v<version>/``); registration only records names — nothing is built until
+``gymnasium.make``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ def register_envs() -> list[str]:
             gymnasium.register(id=env_id, entry_point="mixagent.env.environment:MixingEnv", kwargs={"spec": str(path)},
                                disable_env_checker=False)
         ids.append(env_id)
+    # surrogates: one per committed world model (checkpoints/world_models/<name>-v<version>/, issue 14)
+    for meta in sorted((ENVS_DIR.parent / "checkpoints" / "world_models").glob("*/meta.json")):
+        env_id = f"mixagent/{meta.parent.name.rsplit('-v', 1)[0]}-surrogate-v{meta.parent.name.rsplit('-v', 1)[-1]}"
+        if "-v" in meta.parent.name and env_id not in gymnasium.registry:
+            gymnasium.register(id=env_id, entry_point="mixagent.agent.surrogate:make_surrogate_env",
+                               kwargs={"world_model": str(meta.parent)}, disable_env_checker=False)
+            ids.append(env_id)
     return ids
 
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "MixagentError",
+    "WorldModelError",
     "ConfigError",
     "UsageError",
     "WeightsError",
@@ -100,6 +101,11 @@ CollectWorkerError = WorkerError  # the name before workers served online evalua
 class AgentDataError(MixagentError, ValueError):
     """Trajectories cannot form an agent's dataset: none given, none usable, too few for the requested
     selection, or runs of different env specs or domain spaces mixed."""
+
+
+class WorldModelError(MixagentError, ValueError):
+    """A world model cannot serve the request: applied to another spec, observation layout or domain space,
+    or fitted on too little data."""
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -55,14 +55,47 @@ def main(argv: list[str] | None = None, prog: str = "python -m mixagent.agent tr
     return 0
 
 
+def world_model(argv: list[str] | None = None) -> int:
+    """Run the ``world-model`` command: fit the ensemble, measure it, save the artifact and report."""
+    parser = argparse.ArgumentParser(prog="python -m mixagent.agent world-model",
+                                     description="Fit the world model of the mixing environment on collected "
+                                                 "trajectories; report held-out R² and how it ranks real policies.")
+    parser.add_argument("--config", default=str(CONFIGS_DIR / "world_model/default.yaml"), help="config YAML")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.epochs=50 out=runs/wm")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from mixagent.agent.world_model_job import WorldModelJobConfig, run_world_model_job
+        from mixagent.config import load_config
+
+        cfg = load_config(WorldModelJobConfig, args.config, args.overrides)
+        report = run_world_model_job(cfg, progress=not args.no_progress)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    r2 = report["r2_summary"]
+    print("\nheld-out R² (ensemble mean, one step): " + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()))
+    rho, ceiling = report["spearman"], report["seed_ceiling"]
+    print(f"policy ranking, surrogate vs real, {len(report['policies'])} policies: Spearman "
+          f"{'n/a' if rho is None else f'{rho:.3f}'} (goal >= 0.9; the real env against itself: "
+          f"{'n/a' if ceiling is None else f'{ceiling:.3f}'})")
+    print(f"artifact and report: {cfg.out}/ (meta.json, model.safetensors, report.md, ranks.png)")
+    return 0
+
+
+COMMANDS = {"train": main, "world-model": world_model}
+
+
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m mixagent.agent <command> ...``; the one command today is ``train``."""
+    """``python -m mixagent.agent <command> ...``: ``train`` or ``world-model``."""
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "train":
+    if not argv or argv[0] not in COMMANDS:
         print("usage: python -m mixagent.agent train --config configs/agent/<name>.yaml [key=value ...] [--resume]\n"
-              "       (python -m mixagent.train_agent ... is the same command)", file=sys.stderr)
+              "       python -m mixagent.agent world-model [--config configs/world_model/<name>.yaml] [key=value ...]\n"
+              "       (python -m mixagent.train_agent ... is the train command)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return main(argv[1:])
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -51,7 +51,8 @@ from mixagent.study.episodes import (
 from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
 from mixagent.workers import LAUNCHERS, Launcher
 
-__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "DEFAULT_POLICIES"]
+__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
+           "DEFAULT_POLICIES"]
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_switch", "end_upsample", "doremi",
@@ -160,7 +161,8 @@ class CompareRun:
     start: EvalResult | None = None
 
 
-def _curve(record: dict, space: DomainSpace, horizon: int, label: str) -> ReferenceCurve:
+def reference_curve(record: dict, space: DomainSpace, horizon: int, label: str) -> ReferenceCurve:
+    """The reference curve (DoReMi's and Velocitune's reference run) of a cached episode ``record``."""
     start = EvalResult.from_json(record["start"])
     evals = [start] + [EvalResult.from_json(e) for e in record["evals"]]
     names = space.names
@@ -238,7 +240,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         if record is None or len(record["evals"]) < 2:
             raise ConfigError("compare", [f"the natural reference run on tuning seed {seed} did not finish (or "
                                           f"diverged); DoReMi and Velocitune need it: rerun to resume"])
-        curve = _curve(record, space, T, f"natural, seed {seed}")
+        curve = reference_curve(record, space, T, f"natural, seed {seed}")
         context["reference"] = curve.to_json()
         extra.update({p: 1 for p in needs_ref})
     regmix_info = None
