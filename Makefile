@@ -60,6 +60,7 @@ bench: base-model
 	$(PY) benchmarks/bench_collect.py
 	$(PY) benchmarks/bench_policy.py
 	$(PY) benchmarks/bench_deploy.py
+	$(PY) benchmarks/bench_surrogate.py
 
 lint: install
 	$(VENV)/bin/ruff check mixagent tests benchmarks examples
