@@ -200,3 +200,30 @@ def test_cli_errors(capsys):
     assert cli(["world-model", "model.epochs=0", "modle.seed=1"]) == 2
     err = capsys.readouterr().err
     assert "model.epochs must be >= 1" in err and "did you mean 'model'" in err
+
+
+def test_planner_reads_the_state_from_the_observation_and_plans(tiny):
+    """MPC: the evaluation rebuilt from an observation is the one the env holds; a decision is a valid
+    replay mixture; a space other than the model's is refused."""
+    from mixagent.agent.planning import WorldModelPlanner
+    from mixagent.domains import Domain, DomainSpace, DomainWeights
+
+    model = load_world_model(tiny)
+    env = make_surrogate_env(model)
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        obs, *_ = env.step(np.linspace(-1, 1, env.space.k))
+    planner = WorldModelPlanner(model, trials=4, penalty=0.1, seed=0)
+    planner.reset(env.space)
+    t, state = planner._state(obs.astype(np.float64))
+    assert t == 3
+    for name in env.space.names:
+        assert state["now"].bpb[name] == pytest.approx(env.backend.now.bpb[name], rel=1e-5)
+        assert state["prev"].bpb[name] == pytest.approx(env.backend.prev.bpb[name], rel=1e-5)
+    w = planner.act(obs)
+    assert isinstance(w, DomainWeights) and len(planner.plans[0]) == env.horizon - 3
+    src = env.space.field_mask("source")
+    assert w.values[src].sum() == pytest.approx(planner.plans[0][0])
+    assert planner.act(obs).values.tolist() == w.values.tolist()  # seeded search: same decision
+    with pytest.raises(WorldModelError, match="predicts the space"):
+        planner.reset(DomainSpace("two", [Domain("a", "source", []), Domain("b", "target", [])]))

@@ -84,15 +84,43 @@ def world_model(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": main, "world-model": world_model}
+def plan(argv: list[str] | None = None) -> int:
+    """Run the ``plan`` command: model-predictive control over a world model, scored in the real env."""
+    parser = argparse.ArgumentParser(prog="python -m mixagent.agent plan",
+                                     description="Roll the world-model planner (MPC) out in the real env on held-out "
+                                                 "seeds; one episode JSON per seed (resumable).")
+    parser.add_argument("--world-model", default="checkpoints/world_models/math-cpt-v1")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=64, help="plans searched per decision")
+    parser.add_argument("--penalty", type=float, default=0.05, help="weight of the ensemble disagreement")
+    parser.add_argument("--out", default="audits/agent-v1/mpc")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import numpy as np
+
+        from mixagent.agent.planning import evaluate_planner
+
+        eps = evaluate_planner(args.world_model, args.seeds, args.out, args.trials, args.penalty)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scores = [e["balanced"] for e in eps]
+    print(f"planner (trials {args.trials}, penalty {args.penalty}) in the real env, seeds {args.seeds}: final balanced "
+          f"score {np.mean(scores):+.4f} ± {np.std(scores):.4f}; episodes in {args.out}/")
+    return 0
+
+
+COMMANDS = {"train": main, "world-model": world_model, "plan": plan}
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m mixagent.agent <command> ...``: ``train`` or ``world-model``."""
+    """``python -m mixagent.agent <command> ...``: ``train``, ``world-model`` or ``plan``."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print("usage: python -m mixagent.agent train --config configs/agent/<name>.yaml [key=value ...] [--resume]\n"
               "       python -m mixagent.agent world-model [--config configs/world_model/<name>.yaml] [key=value ...]\n"
+              "       python -m mixagent.agent plan [--world-model DIR] [--seeds 0 1 2] [--penalty 0.05]\n"
               "       (python -m mixagent.train_agent ... is the train command)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])
