@@ -111,16 +111,24 @@ def plan(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": main, "world-model": world_model, "plan": plan}
+def per_domain(argv: list[str] | None = None) -> int:
+    """Run the ``per-domain`` command: behaviour cloning of the per-domain policy (any domain space)."""
+    from mixagent.agent.per_domain import main as per_domain_main
+
+    return per_domain_main(argv)
+
+
+COMMANDS = {"train": main, "world-model": world_model, "plan": plan, "per-domain": per_domain}
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m mixagent.agent <command> ...``: ``train``, ``world-model`` or ``plan``."""
+    """``python -m mixagent.agent <command> ...``: ``train``, ``world-model``, ``plan`` or ``per-domain``."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print("usage: python -m mixagent.agent train --config configs/agent/<name>.yaml [key=value ...] [--resume]\n"
               "       python -m mixagent.agent world-model [--config configs/world_model/<name>.yaml] [key=value ...]\n"
               "       python -m mixagent.agent plan [--world-model DIR] [--seeds 0 1 2] [--penalty 0.05]\n"
+              "       python -m mixagent.agent per-domain [--data RUN ...] [--out DIR] [--steps N]\n"
               "       (python -m mixagent.train_agent ... is the train command)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])

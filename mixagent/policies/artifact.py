@@ -249,8 +249,17 @@ class AgentPolicy:
         return f"AgentPolicy({str(self.path)!r}, algo={self.meta.get('algo')!r}, k={len(self.names)})"
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy:
-    """Load a policy artifact directory (see :class:`AgentPolicy`)."""
+def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy | Any:
+    """Load a policy artifact directory: a dense one (:class:`AgentPolicy`, one domain space) or a per-domain
+    one (:class:`~mixagent.policies.per_domain.PerDomainPolicy`, any domain space), by its ``meta.json`` kind."""
+    from mixagent.policies.per_domain import PER_DOMAIN_KIND, PerDomainPolicy
+
+    try:
+        kind = json.loads((Path(path) / META_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None  # AgentPolicy raises the typed error
+    if kind == PER_DOMAIN_KIND:
+        return PerDomainPolicy(path)
     return AgentPolicy(path, device)
 
 

@@ -1,0 +1,153 @@
+"""Behaviour cloning of the per-domain policy (:mod:`mixagent.policies.per_domain`, issue 14, item 4):
+``python -m mixagent.agent per-domain [--data RUN ...] [--out DIR] [--steps N]``.
+
+The same data as the SFT stage of ``make train-agent`` (the best ``top_fraction`` of trajectories under the
+env's reward, each branched prefix once), the same loss as d3rlpy's deterministic BC (mean squared error
+on the action in ``[-1, 1]``), plain torch: d3rlpy's actors end in a dense head over a fixed ``K``, which is
+exactly what this policy must not have. Batches may mix spaces of different ``K``: domains are padded to
+the largest ``K`` with a validity mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixagent.agent.dataset import build_transitions, load_trajectories, top_trajectories
+from mixagent.errors import ConfigError
+from mixagent.paths import REPO_ROOT
+from mixagent.policies.per_domain import PerDomainNet, features, write_per_domain_artifact
+
+__all__ = ["PerDomainBCConfig", "train_per_domain"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PerDomainBCConfig:
+    """Behaviour cloning of the per-domain policy.
+
+    Args:
+        data: trajectory runs (any domain spaces; each run's own reward and reference).
+        top_fraction: the best share of each run's trajectories cloned (as ``sft.top_fraction``).
+        steps: gradient steps; batch_size: transitions per step; lr: Adam's learning rate.
+        hidden: width of the shared networks.
+        seed: initialisation and batch order.
+    """
+
+    data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
+    top_fraction: float = 0.25
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden: int = 64
+    seed: int = 0
+
+    def check(self) -> list[str]:
+        problems = [] if self.data else ["data is empty: name at least one trajectory run"]
+        if not 0 < self.top_fraction <= 1:
+            problems.append(f"top_fraction must be in (0, 1], got {self.top_fraction}")
+        if min(self.steps, self.batch_size, self.hidden) < 1 or not self.lr > 0:
+            problems.append("steps, batch_size and hidden must be >= 1 and lr > 0")
+        return problems
+
+
+def _rows(run: str, fraction: float) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], dict]:
+    """Per transition ``(domain features (K, D), target mask (K,), run features (R,))`` and the actions, of
+    the best trajectories of ``run``."""
+    tset = load_trajectories([REPO_ROOT / run])
+    spec = tset.env["spec"]
+    reward, lam = spec["reward"]["name"], float(spec["reward"]["lam"])
+    tr = build_transitions(tset, reward, lam, select=top_trajectories(tset, fraction, reward, lam))
+    target = tset.space.field_mask("target").astype(np.float32)
+    rows, initial = [], None
+    keep = ~tr.final_obs if tr.final_obs is not None else np.ones(len(tr), bool)
+    start_weights = {(r, t.id): np.asarray(t.header["start_weights"], np.float64) for r, t in tset.trajectories}
+    starts = {e["row"]: (e["run"], e["id"]) for e in tr.episodes}
+    for i in range(len(tr)):
+        obs = tr.observations[i].astype(np.float64)
+        if i in starts:  # an episode's first row (a branch's is not step 0): its trajectory's initial weights
+            initial = start_weights[starts[i]]
+        if keep[i]:
+            dom, run_f = features(obs, target, initial)
+            rows.append((dom, target, run_f, tr.actions[i]))
+    return rows, {"run": run, "space": tset.space.name, "k": tset.space.k, "transitions": len(rows),
+                  "action": dict(spec["action"])}
+
+
+def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = True) -> Path:
+    """Clone the best trajectories of ``cfg.data`` into a per-domain policy artifact at ``out``.
+
+    Raises:
+        ConfigError: bad config, or runs whose action maps (temperature, floor) differ.
+    """
+    from tqdm.auto import tqdm
+
+    problems = cfg.check()
+    if problems:
+        raise ConfigError("per_domain", problems)
+    rows, runs = [], []
+    for run in cfg.data:
+        r, info = _rows(run, cfg.top_fraction)
+        rows += r
+        runs.append(info)
+    maps = {(i["action"]["temperature"], i["action"]["floor"]) for i in runs}
+    if len(maps) > 1:
+        raise ConfigError("per_domain", [f"the runs use different action maps {sorted(maps)}; clone runs of one map"])
+    kmax = max(d.shape[0] for d, *_ in rows)
+    n = len(rows)
+    dom = np.zeros((n, kmax, rows[0][0].shape[1]), np.float32)
+    tgt = np.zeros((n, kmax), np.float32)
+    valid = np.zeros((n, kmax), np.float32)
+    act = np.zeros((n, kmax), np.float32)
+    run_f = np.stack([r[2] for r in rows])
+    for i, (d, t, _, a) in enumerate(rows):
+        k = d.shape[0]
+        dom[i, :k], tgt[i, :k], valid[i, :k], act[i, :k] = d, t, 1.0, a
+    tensors = [torch.from_numpy(x) for x in (dom, tgt, run_f, valid, act)]
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    net = PerDomainNet(cfg.hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    with tqdm(total=cfg.steps, desc="per-domain BC", unit="step", disable=not progress) as bar:
+        for step in range(cfg.steps):
+            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+            d, t, g, v, a = (x[idx] for x in tensors)
+            loss = (((net(d, t, g, v) - a) ** 2) * v).sum() / v.sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % 50 == 0 or step == cfg.steps - 1:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            bar.update()
+    first = runs[0]["action"]
+    return write_per_domain_artifact(Path(out), net, {
+        "algo": "per_domain_bc", "action": {"temperature": first["temperature"], "floor": first["floor"]},
+        "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach())}})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mixagent.agent per-domain``."""
+    import argparse
+    import sys
+
+    from mixagent.config import from_dict
+    from mixagent.errors import MixagentError
+
+    parser = argparse.ArgumentParser(prog="python -m mixagent.agent per-domain",
+                                     description="Behaviour cloning of the per-domain policy (any domain space).")
+    parser.add_argument("--data", nargs="+", default=list(PerDomainBCConfig.data))
+    parser.add_argument("--out", default="runs/agent/per-domain/bc")
+    parser.add_argument("--steps", type=int, default=PerDomainBCConfig.steps)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        cfg = from_dict(PerDomainBCConfig, {"data": args.data, "steps": args.steps, "seed": args.seed})
+        out = train_per_domain(cfg, REPO_ROOT / args.out)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"per-domain policy: {out} (drives any domain space: policy_from_spec / compare --policies {args.out})")
+    return 0

@@ -1,0 +1,192 @@
+"""One policy for any domain space (issue 14, item 4): per-domain inputs through one shared network to one
+logit per domain, so the same artifact drives 2, 10 or 52 domains, in any order.
+
+For domain ``i`` of a ``K``-domain space the observation (:mod:`mixagent.env.observation`) gives
+
+* ``d_i = [is_target, K * w_i, K * n_i, b_i / b_i0 - 1, (b_i - b_i_prev) / b_i0]``: the field, the current
+  weight and the run's initial (natural) share, both relative to uniform so they mean the same for any
+  ``K``, the relative loss and its last change;
+
+and for the run ``g = [source score, target score relative to the start, their last changes, progress,
+LR over the peak (1 when not observed)]``. The initial share ``n`` is the first observation's weights
+(the env starts at the natural shares; a deployment at its initial weights), kept for the run.
+
+The network is a DeepSets encoder with field pooling (Zaheer et al. 2017; Lee et al. 2019):
+``h_i = phi([d_i, g])``, ``c_f = mean_{j in field f} h_j`` (zero for an empty field),
+``a_i = tanh(rho([h_i, c_source, c_target, g]))``. Permuting the domains permutes the actions and nothing
+else (tested). The action goes through the env's action map (``action_to_weights``), like the dense
+artifact's. d3rlpy's actors end in a dense ``Linear(features, K)`` head, which ties a network to one ``K``
+and one domain order; this small module replaces it, and its training is behaviour cloning in plain torch
+(:mod:`mixagent.agent.per_domain`).
+
+Artifact: ``policy.safetensors`` (``phi.*``, ``rho.*``) + ``meta.json`` (kind ``mixagent.per_domain_policy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
+from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
+from mixagent.policies.protocol import RunningState
+
+__all__ = ["PER_DOMAIN_KIND", "DOMAIN_FEATURES", "RUN_FEATURES", "PerDomainNet", "PerDomainPolicy", "features",
+           "write_per_domain_artifact"]
+
+PER_DOMAIN_KIND = "mixagent.per_domain_policy"
+FORMAT_VERSION = 1
+DOMAIN_FEATURES = 5
+RUN_FEATURES = 6
+WEIGHTS_FILE = "policy.safetensors"
+META_FILE = "meta.json"
+
+
+def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, DOMAIN_FEATURES)`` per-domain and ``(RUN_FEATURES,)`` run-level features of one observation.
+
+    Args:
+        obs: ``(3K+5,)`` or ``(3K+6,)`` observation.
+        is_target: ``(K,)`` 1 for target-field domains.
+        initial: ``(K,)`` the run's initial weights.
+
+    Raises:
+        WeightsError: an observation whose size fits no ``K`` of ``is_target``.
+    """
+    k = len(is_target)
+    if len(obs) not in (3 * k + 5, 3 * k + 6):
+        raise WeightsError(f"observation has {len(obs)} entries; a {k}-domain space gives {3 * k + 5} (or "
+                           f"{3 * k + 6} with the learning rate)")
+    per = np.stack([is_target, k * obs[:k], k * initial, obs[k:2 * k], obs[2 * k:3 * k]], axis=1)
+    lr = obs[3 * k + 5] if len(obs) == 3 * k + 6 else 1.0
+    run = np.concatenate([obs[3 * k:3 * k + 5], [lr]])
+    return per.astype(np.float32), run.astype(np.float32)
+
+
+def _mlp(sizes: list[int], last_act: bool) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if last_act or i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+class PerDomainNet(torch.nn.Module):
+    """``(B, K, D)`` domain features, ``(B, K)`` target mask, ``(B, R)`` run features -> ``(B, K)`` actions
+    in ``[-1, 1]``; a padded batch passes ``valid`` ``(B, K)`` (padding is left out of the field pooling)."""
+
+    def __init__(self, hidden: int = 64) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.phi = _mlp([DOMAIN_FEATURES + RUN_FEATURES, hidden, hidden], last_act=True)
+        self.rho = _mlp([3 * hidden + RUN_FEATURES, hidden, 1], last_act=False)
+
+    def forward(self, dom: torch.Tensor, target: torch.Tensor, run: torch.Tensor,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
+        b, k, _ = dom.shape
+        g = run.unsqueeze(1).expand(b, k, run.shape[-1])
+        h = self.phi(torch.cat([dom, g], dim=-1))
+        valid = torch.ones(b, k, dtype=h.dtype) if valid is None else valid.to(h.dtype)
+        pools = []
+        for mask in (valid * (1 - target), valid * target):
+            n = mask.sum(1, keepdim=True).clamp(min=1.0)
+            pools.append(((h * mask.unsqueeze(-1)).sum(1) / n).unsqueeze(1).expand(b, k, self.hidden))
+        return torch.tanh(self.rho(torch.cat([h, *pools, g], dim=-1)).squeeze(-1))
+
+
+def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any]) -> Path:
+    """``policy.safetensors`` + ``meta.json`` (kind, format version, checksum, network, action map, the
+    training's ``meta``) into ``out``."""
+    from safetensors.torch import save
+
+    from mixagent.paths import atomic_write_bytes, atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    raw = save({k: v.detach().contiguous() for k, v in net.state_dict().items()})
+    atomic_write_bytes(out / WEIGHTS_FILE, raw)
+    digest = hashlib.sha256(raw).hexdigest()
+    full = {"kind": PER_DOMAIN_KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest,
+            "observation": {"version": OBSERVATION_VERSION}, "network": {"hidden": net.hidden},
+            "versions": {"torch": torch.__version__}, **meta}
+    atomic_write_json(out / META_FILE, full)
+    return out
+
+
+class PerDomainPolicy(RunningState):
+    """A per-domain policy artifact; a :class:`~mixagent.policies.MixingPolicy` in any domain space. Its
+    running state is the run's initial weights (a resumed deployment keeps reading them).
+
+    Args:
+        path: the artifact directory.
+
+    Raises:
+        CorruptArtifactError: missing files, a checksum mismatch, tensors that do not fit the network.
+        SchemaVersionError: another kind or format version, or another observation version.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from safetensors.torch import load
+
+        self.path = path = Path(path)
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+            raw = (path / WEIGHTS_FILE).read_bytes()
+        except (OSError, ValueError) as exc:
+            raise CorruptArtifactError(f"policy artifact {path}: {type(exc).__name__}: {exc}; re-export it") from None
+        if meta.get("kind") != PER_DOMAIN_KIND or meta.get("format_version") != FORMAT_VERSION:
+            raise SchemaVersionError(f"{path / META_FILE}: kind {meta.get('kind')!r} version "
+                                     f"{meta.get('format_version')!r}, this mixagent reads {PER_DOMAIN_KIND!r} "
+                                     f"version {FORMAT_VERSION}")
+        if meta.get("observation", {}).get("version") != OBSERVATION_VERSION:
+            raise SchemaVersionError(f"{path}: trained on observation version {meta['observation'].get('version')!r}, "
+                                     f"this mixagent builds {OBSERVATION_VERSION}; retrain it")
+        if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
+            raise CorruptArtifactError(f"{path / WEIGHTS_FILE} does not match the sha256 recorded in {META_FILE}")
+        try:
+            self.net = PerDomainNet(int(meta["network"]["hidden"]))
+            self.net.load_state_dict(load(raw))
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc}); re-export it") \
+                from None
+        self.net.eval()
+        self.meta = meta
+        self.temperature = float(meta["action"]["temperature"])
+        self.floor = float(meta["action"]["floor"])
+        self.space: DomainSpace | None = None
+        self.initial: np.ndarray | None = None
+
+    STATE = ("initial",)
+
+    def reset(self, space: DomainSpace) -> None:
+        """Start a run in ``space`` (any number of domains, any order)."""
+        check_action_mapping(space.k, self.temperature, self.floor)
+        self.space = space
+        self.is_target = space.field_mask("target").astype(np.float32)
+        self.initial: np.ndarray | None = None
+
+    def action(self, observation: np.ndarray) -> np.ndarray:
+        """``(K,)`` raw action in ``[-1, 1]``."""
+        if self.space is None:
+            raise UsageError(f"{self!r}: call reset(space) before act()")
+        obs = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0)
+        if self.initial is None:
+            self.initial = obs[:self.space.k].copy()
+        dom, run = features(obs, self.is_target, self.initial)
+        with torch.inference_mode():
+            a = self.net(torch.from_numpy(dom)[None], torch.from_numpy(self.is_target)[None],
+                         torch.from_numpy(run)[None])[0].numpy()
+        return np.nan_to_num(a.astype(np.float64), nan=0.0)
+
+    def act(self, observation: np.ndarray) -> DomainWeights:
+        a = self.action(observation)
+        return action_to_weights(self.space, a, self.temperature, self.floor)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"PerDomainPolicy({str(self.path)!r}, any K)"
