@@ -90,6 +90,26 @@ def test_an_agent_of_another_space_drives_the_run_through_a_mapping(tmp_path):
     assert all(h["fallback"] is None for h in report["history"])  # the agent's 4 weights became the run's 3
 
 
+def test_a_per_domain_policy_drives_the_users_domains_directly(tmp_path):
+    """Issue 15 item 2, first route: the domain-count-invariant policy of issue 14 needs no mapping (and a
+    mapping given for it is refused); it reads the learning rate it was trained to observe."""
+    import torch
+
+    from mixagent.policies.per_domain import PerDomainNet, write_per_domain_artifact
+
+    torch.manual_seed(0)
+    art = write_per_domain_artifact(tmp_path / "pd", PerDomainNet(8), {"action": {"temperature": 0.25, "floor": 0.0}},
+                                    observe_lr=True)
+    with pytest.raises(ConfigError, match="per-domain policy that drives any domain space"):
+        run_deploy(cfg(tmp_path, f"policy.spec={art}", "policy.mapping={wiki: web}"), progress=False)
+    assert not (tmp_path / "run").exists()
+    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8"), progress=False)
+    assert report["mapping"] is None and report["domains"] == ["web", "books", "math"]
+    w = np.array([h["weights"] for h in report["history"]])
+    assert w.shape == (2, 3) and np.allclose(w.sum(1), 1) and not np.allclose(w[0], w[1])
+    assert all(h["fallback"] is None for h in report["history"])
+
+
 def test_a_saved_hugging_face_model_directory_is_trained(tmp_path):
     import shutil
 

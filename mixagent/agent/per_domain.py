@@ -74,7 +74,7 @@ def _rows(run: str, fraction: float) -> tuple[list[tuple[np.ndarray, np.ndarray,
             dom, run_f = features(obs, target, initial)
             rows.append((dom, target, run_f, tr.actions[i]))
     return rows, {"run": run, "space": tset.space.name, "k": tset.space.k, "transitions": len(rows),
-                  "action": dict(spec["action"])}
+                  "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
 
 
 def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = True) -> Path:
@@ -96,6 +96,9 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     maps = {(i["action"]["temperature"], i["action"]["floor"]) for i in runs}
     if len(maps) > 1:
         raise ConfigError("per_domain", [f"the runs use different action maps {sorted(maps)}; clone runs of one map"])
+    if len({r["observe_lr"] for r in runs}) > 1:
+        raise ConfigError("per_domain", ["some runs observe the learning rate and some do not; clone runs of one "
+                                         "observation layout"])
     kmax = max(d.shape[0] for d, *_ in rows)
     n = len(rows)
     dom = np.zeros((n, kmax, rows[0][0].shape[1]), np.float32)
@@ -125,7 +128,8 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     first = runs[0]["action"]
     return write_per_domain_artifact(Path(out), net, {
         "algo": "per_domain_bc", "action": {"temperature": first["temperature"], "floor": first["floor"]},
-        "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach())}})
+        "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach())}},
+        observe_lr=any(r["observe_lr"] for r in runs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

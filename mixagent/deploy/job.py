@@ -117,6 +117,10 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
                                               f"or name a baseline such as replay:0.5)"])
         policy = load_policy(path)
         agent = _policy_space(policy)
+        if agent is None and cfg.policy.mapping:  # a per-domain policy reads any domain space as it is
+            raise ConfigError("policy.mapping", [f"{spec!r} is a per-domain policy that drives any domain space "
+                                                 f"directly; a mapping is only for an artifact of another space: "
+                                                 f"drop it"])
         if agent is not None and agent.names != space.names:
             if not cfg.policy.mapping:
                 raise ArtifactMismatchError(

@@ -101,9 +101,10 @@ class PerDomainNet(torch.nn.Module):
         return torch.tanh(self.rho(torch.cat([h, *pools, g], dim=-1)).squeeze(-1))
 
 
-def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any]) -> Path:
+def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any], observe_lr: bool = False) -> Path:
     """``policy.safetensors`` + ``meta.json`` (kind, format version, checksum, network, action map, the
-    training's ``meta``) into ``out``."""
+    training's ``meta``) into ``out``; ``observe_lr``: trained on observations that end with the learning rate
+    (a deployment then passes it to the scheduler)."""
     from safetensors.torch import save
 
     from mixagent.paths import atomic_write_bytes, atomic_write_json
@@ -113,7 +114,7 @@ def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any]
     atomic_write_bytes(out / WEIGHTS_FILE, raw)
     digest = hashlib.sha256(raw).hexdigest()
     full = {"kind": PER_DOMAIN_KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest,
-            "observation": {"version": OBSERVATION_VERSION}, "network": {"hidden": net.hidden},
+            "observation": {"version": OBSERVATION_VERSION, "lr": observe_lr}, "network": {"hidden": net.hidden},
             "versions": {"torch": torch.__version__}, **meta}
     atomic_write_json(out / META_FILE, full)
     return out
@@ -159,6 +160,7 @@ class PerDomainPolicy(RunningState):
         self.meta = meta
         self.temperature = float(meta["action"]["temperature"])
         self.floor = float(meta["action"]["floor"])
+        self.observe_lr = bool(meta["observation"].get("lr", False))  # the scheduler then passes the LR
         self.space: DomainSpace | None = None
         self.initial: np.ndarray | None = None
 
