@@ -481,7 +481,8 @@ def test_trainer_callback_logs_weights_to_wandb_offline(parts, tmp_path, monkeyp
     try:
         _, mixer, _ = trainer_run(parts, tmp_path / "w", max_steps=3, report_to=["wandb"], save_strategy="no")
     finally:
-        wandb.teardown()
+        wandb.finish()  # the Trainer leaves its run open: close it, or the next wandb user in this process logs
+        wandb.teardown()  # into a run whose service is gone
     ours = [d for d in logged if "mixagent/weight/math" in d]
     assert [d["train/global_step"] for d in ours] == [0, 2]
     assert ours[-1]["mixagent/weight/math"] == mixer.weights.to_mapping()["math"]

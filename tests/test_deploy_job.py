@@ -211,6 +211,8 @@ def test_cli_runs_the_job_and_reports_config_errors(tmp_path, capsys):
 
 
 def test_wandb_asked_through_report_to_logs_offline_under_the_run(tmp_path, monkeypatch):
+    import wandb
+
     for var in ("WANDB_MODE", "WANDB_DIR"):  # recorded, so what the job sets is undone after the test
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
@@ -218,6 +220,7 @@ def test_wandb_asked_through_report_to_logs_offline_under_the_run(tmp_path, monk
                    "trainer.report_to=[wandb]"), progress=False)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert wandb.run is None  # the job closed its run: a second job in this process starts its own
 
 
 @pytest.mark.slow

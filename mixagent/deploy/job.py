@@ -240,7 +240,8 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
                                             "domains": dict(zip(space.names, space.fields)),
                                             "mapping": mapping.to_json() if mapping else None})
     asked = cfg.trainer.get("report_to") or []
-    if cfg.wandb != "disabled" or "wandb" in ([asked] if isinstance(asked, str) else asked):
+    use_wandb = cfg.wandb != "disabled" or "wandb" in ([asked] if isinstance(asked, str) else asked)
+    if use_wandb:
         os.environ["WANDB_MODE"] = cfg.wandb if cfg.wandb != "disabled" else "offline"  # offline unless told
         os.environ.setdefault("WANDB_DIR", str(out))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -267,7 +268,14 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
                       callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)] if mixing else [])
     if not mixing:
         mixer.begin(model)  # the starting mixture for the whole run, no decisions after it
-    trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=True if cfg.resume else None)
+    finally:
+        if use_wandb:  # the Trainer leaves its wandb run open; a later job in this process would log into it
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
     steps = int(args["max_steps"])
     final = evaluate(trainer.model, tokens_seen=steps * accum * mixer.tokens_per_batch)
     label = p.spec if mixing else f"{p.spec} (not mixing: the starting mixture throughout)"
