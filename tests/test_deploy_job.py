@@ -72,6 +72,9 @@ def test_a_stopped_run_resumes_exactly(odm_run, tmp_path):
     longer = run_deploy(cfg(tmp_path, "policy.spec=odm", "trainer.max_steps=16", "resume=true"), progress=False)
     assert longer["history"][:3] == report["history"]  # extending the finished run keeps its decisions
     assert len(longer["history"]) == 4 and round(longer["history"][3]["progress"] * 16) == 12
+    from mixagent.deploy.report import decision_steps
+
+    assert decision_steps(longer) == [0, 4, 8, 12]  # the plots place every decision at its real step
 
 
 def test_an_agent_of_another_space_drives_the_run_through_a_mapping(tmp_path):
@@ -148,6 +151,16 @@ def test_domain_mapping_sums_splits_and_checks():
 
 
 @pytest.mark.parametrize("overrides, error, match", [
+    (["policy.fallback=bogus"], ConfigError, "policy.fallback must be one of"),
+    (["policy.max_change=-1"], ConfigError, r"policy.max_change must be in \(0, 1\]"),
+    (["policy.floor=0.6"], ConfigError, "floor \\* K must stay below 1"),
+    (["eval.batch_size=0"], ConfigError, "eval.batch_size must be >= 1"),
+    (["trainer.gradient_accumulation_steps=0"], ConfigError, "gradient_accumulation_steps must be an integer >= 1"),
+    (["trainer.per_device_train_batch_size=0"], ConfigError, "per_device_train_batch_size must be an integer"),
+    (["trainer.output_dir=README.md"], ConfigError, "is a file: give a directory"),
+    (["data.files=[]", "data.domains={web: {field: source, files: [tests/fixtures/deploy/train.jsonl]}, "
+      "math: {field: target, files: [tests/fixtures/deploy/train.jsonl]}}"], ConfigError,
+     "held_out_files holds rows with a 'domain' column"),
     (["data.text_column=body"], ConfigError, "no text column 'body'.*set data.text_column"),
     (["data.domain_column=source"], ConfigError, "no domain column 'source'"),
     (["data.held_out_files=[]"], ConfigError, "no held-out data: give held_out_files"),

@@ -220,8 +220,17 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     batch = int(cfg.trainer.get("per_device_train_batch_size", 8))
     accum = int(cfg.trainer.get("gradient_accumulation_steps", 1))
     user = load_user_data(cfg.data, cfg.seed) if cfg.data.form != "corpora" else None
-    if user is not None:  # the policy against the run's domains before the model loads (natural shares later)
-        _policy(cfg, user.space, DomainWeights.normalised(user.space, np.ones(user.space.k)), 1)
+    # the policy against the run's domains before the model loads (natural shares later)
+    if user is not None:
+        early = user.space
+    else:
+        from mixagent.data import load_space
+
+        early = load_space(resolve(cfg.data.corpora))
+    _policy(cfg, early, DomainWeights.normalised(early, np.ones(early.k)), 1)
+    if cfg.policy.floor * early.k >= 1:  # the other guards are checked with the config
+        raise ConfigError("policy.floor", [f"floor {cfg.policy.floor} with {early.k} domains: floor * K must stay "
+                                           f"below 1; use policy.floor < {1 / early.k:.4g}"])
     model, tokenizer, about = _load_model(cfg, device)
     if user is not None:
         space = user.space

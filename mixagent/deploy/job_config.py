@@ -176,6 +176,9 @@ class DataSection:
             if self.files and per_domain:
                 problems.append(f"give either files (one dataset with a {self.domain_column!r} column) or "
                                 f"domains.<name>.files, not both (domains {per_domain} have files)")
+            if self.held_out_files and per_domain:
+                problems.append(f"held_out_files holds rows with a {self.domain_column!r} column, for the one-dataset "
+                                f"form (files); with domains.<name>.files give domains.<name>.held_out instead")
             if not self.files and self.domains:
                 empty = [n for n, d in self.domains.items() if d and not d.files]
                 if empty:
@@ -228,9 +231,12 @@ class PolicySection:
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def check(self) -> list[str]:
+        from mixagent.deploy.scheduler import SchedulerConfig
+
         problems = [] if self.every >= 1 else [f"every must be >= 1 optimizer step, got {self.every}"]
         if self.initial not in ("natural", "uniform"):
             problems.append(f"initial must be natural or uniform, got {self.initial!r}")
+        problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
         return problems
 
 
@@ -257,6 +263,8 @@ class EvalSection:
             problems.append(f"kind must be held_out or benchmarks, got {self.kind!r}")
         if self.unit not in ("auto", "byte", "token"):
             problems.append(f"unit must be auto, byte or token, got {self.unit!r}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1 held-out window, got {self.batch_size}")
         if self.kind == "benchmarks" and not resolve(self.env).is_file():
             problems.append(f"env {self.env!r} is not a file: give an env spec (envs/math-cpt.yaml)")
         return problems
@@ -303,6 +311,13 @@ class DeployConfig:
                 problems.append(f"trainer.{key} is set by the job: use model.dtype / model.device / seed instead")
             elif key not in known:
                 problems.append(f"trainer.{key} is not a TrainingArguments field{suggest(key, known)}")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "max_steps"):
+            value = self.trainer.get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                problems.append(f"trainer.{key} must be an integer >= 1, got {value!r}")
+        out = self.trainer.get("output_dir")
+        if out and resolve(str(out)).exists() and not resolve(str(out)).is_dir():
+            problems.append(f"trainer.output_dir {out!r} is a file: give a directory (it is created if missing)")
         if not self.trainer.get("max_steps"):
             problems.append("trainer.max_steps is required: the policy's progress is measured against it")
         if self.wandb not in ("disabled", "offline", "online"):

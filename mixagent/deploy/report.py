@@ -10,11 +10,19 @@ import numpy as np
 
 from mixagent.paths import atomic_write, atomic_write_json
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "decision_steps"]
 
 
 def _field_loss(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
     return float(np.mean([ev["bpb"][d] for d, f in zip(domains, fields) if f == field]))
+
+
+def decision_steps(r: dict) -> list[int]:
+    """The optimizer step each decision of report ``r`` was taken at, from the tokens trained by then (a run
+    resumed with a larger ``max_steps`` recorded its earlier decisions' progress against the old length)."""
+    per_step = r["final"].get("tokens_seen", 0) / max(1, r["steps"])
+    return [int(round(h["tokens_seen"] / per_step)) if per_step > 0 and "tokens_seen" in h
+            else int(round(h["progress"] * r["steps"])) for h in r["history"]]
 
 
 def _plots(out: Path, r: dict) -> list[str]:
@@ -24,7 +32,7 @@ def _plots(out: Path, r: dict) -> list[str]:
     import matplotlib.pyplot as plt
 
     domains, fields, hist = r["domains"], r["fields"], r["history"]
-    steps = [int(round(h["progress"] * r["steps"])) for h in hist]  # the step each decision was taken at
+    steps = decision_steps(r)
     w = np.array([h["weights"] for h in hist])
     blues, oranges = plt.get_cmap("Blues"), plt.get_cmap("Oranges")
     n_s, n_t = fields.count("source"), fields.count("target")
