@@ -149,6 +149,8 @@ def test_surrogate_env_contract(tiny, tset, data):
     assert not np.array_equal(runs[0], runs[2])
     with pytest.raises(ConfigError, match="mode must be one of"):
         make_surrogate_env(tiny, mode="median")
+    with pytest.raises(ConfigError, match="penalty must be >= 0"):
+        make_surrogate_env(tiny, penalty=-1)
 
 
 def test_uncertainty_penalty_and_spec_refusal(tiny):
@@ -181,6 +183,7 @@ def test_committed_surrogate_is_registered_and_measured():
     meta = json.loads((COMMITTED / "meta.json").read_text())
     assert meta["metrics"]["spearman"] == report["spearman"]
     assert set(report["held_out_trees"]).isdisjoint(meta["trees"])
+    assert meta["runs"] == ["trajectories/reference/math-cpt-v1"]  # no machine paths in a committed artifact
 
 
 def test_policy_ranks_recomputed_match_the_committed_report():

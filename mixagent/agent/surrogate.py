@@ -144,6 +144,8 @@ def make_surrogate_env(world_model: str | Path | WorldModel, spec: str | Path | 
         WorldModelError: ``spec`` is not the spec the model was fitted on (its hash differs), or the spec's
             learning-rate schedule differs from the one the runs recorded.
     """
+    if not penalty >= 0:
+        raise ConfigError("surrogate", [f"penalty must be >= 0 (the weight of the disagreement), got {penalty}"])
     model = world_model if isinstance(world_model, WorldModel) else load_world_model(world_model)
     fitted = from_dict(EnvSpec, model.meta["spec"], "world model spec")
     if spec is None:

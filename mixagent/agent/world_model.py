@@ -365,10 +365,18 @@ def fit_world_model(data: ModelData, tset: TrajectorySet, cfg: WorldModelConfig,
         "start": first.header["start"], "start_weights": list(map(float, first.header["start_weights"])),
         "natural": _natural(tset), "reference": tset.reference.to_json() if tset.reference else None,
         "observed_lr": tset.observed_lr, "base_model": _base_model(tset),
-        "config": dataclasses.asdict(cfg), "runs": [str(r) for r in tset.runs], "transitions": len(data),
+        "config": dataclasses.asdict(cfg), "runs": [_shown(r) for r in tset.runs], "transitions": len(data),
         "trees": sorted(map(int, np.unique(data.tree))),
     }
     return WorldModel(net, {"x_mean": x_mean, "x_std": x_std, "y_mean": y_mean, "y_std": y_std}, meta)
+
+
+def _shown(path: Path) -> str:
+    """A run directory as recorded: relative to the repository when inside it (no machine paths)."""
+    from mixagent.paths import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _run_meta(tset: TrajectorySet) -> dict:
