@@ -16,7 +16,7 @@ from mixagent.deploy.job_config import DeployConfig
 from mixagent.deploy.mapping import DomainMapping
 from mixagent.domains import Domain, DomainSpace
 from mixagent.env.evaluation import EvalResult
-from mixagent.errors import ConfigError, DataMissingError, UsageError
+from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, UsageError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies.artifact import ArtifactMismatchError, random_artifact
 
@@ -168,6 +168,7 @@ def test_domain_mapping_sums_splits_and_checks():
     (["data.domains={web: {field: source}, books: {field: source}, math: {field: target}, code: {field: target}}"],
      DataMissingError, "\\['code'\\] have no training rows"),
     (["policy.spec=uniformm"], ConfigError, "did you mean 'uniform'"),
+    (["policy.spec=configs/deploy"], CorruptArtifactError, "not a policy artifact directory \\(it has no meta.json"),
     (["trainer.max_stepz=5"], ConfigError, "not a TrainingArguments field \\(did you mean 'max_steps'"),
     (["trainer.bf16=true"], ConfigError, "set by the job: use model.dtype"),
     (["model.kind=hf"], ConfigError, "holds a config but no weights.*use kind hf_config"),

@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         from mixagent.deploy.job import run_deploy
         from mixagent.deploy.job_config import DeployConfig
 
+        if args.no_progress:  # the libraries' bars too (datasets' splits and maps, transformers' shard writes)
+            import datasets
+            import transformers
+
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+
         run_deploy(load_config(DeployConfig, args.config, args.overrides), progress=not args.no_progress)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -254,6 +254,10 @@ def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy | Any:
     one (:class:`~mixagent.policies.per_domain.PerDomainPolicy`, any domain space), by its ``meta.json`` kind."""
     from mixagent.policies.per_domain import PER_DOMAIN_KIND, PerDomainPolicy
 
+    if Path(path).is_dir() and not (Path(path) / META_FILE).exists():
+        raise CorruptArtifactError(f"{path} is not a policy artifact directory (it has no {META_FILE}): give a "
+                                   f"directory written by `python -m mixagent.train_agent` (runs/agent/<name>/sft or "
+                                   f"rl) or `python -m mixagent.agent per-domain`, or a baseline such as replay:0.5")
     try:
         kind = json.loads((Path(path) / META_FILE).read_text()).get("kind")
     except (OSError, ValueError, AttributeError):
