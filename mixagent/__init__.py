@@ -31,9 +31,10 @@ def register_envs() -> list[str]:
                                disable_env_checker=False)
         ids.append(env_id)
     # surrogates: one per committed world model (checkpoints/world_models/<name>-v<version>/, issue 14)
-    for meta in sorted((ENVS_DIR.parent / "checkpoints" / "world_models").glob("*/meta.json")):
-        env_id = f"mixagent/{meta.parent.name.rsplit('-v', 1)[0]}-surrogate-v{meta.parent.name.rsplit('-v', 1)[-1]}"
-        if "-v" in meta.parent.name and env_id not in gymnasium.registry:
+    for meta in sorted((ENVS_DIR.parent / "checkpoints" / "world_models").glob("*-v*/meta.json")):
+        name, version = meta.parent.name.rsplit("-v", 1)
+        env_id = f"mixagent/{name}-surrogate-v{version}"
+        if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point="mixagent.agent.surrogate:make_surrogate_env",
                                kwargs={"world_model": str(meta.parent)}, disable_env_checker=False)
             ids.append(env_id)

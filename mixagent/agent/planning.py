@@ -121,13 +121,15 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
     from tqdm.auto import tqdm
 
     from mixagent.agent.world_model import load_world_model
+    from mixagent.config import from_dict
     from mixagent.env.environment import MixingEnv
+    from mixagent.env.spec import EnvSpec
     from mixagent.paths import REPO_ROOT, atomic_write_json
     from mixagent.study.rollouts import rollout
     from mixagent.study.tables import summarize
 
     model = load_world_model(REPO_ROOT / world_model)
-    env = MixingEnv(copy.deepcopy(make_surrogate_env(model).spec_))
+    env = MixingEnv(from_dict(EnvSpec, model.meta["spec"], "world model spec"))
     root = REPO_ROOT / out
     episodes = []
     with tqdm(total=len(seeds) * env.horizon, desc="planner in the real env", unit="segment",

@@ -35,13 +35,10 @@ from mixagent.env.observation import ObservationBuilder
 from mixagent.env.proxy import SegmentStats
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError, WorldModelError
-from mixagent.paths import REPO_ROOT
 
-__all__ = ["WorldModelBackend", "UncertaintyPenalty", "make_surrogate_env", "SURROGATE_MODES",
-           "COMMITTED_WORLD_MODELS"]
+__all__ = ["WorldModelBackend", "UncertaintyPenalty", "make_surrogate_env", "SURROGATE_MODES"]
 
 SURROGATE_MODES = ("mean", "sample")
-COMMITTED_WORLD_MODELS = REPO_ROOT / "checkpoints" / "world_models"
 
 
 class WorldModelBackend:
@@ -163,17 +160,3 @@ def make_surrogate_env(world_model: str | Path | WorldModel, spec: str | Path | 
                               f"recorded {recorded}; refit the world model on runs of this spec")
     return UncertaintyPenalty(env, penalty) if penalty > 0 else env
 
-
-def committed_world_models() -> dict[str, Path]:
-    """``{gymnasium id: artifact dir}`` of the committed world models."""
-    import json
-
-    out = {}
-    for meta in sorted(COMMITTED_WORLD_MODELS.glob("*/meta.json")):
-        try:
-            head = json.loads(meta.read_text())
-            spec = head["spec"]
-            out[f"mixagent/{spec['name']}-surrogate-v{int(spec.get('version', 0))}"] = meta.parent
-        except (ValueError, KeyError, TypeError):
-            continue  # unreadable: loading it by path raises the typed error
-    return out

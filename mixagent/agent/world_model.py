@@ -357,14 +357,15 @@ def fit_world_model(data: ModelData, tset: TrajectorySet, cfg: WorldModelConfig,
         if progress is not None:
             progress(epoch, total / n)
     first = tset.trajectories[0][1]
+    proxy = json.loads((tset.runs[0] / "meta.json").read_text()).get("proxy", {})
     meta: dict[str, Any] = {
         "version": WORLD_MODEL_VERSION, "observation_version": OBSERVATION_VERSION,
         "env_id": tset.env["id"], "spec": tset.env["spec"], "spec_hash": tset.env["spec_hash"],
         "horizon": tset.horizon, "space": str(tset.space.name), "domains": list(tset.space.names),
         "fields": [d.field for d in tset.space.domains], "outputs": output_names(tset.space),
         "start": first.header["start"], "start_weights": list(map(float, first.header["start_weights"])),
-        "natural": _natural(tset), "reference": tset.reference.to_json() if tset.reference else None,
-        "observed_lr": tset.observed_lr, "base_model": _base_model(tset),
+        "natural": _natural(proxy, tset), "reference": tset.reference.to_json() if tset.reference else None,
+        "observed_lr": tset.observed_lr, "base_model": str(proxy.get("base_model", "")),
         "config": dataclasses.asdict(cfg), "runs": [_shown(r) for r in tset.runs], "transitions": len(data),
         "trees": sorted(map(int, np.unique(data.tree))),
     }
@@ -379,17 +380,8 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def _run_meta(tset: TrajectorySet) -> dict:
-    return json.loads((tset.runs[0] / "meta.json").read_text())
-
-
-def _natural(tset: TrajectorySet) -> list[float]:
-    proxy = _run_meta(tset).get("proxy", {})
+def _natural(proxy: dict, tset: TrajectorySet) -> list[float]:
     if "natural" not in proxy:
         raise WorldModelError(f"{tset.runs[0]}/meta.json records no proxy.natural (the natural token shares the "
                               f"surrogate starts from); re-collect the run with this mixagent")
     return list(map(float, proxy["natural"]))
-
-
-def _base_model(tset: TrajectorySet) -> str:
-    return str(_run_meta(tset).get("proxy", {}).get("base_model", ""))

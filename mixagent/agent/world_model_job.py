@@ -31,7 +31,7 @@ from mixagent.agent.world_model import (
     split_by_tree,
 )
 from mixagent.config import to_dict
-from mixagent.errors import ConfigError, WorldModelError
+from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
 __all__ = ["WorldModelJobConfig", "run_world_model_job", "policy_ranks"]
@@ -47,7 +47,8 @@ class WorldModelJobConfig:
         data: trajectory run directories (one env spec and domain space).
         out: the artifact and report directory.
         model: the ensemble's fit (:class:`~mixagent.agent.world_model.WorldModelConfig`).
-        audit: the headroom audit directory whose schedules are ranked (empty: none).
+        audit_root: where headroom audits live; the audit of the model's spec covering ``seeds`` gives the
+            schedules ranked (empty: none).
         compare: the comparison cache roots whose methods are ranked (empty: none).
         regmix: the comparison's ``regmix.json`` (RegMix's fitted mixture; empty: RegMix is left out).
         seeds: evaluation seeds of the real episodes (the audit's and the comparison's held-out seeds).
@@ -57,7 +58,7 @@ class WorldModelJobConfig:
     data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
     out: str = "runs/world_model/default"
     model: WorldModelConfig = WorldModelConfig()
-    audit: str = "audits/math-cpt-v1/6447ab4d8d7a9484"
+    audit_root: str = "audits"
     compare: tuple[str, ...] = ("audits/compare",)
     regmix: str = "audits/compare/v1/regmix.json"
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -100,7 +101,7 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.rewards import balanced_score
     from mixagent.policies.registry import METHODS, build_policy
-    from mixagent.study.compare import reference_curve
+    from mixagent.study.compare import CompareConfig, audit_rows, reference_curve
     from mixagent.study.episodes import EpisodeCache, policy_context, policy_key
     from mixagent.study.headroom import Schedule
     from mixagent.study.rollouts import rollout
@@ -110,27 +111,12 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
     natural = env.natural.values
     rows: list[dict] = []
     seen: set[str] = set()
-    if cfg.audit:
-        where = REPO_ROOT / cfg.audit
-        if not (where / "results.jsonl").is_file():
-            raise WorldModelError(f"audit={cfg.audit!r} holds no results.jsonl; give a headroom audit directory "
-                                  f"(audits/<env>/<spec hash>) or audit='' for none")
-        head = json.loads((where / "spec.json").read_text()) if (where / "spec.json").is_file() else {}
-        if head.get("spec_hash", model.meta["spec_hash"]) != model.meta["spec_hash"]:
-            raise WorldModelError(f"the audit {cfg.audit} is of spec {head.get('spec_hash')}, the world model of "
-                                  f"{model.meta['spec_hash']}; give the audit of the model's spec")
-        by_key: dict[str, dict[int, dict]] = {}
-        for line in (where / "results.jsonl").read_text().splitlines():
-            if line.strip():
-                leaf = json.loads(line)
-                if leaf.get("trial") is None and leaf["seed"] in cfg.seeds:
-                    by_key.setdefault(leaf["key"], {})[leaf["seed"]] = leaf["eval"]
+    if cfg.audit_root:  # the headroom audit of the model's spec covering the seeds (none: logged, no rows)
+        audit = audit_rows(CompareConfig(seeds=cfg.seeds, audit_root=cfg.audit_root), spec)
         start = model.start()
-        for key, evals in sorted(by_key.items()):
-            if set(evals) < set(cfg.seeds):
-                continue
-            real = [balanced_score(spec.reward.name, spec.reward.lam, start, EvalResult.from_json(evals[s]), space,
-                                   env.reference) for s in cfg.seeds]
+        for key, evals in sorted(audit.get("rows", {}).items()):
+            real = [balanced_score(spec.reward.name, spec.reward.lam, start, EvalResult.from_json(e), space,
+                                   env.reference) for e in evals]
             sched = Schedule.from_key(key)
             weights = [sched.weights(space, natural, t) for t in range(horizon)]
             label = {"rho:" + ",".join(["0.0000"] * horizon): "target_only",
@@ -186,7 +172,7 @@ def run_world_model_job(cfg: WorldModelJobConfig, progress: bool = True) -> dict
 
     Raises:
         ConfigError: bad config.
-        WorldModelError: no transitions, too few trees for the held-out split, an audit of another spec.
+        WorldModelError: no transitions, or too few trees for the held-out split.
     """
     from scipy.stats import spearmanr
     from tqdm.auto import tqdm
