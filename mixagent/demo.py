@@ -4,8 +4,8 @@
 ``make collect-trajectories``; the base checkpoint and reference runs it started from are committed too);
 trains the agent on it briefly (``configs/agent/demo.yaml``: BC then CQL on the normalised reward); rolls
 the agent and three baselines out on a held-out seed and prints source, target and normalised scores. Then
-deploys: the best available policy (the default agent when ``make train-agent`` made it, else the demo's)
-drives a short Hugging Face Trainer run of continual pre-training of a larger model
+deploys: the committed reference agent (``checkpoints/agents/math-cpt-v1``, a per-domain policy; the demo's
+own agent when it is missing) drives a short Hugging Face Trainer run of continual pre-training of a larger model
 (``configs/base_model/2m.yaml``, 4x the proxy; the deploy job ``python -m mixagent.deploy --config
 configs/deploy/cpt-2m.yaml``) next to a
 uniform-mixture run of the same length. ``--collect CONFIG`` collects a dataset first (the toy
@@ -27,7 +27,11 @@ from mixagent.data.build import DataConfig, build
 from mixagent.errors import MixagentError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 
-__all__ = ["main"]
+__all__ = ["main", "REFERENCE_AGENT"]
+
+# the reference agent (issue 14): per-domain behaviour cloning of the best quarter of the committed v1 dataset
+# (python -m mixagent.agent per-domain); it drives any domain space, so the deployment below needs no mapping
+REFERENCE_AGENT = REPO_ROOT / "checkpoints/agents/math-cpt-v1"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     print(result.table)
     print(f"\ntable: {result.run_dir / 'table.md'}; policy artifacts: "
           f"{', '.join(str(p) for p in result.artifacts.values())}")
-    default = REPO_ROOT / "runs/agent/default/rl"
-    best = default if _fits(default, args.space) else result.artifacts["rl"]
-    print(f"\n[3/3] deployment: {best} drives a Trainer run of the 2m base model ({args.deploy_steps} steps), "
-          f"next to a uniform mixture")
+    best = REFERENCE_AGENT if (REFERENCE_AGENT / "meta.json").is_file() else result.artifacts["rl"]
+    print(f"\n[3/3] deployment: the reference agent {best.relative_to(REPO_ROOT)} (per-domain behaviour cloning of "
+          f"the committed dataset, see README) drives a Trainer run of the 2m base model ({args.deploy_steps} "
+          f"steps), next to a uniform mixture")
     rows = [deploy(str(best), args.deploy_steps, args.space, args.env),
             deploy("uniform", args.deploy_steps, args.space, args.env)]
     if any(r is None for r in rows):
@@ -98,14 +102,6 @@ def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
         print(f"error: the deployment run of {policy} failed (see above)", file=sys.stderr)
         return None
     return json.loads(report.read_text())
-
-
-def _fits(artifact: Path, space: str) -> bool:
-    """Whether ``artifact`` is a policy for the domain space ``space`` (e.g. not an older run's agent)."""
-    try:
-        return json.loads((artifact / "meta.json").read_text())["domains"]["names"] == _space_names(space)
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def _space_names(space: str) -> list[str]:

@@ -20,7 +20,8 @@ from mixagent.errors import ConfigError, suggest
 __all__ = ["import_d3rlpy", "make_sft", "make_rl", "make_fqe", "actor_tensors", "init_actor_from", "OBS_EPS"]
 
 OBS_EPS = 1e-3  # d3rlpy's StandardObservationScaler divides by (std + eps); the artifact stores std + eps
-_RL_CONFIGS = {"cql": "CQLConfig", "iql": "IQLConfig", "td3_plus_bc": "TD3PlusBCConfig"}
+_RL_CONFIGS = {"cql": "CQLConfig", "iql": "IQLConfig", "td3_plus_bc": "TD3PlusBCConfig", "sac": "SACConfig",
+               "td3": "TD3Config"}
 _SET_BY_MIXAGENT = ("batch_size", "gamma", "observation_scaler", "action_scaler", "reward_scaler",
                     "actor_encoder_factory", "critic_encoder_factory", "value_encoder_factory")
 
@@ -75,7 +76,7 @@ def rl_params_problems(algo: str, params: dict[str, Any]) -> list[str]:
 
 
 def make_rl(cfg: RLConfig, mean: np.ndarray, std: np.ndarray, device: str) -> Any:
-    """The stage-2 algorithm (CQL, IQL or TD3+BC) with small MLPs and scaled rewards.
+    """The stage-2 algorithm (CQL, IQL or TD3+BC offline; SAC or TD3 online) with small MLPs and scaled rewards.
 
     Raises:
         ConfigError: a key of ``rl.params`` d3rlpy does not know, or a value it rejects.

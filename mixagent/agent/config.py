@@ -11,10 +11,57 @@ from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import BASELINE_SPECS
 
-__all__ = ["AgentConfig", "SFTConfig", "RLConfig", "FQEConfig", "OnlineEvalConfig", "WandbConfig", "RL_ALGOS",
+__all__ = ["ModelConfig", "MODEL_KINDS", "ONLINE_ALGOS",
+           "AgentConfig", "SFTConfig", "RLConfig", "FQEConfig", "OnlineEvalConfig", "WandbConfig", "RL_ALGOS",
            "BASELINES"]
 
-RL_ALGOS = ("cql", "iql", "td3_plus_bc")
+MODEL_KINDS = ("", "synthetic", "surrogate")
+ONLINE_ALGOS = ("sac", "td3")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """How stage 2 uses a world model.
+
+    Args:
+        kind: ``""`` (real transitions only: the paper's recipe), ``synthetic`` (real + branched synthetic
+            transitions, offline algorithm) or ``surrogate`` (online ``sac``/``td3`` in the surrogate env).
+        world_model: the world-model artifact directory (fitted on the same env spec as the runs).
+        penalty: MOPO's coefficient: each synthetic reward is ``r - penalty * u``, ``u`` the ensemble's
+            disagreement in standardised units (:class:`mixagent.agent.surrogate.UncertaintyPenalty`).
+        branches: synthetic rollouts, each from a real state drawn uniformly from the dataset.
+        horizon: steps per synthetic rollout (MBPO's short branches; it stops earlier at the episode's end).
+        noise: standard deviation of the Gaussian noise on the SFT policy's pre-softmax action in [-1, 1]
+            while branching (exploration around the cloned behaviour).
+        online_steps: env steps of online training in the surrogate (``surrogate``).
+        buffer: replay buffer size of online training.
+    """
+
+    kind: str = ""
+    world_model: str = "checkpoints/world_models/math-cpt-v1"
+    penalty: float = 0.05
+    branches: int = 2000
+    horizon: int = 3
+    noise: float = 0.3
+    online_steps: int = 20000
+    buffer: int = 100000
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.kind not in MODEL_KINDS:
+            problems.append(f"kind must be '' (real data only), 'synthetic' or 'surrogate', got {self.kind!r}")
+        if not self.penalty >= 0:
+            problems.append(f"penalty must be >= 0, got {self.penalty}")
+        if min(self.branches, self.horizon, self.online_steps, self.buffer) < 1:
+            problems.append("branches, horizon, online_steps and buffer must be >= 1")
+        if not self.noise >= 0:
+            problems.append(f"noise must be >= 0, got {self.noise}")
+        if self.kind and not self.world_model:
+            problems.append(f"kind {self.kind!r} needs world_model: an artifact directory (make world-model)")
+        return problems
+
+
+RL_ALGOS = ("cql", "iql", "td3_plus_bc", *ONLINE_ALGOS)  # sac and td3 train online in the surrogate (model.kind)
 BASELINES = BASELINE_SPECS  # baselines of the online comparison (``replay:<rho>`` takes any rho in [0, 1])
 
 
@@ -65,7 +112,8 @@ class RLConfig:
     """Stage 2, "RL": offline RL on every transition.
 
     Args:
-        algo: ``cql`` (conservative Q-learning, the method's choice), ``iql`` or ``td3_plus_bc``.
+        algo: ``cql`` (conservative Q-learning, the method's choice), ``iql`` or ``td3_plus_bc`` (offline);
+            ``sac`` or ``td3`` (online in the surrogate env: ``model.kind: surrogate``).
         init_from_sft: start the actor from the SFT policy (needs the same ``hidden`` as ``sft``).
         steps: gradient steps.
         batch_size: transitions per step.
@@ -205,6 +253,8 @@ class AgentConfig:
         checkpoint_every: gradient steps between checkpoints (training resumes from the last one).
         out_dir: directory of agent runs, relative to the repository root (or absolute).
         wandb: wandb logging.
+        model: the world model in stage 2 (:class:`mixagent.agent.model_based.ModelConfig`): none (real
+            transitions only), synthetic transitions for the offline algorithm, or online RL in the surrogate.
     """
 
     name: str
@@ -222,6 +272,7 @@ class AgentConfig:
     checkpoint_every: int = 1000
     out_dir: str = "runs/agent"
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
 
     def check(self) -> list[str]:
         problems = []
@@ -237,6 +288,11 @@ class AgentConfig:
         if self.rl.init_from_sft and list(self.rl.hidden) != list(self.sft.hidden):
             problems.append(f"rl.init_from_sft needs rl.hidden == sft.hidden, got {self.rl.hidden} vs "
                             f"{self.sft.hidden}")
+        online = self.rl.algo in ONLINE_ALGOS
+        if online != (self.model.kind == "surrogate"):
+            problems.append(f"rl.algo {self.rl.algo!r} with model.kind {self.model.kind!r}: sac and td3 train online "
+                            f"in the surrogate (model.kind: surrogate), the offline algorithms (cql, iql, "
+                            f"td3_plus_bc) on the dataset (model.kind: '' or synthetic)")
         return problems
 
     @property

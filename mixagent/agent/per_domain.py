@@ -35,6 +35,9 @@ class PerDomainBCConfig:
         steps: gradient steps; batch_size: transitions per step; lr: Adam's learning rate.
         hidden: width of the shared networks.
         seed: initialisation and batch order.
+        exclude: domains left out of training (the generalization protocol's unseen source domains): their
+            entries are removed from every observation and action and the remaining weights renormalised,
+            as if the run had had only the other domains.
     """
 
     data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
@@ -44,9 +47,12 @@ class PerDomainBCConfig:
     lr: float = 1e-3
     hidden: int = 64
     seed: int = 0
+    exclude: tuple[str, ...] = ()
 
     def check(self) -> list[str]:
         problems = [] if self.data else ["data is empty: name at least one trajectory run"]
+        if len(set(self.exclude)) != len(self.exclude):
+            problems.append(f"exclude repeats domains: {list(self.exclude)}")
         if not 0 < self.top_fraction <= 1:
             problems.append(f"top_fraction must be in (0, 1], got {self.top_fraction}")
         if min(self.steps, self.batch_size, self.hidden) < 1 or not self.lr > 0:
@@ -54,26 +60,43 @@ class PerDomainBCConfig:
         return problems
 
 
-def _rows(run: str, fraction: float) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], dict]:
+def _drop(obs: np.ndarray, initial: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The observation and initial weights of the space reduced to the ``keep`` domains (weights renormalised;
+    relative losses and their changes kept; run-level entries unchanged)."""
+    k = len(keep)
+    w = obs[:k][keep]
+    parts = [w / max(w.sum(), 1e-12), obs[k:2 * k][keep], obs[2 * k:3 * k][keep], obs[3 * k:]]
+    return np.concatenate(parts), initial[keep] / max(initial[keep].sum(), 1e-12)
+
+
+def _rows(run: str, fraction: float, exclude: tuple[str, ...] = ()) -> tuple[list[tuple], dict]:
     """Per transition ``(domain features (K, D), target mask (K,), run features (R,))`` and the actions, of
-    the best trajectories of ``run``."""
+    the best trajectories of ``run`` (without the ``exclude`` domains)."""
     tset = load_trajectories([REPO_ROOT / run])
+    unknown = [d for d in exclude if d not in tset.space.names]
+    keep = np.array([n not in exclude for n in tset.space.names])
+    fields = {f for f, kept in zip(tset.space.fields, keep) if kept}
+    if unknown or fields != {"source", "target"}:
+        raise ConfigError("per_domain", [f"exclude {list(exclude)}: {run}'s domains are {list(tset.space.names)}; "
+                                         f"name only those, and keep at least one domain of each field"])
     spec = tset.env["spec"]
     reward, lam = spec["reward"]["name"], float(spec["reward"]["lam"])
     tr = build_transitions(tset, reward, lam, select=top_trajectories(tset, fraction, reward, lam))
     target = tset.space.field_mask("target").astype(np.float32)
     rows, initial = [], None
-    keep = ~tr.final_obs if tr.final_obs is not None else np.ones(len(tr), bool)
+    keep_row = ~tr.final_obs if tr.final_obs is not None else np.ones(len(tr), bool)
     start_weights = {(r, t.id): np.asarray(t.header["start_weights"], np.float64) for r, t in tset.trajectories}
     starts = {e["row"]: (e["run"], e["id"]) for e in tr.episodes}
     for i in range(len(tr)):
         obs = tr.observations[i].astype(np.float64)
         if i in starts:  # an episode's first row (a branch's is not step 0): its trajectory's initial weights
             initial = start_weights[starts[i]]
-        if keep[i]:
-            dom, run_f = features(obs, target, initial)
-            rows.append((dom, target, run_f, tr.actions[i]))
-    return rows, {"run": run, "space": tset.space.name, "k": tset.space.k, "transitions": len(rows),
+        if keep_row[i]:
+            o, init = _drop(obs, initial, keep) if exclude else (obs, initial)
+            dom, run_f = features(o, target[keep], init)
+            rows.append((dom, target[keep], run_f, tr.actions[i][keep]))
+    return rows, {"run": run, "space": tset.space.name, "k": int(keep.sum()), "excluded": list(exclude),
+                  "transitions": len(rows),
                   "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
 
 
@@ -90,7 +113,7 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
         raise ConfigError("per_domain", problems)
     rows, runs = [], []
     for run in cfg.data:
-        r, info = _rows(run, cfg.top_fraction)
+        r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude))
         rows += r
         runs.append(info)
     maps = {(i["action"]["temperature"], i["action"]["floor"]) for i in runs}
@@ -146,9 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/agent/per-domain/bc")
     parser.add_argument("--steps", type=int, default=PerDomainBCConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude", nargs="*", default=[], metavar="DOMAIN",
+                        help="domains left out of training (e.g. fiction foldoc wordnet: unseen source domains)")
     args = parser.parse_args(argv)
     try:
-        cfg = from_dict(PerDomainBCConfig, {"data": args.data, "steps": args.steps, "seed": args.seed})
+        cfg = from_dict(PerDomainBCConfig, {"data": args.data, "steps": args.steps, "seed": args.seed,
+                                            "exclude": args.exclude})
         out = train_per_domain(cfg, REPO_ROOT / args.out)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)

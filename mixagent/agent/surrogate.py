@@ -65,7 +65,8 @@ class WorldModelBackend:
         self.steps_per_segment = spec.segment_tokens // (spec.optim.micro_batch * spec.base_config().seq_len)
         self.builder = ObservationBuilder(self.space, spec.observe_lr)
         self._lrs = model.meta.get("observed_lr")
-        self._start = model.start()
+        self._model_start = model.start()
+        self._start = self._model_start  # a branch from a real state replaces it until the next reset
         self._initial = (np.full(self.space.k, 1.0 / self.space.k) if spec.initial_mixture == "uniform"
                          else self.natural.copy())
         self.disagreement = 0.0
@@ -73,6 +74,7 @@ class WorldModelBackend:
 
     def reset(self, seed: int) -> EvalResult:
         self.rng = np.random.Generator(np.random.PCG64(seed))
+        self._start = self._model_start
         self.prev = self.now = self._start
         self.weights = self._initial.copy()
         self.t = 0
@@ -98,11 +100,13 @@ class WorldModelBackend:
         return copy.deepcopy(self.now)
 
     def state(self) -> dict:
-        return {"prev": self.prev, "now": self.now, "weights": self.weights.copy(), "t": self.t,
+        return {"start": self._start, "prev": self.prev, "now": self.now, "weights": self.weights.copy(), "t": self.t,
                 "tokens_seen": self.tokens_seen, "rng": copy.deepcopy(self.rng.bit_generator.state),
                 "disagreement": self.disagreement}
 
     def load_state(self, state: dict) -> None:
+        """Continue from ``state`` (:meth:`state`'s, or a real run's step with its own ``start``)."""
+        self._start = state.get("start", self._start)
         self.prev, self.now, self.t = state["prev"], state["now"], state["t"]
         self.weights = state["weights"].copy()
         self.tokens_seen, self.disagreement = state["tokens_seen"], state["disagreement"]

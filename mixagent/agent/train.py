@@ -42,6 +42,7 @@ from mixagent.agent.dataset import (
     to_d3rlpy,
     top_trajectories,
 )
+from mixagent.agent.model_based import concat_transitions, surrogate_for, synthetic_transitions
 from mixagent.agent.online import baseline_label, check_held_out, evaluate_online
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env.environment import MixingEnv
@@ -226,6 +227,30 @@ def train_stage(algo: Any, dataset: Any, stage: str, steps: int, cfg: AgentConfi
     return (steps - start) / max(time.perf_counter() - t0, 1e-9)
 
 
+def _online_stage(algo: Any, cfg: AgentConfig, tset: TrajectorySet, progress: bool) -> float:
+    """d3rlpy's ``fit_online`` of SAC or TD3 in the penalised surrogate (one ensemble member per step) for
+    ``model.online_steps`` env steps, updates from step ``min(1000, steps / 10)``, d3rlpy's logger off (no
+    files); TD3 explores with Gaussian noise 0.1. Returns env steps per second. Not resumable inside: a
+    finished stage is loaded from its checkpoint, an unfinished one retrains from the SFT policy (minutes).
+    """
+    ckpt = cfg.run_dir / "checkpoints" / "rl.pt"
+    ckpt.parent.mkdir(exist_ok=True)
+    if _load_checkpoint(algo, ckpt) >= cfg.model.online_steps:
+        return 0.0
+    env, m = surrogate_for(cfg.model, tset, mode="sample"), cfg.model
+    d3rlpy = import_d3rlpy()
+    env.reset(seed=cfg.seed)
+    buffer = d3rlpy.dataset.create_fifo_replay_buffer(limit=m.buffer, env=env)
+    explorer = d3rlpy.algos.NormalNoise(0.0, 0.1) if cfg.rl.algo == "td3" else None  # SAC samples its own
+    t0 = time.perf_counter()
+    algo.fit_online(env, buffer=buffer, explorer=explorer, n_steps=m.online_steps,
+                    n_steps_per_epoch=min(m.online_steps, 5000), update_start_step=min(1000, m.online_steps // 10),
+                    logger_adapter=d3rlpy.logging.NoopAdapterFactory(), show_progress=progress,
+                    experiment_name="surrogate", with_timestamp=False)
+    _save_checkpoint(algo, ckpt, m.online_steps)
+    return m.online_steps / max(time.perf_counter() - t0, 1e-9)
+
+
 # --- offline evaluation -------------------------------------------------------------------------------
 
 def _offline_metrics(algo: Any, stage: str, dataset: Any, tr: Transitions, cfg: AgentConfig, gamma: float,
@@ -328,10 +353,18 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
         t0 = time.perf_counter()
         d3rlpy.seed(cfg.seed + i)
         algo = algos[stage]
+        if stage == "rl" and cfg.model.kind == "synthetic":  # after SFT: it is the branching policy
+            synthetic = synthetic_transitions(tset, cfg.model, algos["sft"].predict, cfg.seed, progress)
+            metrics.write(stage="synthetic", **{f"synthetic_{k}": v for k, v in synthetic.describe().items()},
+                          synthetic_mean_reward=float(synthetic.rewards[~synthetic.final_obs].mean()))
+            datasets["rl"] = to_d3rlpy(concat_transitions(all_tr, synthetic), k)
         _build(algo, datasets[stage])
         if stage == "rl" and cfg.rl.init_from_sft:
             init_actor_from(algo, algos["sft"])  # a resumed stage then loads its checkpoint over this
-        rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
+        if stage == "rl" and cfg.model.kind == "surrogate":
+            rate = _online_stage(algo, cfg, tset, progress)
+        else:
+            rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
         artifacts[stage] = write_artifact(run_dir / stage, actor_tensors(algo), _artifact_meta(
             cfg, tset, stage, reward, lam, mean, std))
         if stage not in state["done"]:

@@ -1,6 +1,7 @@
 """``python -m mixagent.study``: ``headroom`` (the headroom audit of an environment, ``mixagent.study.headroom``),
-``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``) and ``ranks`` (a rank
-table across comparisons)."""
+``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``), ``ranks`` (a rank
+table across comparisons) and ``generalize`` (an agent against the baselines in held-out cases,
+``mixagent.study.generalize``)."""
 
 from __future__ import annotations
 
@@ -59,12 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. regmix_runs=32")
     r = sub.add_parser("ranks", help="a rank table across finished comparisons")
     r.add_argument("dirs", nargs="+", help="comparison directories (audits/compare/<name>)")
+    g = sub.add_parser("generalize", help="an agent against the baselines in held-out cases, one table")
+    g.add_argument("--config", default="configs/generalize/v1.yaml", help="a protocol YAML (configs/generalize/)")
+    g.add_argument("--cases", help="comma-separated case names to run (default all; the table covers every "
+                   "finished case)")
+    g.add_argument("--report-only", action="store_true", help="rebuild the table from finished cases only")
+    g.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. workers=1")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "ranks":
         return _ranks(args.dirs)
     if args.cmd == "headroom":
         return _headroom(args)
+    if args.cmd == "generalize":
+        return _generalize(args)
     return _compare(args)
 
 
@@ -124,6 +133,24 @@ def _compare(args: argparse.Namespace) -> int:
         make_compare_report(run)
         return run
     return _run(job, "table, report and plots")
+
+
+def _generalize(args: argparse.Namespace) -> int:
+    from mixagent.config import load_config
+    from mixagent.paths import REPO_ROOT
+    from mixagent.study.generalize import GeneralizeConfig, run_generalize
+
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    try:
+        cfg = load_config(GeneralizeConfig, args.config, args.overrides)
+        table = run_generalize(cfg, cases, report_only=args.report_only)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = REPO_ROOT / cfg.out / f"{cfg.name}-generalize"
+    print((out / "table.md").read_text())
+    print(f"table and plot in {out}")
+    return 0 if table["cases"] else 1
 
 
 def _ranks(dirs: list[str]) -> int:

@@ -1,0 +1,211 @@
+"""The generalization protocol (issue 14, item 5): one agent, cases its training data never contained, each
+against the baselines on held-out seeds, one table.
+
+``python -m mixagent.study generalize --config configs/generalize/v1.yaml [--cases a,b] [key=value ...]``
+
+Every case is a comparison (:func:`mixagent.study.compare.run_compare`: the same episode engine, cache and
+report) of the agent and the baselines in an env built from a spec plus overrides: held-out seeds,
+held-out benchmark items (the test split), an unseen domain space (2 or 52 domains), an unseen target field
+(code), unseen source domains (an agent trained without them), a larger base model. The table reads, per
+case, the agent's score against the best baseline's in pooled seed standard deviations, and whether the
+agent is at least as good as every baseline (nominally, and within 2 pooled std). Cases run in the
+config's order and each resumes from the episode cache, so an interrupted protocol continues where it
+stopped, and ``--report-only`` rebuilds the table from what has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+
+from mixagent.errors import ConfigError
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+
+__all__ = ["Case", "GeneralizeConfig", "run_generalize", "generalize_table"]
+
+NOISE = 2.0  # a gap within NOISE pooled seed standard deviations is "within noise"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One held-out case.
+
+    Args:
+        name: plain name (its comparison is ``<out>/<config name>-<case name>``).
+        held_out: what the agent's training data never contained (the table's column).
+        env: env spec file or id.
+        env_overrides: ``key=value`` spec overrides (``space=configs/spaces/math-2d.yaml``, ...).
+        agent: the policy artifact of this case (default: the config's ``agent``); a per-domain policy
+            trained without some domains, for instance.
+    """
+
+    name: str
+    held_out: str
+    env: str = "envs/math-cpt.yaml"
+    env_overrides: tuple[str, ...] = ()
+    agent: str = ""
+
+    def check(self) -> list[str]:
+        problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
+        if not self.held_out:
+            problems.append(f"case {self.name!r}: held_out must say what the training data never contained")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneralizeConfig:
+    """The protocol.
+
+    Args:
+        name: the protocol's name (its table is ``<out>/<name>-generalize/``).
+        agent: the policy artifact evaluated in every case (a per-domain policy drives any domain space).
+        baselines: method specs it is compared with in every case (those that need no preparation runs).
+        seeds: held-out evaluation seeds (>= 3).
+        cases: the held-out cases, in the order they run.
+        out: output root (``audits/compare``, committed); reuse: roots whose cached episodes are reused.
+        workers: worker processes (0 = one per core); launcher: ``local`` or ``inline``.
+    """
+
+    name: str = "v1"
+    agent: str = "checkpoints/agents/math-cpt-v1"
+    baselines: tuple[str, ...] = ("uniform", "natural", "replay:0.5")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    cases: tuple[Case, ...] = ()
+    out: str = "audits/compare"
+    reuse: tuple[str, ...] = ("audits/compare",)
+    workers: int = 0
+    launcher: str = "local"
+
+    def check(self) -> list[str]:
+        problems = [] if self.cases else ["cases is empty: list at least one held-out case"]
+        names = [c.name for c in self.cases]
+        if len(set(names)) != len(names):
+            problems.append(f"case names repeat: {names}")
+        if len(self.seeds) < 3:
+            problems.append(f"seeds: a verdict needs >= 3 held-out seeds, got {list(self.seeds)}")
+        if not self.baselines:
+            problems.append("baselines is empty: name the methods the agent must match (e.g. uniform, replay:0.5)")
+        return problems
+
+    def case_agent(self, case: Case) -> str:
+        return case.agent or self.agent
+
+
+def _compare_config(cfg: GeneralizeConfig, case: Case):
+    from mixagent.study.compare import CompareConfig
+
+    return CompareConfig(name=f"{cfg.name}-{case.name}", env=case.env, env_overrides=tuple(case.env_overrides),
+                         policies=(*cfg.baselines, cfg.case_agent(case)), seeds=tuple(cfg.seeds), tune_seeds=(),
+                         efficiency_steps=(), oracles=False, workers=cfg.workers, launcher=cfg.launcher,
+                         out=cfg.out, reuse=tuple(cfg.reuse))
+
+
+def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report_only: bool = False) -> dict:
+    """Run (or resume) the cases named in ``cases`` (default all), then write the table over every case with a
+    finished comparison. Returns the table (``generalize_table``'s).
+
+    Raises:
+        ConfigError: a bad config or an unknown case name (before anything runs).
+    """
+    from mixagent.study.compare import run_compare
+    from mixagent.study.compare_report import make_compare_report
+
+    names = [c.name for c in cfg.cases]
+    unknown = [c for c in cases or [] if c not in names]
+    if unknown:
+        raise ConfigError("generalize", [f"cases {unknown} are not in the config; known: {', '.join(names)}"])
+    problems = [p for c in cfg.cases for p in _compare_config(cfg, c).check()]
+    if problems:
+        raise ConfigError("generalize", sorted(set(problems)))
+    if not report_only:
+        for case in cfg.cases:
+            if cases and case.name not in cases:
+                continue
+            print(f"\n== case {case.name}: held out {case.held_out}", flush=True)
+            make_compare_report(run_compare(_compare_config(cfg, case)))
+    return generalize_table(cfg)
+
+
+def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
+    import json
+
+    path = REPO_ROOT / cfg.out / f"{cfg.name}-{case.name}" / "table.json"
+    if not path.is_file():
+        return None
+    table = json.loads(path.read_text())
+    rows = {r["policy"]: r for r in table["rows"]}
+    agent = rows.get(cfg.case_agent(case))
+    base = [rows[b] for b in cfg.baselines if b in rows]
+    if agent is None or len(base) < len(cfg.baselines) or any(len(r["scores"]) < len(cfg.seeds)
+                                                                for r in (agent, *base)):
+        return None
+    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in (agent, *base)]))  # the comparison's std (ddof 1)
+    best = max(base, key=lambda r: r["mean"])
+    gaps = {r["policy"]: (agent["mean"] - r["mean"]) / pooled if pooled > 0 else 0.0 for r in base}
+    return {"case": case.name, "held_out": case.held_out, "env_id": table["env_id"], "spec_hash": table["spec_hash"],
+            "reward": table["reward"], "k": len(table["domains"]), "agent": cfg.case_agent(case),
+            "agent_mean": agent["mean"], "agent_std": agent["std"], "agent_scores": agent["scores"],
+            "baselines": {r["policy"]: {"mean": r["mean"], "std": r["std"], "scores": r["scores"]}
+                          for r in base},
+            "best_baseline": best["policy"], "best_mean": best["mean"], "pooled_std": pooled,
+            "gap_std": gaps[best["policy"]], "gaps_std": gaps,
+            "as_good_nominal": all(agent["mean"] >= r["mean"] for r in base),
+            "as_good_within_noise": all(g >= -NOISE for g in gaps.values())}
+
+
+def generalize_table(cfg: GeneralizeConfig) -> dict:
+    """``<out>/<name>-generalize/`` ``table.md``, ``table.json`` and ``gaps.png`` over the finished cases."""
+    results = [r for r in (_case_result(cfg, c) for c in cfg.cases) if r is not None]
+    pending = [c.name for c in cfg.cases if c.name not in {r["case"] for r in results}]
+    lines = ["| case | held out | K | agent (mean ± std) | best baseline | gap [pooled std] | >= every baseline "
+             "(nominal) | within 2 std of every baseline |", "|---|---|---:|---:|---|---:|:---:|:---:|"]
+    for r in results:
+        lines.append(f"| {r['case']} | {r['held_out']} | {r['k']} | {r['agent_mean']:+.4f} ± {r['agent_std']:.4f} | "
+                     f"{r['best_baseline']} {r['best_mean']:+.4f} | {r['agent_mean'] - r['best_mean']:+.4f} "
+                     f"[{r['gap_std']:+.1f}] | {'yes' if r['as_good_nominal'] else 'no'} | "
+                     f"{'yes' if r['as_good_within_noise'] else 'no'} |")
+    held = [r for r in results if r["case"] != "in-distribution"]
+    share = float(np.mean([r["as_good_nominal"] for r in held])) if held else None
+    verdict = ("no held-out case has finished" if share is None else
+               f"at least as good as every baseline (nominally) in {sum(r['as_good_nominal'] for r in held)} of "
+               f"{len(held)} held-out cases ({100 * share:.0f}%; the bar is >= 75%); within 2 pooled std of every "
+               f"baseline in {sum(r['as_good_within_noise'] for r in held)} of {len(held)}")
+    md = "\n".join(lines) + f"\n\n{verdict}." + (f"\nNot finished: {', '.join(pending)}." if pending else "") + "\n"
+    out = REPO_ROOT / cfg.out / f"{cfg.name}-generalize"
+    out.mkdir(parents=True, exist_ok=True)
+    table = {"version": 1, "name": cfg.name, "seeds": list(cfg.seeds), "baselines": list(cfg.baselines),
+             "noise_std": NOISE, "cases": results, "pending": pending, "held_out_share_as_good": share,
+             "verdict": verdict}
+    atomic_write(out / "table.md", lambda tmp: tmp.write_text(md))
+    atomic_write_json(out / "table.json", table)
+    if results:
+        _plot(results, cfg, out / "gaps.png")
+    return table
+
+
+def _plot(results: list[dict], cfg: GeneralizeConfig, path: Path) -> None:
+    """Per case, the agent's gap to each baseline in pooled seed standard deviations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.6))
+    marks = ["o", "s", "^", "D", "v", "P"]
+    for j, b in enumerate(cfg.baselines):
+        ys = [i for i, r in enumerate(results)]
+        xs = [r["gaps_std"][b] for r in results]
+        ax.scatter(xs, ys, marker=marks[j % len(marks)], label=f"agent - {b}", zorder=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.axvspan(-NOISE, NOISE, color="0.9", zorder=0, label=f"within {NOISE:g} pooled std")
+    ax.set_yticks(range(len(results)), [f"{r['case']}\n({r['held_out']})" for r in results], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("agent's score minus the baseline's, in pooled seed std (right = agent better)")
+    ax.set_title(f"Generalization of {Path(cfg.agent).name}: seeds {list(cfg.seeds)}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

@@ -1,0 +1,152 @@
+"""Stage 2 with the world model (issue 14, item 3) and the generalization protocol (item 5): synthetic
+branches start at real states and carry the penalty, real d3rlpy CQL / SAC train with them, the variants are
+selected by config, the held-out-domain BC, and the protocol's table over committed episodes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from mixagent.agent.config import AgentConfig
+from mixagent.agent.dataset import build_transitions, load_trajectories
+from mixagent.agent.model_based import ModelConfig, concat_transitions, surrogate_for, synthetic_transitions
+from mixagent.agent.surrogate import make_surrogate_env
+from mixagent.agent.train import train_agent
+from mixagent.config import load_config
+from mixagent.errors import ConfigError, WorldModelError
+from mixagent.paths import CONFIGS_DIR, REPO_ROOT
+
+DATA = REPO_ROOT / "trajectories/reference/math-cpt-v1"
+WM = "checkpoints/world_models/math-cpt-v1"
+QUICK = ["out_dir={out}", "sft.steps=40", "rl.steps=40", "fqe.steps=0", "sft.batch_size=32", "rl.batch_size=32",
+         "model.branches=40", "model.online_steps=300", "model.buffer=1000", "eval.launcher=inline", "eval.cache=",
+         "eval.baselines=[uniform]", "eval.seeds=[0]", "log_every=20", "checkpoint_every=20"]
+
+
+@pytest.fixture(scope="module")
+def tset():
+    return load_trajectories([DATA])
+
+
+def surrogate():
+    return make_surrogate_env(REPO_ROOT / WM)
+
+
+def zero_policy(obs: np.ndarray) -> np.ndarray:
+    return np.zeros((len(obs), 10), np.float32)
+
+
+def test_branches_start_at_real_states_and_pay_the_penalty(tset):
+    cfg = ModelConfig(kind="synthetic", world_model=WM, branches=30, horizon=3, noise=0.0, penalty=0.0)
+    syn = synthetic_transitions(tset, cfg, zero_policy, seed=3, progress=False)
+    real = build_transitions(tset, "normalised_bpb", 0.5, dedupe=False)
+    # every branch's first observation is a real observation (its state restored exactly, not re-simulated)
+    real_obs = {tuple(np.round(o, 5)) for o in real.observations}
+    firsts = syn.observations[[e["row"] for e in syn.episodes]]
+    assert all(tuple(np.round(o, 5)) in real_obs for o in firsts)
+    assert len(syn.episodes) == 30 and all(1 <= e["steps"] <= 3 for e in syn.episodes)
+    for e in syn.episodes:  # a branch reaching the horizon is terminal; one cut at 3 steps ends in a timeout row
+        end = e["row"] + e["steps"]
+        if e["first_step"] + e["steps"] == 8:
+            assert syn.terminals[end - 1] == 1
+        else:
+            assert e["steps"] == 3 and syn.timeouts[end] == 1 and syn.final_obs[end]
+    penalised = synthetic_transitions(tset, dataclasses.replace(cfg, penalty=0.05), zero_policy, seed=3,
+                                      progress=False)
+    steps = ~syn.final_obs
+    np.testing.assert_array_equal(syn.observations, penalised.observations)  # same draws, same dynamics
+    gap = syn.rewards[steps] - penalised.rewards[steps]
+    assert np.all(gap > 0) and np.all(gap < 0.05 * 5)  # r - 0.05 * disagreement, disagreement in (0, 5)
+    both = concat_transitions(real, syn)
+    assert len(both) == len(real) + len(syn) and both.episodes[-1]["row"] == syn.episodes[-1]["row"] + len(real)
+    np.testing.assert_array_equal(both.observations[len(real):], syn.observations)
+
+
+def test_world_model_of_another_spec_is_refused(tset):
+    other = dataclasses.replace(tset, env={**tset.env, "spec_hash": "0000000000000000", "id": "mixagent/other-v1"})
+    with pytest.raises(WorldModelError, match="fit one on these runs"):
+        surrogate_for(ModelConfig(kind="synthetic", world_model=WM), other, "sample")
+
+
+def test_online_algorithms_need_the_surrogate_and_bad_sections_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="sac and td3 train online"):
+        load_config(AgentConfig, CONFIGS_DIR / "agent/default.yaml", ["rl.algo=sac", "rl.params={}"])
+    with pytest.raises(ConfigError, match="sac and td3 train online"):
+        load_config(AgentConfig, CONFIGS_DIR / "agent/sac-surrogate.yaml", ["model.kind=synthetic"])
+    with pytest.raises(ConfigError) as err:
+        load_config(AgentConfig, CONFIGS_DIR / "agent/cql-synthetic.yaml", ["model.kind=mopo", "model.penalty=-1",
+                                                                            "model.horizon=0"])
+    text = str(err.value)
+    assert "kind must be" in text and "penalty must be >= 0" in text and "horizon" in text
+
+
+@pytest.mark.parametrize("variant, algo, losses", [("cql-synthetic", "cql", {"conservative_loss"}),
+                                                    ("sac-surrogate", "sac", set())])
+def test_variants_train_with_real_d3rlpy_and_reproduce(tmp_path, variant, algo, losses):
+    cfg = load_config(AgentConfig, CONFIGS_DIR / f"agent/{variant}.yaml",
+                      [q.format(out=tmp_path) for q in QUICK])
+    result = train_agent(cfg, progress=False, env_factory=surrogate)
+    meta = json.loads((result.run_dir / "rl/meta.json").read_text())
+    assert meta["algo"] == algo and meta["training"]["config"]["model"]["kind"] == cfg.model.kind
+    log = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
+    if cfg.model.kind == "synthetic":
+        syn = next(x for x in log if x["stage"] == "synthetic")
+        assert syn["synthetic_episodes"] == 40 and 40 <= syn["synthetic_transitions"] <= 120
+        assert losses <= set(next(x for x in log if x["stage"] == "rl" and "step" in x))
+    assert [r["policy"] for r in result.rows] == [f"agent RL ({algo})", "uniform"]
+    assert np.isfinite(result.rows[0]["balanced"])
+    again = train_agent(dataclasses.replace(cfg, name="again"), progress=False, env_factory=surrogate)
+    assert (again.artifacts["rl"] / "policy.safetensors").read_bytes() == \
+        (result.artifacts["rl"] / "policy.safetensors").read_bytes()
+    resumed = train_agent(cfg, resume=True, progress=False, env_factory=surrogate)  # finished: loads, no retraining
+    assert (resumed.artifacts["rl"] / "policy.safetensors").read_bytes() == \
+        (result.artifacts["rl"] / "policy.safetensors").read_bytes()
+
+
+def test_per_domain_bc_without_some_domains(tmp_path):
+    from mixagent.agent.per_domain import PerDomainBCConfig, _rows, train_per_domain
+    from mixagent.policies import load_policy
+
+    full, _ = _rows("trajectories/reference/math-cpt-v1", 0.25)
+    cut, info = _rows("trajectories/reference/math-cpt-v1", 0.25, ("fiction", "wordnet"))
+    assert info["k"] == 8 and len(cut) == len(full)
+    keep = [i for i in range(10) if i not in (2, 6)]
+    for (d, t, r, a), (d2, t2, r2, a2) in zip(full[:20], cut[:20]):
+        np.testing.assert_array_equal(a[keep], a2)
+        np.testing.assert_array_equal(t[keep], t2)
+        np.testing.assert_allclose(d[keep, 3:], d2[:, 3:])  # relative losses and their changes kept
+        np.testing.assert_allclose(d2[:, 1].sum(), 8.0, rtol=1e-5)  # K * weights renormalised over 8 domains
+        np.testing.assert_array_equal(r, r2)
+    with pytest.raises(ConfigError, match="keep at least one domain of each field"):
+        train_per_domain(PerDomainBCConfig(exclude=("math-gold", "math-strong", "math-weak"), steps=1), tmp_path / "x")
+    with pytest.raises(ConfigError, match="name only those"):
+        train_per_domain(PerDomainBCConfig(exclude=("poetry",), steps=1), tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    out = train_per_domain(PerDomainBCConfig(exclude=("fiction",), steps=5, batch_size=8), tmp_path / "p",
+                           progress=False)
+    assert json.loads((out / "meta.json").read_text())["training"]["runs"][0]["excluded"] == ["fiction"]
+    load_policy(out)  # the artifact drives the full space it never saw whole
+
+
+def test_generalize_table_from_the_committed_episodes(tmp_path):
+    """The in-distribution case reruns nothing (every episode is in the committed cache) and its row is the
+    committed v1 comparison's numbers; unfinished cases are listed, not scored."""
+    from mixagent.study.generalize import GeneralizeConfig, generalize_table, run_generalize
+
+    cfg = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}"])
+    table = run_generalize(cfg, ["in-distribution"])
+    (row,) = table["cases"]
+    ref = {r["policy"]: r for r in json.loads((REPO_ROOT / "audits/compare/v1/table.json").read_text())["rows"]}
+    assert row["best_baseline"] == "replay:0.5" and row["best_mean"] == pytest.approx(ref["replay:0.5"]["mean"])
+    assert row["baselines"]["uniform"]["scores"] == pytest.approx(ref["uniform"]["scores"])
+    assert row["as_good_nominal"] == (row["agent_mean"] >= max(b["mean"] for b in row["baselines"].values()))
+    assert table["held_out_share_as_good"] is None and "space-52" in table["pending"]
+    assert (tmp_path / "v1-generalize/gaps.png").stat().st_size > 0
+    assert generalize_table(cfg)["cases"] == table["cases"]  # rebuilt from the stored comparison alone
+    with pytest.raises(ConfigError, match="not in the config"):
+        run_generalize(cfg, ["space-7"])
+    with pytest.raises(ConfigError, match=">= 3 held-out seeds"):
+        load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", ["seeds=[0, 1]"])
