@@ -118,17 +118,44 @@ def per_domain(argv: list[str] | None = None) -> int:
     return per_domain_main(argv)
 
 
-COMMANDS = {"train": main, "world-model": world_model, "plan": plan, "per-domain": per_domain}
+def variants(argv: list[str] | None = None) -> int:
+    """Run the ``variants`` command: every agent variant against the baselines in the real env, one table."""
+    parser = argparse.ArgumentParser(prog="python -m mixagent.agent variants",
+                                     description="Train (resuming) and score every agent variant of the config in "
+                                                 "the real env against the comparison's baselines; one table.")
+    parser.add_argument("--config", default=str(CONFIGS_DIR / "agent/variants.yaml"), help="variants YAML")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out=runs/variants")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from mixagent.agent.variants import VariantsConfig, run_variants
+        from mixagent.config import load_config
+        from mixagent.paths import REPO_ROOT
+
+        cfg = load_config(VariantsConfig, args.config, args.overrides)
+        run_variants(cfg, progress=not args.no_progress)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((REPO_ROOT / cfg.out / "table.md").read_text())
+    print(f"table: {cfg.out}/table.md; the comparison's report: audits/compare/{cfg.name}/report.md")
+    return 0
+
+
+COMMANDS = {"train": main, "world-model": world_model, "plan": plan, "per-domain": per_domain, "variants": variants}
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``python -m mixagent.agent <command> ...``: ``train``, ``world-model``, ``plan`` or ``per-domain``."""
+    """``python -m mixagent.agent <command> ...``: ``train``, ``world-model``, ``plan``, ``per-domain`` or
+    ``variants``."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print("usage: python -m mixagent.agent train --config configs/agent/<name>.yaml [key=value ...] [--resume]\n"
               "       python -m mixagent.agent world-model [--config configs/world_model/<name>.yaml] [key=value ...]\n"
               "       python -m mixagent.agent plan [--world-model DIR] [--seeds 0 1 2] [--penalty 0.05]\n"
               "       python -m mixagent.agent per-domain [--data RUN ...] [--out DIR] [--steps N]\n"
+              "       python -m mixagent.agent variants [--config configs/agent/variants.yaml]\n"
               "       (python -m mixagent.train_agent ... is the train command)", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return COMMANDS[argv[0]](argv[1:])

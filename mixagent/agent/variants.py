@@ -1,0 +1,195 @@
+"""The agent variants of issue 14 (item 3) in one table: ``python -m mixagent.agent variants --config
+configs/agent/variants.yaml``.
+
+Each variant is selected by config: an agent config and stage (``train_agent``: BC, BC then CQL on real
+data, CQL on real + synthetic transitions, online SAC in the surrogate), the world-model planner (MPC), or
+a committed policy artifact (the per-domain reference agent). The job trains what is not trained (each
+run resumes), copies every learned policy into ``out`` (small, committed), rolls them out in the **real**
+env on the held-out seeds through the comparison (every baseline of ``compare`` on the same seeds; cached
+episodes are not rerun), and writes ``out/table.md`` / ``table.json``: each variant against the best
+non-oracle baseline in pooled seed standard deviations, and its share of the oracle schedule's gain over
+the best static mixture (issue 14's bar).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+
+__all__ = ["Variant", "VariantsConfig", "run_variants"]
+
+STAGES = ("sft", "rl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One variant: exactly one of ``config`` (an agent config; ``stage`` picks its policy), ``planner`` (a
+    world-model artifact: MPC) or ``artifact`` (a committed policy).
+
+    Args:
+        name: plain name (its artifact directory under ``out``).
+        label: the table's description.
+        config: agent config YAML (``configs/agent/*.yaml``); stage: ``sft`` or ``rl``.
+        planner: world-model directory; trials and penalty: the planner's search (``mixagent.agent.planning``);
+            planner_out: where its real-env episodes are kept (one JSON per seed).
+        artifact: a policy artifact directory.
+    """
+
+    name: str
+    label: str
+    config: str = ""
+    stage: str = "rl"
+    planner: str = ""
+    trials: int = 64
+    penalty: float = 0.05
+    planner_out: str = "audits/agent-v1/mpc"
+    artifact: str = ""
+
+    def check(self) -> list[str]:
+        problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
+        if sum(bool(x) for x in (self.config, self.planner, self.artifact)) != 1:
+            problems.append(f"variant {self.name!r}: give exactly one of config, planner or artifact")
+        if self.stage not in STAGES:
+            problems.append(f"variant {self.name!r}: stage must be sft or rl, got {self.stage!r}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantsConfig:
+    """The variants table.
+
+    Args:
+        name: the comparison's name (``<compare out>/<name>``).
+        compare: the comparison config whose baselines and seeds the variants are scored with;
+            compare_overrides: ``key=value`` overrides of it (``out=runs/compare`` keeps it out of ``audits``).
+        variants: the variants, in table order.
+        out: where learned policies are copied and the table written (committed).
+    """
+
+    name: str = "v1-variants"
+    compare: str = "configs/compare/v1.yaml"
+    compare_overrides: tuple[str, ...] = ()
+    variants: tuple[Variant, ...] = ()
+    out: str = "audits/agent-v1/variants"
+
+    def check(self) -> list[str]:
+        problems = [] if self.variants else ["variants is empty"]
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            problems.append(f"variant names repeat: {names}")
+        return problems
+
+
+def _train(v: Variant, progress: bool) -> Path:
+    from mixagent.agent.config import AgentConfig
+    from mixagent.agent.train import train_agent
+    from mixagent.config import load_config
+
+    cfg = load_config(AgentConfig, REPO_ROOT / v.config)
+    done = cfg.run_dir / v.stage / "meta.json"
+    if not done.is_file() or not (cfg.run_dir / "table.json").is_file():
+        print(f"\n== variant {v.name}: training {v.config} (resumes)", flush=True)
+        train_agent(cfg, resume=cfg.run_dir.exists(), progress=progress)
+    return cfg.run_dir / v.stage
+
+
+def _keep_episodes(base, policies: list[str]) -> None:
+    """Copy the policies' episodes that agent training rolled out into its own cache (``runs/compare``, the
+    agent config's ``eval.cache``) into the comparison's committed cache, so a fresh clone reruns none."""
+    from mixagent.env.spec import load_spec
+    from mixagent.study.episodes import EpisodeCache, policy_key
+    from mixagent.study.headroom import resolve_env
+
+    spec = load_spec(resolve_env(base.env, "compare"), base.env_overrides)
+    ident = (spec.name, spec.version, spec.spec_hash())
+    src, dst = EpisodeCache(REPO_ROOT / "runs/compare", ident), EpisodeCache(REPO_ROOT / base.out, ident)
+    for p in policies:
+        key = policy_key(p, None)
+        for seed in base.seeds:
+            record = src.get(key, seed)
+            if record is not None and dst.get(key, seed) is None:
+                dst.put(key, seed, record)
+
+
+def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
+    """Train, copy, roll out and tabulate every variant (see the module docstring); returns the table.
+
+    Raises:
+        ConfigError: a bad config, before anything runs.
+    """
+    from mixagent.agent.planning import evaluate_planner
+    from mixagent.config import load_config
+    from mixagent.study.compare import CompareConfig, run_compare
+    from mixagent.study.compare_report import make_compare_report
+
+    base = load_config(CompareConfig, REPO_ROOT / cfg.compare, cfg.compare_overrides)
+    out = REPO_ROOT / cfg.out
+    policies, planned = {}, {}
+    for v in cfg.variants:
+        if v.planner:
+            planned[v.name] = evaluate_planner(v.planner, list(base.seeds), v.planner_out, v.trials, v.penalty,
+                                               progress)
+            continue
+        src = REPO_ROOT / v.artifact if v.artifact else _train(v, progress)
+        dst = out / v.name
+        if v.config and src.resolve() != dst.resolve():  # learned here: the committed copy is what is scored
+            tmp = out / f".{v.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+        policies[v.name] = str((dst if v.config else src).relative_to(REPO_ROOT))
+    _keep_episodes(base, list(policies.values()))
+    run = run_compare(dataclasses.replace(base, name=cfg.name, policies=(*base.policies, *policies.values())))
+    table = make_compare_report(run)
+    return _table(cfg, table, policies, planned, out, f"{base.out}/{cfg.name}")
+
+
+def _table(cfg: VariantsConfig, table: dict, policies: dict[str, str], planned: dict[str, list[dict]],
+           out: Path, comparison: str) -> dict:
+    rows = {r["policy"]: r for r in table["rows"]}
+    baselines = [r for r in table["rows"] if r["kind"] not in ("agent", "oracle")]
+    best = max(baselines, key=lambda r: r["mean"])
+    static = rows.get("oracle: best static (hindsight)")
+    schedule = rows.get("oracle: best schedule (hindsight)")
+    headroom = schedule["mean"] - static["mean"] if static and schedule else None
+    scored = []
+    for v in cfg.variants:
+        scores = [e["balanced"] for e in planned[v.name]] if v.name in planned else rows[policies[v.name]]["scores"]
+        std = float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan")
+        scored.append({"name": v.name, "label": v.label, "policy": policies.get(v.name, v.planner_out),
+                       "scores": [float(s) for s in scores], "mean": float(np.mean(scores)), "std": std})
+    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in baselines] + [s["std"] ** 2 for s in scored]))
+    lines = [f"| variant | normalised score (mean ± std) | gap to {best['policy']} [pooled std] | share of the "
+             f"oracle schedule's gain over the best static |", "|---|---:|---:|---:|"]
+    for s in scored:
+        s["gap_std"] = (s["mean"] - best["mean"]) / pooled
+        s["oracle_share"] = ((s["mean"] - static["mean"]) / headroom if headroom and headroom > 0 else None)
+        share = "n/a (no headroom)" if s["oracle_share"] is None else f"{100 * s['oracle_share']:.0f}%"
+        lines.append(f"| {s['label']} | {s['mean']:+.4f} ± {s['std']:.4f} | {s['mean'] - best['mean']:+.4f} "
+                     f"[{s['gap_std']:+.1f}] | {share} |")
+    lines.append(f"| best non-oracle baseline: {best['policy']} | {best['mean']:+.4f} ± {best['std']:.4f} | — | — |")
+    if static and schedule:
+        lines.append(f"| oracle: best schedule (hindsight) | {schedule['mean']:+.4f} | "
+                     f"{schedule['mean'] - best['mean']:+.4f} | gain over best static {headroom:+.4f} |")
+    top = max(scored, key=lambda s: s["mean"])
+    verdict = (f"closest to the bar: {top['label']}, {top['mean'] - best['mean']:+.4f} ({top['gap_std']:+.1f} pooled "
+               f"std) from {best['policy']}; the bar is +2 pooled std and >= 70% of the oracle schedule's gain"
+               + ("" if headroom and headroom > 0 else f", and the oracle schedule's gain over the best static "
+                  f"mixture is {headroom:+.4f}: no schedule headroom to take"))
+    md = "\n".join(lines) + f"\n\nPooled seed std {pooled:.4f} (seeds {table['seeds']}). {verdict}.\n"
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"version": 1, "name": cfg.name, "env_id": table["env_id"], "spec_hash": table["spec_hash"],
+              "seeds": table["seeds"], "pooled_seed_std": pooled, "best_baseline": best["policy"],
+              "best_baseline_mean": best["mean"], "oracle_schedule_gain": headroom, "variants": scored,
+              "verdict": verdict, "comparison": comparison}
+    atomic_write(out / "table.md", lambda tmp: tmp.write_text(md))
+    atomic_write_json(out / "table.json", result)
+    return result
+
