@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     print(result.table)
     print(f"\ntable: {result.run_dir / 'table.md'}; policy artifacts: "
           f"{', '.join(str(p) for p in result.artifacts.values())}")
-    best = REFERENCE_AGENT if (REFERENCE_AGENT / "meta.json").is_file() else result.artifacts["rl"]
-    print(f"\n[3/3] deployment: the reference agent {best.relative_to(REPO_ROOT)} (per-domain behaviour cloning of "
-          f"the committed dataset, see README) drives a Trainer run of the 2m base model ({args.deploy_steps} "
-          f"steps), next to a uniform mixture")
+    shipped = (REFERENCE_AGENT / "meta.json").is_file()
+    best = REFERENCE_AGENT if shipped else result.artifacts["rl"]
+    who = ("the reference agent checkpoints/agents/math-cpt-v1 (per-domain behaviour cloning of the committed "
+           "dataset, see README)" if shipped else f"the demo's agent {best} (the reference agent is missing)")
+    print(f"\n[3/3] deployment: {who} drives a Trainer run of the 2m base model ({args.deploy_steps} steps), next "
+          f"to a uniform mixture")
     rows = [deploy(str(best), args.deploy_steps, args.space, args.env),
             deploy("uniform", args.deploy_steps, args.space, args.env)]
     if any(r is None for r in rows):

@@ -16,7 +16,7 @@ from mixagent.agent.model_based import ModelConfig, concat_transitions, surrogat
 from mixagent.agent.surrogate import make_surrogate_env
 from mixagent.agent.train import train_agent
 from mixagent.config import load_config
-from mixagent.errors import ConfigError, WorldModelError
+from mixagent.errors import ConfigError, ResumeMismatchError, WorldModelError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 
 DATA = REPO_ROOT / "trajectories/reference/math-cpt-v1"
@@ -48,6 +48,16 @@ def test_branches_start_at_real_states_and_pay_the_penalty(tset):
     firsts = syn.observations[[e["row"] for e in syn.episodes]]
     assert all(tuple(np.round(o, 5)) in real_obs for o in firsts)
     assert len(syn.episodes) == 30 and all(1 <= e["steps"] <= 3 for e in syn.episodes)
+    # the step after the branch point measures its change from the restored current evaluation: the change
+    # blocks (bpb, then scores) of the next observation are its level minus the branch point's level
+    k, checked = 10, 0
+    for e in syn.episodes:
+        if e["steps"] >= 1 and e["row"] + 1 < len(syn) and (e["steps"] >= 2 or syn.final_obs[e["row"] + 1]):
+            o0, o1 = syn.observations[e["row"]], syn.observations[e["row"] + 1]
+            np.testing.assert_allclose(o1[2 * k:3 * k], o1[k:2 * k] - o0[k:2 * k], atol=2e-5)
+            np.testing.assert_allclose(o1[3 * k + 2:3 * k + 4], o1[3 * k:3 * k + 2] - o0[3 * k:3 * k + 2], atol=2e-5)
+            checked += e["first_step"] > 0
+    assert checked >= 10  # branch points after the first step, where the previous evaluation differs
     for e in syn.episodes:  # a branch reaching the horizon is terminal; one cut at 3 steps ends in a timeout row
         end = e["row"] + e["steps"]
         if e["first_step"] + e["steps"] == 8:
@@ -81,6 +91,13 @@ def test_online_algorithms_need_the_surrogate_and_bad_sections_are_refused(tmp_p
                                                                             "model.horizon=0"])
     text = str(err.value)
     assert "kind must be" in text and "penalty must be >= 0" in text and "horizon" in text
+    with pytest.raises(ConfigError, match="not a world-model artifact"):
+        load_config(AgentConfig, CONFIGS_DIR / "agent/cql-synthetic.yaml", ["model.world_model=checkpoints/nope"])
+    cfg = load_config(AgentConfig, CONFIGS_DIR / "agent/cql-synthetic.yaml",
+                      [f"out_dir={tmp_path}", "reward=balanced_bpb", "lam=0.2"])
+    with pytest.raises(ConfigError, match="leave reward and lam at the env's"):
+        train_agent(cfg, progress=False)
+    assert not cfg.run_dir.exists()  # refused before anything was written
 
 
 @pytest.mark.parametrize("variant, algo, losses", [("cql-synthetic", "cql", {"conservative_loss"}),
@@ -101,6 +118,9 @@ def test_variants_train_with_real_d3rlpy_and_reproduce(tmp_path, variant, algo, 
     again = train_agent(dataclasses.replace(cfg, name="again"), progress=False, env_factory=surrogate)
     assert (again.artifacts["rl"] / "policy.safetensors").read_bytes() == \
         (result.artifacts["rl"] / "policy.safetensors").read_bytes()
+    with pytest.raises(ResumeMismatchError, match="model"):  # another model section is another run
+        train_agent(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, penalty=0.5)), resume=True,
+                    progress=False, env_factory=surrogate)
     resumed = train_agent(cfg, resume=True, progress=False, env_factory=surrogate)  # finished: loads, no retraining
     assert (resumed.artifacts["rl"] / "policy.safetensors").read_bytes() == \
         (result.artifacts["rl"] / "policy.safetensors").read_bytes()
@@ -145,7 +165,15 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
     assert row["as_good_nominal"] == (row["agent_mean"] >= max(b["mean"] for b in row["baselines"].values()))
     assert table["held_out_share_as_good"] is None and "space-52" in table["pending"]
     assert (tmp_path / "v1-generalize/gaps.png").stat().st_size > 0
-    assert generalize_table(cfg)["cases"] == table["cases"]  # rebuilt from the stored comparison alone
+    agent = json.loads((REPO_ROOT / "audits/compare/v1-agent-v1/table.json").read_text())
+    ref_agent = next(r for r in agent["rows"] if r["kind"] == "agent")
+    assert row["agent_scores"] == pytest.approx(ref_agent["scores"]) and row["agent_std"] == pytest.approx(
+        np.std(ref_agent["scores"], ddof=1))
+    stds = [row["agent_std"]] + [b["std"] for b in row["baselines"].values()]
+    assert row["pooled_std"] == pytest.approx(np.sqrt(np.mean(np.square(stds))))  # agent and the 3 baselines
+    assert row["gap_std"] == pytest.approx((row["agent_mean"] - row["best_mean"]) / row["pooled_std"])
+    stale = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}", "seeds=[0, 1, 3]"])
+    assert generalize_table(stale)["cases"] == []  # a comparison on other seeds is not read as this case
     with pytest.raises(ConfigError, match="not in the config"):
         run_generalize(cfg, ["space-7"])
     with pytest.raises(ConfigError, match=">= 3 held-out seeds"):

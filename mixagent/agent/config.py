@@ -56,8 +56,9 @@ class ModelConfig:
             problems.append("branches, horizon, online_steps and buffer must be >= 1")
         if not self.noise >= 0:
             problems.append(f"noise must be >= 0, got {self.noise}")
-        if self.kind and not self.world_model:
-            problems.append(f"kind {self.kind!r} needs world_model: an artifact directory (make world-model)")
+        if self.kind and not (REPO_ROOT / self.world_model / "meta.json").is_file():
+            problems.append(f"world_model {self.world_model!r} is not a world-model artifact (no meta.json); give "
+                            f"one such as checkpoints/world_models/math-cpt-v1, or fit one with make world-model")
         return problems
 
 
@@ -273,6 +274,8 @@ class AgentConfig:
     out_dir: str = "runs/agent"
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+
+    ADDED_FIELDS = ("model",)  # added after configs were hashed: one without it keeps its hash
 
     def check(self) -> list[str]:
         problems = []

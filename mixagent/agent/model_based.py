@@ -94,11 +94,14 @@ def synthetic_transitions(tset: TrajectorySet, cfg: ModelConfig, act: Callable[[
                                    "tokens_seen": t * base.spec_.segment_tokens}
         dw = DomainWeights(base.space, weights)
         obs = base.obs_builder(weights, start, prev, now, t / base.horizon, base._lr(t))
-        base.restore({"backend": state, "t": t, "start": start, "prev": prev, "weights": dw, "obs": obs})
+        # the env's "prev" is the latest evaluation (the next reward is measured from it); the backend keeps both
+        base.restore({"backend": state, "t": t, "start": start, "prev": now, "weights": dw, "obs": obs})
         row, ret, done = len(obs_l), 0.0, False
         for _ in range(min(cfg.horizon, base.horizon - t)):
             a = np.clip(act(obs[None])[0] + rng.normal(0.0, cfg.noise, base.space.k), -1.0, 1.0).astype(np.float32)
-            nxt, reward, done, _, _ = env.step(a)
+            nxt, reward, done, truncated, _ = env.step(a)
+            if truncated or not np.isfinite(reward):  # a non-finite prediction: the branch ends before it
+                break
             obs_l.append(obs)
             act_l.append(a)
             rew_l.append(float(reward))
@@ -114,6 +117,9 @@ def synthetic_transitions(tset: TrajectorySet, cfg: ModelConfig, act: Callable[[
             term_l.append(0.0)
             out_l.append(1.0)
             final_l.append(True)
+        if len(obs_l) == row:
+            continue
+        # "first_step" is the branch point and "return" the penalised branch's (not a whole trajectory's)
         episodes.append({"run": "synthetic", "id": f"branch-{b}", "row": row, "first_step": t,
                          "steps": len(obs_l) - row - (not done), "return": ret})
     return Transitions(np.asarray(obs_l, np.float32), np.asarray(act_l, np.float32), np.asarray(rew_l, np.float32),

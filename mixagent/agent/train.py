@@ -10,6 +10,7 @@ Nothing is written elsewhere (no ``d3rlpy_logs/``): the training loop is our own
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import random
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 TRAIN_THREADS = 1  # torch threads for the gradient steps (see _run)
 STAGES = ("sft", "rl")
 # config keys that change what is trained; the rest (evaluation, logging) may differ on --resume
-_TRAINING_KEYS = ("runs", "reward", "lam", "dedupe_prefixes", "seed", "sft", "rl", "checkpoint_every")
+_TRAINING_KEYS = ("runs", "reward", "lam", "dedupe_prefixes", "seed", "sft", "rl", "checkpoint_every", "model")
 
 
 class MetricSink(Protocol):
@@ -142,14 +143,19 @@ class AgentResult:
 def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
     run_dir = cfg.run_dir
     state_path = run_dir / "state.json"
-    identity = {k: to_dict(cfg)[k] for k in _TRAINING_KEYS}
+    plain = {**to_dict(cfg), "model": dataclasses.asdict(cfg.model)}  # to_dict leaves a default model section out
+    identity = {k: plain[k] for k in _TRAINING_KEYS}
+    if cfg.model.kind:  # the world model's content: a refitted model is another run
+        identity["world_model_sha256"] = hashlib.sha256(
+            (REPO_ROOT / cfg.model.world_model / "model.safetensors").read_bytes()).hexdigest()
     if state_path.is_file():
         if not resume:
             raise ResumeMismatchError(f"{run_dir} already holds an agent run; pass --resume to continue it, or "
                                       f"choose another name (name=...)")
         state = json.loads(state_path.read_text())
         recorded = state["identity"]
-        differing = [k for k in _TRAINING_KEYS if recorded.get(k) != identity[k]]
+        default_model = dataclasses.asdict(type(cfg.model)())  # runs from before the model section had none
+        differing = [k for k in identity if recorded.get(k, default_model if k == "model" else None) != identity[k]]
         if differing:
             raise ResumeMismatchError(f"cannot resume {run_dir}: {', '.join(differing)} differ from the recorded "
                                       f"run ({', '.join(f'{k}: {recorded.get(k)!r}' for k in differing)}); use the "
@@ -235,8 +241,10 @@ def _online_stage(algo: Any, cfg: AgentConfig, tset: TrajectorySet, progress: bo
     """
     ckpt = cfg.run_dir / "checkpoints" / "rl.pt"
     ckpt.parent.mkdir(exist_ok=True)
-    if _load_checkpoint(algo, ckpt) >= cfg.model.online_steps:
-        return 0.0
+    meta = ckpt.with_suffix(".json")
+    if meta.is_file() and json.loads(meta.read_text()).get("step") == cfg.model.online_steps:
+        _load_checkpoint(algo, ckpt)
+        return 0.0  # an unfinished stage's checkpoint is not loaded: it retrains from the SFT policy
     env, m = surrogate_for(cfg.model, tset, mode="sample"), cfg.model
     d3rlpy = import_d3rlpy()
     env.reset(seed=cfg.seed)
@@ -299,6 +307,13 @@ def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
     spec_reward = tset.env["spec"].get("reward", {})
     reward = cfg.reward or spec_reward.get("name", "balanced")
     lam = cfg.lam if cfg.lam >= 0 else float(spec_reward.get("lam", 0.5))
+    if cfg.model.kind:  # before anything is written: the world model must fit the runs and their reward
+        surrogate_for(cfg.model, tset, mode="sample")
+        if (reward, lam) != (spec_reward.get("name"), float(spec_reward.get("lam", 0.5))):
+            raise ConfigError("model", [f"model.kind {cfg.model.kind!r}: synthetic and surrogate rewards are the env's "
+                                        f"({spec_reward.get('name')}, lam {spec_reward.get('lam')}), but the config "
+                                        f"asks for reward {reward!r}, lam {lam}; leave reward and lam at the env's "
+                                        f"(reward: '', lam: -1) when using the world model"])
     all_tr = build_transitions(tset, reward, lam, dedupe=cfg.dedupe_prefixes)
     top = top_trajectories(tset, cfg.sft.top_fraction, reward, lam)
     sft_tr = build_transitions(tset, reward, lam, select=top, dedupe=cfg.dedupe_prefixes)

@@ -52,12 +52,24 @@ class Variant:
     artifact: str = ""
 
     def check(self) -> list[str]:
-        problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
+        problems = [] if _plain(self.name) else [f"name must be a plain directory name, got {self.name!r}"]
         if sum(bool(x) for x in (self.config, self.planner, self.artifact)) != 1:
             problems.append(f"variant {self.name!r}: give exactly one of config, planner or artifact")
         if self.stage not in STAGES:
             problems.append(f"variant {self.name!r}: stage must be sft or rl, got {self.stage!r}")
+        for key, path, marker in (("config", self.config, ""), ("planner", self.planner, "meta.json"),
+                                  ("artifact", self.artifact, "meta.json")):
+            if path and not (REPO_ROOT / path / marker).is_file():
+                what = "an agent config file" if key == "config" else "an artifact directory (with meta.json)"
+                problems.append(f"variant {self.name!r}: {key} {path!r} is not {what}; fix the path")
+        if self.trials < 1 or not self.penalty >= 0:
+            problems.append(f"variant {self.name!r}: trials must be >= 1 and penalty >= 0, got {self.trials}, "
+                            f"{self.penalty}")
         return problems
+
+
+def _plain(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith(".")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +92,10 @@ class VariantsConfig:
 
     def check(self) -> list[str]:
         problems = [] if self.variants else ["variants is empty"]
+        if not _plain(self.name):
+            problems.append(f"name must be a plain directory name, got {self.name!r}")
+        if not (REPO_ROOT / self.compare).is_file():
+            problems.append(f"compare {self.compare!r} is not a file; give a comparison config (configs/compare/)")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             problems.append(f"variant names repeat: {names}")
@@ -100,8 +116,8 @@ def _train(v: Variant, progress: bool) -> Path:
 
 
 def _keep_episodes(base, policies: list[str]) -> None:
-    """Copy the policies' episodes that agent training rolled out into its own cache (``runs/compare``, the
-    agent config's ``eval.cache``) into the comparison's committed cache, so a fresh clone reruns none."""
+    """Copy the policies' episodes that agent training rolled out into ``runs/compare`` (the shipped agent
+    configs' ``eval.cache``) into the comparison's cache (committed), so a fresh clone reruns none."""
     from mixagent.env.spec import load_spec
     from mixagent.study.episodes import EpisodeCache, policy_key
     from mixagent.study.headroom import resolve_env
@@ -123,13 +139,17 @@ def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
     Raises:
         ConfigError: a bad config, before anything runs.
     """
+    from mixagent.agent.config import AgentConfig
     from mixagent.agent.planning import evaluate_planner
     from mixagent.config import load_config
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
     base = load_config(CompareConfig, REPO_ROOT / cfg.compare, cfg.compare_overrides)
-    out = REPO_ROOT / cfg.out
+    for v in cfg.variants:  # every agent config valid before the first trains
+        if v.config:
+            load_config(AgentConfig, REPO_ROOT / v.config)
+    out = (REPO_ROOT / cfg.out).resolve()
     policies, planned = {}, {}
     for v in cfg.variants:
         if v.planner:
@@ -144,7 +164,8 @@ def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
             shutil.copytree(src, tmp)
             shutil.rmtree(dst, ignore_errors=True)
             tmp.rename(dst)
-        policies[v.name] = str((dst if v.config else src).relative_to(REPO_ROOT))
+        chosen = (dst if v.config else src).resolve()
+        policies[v.name] = str(chosen.relative_to(REPO_ROOT) if chosen.is_relative_to(REPO_ROOT) else chosen)
     _keep_episodes(base, list(policies.values()))
     run = run_compare(dataclasses.replace(base, name=cfg.name, policies=(*base.policies, *policies.values())))
     table = make_compare_report(run)
@@ -165,7 +186,11 @@ def _table(cfg: VariantsConfig, table: dict, policies: dict[str, str], planned: 
         std = float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan")
         scored.append({"name": v.name, "label": v.label, "policy": policies.get(v.name, v.planner_out),
                        "scores": [float(s) for s in scores], "mean": float(np.mean(scores)), "std": std})
-    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in baselines] + [s["std"] ** 2 for s in scored]))
+    # pooled over every non-oracle row of the comparison (baselines and the artifact variants, as its report
+    # does) and the planner's episodes, which the comparison cannot roll out itself
+    methods = [r for r in table["rows"] if r["kind"] != "oracle"]
+    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in methods] + [s["std"] ** 2 for s in scored
+                                                                    if s["name"] in planned]))
     lines = [f"| variant | normalised score (mean ± std) | gap to {best['policy']} [pooled std] | share of the "
              f"oracle schedule's gain over the best static |", "|---|---:|---:|---:|"]
     for s in scored:
@@ -175,14 +200,16 @@ def _table(cfg: VariantsConfig, table: dict, policies: dict[str, str], planned: 
         lines.append(f"| {s['label']} | {s['mean']:+.4f} ± {s['std']:.4f} | {s['mean'] - best['mean']:+.4f} "
                      f"[{s['gap_std']:+.1f}] | {share} |")
     lines.append(f"| best non-oracle baseline: {best['policy']} | {best['mean']:+.4f} ± {best['std']:.4f} | — | — |")
-    if static and schedule:
+    if headroom is not None:
         lines.append(f"| oracle: best schedule (hindsight) | {schedule['mean']:+.4f} | "
                      f"{schedule['mean'] - best['mean']:+.4f} | gain over best static {headroom:+.4f} |")
     top = max(scored, key=lambda s: s["mean"])
     verdict = (f"closest to the bar: {top['label']}, {top['mean'] - best['mean']:+.4f} ({top['gap_std']:+.1f} pooled "
                f"std) from {best['policy']}; the bar is +2 pooled std and >= 70% of the oracle schedule's gain"
-               + ("" if headroom and headroom > 0 else f", and the oracle schedule's gain over the best static "
-                  f"mixture is {headroom:+.4f}: no schedule headroom to take"))
+               + ("" if headroom and headroom > 0 else
+                  ", and no audit oracle covers these seeds: the oracle share is undefined" if headroom is None else
+                  f", and the oracle schedule's gain over the best static mixture is {headroom:+.4f}: no schedule "
+                  f"headroom to take"))
     md = "\n".join(lines) + f"\n\nPooled seed std {pooled:.4f} (seeds {table['seeds']}). {verdict}.\n"
     out.mkdir(parents=True, exist_ok=True)
     result = {"version": 1, "name": cfg.name, "env_id": table["env_id"], "spec_hash": table["spec_hash"],

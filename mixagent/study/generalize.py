@@ -16,7 +16,6 @@ stopped, and ``--report-only`` rebuilds the table from what has finished.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ class Case:
         env_overrides: ``key=value`` spec overrides (``space=configs/spaces/math-2d.yaml``, ...).
         agent: the policy artifact of this case (default: the config's ``agent``); a per-domain policy
             trained without some domains, for instance.
+        in_distribution: the case the agent was trained for (reported, not counted among the held-out cases).
     """
 
     name: str
@@ -47,6 +47,7 @@ class Case:
     env: str = "envs/math-cpt.yaml"
     env_overrides: tuple[str, ...] = ()
     agent: str = ""
+    in_distribution: bool = False
 
     def check(self) -> list[str]:
         problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
@@ -118,6 +119,11 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     if unknown:
         raise ConfigError("generalize", [f"cases {unknown} are not in the config; known: {', '.join(names)}"])
     problems = [p for c in cfg.cases for p in _compare_config(cfg, c).check()]
+    for case in cfg.cases:  # every case's env must build before the first runs
+        try:
+            _spec_hash(case)
+        except ConfigError as exc:
+            problems.append(f"case {case.name!r}: {exc}")
     if problems:
         raise ConfigError("generalize", sorted(set(problems)))
     if not report_only:
@@ -129,23 +135,35 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     return generalize_table(cfg)
 
 
+def _spec_hash(case: Case) -> str:
+    from mixagent.env.spec import load_spec
+    from mixagent.study.headroom import resolve_env
+
+    return load_spec(resolve_env(case.env, "generalize"), case.env_overrides).spec_hash()
+
+
 def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
+    """The case's row from its comparison, or ``None`` when it has not finished (or was run on other seeds,
+    another env or without one of the policies: a stale comparison is not read as this case)."""
     import json
 
     path = REPO_ROOT / cfg.out / f"{cfg.name}-{case.name}" / "table.json"
     if not path.is_file():
         return None
     table = json.loads(path.read_text())
+    if list(table["seeds"]) != list(cfg.seeds) or table["spec_hash"] != _spec_hash(case):
+        return None
     rows = {r["policy"]: r for r in table["rows"]}
     agent = rows.get(cfg.case_agent(case))
     base = [rows[b] for b in cfg.baselines if b in rows]
     if agent is None or len(base) < len(cfg.baselines) or any(len(r["scores"]) < len(cfg.seeds)
                                                                 for r in (agent, *base)):
         return None
-    pooled = math.sqrt(np.mean([r["std"] ** 2 for r in (agent, *base)]))  # the comparison's std (ddof 1)
+    pooled = table["pooled_seed_std"]  # the comparison's: every policy it ran (the agent and the baselines)
     best = max(base, key=lambda r: r["mean"])
     gaps = {r["policy"]: (agent["mean"] - r["mean"]) / pooled if pooled > 0 else 0.0 for r in base}
-    return {"case": case.name, "held_out": case.held_out, "env_id": table["env_id"], "spec_hash": table["spec_hash"],
+    return {"case": case.name, "held_out": case.held_out, "in_distribution": case.in_distribution,
+            "env_id": table["env_id"], "spec_hash": table["spec_hash"],
             "reward": table["reward"], "k": len(table["domains"]), "agent": cfg.case_agent(case),
             "agent_mean": agent["mean"], "agent_std": agent["std"], "agent_scores": agent["scores"],
             "baselines": {r["policy"]: {"mean": r["mean"], "std": r["std"], "scores": r["scores"]}
@@ -167,7 +185,7 @@ def generalize_table(cfg: GeneralizeConfig) -> dict:
                      f"{r['best_baseline']} {r['best_mean']:+.4f} | {r['agent_mean'] - r['best_mean']:+.4f} "
                      f"[{r['gap_std']:+.1f}] | {'yes' if r['as_good_nominal'] else 'no'} | "
                      f"{'yes' if r['as_good_within_noise'] else 'no'} |")
-    held = [r for r in results if r["case"] != "in-distribution"]
+    held = [r for r in results if not r["in_distribution"]]
     share = float(np.mean([r["as_good_nominal"] for r in held])) if held else None
     verdict = ("no held-out case has finished" if share is None else
                f"at least as good as every baseline (nominally) in {sum(r['as_good_nominal'] for r in held)} of "
