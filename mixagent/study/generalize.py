@@ -211,19 +211,22 @@ def _plot(results: list[dict], cfg: GeneralizeConfig, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.6))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(results) + 2.2))
     marks = ["o", "s", "^", "D", "v", "P"]
+    ax.axvspan(-NOISE, NOISE, color="0.92", zorder=0, label=f"within {NOISE:g} pooled std")
     for j, b in enumerate(cfg.baselines):
-        ys = [i for i, r in enumerate(results)]
-        xs = [r["gaps_std"][b] for r in results]
-        ax.scatter(xs, ys, marker=marks[j % len(marks)], label=f"agent - {b}", zorder=3)
+        ax.scatter([r["gaps_std"][b] for r in results], range(len(results)), marker=marks[j % len(marks)],
+                   label=f"agent minus {b}", zorder=3, alpha=0.85)
     ax.axvline(0, color="k", lw=0.8)
-    ax.axvspan(-NOISE, NOISE, color="0.9", zorder=0, label=f"within {NOISE:g} pooled std")
-    ax.set_yticks(range(len(results)), [f"{r['case']}\n({r['held_out']})" for r in results], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("agent's score minus the baseline's, in pooled seed std (right = agent better)")
-    ax.set_title(f"Generalization of {Path(cfg.agent).name}: seeds {list(cfg.seeds)}", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(range(len(results)), [r["case"] + (" (in distribution)" if r["in_distribution"] else "")
+                                        for r in results], fontsize=8)
+    ax.set_ylim(len(results) - 0.5, -0.5)
+    lim = max(3.0, *(abs(g) * 1.1 for r in results for g in r["gaps_std"].values()))
+    ax.set_xlim(-lim, lim)
+    ax.set_xlabel("agent's score minus the baseline's, in pooled seed std (right: the agent is better)", fontsize=9)
+    ax.set_title(f"Generalization of {cfg.agent}, seeds {list(cfg.seeds)}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.5 / max(len(results), 1)), ncol=4,
+              frameon=False)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
