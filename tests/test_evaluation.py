@@ -72,3 +72,40 @@ def test_test_split_items_are_held_out_and_only_a_non_default_split_changes_the_
     assert load_spec(ENVS_DIR / "math-natural.yaml", ["eval.target.split=test"]).spec_hash() != base.spec_hash()
     with pytest.raises(ConfigError, match="split must be 'val' or 'test', got 'train'"):
         load_spec(tiny_spec_path, ["eval.source.split=train"])
+
+
+def test_text_split_test_scores_bits_per_byte_on_test_passages_only(tiny_spec_path):
+    """``eval.text_split=test`` takes the bits-per-byte windows from the test split (a window is a slice of
+    the domain's test tokens and of no validation stream); the default keeps the spec's hash."""
+    import numpy as np
+    import pytest
+
+    from mixagent.config import load_config
+    from mixagent.data.domain_data import DomainData
+    from mixagent.domains import DomainSpace
+    from mixagent.env import base_model as bm
+    from mixagent.env.spec import load_spec
+    from mixagent.errors import ConfigError
+    from mixagent.paths import CONFIGS_DIR, ENVS_DIR
+
+    base = bm.get_base_model(load_config(bm.BaseModelConfig, CONFIGS_DIR / "base_model/tiny.yaml"))
+    space = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/tiny.yaml")
+    data = DomainData(space, base.tokenizer, base.tokenizer_hash)
+    length = 65
+
+    def contains(stream: np.ndarray, window: np.ndarray) -> bool:
+        hits = np.flatnonzero(stream == window[0])
+        return any(np.array_equal(stream[h: h + length], window) for h in hits if h + length <= len(stream))
+
+    for d in range(space.k):
+        val, test = data.val_windows(d, 6, length), data.val_windows(d, 6, length, "test")
+        assert test.shape == val.shape == (6, length)
+        assert all(any(contains(s, w) for s, _ in data.test_parts[d]) for w in test)
+        assert not any(contains(s, w) for w in test for s, _ in data.val_parts[d])
+    with pytest.raises(ValueError, match="split must be 'val' or 'test'"):
+        data.val_windows(0, 6, length, "train")
+    base_spec = load_spec(ENVS_DIR / "math-cpt.yaml")
+    assert base_spec.spec_hash() == "6447ab4d8d7a9484"  # v1's hash: the new knob at its default changes nothing
+    assert load_spec(ENVS_DIR / "math-cpt.yaml", ["eval.text_split=test"]).spec_hash() != base_spec.spec_hash()
+    with pytest.raises(ConfigError, match="text_split must be 'val' or 'test', got 'train'"):
+        load_spec(tiny_spec_path, ["eval.text_split=train"])

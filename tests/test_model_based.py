@@ -172,6 +172,10 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
     stds = [row["agent_std"]] + [b["std"] for b in row["baselines"].values()]
     assert row["pooled_std"] == pytest.approx(np.sqrt(np.mean(np.square(stds))))  # agent and the 3 baselines
     assert row["gap_std"] == pytest.approx((row["agent_mean"] - row["best_mean"]) / row["pooled_std"])
+    best = dict(zip(ref["replay:0.5"]["seeds"], ref["replay:0.5"]["scores"]))
+    paired = [a - best[s] for s, a in zip(ref_agent["seeds"], ref_agent["scores"])]
+    assert row["paired_diff"] == pytest.approx(paired) and row["paired_mean"] == pytest.approx(
+        row["agent_mean"] - row["best_mean"]) and row["paired_std"] == pytest.approx(np.std(paired, ddof=1))
     stale = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}", "seeds=[0, 1, 3]"])
     assert generalize_table(stale)["cases"] == []  # a comparison on other seeds is not read as this case
     with pytest.raises(ConfigError, match="not in the config"):

@@ -1,5 +1,6 @@
 """Token streams of every domain of a :class:`~mixagent.domains.DomainSpace`: training streams for the
-mixture sampler and fixed validation windows for the evaluation environment."""
+mixture sampler and fixed held-out windows (the validation split, or the test split) for the evaluation
+environment."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class DomainData:
     Attributes:
         train: one uint16 token stream per domain (passages EOS-separated).
         val_parts: per domain, the validation streams it draws evaluation windows from, with their shares.
+        test_parts: the same from the test split (never seen by collection or training; the generalization
+            protocol's held-out text).
         natural: the natural mixture — each domain's share of training tokens.
     """
 
@@ -43,11 +46,12 @@ class DomainData:
             labels[group] = cluster_labels(list(group), k, root)
         self.train: list[np.ndarray] = []
         self.val_parts: list[list[tuple[np.ndarray, float]]] = []
+        self.test_parts: list[list[tuple[np.ndarray, float]]] = []
         for d in space.domains:
             if d.match is not None:
                 pattern = re.compile(d.match)
                 split_parts = {}
-                for split in ("train", "val"):
+                for split in ("train", "val", "test"):
                     split_parts[split] = [tok[c][split].select(self._matching(c, split, pattern, root))
                                           for c in d.corpora]
                 sizes = np.array([len(t) for t in split_parts["train"]], dtype=np.float64)
@@ -56,17 +60,21 @@ class DomainData:
                                                    f"matching {d.match!r}; check the pattern against the ids in "
                                                    f"data/corpora/<corpus>/train.jsonl"])
                 self.train.append(np.concatenate(split_parts["train"]))
-                self.val_parts.append([(v, s) for v, s in zip(split_parts["val"], sizes / sizes.sum()) if len(v)])
+                for split, parts in (("val", self.val_parts), ("test", self.test_parts)):
+                    parts.append([(v, s) for v, s in zip(split_parts[split], sizes / sizes.sum()) if len(v)])
             elif d.cluster is None:
                 train = [tok[c]["train"].tokens for c in d.corpora]
                 sizes = np.array([len(t) for t in train], dtype=np.float64)
                 self.train.append(np.concatenate(train) if len(train) > 1 else train[0])
                 self.val_parts.append([(tok[c]["val"].tokens, s) for c, s in zip(d.corpora, sizes / sizes.sum())])
+                self.test_parts.append([(tok[c]["test"].tokens, s) for c, s in zip(d.corpora, sizes / sizes.sum())])
             else:
                 lab = labels[tuple(d.corpora)]
                 runs = lab.members("train", d.cluster)
                 self.train.append(np.concatenate([tok[c]["train"].select(i) for c, i in runs]))
                 self.val_parts.append([(self._cluster_val(tok, lab, d.cluster), 1.0)])
+                test = [tok[c]["test"].select(i) for c, i in lab.members("test", d.cluster)]  # its own, file order
+                self.test_parts.append([(np.concatenate(test), 1.0)] if test else [])
         sizes = np.array([len(t) for t in self.train], dtype=np.float64)
         self.natural = sizes / sizes.sum()
 
@@ -116,10 +124,20 @@ class DomainData:
                 out[d] = self.train[d][: have * length].reshape(have, length)[windows].reshape(-1)
         return out
 
-    def val_windows(self, domain: int, n_windows: int, length: int) -> np.ndarray:
-        """``(n, length)`` fixed validation windows of one domain: split across its corpora by share and
-        spaced evenly over each validation stream (so they cover many documents, not the first one)."""
-        parts = self.val_parts[domain]
+    def val_windows(self, domain: int, n_windows: int, length: int, split: str = "val") -> np.ndarray:
+        """``(n, length)`` fixed held-out windows of one domain: split across its corpora by share and
+        spaced evenly over each held-out stream (so they cover many documents, not the first one); fewer
+        (down to none) when the domain's held-out text is short.
+
+        Args:
+            split: ``val`` (what collection and training are scored on) or ``test`` (held out from both).
+
+        Raises:
+            ValueError: another ``split``.
+        """
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        parts = (self.val_parts if split == "val" else self.test_parts)[domain]
         shares = np.array([s for _, s in parts])
         counts = np.floor(shares * n_windows).astype(int)
         counts[np.argsort(-(shares * n_windows - counts), kind="stable")[: n_windows - counts.sum()]] += 1

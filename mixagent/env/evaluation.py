@@ -90,6 +90,9 @@ class EvalSpec:
         batch_size: sequences per forward pass.
         source: the source field's benchmark.
         target: the target field's benchmark.
+        text_split: where the bits-per-byte windows come from: ``val`` (what collection and training see)
+            or ``test`` (held-out text; with the benchmarks' ``split: test``, an evaluation no agent was
+            fitted on).
     """
 
     source: BenchmarkSpec
@@ -97,6 +100,9 @@ class EvalSpec:
     token_budget: int = 65536
     bpb_share: float = 0.5
     batch_size: int = 32
+    text_split: str = "val"
+
+    ADDED_FIELDS = ("text_split",)  # added after specs were hashed: one without it keeps its hash
 
     def check(self) -> list[str]:
         problems = []
@@ -106,6 +112,8 @@ class EvalSpec:
             problems.append(f"bpb_share must be in (0, 1), got {self.bpb_share}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.text_split not in ("val", "test"):
+            problems.append(f"text_split must be 'val' or 'test', got {self.text_split!r}")
         return problems
 
 
@@ -266,9 +274,11 @@ class Evaluator:
         per_domain = max(1, bpb_tokens // (k * seq_len))
         windows, owners = [], []
         for d in range(k):
-            w = data.val_windows(d, per_domain, seq_len + 1)
+            w = data.val_windows(d, per_domain, seq_len + 1, spec.text_split)
             if len(w) == 0:
-                raise ConfigError("eval", [f"domain {self.space.names[d]!r} has no validation tokens"])
+                raise ConfigError("eval", [f"domain {self.space.names[d]!r} has no {spec.text_split} tokens "
+                                           f"for a {seq_len + 1}-token window; use eval.text_split=val or a "
+                                           f"coarser space"])
             windows.append(w)
             owners.append(np.full(len(w), d))
         self.windows = torch.from_numpy(np.concatenate(windows))
