@@ -41,6 +41,10 @@ class Case:
         agent: the policy artifact of this case (default: the config's ``agent``); a per-domain policy
             trained without some domains, for instance.
         in_distribution: the case the agent was trained for (reported, not counted among the held-out cases).
+        deploy: a deploy config (``configs/deploy/cpt-2m.yaml``): the case is then real Trainer runs of it,
+            one per policy and seed (:mod:`mixagent.study.deploy_case`), scored by the deploy report's
+            ``balanced``; ``env`` and ``env_overrides`` are not used.
+        deploy_overrides: ``key=value`` overrides of the deploy config.
     """
 
     name: str
@@ -49,6 +53,8 @@ class Case:
     env_overrides: tuple[str, ...] = ()
     agent: str = ""
     in_distribution: bool = False
+    deploy: str = ""
+    deploy_overrides: tuple[str, ...] = ()
 
     def check(self) -> list[str]:
         problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
@@ -114,12 +120,13 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     """
     from mixagent.study.compare import run_compare
     from mixagent.study.compare_report import make_compare_report
+    from mixagent.study.deploy_case import run_deploy_case
 
     names = [c.name for c in cfg.cases]
     unknown = [c for c in cases or [] if c not in names]
     if unknown:
         raise ConfigError("generalize", [f"cases {unknown} are not in the config; known: {', '.join(names)}"])
-    problems = [p for c in cfg.cases for p in _compare_config(cfg, c).check()]
+    problems = [p for c in cfg.cases if not c.deploy for p in _compare_config(cfg, c).check()]
     for case in cfg.cases:  # every case's env must build before the first runs
         try:
             _spec_hash(case)
@@ -132,12 +139,21 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
             if cases and case.name not in cases:
                 continue
             print(f"\n== case {case.name}: held out {case.held_out}", flush=True)
-            make_compare_report(run_compare(_compare_config(cfg, case)))
+            if case.deploy:
+                agent = cfg.case_agent(case)
+                run_deploy_case(f"{cfg.name}-{case.name}", case.deploy, tuple(case.deploy_overrides),
+                                (*cfg.baselines, agent), (agent,), tuple(cfg.seeds), REPO_ROOT / cfg.out)
+            else:
+                make_compare_report(run_compare(_compare_config(cfg, case)))
     return generalize_table(cfg)
 
 
 def _spec_hash(case: Case) -> str:
     from mixagent.env.spec import load_spec
+    from mixagent.study.deploy_case import deploy_case_hash
+
+    if case.deploy:
+        return deploy_case_hash(case.deploy, tuple(case.deploy_overrides))
     from mixagent.study.headroom import resolve_env
 
     return load_spec(resolve_env(case.env, "generalize"), case.env_overrides).spec_hash()

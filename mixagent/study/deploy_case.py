@@ -1,0 +1,141 @@
+"""A generalization case run as real deployments: every policy drives a Hugging Face Trainer run of a deploy
+job (``python -m mixagent.deploy``, e.g. ``configs/deploy/cpt-2m.yaml``: the ~2M base continually
+pre-trained on v1's domain space), once per held-out seed, and the runs' reports become a table in the
+comparison's format that :mod:`mixagent.study.generalize` reads like any other case.
+
+Each run is a fresh process (``python -m mixagent.deploy --config <file> policy.spec=<policy> seed=<seed>
+...``) writing its checkpoints under ``runs/generalize/<case>/`` (not committed); its ``report.json`` is
+copied to ``<out>/<case>/reports/<policy>/<seed>.json`` (committed) once the run finished, so an
+interrupted case resumes at the first missing run and a finished one reruns nothing. The score is the
+deploy report's ``balanced``: the mean change of the source and target fields' benchmark scores from the
+start to the end of the run (the v0 reward, :func:`mixagent.env.rewards.balanced_score`); each field's mean
+held-out bits per byte at the end is reported next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mixagent.config import config_hash
+from mixagent.errors import ConfigError
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+
+__all__ = ["deploy_case_hash", "run_deploy_case"]
+
+FORMAT = 1
+
+
+def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
+    """Identifies the runs: the deploy config file's text and the overrides (a changed file is another case).
+
+    Raises:
+        ConfigError: the config file does not exist.
+    """
+    path = REPO_ROOT / config
+    if not path.is_file():
+        raise ConfigError("generalize", [f"deploy: config {config!r} not found under {REPO_ROOT}; name a file "
+                                         f"under configs/deploy/"])
+    return config_hash(path.read_text(), list(overrides))
+
+
+def _label(policy: str) -> str:
+    return policy.replace("/", "_").replace(":", "_")
+
+
+def _field_bpb(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
+    return float(np.mean([ev["bpb"][d] for d, f in zip(domains, fields) if f == field]))
+
+
+def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies: tuple[str, ...],
+                    agents: tuple[str, ...], seeds: tuple[int, ...], out: Path, work: Path | None = None) -> dict:
+    """Run what is missing of ``policies`` x ``seeds`` and write ``<out>/<name>/table.json`` and ``table.md``.
+
+    Args:
+        name: the case's comparison name (``v1-trainer-2m``).
+        config: the deploy config (a path under the repository).
+        overrides: ``key=value`` deploy-config overrides applied to every run.
+        policies: method specs or artifact directories (``policy.spec``).
+        agents: which of ``policies`` are agents (the table's ``kind``).
+        seeds: held-out seeds (the deploy job's ``seed``: data order and evaluation sampling).
+        out: the comparisons' root (``audits/compare``).
+        work: where the runs write their checkpoints (default ``runs/generalize/<name>``).
+
+    Returns:
+        The table (``rows`` with per-seed ``scores``, ``mean``, ``std``; ``pooled_seed_std``).
+
+    Raises:
+        ConfigError: the config is missing, or a run failed (its command is named; the finished runs stay).
+    """
+    spec_hash = deploy_case_hash(config, overrides)
+    case_dir = Path(out) / name
+    runs = [(p, s) for p in policies for s in seeds]
+    reports: dict[tuple[str, int], dict] = {}
+    todo = []
+    for p, s in runs:
+        path = case_dir / "reports" / _label(p) / f"{s}.json"
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        if stored.get("format") == FORMAT and stored.get("spec_hash") == spec_hash and stored.get("seed") == s:
+            reports[(p, s)] = stored["report"]
+        else:
+            todo.append((p, s))
+    with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"deploy runs {name}", unit="run") as bar:
+        for p, s in todo:
+            run_dir = Path(work or REPO_ROOT / "runs" / "generalize" / name) / _label(p) / str(s)
+            cmd = [sys.executable, "-m", "mixagent.deploy", "--config", config, *overrides,
+                   f"name={name}-{_label(p)}-{s}", f"policy.spec={p}", f"seed={s}", f"trainer.output_dir={run_dir}"]
+            shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over (its report was not kept)
+            log = run_dir.parent / f"{s}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "w") as fh:
+                done = subprocess.run(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode == 0
+            if not done:
+                raise ConfigError("generalize", [f"case {name!r}: the deploy run failed; see {log} "
+                                                 f"(command: python {' '.join(cmd[1:])})"])
+            report = json.loads((run_dir / "report.json").read_text())
+            report.pop("batches_sha256", None)  # thousands of digests: the run's own directory keeps them
+            (case_dir / "reports" / _label(p)).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(case_dir / "reports" / _label(p) / f"{s}.json",
+                              {"format": FORMAT, "spec_hash": spec_hash, "seed": s, "policy": p, "report": report})
+            reports[(p, s)] = report
+            bar.update()
+    return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir)
+
+
+def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], agents: tuple[str, ...],
+           seeds: tuple[int, ...], reports: dict, case_dir: Path) -> dict:
+    rows = []
+    for p in policies:
+        rs = [reports[(p, s)] for s in seeds]
+        scores = [float(r["balanced"]) for r in rs]
+        domains, fields = rs[0]["domains"], rs[0]["fields"]
+        rows.append({"policy": p, "kind": "agent" if p in agents else "baseline", "seeds": list(seeds),
+                     "scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
+                     "source_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "source") for r in rs])),
+                     "target_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "target") for r in rs])),
+                     "train_seconds": float(np.mean([r.get("train_seconds") or 0.0 for r in rs]))})
+    rows.sort(key=lambda r: -r["mean"])
+    pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))
+    first = reports[(policies[0], seeds[0])]
+    table = {"version": FORMAT, "name": name, "env_id": f"deploy:{config}", "spec_hash": spec_hash,
+             "reward": "balanced", "seeds": list(seeds), "pooled_seed_std": pooled, "rows": rows,
+             "domains": first["domains"], "model": first["model"]}
+    lines = [f"Trainer deployments ({config}; {first['model'].get('name', '')}, {first['steps']} steps), "
+             f"held-out seeds {list(seeds)}; score: balanced (mean change of the fields' benchmark scores)", "",
+             "| rank | policy | kind | balanced (mean ± std) | gap to best [pooled std] | source bpb | target bpb | "
+             "train s |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows, 1):
+        gap = r["mean"] - rows[0]["mean"]
+        lines.append(f"| {i} | {r['policy']} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
+                     f"{'best' if i == 1 else f'{gap:+.4f} [{gap / pooled if pooled else 0:+.1f}]'} | "
+                     f"{r['source_bpb']:.4f} | {r['target_bpb']:.4f} | {r['train_seconds']:.0f} |")
+    case_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(case_dir / "table.json", table)
+    atomic_write(case_dir / "table.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    return table
