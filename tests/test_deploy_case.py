@@ -1,6 +1,7 @@
 """A generalization case made of real deploy-job runs (``mixagent.study.deploy_case``): every policy x seed
-runs once as its own process, the reports are kept and reread, the table is the reports' numbers, a
-failing run is named and keeps what finished."""
+runs once as its own process, the reports are kept and reread (and rerun when the config, the overrides
+or the policy changed, or when unreadable), the table is the reports' numbers, a failing run is named and
+keeps what finished, bad requests are refused before anything runs."""
 
 from __future__ import annotations
 
@@ -17,30 +18,71 @@ TINY = ("trainer.max_steps=4", "trainer.save_steps=4", "policy.every=2")
 CONFIG = "configs/deploy/user-jsonl.yaml"
 
 
+class Rerun(Exception):
+    pass
+
+
+def refuse(*args, **kwargs):
+    raise Rerun
+
+
 def test_deploy_case_runs_each_policy_and_seed_once_and_tables_the_reports(tmp_path, monkeypatch):
     out, work = tmp_path / "audits", tmp_path / "runs"
     table = run_deploy_case("t", CONFIG, TINY, ("uniform", "natural"), ("natural",), (0, 1), out, work)
     rows = {r["policy"]: r for r in table["rows"]}
+    stored = {p: [json.loads(f.read_text()) for f in sorted((out / "t/reports").glob(f"{p}-*/*.json"))]
+              for p in rows}
     for p in ("uniform", "natural"):
-        stored = [json.loads((out / "t/reports" / p / f"{s}.json").read_text()) for s in (0, 1)]
-        assert [d["seed"] for d in stored] == [0, 1] and all(d["spec_hash"] == table["spec_hash"] for d in stored)
-        assert rows[p]["scores"] == pytest.approx([d["report"]["balanced"] for d in stored])
+        assert [d["seed"] for d in stored[p]] == [0, 1] and {d["policy"] for d in stored[p]} == {p}
+        assert rows[p]["scores"] == pytest.approx([d["report"]["balanced"] for d in stored[p]])
         assert rows[p]["std"] == pytest.approx(np.std(rows[p]["scores"], ddof=1))
-        assert (work / p / "0" / "deploy.json").is_file()  # the run's own directory
-    assert rows["uniform"]["scores"][0] != rows["uniform"]["scores"][1]  # the seed changes the data order
+    # the seed reaches the data order: the runs' batch digests differ between seeds, not between policies
+    digests = {(p, s): json.loads(next(work.glob(f"{p}-*/{s}/report.json")).read_text())["batches_sha256"]
+               for p in rows for s in (0, 1)}
+    assert digests[("uniform", 0)] != digests[("uniform", 1)]
     assert rows["natural"]["kind"] == "agent" and rows["uniform"]["kind"] == "baseline"
     assert table["pooled_seed_std"] == pytest.approx(np.sqrt(np.mean([r["std"] ** 2 for r in rows.values()])))
     assert "| uniform |" in (out / "t/table.md").read_text()
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a finished run was started again")
-
     monkeypatch.setattr(subprocess, "run", refuse)
     assert run_deploy_case("t", CONFIG, TINY, ("uniform", "natural"), ("natural",), (0, 1), out, work) == table
+    with pytest.raises(Rerun):  # other overrides: other runs
+        run_deploy_case("t", CONFIG, (*TINY, "trainer.learning_rate=0.01"), ("uniform",), (), (0, 1), out, work)
+    uniform0 = next((out / "t/reports").glob("uniform-*/0.json"))
+    uniform0.write_text("{not json")
+    with pytest.raises(Rerun):  # an unreadable stored report is run again
+        run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), out, work)
     monkeypatch.undo()
+    kept = next((out / "t/reports").glob("uniform-*/1.json")).read_text()
     with pytest.raises(ConfigError, match="the deploy run failed; see .*0.log"):
         run_deploy_case("t", CONFIG, TINY, ("uniform", "no-such-method"), (), (0, 1), out, work)
-    assert (out / "t/reports/uniform/1.json").is_file()  # what finished stays
-    assert deploy_case_hash(CONFIG, TINY) != deploy_case_hash(CONFIG, ())  # other overrides: other runs
+    assert json.loads(uniform0.read_text())["seed"] == 0  # rerun and kept before the failing run
+    assert next((out / "t/reports").glob("uniform-*/1.json")).read_text() == kept
+    assert not list((out / "t/reports").glob("no-such-method-*/*.json"))
+
+
+def test_deploy_case_refuses_bad_requests_before_running(tmp_path, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", refuse)
+    with pytest.raises(ConfigError, match="sets a key the case sets per run") as err:
+        run_deploy_case("t", CONFIG, ("seed=3",), ("uniform",), (), (0,), tmp_path)
+    assert ">= 2 distinct seeds" in str(err.value)
+    with pytest.raises(ConfigError, match="policies is empty"):
+        run_deploy_case("t", CONFIG, (), (), (), (0, 1), tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         deploy_case_hash("configs/deploy/nope.yaml", ())
+    assert not tmp_path.joinpath("t").exists()
+
+
+def test_deploy_case_hash_follows_what_the_config_names(tmp_path, monkeypatch):
+    from mixagent.study import deploy_case
+
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "configs/model.yaml").write_text("size: 2m\n")
+    (repo / "configs/run.yaml").write_text("# a comment\nmodel: {path: configs/model.yaml}\n")
+    monkeypatch.setattr(deploy_case, "REPO_ROOT", repo)
+    first = deploy_case_hash("configs/run.yaml", ())
+    (repo / "configs/run.yaml").write_text("# another comment\nmodel: {path: configs/model.yaml}\n")
+    assert deploy_case_hash("configs/run.yaml", ()) == first  # comments do not count
+    (repo / "configs/model.yaml").write_text("size: 8m\n")
+    assert deploy_case_hash("configs/run.yaml", ()) != first  # a named file's content does

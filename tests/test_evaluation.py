@@ -102,6 +102,14 @@ def test_text_split_test_scores_bits_per_byte_on_test_passages_only(tiny_spec_pa
         assert test.shape == val.shape == (6, length)
         assert all(any(contains(s, w) for s, _ in data.test_parts[d]) for w in test)
         assert not any(contains(s, w) for w in test for s, _ in data.val_parts[d])
+    sub = DomainData(DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-sub.yaml"), base.tokenizer,
+                     base.tokenizer_hash)  # v1's space: math split by id pattern (match domains)
+    for d, dom in enumerate(sub.space.domains):
+        if dom.match is None:
+            continue
+        test = sub.val_windows(d, 6, length, "test")
+        assert len(test) == 6 and all(any(contains(s, w) for s, _ in sub.test_parts[d]) for w in test)
+        assert not any(contains(s, w) for w in test for s, _ in sub.val_parts[d])
     with pytest.raises(ValueError, match="split must be 'val' or 'test'"):
         data.val_windows(0, 6, length, "train")
     base_spec = load_spec(ENVS_DIR / "math-cpt.yaml")

@@ -256,10 +256,10 @@ def build_items(spec: BenchmarkSpec) -> list[MCItem]:
 
 
 class Evaluator:
-    """Evaluates a model on a space's validation windows and the two field benchmarks.
+    """Evaluates a model on a space's held-out windows (``spec.text_split``) and the two field benchmarks.
 
     Args:
-        data: the space's domain data (validation windows).
+        data: the space's domain data (held-out windows).
         spec: budget and benchmarks.
         tokenizer: the proxy's tokenizer.
         byte_lengths: bytes per token id (``mixagent.data.tokenizer.token_byte_lengths``).
@@ -277,8 +277,9 @@ class Evaluator:
             w = data.val_windows(d, per_domain, seq_len + 1, spec.text_split)
             if len(w) == 0:
                 raise ConfigError("eval", [f"domain {self.space.names[d]!r} has no {spec.text_split} tokens "
-                                           f"for a {seq_len + 1}-token window; use eval.text_split=val or a "
-                                           f"coarser space"])
+                                           f"for a {seq_len + 1}-token window; use "
+                                           f"{'eval.text_split=val or ' if spec.text_split == 'test' else ''}"
+                                           f"a coarser space"])
             windows.append(w)
             owners.append(np.full(len(w), d))
         self.windows = torch.from_numpy(np.concatenate(windows))

@@ -14,7 +14,9 @@ held-out bits per byte at the end is reported next to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -27,26 +29,62 @@ from mixagent.config import config_hash
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
-__all__ = ["deploy_case_hash", "run_deploy_case"]
+__all__ = ["deploy_case_hash", "run_deploy_case", "RESERVED_KEYS"]
 
+log = logging.getLogger(__name__)
 FORMAT = 1
+RESERVED_KEYS = ("name", "seed", "policy.spec", "trainer.output_dir", "resume")  # set per run by the case
 
 
 def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
-    """Identifies the runs: the deploy config file's text and the overrides (a changed file is another case).
+    """Identifies the runs: the deploy config as parsed (comments do not count), the overrides and what the
+    config names: each repository file it points to by content, an env spec by its spec hash.
 
     Raises:
-        ConfigError: the config file does not exist.
+        ConfigError: the config file does not exist or is not YAML.
     """
+    import yaml
+
+    from mixagent.env.spec import load_spec
+
     path = REPO_ROOT / config
     if not path.is_file():
         raise ConfigError("generalize", [f"deploy: config {config!r} not found under {REPO_ROOT}; name a file "
                                          f"under configs/deploy/"])
-    return config_hash(path.read_text(), list(overrides))
+    try:
+        parsed = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError("generalize", [f"deploy: config {config!r} is not valid YAML ({exc}); "
+                                         f"fix the file"]) from None
+    named = {}
+    for value in sorted(set(_strings(parsed)) | {o.split("=", 1)[-1] for o in overrides}):
+        f = REPO_ROOT / value
+        if value and f.is_file():
+            named[value] = (load_spec(f).spec_hash() if value.startswith("envs/") else
+                            hashlib.sha256(f.read_bytes()).hexdigest())
+    return config_hash(FORMAT, parsed, list(overrides), named)
+
+
+def _strings(node) -> list[str]:
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in _strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def policy_identity(policy: str) -> str:
+    """A method spec as written; an artifact directory by its content (a retrained agent at the same path is
+    another policy)."""
+    from mixagent.study.episodes import _artifact_id, _is_named, artifact_dir
+
+    path = None if _is_named(policy) else artifact_dir(policy)
+    return f"artifact@{_artifact_id(path)}" if path is not None else policy
 
 
 def _label(policy: str) -> str:
-    return policy.replace("/", "_").replace(":", "_")
+    """A directory name for ``policy``; a short digest keeps specs that differ only in ``/`` vs ``:`` apart."""
+    return f"{policy.replace('/', '_').replace(':', '_')}-{hashlib.sha256(policy.encode()).hexdigest()[:6]}"
 
 
 def _field_bpb(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
@@ -63,7 +101,8 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
         overrides: ``key=value`` deploy-config overrides applied to every run.
         policies: method specs or artifact directories (``policy.spec``).
         agents: which of ``policies`` are agents (the table's ``kind``).
-        seeds: held-out seeds (the deploy job's ``seed``: data order and evaluation sampling).
+        seeds: held-out seeds (the deploy job's ``seed``: the data order; with a model built from a config, also
+            its initial weights).
         out: the comparisons' root (``audits/compare``).
         work: where the runs write their checkpoints (default ``runs/generalize/<name>``).
 
@@ -71,17 +110,33 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
         The table (``rows`` with per-seed ``scores``, ``mean``, ``std``; ``pooled_seed_std``).
 
     Raises:
-        ConfigError: the config is missing, or a run failed (its command is named; the finished runs stay).
+        ConfigError: no policy, fewer than 2 seeds, an override of a key the case sets per run, a missing
+            config, or a failed run (its log and command are named; the finished runs stay).
     """
+    problems = [] if policies else ["policies is empty: name the policies the runs compare"]
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        problems.append(f"seeds: a seed std needs >= 2 distinct seeds, got {list(seeds)}")
+    problems += [f"deploy_overrides: {o!r} sets a key the case sets per run ({', '.join(RESERVED_KEYS)})"
+                 for o in overrides if o.split("=", 1)[0].strip() in RESERVED_KEYS]
+    if problems:
+        raise ConfigError("generalize", problems)
     spec_hash = deploy_case_hash(config, overrides)
     case_dir = Path(out) / name
     runs = [(p, s) for p in policies for s in seeds]
+    identity = {p: policy_identity(p) for p in policies}
     reports: dict[tuple[str, int], dict] = {}
     todo = []
     for p, s in runs:
         path = case_dir / "reports" / _label(p) / f"{s}.json"
-        stored = json.loads(path.read_text()) if path.is_file() else {}
-        if stored.get("format") == FORMAT and stored.get("spec_hash") == spec_hash and stored.get("seed") == s:
+        try:
+            stored = json.loads(path.read_text()) if path.is_file() else {}
+            if not isinstance(stored, dict) or not isinstance(stored.get("report", {}), dict):
+                raise ValueError("not a stored report")
+        except (OSError, ValueError) as exc:
+            log.warning("stored report %s is unreadable (%s); running it again", path, exc)
+            stored = {}
+        if (stored.get("format") == FORMAT and stored.get("spec_hash") == spec_hash and stored.get("seed") == s
+                and stored.get("policy") == p and stored.get("identity") == identity[p]):
             reports[(p, s)] = stored["report"]
         else:
             todo.append((p, s))
@@ -91,18 +146,19 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             cmd = [sys.executable, "-m", "mixagent.deploy", "--config", config, *overrides,
                    f"name={name}-{_label(p)}-{s}", f"policy.spec={p}", f"seed={s}", f"trainer.output_dir={run_dir}"]
             shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over (its report was not kept)
-            log = run_dir.parent / f"{s}.log"
-            log.parent.mkdir(parents=True, exist_ok=True)
-            with open(log, "w") as fh:
+            run_log = run_dir.parent / f"{s}.log"
+            run_log.parent.mkdir(parents=True, exist_ok=True)
+            with open(run_log, "w") as fh:
                 done = subprocess.run(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode == 0
             if not done:
-                raise ConfigError("generalize", [f"case {name!r}: the deploy run failed; see {log} "
+                raise ConfigError("generalize", [f"case {name!r}: the deploy run failed; see {run_log} "
                                                  f"(command: python {' '.join(cmd[1:])})"])
             report = json.loads((run_dir / "report.json").read_text())
             report.pop("batches_sha256", None)  # thousands of digests: the run's own directory keeps them
             (case_dir / "reports" / _label(p)).mkdir(parents=True, exist_ok=True)
             atomic_write_json(case_dir / "reports" / _label(p) / f"{s}.json",
-                              {"format": FORMAT, "spec_hash": spec_hash, "seed": s, "policy": p, "report": report})
+                              {"format": FORMAT, "spec_hash": spec_hash, "seed": s, "policy": p,
+                               "identity": identity[p], "report": report})
             reports[(p, s)] = report
             bar.update()
     return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir)

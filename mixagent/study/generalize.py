@@ -60,6 +60,16 @@ class Case:
         problems = [] if self.name and "/" not in self.name else [f"name must be a plain name, got {self.name!r}"]
         if not self.held_out:
             problems.append(f"case {self.name!r}: held_out must say what the training data never contained")
+        if self.deploy and self.env_overrides:
+            problems.append(f"case {self.name!r}: env_overrides do not apply to a deploy case; put them in "
+                            f"deploy_overrides (e.g. eval.env=...) or drop deploy")
+        if self.deploy_overrides and not self.deploy:
+            problems.append(f"case {self.name!r}: deploy_overrides need deploy (a configs/deploy/ file)")
+        from mixagent.study.deploy_case import RESERVED_KEYS
+
+        problems += [f"case {self.name!r}: deploy_overrides {o!r} sets a key the case sets per run "
+                     f"({', '.join(RESERVED_KEYS)})" for o in self.deploy_overrides
+                     if o.split("=", 1)[0].strip() in RESERVED_KEYS]
         return problems
 
 
@@ -126,7 +136,7 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     unknown = [c for c in cases or [] if c not in names]
     if unknown:
         raise ConfigError("generalize", [f"cases {unknown} are not in the config; known: {', '.join(names)}"])
-    problems = [p for c in cfg.cases if not c.deploy for p in _compare_config(cfg, c).check()]
+    problems = [p for c in cfg.cases for p in _compare_config(cfg, c).check()]  # deploy cases: the policies
     for case in cfg.cases:  # every case's env must build before the first runs
         try:
             _spec_hash(case)
