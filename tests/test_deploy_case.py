@@ -11,8 +11,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from mixagent.errors import ConfigError
-from mixagent.study.deploy_case import deploy_case_hash, run_deploy_case
+from mixagent.errors import ConfigError, WorkerError
+from mixagent.study.deploy_case import deploy_case_hash, policy_identity, run_deploy_case
 
 TINY = ("trainer.max_steps=4", "trainer.save_steps=4", "policy.every=2")
 CONFIG = "configs/deploy/user-jsonl.yaml"
@@ -36,7 +36,7 @@ def test_deploy_case_runs_each_policy_and_seed_once_and_tables_the_reports(tmp_p
         assert [d["seed"] for d in stored[p]] == [0, 1] and {d["policy"] for d in stored[p]} == {p}
         assert rows[p]["scores"] == pytest.approx([d["report"]["balanced"] for d in stored[p]])
         assert rows[p]["std"] == pytest.approx(np.std(rows[p]["scores"], ddof=1))
-    # the seed reaches the data order: the runs' batch digests differ between seeds, not between policies
+    # the seed reaches the data order: the runs' batch digests differ between seeds
     digests = {(p, s): json.loads(next(work.glob(f"{p}-*/{s}/report.json")).read_text())["batches_sha256"]
                for p in rows for s in (0, 1)}
     assert digests[("uniform", 0)] != digests[("uniform", 1)]
@@ -48,17 +48,26 @@ def test_deploy_case_runs_each_policy_and_seed_once_and_tables_the_reports(tmp_p
     assert run_deploy_case("t", CONFIG, TINY, ("uniform", "natural"), ("natural",), (0, 1), out, work) == table
     with pytest.raises(Rerun):  # other overrides: other runs
         run_deploy_case("t", CONFIG, (*TINY, "trainer.learning_rate=0.01"), ("uniform",), (), (0, 1), out, work)
+    uniform1 = next((out / "t/reports").glob("uniform-*/1.json"))
+    kept = uniform1.read_text()
+    uniform1.write_text(json.dumps({**json.loads(kept), "identity": "artifact@another"}))
+    with pytest.raises(Rerun):  # a stored run of another policy behind the same name is run again
+        run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), out, work)
+    uniform1.write_text(kept)
     uniform0 = next((out / "t/reports").glob("uniform-*/0.json"))
     uniform0.write_text("{not json")
     with pytest.raises(Rerun):  # an unreadable stored report is run again
         run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), out, work)
     monkeypatch.undo()
-    kept = next((out / "t/reports").glob("uniform-*/1.json")).read_text()
-    with pytest.raises(ConfigError, match="the deploy run failed; see .*0.log"):
+    with pytest.raises(WorkerError, match="the deploy run of no-such-method \\(seed 0\\) failed; see .*0.log"):
         run_deploy_case("t", CONFIG, TINY, ("uniform", "no-such-method"), (), (0, 1), out, work)
     assert json.loads(uniform0.read_text())["seed"] == 0  # rerun and kept before the failing run
     assert next((out / "t/reports").glob("uniform-*/1.json")).read_text() == kept
     assert not list((out / "t/reports").glob("no-such-method-*/*.json"))
+    before = sorted(work.rglob("*"))
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):  # the deploy job's check, before any run
+        run_deploy_case("t2", CONFIG, ("trainer.max_stepz=4",), ("uniform",), (), (0, 1), out, tmp_path / "runs2")
+    assert not (out / "t2").exists() and not (tmp_path / "runs2").exists() and sorted(work.rglob("*")) == before
 
 
 def test_deploy_case_refuses_bad_requests_before_running(tmp_path, monkeypatch):
@@ -71,6 +80,19 @@ def test_deploy_case_refuses_bad_requests_before_running(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="not found"):
         deploy_case_hash("configs/deploy/nope.yaml", ())
     assert not tmp_path.joinpath("t").exists()
+
+
+def test_an_artifact_is_identified_by_its_content(tmp_path):
+    from mixagent.domains import DomainSpace
+    from mixagent.paths import CONFIGS_DIR
+    from mixagent.policies.artifact import random_artifact
+
+    space = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/tiny.yaml")
+    path = random_artifact(tmp_path / "agent", space, seed=0)
+    first = policy_identity(str(path))
+    assert first.startswith("artifact@") and policy_identity("replay:0.5") == "replay:0.5"
+    random_artifact(tmp_path / "agent", space, seed=1)  # retrained at the same path
+    assert policy_identity(str(path)) != first
 
 
 def test_deploy_case_hash_follows_what_the_config_names(tmp_path, monkeypatch):

@@ -24,13 +24,20 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="deploy config YAML (configs/deploy/*.yaml)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the config and the overrides (every problem at once), then exit; loads nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=200")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from mixagent.config import load_config
-        from mixagent.deploy.job import run_deploy
         from mixagent.deploy.job_config import DeployConfig
+
+        cfg = load_config(DeployConfig, args.config, args.overrides)
+        if args.check_config:
+            print(f"config ok: {args.config}")
+            return 0
+        from mixagent.deploy.job import run_deploy
 
         if args.no_progress:  # the libraries' bars too (datasets' splits and maps, transformers' shard writes)
             import datasets
@@ -39,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             datasets.disable_progress_bars()
             transformers.utils.logging.disable_progress_bar()
 
-        run_deploy(load_config(DeployConfig, args.config, args.overrides), progress=not args.no_progress)
+        run_deploy(cfg, progress=not args.no_progress)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,9 +4,12 @@ pre-trained on v1's domain space), once per held-out seed, and the runs' reports
 comparison's format that :mod:`mixagent.study.generalize` reads like any other case.
 
 Each run is a fresh process (``python -m mixagent.deploy --config <file> policy.spec=<policy> seed=<seed>
-...``) writing its checkpoints under ``runs/generalize/<case>/`` (not committed); its ``report.json`` is
-copied to ``<out>/<case>/reports/<policy>/<seed>.json`` (committed) once the run finished, so an
-interrupted case resumes at the first missing run and a finished one reruns nothing. The score is the
+...``) writing its checkpoints under ``runs/generalize/<case>/`` (not committed); once it finished, its
+``report.json`` (less the per-batch digests) is stored, with what identifies the run (the config's hash,
+the policy and its identity, the seed), as ``<out>/<case>/reports/<policy label>-<digest>/<seed>.json``
+(committed). An interrupted case resumes at the first missing run and a finished one reruns nothing.
+Before the first run, the config and the overrides are validated (``python -m mixagent.deploy
+--check-config``), so a typo fails in seconds, not after a run. The score is the
 deploy report's ``balanced``: the mean change of the source and target fields' benchmark scores from the
 start to the end of the run (the v0 reward, :func:`mixagent.env.rewards.balanced_score`); each field's mean
 held-out bits per byte at the end is reported next to it.
@@ -26,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixagent.config import config_hash
-from mixagent.errors import ConfigError
+from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
 __all__ = ["deploy_case_hash", "run_deploy_case", "RESERVED_KEYS"]
@@ -111,7 +114,9 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
 
     Raises:
         ConfigError: no policy, fewer than 2 seeds, an override of a key the case sets per run, a missing
-            config, or a failed run (its log and command are named; the finished runs stay).
+            config or one the deploy job refuses (its message is passed on); nothing has run.
+        WorkerError: a run failed or wrote no report (its log and command are named; the finished runs
+            stay).
     """
     problems = [] if policies else ["policies is empty: name the policies the runs compare"]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
@@ -140,6 +145,8 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             reports[(p, s)] = stored["report"]
         else:
             todo.append((p, s))
+    if todo:
+        _check_config(name, config, overrides, todo[0])
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"deploy runs {name}", unit="run") as bar:
         for p, s in todo:
             run_dir = Path(work or REPO_ROOT / "runs" / "generalize" / name) / _label(p) / str(s)
@@ -150,9 +157,10 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             run_log.parent.mkdir(parents=True, exist_ok=True)
             with open(run_log, "w") as fh:
                 done = subprocess.run(cmd, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT).returncode == 0
-            if not done:
-                raise ConfigError("generalize", [f"case {name!r}: the deploy run failed; see {run_log} "
-                                                 f"(command: python {' '.join(cmd[1:])})"])
+            if not done or not (run_dir / "report.json").is_file():
+                raise WorkerError(f"{name}: the deploy run of {p} (seed {s}) "
+                                  f"{'failed' if not done else 'wrote no report.json'}; see {run_log} (command: "
+                                  f"python {' '.join(cmd[1:])}); the finished runs are kept, rerun to continue")
             report = json.loads((run_dir / "report.json").read_text())
             report.pop("batches_sha256", None)  # thousands of digests: the run's own directory keeps them
             (case_dir / "reports" / _label(p)).mkdir(parents=True, exist_ok=True)
@@ -162,6 +170,22 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             reports[(p, s)] = report
             bar.update()
     return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir)
+
+
+def _check_config(name: str, config: str, overrides: tuple[str, ...], run: tuple[str, int]) -> None:
+    """The deploy job's own validation of the config with the overrides and one run's keys.
+
+    Raises:
+        ConfigError: what the deploy job refuses, with its message.
+    """
+    p, s = run
+    cmd = [sys.executable, "-m", "mixagent.deploy", "--config", config, "--check-config", *overrides,
+           f"name={name}-check", f"policy.spec={p}", f"seed={s}"]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["(no message)"])
+        raise ConfigError(name, [f"deploy config {config} with deploy_overrides {list(overrides)} is refused by "
+                                 f"the deploy job: " + " ".join(line.strip() for line in why[-6:])])
 
 
 def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], agents: tuple[str, ...],

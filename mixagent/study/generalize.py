@@ -140,8 +140,10 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     for case in cfg.cases:  # every case's env must build before the first runs
         try:
             _spec_hash(case)
-        except ConfigError as exc:
-            problems.append(f"case {case.name!r}: {exc}")
+        except ConfigError as exc:  # one line per problem, naming the case, its env and its overrides
+            where = (f"deploy {case.deploy} {list(case.deploy_overrides)}" if case.deploy else
+                     f"env {case.env} with env_overrides {list(case.env_overrides)}")
+            problems += [f"case {case.name!r} ({where}): {p}" for p in exc.problems]
     if problems:
         raise ConfigError("generalize", sorted(set(problems)))
     if not report_only:
