@@ -254,7 +254,7 @@ def _plot(results: list[dict], cfg: GeneralizeConfig, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(results) + 2.2))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(results) + 2.2), layout="constrained")
     marks = ["o", "s", "^", "D", "v", "P"]
     ax.axvspan(-NOISE, NOISE, color="0.92", zorder=0, label=f"within {NOISE:g} pooled std")
     for j, b in enumerate(cfg.baselines):
@@ -268,8 +268,6 @@ def _plot(results: list[dict], cfg: GeneralizeConfig, path: Path) -> None:
     ax.set_xlim(-lim, lim)
     ax.set_xlabel("agent's score minus the baseline's, in pooled seed std (right: the agent is better)", fontsize=9)
     ax.set_title(f"Generalization of {cfg.agent}, seeds {list(cfg.seeds)}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.5 / max(len(results), 1)), ncol=4,
-              frameon=False)
-    fig.tight_layout()
+    fig.legend(fontsize=7, loc="outside lower center", ncol=4, frameon=False)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))
     plt.close(fig)
