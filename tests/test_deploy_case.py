@@ -36,6 +36,12 @@ def test_deploy_case_runs_each_policy_and_seed_once_and_tables_the_reports(tmp_p
         assert [d["seed"] for d in stored[p]] == [0, 1] and {d["policy"] for d in stored[p]} == {p}
         assert rows[p]["scores"] == pytest.approx([d["report"]["balanced"] for d in stored[p]])
         assert rows[p]["std"] == pytest.approx(np.std(rows[p]["scores"], ddof=1))
+        for d, got in zip(stored[p], rows[p]["balanced_bpb"]):  # the mean relative fall of the fields' bpb
+            r = d["report"]
+            fall = [np.mean([(r["start"]["bpb"][n] - r["final"]["bpb"][n]) for n, f in zip(r["domains"], r["fields"])
+                             if f == field]) / np.mean([r["start"]["bpb"][n] for n, f in zip(r["domains"], r["fields"])
+                                                       if f == field]) for field in ("source", "target")]
+            assert got == pytest.approx(np.mean(fall))
     # the seed reaches the data order: the runs' batch digests differ between seeds
     digests = {(p, s): json.loads(next(work.glob(f"{p}-*/{s}/report.json")).read_text())["batches_sha256"]
                for p in rows for s in (0, 1)}

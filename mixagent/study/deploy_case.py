@@ -11,8 +11,9 @@ the policy and its identity, the seed), as ``<out>/<case>/reports/<policy label>
 Before the first run, the config and the overrides are validated (``python -m mixagent.deploy
 --check-config``), so a typo fails in seconds, not after a run. The score is the
 deploy report's ``balanced``: the mean change of the source and target fields' benchmark scores from the
-start to the end of the run (the v0 reward, :func:`mixagent.env.rewards.balanced_score`); each field's mean
-held-out bits per byte at the end is reported next to it.
+start to the end of the run (the v0 reward, :func:`mixagent.env.rewards.balanced_score`). Next to it: the
+same on held-out bits per byte (``balanced_bpb``, the mean relative fall of the fields' bpb: no reference
+runs needed) and each field's mean held-out bits per byte at the end.
 """
 
 from __future__ import annotations
@@ -188,6 +189,16 @@ def _check_config(name: str, config: str, overrides: tuple[str, ...], run: tuple
                                  f"the deploy job: " + " ".join(line.strip() for line in why[-6:])])
 
 
+def _balanced_bpb(r: dict) -> float:
+    from mixagent.domains import Domain, DomainSpace
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.rewards import balanced_score
+
+    space = DomainSpace("report", [Domain(n, f, []) for n, f in zip(r["domains"], r["fields"])])
+    return balanced_score("balanced_bpb", 0.5, EvalResult.from_json(r["start"]), EvalResult.from_json(r["final"]),
+                          space)
+
+
 def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], agents: tuple[str, ...],
            seeds: tuple[int, ...], reports: dict, case_dir: Path) -> dict:
     rows = []
@@ -195,8 +206,11 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
         rs = [reports[(p, s)] for s in seeds]
         scores = [float(r["balanced"]) for r in rs]
         domains, fields = rs[0]["domains"], rs[0]["fields"]
+        bpb = [_balanced_bpb(r) for r in rs]
         rows.append({"policy": p, "kind": "agent" if p in agents else "baseline", "seeds": list(seeds),
                      "scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
+                     "balanced_bpb": bpb, "balanced_bpb_mean": float(np.mean(bpb)),
+                     "balanced_bpb_std": float(np.std(bpb, ddof=1)),
                      "source_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "source") for r in rs])),
                      "target_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "target") for r in rs])),
                      "train_seconds": float(np.mean([r.get("train_seconds") or 0.0 for r in rs]))})
@@ -208,13 +222,14 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
              "domains": first["domains"], "model": first["model"]}
     lines = [f"Trainer deployments ({config}; {first['model'].get('name', '')}, {first['steps']} steps), "
              f"held-out seeds {list(seeds)}; score: balanced (mean change of the fields' benchmark scores)", "",
-             "| rank | policy | kind | balanced (mean ± std) | gap to best [pooled std] | source bpb | target bpb | "
-             "train s |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+             "| rank | policy | kind | balanced (mean ± std) | gap to best [pooled std] | balanced bpb (mean ± std) "
+             "| source bpb | target bpb | train s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows, 1):
         gap = r["mean"] - rows[0]["mean"]
         lines.append(f"| {i} | {r['policy']} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
                      f"{'best' if i == 1 else f'{gap:+.4f} [{gap / pooled if pooled else 0:+.1f}]'} | "
-                     f"{r['source_bpb']:.4f} | {r['target_bpb']:.4f} | {r['train_seconds']:.0f} |")
+                     f"{r['balanced_bpb_mean']:+.4f} ± {r['balanced_bpb_std']:.4f} | {r['source_bpb']:.4f} | "
+                     f"{r['target_bpb']:.4f} | {r['train_seconds']:.0f} |")
     case_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(case_dir / "table.json", table)
     atomic_write(case_dir / "table.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
