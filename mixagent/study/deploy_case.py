@@ -33,11 +33,18 @@ from mixagent.config import config_hash
 from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
-__all__ = ["deploy_case_hash", "run_deploy_case", "RESERVED_KEYS"]
+__all__ = ["deploy_case_hash", "run_deploy_case", "reserved_overrides", "policy_identity", "RESERVED_KEYS"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1
 RESERVED_KEYS = ("name", "seed", "policy.spec", "trainer.output_dir", "resume")  # set per run by the case
+
+
+def reserved_overrides(overrides: tuple[str, ...]) -> list[str]:
+    """A problem per override of a key the case sets per run (:data:`RESERVED_KEYS`)."""
+    return [f"deploy_overrides: {o!r} sets a key the case sets per run ({', '.join(RESERVED_KEYS)}); drop it "
+            f"(seeds come from the protocol's seeds, the policies from its agent and baselines)"
+            for o in overrides if o.split("=", 1)[0].strip() in RESERVED_KEYS]
 
 
 def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
@@ -91,10 +98,6 @@ def _label(policy: str) -> str:
     return f"{policy.replace('/', '_').replace(':', '_')}-{hashlib.sha256(policy.encode()).hexdigest()[:6]}"
 
 
-def _field_bpb(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
-    return float(np.mean([ev["bpb"][d] for d, f in zip(domains, fields) if f == field]))
-
-
 def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies: tuple[str, ...],
                     agents: tuple[str, ...], seeds: tuple[int, ...], out: Path, work: Path | None = None) -> dict:
     """Run what is missing of ``policies`` x ``seeds`` and write ``<out>/<name>/table.json`` and ``table.md``.
@@ -122,8 +125,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
     problems = [] if policies else ["policies is empty: name the policies the runs compare"]
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         problems.append(f"seeds: a seed std needs >= 2 distinct seeds, got {list(seeds)}")
-    problems += [f"deploy_overrides: {o!r} sets a key the case sets per run ({', '.join(RESERVED_KEYS)})"
-                 for o in overrides if o.split("=", 1)[0].strip() in RESERVED_KEYS]
+    problems += reserved_overrides(overrides)
     if problems:
         raise ConfigError("generalize", problems)
     spec_hash = deploy_case_hash(config, overrides)
@@ -189,14 +191,17 @@ def _check_config(name: str, config: str, overrides: tuple[str, ...], run: tuple
                                  f"the deploy job: " + " ".join(line.strip() for line in why[-6:])])
 
 
-def _balanced_bpb(r: dict) -> float:
+def _bpb_summary(r: dict) -> tuple[float, float, float]:
+    """A report's ``(balanced_bpb, source bpb, target bpb)``: the mean relative fall of the fields' held-out
+    bits per byte over the run (:func:`mixagent.env.rewards.balanced_score`) and each field's at the end."""
     from mixagent.domains import Domain, DomainSpace
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.rewards import balanced_score
 
     space = DomainSpace("report", [Domain(n, f, []) for n, f in zip(r["domains"], r["fields"])])
-    return balanced_score("balanced_bpb", 0.5, EvalResult.from_json(r["start"]), EvalResult.from_json(r["final"]),
-                          space)
+    start, final = EvalResult.from_json(r["start"]), EvalResult.from_json(r["final"])
+    return (balanced_score("balanced_bpb", 0.5, start, final, space), final.field_bpb(space, "source"),
+            final.field_bpb(space, "target"))
 
 
 def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], agents: tuple[str, ...],
@@ -205,14 +210,12 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
     for p in policies:
         rs = [reports[(p, s)] for s in seeds]
         scores = [float(r["balanced"]) for r in rs]
-        domains, fields = rs[0]["domains"], rs[0]["fields"]
-        bpb = [_balanced_bpb(r) for r in rs]
+        bpb, source, target = np.array([_bpb_summary(r) for r in rs]).T.tolist()
         rows.append({"policy": p, "kind": "agent" if p in agents else "baseline", "seeds": list(seeds),
                      "scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
                      "balanced_bpb": bpb, "balanced_bpb_mean": float(np.mean(bpb)),
                      "balanced_bpb_std": float(np.std(bpb, ddof=1)),
-                     "source_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "source") for r in rs])),
-                     "target_bpb": float(np.mean([_field_bpb(r["final"], domains, fields, "target") for r in rs])),
+                     "source_bpb": float(np.mean(source)), "target_bpb": float(np.mean(target)),
                      "train_seconds": float(np.mean([r.get("train_seconds") or 0.0 for r in rs]))})
     rows.sort(key=lambda r: -r["mean"])
     pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))

@@ -65,11 +65,9 @@ class Case:
                             f"deploy_overrides (e.g. eval.env=...) or drop deploy")
         if self.deploy_overrides and not self.deploy:
             problems.append(f"case {self.name!r}: deploy_overrides need deploy (a configs/deploy/ file)")
-        from mixagent.study.deploy_case import RESERVED_KEYS
+        from mixagent.study.deploy_case import reserved_overrides
 
-        problems += [f"case {self.name!r}: deploy_overrides {o!r} sets a key the case sets per run "
-                     f"({', '.join(RESERVED_KEYS)})" for o in self.deploy_overrides
-                     if o.split("=", 1)[0].strip() in RESERVED_KEYS]
+        problems += [f"case {self.name!r}: {p}" for p in reserved_overrides(self.deploy_overrides)]
         return problems
 
 
@@ -163,10 +161,10 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
 def _spec_hash(case: Case) -> str:
     from mixagent.env.spec import load_spec
     from mixagent.study.deploy_case import deploy_case_hash
+    from mixagent.study.headroom import resolve_env
 
     if case.deploy:
         return deploy_case_hash(case.deploy, tuple(case.deploy_overrides))
-    from mixagent.study.headroom import resolve_env
 
     return load_spec(resolve_env(case.env, "generalize"), case.env_overrides).spec_hash()
 
@@ -204,7 +202,7 @@ def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
             "best_baseline": best["policy"], "best_mean": best["mean"], "pooled_std": pooled,
             "gap_std": gaps[best["policy"]], "gaps_std": gaps,
             "paired_diff": paired.tolist(), "paired_mean": float(paired.mean()),
-            "paired_std": float(paired.std(ddof=1)) if len(paired) > 1 else 0.0,
+            "paired_std": float(paired.std(ddof=1)),  # the config holds >= 3 seeds
             "as_good_nominal": all(agent["mean"] >= r["mean"] for r in base),
             "as_good_within_noise": all(g >= -NOISE for g in gaps.values())}
 
