@@ -178,7 +178,7 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
         row["agent_mean"] - row["best_mean"]) and row["paired_std"] == pytest.approx(np.std(paired, ddof=1))
     stale = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}", "seeds=[0, 1, 3]"])
     assert generalize_table(stale)["cases"] == []  # a comparison on other seeds is not read as this case
-    with pytest.raises(ConfigError, match="not in the config"):
+    with pytest.raises(ConfigError, match="not a case of protocol"):
         run_generalize(cfg, ["space-7"])
     with pytest.raises(ConfigError, match=">= 3 held-out seeds"):
         load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", ["seeds=[0, 1]"])

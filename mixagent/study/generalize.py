@@ -133,7 +133,8 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     names = [c.name for c in cfg.cases]
     unknown = [c for c in cases or [] if c not in names]
     if unknown:
-        raise ConfigError("generalize", [f"cases {unknown} are not in the config; known: {', '.join(names)}"])
+        raise ConfigError("generalize --cases", [f"{', '.join(unknown)}: not a case of protocol {cfg.name!r}; pass a "
+                                                 f"comma-separated subset of: {', '.join(names)}"])
     problems = [p for c in cfg.cases for p in _compare_config(cfg, c).check()]  # deploy cases: the policies
     for case in cfg.cases:  # every case's env must build before the first runs
         try:
