@@ -180,6 +180,8 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
     assert generalize_table(stale)["cases"] == []  # a comparison on other seeds is not read as this case
     with pytest.raises(ConfigError, match="not a case of protocol"):
         run_generalize(cfg, ["space-7"])
+    with pytest.raises(ConfigError, match="no case named"):  # `--cases ""` is not "every case"
+        run_generalize(cfg, [])
     with pytest.raises(ConfigError, match=">= 3 held-out seeds"):
         load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", ["seeds=[0, 1]"])
 

@@ -120,3 +120,16 @@ def test_behaviour_cloning_fits_the_reference_data(tmp_path):
     policy = load_policy(out)
     policy.reset(space(4, 2))  # a space it never saw
     assert policy.act(observation(4, 0)).values.shape == (4,)
+
+
+@pytest.mark.parametrize("agent", ["math-cpt-v1", "math-cpt-v1-no-fiction-foldoc-wordnet"])
+def test_committed_agents_declare_the_learning_rate_they_were_trained_on(agent):
+    """A deployment passes the LR only to a policy whose artifact says it observes it: an artifact trained on
+    an ``observe_lr`` dataset that did not say so would see a constant LR in every deployment."""
+    from mixagent.agent.dataset import load_trajectories
+    from mixagent.paths import REPO_ROOT
+
+    path = REPO_ROOT / "checkpoints/agents" / agent
+    meta = json.loads((path / "meta.json").read_text())
+    data = [REPO_ROOT / r["run"] for r in meta["training"]["runs"]]
+    assert load_policy(path).observe_lr == (load_trajectories(data).observed_lr is not None) is True

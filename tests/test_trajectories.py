@@ -50,8 +50,9 @@ def digest(run_dir) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """The tiny collect config, collected in-process without interruption."""
-    cfg = tiny_config(tmp_path_factory.mktemp("ref"), run="ref", launcher="inline")
+    """The tiny collect config, collected in-process without interruption, with one torch thread as each
+    worker of the launchers it is compared with (the thread count may change the last digits)."""
+    cfg = tiny_config(tmp_path_factory.mktemp("ref"), run="ref", launcher="inline", threads_per_worker=1)
     summary = collect(cfg, progress=False)
     return cfg.run_dir, digest(cfg.run_dir), summary
 
@@ -113,8 +114,9 @@ def test_reference_run_layout(reference):
     assert len({t.header["episode_seed"] for t in trajs.values()}) == 4
 
 
-def test_stored_trajectories_replay_exactly_without_forking(reference, tiny_env):
+def test_stored_trajectories_replay_exactly_without_forking(reference, tiny_spec_path):
     """A branched trajectory equals an unforked run of the same behaviours: snapshot/restore is exact."""
+    tiny_env = MixingEnv(tiny_spec_path, overrides=["optim.threads=1"])  # the reference's thread count
     run = Run(reference[0])
     natural = np.array(run.meta["proxy"]["natural"])
     for tid in ("t00001_0_0", "t00001_1_0", "t00002_1_1"):
@@ -132,13 +134,24 @@ def test_stored_trajectories_replay_exactly_without_forking(reference, tiny_env)
             assert info["eval"] == traj.steps[t]["eval"] and reward == traj.steps[t]["reward"]
 
 
-def test_threads_do_not_change_results(tiny_spec_path):
+def test_threads_change_results_only_at_rounding_level(tiny_spec_path):
+    """The thread count stays out of the MDP identity (``EnvSpec.mdp_dict``): on some CPUs (an AVX-512 Xeon
+    with torch 2.13's CPU build) 1 and 2 threads round float32 sums differently, around the 8th significant
+    digit of the bits per byte (the benchmark scores, differences of log-likelihoods, move a few 1e-6), and
+    nowhere more than that. Bit-for-bit replay needs the same thread count (the launcher tests below compare
+    runs with one thread per process)."""
     results = []
     for threads in (1, 2):
         env = MixingEnv(tiny_spec_path, overrides=[f"optim.threads={threads}"])
         env.reset(seed=7)
         results.append(env.step(np.linspace(-1, 1, env.space.k))[4]["eval"])
-    assert results[0] == results[1]
+    one, two = results
+    assert one.keys() == two.keys() and one["bpb"].keys() == two["bpb"].keys()
+    for name, value in one["bpb"].items():
+        assert value == pytest.approx(two["bpb"][name], rel=1e-6), name
+    for group in ("scores", "accuracy"):
+        for name, value in one[group].items():
+            assert value == pytest.approx(two[group][name], abs=1e-4), (group, name)
 
 
 def test_plan_workers_never_oversubscribes(tmp_path):

@@ -188,7 +188,8 @@ class MixingScheduler:
             self.prev_eval = result
         self.history.append({"update": self.updates, "progress": float(progress), "tokens_seen": result.tokens_seen,
                              "weights": self.weights.values.tolist(), "proposal": np.asarray(proposal).tolist(),
-                             "fallback": reason, "capped": capped, "eval": result.to_json() if finite else None})
+                             "fallback": reason, "capped": capped, "eval": result.to_json() if finite else None,
+                             "lr": float(lr) if self.observe_lr else None})
         return self.weights
 
     def adopt(self, values: np.ndarray) -> None:

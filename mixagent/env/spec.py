@@ -122,8 +122,9 @@ class EnvSpec:
         return REPO_ROOT / self.space
 
     def mdp_dict(self) -> dict:
-        """The spec as plain JSON without ``optim.threads``, which changes speed, not results
-        (tests check 1 vs 2 threads bit for bit)."""
+        """The spec as plain JSON without ``optim.threads``, which changes speed and, on some CPUs, the
+        rounding of float32 sums around the 8th significant digit, nothing more (tested); bit-for-bit replay
+        needs the same thread count."""
         spec = to_dict(self)
         spec["optim"].pop("threads")
         for bench in ("source", "target"):  # the default split stays out, so specs from before it keep their hash

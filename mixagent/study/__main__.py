@@ -140,7 +140,7 @@ def _generalize(args: argparse.Namespace) -> int:
     from mixagent.paths import REPO_ROOT
     from mixagent.study.generalize import GeneralizeConfig, run_generalize
 
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases is not None else None
     try:
         cfg = load_config(GeneralizeConfig, args.config, args.overrides)
         table = run_generalize(cfg, cases, report_only=args.report_only)

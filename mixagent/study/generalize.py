@@ -124,13 +124,16 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     finished comparison. Returns the table (``generalize_table``'s).
 
     Raises:
-        ConfigError: a bad config or an unknown case name (before anything runs).
+        ConfigError: a bad config, an unknown case name or an empty ``cases`` list (before anything runs).
     """
     from mixagent.study.compare import run_compare
     from mixagent.study.compare_report import make_compare_report
     from mixagent.study.deploy_case import run_deploy_case
 
     names = [c.name for c in cfg.cases]
+    if cases is not None and not cases:  # `--cases ""` must not mean every case (hours of runs)
+        raise ConfigError("generalize --cases", [f"no case named; pass a comma-separated subset of: "
+                                                 f"{', '.join(names)} (or leave --cases out for all)"])
     unknown = [c for c in cases or [] if c not in names]
     if unknown:
         raise ConfigError("generalize --cases", [f"{', '.join(unknown)}: not a case of protocol {cfg.name!r}; pass a "

@@ -61,7 +61,8 @@ class CollectConfig:
         behaviours: the behaviour mix (``mixagent.policies.behaviour``).
         launcher: ``local`` (worker processes), ``ray`` or ``inline`` (in this process).
         workers: workers to run; 0 = one per core, at most one per tree.
-        threads_per_worker: torch threads per worker; 0 = cores // workers. Results do not depend on it.
+        threads_per_worker: torch threads per worker; 0 = cores // workers. It changes results only at
+            rounding level (on some CPUs, the 8th significant digit); bit-for-bit reruns need the same value.
         address: Ray cluster address for ``launcher: ray``; empty starts a local Ray.
         out_dir: directory of runs, relative to the repository root (or absolute).
     """

@@ -15,12 +15,13 @@ from mixagent.agent.dataset import build_transitions, load_trajectories
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.evaluation import EvalResult
+from mixagent.paths import REPO_ROOT
 from mixagent.policies import load_policy
 
-AGENT = "checkpoints/agents/math-cpt-v1"
-space = DomainSpace.from_yaml("configs/spaces/math-sub.yaml")  # the deploy job's space: v1's 10 domains
+AGENT = REPO_ROOT / "checkpoints/agents/math-cpt-v1"
+space = DomainSpace.from_yaml(REPO_ROOT / "configs/spaces/math-sub.yaml")  # the deploy job's space: v1's 10 domains
 k, tgt = space.k, space.field_mask("target")
-data = load_trajectories(["trajectories/reference/math-cpt-v1"])
+data = load_trajectories([REPO_ROOT / "trajectories/reference/math-cpt-v1"])
 natural = np.asarray(data.trajectories[0][1].header["start_weights"])  # the deploy job starts at natural shares
 train_obs = build_transitions(data, "normalised_bpb", 0.5).observations
 
@@ -38,7 +39,7 @@ def replay(history, edit=None):
 
     sched.obs_builder = observe
     for e in history:
-        sched.step(EvalResult.from_json(e["eval"]), e["progress"])
+        sched.step(EvalResult.from_json(e["eval"]), e["progress"], e.get("lr"))  # the LR the policy saw
     return [np.asarray(h["proposal"]) for h in sched.history]
 
 
@@ -72,7 +73,7 @@ def _observations(history):
     build = sched.obs_builder
     sched.obs_builder = lambda *a, **kw: seen.append(build(*a, **kw)) or seen[-1]
     for e in history:
-        sched.step(EvalResult.from_json(e["eval"]), e["progress"])
+        sched.step(EvalResult.from_json(e["eval"]), e["progress"], e.get("lr"))  # the LR the policy saw
     return seen
 
 
@@ -83,7 +84,7 @@ rel = train_obs[:, 3 * k + 1]
 print(f"training data: target score relative to the start in [{rel.min():+.2f}, {rel.max():+.2f}]; target-domain "
       f"bpb relative to the start >= {train_obs[:, k:2 * k][:, tgt].min():+.3f}")
 for case in ("v1-trainer-2m", "v1-trainer-2m-prior"):
-    for path in sorted(glob.glob(f"audits/compare/{case}/reports/checkpoints_agents_math-cpt-v1-*/*.json")):
+    for path in sorted(glob.glob(f"{REPO_ROOT}/audits/compare/{case}/reports/checkpoints_agents_math-cpt-v1-*/*.json")):
         history = json.load(open(path))["report"]["history"]
         s0 = history[0]["eval"]["scores"]["target"]
         b0 = np.array([history[0]["eval"]["bpb"][n] for n in space.names])
