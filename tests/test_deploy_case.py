@@ -112,5 +112,7 @@ def test_deploy_case_hash_follows_what_the_config_names(tmp_path, monkeypatch):
     first = deploy_case_hash("configs/run.yaml", ())
     (repo / "configs/run.yaml").write_text("# another comment\nmodel: {path: configs/model.yaml}\n")
     assert deploy_case_hash("configs/run.yaml", ()) == first  # comments do not count
+    (repo / "configs/model.yaml").write_text("# the named file's comments neither\nsize:   2m\n")
+    assert deploy_case_hash("configs/run.yaml", ()) == first
     (repo / "configs/model.yaml").write_text("size: 8m\n")
     assert deploy_case_hash("configs/run.yaml", ()) != first  # a named file's content does

@@ -154,6 +154,7 @@ def test_per_domain_bc_without_some_domains(tmp_path):
 def test_generalize_table_from_the_committed_episodes(tmp_path):
     """The in-distribution case reruns nothing (every episode is in the committed cache) and its row is the
     committed v1 comparison's numbers; unfinished cases are listed, not scored."""
+    from mixagent.study.episodes import policy_identity
     from mixagent.study.generalize import GeneralizeConfig, generalize_table, run_generalize
 
     cfg = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}"])
@@ -178,6 +179,13 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
         row["agent_mean"] - row["best_mean"]) and row["paired_std"] == pytest.approx(np.std(paired, ddof=1))
     stale = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}", "seeds=[0, 1, 3]"])
     assert generalize_table(stale)["cases"] == []  # a comparison on other seeds is not read as this case
+    case_table = tmp_path / "v1-in-distribution/table.json"
+    written = json.loads(case_table.read_text())
+    assert {r["identity"] for r in written["rows"] if r["kind"] == "agent"} == {policy_identity(cfg.agent)}
+    for r in written["rows"]:
+        r["identity"] = "artifact@000000000000" if r["kind"] == "agent" else r["identity"]
+    case_table.write_text(json.dumps(written))
+    assert generalize_table(cfg)["cases"] == []  # nor one of another artifact at the agent's path
     with pytest.raises(ConfigError, match="not a case of protocol"):
         run_generalize(cfg, ["space-7"])
     with pytest.raises(ConfigError, match="no case named"):  # `--cases ""` is not "every case"

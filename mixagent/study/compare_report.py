@@ -25,6 +25,7 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score, field_scores, needs_reference
 from mixagent.paths import atomic_write, atomic_write_json
 from mixagent.study.compare import CompareConfig, CompareRun, audit_rows, policy_kind
+from mixagent.study.episodes import policy_identity
 from mixagent.study.headroom import Schedule
 
 __all__ = ["make_compare_report", "report_episodes", "efficiency_fit", "field_view", "format_table", "rank_table"]
@@ -92,7 +93,8 @@ def _rows(run: CompareRun) -> list[dict]:
     rows = []
     for label, eps in run.episodes.items():
         evals = [EvalResult.from_json(e["final"]) for e in eps]
-        rows.append({"policy": label, "kind": policy_kind(run.labels[label]), "seeds": seeds,
+        rows.append({"policy": label, "identity": policy_identity(run.labels[label]),
+                     "kind": policy_kind(run.labels[label]), "seeds": seeds,
                      "scores": [float(e["balanced"]) for e in eps],
                      "source_bpb": float(np.mean([e.field_bpb(space, "source") for e in evals])),
                      "target_bpb": float(np.mean([e.field_bpb(space, "target") for e in evals])),

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from mixagent.config import config_hash
 from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.study.episodes import policy_identity
 
 __all__ = ["deploy_case_hash", "run_deploy_case", "reserved_overrides", "policy_identity", "RESERVED_KEYS"]
 
@@ -49,7 +50,8 @@ def reserved_overrides(overrides: tuple[str, ...]) -> list[str]:
 
 def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
     """Identifies the runs: the deploy config as parsed (comments do not count), the overrides and what the
-    config names: each repository file it points to by content, an env spec by its spec hash.
+    config names: each repository file it points to by content (a YAML file as parsed), an env spec by its
+    spec hash.
 
     Raises:
         ConfigError: the config file does not exist or is not YAML.
@@ -71,9 +73,22 @@ def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
     for value in sorted(set(_strings(parsed)) | {o.split("=", 1)[-1] for o in overrides}):
         f = REPO_ROOT / value
         if value and f.is_file():
-            named[value] = (load_spec(f).spec_hash() if value.startswith("envs/") else
-                            hashlib.sha256(f.read_bytes()).hexdigest())
+            named[value] = (load_spec(f).spec_hash() if value.startswith("envs/") else _content_hash(f))
     return config_hash(FORMAT, parsed, list(overrides), named)
+
+
+def _content_hash(path: Path) -> str:
+    """A YAML file by what it parses to (a comment or reformatting does not rerun a case), any other file, or
+    YAML that does not parse, by its bytes."""
+    import yaml
+
+    raw = path.read_bytes()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return hashlib.sha256(json.dumps(yaml.safe_load(raw), sort_keys=True, default=str).encode()).hexdigest()
+        except yaml.YAMLError:
+            pass
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _strings(node) -> list[str]:
@@ -82,15 +97,6 @@ def _strings(node) -> list[str]:
     if isinstance(node, list):
         return [s for v in node for s in _strings(v)]
     return [node] if isinstance(node, str) else []
-
-
-def policy_identity(policy: str) -> str:
-    """A method spec as written; an artifact directory by its content (a retrained agent at the same path is
-    another policy)."""
-    from mixagent.study.episodes import _artifact_id, _is_named, artifact_dir
-
-    path = None if _is_named(policy) else artifact_dir(policy)
-    return f"artifact@{_artifact_id(path)}" if path is not None else policy
 
 
 def _label(policy: str) -> str:
@@ -211,8 +217,9 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
         rs = [reports[(p, s)] for s in seeds]
         scores = [float(r["balanced"]) for r in rs]
         bpb, source, target = np.array([_bpb_summary(r) for r in rs]).T.tolist()
-        rows.append({"policy": p, "kind": "agent" if p in agents else "baseline", "seeds": list(seeds),
-                     "scores": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)),
+        rows.append({"policy": p, "identity": policy_identity(p), "kind": "agent" if p in agents else "baseline",
+                     "seeds": list(seeds), "scores": scores, "mean": float(np.mean(scores)),
+                     "std": float(np.std(scores, ddof=1)),
                      "balanced_bpb": bpb, "balanced_bpb_mean": float(np.mean(bpb)),
                      "balanced_bpb_std": float(np.std(bpb, ddof=1)),
                      "source_bpb": float(np.mean(source)), "target_bpb": float(np.mean(target)),

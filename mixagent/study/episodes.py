@@ -42,7 +42,8 @@ from mixagent.policies.registry import METHODS, PolicyContext, build_policy, pol
 from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
 
 __all__ = ["EPISODE_VERSION", "EpisodeCache", "EpisodeSetup", "EpisodeRunner", "Segment", "Episode", "FamilyPoint",
-           "policy_key", "policy_context", "artifact_dir", "content_digest", "launch", "roll_policies"]
+           "policy_key", "policy_identity", "policy_context", "artifact_dir", "content_digest", "launch",
+           "roll_policies"]
 
 log = logging.getLogger(__name__)
 EPISODE_VERSION = 1
@@ -111,6 +112,13 @@ def _artifact_id(path: Path) -> str:
 def _is_named(spec: str) -> bool:
     """A registered method or constant baseline (names win over a directory of the same name)."""
     return spec in METHODS or parse_baseline(spec) is not None
+
+
+def policy_identity(policy: str) -> str:
+    """A method spec as written; an artifact directory by its content (a retrained agent at the same path is
+    another policy). The identity a comparison's or a deploy case's table records per row."""
+    path = None if _is_named(policy) else artifact_dir(policy)
+    return f"artifact@{_artifact_id(path)}" if path is not None else policy
 
 
 def policy_key(spec: str, ctx: PolicyContext) -> str:

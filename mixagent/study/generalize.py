@@ -23,6 +23,7 @@ import numpy as np
 
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.study.episodes import policy_identity
 
 __all__ = ["Case", "GeneralizeConfig", "run_generalize", "generalize_table"]
 
@@ -186,6 +187,9 @@ def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
         return None
     rows = {r["policy"]: r for r in table["rows"]}
     agent = rows.get(cfg.case_agent(case))
+    current = policy_identity(cfg.case_agent(case))
+    if agent is not None and agent.get("identity", current) != current:
+        return None  # the artifact at that path changed since the case ran (tables before rows had identities pass)
     base = [rows[b] for b in cfg.baselines if b in rows]
     if agent is None or len(base) < len(cfg.baselines) or any(len(r["scores"]) < len(cfg.seeds)
                                                                 for r in (agent, *base)):
