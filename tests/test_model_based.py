@@ -190,6 +190,14 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
         run_generalize(cfg, ["space-7"])
     with pytest.raises(ConfigError, match="no case named"):  # `--cases ""` is not "every case"
         run_generalize(cfg, [])
+    from mixagent.study.generalize import Case
+
+    bad = dataclasses.replace(cfg, cases=(*cfg.cases[:1], Case(
+        "trainer-x", "a Trainer case whose base config is missing", deploy="configs/deploy/cpt-2m.yaml",
+        deploy_overrides=("model.path=configs/base_model/missing.yaml",))))
+    with pytest.raises(ConfigError, match="refused by the deploy job"):  # before the earlier case runs
+        run_generalize(bad)
+    assert not (tmp_path / "v1-trainer-x").exists()
     with pytest.raises(ConfigError, match=">= 3 held-out seeds"):
         load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", ["seeds=[0, 1]"])
 

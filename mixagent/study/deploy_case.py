@@ -34,7 +34,8 @@ from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 from mixagent.study.episodes import policy_identity
 
-__all__ = ["deploy_case_hash", "run_deploy_case", "reserved_overrides", "policy_identity", "RESERVED_KEYS"]
+__all__ = ["deploy_case_hash", "run_deploy_case", "check_deploy_config", "reserved_overrides", "policy_identity",
+           "RESERVED_KEYS"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -155,7 +156,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
         else:
             todo.append((p, s))
     if todo:
-        _check_config(name, config, overrides, todo[0])
+        check_deploy_config(name, config, overrides, todo[0])
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"deploy runs {name}", unit="run") as bar:
         for p, s in todo:
             run_dir = Path(work or REPO_ROOT / "runs" / "generalize" / name) / _label(p) / str(s)
@@ -181,7 +182,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
     return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir)
 
 
-def _check_config(name: str, config: str, overrides: tuple[str, ...], run: tuple[str, int]) -> None:
+def check_deploy_config(name: str, config: str, overrides: tuple[str, ...], run: tuple[str, int]) -> None:
     """The deploy job's own validation of the config with the overrides and one run's keys.
 
     Raises:

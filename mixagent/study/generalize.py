@@ -129,7 +129,7 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     """
     from mixagent.study.compare import run_compare
     from mixagent.study.compare_report import make_compare_report
-    from mixagent.study.deploy_case import run_deploy_case
+    from mixagent.study.deploy_case import check_deploy_config, run_deploy_case
 
     names = [c.name for c in cfg.cases]
     if cases is not None and not cases:  # `--cases ""` must not mean every case (hours of runs)
@@ -149,7 +149,11 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
             problems += [f"case {case.name!r} ({where}): {p}" for p in exc.problems]
     if problems:
         raise ConfigError("generalize", sorted(set(problems)))
-    if not report_only:
+    if not report_only:  # the deploy job's own check of each Trainer case to run, before hours of earlier cases
+        for case in cfg.cases:
+            if case.deploy and (not cases or case.name in cases):
+                check_deploy_config(f"{cfg.name}-{case.name}", case.deploy, tuple(case.deploy_overrides),
+                                    (cfg.case_agent(case), cfg.seeds[0]))
         for case in cfg.cases:
             if cases and case.name not in cases:
                 continue
