@@ -106,7 +106,8 @@ def _label(policy: str) -> str:
 
 
 def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies: tuple[str, ...],
-                    agents: tuple[str, ...], seeds: tuple[int, ...], out: Path, work: Path | None = None) -> dict:
+                    agents: tuple[str, ...], seeds: tuple[int, ...], out: Path, work: Path | None = None,
+                    check: bool = True) -> dict:
     """Run what is missing of ``policies`` x ``seeds`` and write ``<out>/<name>/table.json`` and ``table.md``.
 
     Args:
@@ -119,6 +120,8 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             its initial weights).
         out: the comparisons' root (``audits/compare``).
         work: where the runs write their checkpoints (default ``runs/generalize/<name>``).
+        check: validate the config with the deploy job before the first missing run (``False`` when the
+            caller already did: :func:`check_deploy_config` starts a process).
 
     Returns:
         The table (``rows`` with per-seed ``scores``, ``mean``, ``std``; ``pooled_seed_std``).
@@ -155,7 +158,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             reports[(p, s)] = stored["report"]
         else:
             todo.append((p, s))
-    if todo:
+    if todo and check:
         check_deploy_config(name, config, overrides, todo[0])
     with tqdm(total=len(runs), initial=len(runs) - len(todo), desc=f"deploy runs {name}", unit="run") as bar:
         for p, s in todo:
@@ -179,7 +182,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
                                "identity": identity[p], "report": report})
             reports[(p, s)] = report
             bar.update()
-    return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir)
+    return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir, identity)
 
 
 def check_deploy_config(name: str, config: str, overrides: tuple[str, ...], run: tuple[str, int]) -> None:
@@ -212,13 +215,13 @@ def _bpb_summary(r: dict) -> tuple[float, float, float]:
 
 
 def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], agents: tuple[str, ...],
-           seeds: tuple[int, ...], reports: dict, case_dir: Path) -> dict:
+           seeds: tuple[int, ...], reports: dict, case_dir: Path, identity: dict[str, str]) -> dict:
     rows = []
     for p in policies:
         rs = [reports[(p, s)] for s in seeds]
         scores = [float(r["balanced"]) for r in rs]
         bpb, source, target = np.array([_bpb_summary(r) for r in rs]).T.tolist()
-        rows.append({"policy": p, "identity": policy_identity(p), "kind": "agent" if p in agents else "baseline",
+        rows.append({"policy": p, "identity": identity[p], "kind": "agent" if p in agents else "baseline",
                      "seeds": list(seeds), "scores": scores, "mean": float(np.mean(scores)),
                      "std": float(np.std(scores, ddof=1)),
                      "balanced_bpb": bpb, "balanced_bpb_mean": float(np.mean(bpb)),
