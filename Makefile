@@ -1,10 +1,11 @@
 # mixagent: `make demo` and `make test` each do all set-up on a fresh machine.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+MIXAGENT := $(VENV)/bin/mixagent
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent compare world-model
+.PHONY: install data base-model demo test test-slow bench lint clean collect-trajectories collect-tiny train-agent compare world-model results
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,35 +17,35 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 data: install
-	$(PY) -m mixagent.data build
+	$(MIXAGENT) data build
 
 base-model: data
-	$(PY) -m mixagent.env.base_model --rebuild
+	$(MIXAGENT) base-model --rebuild
 
 demo: data
-	$(PY) -m mixagent.demo
+	$(MIXAGENT) demo
 
 # environment v1's dataset (about an hour on 2 cores; committed packed as trajectories/reference/math-cpt-v1,
 # so nothing needs it); the base checkpoint is the committed one. Rerunning resumes or reports a finished run
 collect-trajectories: data
-	$(PY) -m mixagent.trajectories collect --config configs/collect/default.yaml --resume
+	$(MIXAGENT) collect --config configs/collect/default.yaml --resume
 
 # the agent on the committed v1 dataset: BC, CQL, FQE, online table on the audit's seeds; resumes
 train-agent: data
-	$(PY) -m mixagent.train_agent --config configs/agent/default.yaml --resume
+	$(MIXAGENT) train-agent --config configs/agent/default.yaml --resume
 
 # every method (baselines, heuristics, DoReMi, ODM, ADO, Velocitune, Aioli, RegMix) on v1's held-out seeds,
 # with the audit's oracles; episodes are cached (and committed) under audits/compare/, so this rebuilds the report
 compare: data
-	$(PY) -m mixagent.study compare --config configs/compare/v1.yaml
+	$(MIXAGENT) compare --config configs/compare/v1.yaml
 
-# the world model of v1 (issue 14) on the committed dataset: held-out R², policy ranking; committed under
+# the world model of v1 on the committed dataset: held-out R², policy ranking; committed under
 # checkpoints/world_models/math-cpt-v1 (about 2 min); gymnasium.make("mixagent/math-cpt-surrogate-v1") serves it
 world-model: data
-	$(PY) -m mixagent.agent world-model --config configs/world_model/default.yaml
+	$(MIXAGENT) world-model --config configs/world_model/default.yaml
 
 collect-tiny: data
-	$(PY) -m mixagent.trajectories collect --config configs/collect/tiny.yaml --resume
+	$(MIXAGENT) collect --config configs/collect/tiny.yaml --resume
 
 test: data
 	$(PY) -m pytest -q
@@ -63,7 +64,12 @@ bench: base-model
 	$(PY) benchmarks/bench_surrogate.py
 
 lint: install
-	$(VENV)/bin/ruff check mixagent tests benchmarks examples
+	$(VENV)/bin/ruff check mixagent tests benchmarks examples scripts
+
+# rebuild every committed audit, comparison and generalization table from the stored results (no training);
+# fails if any committed file changed
+results: data
+	$(PY) scripts/rebuild_results.py
 
 clean:
 	rm -rf data/cache runs

@@ -19,8 +19,8 @@ import shutil
 
 from mixagent.config import load_config
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
+from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories.collector import CollectConfig, collect
-from mixagent.trajectories.tree import TreeConfig
 
 OUT = REPO_ROOT / "runs/bench/collect"
 

@@ -51,7 +51,7 @@ from mixagent.deploy.scheduler import MixingScheduler
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.base_model import BaseModelConfig
 from mixagent.env.evaluation import EvalResult, Evaluator
-from mixagent.env.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
+from mixagent.env.lm import MODEL_SIZES, ProxyModelConfig, build_model, count_parameters
 from mixagent.env.spec import load_spec
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 from mixagent.policies.artifact import load_policy
@@ -125,7 +125,7 @@ def p99(xs: list[float]) -> float:
 
 
 # ---- 1. the Trainer runs -------------------------------------------------------------------------
-def train_run(mcfg: ModelConfig, steps: int, out: str, dataset: IterableDataset,
+def train_run(mcfg: ProxyModelConfig, steps: int, out: str, dataset: IterableDataset,
               callbacks: list[TrainerCallback]) -> StepTimer:
     timer = StepTimer()
     args = TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
@@ -138,7 +138,7 @@ def train_run(mcfg: ModelConfig, steps: int, out: str, dataset: IterableDataset,
     return timer
 
 
-def trainer_runs(mcfg: ModelConfig, space: DomainSpace, data: DomainData, path: Path, args: argparse.Namespace,
+def trainer_runs(mcfg: ProxyModelConfig, space: DomainSpace, data: DomainData, path: Path, args: argparse.Namespace,
                  baseline: torch.Tensor) -> dict[str, Any]:
     fixed = stub_result(space)
 
@@ -244,7 +244,7 @@ def micro(space: DomainSpace, data: DomainData, path: Path, seq_len: int, args: 
 
 
 # ---- 4. evaluation cost --------------------------------------------------------------------------
-def evaluation_cost(mcfg: ModelConfig, space: DomainSpace, data: DomainData, tok: Any) -> dict[str, Any]:
+def evaluation_cost(mcfg: ProxyModelConfig, space: DomainSpace, data: DomainData, tok: Any) -> dict[str, Any]:
     espec = load_spec(REPO_ROOT / "envs/math-natural.yaml").eval
     lengths = token_byte_lengths(tok)
     evaluator = Evaluator(data, espec, tok, lengths, mcfg.seq_len)

@@ -23,7 +23,7 @@ from mixagent.data.domain_data import DomainData
 from mixagent.data.tokenizer import get_tokenizer, tokenizer_dir
 from mixagent.domains import DomainSpace
 from mixagent.env.base_model import BaseModelConfig
-from mixagent.env.model import build_model, resolve_size
+from mixagent.env.lm import build_model, resolve_size
 from mixagent.env.proxy import OptimConfig, make_optimizer, train_segment
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 from mixagent.sampling import MixtureSampler

@@ -1,4 +1,4 @@
-"""Tokenization work of a ``datasets`` text source read by DataLoader workers (issue: every worker used
+"""Tokenization work of a ``datasets`` text source read by DataLoader workers (a fixed fault: every worker used
 to re-tokenize every text it skipped over). Counts the texts the tokenizer saw, in every process, and the
 wall time of reading the same batches with 0 and 2 workers.
 

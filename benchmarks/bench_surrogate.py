@@ -1,4 +1,4 @@
-"""Episodes per minute of the surrogate env (goal: thousands on one CPU core, issue 14), beside the real
+"""Episodes per minute of the surrogate env (goal: thousands on one CPU core), beside the real
 env's seconds per step from ``bench_env_step.py``.
 
     python benchmarks/bench_surrogate.py [--world-model checkpoints/world_models/math-cpt-v1] [--episodes 500]
@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from mixagent.agent.surrogate import make_surrogate_env  # noqa: E402
+from mixagent.model_based.surrogate import make_surrogate_env  # noqa: E402
 from mixagent.paths import REPO_ROOT  # noqa: E402
 
 

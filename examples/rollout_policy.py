@@ -13,7 +13,7 @@ import gymnasium
 
 import mixagent  # noqa: F401  (registers mixagent/<spec>-v0)
 from mixagent.policies import ReplayPolicy
-from mixagent.study.rollouts import rollout
+from mixagent.rollout.episode import rollout
 
 
 def main() -> None:
@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    env = gymnasium.make(args.env).unwrapped
+    env = gymnasium.make(args.env if ":" in args.env else f"mixagent.envs:{args.env}").unwrapped
     policy = ReplayPolicy(args.rho, env.natural.to_mapping())
 
     def show(info: dict) -> None:

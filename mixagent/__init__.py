@@ -1,9 +1,9 @@
 """mixagent: learned data mixing for continual pre-training.
 
-Importing the package registers one Gymnasium id per ``envs/*.yaml`` (``mixagent/<name>-v<version>``) and
-one surrogate id per committed world model (``mixagent/<name>-surrogate-v<version>``, from
-``checkpoints/world_models/<name>-v<version>/``); registration only records names — nothing is built until
-``gymnasium.make``.
+``import mixagent`` reads no file and registers nothing. Environments are registered with Gymnasium by
+``mixagent.register_envs()`` or on first use through Gymnasium's ``module:id`` form,
+``gymnasium.make("mixagent.envs:mixagent/math-cpt-v1")`` (see :mod:`mixagent.envs`). The command line is
+``mixagent <job> ...`` (:mod:`mixagent.cli`).
 """
 
 from __future__ import annotations
@@ -13,32 +13,8 @@ __all__ = ["register_envs", "__version__"]
 
 
 def register_envs() -> list[str]:
-    """Register every spec in the envs directory with Gymnasium; returns the ids."""
-    import gymnasium
-    import yaml
+    """Register every ``envs/*.yaml`` spec and every committed world model with Gymnasium; returns the ids
+    (:func:`mixagent.envs.register_envs`)."""
+    from mixagent.envs import register_envs as register
 
-    from mixagent.paths import ENVS_DIR
-
-    ids = []
-    for path in sorted(ENVS_DIR.glob("*.yaml")):
-        try:  # the id comes from the spec's own name and version; the full spec is validated by make()
-            head = yaml.safe_load(path.read_text()) or {}
-            env_id = f"mixagent/{head.get('name', path.stem)}-v{int(head.get('version', 0))}"
-        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
-            env_id = f"mixagent/{path.stem}-v0"
-        if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point="mixagent.env.environment:MixingEnv", kwargs={"spec": str(path)},
-                               disable_env_checker=False)
-        ids.append(env_id)
-    # surrogates: one per committed world model (checkpoints/world_models/<name>-v<version>/, issue 14)
-    for meta in sorted((ENVS_DIR.parent / "checkpoints" / "world_models").glob("*-v*/meta.json")):
-        name, version = meta.parent.name.rsplit("-v", 1)
-        env_id = f"mixagent/{name}-surrogate-v{version}"
-        if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point="mixagent.agent.surrogate:make_surrogate_env",
-                               kwargs={"world_model": str(meta.parent)}, disable_env_checker=False)
-            ids.append(env_id)
-    return ids
-
-
-register_envs()
+    return register()

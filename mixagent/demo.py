@@ -29,7 +29,7 @@ from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 
 __all__ = ["main", "REFERENCE_AGENT"]
 
-# the reference agent (issue 14): per-domain behaviour cloning of the best quarter of the committed v1 dataset
+# the reference agent: per-domain behaviour cloning of the best quarter of the committed v1 dataset
 # (python -m mixagent.agent per-domain); it drives any domain space, so the deployment below needs no mapping
 REFERENCE_AGENT = REPO_ROOT / "checkpoints/agents/math-cpt-v1"
 

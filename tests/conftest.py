@@ -28,6 +28,6 @@ def tiny_spec_path():
 @pytest.fixture(scope="session")
 def tiny_env():
     """One shared tiny env (the real LM backend); tests reset it with their own seeds."""
-    env = gymnasium.make("mixagent/tiny-v0", disable_env_checker=True)
+    env = gymnasium.make("mixagent.envs:mixagent/tiny-v0", disable_env_checker=True)
     yield env.unwrapped
     env.close()

@@ -33,9 +33,9 @@ from mixagent.env.rewards import step_reward
 from mixagent.errors import AgentDataError, ConfigError, CorruptArtifactError, ResumeMismatchError, SchemaVersionError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 from mixagent.policies.artifact import ArtifactMismatchError, load_policy, write_artifact
+from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories import Run
 from mixagent.trajectories.collector import CollectConfig, collect
-from mixagent.trajectories.tree import TreeConfig
 from tests.test_trajectories import analytic_factory, tiny_config
 
 TRAIN = ["sft.steps=30", "rl.steps=30", "fqe.steps=20", "sft.top_fraction=0.5", "log_every=10",
@@ -381,8 +381,8 @@ def test_agent_cli_names_its_job_and_the_mission_alias_runs_it(capsys):
                                   lambda e: e.pop("truncated"), lambda e: e["start"]["bpb"].update(wiki=float("nan")),
                                   lambda e: e.update(weights=[[1.0]])])
 def test_a_stored_episode_with_invalid_values_is_run_again(tmp_path, edit):
-    from mixagent.agent.online import evaluate_online
-    from mixagent.trajectories.tree import spec_identity
+    from mixagent.agent.evaluate import evaluate_online
+    from mixagent.rollout.tree import spec_identity
 
     make = analytic_factory()
     env = make()

@@ -21,8 +21,8 @@ from mixagent.errors import AgentDataError, ConfigError, UsageError
 from mixagent.paths import CONFIGS_DIR, ENVS_DIR
 from mixagent.policies import load_policy
 from mixagent.policies.artifact import meta_problems
+from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories.collector import CollectConfig, collect
-from mixagent.trajectories.tree import TreeConfig
 from tests.test_agent import TRAIN
 
 
@@ -134,7 +134,7 @@ def test_committed_reference_is_adopted_and_never_overwritten(v1_env, tmp_path):
 
 
 def test_online_evaluation_refuses_an_env_scoring_with_other_extremes(v1_run):
-    from mixagent.study.episodes import EpisodeRunner, EpisodeSetup
+    from mixagent.rollout.engine import EpisodeRunner, EpisodeSetup
 
     tset = load_trajectories([v1_run])
     ref = tset.reference.to_json()

@@ -15,8 +15,8 @@ from mixagent.env.rewards import balanced_score
 from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
 from mixagent.policies.artifact import ArtifactMismatchError, random_artifact
+from mixagent.rollout import engine as episodes_mod
 from mixagent.study import compare as compare_mod
-from mixagent.study import episodes as episodes_mod
 from mixagent.study.compare import CompareConfig, run_compare
 from mixagent.study.compare_report import make_compare_report, rank_table
 
@@ -126,7 +126,7 @@ def test_online_evaluation_reuses_the_comparisons_episodes(compared, tmp_path, m
     """The agent's online evaluation runs on the comparison's engine: the same spec, seed and policy
     identity (a method keyed by its fingerprint, with the env's batches per segment) is the same stored
     episode, read from the comparison's root without running anything."""
-    from mixagent.agent.online import evaluate_online
+    from mixagent.agent.evaluate import evaluate_online
     from mixagent.config import to_dict
 
     root, run, _, _ = compared

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import warnings
 
 import gymnasium
@@ -23,6 +25,25 @@ def test_every_spec_is_registered_and_valid():
         assert spec.backend == "lm"  # every shipped spec uses the real LM
     assert {"mixagent/tiny-v0", "mixagent/math-natural-v0", "mixagent/math-2d-v0", "mixagent/math-52-v0",
             "mixagent/code-natural-v0"} <= set(ids)
+
+
+def test_import_registers_nothing_and_make_registers_lazily():
+    """``import mixagent`` reads no file; Gymnasium's ``module:id`` form registers on first use."""
+    code = ("import builtins, io, sys, gymnasium\n"
+            "opened = []\n"
+            "real = io.open\n"
+            "def spy(file, *a, **k):\n"
+            "    opened.append(str(file))\n"
+            "    return real(file, *a, **k)\n"
+            "builtins.open = io.open = spy\n"
+            "import mixagent, mixagent.env, mixagent.rollout, mixagent.agent\n"
+            "builtins.open = io.open = real\n"
+            "yamls = [f for f in opened if f.endswith('.yaml')]\n"
+            "before = [i for i in gymnasium.registry if i.startswith('mixagent/')]\n"
+            "env = gymnasium.make('mixagent.envs:mixagent/tiny-v0', disable_env_checker=True)\n"
+            "print(yamls, before, env.spec.id, 'mixagent/math-cpt-v1' in gymnasium.registry)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "[]", "mixagent/tiny-v0", "True"]
 
 
 def test_check_env_passes_without_warnings(tiny_env):
@@ -118,12 +139,12 @@ def test_missing_data_directory_names_the_command(tiny_spec_path, tmp_path, monk
 
 def test_step_weights_trains_on_the_exact_mixture(tiny_spec_path):
     from mixagent.policies import ReplayPolicy
-    from mixagent.study.rollouts import rollout
+    from mixagent.rollout.episode import rollout
 
     spec = load_spec(tiny_spec_path, ["backend=analytic"])
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
     r = rollout(env, ReplayPolicy(0.0), seed=0)
-    assert r.steps[0]["weights"] == {"wiki": 0.0, "news": 0.0, "fiction": 0.0, "math": 1.0}
+    assert r.steps[0]["weights"] == [0.0, 0.0, 0.0, 1.0] and env.space.names == ("wiki", "news", "fiction", "math")
 
 
 def test_spec_problems_caught_before_training(tiny_spec_path):

@@ -21,7 +21,7 @@ from mixagent.env.rewards import Reference, balanced_score
 from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, UsageError
 from mixagent.paths import CONFIGS_DIR, ENVS_DIR
-from mixagent.study.headroom import episode_seed_of
+from mixagent.rollout.seeds import episode_seed_of
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_added_knobs_at_their_defaults_keep_old_hashes():
     assert "target_share" not in to_dict(base)
     v0 = load_spec(ENVS_DIR / "math-natural.yaml").mdp_dict()
     assert not {"target_tokens", "observe_lr", "reference_seeds"} & set(v0)
-    assert load_spec(ENVS_DIR / "math-natural.yaml").spec_hash() == "e76ce34196fc0b8a"  # v0's hash since issue 6
+    assert load_spec(ENVS_DIR / "math-natural.yaml").spec_hash() == "e76ce34196fc0b8a"  # v0's frozen hash
 
 
 def test_subdomains_by_passage_id_partition_the_corpus(spec, env):

@@ -1,4 +1,4 @@
-"""The episode engine's identities and cache (``mixagent.study.episodes``), without running episodes; the
+"""The episode engine's identities and cache (``mixagent.rollout.engine``), without running episodes; the
 comparison and the agent's online evaluation run it end to end in tests/test_compare.py and test_agent.py."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import json
 from mixagent.domains import Domain, DomainSpace
 from mixagent.policies.artifact import random_artifact
 from mixagent.policies.registry import PolicyContext
-from mixagent.study.episodes import EPISODE_VERSION, EpisodeCache, policy_key
+from mixagent.rollout.cache import EpisodeCache
+from mixagent.rollout.episode import EPISODE_VERSION
+from mixagent.rollout.identity import policy_key
 
 SPACE = DomainSpace("two", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
 CTX = PolicyContext({"wiki": 0.7, "math": 0.3}, batches_per_step=4)

@@ -13,9 +13,10 @@ from mixagent.env.rewards import balanced_score
 from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
-from mixagent.study import headroom
-from mixagent.study.headroom import AuditConfig, Schedule, build_schedules, run_audit
-from mixagent.study.headroom_report import make_report
+from mixagent.rollout import seeds as rollout_seeds
+from mixagent.study import audit as headroom
+from mixagent.study.audit import AuditConfig, Schedule, build_schedules, run_audit
+from mixagent.study.audit_report import make_report
 
 SPEC = ENVS_DIR / "tiny-cpt.yaml"
 
@@ -152,17 +153,17 @@ def test_seeds_used_by_collection_are_refused(tmp_path):
     other.mkdir()
     (other / "meta.json").write_text(json.dumps({"env": {"spec_hash": "another"}}))
     (other / "t00000_0.jsonl").write_text(json.dumps({"episode_seed": 2}) + "\n")
-    assert headroom._collection_seeds(spec.spec_hash(), tmp_path) == {1}
+    assert rollout_seeds.collection_seeds(spec.spec_hash(), tmp_path) == {1}
 
 
 def test_audit_refuses_seeds_collection_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(headroom, "_collection_seeds", lambda h, root=None: {1, 7})
+    monkeypatch.setattr(headroom, "collection_seeds", lambda h, root=None: {1, 7})
     with pytest.raises(ConfigError, match=r"seeds \[1\] were used by trajectory collection"):
         run_audit(_cfg(), root=tmp_path)
 
 
 def test_env_overrides_make_a_design_variant(audit, tmp_path):
-    from mixagent.study.headroom import AuditStore
+    from mixagent.study.audit import AuditStore
 
     spec = load_spec(SPEC, ["optim.decay_fraction=0.5"])
     assert spec.spec_hash() != load_spec(SPEC).spec_hash()
@@ -188,7 +189,7 @@ def test_report_only_rebuilds_the_report_without_a_model(audit, monkeypatch):
 
 
 def test_identity_resample_reproduces_the_stored_evaluation(audit):
-    from mixagent.study.headroom_report import _resampled
+    from mixagent.study.audit_report import _resampled
 
     _, out, _ = audit
     spec = load_spec(SPEC)

@@ -1,5 +1,6 @@
-"""The package layout: every import points down the floors (ground <- data <- env <- policies <-
-{trajectories, deploy, study} <- agent <- CLIs), the module graph has no cycle, and package faces are lazy."""
+"""The package layout: every import points down the floors (ground <- data <- env <- policies <- rollout <-
+{trajectories, deploy, study} <- agent <- model_based <- CLIs), the module graph has no cycle, and package
+faces are lazy. ``pytest -s tests/test_layout.py -k print`` prints the rooms, floors and arrows."""
 
 import ast
 import subprocess
@@ -9,9 +10,11 @@ from pathlib import Path
 import mixagent
 
 PKG = Path(mixagent.__file__).parent
-GROUND = {"errors", "config", "paths", "workers", "domains", "sampling", "_lazy", "__init__"}
-FLOORS = {"data": 1, "env": 2, "policies": 3, "trajectories": 4, "deploy": 4, "study": 4, "agent": 5,
-          "demo": 6, "train_agent": 6}
+GROUND = {"errors", "config", "paths", "domains", "sampling", "envs", "_lazy", "__init__"}
+SIBLINGS = 5  # trajectories, deploy and study: one floor, and none imports another
+FLOORS = {"data": 1, "env": 2, "policies": 3, "rollout": 4, "trajectories": SIBLINGS, "deploy": SIBLINGS,
+          "study": SIBLINGS, "agent": 6, "model_based": 7, "cli": 8, "__main__": 8, "demo": 8, "train_agent": 8}
+CLI = 8
 
 
 def _module_name(path: Path) -> str:
@@ -57,6 +60,9 @@ def _room(module: str) -> str:
 
 
 def _floor(module: str) -> int:
+    """A module's floor; every ``__main__`` is a command line (the top floor, whatever its room)."""
+    if module.endswith(".__main__"):
+        return CLI
     room = _room(module)
     return 0 if room in GROUND else FLOORS[room]
 
@@ -72,7 +78,7 @@ def test_no_upward_import_and_siblings_stay_apart():
         for t in targets:
             if t == "mixagent":  # the package root only registers environments
                 continue
-            if _floor(t) > _floor(module) or (_floor(t) == _floor(module) and _floor(t) == 4
+            if _floor(t) > _floor(module) or (_floor(t) == _floor(module) == SIBLINGS
                                                 and _room(t) != _room(module)):
                 bad.append(f"{module} -> {t}")
     assert not bad, "imports that point up (or across trajectories/deploy/study):\n" + "\n".join(sorted(bad))
@@ -80,8 +86,8 @@ def test_no_upward_import_and_siblings_stay_apart():
 
 def test_deploy_never_imports_training_code():
     graph = _imports()
-    bad = [f"{m} -> {t}" for m, ts in graph.items() if _room(m) == "deploy" for t in ts
-           if _room(t) in ("trajectories", "agent")]
+    bad = [f"{m} -> {t}" for m, ts in graph.items() if _room(m) == "deploy" and _floor(m) < CLI for t in ts
+           if _room(t) in ("trajectories", "agent", "model_based")]
     assert not bad
 
 
@@ -112,9 +118,9 @@ def test_module_graph_has_no_cycle():
 
 def test_package_faces_are_lazy_and_cheap():
     faces = ("import sys, mixagent, mixagent.agent, mixagent.policies, mixagent.env, mixagent.deploy, mixagent.study, "
-             "mixagent.trajectories, mixagent.data; ")
+             "mixagent.trajectories, mixagent.data, mixagent.rollout, mixagent.model_based, mixagent.cli; ")
     show = "print(sorted(m for m in sys.modules if m in {})); "
-    heavy = {"torch", "d3rlpy", "transformers", "mixagent.agent.train", "mixagent.policies.baselines"}
+    heavy = {"torch", "d3rlpy", "transformers", "gymnasium", "mixagent.agent.train", "mixagent.policies.baselines"}
     loaded = subprocess.run([sys.executable, "-c", faces + show.format(heavy)], capture_output=True, text=True,
                             check=True).stdout.strip()
     assert loaded == "[]", f"importing the package faces loaded {loaded}"
@@ -130,9 +136,36 @@ def test_face_names_stay_objects_after_their_modules_are_imported():
             "for m in pkgutil.walk_packages(mixagent.__path__, 'mixagent.'):\n"
             "    importlib.import_module(m.name)\n"
             "bad = []\n"
-            "for face in ('agent', 'policies', 'env', 'deploy', 'study', 'trajectories', 'data'):\n"
+            "for face in ('agent', 'policies', 'env', 'deploy', 'study', 'trajectories', 'data', 'rollout',\n"
+            "             'model_based'):\n"
             "    pkg = importlib.import_module('mixagent.' + face)\n"
             "    bad += [f'{face}.{n}' for n in pkg.__all__ if isinstance(getattr(pkg, n), types.ModuleType)]\n"
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out.splitlines()[-1] == "[]"
+
+
+def room_arrows() -> dict[str, set[str]]:
+    """``{room: rooms it imports}`` (command lines as the room ``cli``; the ground floor as ``ground``)."""
+    def name(m: str) -> str:
+        return "cli" if _floor(m) == CLI else "ground" if _floor(m) == 0 else _room(m)
+
+    arrows: dict[str, set[str]] = {}
+    for module, targets in _imports().items():
+        arrows.setdefault(name(module), set()).update(
+            name(t) for t in targets if t != "mixagent" and name(t) != name(module))
+    return arrows
+
+
+def test_print_layout():
+    """The rooms by floor and the arrows between them (run with ``-s`` to read them)."""
+    arrows = room_arrows()
+    floors: dict[int, list[str]] = {}
+    for room in arrows:
+        floors.setdefault(CLI if room == "cli" else 0 if room == "ground" else FLOORS[room], []).append(room)
+    for floor in sorted(floors):
+        for room in sorted(floors[floor]):
+            print(f"floor {floor}  {room:<13} -> {', '.join(sorted(arrows[room])) or '(nothing)'}")
+    assert {"rollout", "model_based", "agent", "study", "trajectories"} <= set(arrows)
+    assert "rollout" in arrows["study"] and "rollout" in arrows["trajectories"] and "rollout" in arrows["agent"]
+    assert "model_based" not in arrows["agent"]  # the agent is handed a world model, it never loads one

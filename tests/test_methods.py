@@ -1,4 +1,4 @@
-"""The published mixing methods (issue 13): each update rule against values worked out by hand from the
+"""The published mixing methods: each update rule against values worked out by hand from the
 formulas in its docstring (the arithmetic is in the comments), and their bad inputs."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from mixagent.policies import (
     policy_from_spec,
     sample_mixtures,
 )
-from mixagent.policies.online import fit_power_law
+from mixagent.policies.methods import fit_power_law
 
 
 def two() -> DomainSpace:

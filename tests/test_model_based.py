@@ -1,4 +1,4 @@
-"""Stage 2 with the world model (issue 14, item 3) and the generalization protocol (item 5): synthetic
+"""Stage 2 with the world model and the generalization protocol: synthetic
 branches start at real states and carry the penalty, real d3rlpy CQL / SAC train with them, the variants are
 selected by config, the held-out-domain BC, and the protocol's table over committed episodes."""
 
@@ -10,17 +10,22 @@ import json
 import numpy as np
 import pytest
 
-from mixagent.agent.config import AgentConfig
-from mixagent.agent.dataset import build_transitions, load_trajectories
-from mixagent.agent.model_based import ModelConfig, concat_transitions, surrogate_for, synthetic_transitions
-from mixagent.agent.surrogate import make_surrogate_env
+from mixagent.agent.config import AgentConfig, ModelBasedConfig
+from mixagent.agent.dataset import build_transitions, concat_transitions, load_trajectories
 from mixagent.agent.train import train_agent
 from mixagent.config import load_config
 from mixagent.errors import ConfigError, ResumeMismatchError, WorldModelError
+from mixagent.model_based.surrogate import make_surrogate_env
+from mixagent.model_based.synthetic import surrogate_for, synthetic_transitions, world_model_data
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 
 DATA = REPO_ROOT / "trajectories/reference/math-cpt-v1"
 WM = "checkpoints/world_models/math-cpt-v1"
+
+
+def _train(cfg, **kwargs):
+    """The agent job as ``mixagent train-agent`` runs it: with the world model's supply for ``model.kind``."""
+    return train_agent(cfg, world_model=world_model_data(cfg), **kwargs)
 QUICK = ["out_dir={out}", "sft.steps=40", "rl.steps=40", "fqe.steps=0", "sft.batch_size=32", "rl.batch_size=32",
          "model.branches=40", "model.online_steps=300", "model.buffer=1000", "eval.launcher=inline", "eval.cache=",
          "eval.baselines=[uniform]", "eval.seeds=[0]", "log_every=20", "checkpoint_every=20"]
@@ -40,7 +45,7 @@ def zero_policy(obs: np.ndarray) -> np.ndarray:
 
 
 def test_branches_start_at_real_states_and_pay_the_penalty(tset):
-    cfg = ModelConfig(kind="synthetic", world_model=WM, branches=30, horizon=3, noise=0.0, penalty=0.0)
+    cfg = ModelBasedConfig(kind="synthetic", world_model=WM, branches=30, horizon=3, noise=0.0, penalty=0.0)
     syn = synthetic_transitions(tset, cfg, zero_policy, seed=3, progress=False)
     real = build_transitions(tset, "normalised_bpb", 0.5, dedupe=False)
     # every branch's first observation is a real observation (its state restored exactly, not re-simulated)
@@ -78,7 +83,7 @@ def test_branches_start_at_real_states_and_pay_the_penalty(tset):
 def test_world_model_of_another_spec_is_refused(tset):
     other = dataclasses.replace(tset, env={**tset.env, "spec_hash": "0000000000000000", "id": "mixagent/other-v1"})
     with pytest.raises(WorldModelError, match="fit one on these runs"):
-        surrogate_for(ModelConfig(kind="synthetic", world_model=WM), other, "sample")
+        surrogate_for(ModelBasedConfig(kind="synthetic", world_model=WM), other, "sample")
 
 
 def test_online_algorithms_need_the_surrogate_and_bad_sections_are_refused(tmp_path):
@@ -96,8 +101,11 @@ def test_online_algorithms_need_the_surrogate_and_bad_sections_are_refused(tmp_p
     cfg = load_config(AgentConfig, CONFIGS_DIR / "agent/cql-synthetic.yaml",
                       [f"out_dir={tmp_path}", "reward=balanced_bpb", "lam=0.2"])
     with pytest.raises(ConfigError, match="leave reward and lam at the env's"):
-        train_agent(cfg, progress=False)
+        _train(cfg, progress=False)
     assert not cfg.run_dir.exists()  # refused before anything was written
+    with pytest.raises(ConfigError, match="none was supplied"):  # the agent never loads a world model itself
+        train_agent(cfg, progress=False)
+    assert not cfg.run_dir.exists()
 
 
 @pytest.mark.parametrize("variant, algo, losses", [("cql-synthetic", "cql", {"conservative_loss"}),
@@ -105,7 +113,7 @@ def test_online_algorithms_need_the_surrogate_and_bad_sections_are_refused(tmp_p
 def test_variants_train_with_real_d3rlpy_and_reproduce(tmp_path, variant, algo, losses):
     cfg = load_config(AgentConfig, CONFIGS_DIR / f"agent/{variant}.yaml",
                       [q.format(out=tmp_path) for q in QUICK])
-    result = train_agent(cfg, progress=False, env_factory=surrogate)
+    result = _train(cfg, progress=False, env_factory=surrogate)
     meta = json.loads((result.run_dir / "rl/meta.json").read_text())
     assert meta["algo"] == algo and meta["training"]["config"]["model"]["kind"] == cfg.model.kind
     log = [json.loads(x) for x in (result.run_dir / "log.jsonl").read_text().splitlines()]
@@ -115,19 +123,19 @@ def test_variants_train_with_real_d3rlpy_and_reproduce(tmp_path, variant, algo, 
         assert losses <= set(next(x for x in log if x["stage"] == "rl" and "step" in x))
     assert [r["policy"] for r in result.rows] == [f"agent RL ({algo})", "uniform"]
     assert np.isfinite(result.rows[0]["balanced"])
-    again = train_agent(dataclasses.replace(cfg, name="again"), progress=False, env_factory=surrogate)
+    again = _train(dataclasses.replace(cfg, name="again"), progress=False, env_factory=surrogate)
     assert (again.artifacts["rl"] / "policy.safetensors").read_bytes() == \
         (result.artifacts["rl"] / "policy.safetensors").read_bytes()
     with pytest.raises(ResumeMismatchError, match="model"):  # another model section is another run
-        train_agent(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, penalty=0.5)), resume=True,
+        _train(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, penalty=0.5)), resume=True,
                     progress=False, env_factory=surrogate)
-    resumed = train_agent(cfg, resume=True, progress=False, env_factory=surrogate)  # finished: loads, no retraining
+    resumed = _train(cfg, resume=True, progress=False, env_factory=surrogate)  # finished: loads, no retraining
     assert (resumed.artifacts["rl"] / "policy.safetensors").read_bytes() == \
         (result.artifacts["rl"] / "policy.safetensors").read_bytes()
 
 
 def test_per_domain_bc_without_some_domains(tmp_path):
-    from mixagent.agent.per_domain import PerDomainBCConfig, _rows, train_per_domain
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, _rows, train_per_domain
     from mixagent.policies import load_policy
 
     full, _ = _rows("trajectories/reference/math-cpt-v1", 0.25)
@@ -154,7 +162,7 @@ def test_per_domain_bc_without_some_domains(tmp_path):
 def test_generalize_table_from_the_committed_episodes(tmp_path):
     """The in-distribution case reruns nothing (every episode is in the committed cache) and its row is the
     committed v1 comparison's numbers; unfinished cases are listed, not scored."""
-    from mixagent.study.episodes import policy_identity
+    from mixagent.rollout.identity import policy_identity
     from mixagent.study.generalize import GeneralizeConfig, generalize_table, run_generalize
 
     cfg = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}"])
@@ -205,7 +213,7 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
 def test_variants_table_from_committed_episodes(tmp_path):
     """The planner's and the reference agent's committed real-env episodes against every v1 baseline: nothing
     reruns, the numbers are the episodes', the verdict names the missing headroom."""
-    from mixagent.agent.variants import Variant, VariantsConfig, run_variants
+    from mixagent.model_based.variants import Variant, VariantsConfig, run_variants
 
     cfg = VariantsConfig(name="t", compare_overrides=(f"out={tmp_path}", "reuse=[audits/compare]"),
                          out=str(tmp_path / "variants"), variants=(

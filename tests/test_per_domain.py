@@ -1,4 +1,4 @@
-"""The per-domain policy (issue 14, item 4): permutation equivariance, any domain count, the artifact and
+"""The per-domain policy: permutation equivariance, any domain count, the artifact and
 its refusals, behaviour cloning on the reference dataset."""
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def test_artifact_refusals(artifact):
 
 
 def test_behaviour_cloning_fits_the_reference_data(tmp_path):
-    from mixagent.agent.per_domain import PerDomainBCConfig, train_per_domain
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, train_per_domain
 
     out = train_per_domain(PerDomainBCConfig(steps=150, hidden=32), tmp_path / "bc", progress=False)
     meta = json.loads((out / "meta.json").read_text())

@@ -8,7 +8,7 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, UnknownDomainError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies import FixedPolicy, MixingPolicy, NaturalPolicy, ReplayPolicy, UniformPolicy, make_policy
-from mixagent.study.rollouts import rollout
+from mixagent.rollout.episode import rollout
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_rollout_in_the_env(tiny_spec_path):
     env = MixingEnv(spec, backend=AnalyticBackend(DomainSpace.from_yaml(spec.space_path())))
     r = rollout(env, ReplayPolicy(0.5), seed=0)
     assert len(r.steps) == spec.steps and not r.truncated
-    assert r.steps[0]["weights"]["math"] == pytest.approx(0.5, abs=1e-3)
+    assert r.steps[0]["weights"][env.space.names.index("math")] == pytest.approx(0.5, abs=1e-3)
     assert r.ret == pytest.approx(r.steps[-1]["balanced_score"])
 
 
@@ -71,7 +71,7 @@ def test_demo_table_reports_mean_and_spread(tiny_spec_path):
 
 def test_one_baseline_parser_serves_policies_config_and_labels():
     from mixagent.agent.config import OnlineEvalConfig
-    from mixagent.agent.online import baseline_label
+    from mixagent.agent.evaluate import baseline_label
     from mixagent.policies import BaselineSpec, baseline_problems, method_problems, parse_baseline
 
     assert parse_baseline("replay:0.25") == BaselineSpec("replay", 0.25)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixagent.env.model import MODEL_SIZES, ModelConfig, build_model, count_parameters
+from mixagent.env.lm import MODEL_SIZES, ProxyModelConfig, build_model, count_parameters
 from mixagent.env.proxy import OptimConfig, lr_at, make_optimizer, train_segment
 from mixagent.sampling import MixtureSampler
 
@@ -40,7 +40,7 @@ def test_lr_schedule_warms_up_and_decays():
 
 
 def _tiny():
-    cfg = ModelConfig(hidden=32, layers=1, heads=2, intermediate=64, seq_len=16, vocab_size=4096)
+    cfg = ProxyModelConfig(hidden=32, layers=1, heads=2, intermediate=64, seq_len=16, vocab_size=4096)
     model = build_model(cfg, seed=0)
     return model, make_optimizer(model, OptimConfig()), MixtureSampler(_streams(), 17, seed=0)
 

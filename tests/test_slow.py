@@ -7,7 +7,7 @@ import pytest
 from mixagent.env.environment import MixingEnv
 from mixagent.paths import ENVS_DIR
 from mixagent.policies import ReplayPolicy, UniformPolicy
-from mixagent.study.rollouts import rollout
+from mixagent.rollout.episode import rollout
 
 pytestmark = pytest.mark.slow
 
@@ -17,12 +17,12 @@ def test_default_spec_shows_forgetting_and_learning():
     natural = env.natural.to_mapping()
     target_only = rollout(env, ReplayPolicy(0.0, natural), seed=0)
     uniform = rollout(env, UniformPolicy(), seed=0)
-    start = target_only.start
+    start = target_only.start_eval
     src0, tgt0 = start.field_bpb(env.space, "source"), start.field_bpb(env.space, "target")
-    assert target_only.final.field_bpb(env.space, "target") < 0.7 * tgt0
-    assert target_only.final.field_bpb(env.space, "source") > 1.2 * src0  # forgetting
-    assert uniform.final.field_bpb(env.space, "source") < 1.05 * src0  # mixing keeps the source
-    assert target_only.final.scores["source"] < start.scores["source"]
+    assert target_only.final_eval.field_bpb(env.space, "target") < 0.7 * tgt0
+    assert target_only.final_eval.field_bpb(env.space, "source") > 1.2 * src0  # forgetting
+    assert uniform.final_eval.field_bpb(env.space, "source") < 1.05 * src0  # mixing keeps the source
+    assert target_only.final_eval.scores["source"] < start.scores["source"]
 
 
 def test_fine_grained_space_has_52_domains_with_eval_windows():

@@ -27,11 +27,11 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, ResumeMismatchError, SchemaVersionError, StoreWriteError, TrajectoryFormatError
 from mixagent.paths import CONFIGS_DIR, ENVS_DIR, REPO_ROOT
 from mixagent.policies.behaviour import BehaviourMix
+from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories import Run, read_trajectory
 from mixagent.trajectories import store as store_mod
 from mixagent.trajectories.__main__ import main as cli
 from mixagent.trajectories.collector import CollectConfig, collect, plan_workers
-from mixagent.trajectories.tree import TreeConfig
 
 
 def tiny_config(tmp, **kw) -> CollectConfig:
@@ -332,7 +332,7 @@ def test_cli_ls_and_stats(reference, capsys):
     assert cli(["stats", "nope", "--root", str(root)]) == 2
 
 
-# --- values are validated when read back (reliability issue) -------------------------------------------
+# --- values are validated when read back -------------------------------------------------------------
 @pytest.mark.parametrize("field, value, shown", [
     ("weights", [-0.5, 1.5, 0.0, 0.0], "step 1 weights: expected 4 finite weights >= 0"),
     ("weights", [0.5, 0.6, 0.0, 0.0], "step 1 weights: weights sum to"),
@@ -374,10 +374,10 @@ def test_packed_run_reads_like_the_run_and_refuses_a_changed_archive(reference, 
     assert packed.meta["packed"]["bytes"] < packed.meta["packed"]["raw_bytes"] / 3  # compact
     tset = load_trajectories([out])
     assert len(tset.trajectories) == len(want) and tset.env["spec_hash"] == Run(run_dir).meta["env"]["spec_hash"]
-    from mixagent.study.headroom import _collection_seeds
+    from mixagent.rollout.seeds import collection_seeds
 
     seeds = {int(t.header["episode_seed"]) for t in Run(run_dir).trajectories()}
-    assert _collection_seeds(Run(run_dir).meta["env"]["spec_hash"], tmp_path / "reference") == seeds
+    assert collection_seeds(Run(run_dir).meta["env"]["spec_hash"], tmp_path / "reference") == seeds
     again = pack_run(run_dir, tmp_path / "again")
     assert (again / PACK_ARCHIVE).read_bytes() == (out / PACK_ARCHIVE).read_bytes()  # deterministic
     with pytest.raises(ResumeMismatchError, match="exists"):

@@ -1,4 +1,4 @@
-"""The world model of the mixing environment and its surrogate env (issue 14, items 1-2): data layout, fit,
+"""The world model of the mixing environment and its surrogate env: data layout, fit,
 artifact round trip and refusals, the surrogate's Gymnasium contract, the committed model's measurements."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from mixagent.agent.dataset import load_trajectories
-from mixagent.agent.surrogate import UncertaintyPenalty, make_surrogate_env
-from mixagent.agent.world_model import (
+from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError, WorldModelError
+from mixagent.model_based.surrogate import UncertaintyPenalty, make_surrogate_env
+from mixagent.model_based.world_model import (
     WorldModelConfig,
     fit_world_model,
     load_world_model,
     model_data,
     split_by_tree,
 )
-from mixagent.errors import ConfigError, CorruptArtifactError, SchemaVersionError, WorldModelError
 from mixagent.paths import REPO_ROOT
 
 DATA = REPO_ROOT / "trajectories/reference/math-cpt-v1"
@@ -116,7 +116,7 @@ def test_artifact_round_trip_and_refusals(tset, data, tiny, tmp_path):
 
 def test_fit_learns_held_out_dynamics(tset, data):
     """A short real fit predicts held-out trees' per-domain bpb changes far better than their mean."""
-    from mixagent.agent.world_model_job import one_step_r2
+    from mixagent.model_based.job import one_step_r2
 
     train, test = split_by_tree(data, 5, 0)
     model = fit_world_model(data.subset(train), tset, WorldModelConfig(members=2, hidden=64, epochs=25))
@@ -170,8 +170,8 @@ def test_uncertainty_penalty_and_spec_refusal(tiny):
 
 
 def test_committed_surrogate_is_registered_and_measured():
-    """``gymnasium.make`` serves the committed model; its report holds the issue's two measurements."""
-    env = gymnasium.make("mixagent/math-cpt-surrogate-v1")
+    """``gymnasium.make`` serves the committed model; its report holds held-out R² and the policy ranking."""
+    env = gymnasium.make("mixagent.envs:mixagent/math-cpt-surrogate-v1")
     obs, _ = env.reset(seed=0)
     total = 0.0
     for _ in range(8):
@@ -187,7 +187,7 @@ def test_committed_surrogate_is_registered_and_measured():
 
 
 def test_policy_ranks_recomputed_match_the_committed_report():
-    from mixagent.agent.world_model_job import WorldModelJobConfig, policy_ranks
+    from mixagent.model_based.job import WorldModelJobConfig, policy_ranks
 
     rows = policy_ranks(load_world_model(COMMITTED), WorldModelJobConfig())
     committed = {(r["policy"], r["source"]): r for r in json.loads((COMMITTED / "report.json").read_text())["policies"]}
@@ -208,8 +208,8 @@ def test_cli_errors(capsys):
 def test_planner_reads_the_state_from_the_observation_and_plans(tiny):
     """MPC: the evaluation rebuilt from an observation is the one the env holds; a decision is a valid
     replay mixture; a space other than the model's is refused."""
-    from mixagent.agent.planning import WorldModelPlanner
     from mixagent.domains import Domain, DomainSpace, DomainWeights
+    from mixagent.model_based.planning import WorldModelPlanner
 
     model = load_world_model(tiny)
     env = make_surrogate_env(model)

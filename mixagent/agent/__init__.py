@@ -18,4 +18,4 @@ __all__ = ["AgentConfig", "train_agent", "AgentResult", "load_trajectories", "bu
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "AgentConfig": "config", "train_agent": "train", "AgentResult": "train", "load_trajectories": "dataset",
-    "build_transitions": "dataset", "evaluate_online": "online"})
+    "build_transitions": "dataset", "evaluate_online": "evaluate"})

@@ -11,7 +11,7 @@ from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import BASELINE_SPECS
 
-__all__ = ["ModelConfig", "MODEL_KINDS", "ONLINE_ALGOS",
+__all__ = ["ModelBasedConfig", "MODEL_KINDS", "ONLINE_ALGOS",
            "AgentConfig", "SFTConfig", "RLConfig", "FQEConfig", "OnlineEvalConfig", "WandbConfig", "RL_ALGOS",
            "BASELINES"]
 
@@ -20,7 +20,7 @@ ONLINE_ALGOS = ("sac", "td3")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelBasedConfig:
     """How stage 2 uses a world model.
 
     Args:
@@ -28,7 +28,7 @@ class ModelConfig:
             transitions, offline algorithm) or ``surrogate`` (online ``sac``/``td3`` in the surrogate env).
         world_model: the world-model artifact directory (fitted on the same env spec as the runs).
         penalty: MOPO's coefficient: each synthetic reward is ``r - penalty * u``, ``u`` the ensemble's
-            disagreement in standardised units (:class:`mixagent.agent.surrogate.UncertaintyPenalty`).
+            disagreement in standardised units (:class:`mixagent.model_based.surrogate.UncertaintyPenalty`).
         branches: synthetic rollouts, each from a real state drawn uniformly from the dataset.
         horizon: steps per synthetic rollout (MBPO's short branches; it stops earlier at the episode's end).
         noise: standard deviation of the Gaussian noise on the SFT policy's pre-softmax action in [-1, 1]
@@ -184,7 +184,7 @@ class OnlineEvalConfig:
             with ``python -m mixagent.study compare``.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
-        cache: root of the episode cache (``mixagent.study.episodes``: one file per episode, keyed by the env's
+        cache: root of the episode cache (``mixagent.rollout.engine``: one file per episode, keyed by the env's
             spec hash and the policy's identity), relative to the repository root. ``runs/compare`` is also
             where ``python -m mixagent.study compare`` writes by default, so the two share episodes there (the
             shipped comparison configs write to the committed ``audits/compare`` instead, and read only
@@ -254,7 +254,7 @@ class AgentConfig:
         checkpoint_every: gradient steps between checkpoints (training resumes from the last one).
         out_dir: directory of agent runs, relative to the repository root (or absolute).
         wandb: wandb logging.
-        model: the world model in stage 2 (:class:`mixagent.agent.model_based.ModelConfig`): none (real
+        model: the world model in stage 2 (:class:`ModelBasedConfig`, served by :mod:`mixagent.model_based`): none (real
             transitions only), synthetic transitions for the offline algorithm, or online RL in the surrogate.
     """
 
@@ -273,7 +273,7 @@ class AgentConfig:
     checkpoint_every: int = 1000
     out_dir: str = "runs/agent"
     wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    model: ModelBasedConfig = dataclasses.field(default_factory=ModelBasedConfig)
 
     ADDED_FIELDS = ("model",)  # added after configs were hashed: one without it keeps its hash
 

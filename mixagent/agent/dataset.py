@@ -22,11 +22,11 @@ from mixagent.config import is_number
 from mixagent.domains import Domain, DomainSpace
 from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
 from mixagent.env.rewards import REWARDS, Reference, balanced_score, needs_reference, step_reward
-from mixagent.errors import AgentDataError, ConfigError, suggest
+from mixagent.errors import AgentDataError, ConfigError, WorldModelError, suggest
 from mixagent.trajectories.store import Run, Trajectory
 
 __all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories", "check_reward",
-           "to_d3rlpy", "space_from_meta"]
+           "to_d3rlpy", "space_from_meta", "concat_transitions"]
 
 
 def space_from_meta(domains: dict) -> DomainSpace:
@@ -308,3 +308,16 @@ def to_d3rlpy(tr: Transitions, action_size: int) -> Any:
     d3rlpy = import_d3rlpy()
     return d3rlpy.dataset.MDPDataset(tr.observations, tr.actions, tr.rewards, tr.terminals, tr.timeouts,
                       action_space=d3rlpy.constants.ActionSpace.CONTINUOUS, action_size=action_size)
+
+
+def concat_transitions(real: Transitions, synthetic: Transitions) -> Transitions:
+    """Real rows then synthetic rows (episode row indices shifted)."""
+    if real.observations.shape[1] != synthetic.observations.shape[1]:
+        raise WorldModelError(f"synthetic observations have {synthetic.observations.shape[1]} features, the real "
+                              f"ones {real.observations.shape[1]}: the world model's observation layout differs")
+    n = len(real)
+    real_final = real.final_obs if real.final_obs is not None else np.zeros(n, bool)
+    return Transitions(*(np.concatenate([getattr(real, f), getattr(synthetic, f)])
+                         for f in ("observations", "actions", "rewards", "terminals", "timeouts")),
+                       real.episodes + [e | {"row": e["row"] + n} for e in synthetic.episodes],
+                       np.concatenate([real_final, synthetic.final_obs]))

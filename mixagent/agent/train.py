@@ -39,12 +39,12 @@ from mixagent.agent.dataset import (
     TrajectorySet,
     Transitions,
     build_transitions,
+    concat_transitions,
     load_trajectories,
     to_d3rlpy,
     top_trajectories,
 )
-from mixagent.agent.model_based import concat_transitions, surrogate_for, synthetic_transitions
-from mixagent.agent.online import baseline_label, check_held_out, evaluate_online
+from mixagent.agent.evaluate import baseline_label, check_held_out, evaluate_online
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
@@ -56,13 +56,26 @@ from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_bytes, atomic_w
 from mixagent.policies.artifact import write_artifact
 from mixagent.study.tables import format_table
 
-__all__ = ["train_agent", "AgentResult", "MetricSink"]
+__all__ = ["train_agent", "AgentResult", "MetricSink", "WorldModelSupply"]
 
 log = logging.getLogger(__name__)
 TRAIN_THREADS = 1  # torch threads for the gradient steps (see _run)
 STAGES = ("sft", "rl")
 # config keys that change what is trained; the rest (evaluation, logging) may differ on --resume
 _TRAINING_KEYS = ("runs", "reward", "lam", "dedupe_prefixes", "seed", "sft", "rl", "checkpoint_every", "model")
+
+
+class WorldModelSupply(Protocol):
+    """What model-based stage 2 (``model.kind: synthetic | surrogate``) needs from a world model; the
+    agent trains, :class:`mixagent.model_based.synthetic.WorldModelData` supplies (``mixagent train-agent``
+    passes one when the config asks for it)."""
+
+    def env(self, tset: TrajectorySet) -> Any:
+        """The penalised surrogate env, checked against the runs (raises on a mismatch)."""
+
+    def synthetic(self, tset: TrajectorySet, act: Callable[[np.ndarray], np.ndarray], seed: int,
+                  progress: bool = True) -> Transitions:
+        """Synthetic transitions branched from the runs' real states, acting with ``act``."""
 
 
 class MetricSink(Protocol):
@@ -233,7 +246,7 @@ def train_stage(algo: Any, dataset: Any, stage: str, steps: int, cfg: AgentConfi
     return (steps - start) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _online_stage(algo: Any, cfg: AgentConfig, tset: TrajectorySet, progress: bool) -> float:
+def _online_stage(algo: Any, cfg: AgentConfig, env: Any, progress: bool) -> float:
     """d3rlpy's ``fit_online`` of SAC or TD3 in the penalised surrogate (one ensemble member per step) for
     ``model.online_steps`` env steps, updates from step ``min(1000, steps / 10)``, d3rlpy's logger off (no
     files); TD3 explores with Gaussian noise 0.1. Returns env steps per second. Not resumable inside: a
@@ -245,7 +258,7 @@ def _online_stage(algo: Any, cfg: AgentConfig, tset: TrajectorySet, progress: bo
     if meta.is_file() and json.loads(meta.read_text()).get("step") == cfg.model.online_steps:
         _load_checkpoint(algo, ckpt)
         return 0.0  # an unfinished stage's checkpoint is not loaded: it retrains from the SFT policy
-    env, m = surrogate_for(cfg.model, tset, mode="sample"), cfg.model
+    m = cfg.model
     d3rlpy = import_d3rlpy()
     env.reset(seed=cfg.seed)
     buffer = d3rlpy.dataset.create_fifo_replay_buffer(limit=m.buffer, env=env)
@@ -288,7 +301,8 @@ def _offline_metrics(algo: Any, stage: str, dataset: Any, tr: Transitions, cfg: 
 
 def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
                 env_factory: Callable[[], MixingEnv] | None = None,
-                on_step: Callable[[str, int], None] | None = None) -> AgentResult:
+                on_step: Callable[[str, int], None] | None = None,
+                world_model: WorldModelSupply | None = None) -> AgentResult:
     """Run the whole agent job (see the module docstring); ``resume`` continues an interrupted run.
 
     Args:
@@ -298,6 +312,8 @@ def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
         progress: show progress bars.
         env_factory: builds the online-evaluation env in this process instead of the recorded spec (tests).
         on_step: called after every gradient step with ``(stage, step)`` (tests interrupt through it).
+        world_model: the world model's supply for ``model.kind`` (``synthetic``, ``surrogate``):
+            :func:`mixagent.model_based.synthetic.world_model_data` (``mixagent train-agent`` passes it).
     """
     problems = rl_params_problems(cfg.rl.algo, cfg.rl.params)
     if problems:  # before anything is read or written
@@ -308,7 +324,11 @@ def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
     reward = cfg.reward or spec_reward.get("name", "balanced")
     lam = cfg.lam if cfg.lam >= 0 else float(spec_reward.get("lam", 0.5))
     if cfg.model.kind:  # before anything is written: the world model must fit the runs and their reward
-        surrogate_for(cfg.model, tset, mode="sample")
+        if world_model is None:
+            raise ConfigError("model", [f"model.kind {cfg.model.kind!r} trains with a world model, and none was "
+                                        f"supplied: run `mixagent train-agent` (it loads the world model), or pass "
+                                        f"world_model=mixagent.model_based.world_model_data(cfg)"])
+        world_model.env(tset)
         if (reward, lam) != (spec_reward.get("name"), float(spec_reward.get("lam", 0.5))):
             raise ConfigError("model", [f"model.kind {cfg.model.kind!r}: synthetic and surrogate rewards are the env's "
                                         f"({spec_reward.get('name')}, lam {spec_reward.get('lam')}), but the config "
@@ -328,28 +348,31 @@ def train_agent(cfg: AgentConfig, resume: bool = False, progress: bool = True,
                  100 * cfg.sft.top_fraction, sft_tr.describe())
         metrics.write(stage="data", reward=reward, lam=lam, **{f"all_{k}": v for k, v in all_tr.describe().items()},
                       **{f"sft_{k}": v for k, v in sft_tr.describe().items()})
-        return _run(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step)
+        return _run(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step,
+                    world_model)
     finally:
         metrics.close()
 
 
 def _run(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions, sft_tr: Transitions, reward: str,
          lam: float, metrics: MetricLog, progress: bool, env_factory: Callable[[], MixingEnv] | None,
-         on_step: Callable[[str, int], None] | None) -> AgentResult:
+         on_step: Callable[[str, int], None] | None, world_model: WorldModelSupply | None) -> AgentResult:
     d3rlpy = import_d3rlpy()
     # The 64-64 MLPs at batch 64 are too small to split across threads: one thread ran CQL at 92 steps/s on
     # the 2-core machine, two threads at ~10 steps/s alone and under 1 step/s beside another job (spin-waits).
     threads = torch.get_num_threads()
     torch.set_num_threads(TRAIN_THREADS)
     try:
-        return _stages(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step, d3rlpy)
+        return _stages(cfg, state, tset, all_tr, sft_tr, reward, lam, metrics, progress, env_factory, on_step, d3rlpy,
+                       world_model)
     finally:
         torch.set_num_threads(threads)
 
 
 def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transitions, sft_tr: Transitions, reward: str,
             lam: float, metrics: MetricLog, progress: bool, env_factory: Callable[[], MixingEnv] | None,
-            on_step: Callable[[str, int], None] | None, d3rlpy: Any) -> AgentResult:
+            on_step: Callable[[str, int], None] | None, d3rlpy: Any,
+            world_model: WorldModelSupply | None = None) -> AgentResult:
     run_dir, k = cfg.run_dir, tset.space.k
     mean, std = all_tr.observations.mean(axis=0), all_tr.observations.std(axis=0)
     all_ds, sft_ds = to_d3rlpy(all_tr, k), to_d3rlpy(sft_tr, k)
@@ -369,7 +392,8 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
         d3rlpy.seed(cfg.seed + i)
         algo = algos[stage]
         if stage == "rl" and cfg.model.kind == "synthetic":  # after SFT: it is the branching policy
-            synthetic = synthetic_transitions(tset, cfg.model, algos["sft"].predict, cfg.seed, progress)
+            assert world_model is not None  # checked by train_agent before anything is written
+            synthetic = world_model.synthetic(tset, algos["sft"].predict, cfg.seed, progress)
             metrics.write(stage="synthetic", **{f"synthetic_{k}": v for k, v in synthetic.describe().items()},
                           synthetic_mean_reward=float(synthetic.rewards[~synthetic.final_obs].mean()))
             datasets["rl"] = to_d3rlpy(concat_transitions(all_tr, synthetic), k)
@@ -377,7 +401,8 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
         if stage == "rl" and cfg.rl.init_from_sft:
             init_actor_from(algo, algos["sft"])  # a resumed stage then loads its checkpoint over this
         if stage == "rl" and cfg.model.kind == "surrogate":
-            rate = _online_stage(algo, cfg, tset, progress)
+            assert world_model is not None
+            rate = _online_stage(algo, cfg, world_model.env(tset), progress)
         else:
             rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
         artifacts[stage] = write_artifact(run_dir / stage, actor_tensors(algo), _artifact_meta(

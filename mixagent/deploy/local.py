@@ -1,7 +1,8 @@
 """Everything a deployment run on mixagent's own corpora needs, built from config files: the base model
 (pre-trained on the source field and cached), the domain data, the evaluation and the policy.
 
-The examples and ``make demo`` use it; a user with their own model and data builds the same pieces
+The deploy job (``data.corpora``, e.g. ``configs/deploy/cpt.yaml`` and the demo's ``cpt-2m.yaml``) and
+``examples/torch_loop.py`` use it; a user with their own model and data builds the same pieces
 (:class:`~mixagent.deploy.mixture.MixtureDataset`, an evaluation, a policy) directly.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 from mixagent.config import load_config
@@ -17,12 +19,12 @@ from mixagent.data.sources import load_space
 from mixagent.data.tokenizer import token_byte_lengths
 from mixagent.deploy.distributed import broadcast_array
 from mixagent.deploy.heldout import HeldOutLoss
+from mixagent.deploy.job_config import resolve
 from mixagent.deploy.mixture import MixtureDataset
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.base_model import BaseModel, BaseModelConfig, get_base_model
 from mixagent.env.evaluation import EvalSpec, Evaluator
 from mixagent.errors import ConfigError
-from mixagent.paths import REPO_ROOT
 from mixagent.policies import MixingPolicy, policy_from_spec
 
 __all__ = ["LocalRun", "build_local_run", "text_run_pieces", "INITIAL_MIXTURES"]
@@ -79,6 +81,10 @@ class LocalRun:
 def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | Path) -> LocalRun:
     """Load (pre-training when missing) the base model, the space's data and the evaluation.
 
+    A path given as text is resolved like the deploy config's (:func:`~mixagent.deploy.job_config.resolve`:
+    as given when it exists, else under the repository root); a :class:`~pathlib.Path` is used as it is (the
+    deploy job passes the paths its config resolved at load).
+
     Args:
         base_model: base-model config YAML (``configs/base_model/*.yaml``).
         space: domain-space YAML (``configs/spaces/*.yaml``).
@@ -95,19 +101,20 @@ def build_local_run(base_model: str | Path, space: str | Path, eval_spec: str | 
 
 
 def _path(p: str | Path) -> Path:
-    p = Path(p)
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
+    return p if isinstance(p, Path) else resolve(p)
 
 
 def text_run_pieces(space: DomainSpace, tokenizer, seq_len: int, batch_size: int, eval_windows: int = 4,
                     max_docs: int | None = None, eos_id: int | None = None, seed: int = 0,
-                    ) -> tuple[MixtureDataset, HeldOutLoss]:
-    """Data and evaluation for a model with its own tokenizer (e.g. SmolLM2 from GGUF): each domain's
-    corpora are read as text through ``datasets`` and tokenized on the fly; the held-out loss is in bits
-    per token on windows of the validation split.
+                    ) -> tuple[MixtureDataset, HeldOutLoss, DomainWeights]:
+    """Data, evaluation and natural mixture for a model with its own tokenizer (e.g. SmolLM2 from GGUF): each
+    domain's corpora (only the passages whose id matches a domain's ``match``) are read as text through
+    ``datasets`` and tokenized once; the held-out loss is in bits per token on windows of the validation
+    split; the natural mixture is each domain's share of the training tokens under this tokenizer (the
+    dataset starts at it).
 
     Args:
-        space: the domain space (whole-corpus domains).
+        space: the domain space (whole-corpus domains, or ``match`` domains: no clusters).
         tokenizer: the model's tokenizer.
         seq_len: tokens per training window (evaluation windows are one longer).
         batch_size: sequences per step per rank.
@@ -125,13 +132,21 @@ def text_run_pieces(space: DomainSpace, tokenizer, seq_len: int, batch_size: int
     if any(d.cluster is not None for d in space.domains):
         raise ConfigError("text_run_pieces", [f"space {space.name!r} has cluster domains; use a space of whole "
                                               f"corpora (e.g. configs/spaces/math-natural.yaml)"])
-    sources, windows = {}, {}
+    def passages(d, split: str) -> list[str]:
+        keep = re.compile(d.match).search if d.match is not None else None
+        return [p["text"] for c in d.corpora for p in read_split(c, split) if keep is None or keep(p["id"])]
+
+    sources, windows, tokens = {}, {}, []
     for i, d in enumerate(space.domains):
-        docs = [p for c in d.corpora for p in read_split(c, "train")][:max_docs]
-        ds = datasets.Dataset.from_dict({"text": [p["text"] for p in docs]})
+        ds = datasets.Dataset.from_dict({"text": passages(d, "train")[:max_docs]})
         sources[d.name] = HFDatasetSource(ds, seq_len, tokenizer=tokenizer, eos_id=eos_id, seed=seed + i)
-        val = [p["text"] for c in d.corpora for p in read_split(c, "val")]
-        val_src = HFDatasetSource(datasets.Dataset.from_dict({"text": val}), seq_len + 1, tokenizer=tokenizer,
-                                  eos_id=eos_id, seed=0)
+        tokens.append(sum(len(x) + 1 for x in sources[d.name].dataset["input_ids"]))  # documents + separators
+        val_src = HFDatasetSource(datasets.Dataset.from_dict({"text": passages(d, "val")}), seq_len + 1,
+                                  tokenizer=tokenizer, eos_id=eos_id, seed=0)
         windows[d.name] = np.stack([w for _, w in zip(range(eval_windows), val_src.windows(0))])
-    return MixtureDataset(sources, space, batch_size, seed=seed), HeldOutLoss(windows, space)
+    if not all(tokens):
+        empty = [d.name for d, n in zip(space.domains, tokens) if not n]
+        raise ConfigError(space.name, [f"domains {empty} have no training passage (check their corpora and match "
+                                       f"patterns against data/corpora/<corpus>/train.jsonl)"])
+    natural = DomainWeights.normalised(space, np.asarray(tokens, dtype=np.float64))
+    return MixtureDataset(sources, space, batch_size, seed=seed, initial=natural), HeldOutLoss(windows, space), natural

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +32,10 @@ __all__ = ["UserData", "load_user_data", "tokenized_pieces", "read_files", "byte
 log = logging.getLogger(__name__)
 
 
-def read_files(files: list[str], what: str) -> Any:
+def read_files(files: Sequence[str | Path], what: str) -> Any:
     """One ``datasets.Dataset`` from local files (by extension) and saved dataset directories, concatenated
-    in the order given.
+    in the order given. A :class:`~pathlib.Path` is read as it is (the deploy job passes its config's
+    resolved paths); a path given as text is resolved first (:func:`~mixagent.deploy.job_config.resolve`).
 
     Raises:
         ConfigError: a file ``datasets`` cannot read (named, with its error).
@@ -41,7 +44,8 @@ def read_files(files: list[str], what: str) -> Any:
 
     parts = []
     for f in files:
-        p = resolve(f)
+        p = f if isinstance(f, Path) else resolve(f)
+        f = str(f)
         try:
             if p.is_dir():
                 ds = datasets.load_from_disk(str(p))
@@ -60,8 +64,8 @@ def read_files(files: list[str], what: str) -> Any:
     try:
         return datasets.concatenate_datasets(parts)
     except ValueError as exc:
-        raise ConfigError(what, [f"the files {files} have different columns or types ({exc}); give files of one "
-                                 f"schema"]) from exc
+        raise ConfigError(what, [f"the files {[str(f) for f in files]} have different columns or types ({exc}); "
+                                 f"give files of one schema"]) from exc
 
 
 @dataclasses.dataclass
@@ -98,7 +102,8 @@ def _split_by_domain(ds: Any, cfg: DataSection, names: list[str], where: str) ->
 
 
 def load_user_data(cfg: DataSection, seed: int = 0) -> UserData:
-    """Read and split the user's data (see the module docstring); no tokenizer needed.
+    """Read and split the user's data (see the module docstring); no tokenizer needed. The files are the
+    section's resolved paths (``cfg.resolved``, ``cfg.domains[name].resolved``), resolved when it was built.
 
     Raises:
         ConfigError: an unreadable file, a missing text or domain column, rows of an unlisted domain.
@@ -108,9 +113,9 @@ def load_user_data(cfg: DataSection, seed: int = 0) -> UserData:
     space = DomainSpace("user", [Domain(n, d.field, [n]) for n, d in cfg.domains.items()])
     problems: list[str] = []
     if cfg.form == "column":
-        train_all = read_files(cfg.files, "data.files")
+        train_all = read_files(cfg.resolved.files, "data.files")
         problems += _check_columns(train_all, cfg, "data.files", True)
-        held_all = read_files(cfg.held_out_files, "data.held_out_files") if cfg.held_out_files else None
+        held_all = read_files(cfg.resolved.held_out_files, "data.held_out_files") if cfg.held_out_files else None
         if held_all is not None:
             problems += _check_columns(held_all, cfg, "data.held_out_files", True)
         if problems:
@@ -120,10 +125,10 @@ def load_user_data(cfg: DataSection, seed: int = 0) -> UserData:
     else:
         train, held = {}, {}
         for n, d in cfg.domains.items():
-            train[n] = read_files(d.files, f"data.domains.{n}.files")
+            train[n] = read_files(d.resolved.files, f"data.domains.{n}.files")
             problems += _check_columns(train[n], cfg, f"data.domains.{n}.files", False)
             if d.held_out:
-                held[n] = read_files(d.held_out, f"data.domains.{n}.held_out")
+                held[n] = read_files(d.resolved.held_out, f"data.domains.{n}.held_out")
                 problems += _check_columns(held[n], cfg, f"data.domains.{n}.held_out", False)
         if problems:
             raise ConfigError("data", problems)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mixagent.config import config_hash, load_config, to_dict
 from mixagent.data.tokenizer import TokenizerConfig, get_tokenizer, tokenizer_dir
 from mixagent.domains import Domain, DomainSpace
-from mixagent.env.model import ModelConfig, build_model, count_parameters, resolve_size
+from mixagent.env.lm import ProxyModelConfig, build_model, count_parameters, resolve_size
 from mixagent.env.proxy import OptimConfig, make_optimizer, train_segment
 from mixagent.errors import CorruptArtifactError, MixagentError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT, data_root, staged_dir
@@ -37,7 +37,7 @@ SOURCE_CORPORA = ("wiki", "news", "fiction", "politics", "foldoc", "gcide", "wor
 @dataclasses.dataclass(frozen=True)
 class BaseModelConfig:
     """Args:
-        size: proxy size, one of ``mixagent.env.model.MODEL_SIZES`` (``0.5m``, ``2m``, ``8m``).
+        size: proxy size, one of ``mixagent.env.lm.MODEL_SIZES`` (``0.5m``, ``2m``, ``8m``).
         seq_len: context length.
         corpora: source-field corpora, mixed at their natural token shares.
         tokens: pre-training tokens.
@@ -64,7 +64,7 @@ class BaseModelConfig:
 
     def check(self) -> list[str]:
         from mixagent.data.sources import unknown_corpora
-        from mixagent.env.model import MODEL_SIZES
+        from mixagent.env.lm import MODEL_SIZES
         from mixagent.errors import suggest
 
         problems = [] if self.tokens > 0 and self.seq_len >= 8 else ["tokens must be > 0 and seq_len >= 8"]
@@ -84,7 +84,7 @@ class BaseModelConfig:
                             f"known: {', '.join(MODEL_SIZES)}")
         return problems + unknown_corpora(self.corpora)
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
+    def model_config(self, vocab_size: int) -> ProxyModelConfig:
         return dataclasses.replace(resolve_size(self.size), seq_len=self.seq_len, vocab_size=vocab_size)
 
 
@@ -93,7 +93,7 @@ class BaseModel:
     """A loaded base checkpoint."""
 
     model: torch.nn.Module
-    model_config: ModelConfig
+    model_config: ProxyModelConfig
     tokenizer: object
     tokenizer_hash: str
     meta: dict

@@ -29,7 +29,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     **{n: "artifact" for n in ("AgentPolicy", "load_policy", "write_artifact", "random_artifact",
                                "ArtifactMismatchError")},
     "DecaySwitchPolicy": "heuristics", "EndUpsamplePolicy": "heuristics",
-    **{n: "online" for n in ("DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "AioliPolicy",
+    **{n: "methods" for n in ("DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "AioliPolicy",
                              "ReferenceCurve", "ObservationView")},
     **{n: "registry" for n in ("PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems",
                                "policy_from_spec")},

@@ -1,4 +1,4 @@
-"""One policy for any domain space (issue 14, item 4): per-domain inputs through one shared network to one
+"""One policy for any domain space: per-domain inputs through one shared network to one
 logit per domain, so the same artifact drives 2, 10 or 52 domains, in any order.
 
 For domain ``i`` of a ``K``-domain space the observation (:mod:`mixagent.env.observation`) gives
@@ -17,7 +17,7 @@ The network is a DeepSets encoder with field pooling (Zaheer et al. 2017; Lee et
 else (tested). The action goes through the env's action map (``action_to_weights``), like the dense
 artifact's. d3rlpy's actors end in a dense ``Linear(features, K)`` head, which ties a network to one ``K``
 and one domain order; this small module replaces it, and its training is behaviour cloning in plain torch
-(:mod:`mixagent.agent.per_domain`).
+(:mod:`mixagent.agent.train_per_domain`).
 
 Artifact: ``policy.safetensors`` (``phi.*``, ``rho.*``) + ``meta.json`` (kind ``mixagent.per_domain_policy``).
 """

@@ -28,7 +28,7 @@ class PolicyContext:
 
     Args:
         natural: ``{domain: natural token share}``.
-        reference: a :class:`~mixagent.policies.online.ReferenceCurve` (DoReMi, Velocitune).
+        reference: a :class:`~mixagent.policies.methods.ReferenceCurve` (DoReMi, Velocitune).
         regmix: ``{domain: weight}``, RegMix's fitted mixture.
         batches_per_step: optimizer batches per re-weighting step (ODM counts its updates in batches).
     """
@@ -48,7 +48,7 @@ def _regmix(ctx: PolicyContext) -> MixingPolicy:
 
 def _methods() -> dict[str, Callable[[PolicyContext], MixingPolicy]]:
     from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy
-    from mixagent.policies.online import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
+    from mixagent.policies.methods import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
 
     return {
         "decay_switch": lambda ctx: DecaySwitchPolicy(ctx.natural),

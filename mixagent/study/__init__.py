@@ -1,19 +1,17 @@
-"""Studies over policies in the real environment: rolling a policy out (``rollouts``), per-seed tables
-(``tables``), the headroom audit (``headroom``, its report in ``headroom_report``; CLI ``python -m
-mixagent.study headroom``) and the comparison of every method (``compare``, its report in
-``compare_report``; CLI ``python -m mixagent.study compare``), both over one episode engine
-(``episodes``: workers, the episode cache, policy identities) that the agent's online evaluation uses too.
-Names load lazily."""
+"""Research over policies in the real environment: the headroom audit (``audit``, its report in
+``audit_report``; ``mixagent audit``), the comparison of every method (``compare``, its report in
+``compare_report``; ``mixagent compare``), the generalization protocol (``generalize``, with Trainer
+deploy cases in ``deploy_case``; ``mixagent generalize``) and per-seed tables (``tables``). Episodes come from
+:mod:`mixagent.rollout`. Names load lazily."""
 
 from __future__ import annotations
 
 from mixagent._lazy import lazy_exports
 
-__all__ = ["Rollout", "rollout", "iter_rollout", "summarize", "roll_all", "format_table", "METRICS", "AuditConfig",
-           "run_audit", "make_report", "CompareConfig", "run_compare", "make_compare_report"]
+__all__ = ["roll_all", "format_table", "METRICS", "AuditConfig", "run_audit", "make_report", "CompareConfig",
+           "run_compare", "make_compare_report", "GeneralizeConfig", "run_generalize"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "Rollout": "rollouts", "rollout": "rollouts", "iter_rollout": "rollouts", "summarize": "tables",
-    "roll_all": "tables", "format_table": "tables", "METRICS": "tables", "AuditConfig": "headroom",
-    "run_audit": "headroom", "make_report": "headroom_report", "CompareConfig": "compare",
-    "run_compare": "compare", "make_compare_report": "compare_report"})
+    "roll_all": "tables", "format_table": "tables", "METRICS": "tables", "AuditConfig": "audit",
+    "run_audit": "audit", "make_report": "audit_report", "CompareConfig": "compare", "run_compare": "compare",
+    "make_compare_report": "compare_report", "GeneralizeConfig": "generalize", "run_generalize": "generalize"})

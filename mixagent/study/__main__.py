@@ -1,4 +1,4 @@
-"""``python -m mixagent.study``: ``headroom`` (the headroom audit of an environment, ``mixagent.study.headroom``),
+"""``python -m mixagent.study``: ``headroom`` (the headroom audit of an environment, ``mixagent.study.audit``),
 ``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``), ``ranks`` (a rank
 table across comparisons) and ``generalize`` (an agent against the baselines in held-out cases,
 ``mixagent.study.generalize``)."""
@@ -32,7 +32,8 @@ def _flags_first(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mixagent.study", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("headroom", help="static grid vs schedules vs an oracle, >= 3 held-out seeds")
+    p = sub.add_parser("audit", aliases=["headroom"], help="the headroom audit: static grid vs schedules vs an oracle, "
+                                                           ">= 3 held-out seeds")
     p.add_argument("--config", help="an audit YAML (configs/audit/*.yaml); flags below override it")
     p.add_argument("--env", help="env spec file or id, e.g. envs/math-cpt.yaml or mixagent/math-cpt-v1")
     p.add_argument("--env-set", action="append", default=[], metavar="KEY=VALUE",
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "ranks":
         return _ranks(args.dirs)
-    if args.cmd == "headroom":
+    if args.cmd in ("audit", "headroom"):
         return _headroom(args)
     if args.cmd == "generalize":
         return _generalize(args)
@@ -106,8 +107,8 @@ def _run(job, what: str) -> int:
 
 def _headroom(args: argparse.Namespace) -> int:
     from mixagent.config import load_config
-    from mixagent.study.headroom import AuditConfig, run_audit
-    from mixagent.study.headroom_report import make_report
+    from mixagent.study.audit import AuditConfig, run_audit
+    from mixagent.study.audit_report import make_report
 
     flags = {"env": args.env, "seeds": args.seeds, "tune_seeds": args.tune_seeds, "oracle_trials": args.trials,
              "workers": args.workers, "launcher": args.launcher, "out": args.out}

@@ -35,21 +35,14 @@ from mixagent.env.rewards import Reference
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
-from mixagent.policies.online import ReferenceCurve
+from mixagent.policies.methods import ReferenceCurve
 from mixagent.policies.registry import NEEDS_REFERENCE, method_problems
-from mixagent.study.episodes import (
-    EPISODE_VERSION,
-    Episode,
-    EpisodeCache,
-    EpisodeSetup,
-    FamilyPoint,
-    artifact_dir,
-    content_digest,
-    launch,
-    roll_policies,
-)
-from mixagent.study.headroom import _collection_seeds, episode_seed_of, resolve_env
-from mixagent.workers import LAUNCHERS, Launcher
+from mixagent.rollout.cache import EpisodeCache
+from mixagent.rollout.engine import Episode, EpisodeSetup, FamilyPoint, launch, roll_policies
+from mixagent.rollout.episode import EPISODE_VERSION
+from mixagent.rollout.identity import artifact_dir, content_digest
+from mixagent.rollout.launchers import LAUNCHERS, Launcher
+from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
 
 __all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
            "DEFAULT_POLICIES"]
@@ -187,7 +180,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", problems)
     spec_path = resolve_env(cfg.env, "compare")
     spec = load_spec(spec_path, cfg.env_overrides)
-    used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
+    used = collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
     problems = [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; evaluation and "
                 f"tuning seeds must be held out"] if used else []
     clash = [s for s in (*cfg.seeds, *cfg.tune_seeds) if episode_seed_of(s) in spec.reference_seeds]
@@ -206,9 +199,9 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", problems)
     out_root = Path(root or REPO_ROOT / cfg.out)
     out = out_root / cfg.name
-    cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
-                         tuple(REPO_ROOT / r for r in cfg.reuse))
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
+    cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
+                         tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space)
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
@@ -228,15 +221,15 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     def run_tasks(tasks: list[tuple], desc: str) -> None:
         for ev in launch(setup(), tasks, T, desc, spec.spec_hash(), **how):
             if isinstance(ev, Episode):
-                cache.put(ev.key, ev.seed, ev.record)
+                cache.put(ev.record)
 
     # 1. preparation on the tuning seeds
     needs_ref = [p for p in cfg.policies if p in NEEDS_REFERENCE]
     if needs_ref:
         seed = cfg.tune_seeds[0]
-        if cache.get("natural", seed) is None:
+        if cache.summary("natural", seed) is None:
             run_tasks([("episode", "natural", seed, "natural")], "reference run (natural, tuning seed)")
-        record = cache.get("natural", seed)
+        record = cache.summary("natural", seed)
         if record is None or len(record["evals"]) < 2:
             raise ConfigError("compare", [f"the natural reference run on tuning seed {seed} did not finish (or "
                                           f"diverged); DoReMi and Velocitune need it: rerun to resume"])
@@ -249,8 +242,8 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         probes = [(f"fixed@{content_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)
                   for i, m in enumerate(mixtures)]
         run_tasks([("fixed", key, seed, np.round(m, 6).tolist()) for key, seed, m in probes
-                   if cache.get(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
-        records = [cache.get(key, seed) for key, seed, _ in probes]
+                   if cache.summary(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
+        records = [cache.summary(key, seed) for key, seed, _ in probes]
         lost = [key for (key, _, _), r in zip(probes, records) if r is None]
         if lost:
             raise ConfigError("compare", [f"{len(lost)} RegMix proxy runs are missing from the cache (an interrupted "
@@ -277,10 +270,10 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
                 fam_path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_json(fam_path, stored)
         family = [p for p in stored if (p["steps"], p["seed"]) in set(want)]
-        full = cache.get("target_only", cfg.tune_seeds[0])
+        full = cache.summary("target_only", cfg.tune_seeds[0])
         if full is None:
             run_tasks([("episode", "target_only", cfg.tune_seeds[0], "target_only")], "target-only family (full run)")
-            full = cache.get("target_only", cfg.tune_seeds[0])
+            full = cache.summary("target_only", cfg.tune_seeds[0])
         family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
 
     # 2. every policy on every evaluation seed (artifacts checked against the env's space first)

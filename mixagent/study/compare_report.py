@@ -6,7 +6,7 @@ plots (``mixtures.png``, ``dynamics.png``, ``front.png``, ``efficiency.png``) in
   unit: every gap is given in it, and a gap under 2 units is called within noise.
 * **Target data efficiency** (Ibrahim et al.'s replay metric, as in the seed paper): ``L(D) = A / D^B + C``
   fitted to the target-only family's final target-field bits per byte against its target tokens ``D``
-  (``mixagent.policies.online.fit_power_law``); a policy's efficiency is the ``D`` target-only training
+  (``mixagent.policies.methods.fit_power_law``); a policy's efficiency is the ``D`` target-only training
   needs to reach its target loss, divided by the target tokens it used (``inf`` below the fit's floor C).
 * **Oracles** (labelled): the audit's hindsight-best static row and hindsight-best schedule on the same
   seeds.
@@ -24,9 +24,9 @@ from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score, field_scores, needs_reference
 from mixagent.paths import atomic_write, atomic_write_json
+from mixagent.rollout.identity import policy_identity
+from mixagent.rollout.schedules import Schedule
 from mixagent.study.compare import CompareConfig, CompareRun, audit_rows, policy_kind
-from mixagent.study.episodes import policy_identity
-from mixagent.study.headroom import Schedule
 
 __all__ = ["make_compare_report", "report_episodes", "efficiency_fit", "field_view", "format_table", "rank_table"]
 
@@ -52,7 +52,7 @@ def efficiency_fit(family: list[dict]) -> tuple[float, float, float] | None:
     with fewer than 3 budgets, a failed or flat fit (``B < 0.01``), or a family whose target loss does not
     fall as its tokens grow (e.g. under a cap on unique target tokens, where target-only repeats its data):
     then no target loss can be expressed as the target-only tokens that reach it."""
-    from mixagent.policies.online import fit_power_law
+    from mixagent.policies.methods import fit_power_law
 
     pts = [(p["steps"], p["target_bpb"]) for p in family if math.isfinite(p["target_bpb"])]
     if len({d for d, _ in pts}) < 3:
@@ -200,7 +200,7 @@ def report_episodes(env, episodes: Mapping[str, list[dict]], labels: Mapping[str
 
     Args:
         env: the env the episodes ran in (its spec, space, natural shares and reference extremes).
-        episodes: ``{label: [episode record per seed]}`` (:func:`mixagent.study.episodes.roll_policies`).
+        episodes: ``{label: [episode record per seed]}`` (:func:`mixagent.rollout.engine.roll_policies`).
         labels: ``{label: policy spec}`` (the kind column: baseline, heuristic, online, agent).
         out: the directory written (created).
     """

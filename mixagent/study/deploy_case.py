@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from mixagent.config import config_hash
 from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
-from mixagent.study.episodes import policy_identity
+from mixagent.rollout.identity import policy_identity
 
 __all__ = ["deploy_case_hash", "run_deploy_case", "check_deploy_config", "reserved_overrides", "policy_identity",
            "RESERVED_KEYS"]

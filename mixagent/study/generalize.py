@@ -1,4 +1,4 @@
-"""The generalization protocol (issue 14, item 5): one agent, cases its training data never contained, each
+"""The generalization protocol: one agent, cases its training data never contained, each
 against the baselines on held-out seeds, one table.
 
 ``python -m mixagent.study generalize --config configs/generalize/v1.yaml [--cases a,b] [key=value ...]``
@@ -23,7 +23,7 @@ import numpy as np
 
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
-from mixagent.study.episodes import policy_identity
+from mixagent.rollout.identity import policy_identity
 
 __all__ = ["Case", "GeneralizeConfig", "run_generalize", "generalize_table"]
 
@@ -170,8 +170,8 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
 
 def _spec_hash(case: Case) -> str:
     from mixagent.env.spec import load_spec
+    from mixagent.rollout.seeds import resolve_env
     from mixagent.study.deploy_case import deploy_case_hash
-    from mixagent.study.headroom import resolve_env
 
     if case.deploy:
         return deploy_case_hash(case.deploy, tuple(case.deploy_overrides))

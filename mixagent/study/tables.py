@@ -13,22 +13,11 @@ from mixagent.domains import DomainSpace
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
 from mixagent.policies import MixingPolicy
-from mixagent.study.rollouts import Rollout, rollout
+from mixagent.rollout.episode import rollout, summarize
 
-__all__ = ["summarize", "roll_all", "format_table", "METRICS"]
+__all__ = ["roll_all", "format_table", "bpb_balanced", "METRICS"]
 
 METRICS = ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "balanced_bpb")
-
-
-def summarize(r: Rollout, space: DomainSpace, seed: int) -> dict:
-    """One episode as plain JSON: final scores and bits per byte per field, balanced score, return,
-    whether it diverged, the start evaluation and the mixture of every step."""
-    final = r.final
-    return {"seed": seed, "source_score": final.scores["source"], "target_score": final.scores["target"],
-            "source_bpb": final.field_bpb(space, "source"), "target_bpb": final.field_bpb(space, "target"),
-            "balanced": r.balanced, "return": r.ret, "truncated": r.truncated, "start": r.start.to_json(),
-            "final": final.to_json(),
-            "weights": [[round(w, 6) for w in s["weights"].values()] for s in r.steps]}
 
 
 def roll_all(env: MixingEnv, policies: Mapping[str, MixingPolicy], seeds: list[int]) -> dict[str, list[dict]]:

@@ -1,9 +1,9 @@
 """Trajectory collection and the trajectory store (names imported lazily).
 
 * :mod:`mixagent.trajectories.store`: the on-disk run format (``Run``, ``read_trajectory``, ``RunWriter``).
-* :mod:`mixagent.trajectories.tree`: branching collection trees (``TreeRunner``) and their typed events.
+* :mod:`mixagent.rollout.tree`: branching collection trees (``TreeRunner``) and their typed events.
 * :mod:`mixagent.trajectories.collector`: the collect job (``CollectConfig``, ``collect``); it runs on the
-  launchers of :mod:`mixagent.workers`.
+  launchers of :mod:`mixagent.rollout.launchers`.
 
 CLI: ``python -m mixagent.trajectories collect|ls|stats|verify``.
 """
@@ -18,4 +18,4 @@ __all__ = ["SCHEMA_VERSION", "Run", "Trajectory", "list_runs", "read_trajectory"
 __getattr__, __dir__ = lazy_exports(__name__, {
     "SCHEMA_VERSION": "store", "Run": "store", "Trajectory": "store", "list_runs": "store",
     "read_trajectory": "store", "RunWriter": "store", "collect": "collector", "CollectConfig": "collector",
-    "CollectSummary": "collector", "TreeConfig": "tree"})
+    "CollectSummary": "collector", "TreeConfig": "collector"})

@@ -28,8 +28,8 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.behaviour import BehaviourMix, BehaviourSpec
-from mixagent.trajectories.store import Run, RunWriter
-from mixagent.trajectories.tree import (
+from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.rollout.tree import (
     Close,
     Open,
     Step,
@@ -40,7 +40,7 @@ from mixagent.trajectories.tree import (
     spec_identity,
     trajectory_id,
 )
-from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.trajectories.store import Run, RunWriter
 
 __all__ = ["CollectConfig", "CollectSummary", "collect", "plan_workers", "run_stats", "format_stats"]
 

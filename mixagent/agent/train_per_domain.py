@@ -1,4 +1,4 @@
-"""Behaviour cloning of the per-domain policy (:mod:`mixagent.policies.per_domain`, issue 14, item 4):
+"""Behaviour cloning of the per-domain policy (:mod:`mixagent.policies.per_domain`):
 ``python -m mixagent.agent per-domain [--data RUN ...] [--out DIR] [--steps N]``.
 
 The same data as the SFT stage of ``make train-agent`` (the best ``top_fraction`` of trajectories under the

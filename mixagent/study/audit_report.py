@@ -1,4 +1,4 @@
-"""The headroom audit's report (``mixagent.study.headroom``): per reward, mean ± std over seeds per row,
+"""The headroom audit's report (``mixagent.study.audit``): per reward, mean ± std over seeds per row,
 the pooled seed standard deviation, best static / best schedule / oracle and their gaps in those units,
 the static grid's spread, per-field extremes, the item noise of the final score (a bootstrap over
 evaluation windows and benchmark items), as ``report.json``, ``report.md``, ``static.png`` and
@@ -18,7 +18,8 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS, balanced_score
 from mixagent.env.spec import EnvSpec
 from mixagent.paths import atomic_write, atomic_write_json
-from mixagent.study.headroom import SCHEDULE_FAMILIES, AuditRun, AuditStore, Schedule
+from mixagent.rollout.schedules import Schedule
+from mixagent.study.audit import SCHEDULE_FAMILIES, AuditRun, AuditStore
 
 __all__ = ["make_report", "format_report", "plot_report", "report_rewards", "BOOTSTRAP"]
 

@@ -1,4 +1,4 @@
-"""The surrogate environment: the world model behind the env's own contract (issue 14, item 2).
+"""The surrogate environment: the world model behind the env's own contract.
 
 :class:`WorldModelBackend` is a :class:`~mixagent.env.backends.ProxyBackend`: instead of training the
 proxy LM for a segment it asks the world model for the next evaluation. :class:`~mixagent.env.MixingEnv`
@@ -27,7 +27,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mixagent.agent.world_model import WorldModel, load_world_model
 from mixagent.config import from_dict
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
@@ -35,6 +34,7 @@ from mixagent.env.observation import ObservationBuilder
 from mixagent.env.proxy import SegmentStats
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError, WorldModelError
+from mixagent.model_based.world_model import WorldModel, load_world_model
 
 __all__ = ["WorldModelBackend", "UncertaintyPenalty", "make_surrogate_env", "SURROGATE_MODES"]
 

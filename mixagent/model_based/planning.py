@@ -1,4 +1,4 @@
-"""Model-predictive control over the world model (issue 14, item 3, the planning variant).
+"""Model-predictive control over the world model (the planning variant).
 
 At every step the planner rebuilds the current evaluation from the observation (the observation holds every
 domain's bits per byte and both scores relative to the start, and their last change, so with the start
@@ -20,12 +20,12 @@ import logging
 
 import numpy as np
 
-from mixagent.agent.surrogate import make_surrogate_env
-from mixagent.agent.world_model import WorldModel
 from mixagent.domains import DomainSpace, DomainWeights, replay_weights
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score
 from mixagent.errors import WorldModelError
+from mixagent.model_based.surrogate import make_surrogate_env
+from mixagent.model_based.world_model import WorldModel
 
 __all__ = ["WorldModelPlanner", "evaluate_planner"]
 
@@ -120,13 +120,12 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
     """
     from tqdm.auto import tqdm
 
-    from mixagent.agent.world_model import load_world_model
     from mixagent.config import from_dict
     from mixagent.env.environment import MixingEnv
     from mixagent.env.spec import EnvSpec
+    from mixagent.model_based.world_model import load_world_model
     from mixagent.paths import REPO_ROOT, atomic_write_json
-    from mixagent.study.rollouts import rollout
-    from mixagent.study.tables import summarize
+    from mixagent.rollout.episode import rollout, summarize
 
     model = load_world_model(REPO_ROOT / world_model)
     env = MixingEnv(from_dict(EnvSpec, model.meta["spec"], "world model spec"))

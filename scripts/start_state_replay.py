@@ -3,7 +3,7 @@ reports' evaluations through a fresh MixingScheduler (no training; about 10 s), 
 recorded decisions, then change one group of observation features at a time and print the math share of every
 decision (6 decisions a run, seeds 0-2).
 
-    .venv/bin/python audits/compare/v1-generalize/start_state_replay.py
+    .venv/bin/python scripts/start_state_replay.py > audits/compare/v1-generalize/start_state_replay.txt
 """
 
 import glob

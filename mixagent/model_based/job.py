@@ -1,13 +1,13 @@
-"""Fit the world model and measure it (issue 14, item 1):
+"""Fit the world model and measure it:
 ``python -m mixagent.agent world-model --config configs/world_model/default.yaml [key=value ...]``.
 
-1. Fit the ensemble (:mod:`mixagent.agent.world_model`) on the collection trees not held out.
+1. Fit the ensemble (:mod:`mixagent.model_based.world_model`) on the collection trees not held out.
 2. **One-step accuracy**: R² of every output on the held-out trees' transitions (whole trees, so no
    held-out step shares a prefix with a training one).
 3. **Policy ranking**: every policy with real episodes on the evaluation seeds (the headroom audit's
    schedules and the comparison's methods, all on held-out seeds the data never saw) is rolled out in the
    surrogate env (ensemble mean), and the final balanced score it predicts is rank-correlated (Spearman)
-   with the real one (mean over the seeds). The issue's goal: >= 0.9.
+   with the real one (mean over the seeds). The goal: >= 0.9.
 
 The artifact (fitted on the training trees only, so the numbers describe what ships) and ``report.json``,
 ``report.md`` and ``ranks.png`` go to ``out``.
@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mixagent.agent.world_model import (
+from mixagent.config import to_dict
+from mixagent.errors import ConfigError
+from mixagent.model_based.world_model import (
     WorldModel,
     WorldModelConfig,
     fit_world_model,
@@ -30,8 +32,6 @@ from mixagent.agent.world_model import (
     output_names,
     split_by_tree,
 )
-from mixagent.config import to_dict
-from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
 __all__ = ["WorldModelJobConfig", "run_world_model_job", "policy_ranks"]
@@ -46,7 +46,7 @@ class WorldModelJobConfig:
     Args:
         data: trajectory run directories (one env spec and domain space).
         out: the artifact and report directory.
-        model: the ensemble's fit (:class:`~mixagent.agent.world_model.WorldModelConfig`).
+        model: the ensemble's fit (:class:`~mixagent.model_based.world_model.WorldModelConfig`).
         audit_root: where headroom audits live; the audit of the model's spec covering ``seeds`` gives the
             schedules ranked (empty: none).
         compare: the comparison cache roots whose methods are ranked (empty: none).
@@ -97,14 +97,15 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
     Real: the mean over the seeds of the final balanced score (the env's reward score). Model: the same
     policy rolled out in the surrogate env (ensemble mean; a stochastic method averaged over the seeds).
     """
-    from mixagent.agent.surrogate import make_surrogate_env
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.rewards import balanced_score
+    from mixagent.model_based.surrogate import make_surrogate_env
     from mixagent.policies.registry import METHODS, build_policy
+    from mixagent.rollout.cache import EpisodeCache
+    from mixagent.rollout.episode import rollout
+    from mixagent.rollout.identity import policy_context, policy_key
+    from mixagent.rollout.schedules import Schedule
     from mixagent.study.compare import CompareConfig, audit_rows, reference_curve
-    from mixagent.study.episodes import EpisodeCache, policy_context, policy_key
-    from mixagent.study.headroom import Schedule
-    from mixagent.study.rollouts import rollout
 
     env = make_surrogate_env(model)
     spec, space, horizon = env.spec_, env.space, env.horizon
@@ -130,7 +131,7 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
         cache = EpisodeCache(REPO_ROOT / cfg.compare[0], (spec.name, spec.version, model.meta["spec_hash"]),
                              tuple(REPO_ROOT / r for r in cfg.compare[1:]))
         context: dict = {}
-        ref = cache.get("natural", cfg.tune_seed)  # the comparison's reference run
+        ref = cache.summary("natural", cfg.tune_seed)  # the comparison's reference run
         if ref is not None:
             context["reference"] = reference_curve(ref, space, horizon, f"natural, seed {cfg.tune_seed}").to_json()
         if cfg.regmix and (REPO_ROOT / cfg.regmix).is_file():
@@ -143,7 +144,7 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
                 key = policy_key(name, ctx)
             except ConfigError:  # what the method needs (reference run, RegMix's fit) is not in the cache
                 continue
-            real = [cache.get(key, s) for s in cfg.seeds]
+            real = [cache.summary(key, s) for s in cfg.seeds]
             if any(r is None for r in real):
                 continue
             model_scores = [rollout(env, build_policy(name, ctx), seed=s).balanced for s in cfg.seeds]

@@ -1,4 +1,4 @@
-"""Stage 2 with a world model (issue 14, item 3): synthetic transitions branched from real states, and
+"""Stage 2 with a world model: synthetic transitions branched from real states, and
 online RL in the surrogate env. Selected by the agent config's ``model`` section.
 
 * ``model.kind: synthetic`` (MOPO, Yu et al. 2020; MBPO's branched rollouts, Janner et al. 2019): from
@@ -7,38 +7,38 @@ online RL in the surrogate env. Selected by the agent config's ``model`` section
   each reward penalised by ``penalty`` x the ensemble's disagreement; the offline algorithm (CQL) then
   trains on real + synthetic transitions.
 * ``model.kind: surrogate``: d3rlpy's online SAC or TD3 (``rl.algo: sac | td3``, ``fit_online``, in
-  :mod:`mixagent.agent.train`) in the penalised surrogate env for ``online_steps`` env steps, the actor
-  started from the SFT policy.
+  :mod:`mixagent.agent.train`, handed a :class:`WorldModelData`) in the penalised surrogate env for
+  ``online_steps`` env steps, the actor started from the SFT policy.
 
 d3rlpy 2.x trains on any ``MDPDataset`` and in any Gymnasium env but has no model-based algorithm (1.x's
 MOPO and COMBO were dropped in 2.0), so what is written here is only the branching: restoring a real
 state into the surrogate and laying the rollouts out as transitions. The world model, the surrogate env
-and the penalty are :mod:`mixagent.agent.world_model` and :mod:`mixagent.agent.surrogate`.
+and the penalty are :mod:`mixagent.model_based.world_model` and :mod:`mixagent.model_based.surrogate`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from mixagent.agent.config import MODEL_KINDS, ONLINE_ALGOS, ModelConfig
+from mixagent.agent.config import AgentConfig, ModelBasedConfig
 from mixagent.agent.dataset import TrajectorySet, Transitions
 from mixagent.domains import DomainWeights
 from mixagent.errors import WorldModelError
 
-__all__ = ["ModelConfig", "MODEL_KINDS", "ONLINE_ALGOS", "synthetic_transitions", "concat_transitions",
-           "surrogate_for"]
+__all__ = ["WorldModelData", "world_model_data", "synthetic_transitions", "surrogate_for"]
 
-def surrogate_for(cfg: ModelConfig, tset: TrajectorySet, mode: str) -> Any:
+def surrogate_for(cfg: ModelBasedConfig, tset: TrajectorySet, mode: str) -> Any:
     """The penalised surrogate env of ``cfg.world_model``, checked against the runs' spec.
 
     Raises:
         WorldModelError: the world model was fitted on another spec or domain space than the runs.
     """
-    from mixagent.agent.surrogate import make_surrogate_env
-    from mixagent.agent.world_model import load_world_model
+    from mixagent.model_based.surrogate import make_surrogate_env
+    from mixagent.model_based.world_model import load_world_model
     from mixagent.paths import REPO_ROOT
 
     model = load_world_model(REPO_ROOT / cfg.world_model)
@@ -63,7 +63,7 @@ def _states(tset: TrajectorySet) -> list[tuple]:
     return out
 
 
-def synthetic_transitions(tset: TrajectorySet, cfg: ModelConfig, act: Callable[[np.ndarray], np.ndarray],
+def synthetic_transitions(tset: TrajectorySet, cfg: ModelBasedConfig, act: Callable[[np.ndarray], np.ndarray],
                           seed: int, progress: bool = True) -> Transitions:
     """``cfg.branches`` penalised rollouts of ``cfg.horizon`` steps in the surrogate from real states, in
     :class:`~mixagent.agent.dataset.Transitions` layout (a branch ending before the horizon ends in a
@@ -127,14 +127,28 @@ def synthetic_transitions(tset: TrajectorySet, cfg: ModelConfig, act: Callable[[
                        np.asarray(final_l, bool))
 
 
-def concat_transitions(real: Transitions, synthetic: Transitions) -> Transitions:
-    """Real rows then synthetic rows (episode row indices shifted)."""
-    if real.observations.shape[1] != synthetic.observations.shape[1]:
-        raise WorldModelError(f"synthetic observations have {synthetic.observations.shape[1]} features, the real "
-                              f"ones {real.observations.shape[1]}: the world model's observation layout differs")
-    n = len(real)
-    real_final = real.final_obs if real.final_obs is not None else np.zeros(n, bool)
-    return Transitions(*(np.concatenate([getattr(real, f), getattr(synthetic, f)])
-                         for f in ("observations", "actions", "rewards", "terminals", "timeouts")),
-                       real.episodes + [e | {"row": e["row"] + n} for e in synthetic.episodes],
-                       np.concatenate([real_final, synthetic.final_obs]))
+@dataclasses.dataclass(frozen=True)
+class WorldModelData:
+    """The world model's side of model-based stage 2, handed to
+    :func:`mixagent.agent.train.train_agent` (``world_model=``): the agent package trains, this room supplies
+    the surrogate env and the synthetic transitions (the agent never imports the world model).
+
+    Args:
+        cfg: the agent config's ``model`` section.
+    """
+
+    cfg: ModelBasedConfig
+
+    def env(self, tset: TrajectorySet) -> Any:
+        """The penalised surrogate env (``mode="sample"``), checked against the runs."""
+        return surrogate_for(self.cfg, tset, mode="sample")
+
+    def synthetic(self, tset: TrajectorySet, act: Callable[[np.ndarray], np.ndarray], seed: int,
+                  progress: bool = True) -> Transitions:
+        """Synthetic transitions branched from the runs' real states (:func:`synthetic_transitions`)."""
+        return synthetic_transitions(tset, self.cfg, act, seed, progress)
+
+
+def world_model_data(cfg: AgentConfig) -> WorldModelData | None:
+    """What :func:`~mixagent.agent.train.train_agent` needs for ``cfg.model.kind`` (``None``: real data only)."""
+    return WorldModelData(cfg.model) if cfg.model.kind else None

@@ -1,5 +1,5 @@
 """A learned world model of the mixing environment: an ensemble of small MLPs that predicts the next
-evaluation from the observation and the mixture trained (issue 14, item 1).
+evaluation from the observation and the mixture trained.
 
 The model-based offline RL recipe (MOPO, Yu et al. 2020; MOReL, Kidambi et al. 2020; MBPO, Janner et al.
 2019): fit an ensemble of dynamics models on the logged transitions, then use its disagreement as the

@@ -1,6 +1,6 @@
 """Online evaluation: learned policies and baselines rolled out in the real env on held-out seeds.
 
-The episodes run on the comparison's engine (:mod:`mixagent.study.episodes`): the collection launchers
+The episodes run on the comparison's engine (:mod:`mixagent.rollout.engine`): the collection launchers
 (``local`` worker processes or ``inline``), every finished episode one JSON file in the episode cache keyed
 by the env's spec hash and the policy's identity (a baseline's spec, a method's fingerprint, an agent
 artifact's content). An interrupted evaluation resumes where it stopped, and the episodes
@@ -19,7 +19,8 @@ import torch
 from mixagent.env.environment import MixingEnv
 from mixagent.errors import ConfigError
 from mixagent.policies import baseline_problems, parse_baseline
-from mixagent.study.episodes import EpisodeCache, EpisodeSetup, roll_policies
+from mixagent.rollout.cache import EpisodeCache
+from mixagent.rollout.engine import EpisodeSetup, roll_policies
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import torch
 
 from mixagent.errors import ConfigError, suggest
 
-__all__ = ["ModelConfig", "MODEL_SIZES", "build_model", "count_parameters"]
+__all__ = ["ProxyModelConfig", "MODEL_SIZES", "build_model", "count_parameters"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ProxyModelConfig:
     """Architecture of a Llama-style causal LM (tied input/output embeddings).
 
     Args:
@@ -41,26 +41,26 @@ class ModelConfig:
 
 
 # ~0.5M, ~2M and ~8M parameters with a 4096-token vocabulary (embeddings included)
-MODEL_SIZES: dict[str, ModelConfig] = {
-    "0.5m": ModelConfig(hidden=96, layers=2, heads=4, intermediate=256),
-    "2m": ModelConfig(hidden=160, layers=4, heads=4, intermediate=432),
-    "8m": ModelConfig(hidden=256, layers=8, heads=8, intermediate=688),
+MODEL_SIZES: dict[str, ProxyModelConfig] = {
+    "0.5m": ProxyModelConfig(hidden=96, layers=2, heads=4, intermediate=256),
+    "2m": ProxyModelConfig(hidden=160, layers=4, heads=4, intermediate=432),
+    "8m": ProxyModelConfig(hidden=256, layers=8, heads=8, intermediate=688),
 }
 
 
-def resolve_size(name: str) -> ModelConfig:
+def resolve_size(name: str) -> ProxyModelConfig:
     if name not in MODEL_SIZES:
         raise ConfigError("model", [f"unknown model size {name!r}{suggest(name, MODEL_SIZES)}; "
                                     f"known sizes: {', '.join(MODEL_SIZES)}"])
     return MODEL_SIZES[name]
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
+def build_model(cfg: ProxyModelConfig, seed: int = 0) -> torch.nn.Module:
     """A freshly initialised ``LlamaForCausalLM`` in fp32 (SDPA attention, the faster one on this CPU)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if cfg.check():
-        raise ConfigError("ModelConfig", cfg.check())
+        raise ConfigError("ProxyModelConfig", cfg.check())
     hf = LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,

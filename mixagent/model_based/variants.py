@@ -1,4 +1,4 @@
-"""The agent variants of issue 14 (item 3) in one table: ``python -m mixagent.agent variants --config
+"""The agent variants in one table: ``mixagent variants --config
 configs/agent/variants.yaml``.
 
 Each variant is selected by config: an agent config and stage (``train_agent``: BC, BC then CQL on real
@@ -8,7 +8,7 @@ run resumes), copies every learned policy into ``out`` (small, committed), rolls
 env on the held-out seeds through the comparison (every baseline of ``compare`` on the same seeds; cached
 episodes are not rerun), and writes ``out/table.md`` / ``table.json``: each variant against the best
 non-oracle baseline in pooled seed standard deviations, and its share of the oracle schedule's gain over
-the best static mixture (issue 14's bar).
+the best static mixture (the agent's bar).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Variant:
         name: plain name (its artifact directory under ``out``).
         label: the table's description.
         config: agent config YAML (``configs/agent/*.yaml``); stage: ``sft`` or ``rl``.
-        planner: world-model directory; trials and penalty: the planner's search (``mixagent.agent.planning``);
+        planner: world-model directory; trials and penalty: the planner's search (``mixagent.model_based.planning``);
             planner_out: where its real-env episodes are kept (one JSON per seed).
         artifact: a policy artifact directory.
     """
@@ -106,12 +106,13 @@ def _train(v: Variant, progress: bool) -> Path:
     from mixagent.agent.config import AgentConfig
     from mixagent.agent.train import train_agent
     from mixagent.config import load_config
+    from mixagent.model_based.synthetic import world_model_data
 
     cfg = load_config(AgentConfig, REPO_ROOT / v.config)
     done = cfg.run_dir / v.stage / "meta.json"
     if not done.is_file() or not (cfg.run_dir / "table.json").is_file():
         print(f"\n== variant {v.name}: training {v.config} (resumes)", flush=True)
-        train_agent(cfg, resume=cfg.run_dir.exists(), progress=progress)
+        train_agent(cfg, resume=cfg.run_dir.exists(), progress=progress, world_model=world_model_data(cfg))
     return cfg.run_dir / v.stage
 
 
@@ -119,8 +120,9 @@ def _keep_episodes(base, policies: list[str]) -> None:
     """Copy the policies' episodes that agent training rolled out into ``runs/compare`` (the shipped agent
     configs' ``eval.cache``) into the comparison's cache (committed), so a fresh clone reruns none."""
     from mixagent.env.spec import load_spec
-    from mixagent.study.episodes import EpisodeCache, policy_key
-    from mixagent.study.headroom import resolve_env
+    from mixagent.rollout.cache import EpisodeCache
+    from mixagent.rollout.identity import policy_key
+    from mixagent.rollout.seeds import resolve_env
 
     spec = load_spec(resolve_env(base.env, "compare"), base.env_overrides)
     ident = (spec.name, spec.version, spec.spec_hash())
@@ -128,9 +130,9 @@ def _keep_episodes(base, policies: list[str]) -> None:
     for p in policies:
         key = policy_key(p, None)
         for seed in base.seeds:
-            record = src.get(key, seed)
-            if record is not None and dst.get(key, seed) is None:
-                dst.put(key, seed, record)
+            record = src.summary(key, seed)
+            if record is not None and dst.summary(key, seed) is None:
+                dst.put_summary(key, seed, record)
 
 
 def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
@@ -140,8 +142,8 @@ def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
         ConfigError: a bad config, before anything runs.
     """
     from mixagent.agent.config import AgentConfig
-    from mixagent.agent.planning import evaluate_planner
     from mixagent.config import load_config
+    from mixagent.model_based.planning import evaluate_planner
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 

@@ -11,7 +11,7 @@ online-evaluation runner), then runs tasks (``runner.run(*task)``) until they ru
 independent and deterministic, so which worker runs which task does not change the results.
 
 Events are small dataclasses: the launcher's own (:class:`Ready`, one per worker) and the runner's (the
-job defines them, e.g. ``mixagent.trajectories.tree.Step``). A failed worker raises :class:`WorkerError`
+job defines them, e.g. ``mixagent.rollout.tree.Step``). A failed worker raises :class:`WorkerError`
 in the driver; what the driver stored before is kept, and the job's ``--resume`` continues it.
 """
 

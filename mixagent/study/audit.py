@@ -17,7 +17,7 @@ Rows that share a prefix on a seed share its training: the runner walks a prefix
 evaluated once at the end of the run. Results are appended to
 ``<out>/<env name>-v<version>/<spec hash>/results.jsonl`` as they arrive (resumable: rerunning skips done
 leaves and oracle trials), and the report (``report.json``, ``report.md``, ``*.png``;
-``mixagent.study.headroom_report``) is rebuilt from them.
+``mixagent.study.audit_report``) is rebuilt from them.
 
 The report gives, per reward (the spec's first; all normalised and relative rewards are computed from
 the same raw evaluations): mean ± std over seeds per row, the pooled seed standard deviation, the best
@@ -39,68 +39,23 @@ import numpy as np
 from tqdm import tqdm
 
 from mixagent.config import is_number, to_dict
-from mixagent.domains import DomainSpace, replay_weights
+from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import Reference, balanced_score
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
-from mixagent.workers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.rollout.schedules import Schedule
+from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
 
-__all__ = ["AuditConfig", "Schedule", "Leaf", "AuditStore", "AuditRun", "build_schedules", "run_audit", "resolve_env",
-           "episode_seed_of", "decay_step", "FAMILIES", "SCHEDULE_FAMILIES"]
+__all__ = ["AuditConfig", "Leaf", "AuditStore", "AuditRun", "build_schedules", "run_audit", "decay_step", "FAMILIES",
+           "SCHEDULE_FAMILIES"]
 
 log = logging.getLogger(__name__)
 FAMILIES = ("static", "two_phase", "decay", "replay_first", "oracle")
 SCHEDULE_FAMILIES = ("two_phase", "decay", "replay_first")
 RESULTS_VERSION = 1
-
-
-def episode_seed_of(seed: int) -> int:
-    """The backend seed ``MixingEnv.reset(seed=seed)`` trains with, so audit rows and env rollouts on the
-    same seed see the same data order."""
-    from gymnasium.utils import seeding
-
-    return int(seeding.np_random(seed)[0].integers(2**31 - 1))
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """One audit row: a per-step replay share ``rhos`` (``(T,)``, source-field share in [0, 1]), or a
-    constant named ``mixture`` (``natural`` or ``uniform``)."""
-
-    label: str
-    family: str
-    rhos: tuple[float, ...] = ()
-    mixture: str = ""
-
-    @property
-    def key(self) -> str:
-        return self.mixture or "rho:" + ",".join(f"{r:.4f}" for r in self.rhos)
-
-    @classmethod
-    def from_key(cls, key: str, label: str = "", family: str = "") -> Schedule:
-        """The schedule a stored leaf's ``key`` names (``natural``, ``uniform`` or ``rho:<r0>,<r1>,...``)."""
-        if key.startswith("rho:"):
-            return cls(label or key, family, tuple(float(x) for x in key.removeprefix("rho:").split(",")))
-        return cls(label or key, family, mixture=key)
-
-    @property
-    def is_static(self) -> bool:
-        """A constant mixture: a named one, or the same ``rho`` at every step."""
-        return bool(self.mixture) or len(set(self.rhos)) == 1
-
-    def weights(self, space: DomainSpace, natural: np.ndarray, t: int) -> np.ndarray:
-        """``(K,)`` weights of step ``t``."""
-        if self.mixture == "uniform":
-            return np.full(space.k, 1.0 / space.k)
-        if self.mixture == "natural":
-            return np.asarray(natural, dtype=np.float64)
-        return replay_weights(space, natural, self.rhos[t])
-
-    def mean_rho(self, space: DomainSpace, natural: np.ndarray) -> float:
-        return float(np.mean([self.weights(space, natural, t)[space.field_mask("source")].sum()
-                              for t in range(len(self.rhos) or 1)]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,31 +120,6 @@ class AuditConfig:
         if self.launcher not in LAUNCHERS:
             problems.append(f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
         return problems
-
-
-def resolve_env(env: str, who: str = "audit") -> Path:
-    """An env spec path from a path or an id ``mixagent/<name>-v<version>``.
-
-    Raises:
-        ConfigError: no such file, or no spec under ``envs/`` has that id (with the known ids).
-    """
-    path = Path(env)
-    if path.suffix in (".yaml", ".yml"):
-        full = path if path.is_absolute() else REPO_ROOT / path
-        if not full.is_file():
-            raise ConfigError(who, [f"env spec file {env!r} not found; give an envs/*.yaml file or an id"])
-        return full
-    known = {}
-    for f in sorted((REPO_ROOT / "envs").glob("*.yaml")):
-        try:
-            known[load_spec(f).env_id] = f
-        except ConfigError:
-            continue
-    if env not in known:
-        from mixagent.errors import suggest
-
-        raise ConfigError(who, [f"unknown env {env!r}{suggest(env, known)}; known: {', '.join(known)}"])
-    return known[env]
 
 
 def build_schedules(cfg: AuditConfig, spec: EnvSpec) -> list[Schedule]:
@@ -322,33 +252,6 @@ def _make_launcher(cfg: AuditConfig, n_tasks: int) -> tuple[Launcher, int]:
     return LAUNCHERS[cfg.launcher](workers), max(1, cores // workers)
 
 
-def _collection_seeds(spec_hash: str, root: Path | None = None) -> set[int]:
-    """Env seeds (``reset(seed=...)``) of every trajectory collected on this spec under ``trajectories/``:
-    each run's ``meta.json`` names its spec hash, each trajectory's first line (its header) its seed. Read
-    directly: the study room does not import the trajectories room."""
-    seeds: set[int] = set()
-    for meta in (root or REPO_ROOT / "trajectories").glob("**/meta.json"):
-        try:
-            d = json.loads(meta.read_text())
-            if d.get("env", {}).get("spec_hash") != spec_hash:
-                continue
-            if "packed" in d:  # a packed run: every header line of its archive
-                import gzip
-
-                lines = gzip.decompress((meta.parent / d["packed"]["archive"]).read_bytes()).splitlines()
-                records = (json.loads(x) for x in lines if b'"header"' in x)
-                headers = [r for r in records if r.get("kind") == "header"]
-            else:
-                headers = []
-                for f in meta.parent.glob("*.jsonl"):
-                    with f.open() as handle:
-                        headers.append(json.loads(handle.readline()))
-            seeds.update(int(h["episode_seed"]) for h in headers)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # unreadable runs are the trajectories verifier's business
-    return seeds
-
-
 class AuditStore:
     """The audit's one writer: ``results.jsonl`` (append-only, one leaf per line) under the spec hash."""
 
@@ -388,7 +291,7 @@ class AuditStore:
 
 @dataclasses.dataclass
 class AuditRun:
-    """A finished (or resumed) audit: what :func:`mixagent.study.headroom_report.make_report` reads."""
+    """A finished (or resumed) audit: what :func:`mixagent.study.audit_report.make_report` reads."""
 
     store: AuditStore
     cfg: AuditConfig
@@ -428,7 +331,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     out_root = Path(root or REPO_ROOT / cfg.out)
     if report_only:
         return _stored_run(cfg, spec, out_root)
-    used = _collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
+    used = collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
     if used:
         raise ConfigError("audit", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
                                     f"held-out and tuning seeds must be others"])

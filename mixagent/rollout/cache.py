@@ -1,0 +1,131 @@
+"""The episode cache: every finished episode of a policy in an environment stored as one JSON file,
+``<root>/cache/<env name>-v<version>/<spec hash>/<policy key>/<seed>.json`` (``/`` and ``:`` in the key
+become ``_``). Read-only roots (the committed ``audits/compare``) are looked up after the writable one; a
+stored episode that is unreadable or holds invalid values is run again. The record is
+:func:`mixagent.rollout.episode.episode_record` (version :data:`EPISODE_VERSION`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from mixagent.config import is_number
+from mixagent.domains import DomainSpace, weights_problem
+from mixagent.env.evaluation import eval_json_problem
+from mixagent.errors import UsageError
+from mixagent.paths import atomic_write_json
+from mixagent.rollout.episode import EPISODE_VERSION, episode_record
+from mixagent.rollout.record import EpisodeRecord
+
+__all__ = ["EpisodeCache", "record_of_summary"]
+
+log = logging.getLogger(__name__)
+
+
+def _valid(ep: dict, seed: int) -> bool:
+    """A stored episode holds the seed asked for, finite scores, valid evaluations and mixtures."""
+    numbers = [ep[k] for k in ("source_score", "target_score", "source_bpb", "target_bpb", "balanced", "return")]
+    domains = ep["start"]["bpb"] if isinstance(ep["start"], dict) else None
+    return (ep.get("version") == EPISODE_VERSION and ep["seed"] == seed and isinstance(ep["truncated"], bool)
+            and all(is_number(x) for x in numbers) and isinstance(domains, dict)
+            and not any(eval_json_problem(e, domains) for e in (ep["start"], ep["final"], *ep["evals"]))
+            and all(is_number(x) for x in ep["scores"])
+            and isinstance(ep["weights"], list) and len(ep["weights"]) > 0
+            and not any(weights_problem(w, len(domains), tol=1e-4) for w in ep["weights"]))  # stored to 6 digits
+
+
+class EpisodeCache:
+    """Episodes on disk, one JSON file each, under ``<root>/cache/<env name>-v<version>/<spec hash>/``: an
+    :class:`~mixagent.rollout.record.EpisodeStore` whose stored form is the summary of
+    :func:`~mixagent.rollout.episode.episode_record` (final scores, every step's mixture, evaluation and
+    balanced score; per-step rewards are not kept, the return is).
+
+    Args:
+        root: the writable root (a comparison's ``out``, the agent's ``eval.cache``).
+        env: ``(name, version, spec hash)`` of the env.
+        read_also: further roots looked up (read only) after ``root``, e.g. the committed ``audits/compare``.
+        space: the env's domain space; :meth:`put` needs it to summarise a record (readers do not).
+    """
+
+    def __init__(self, root: Path, env: tuple[str, int, str], read_also: tuple[Path, ...] = (),
+                 space: DomainSpace | None = None) -> None:
+        name, version, spec_hash = env
+        rel = Path("cache") / f"{name}-v{version}" / spec_hash
+        self.dir = Path(root) / rel
+        self.read_dirs = [Path(r) / rel for r in read_also if (Path(r) / rel).resolve() != self.dir.resolve()]
+        self.space = space
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return key.replace("/", "_").replace(":", "_")
+
+    def path(self, key: str, seed: int) -> Path:
+        return self.dir / self._name(key) / f"{seed}.json"
+
+    def summary(self, key: str, seed: int) -> dict | None:
+        """The stored summary (the tables' row and the per-step evaluations), or ``None`` (the episode is then
+        run again) when none is stored, or when the stored one is unreadable or invalid (logged)."""
+        for d in (self.dir, *self.read_dirs):
+            p = d / self._name(key) / f"{seed}.json"
+            if not p.exists():
+                continue
+            try:
+                ep = json.loads(p.read_text())
+                if _valid(ep, seed):
+                    return ep
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                pass
+            log.warning("stored episode %s is unreadable or invalid; running it again", p)
+        return None
+
+    def get(self, key: str, seed: int) -> EpisodeRecord | None:
+        """The stored episode as a record (:func:`record_of_summary`), or ``None`` as for :meth:`summary`."""
+        found = self.summary(key, seed)
+        return record_of_summary(key, found) if found is not None else None
+
+    def put(self, record: EpisodeRecord) -> None:
+        """Store a finished episode under its key and seed (its summary; atomic).
+
+        Raises:
+            UsageError: the cache was built without the env's space.
+        """
+        if self.space is None:
+            raise UsageError("EpisodeCache.put summarises episodes in the env's domain space: build the cache with "
+                             "space=env.space")
+        self.put_summary(record.key, record.seed, episode_record(record, self.space))
+
+    def put_summary(self, key: str, seed: int, summary: dict) -> None:
+        """Store an episode's summary as read from another cache (:meth:`summary`) under ``key`` (atomic)."""
+        p = self.path(key, seed)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(p, summary)
+
+    def records(self) -> Iterator[EpisodeRecord]:
+        """Every valid stored episode (the writable root's first), keyed by its directory name (the key with
+        ``/`` and ``:`` replaced by ``_``)."""
+        seen = set()
+        for d in (self.dir, *self.read_dirs):
+            for f in sorted(d.glob("*/*.json")) if d.is_dir() else ():
+                if (f.parent.name, f.stem) in seen or not f.stem.lstrip("-").isdigit():
+                    continue
+                seen.add((f.parent.name, f.stem))
+                if (found := self.summary(f.parent.name, int(f.stem))) is not None:
+                    yield record_of_summary(f.parent.name, found)
+
+    def find(self, name: str) -> Path | None:
+        """The first of the cache directories (writable first) holding file ``name``, or ``None``."""
+        return next((d / name for d in (self.dir, *self.read_dirs) if (d / name).is_file()), None)
+
+
+def record_of_summary(key: str, summary: dict) -> EpisodeRecord:
+    """An episode cache summary as a record: one step per stored mixture with its evaluation and balanced
+    score (steps after a divergence have none); per-step rewards are ``None`` (the cache keeps the return);
+    the summary itself is ``extra["summary"]``."""
+    evals, scores = summary["evals"], summary["scores"]
+    steps = tuple({"weights": w, "eval": evals[t] if t < len(evals) else None, "reward": None,
+                   "balanced_score": scores[t] if t < len(scores) else None}
+                  for t, w in enumerate(summary["weights"]))
+    return EpisodeRecord(key, int(summary["seed"]), summary["start"], steps, summary["final"], summary["return"],
+                         bool(summary["truncated"]), {"summary": summary})

@@ -1,0 +1,85 @@
+"""Identities of what a rollout depends on: a policy spec's cache key and table identity, a policy
+artifact's content digest, and the context the registered methods are built in.
+
+* **Policy identity** (:func:`policy_key`): a constant baseline is its spec string (``uniform``,
+  ``replay:0.5``); a registered method is ``<name>@<digest>`` of its :func:`~mixagent.policies.registry.
+  policy_fingerprint` (a changed default or rule reruns it); a trained artifact is ``artifact@<digest>`` of
+  its weights and the behaviour part of its ``meta.json`` (a retrained agent reruns; a resumed one does not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from mixagent.paths import REPO_ROOT
+from mixagent.policies.baselines import parse_baseline
+from mixagent.policies.methods import ReferenceCurve
+from mixagent.policies.registry import METHODS, PolicyContext, build_policy, policy_fingerprint
+
+__all__ = ["artifact_dir", "content_digest", "is_named", "policy_identity", "policy_key", "policy_context"]
+
+
+def artifact_dir(spec: str) -> Path | None:
+    """The policy artifact directory ``spec`` names (as given, or relative to the repository root), else
+    ``None``."""
+    for path in (Path(spec), REPO_ROOT / spec):
+        if path.is_dir():
+            return path.resolve()
+    return None
+
+
+def content_digest(obj: object) -> str:
+    """12 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _artifact_id(path: Path) -> str:
+    """What defines an artifact's behaviour: its weight and tensor files and its ``meta.json`` less the
+    record of how it was trained (``training``, ``versions``: a resumed run with other evaluation settings
+    rewrites those, the policy is the same)."""
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.is_file() and f.name != "meta.json":
+            h.update(f.name.encode() + f.read_bytes())
+    meta = path / "meta.json"
+    if meta.is_file():
+        try:
+            acts = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("training", "versions")}
+        except ValueError:  # unreadable: its bytes are its identity (loading it fails with a typed error)
+            acts = {"bytes": meta.read_text(errors="replace")}
+        h.update(b"meta.json" + json.dumps(acts, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def is_named(spec: str) -> bool:
+    """A registered method or constant baseline (names win over a directory of the same name)."""
+    return spec in METHODS or parse_baseline(spec) is not None
+
+
+def policy_identity(policy: str) -> str:
+    """A method spec as written; an artifact directory by its content (a retrained agent at the same path is
+    another policy). The identity a comparison's or a deploy case's table records per row."""
+    path = None if is_named(policy) else artifact_dir(policy)
+    return f"artifact@{_artifact_id(path)}" if path is not None else policy
+
+
+def policy_key(spec: str, ctx: PolicyContext) -> str:
+    """The cache identity of policy ``spec`` in context ``ctx`` (see the module docstring)."""
+    if spec in METHODS:
+        return f"{spec}@{content_digest(policy_fingerprint(build_policy(spec, ctx)))}"
+    path = None if is_named(spec) else artifact_dir(spec)
+    if path is not None:
+        return f"artifact@{_artifact_id(path)}"
+    return spec
+
+
+def policy_context(context: Mapping, env) -> PolicyContext:
+    """What the methods need in ``env``: its natural shares, the preparation runs' results (``context``,
+    JSON: ``reference`` curve, ``regmix`` mixture) and the optimizer batches per segment (ODM counts its
+    updates in batches)."""
+    reference = ReferenceCurve.from_json(context["reference"]) if context.get("reference") else None
+    return PolicyContext(env.natural.to_mapping(), reference, context.get("regmix"),
+                         getattr(env.backend, "steps_per_segment", 1))
