@@ -40,7 +40,7 @@ compare: data
 	$(MIXAGENT) compare --config configs/compare/v1.yaml
 
 # the world model of v1 on the committed dataset: held-out R², policy ranking; committed under
-# checkpoints/world_models/math-cpt-v1 (about 2 min); gymnasium.make("mixagent/math-cpt-surrogate-v1") serves it
+# checkpoints/world_models/math-cpt-v1 (about a minute); gymnasium.make("mixagent.envs:mixagent/math-cpt-surrogate-v1")
 world-model: data
 	$(MIXAGENT) world-model --config configs/world_model/default.yaml
 

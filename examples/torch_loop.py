@@ -8,7 +8,8 @@ The loop: the base model (pre-trained on the source field) trains on batches fro
 every ``--every`` steps the Mixer evaluates it, asks the policy for a mixture and publishes it to the
 data. ``--save-every`` writes model, optimizer and mixing state to ``--out/checkpoint-<step>`` (each
 directory appears whole or not at all); ``--resume`` continues from the latest bit for bit.
-``--report`` writes what happened as JSON (used by the tests).
+``--report`` writes what happened as JSON (used by the tests). The same run with a Hugging Face Trainer is
+the deploy job (``examples/hf_trainer_cpt.py``, ``python -m mixagent.deploy --config configs/deploy/cpt.yaml``).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from mixagent.deploy.cpt import add_run_arguments
-from mixagent.deploy.local import build_local_run
+from mixagent.deploy.local import INITIAL_MIXTURES, build_local_run
 from mixagent.deploy.loop import Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerConfig
@@ -34,7 +34,19 @@ from mixagent.env.rewards import balanced_score
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(p, base="configs/base_model/default.yaml")
+    p.add_argument("--policy", default="replay:0.5", help="uniform|natural|target_only|replay:<rho>|artifact dir")
+    p.add_argument("--base", default="configs/base_model/default.yaml", help="base-model config of the trained model")
+    p.add_argument("--space", default="configs/spaces/math-sub.yaml", help="domain space (environment v1's)")
+    p.add_argument("--env", default="envs/math-cpt.yaml", help="env spec whose eval block is used (v1's)")
+    p.add_argument("--initial", default="natural", choices=INITIAL_MIXTURES, help="the starting mixture")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--every", type=int, default=25, help="optimizer steps between mixture updates")
+    p.add_argument("--batch", type=int, default=8, help="sequences per step on each rank")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--floor", type=float, default=0.0, help="minimum weight of every domain")
+    p.add_argument("--max-change", type=float, default=1.0, help="largest total-variation move per update")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/deploy/torch_loop")
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (0: never)")
     p.add_argument("--stop-after", type=int, default=0, help="stop after N steps (to test --resume)")

@@ -6,7 +6,7 @@ trains the agent on it briefly (``configs/agent/demo.yaml``: BC then CQL on the 
 the agent and three baselines out on a held-out seed and prints source, target and normalised scores. Then
 deploys: the committed reference agent (``checkpoints/agents/math-cpt-v1``, a per-domain policy; the demo's
 own agent when it is missing) drives a short Hugging Face Trainer run of continual pre-training of a larger model
-(``configs/base_model/2m.yaml``, 4x the proxy; the deploy job ``python -m mixagent.deploy --config
+(``configs/base_model/2m.yaml``, 3x the proxy; the deploy job ``mixagent deploy --config
 configs/deploy/cpt-2m.yaml``) next to a
 uniform-mixture run of the same length. ``--collect CONFIG`` collects a dataset first (the toy
 ``configs/collect/demo.yaml`` on v0, for instance, with an agent config that reads it). Every stage
@@ -30,12 +30,12 @@ from mixagent.paths import CONFIGS_DIR, REPO_ROOT
 __all__ = ["main", "REFERENCE_AGENT"]
 
 # the reference agent: per-domain behaviour cloning of the best quarter of the committed v1 dataset
-# (python -m mixagent.agent per-domain); it drives any domain space, so the deployment below needs no mapping
+# (mixagent per-domain); it drives any domain space, so the deployment below needs no mapping
 REFERENCE_AGENT = REPO_ROOT / "checkpoints/agents/math-cpt-v1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixagent.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mixagent demo", description=__doc__)
     parser.add_argument("--collect", default="", help="collect this config first (default: none; the agent "
                         "reads the committed reference dataset)")
     parser.add_argument("--agent", default=str(CONFIGS_DIR / "agent/demo.yaml"), help="agent config")
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
            env: str = "envs/math-cpt.yaml") -> dict | None:
-    """One deploy job (``python -m mixagent.deploy --config configs/deploy/cpt-2m.yaml``) in a fresh process;
+    """One deploy job (``mixagent deploy --config configs/deploy/cpt-2m.yaml``) in a fresh process;
     its report is reused when the run already finished."""
     label = "agent" if Path(policy).is_dir() else policy.replace(":", "")
     out = REPO_ROOT / f"runs/deploy/demo-job/{label}-{Path(space).stem}-{steps}"

@@ -42,7 +42,7 @@ class Domain:
     Args:
         name: unique name, used as the key of weights on disk.
         field: ``source`` (the field we must not forget) or ``target`` (the field we learn).
-        corpora: corpus names (see ``python -m mixagent.data list``) whose documents form this domain.
+        corpora: corpus names (see ``mixagent data list``) whose documents form this domain.
         cluster: when set, only documents the field's labeller put in this cluster.
         match: when set, only passages whose id matches this regular expression (``re.search``), e.g.
             ``'^C_'`` for CHAMP's concepts or ``'-ref#'`` for its reference solutions: sub-domains of one

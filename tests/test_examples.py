@@ -1,6 +1,7 @@
 """The deployment examples run end to end at tiny scale: a resumed plain loop equals an uninterrupted one,
-and two-process DDP runs (gloo, CPU) of both examples keep bit-identical mixtures on every rank while
-training on different samples."""
+and two-process DDP runs (gloo, CPU) of both examples (the plain loop; the YAML deploy job through
+``examples/hf_trainer_cpt.py``) keep bit-identical mixtures on every rank while training on different
+samples."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from mixagent.paths import REPO_ROOT
 
 TINY = ["--base", "configs/base_model/tiny.yaml", "--space", "configs/spaces/tiny.yaml", "--env", "envs/tiny.yaml",
         "--batch", "4"]
+# the same tiny run as overrides of configs/deploy/cpt.yaml (the deploy job's config)
+TINY_JOB = ["model.path=configs/base_model/tiny.yaml", "data.corpora=configs/spaces/tiny.yaml",
+            "eval.env=envs/tiny.yaml", "trainer.per_device_train_batch_size=4"]
 
 
 def run(script: str, *args: str, procs: int = 1) -> str:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
                 if procs > 1 else [sys.executable])
-    out = subprocess.run([*launcher, str(REPO_ROOT / "examples" / script), *TINY, *args], cwd=REPO_ROOT,
+    tiny = TINY_JOB if script == "hf_trainer_cpt.py" else TINY
+    out = subprocess.run([*launcher, str(REPO_ROOT / "examples" / script), *tiny, *args], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
@@ -55,10 +60,13 @@ def test_torch_loop_ddp_two_processes(tmp_path):
 
 def test_hf_trainer_example_ddp_two_processes(tmp_path):
     report = tmp_path / "hf.json"
-    stdout = run("hf_trainer_cpt.py", "--steps", "8", "--every", "4", "--report", str(report),
-                 "--out", str(tmp_path / "o"), procs=2)
-    assert "source" in stdout and "target" in stdout
+    stdout = run("hf_trainer_cpt.py", "trainer.max_steps=8", "trainer.warmup_steps=1", "policy.every=4",
+                 f"report={report}", f"trainer.output_dir={tmp_path / 'o'}", procs=2)
+    assert "source" in stdout and "target" in stdout and "progress 0.50:" in stdout
     r0, r1 = (json.loads(Path(tmp_path / f"hf.rank{r}.json").read_text()) for r in (0, 1))
-    assert len(r0["weights"]) == 2 and r0["weights"] == r1["weights"] and r0["schedule"] == r1["schedule"]
-    assert r0["batches_sha256"] != r1["batches_sha256"]
+    w0, w1 = ([h["weights"] for h in r["history"]] for r in (r0, r1))
+    assert len(w0) == 2 and w0 == w1 and r0["schedule"] == r1["schedule"]  # bit-identical mixtures
+    assert len(r0["batches_sha256"]) >= 8 and not set(r0["batches_sha256"]) & set(r1["batches_sha256"])
+    assert r0["final"] == r1["final"]  # DDP kept the replicas identical
     assert json.loads(report.read_text())["final"] == r0["final"]
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["history"] == r0["history"]

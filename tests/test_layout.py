@@ -3,6 +3,7 @@
 faces are lazy. ``pytest -s tests/test_layout.py -k print`` prints the rooms, floors and arrows."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,3 +170,20 @@ def test_print_layout():
     assert {"rollout", "model_based", "agent", "study", "trajectories"} <= set(arrows)
     assert "rollout" in arrows["study"] and "rollout" in arrows["trajectories"] and "rollout" in arrows["agent"]
     assert "model_based" not in arrows["agent"]  # the agent is handed a world model, it never loads one
+
+
+def test_tests_mirror_the_package():
+    """``tests/<room>/test_<name>.py`` for a room of the package (ground-floor, command-line and cross-room tests
+    sit in ``tests/``), and no module or test is named after a ticket or a version."""
+    tests = Path(__file__).parent
+    rooms = {p.name for p in PKG.iterdir() if (p / "__init__.py").is_file()}
+    misplaced = [str(f.relative_to(tests)) for f in tests.rglob("test_*.py")
+                 if f.parent != tests and f.parent.name not in rooms]
+    assert not misplaced, f"test files outside a package room: {misplaced}"
+    named = [str(f) for f in (*PKG.rglob("*.py"), *tests.rglob("test_*.py"))
+             if re.search(r"(^|_)(v\d+|issue\d*)(_|$)", f.stem)]
+    assert not named, f"modules or tests named after a ticket or a version: {named}"
+    ticket = re.compile(r"\bissue \d+\b|\(issue\b", re.IGNORECASE)
+    mentions = [str(f.relative_to(PKG.parent)) for f in (*PKG.rglob("*.py"), *tests.rglob("*.py"))
+                if f.name != Path(__file__).name and ticket.search(f.read_text())]
+    assert not mentions, f"code that refers to tickets instead of saying what it does: {mentions}"

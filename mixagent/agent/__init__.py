@@ -2,11 +2,13 @@
 with offline (FQE) and online evaluation. d3rlpy is imported only here (names load lazily).
 
 * ``config``: :class:`AgentConfig` and its sections; ``dataset``: trajectories -> transitions -> d3rlpy;
-  ``algos``: the d3rlpy side; ``train``: :func:`train_agent` (stages, checkpoints, FQE); ``online``:
-  rollouts of the agent and the baselines on held-out seeds.
+  ``algos``: the d3rlpy side; ``train``: :func:`train_agent` (stages, checkpoints, FQE; model-based stage 2
+  is handed a world model by :mod:`mixagent.model_based`); ``evaluate``: rollouts of the agent and the
+  baselines on held-out seeds; ``train_per_domain``: behaviour cloning of the per-domain policy
+  (:mod:`mixagent.policies.per_domain`, plain torch).
 
-CLI: ``python -m mixagent.agent train --config configs/agent/<name>.yaml [key=value ...] [--resume]``
-(``python -m mixagent.train_agent`` is the same command).
+CLI: ``mixagent train-agent --config configs/agent/<name>.yaml [key=value ...] [--resume]``
+(``python -m mixagent.train_agent`` and ``python -m mixagent.agent train`` are the same command).
 """
 
 from __future__ import annotations

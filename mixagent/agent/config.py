@@ -72,7 +72,7 @@ def _eval_baseline_problems(spec: str) -> list[str]:
     if spec in METHODS:
         if spec in (*NEEDS_REFERENCE, "regmix"):
             return [f"{spec!r} needs preparation runs (a reference run or proxy runs): compare the agent with it "
-                    f"through `python -m mixagent.study compare --policies {spec},runs/agent/<name>/rl`"]
+                    f"through `mixagent compare --policies {spec},runs/agent/<name>/rl`"]
         return []
     return method_problems(spec)
 
@@ -181,12 +181,12 @@ class OnlineEvalConfig:
         baselines: ``uniform``, ``natural``, ``target_only`` and ``replay:<rho>`` entries, and the registered
             methods that need nothing but the natural shares (``decay_switch``, ``end_upsample``, ``odm``,
             ``ado``, ``aioli``); DoReMi, Velocitune and RegMix need preparation runs: compare against them
-            with ``python -m mixagent.study compare``.
+            with ``mixagent compare``.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
         cache: root of the episode cache (``mixagent.rollout.engine``: one file per episode, keyed by the env's
             spec hash and the policy's identity), relative to the repository root. ``runs/compare`` is also
-            where ``python -m mixagent.study compare`` writes by default, so the two share episodes there (the
+            where ``mixagent compare`` writes by default, so the two share episodes there (the
             shipped comparison configs write to the committed ``audits/compare`` instead, and read only
             that). Empty keeps the episodes in the run directory and turns ``reuse`` off.
         reuse: comparison roots whose cached episodes are reused read only (the committed ``audits/compare``:
@@ -235,7 +235,7 @@ class WandbConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    """An agent training job: ``python -m mixagent.train_agent --config configs/agent/<name>.yaml``.
+    """An agent training job: ``mixagent train-agent --config configs/agent/<name>.yaml``.
 
     Args:
         name: run name: the directory ``<out_dir>/<name>``.

@@ -86,7 +86,7 @@ def load_trajectories(paths: Sequence[str | Path]) -> TrajectorySet:
         path = Path(p)
         if not (path / "meta.json").is_file():
             raise AgentDataError(f"{path} is not a trajectory run (no meta.json); collect it with "
-                                 f"`python -m mixagent.trajectories collect --config configs/collect/<name>.yaml`")
+                                 f"`mixagent collect --config configs/collect/<name>.yaml`")
         runs.append(Run(path))
         dirs.append(path)
     first = runs[0]
@@ -110,7 +110,7 @@ def load_trajectories(paths: Sequence[str | Path]) -> TrajectorySet:
                 items.append((run.name, traj))
     if not items:
         raise AgentDataError(f"the runs {[str(d) for d in dirs]} hold no usable trajectories ({flagged} flagged as "
-                             f"diverged); collect more with `python -m mixagent.trajectories collect ... --resume`")
+                             f"diverged); collect more with `mixagent collect ... --resume`")
     proxy = first.meta.get("proxy") or {}
     try:
         reference = Reference.from_json(proxy["reference"]) if proxy.get("reference") else None

@@ -4,12 +4,13 @@ The episodes run on the comparison's engine (:mod:`mixagent.rollout.engine`): th
 (``local`` worker processes or ``inline``), every finished episode one JSON file in the episode cache keyed
 by the env's spec hash and the policy's identity (a baseline's spec, a method's fingerprint, an agent
 artifact's content). An interrupted evaluation resumes where it stopped, and the episodes
-``python -m mixagent.study compare`` ran on the same spec and seeds (the committed ``audits/compare``
+``mixagent compare`` ran on the same spec and seeds (the committed ``audits/compare``
 among them) are reused, not rerun.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -20,7 +21,8 @@ from mixagent.env.environment import MixingEnv
 from mixagent.errors import ConfigError
 from mixagent.policies import baseline_problems, parse_baseline
 from mixagent.rollout.cache import EpisodeCache
-from mixagent.rollout.engine import EpisodeSetup, roll_policies
+from mixagent.rollout.engine import roll_policies
+from mixagent.rollout.runner import RunnerSetup
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +72,15 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
         ConfigError: the env built from ``spec`` has another hash (the base model, data or space changed
             since collection), scores with other reference extremes, or a policy the registry refuses.
     """
-    driver = EpisodeSetup(spec, torch.get_num_threads(), {}, env_factory, reference).make_runner()  # checks extremes
-    env = driver.env
+    setup = RunnerSetup(spec, 1, env_factory, reference=reference)
+    env = dataclasses.replace(setup, threads=torch.get_num_threads()).make_runner().env  # checks the extremes
     if env.spec_.spec_hash() != spec_hash:
         raise ConfigError("online evaluation", [
             f"the env built from the recorded spec has hash {env.spec_.spec_hash()}, the trajectories were "
             f"collected with {spec_hash}: the base model, data or domain space changed since collection; "
             f"rebuild them as they were or collect again"])
-    store = EpisodeCache(cache, (env.spec_.name, env.spec_.version, spec_hash), read_also)
-    results = roll_policies(env, policies, list(seeds), store, EpisodeSetup(spec, 1, {}, env_factory, reference),
+    store = EpisodeCache(cache, (env.spec_.name, env.spec_.version, spec_hash), read_also, space=env.space)
+    results = roll_policies(env, policies, list(seeds), store, setup,
                             desc="online eval", launcher="inline" if env_factory is not None else launcher,
                             workers=workers, progress=progress)
     if report_dir is not None:

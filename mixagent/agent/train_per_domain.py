@@ -1,5 +1,5 @@
 """Behaviour cloning of the per-domain policy (:mod:`mixagent.policies.per_domain`):
-``python -m mixagent.agent per-domain [--data RUN ...] [--out DIR] [--steps N]``.
+``mixagent per-domain [--data RUN ...] [--out DIR] [--steps N]``.
 
 The same data as the SFT stage of ``make train-agent`` (the best ``top_fraction`` of trajectories under the
 env's reward, each branched prefix once), the same loss as d3rlpy's deterministic BC (mean squared error
@@ -156,14 +156,14 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mixagent.agent per-domain``."""
+    """``mixagent per-domain``."""
     import argparse
     import sys
 
     from mixagent.config import from_dict
     from mixagent.errors import MixagentError
 
-    parser = argparse.ArgumentParser(prog="python -m mixagent.agent per-domain",
+    parser = argparse.ArgumentParser(prog="mixagent per-domain",
                                      description="Behaviour cloning of the per-domain policy (any domain space).")
     parser.add_argument("--data", nargs="+", default=list(PerDomainBCConfig.data))
     parser.add_argument("--out", default="runs/agent/per-domain/bc")

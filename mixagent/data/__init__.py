@@ -1,4 +1,4 @@
-"""Data: corpora from registry packages (``python -m mixagent.data build``), the local tokenizer,
+"""Data: corpora from registry packages (``mixagent data build``), the local tokenizer,
 tokenized splits, the TF-IDF + k-means labeller for fine-grained spaces, and :class:`DomainData` (every
 domain's token streams and validation windows). Names load lazily."""
 

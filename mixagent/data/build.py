@@ -1,4 +1,4 @@
-"""``python -m mixagent.data build``: assemble the corpora, split by document, write manifests atomically.
+"""``mixagent data build``: assemble the corpora, split by document, write manifests atomically.
 
 Output (``data/corpora/``)::
 
@@ -264,7 +264,7 @@ def build(data: DataConfig, root: Path | None = None, force: bool = False) -> Pa
 def _require(cdir: Path, corpus: str) -> Path:
     if not (cdir / "BUILD.json").exists():
         raise DataMissingError(f"no built corpora in {cdir}; build them with `make data` "
-                               f"(python -m mixagent.data build)")
+                               f"(mixagent data build)")
     path = cdir / corpus
     if not path.is_dir():
         skipped = json.loads((cdir / "BUILD.json").read_text()).get("skipped", {})
@@ -285,12 +285,12 @@ def read_manifest(corpus: str, cdir: Path | None = None, verify: bool = False) -
         files = manifest["files"]
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptArtifactError(f"manifest of corpus {corpus!r} in {path} is unreadable ({exc}); "
-                                   f"rebuild with `python -m mixagent.data build --force`") from None
+                                   f"rebuild with `mixagent data build --force`") from None
     if verify:
         for fname, meta in files.items():
             if _sha256(path / fname) != meta["sha256"]:
                 raise CorruptArtifactError(f"{path / fname} does not match the sha256 in its manifest; "
-                                           f"rebuild with `python -m mixagent.data build --force`")
+                                           f"rebuild with `mixagent data build --force`")
     return manifest
 
 

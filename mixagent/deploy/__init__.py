@@ -10,8 +10,9 @@ transformers is loaded only with :class:`MixAgentCallback`.
 * ``job``: the deploy job (``python -m mixagent.deploy --config configs/deploy/<name>.yaml``), its config in
   ``job_config`` (:class:`DeployConfig`), the user's data in ``user_data``, domain mappings in ``mapping``,
   its report in ``report``.
-* ``local``: runs on mixagent's own corpora and base models; ``cpt``: the older flag-driven Trainer CPT
-  script (``python -m mixagent.deploy.cpt``); ``gguf``: SmolLM2 from its wheel; ``distributed``: rank helpers.
+* ``local``: runs on mixagent's own corpora and base models; ``cpt``: the legacy alias
+  ``python -m mixagent.deploy.cpt [flags]``, which maps the old Trainer CPT script's flags onto overrides of
+  ``configs/deploy/cpt.yaml`` and runs the job; ``gguf``: SmolLM2 from its wheel; ``distributed``: rank helpers.
 """
 
 from __future__ import annotations

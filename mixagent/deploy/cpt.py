@@ -44,6 +44,7 @@ directory holding another run's state is refused (start a new one with ``--out``
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -137,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     overrides = to_overrides(args)
-    print("mixagent.deploy.cpt is a legacy alias; running: python -m mixagent.deploy --config "
-          f"{CONFIG} {shlex.join(overrides)}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+        print("mixagent.deploy.cpt is a legacy alias; running: python -m mixagent.deploy --config "
+              f"{CONFIG} {shlex.join(overrides)}", file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_config(REPO_ROOT / CONFIG, overrides)
 

@@ -210,7 +210,11 @@ def _initial(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, mode
         return natural
     if cfg.policy.initial == "uniform":
         return DomainWeights.normalised(space, np.ones(space.k))
-    return run.initial("estimate", model, seed=cfg.seed)  # the config allows it with corpora and a base model only
+    if run is None:  # load_config refuses this combination; a config built in code is checked here
+        raise ConfigError("policy.initial", ["estimate needs data.corpora and model.kind base (it classifies "
+                                             "text sampled from the model with mixagent's tokenizer): use natural "
+                                             "or uniform"])
+    return run.initial("estimate", model, seed=cfg.seed)
 
 
 def _write_copies(cfg: DeployConfig, report: dict, rank: int, world: int, first: bool) -> None:
@@ -342,7 +346,6 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               f"{s['source']:.4f} -> {f['source']:.4f}, target {s['target']:.4f} -> {f['target']:.4f}; report: "
               f"{out / 'report.md'}")
     return report
-
 
 
 def run_config(config: str | Path, overrides: list[str] | tuple[str, ...] = (), progress: bool = True,

@@ -132,21 +132,23 @@ def text_run_pieces(space: DomainSpace, tokenizer, seq_len: int, batch_size: int
     if any(d.cluster is not None for d in space.domains):
         raise ConfigError("text_run_pieces", [f"space {space.name!r} has cluster domains; use a space of whole "
                                               f"corpora (e.g. configs/spaces/math-natural.yaml)"])
+
     def passages(d, split: str) -> list[str]:
         keep = re.compile(d.match).search if d.match is not None else None
         return [p["text"] for c in d.corpora for p in read_split(c, split) if keep is None or keep(p["id"])]
 
     sources, windows, tokens = {}, {}, []
     for i, d in enumerate(space.domains):
-        ds = datasets.Dataset.from_dict({"text": passages(d, "train")[:max_docs]})
+        train = passages(d, "train")[:max_docs]
+        if not train:
+            raise ConfigError(space.name, [f"domain {d.name!r} has no training passage in {d.corpora} (match "
+                                           f"{d.match!r}); check the pattern against the ids in "
+                                           f"data/corpora/<corpus>/train.jsonl"])
+        ds = datasets.Dataset.from_dict({"text": train})
         sources[d.name] = HFDatasetSource(ds, seq_len, tokenizer=tokenizer, eos_id=eos_id, seed=seed + i)
         tokens.append(sum(len(x) + 1 for x in sources[d.name].dataset["input_ids"]))  # documents + separators
         val_src = HFDatasetSource(datasets.Dataset.from_dict({"text": passages(d, "val")}), seq_len + 1,
                                   tokenizer=tokenizer, eos_id=eos_id, seed=0)
         windows[d.name] = np.stack([w for _, w in zip(range(eval_windows), val_src.windows(0))])
-    if not all(tokens):
-        empty = [d.name for d, n in zip(space.domains, tokens) if not n]
-        raise ConfigError(space.name, [f"domains {empty} have no training passage (check their corpora and match "
-                                       f"patterns against data/corpora/<corpus>/train.jsonl)"])
     natural = DomainWeights.normalised(space, np.asarray(tokens, dtype=np.float64))
     return MixtureDataset(sources, space, batch_size, seed=seed, initial=natural), HeldOutLoss(windows, space), natural

@@ -3,7 +3,7 @@ evaluation environment after every segment. Names load lazily (``import mixagent
 
 * ``spec``: :class:`EnvSpec` (``envs/*.yaml``) and :func:`load_spec`; ``environment``: :class:`MixingEnv`.
 * ``model``: Llama-style proxies from config; ``base_model``: the cached source-field base checkpoint
-  (``python -m mixagent.env.base_model``); ``proxy``: the LR schedule and the training-segment loop.
+  (``mixagent base-model``); ``proxy``: the LR schedule and the training-segment loop.
 * ``evaluation``: :class:`EvalResult`, bits per byte and benchmarks; ``observation``: the shared
   :class:`ObservationBuilder`; ``rewards``: named reward functions; ``backends``: the real LM and an
   analytic stand-in behind the ``ProxyBackend`` protocol.

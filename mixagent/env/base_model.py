@@ -1,4 +1,4 @@
-"""``make base-model`` (``python -m mixagent.env.base_model``): pre-train the proxy on the source field at its
+"""``make base-model`` (``mixagent base-model``): pre-train the proxy on the source field at its
 natural proportions and cache the checkpoint (safetensors + meta.json with its sha256) by config hash."""
 
 from __future__ import annotations
@@ -118,11 +118,11 @@ def _load(path: Path, cfg: BaseModelConfig, tokenizer, tok_hash: str) -> BaseMod
         expected = meta["sha256"]
     except (OSError, ValueError, KeyError) as exc:
         raise CorruptArtifactError(f"base model meta {meta_path} is unreadable ({exc}); rebuild it with "
-                                   f"`make base-model` (runs python -m mixagent.env.base_model --rebuild)") from None
+                                   f"`make base-model` (runs mixagent base-model --rebuild)") from None
     if not weights.exists() or _sha256(weights) != expected:
         raise CorruptArtifactError(f"base model {weights} does not match the sha256 in {meta_path}; it is corrupt "
                                    f"or was modified. Rebuild it with `make base-model` "
-                                   f"(python -m mixagent.env.base_model --rebuild)")
+                                   f"(mixagent base-model --rebuild)")
     mcfg = cfg.model_config(len(tokenizer))
     model = build_model(mcfg)
     load_model(model, str(weights))
@@ -251,7 +251,7 @@ def _pretrain(cfg: BaseModelConfig, root: Path, tokenizer, tok_hash: str, path: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mixagent.env.base_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mixagent base-model", description=__doc__)
     parser.add_argument("--config", default=str(CONFIGS_DIR / "base_model/default.yaml"))
     parser.add_argument("--rebuild", action="store_true", help="rebuild a checkpoint that fails its hash check")
     parser.add_argument("--commit", action="store_true",

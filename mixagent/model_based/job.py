@@ -1,5 +1,5 @@
 """Fit the world model and measure it:
-``python -m mixagent.agent world-model --config configs/world_model/default.yaml [key=value ...]``.
+``mixagent world-model --config configs/world_model/default.yaml [key=value ...]``.
 
 1. Fit the ensemble (:mod:`mixagent.model_based.world_model`) on the collection trees not held out.
 2. **One-step accuracy**: R² of every output on the held-out trees' transitions (whole trees, so no
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class WorldModelJobConfig:
-    """What ``python -m mixagent.agent world-model`` fits and measures.
+    """What ``mixagent world-model`` fits and measures.
 
     Args:
         data: trajectory run directories (one env spec and domain space).

@@ -156,7 +156,7 @@ def make_surrogate_env(world_model: str | Path | WorldModel, spec: str | Path | 
     if spec.spec_hash() != model.meta["spec_hash"]:
         raise WorldModelError(f"the world model was fitted on {model.meta['env_id']} (spec hash "
                               f"{model.meta['spec_hash']}), not on {spec.env_id} (spec hash {spec.spec_hash()}); fit "
-                              f"one on trajectories of that spec (python -m mixagent.agent world-model data=[<run>])")
+                              f"one on trajectories of that spec (mixagent world-model data=[<run>])")
     env = MixingEnv(spec, backend=WorldModelBackend(model, spec, mode), render_mode=render_mode)
     recorded = model.meta.get("observed_lr")
     if recorded is not None and not np.allclose(env.lr_schedule(), recorded, atol=1e-9):

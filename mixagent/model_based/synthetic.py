@@ -45,8 +45,8 @@ def surrogate_for(cfg: ModelBasedConfig, tset: TrajectorySet, mode: str) -> Any:
     if model.meta["spec_hash"] != tset.env["spec_hash"] or list(model.space.names) != list(tset.space.names):
         raise WorldModelError(f"the world model {cfg.world_model} was fitted on {model.meta['env_id']} (spec hash "
                               f"{model.meta['spec_hash']}), the runs were collected on {tset.env['id']} (spec hash "
-                              f"{tset.env['spec_hash']}); fit one on these runs (python -m mixagent.agent "
-                              f"world-model data=[<run>] out=<dir>) and set model.world_model")
+                              f"{tset.env['spec_hash']}); fit one on these runs (mixagent world-model "
+                              f"data=[<run>] out=<dir>) and set model.world_model")
     return make_surrogate_env(model, mode=mode, penalty=cfg.penalty)
 
 

@@ -289,7 +289,7 @@ def load_world_model(path: str | Path) -> WorldModel:
     path = Path(path)
     if not (path / "meta.json").is_file() or not (path / "model.safetensors").is_file():
         raise WorldModelError(f"{path} is not a world-model artifact (model.safetensors + meta.json); fit one with "
-                              f"python -m mixagent.agent world-model --config configs/world_model/default.yaml")
+                              f"mixagent world-model --config configs/world_model/default.yaml")
     meta = json.loads((path / "meta.json").read_text())
     if meta.get("version") != WORLD_MODEL_VERSION:
         raise SchemaVersionError(f"{path}: world-model version {meta.get('version')!r}, this mixagent reads "

@@ -130,7 +130,7 @@ def meta_problems(meta: dict[str, Any]) -> list[str]:
 
 
 def _corrupt(path: Path, what: str) -> CorruptArtifactError:
-    return CorruptArtifactError(f"policy artifact {path}: {what}; re-export it with `python -m mixagent.train_agent "
+    return CorruptArtifactError(f"policy artifact {path}: {what}; re-export it with `mixagent train-agent "
                                 f"--config <its config> --resume` (or train again)")
 
 
@@ -256,8 +256,8 @@ def load_policy(path: str | Path, device: str = "cpu") -> AgentPolicy | Any:
 
     if Path(path).is_dir() and not (Path(path) / META_FILE).exists():
         raise CorruptArtifactError(f"{path} is not a policy artifact directory (it has no {META_FILE}): give a "
-                                   f"directory written by `python -m mixagent.train_agent` (runs/agent/<name>/sft or "
-                                   f"rl) or `python -m mixagent.agent per-domain`, or a baseline such as replay:0.5")
+                                   f"directory written by `mixagent train-agent` (runs/agent/<name>/sft or "
+                                   f"rl) or `mixagent per-domain`, or a baseline such as replay:0.5")
     try:
         kind = json.loads((Path(path) / META_FILE).read_text()).get("kind")
     except (OSError, ValueError, AttributeError):

@@ -216,7 +216,7 @@ class DoReMiPolicy(_OnlineMethod):
                  average: bool = False) -> None:
         if reference is None:
             raise ConfigError("doremi", ["DoReMi needs a reference run (a ReferenceCurve of a natural-weights run "
-                                         "in the same env); `python -m mixagent.study compare` records one"])
+                                         "in the same env); `mixagent compare` records one"])
         if not (eta > 0 and 0 <= smoothing <= 1):
             raise ConfigError("doremi", [f"eta must be > 0 and smoothing in [0, 1], got {eta}, {smoothing}"])
         self.reference, self.eta, self.smoothing, self.average = reference, float(eta), float(smoothing), average
@@ -409,7 +409,7 @@ class VelocitunePolicy(_OnlineMethod):
             raise ConfigError("velocitune", [f"eta must be > 0, got {eta}"])
         if reference is None:
             raise ConfigError("velocitune", ["Velocitune needs a reference run for its target losses (a "
-                                             "ReferenceCurve); `python -m mixagent.study compare` records one"])
+                                             "ReferenceCurve); `mixagent compare` records one"])
         self.natural, self.reference, self.eta = natural, reference, float(eta)
 
     def start(self, space: DomainSpace) -> np.ndarray:

@@ -41,8 +41,8 @@ class PolicyContext:
 
 def _regmix(ctx: PolicyContext) -> MixingPolicy:
     if ctx.regmix is None:
-        raise ConfigError("regmix", ["RegMix's mixture is not fitted: run it through `python -m mixagent.study "
-                                     "compare` (which makes its proxy runs and fits it)"])
+        raise ConfigError("regmix", ["RegMix's mixture is not fitted: run it through `mixagent compare`"
+                                     " (which makes its proxy runs and fits it)"])
     return FixedPolicy(ctx.regmix)
 
 

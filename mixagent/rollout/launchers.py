@@ -6,8 +6,8 @@ events back to the driver (the one writer).
 * ``ray``: one Ray actor per worker, on a local Ray or a cluster (``--address``); every node needs mixagent
   installed with its data built (``make base-model``).
 
-A worker builds its runner once (``setup.make_runner()``: a collection ``TreeRunner``, or the agent's
-online-evaluation runner), then runs tasks (``runner.run(*task)``) until they run out. Tasks are
+A worker builds its runner once (``setup.make_runner()``: the one :class:`mixagent.rollout.runner.Runner`),
+then runs tasks (``runner.run(task)``) until they run out. Tasks are
 independent and deterministic, so which worker runs which task does not change the results.
 
 Events are small dataclasses: the launcher's own (:class:`Ready`, one per worker) and the runner's (the
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from mixagent.errors import ConfigError, WorkerError
 
-__all__ = ["Launcher", "Runner", "RunnerSetup", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
+__all__ = ["Launcher", "Worker", "WorkerSetup", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
            "cpu_count", "Ready"]
 
 
@@ -57,21 +57,22 @@ _KEPT = ("what the driver stored before (trajectories, episodes) is kept: fix th
          "command with --resume")
 
 
-class Runner(Protocol):
-    """Runs one task at a time in a worker and yields its events."""
+class Worker(Protocol):
+    """Runs one task at a time in a worker and yields its events (:class:`mixagent.rollout.runner.Runner`)."""
 
     identity: dict
 
-    def run(self, *task: Any) -> Iterator[Any]:
+    def run(self, task: Any) -> Iterator[Any]:
         """Yield the task's events (picklable dataclasses)."""
 
 
-class RunnerSetup(Protocol):
-    """Picklable description of a worker: builds its runner once per worker."""
+class WorkerSetup(Protocol):
+    """Picklable description of a worker: builds its runner once per worker
+    (:class:`mixagent.rollout.runner.RunnerSetup`)."""
 
     threads: int
 
-    def make_runner(self) -> Runner:
+    def make_runner(self) -> Worker:
         """Build the worker's runner (env, model...)."""
 
 
@@ -86,7 +87,7 @@ def cpu_count() -> int:
 class Launcher(Protocol):
     """Runs tasks on ``workers`` workers and yields the runners' events (plus one :class:`Ready` per worker)."""
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
+    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
         """Yield events until every task is done; raise :class:`WorkerError` if a worker fails."""
 
     def close(self) -> None:
@@ -97,13 +98,13 @@ class InlineLauncher:
     """Runs every tree in the calling process, one after another."""
 
     def __init__(self, workers: int = 1, address: str = "") -> None:
-        self.runner: Runner | None = None
+        self.runner: Worker | None = None
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
+    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
         self.runner = self.runner or setup.make_runner()
         yield Ready(self.runner.identity)
         for task in tasks:
-            yield from self.runner.run(*task)
+            yield from self.runner.run(task)
 
     def close(self) -> None:
         pass
@@ -115,13 +116,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _local_worker(setup: RunnerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
+def _local_worker(setup: WorkerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
     _die_with_parent()
     try:
         runner = setup.make_runner()
         events.put(Ready(runner.identity))
         while (task := tasks.get()) is not None:
-            for event in runner.run(*task):
+            for event in runner.run(task):
                 if os.getppid() != parent:  # the driver is gone (non-Linux fallback)
                     return
                 events.put(event)
@@ -141,7 +142,7 @@ class LocalLauncher:
         self.workers = workers
         self.procs: list[mp.Process] = []
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
+    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
         ctx = mp.get_context("spawn")
         task_q, event_q = ctx.Queue(), ctx.Queue()
         for task in tasks:
@@ -182,14 +183,14 @@ class LocalLauncher:
 class _RayWorker:
     """The Ray actor: one runner per actor, task events streamed back as generator items."""
 
-    def __init__(self, setup: RunnerSetup) -> None:
+    def __init__(self, setup: WorkerSetup) -> None:
         self.runner = setup.make_runner()
 
     def identity(self) -> dict:
         return self.runner.identity
 
-    def run(self, *task: Any) -> Iterator[Any]:
-        yield from self.runner.run(*task)
+    def run(self, task: Any) -> Iterator[Any]:
+        yield from self.runner.run(task)
 
 
 class RayLauncher:
@@ -210,7 +211,7 @@ class RayLauncher:
         self.actors: list = []
         self._started = False
 
-    def events(self, setup: RunnerSetup, tasks: list[tuple]) -> Iterator[Any]:
+    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
         ray = self.ray
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.workers * setup.threads}
@@ -226,7 +227,7 @@ class RayLauncher:
 
             def assign(actor) -> None:
                 if pending:
-                    running[actor.run.options(num_returns="streaming").remote(*pending.popleft())] = actor
+                    running[actor.run.options(num_returns="streaming").remote(pending.popleft())] = actor
 
             for actor in self.actors:
                 assign(actor)

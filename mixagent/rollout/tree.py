@@ -1,4 +1,12 @@
-"""Branching collection: one *tree* of trajectories per root episode, sharing prefix compute.
+"""The prefix-tree forker: episodes that share a prefix share its training. One :func:`fork` serves both
+trees mixagent walks:
+
+* **collection trees** (:class:`CollectionTree`, ``mixagent collect``): behaviour policies fork at fixed
+  steps;
+* **schedule trees** (:func:`schedule_tree`, the headroom audit): every row on a seed whose per-step
+  mixtures agree up to step ``t`` trains those steps once.
+
+Branching collection: one *tree* of trajectories per root episode, sharing prefix compute.
 
 A tree starts from a reset env and a behaviour drawn from the collect config's mix. At each step of
 ``branch_at`` every path forks into ``factor`` children: the proxy state is snapshotted, child 0 continues
@@ -7,8 +15,9 @@ Every leaf is stored as a full trajectory (its shared prefix copied in) with a p
 branched from. With ``branch_at = [2, 4, 6, 7]`` and ``factor = 2`` over T = 8 steps a tree trains 38
 segments and logs 16 x 8 = 128 transitions, where independent rollouts would train 128.
 
-The runner is a generator of small events the driver writes to the store (the only writer), so it runs the
-same in-process, in a local worker process or in a Ray actor:
+A collection tree is a generator of small events the driver writes to the store (the only writer), so it
+runs the same in-process, in a local worker process or in a Ray actor (through
+:class:`mixagent.rollout.runner.Runner`):
 
 =======================================  =======================================================
 ``Ready(identity)`` (the launcher's)     the worker built its env (``identity``: :func:`proxy_identity`)
@@ -24,22 +33,27 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from mixagent.domains import weights_to_action
+from mixagent.domains import DomainSpace, weights_to_action
 from mixagent.env.environment import MixingEnv
 from mixagent.env.observation import OBSERVATION_VERSION
 from mixagent.env.spec import EnvSpec
-from mixagent.paths import REPO_ROOT
+from mixagent.errors import ConfigError
 from mixagent.policies import MixingPolicy
 from mixagent.policies.behaviour import BehaviourMix, BehaviourSpec
+from mixagent.rollout.record import EpisodeRecord
+from mixagent.rollout.schedules import Schedule
+from mixagent.rollout.seeds import episode_seed_of
 
-__all__ = ["Open", "Step", "Close", "TreeDone", "TreeEvent", "TreeConfig", "WorkerSetup", "TreeRunner",
-           "trajectory_id", "parent_of", "spec_identity", "proxy_identity"]
+__all__ = ["fork", "Open", "Step", "Close", "TreeDone", "TreeEvent", "TreeConfig", "CollectionTree", "schedule_tree",
+           "item_values", "trajectory_id", "parent_of", "spec_identity", "proxy_identity"]
+
+C, S, R = TypeVar("C"), TypeVar("S"), TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,48 +163,32 @@ def proxy_identity(env: MixingEnv) -> dict[str, Any]:
     return identity
 
 
-@dataclasses.dataclass(frozen=True)
-class WorkerSetup:
-    """Everything a worker needs to build its runner (picklable for worker processes and Ray actors).
-
-    ``env_factory`` replaces the spec file for in-process runs (tests inject backends through it).
+def fork(children: Sequence[C], save: Callable[[], S], restore: Callable[[S], R]) -> Iterator[tuple[C, R | None]]:
+    """Visit ``children`` from one state: yield each with ``None`` for the first (it continues from the current
+    state) and ``restore(saved)`` for every later one. The state is saved once, before the first child runs,
+    and only when more than one child runs. The caller runs each child's subtree before asking for the next.
     """
-
-    env: str
-    env_overrides: tuple[str, ...]
-    behaviours: tuple[BehaviourSpec, ...]
-    tree: TreeConfig
-    seed: int
-    threads: int
-    env_factory: Callable[[], MixingEnv] | None = None
-
-    def make_env(self) -> MixingEnv:
-        torch.set_num_threads(self.threads)
-        if self.env_factory is not None:
-            return self.env_factory()
-        return MixingEnv(REPO_ROOT / self.env, overrides=[*self.env_overrides, f"optim.threads={self.threads}"])
-
-    def make_runner(self) -> TreeRunner:
-        return TreeRunner(self)
+    saved = save() if len(children) > 1 else None
+    for n, child in enumerate(children):
+        yield child, (restore(saved) if n else None)  # type: ignore[arg-type]
 
 
-class TreeRunner:
-    """Runs collection trees in one worker (one env, built once).
+class CollectionTree:
+    """Collection trees in one env (built once by the worker's runner).
 
     Args:
-        setup: the worker's setup.
+        env: the worker's env.
+        behaviours: the collect config's behaviour mix.
+        shape: the tree shape.
+        seed: the collect config's seed (every episode's data order and every behaviour draw).
     """
 
-    def __init__(self, setup: WorkerSetup) -> None:
-        self.setup = setup
-        self.env = setup.make_env()
-        self.mix = BehaviourMix(setup.behaviours)
-        self.horizon = self.env.horizon
-        self.shape = setup.tree
-        self.identity = proxy_identity(self.env)
+    def __init__(self, env: MixingEnv, behaviours: tuple[BehaviourSpec, ...], shape: TreeConfig, seed: int) -> None:
+        self.env, self.mix, self.shape, self.seed = env, BehaviourMix(behaviours), shape, seed
+        self.horizon = env.horizon
 
     def _behaviour(self, tree: int, path: tuple[int, ...]) -> tuple[MixingPolicy, dict]:
-        seq = np.random.SeedSequence([self.setup.seed, tree, len(path), *path])
+        seq = np.random.SeedSequence([self.seed, tree, len(path), *path])
         return self.mix.sample(self.env.space, self.env.natural.values, self.horizon, seq)
 
     def run(self, tree: int, done: frozenset[str] = frozenset()) -> Iterator[TreeEvent]:
@@ -200,7 +198,7 @@ class TreeRunner:
             yield TreeDone(tree, 0)
             return
         self.tree, self.done, self.segments = tree, done, 0
-        episode_seed = int(np.random.SeedSequence([self.setup.seed, tree]).generate_state(1)[0] >> 1)
+        episode_seed = int(np.random.SeedSequence([self.seed, tree]).generate_state(1)[0] >> 1)
         obs, info = self.env.reset(seed=episode_seed)
         self.header_base = {"tree": tree, "episode_seed": episode_seed, "start": info["eval"],
                             "start_weights": self.env.initial_weights().values.tolist()}
@@ -241,16 +239,14 @@ class TreeRunner:
             if writing is not None:
                 yield Close(writing, self._end(lines))
             return
-        snap, fresh = env.snapshot(), True
-        for c in range(shape.factor):
+        tail = (0,) * (len(shape.branch_at) - depth - 1)
+        todo = [c for c in range(shape.factor) if not all(  # children with a trajectory still to collect
+            trajectory_id(self.tree, path + (c,) + rest) in self.done
+            for rest in itertools.product(range(shape.factor), repeat=len(tail)))]
+        parent_obs = obs
+        for c, restored in fork(todo, env.snapshot, env.restore):
             child = path + (c,)
-            tail = (0,) * (len(shape.branch_at) - depth - 1)
-            under = [trajectory_id(self.tree, child + rest) for rest in
-                     itertools.product(range(shape.factor), repeat=len(tail))]
-            if all(tid in self.done for tid in under):
-                continue
-            obs = obs if fresh else env.restore(snap)
-            fresh = False
+            obs = parent_obs if restored is None else restored
             if c == 0:
                 yield from self._explore(depth + 1, child, policy, behaviours, list(lines), obs, writing)
                 continue
@@ -282,3 +278,48 @@ class TreeRunner:
         return {"return": float(sum(ln["reward"] for ln in lines)), "final_balanced": scores[-1] if scores else 0.0,
                 "truncated": truncated,
                 "flagged": "nonfinite" if any(ln["nonfinite_loss"] for ln in lines) else None}
+
+
+def schedule_tree(backend: Any, space: DomainSpace, horizon: int, seed: int, schedules: Sequence[Schedule],
+                  trial: int | None = None) -> Iterator[EpisodeRecord]:
+    """Train every schedule on ``seed`` through one prefix tree (rows whose mixtures agree up to a step train
+    it once); yield one record per schedule, evaluated once at its end (the headroom audit's rows).
+
+    Each record's ``key`` is the schedule's, ``steps`` hold its ``(K,)`` mixtures (no per-step evaluation),
+    ``extra`` the evaluator's per-item values (``items``), the wall time since the tree started
+    (``seconds``) and the oracle ``trial`` (``None`` for a grid row).
+
+    Raises:
+        ConfigError: a row diverged (NaN/Inf loss).
+    """
+    backend.reset(episode_seed_of(seed))
+    natural = backend.natural
+    steps = [[np.round(s.weights(space, natural, t), 10) for t in range(horizon)] for s in schedules]
+    yield from _walk(backend, seed, schedules, steps, list(range(len(schedules))), 0, horizon, time.perf_counter(),
+                     trial)
+
+
+def _walk(backend: Any, seed: int, schedules: Sequence[Schedule], steps: list[list[np.ndarray]], members: list[int],
+          t: int, horizon: int, t0: float, trial: int | None) -> Iterator[EpisodeRecord]:
+    if t == horizon:
+        now = backend.evaluate().to_json()
+        items = item_values(backend)
+        for i in members:
+            yield EpisodeRecord(schedules[i].key, seed, None, tuple({"weights": w.tolist()} for w in steps[i]), now,
+                                None, False, {"items": items, "seconds": time.perf_counter() - t0, "trial": trial})
+        return
+    groups: dict[bytes, list[int]] = {}
+    for i in members:
+        groups.setdefault(steps[i][t].tobytes(), []).append(i)
+    for group, _ in fork(list(groups.values()), backend.state, backend.load_state):
+        stats = backend.train(steps[group[0]][t], t)
+        if stats.nonfinite:
+            raise ConfigError("audit", [f"row {schedules[group[0]].label!r} diverged (NaN/Inf loss) at step {t} "
+                                        f"on seed {seed}; lower optim.lr in the spec"])
+        yield from _walk(backend, seed, schedules, steps, group, t + 1, horizon, t0, trial)
+
+
+def item_values(backend: Any) -> dict:
+    """The evaluator's per-item values of its last call, rounded, as JSON (empty for backends without one)."""
+    last = getattr(getattr(backend, "evaluator", None), "last_items", {})
+    return {k: [np.round(np.asarray(v, dtype=np.float64), 6).tolist() for v in vals] for k, vals in last.items()}

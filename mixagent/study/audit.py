@@ -1,4 +1,4 @@
-"""The headroom audit (``python -m mixagent.study headroom``): does any mixing *schedule* beat the best
+"""The headroom audit (``mixagent audit``): does any mixing *schedule* beat the best
 static mixture in an environment by more than the seed noise? Run it before training an agent there.
 
 Rows (every one on every held-out seed; per-step replay share ``rho`` = the source field's share, natural
@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +44,15 @@ from mixagent.env.rewards import Reference, balanced_score
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
-from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
+from mixagent.rollout.engine import launch
+from mixagent.rollout.launchers import LAUNCHERS, Launcher, cpu_count
+from mixagent.rollout.record import EpisodeRecord
+from mixagent.rollout.runner import Episode, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
 from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
+from mixagent.rollout.tree import item_values
 
-__all__ = ["AuditConfig", "Leaf", "AuditStore", "AuditRun", "build_schedules", "run_audit", "decay_step", "FAMILIES",
+__all__ = ["AuditConfig", "AuditStore", "AuditRun", "build_schedules", "run_audit", "decay_step", "FAMILIES",
            "SCHEDULE_FAMILIES"]
 
 log = logging.getLogger(__name__)
@@ -173,87 +176,14 @@ def decay_step(spec: EnvSpec) -> int | None:
 # --- the runner: one per worker, a prefix tree of schedules per task -----------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Leaf:
-    """One finished row on one seed: its final evaluation and the per-item values behind it."""
-
-    seed: int
-    key: str
-    eval: dict
-    items: dict
-    seconds: float
-    trial: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class _Setup:
-    spec_path: str
-    overrides: tuple[str, ...]
-    threads: int
-
-    def make_runner(self) -> _Runner:
-        return _Runner(self)
-
-
-class _Runner:
-    def __init__(self, setup: _Setup) -> None:
-        from mixagent.data.sources import load_space
-        from mixagent.env.backends import make_backend
-
-        self.spec = load_spec(setup.spec_path, [*setup.overrides, f"optim.threads={setup.threads}"])
-        self.space = load_space(self.spec.space_path())
-        self.backend = make_backend(self.spec, self.space)
-        self.identity = {"env": self.spec.env_id, "spec_hash": self.spec.spec_hash(),
-                         "base": getattr(self.backend, "base_id", "")}
-
-    def run(self, seed: int, schedules: list[Schedule], trial: int | None = None) -> Iterator[Leaf]:
-        """Train every schedule on ``seed`` through one prefix tree; yield a :class:`Leaf` per schedule."""
-        self.backend.reset(episode_seed_of(seed))
-        natural = self.backend.natural
-        steps = [[np.round(s.weights(self.space, natural, t), 10) for t in range(self.spec.steps)] for s in schedules]
-        yield from self._walk(seed, schedules, steps, list(range(len(schedules))), 0, time.perf_counter(), trial)
-
-    def _walk(self, seed: int, schedules: list[Schedule], steps: list[list[np.ndarray]], members: list[int],
-              t: int, t0: float, trial: int | None) -> Iterator[Leaf]:
-        if t == self.spec.steps:
-            now = self.backend.evaluate()
-            items = _items_json(self.backend)
-            for i in members:
-                yield Leaf(seed, schedules[i].key, now.to_json(), items, time.perf_counter() - t0, trial)
-            return
-        groups: dict[bytes, list[int]] = {}
-        for i in members:
-            groups.setdefault(steps[i][t].tobytes(), []).append(i)
-        fork = self.backend.state() if len(groups) > 1 else None
-        for n, group in enumerate(groups.values()):
-            if n:
-                self.backend.load_state(fork)
-            stats = self.backend.train(steps[group[0]][t], t)
-            if stats.nonfinite:
-                raise ConfigError("audit", [f"row {schedules[group[0]].label!r} diverged (NaN/Inf loss) at step {t} "
-                                            f"on seed {seed}; lower optim.lr in the spec"])
-            yield from self._walk(seed, schedules, steps, group, t + 1, t0, trial)
-
-
-def _items_json(backend) -> dict:
-    """The evaluator's per-item values of its last call, rounded, as JSON (empty for backends without one)."""
-    last = getattr(getattr(backend, "evaluator", None), "last_items", {})
-    return {k: [np.round(np.asarray(v, dtype=np.float64), 6).tolist() for v in vals] for k, vals in last.items()}
-
-
 # --- the driver ---------------------------------------------------------------------------------------
 
 
-def _make_launcher(cfg: AuditConfig, n_tasks: int) -> tuple[Launcher, int]:
-    cores = cpu_count()
-    if cfg.launcher == "inline":
-        return InlineLauncher(), cores
-    workers = cfg.workers or max(1, min(cores, n_tasks))
-    return LAUNCHERS[cfg.launcher](workers), max(1, cores // workers)
-
-
 class AuditStore:
-    """The audit's one writer: ``results.jsonl`` (append-only, one leaf per line) under the spec hash."""
+    """The audit's one writer: ``results.jsonl`` (append-only, one row per line: ``seed``, ``key``, the final
+    ``eval``, per-item ``items``, ``seconds``, oracle ``trial``) under the spec hash. An
+    :class:`~mixagent.rollout.record.EpisodeStore`: a row is an :class:`EpisodeRecord` evaluated once, at its
+    end (its mixtures follow from its key; the start evaluation is the audit's shared ``start.json``)."""
 
     def __init__(self, root: Path, spec: EnvSpec) -> None:
         self.dir = root / f"{spec.name}-v{spec.version}" / spec.spec_hash()
@@ -269,24 +199,42 @@ class AuditStore:
             atomic_write_json(head, {"version": RESULTS_VERSION, "env_id": spec.env_id,
                                      "spec_hash": spec.spec_hash(), "spec": spec.mdp_dict()})
         self.base = ""  # the base checkpoint id the driver's backend loaded
-        self.leaves: list[Leaf] = []
+        self.rows: list[EpisodeRecord] = []
         if self.path.exists():
             for n, line in enumerate(self.path.read_text().splitlines()):
                 if not line.strip():
                     continue
                 try:
-                    self.leaves.append(Leaf(**json.loads(line)))
-                except (ValueError, TypeError) as exc:  # a line cut short by a crash is the last one
+                    self.rows.append(_row_record(json.loads(line)))
+                except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash is the last one
                     log.warning("ignoring unreadable line %d of %s (%s)", n + 1, self.path, exc)
 
     def done(self) -> set[tuple[int, str, int | None]]:
-        return {(leaf.seed, leaf.key, leaf.trial) for leaf in self.leaves}
+        return {(r.seed, r.key, r.extra["trial"]) for r in self.rows}
 
-    def add(self, leaf: Leaf) -> None:
+    def get(self, key: str, seed: int) -> EpisodeRecord | None:
+        """The grid row (not an oracle trial) ``key`` on ``seed``, or ``None``."""
+        return next((r for r in self.rows if (r.seed, r.key, r.extra["trial"]) == (seed, key, None)), None)
+
+    def put(self, record: EpisodeRecord) -> None:
+        """Append one finished row (flushed; a crash leaves at most a cut last line, skipped on reading)."""
+        row = {"seed": record.seed, "key": record.key, "eval": record.final, "items": record.extra["items"],
+               "seconds": record.extra["seconds"], "trial": record.extra.get("trial")}
         with self.path.open("a") as f:
-            f.write(json.dumps(dataclasses.asdict(leaf)) + "\n")
+            f.write(json.dumps(row) + "\n")
             f.flush()
-        self.leaves.append(leaf)
+        self.rows.append(_row_record(row))
+
+    def records(self) -> Iterator[EpisodeRecord]:
+        return iter(list(self.rows))
+
+
+def _row_record(row: dict) -> EpisodeRecord:
+    """A ``results.jsonl`` line (format version :data:`RESULTS_VERSION`) as a record."""
+    if not isinstance(row["eval"], dict) or not isinstance(row["seed"], int):
+        raise TypeError("a row needs an integer seed and an evaluation")
+    return EpisodeRecord(str(row["key"]), row["seed"], None, (), row["eval"], None, False,
+                         {"items": row["items"], "seconds": row["seconds"], "trial": row["trial"]})
 
 
 @dataclasses.dataclass
@@ -354,7 +302,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
                                     f"is {base_id} (a re-trained base); adopt the committed checkpoint or use "
                                     f"another --out"])
     if "natural" not in head:
-        atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": _items_json(backend),
+        atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": item_values(backend),
                                                      "natural": np.asarray(natural).tolist(), "base": base_id})
     reference = get_reference(spec, backend, space)
     atomic_write_json(store.dir / "reference.json", reference.to_json())
@@ -365,11 +313,11 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
         for s in schedules:
             if (seed, s.key, None) not in done:
                 by_first.setdefault((seed, s.weights(space, natural, 0).round(10).tobytes()), []).append(s)
-    tasks = [(seed, group) for (seed, _), group in by_first.items()]
+    tasks = [ScheduleTree(seed, tuple(group)) for (seed, _), group in by_first.items()]
     store.base = base_id
-    _run_tasks(cfg, spec_path, tasks, store, launcher, spec, "audit rows")
+    _run_tasks(cfg, tasks, store, launcher, spec, "audit rows")
     if cfg.oracle_trials:
-        _oracle(cfg, spec, spec_path, space, start, reference, store, launcher)
+        _oracle(cfg, spec, space, start, reference, store, launcher)
     return AuditRun(store, cfg, spec, space, natural, start, reference, schedules)
 
 
@@ -396,31 +344,18 @@ def _stored_run(cfg: AuditConfig, spec: EnvSpec, out_root: Path) -> AuditRun:
                     build_schedules(stored, spec))
 
 
-def _run_tasks(cfg: AuditConfig, spec_path: Path, tasks: list[tuple], store: AuditStore, launcher: Launcher | None,
+def _run_tasks(cfg: AuditConfig, tasks: list[ScheduleTree], store: AuditStore, launcher: Launcher | None,
                spec: EnvSpec, desc: str) -> None:
+    """Run schedule trees on the launchers (``launcher``: one the caller owns, else the config's), storing
+    every finished row."""
     if not tasks:
         return
-    own = launcher is None
-    if own:
-        launcher, threads = _make_launcher(cfg, len(tasks))
-    else:
-        threads = spec.optim.threads
-    segments = sum(_tree_segments(spec, group) for _, group, *_ in tasks)
-    try:
-        with tqdm(total=sum(len(g) for _, g, *_ in tasks), desc=f"{desc} ({segments} segments)", unit="row") as bar:
-            for event in launcher.events(_Setup(str(spec_path), tuple(cfg.env_overrides), threads), tasks):
-                if isinstance(event, Ready):
-                    theirs = (event.identity.get("spec_hash"), event.identity.get("base"))
-                    if theirs != (spec.spec_hash(), store.base):
-                        raise ConfigError("audit", [f"a worker built spec {theirs[0]} from base {theirs[1]}, the "
-                                                    f"driver spec {spec.spec_hash()} from base {store.base}: workers "
-                                                    f"need the same data and base checkpoint"])
-                    continue
-                store.add(event)
-                bar.update()
-    finally:
-        if own:
-            launcher.close()
+    segments = sum(_tree_segments(spec, list(t.schedules)) for t in tasks)
+    setup = RunnerSetup(to_dict(spec), spec.optim.threads)
+    for event in launch(setup, tasks, spec.steps, f"{desc} ({segments} segments)", spec.spec_hash(),
+                        launcher=launcher or cfg.launcher, workers=cfg.workers, base=store.base, unit="row"):
+        if isinstance(event, Episode):
+            store.put(event.record)
 
 
 def _tree_segments(spec: EnvSpec, group: list[Schedule]) -> int:
@@ -432,7 +367,7 @@ def _tree_segments(spec: EnvSpec, group: list[Schedule]) -> int:
 # --- the oracle ---------------------------------------------------------------------------------------
 
 
-def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace, start: EvalResult,
+def _oracle(cfg: AuditConfig, spec: EnvSpec, space: DomainSpace, start: EvalResult,
             reference: Reference, store: AuditStore, launcher: Launcher | None) -> None:
     """TPE over per-step rho on the tuning seeds, in batches of ``workers`` trials; then the best trial's
     schedule on the held-out seeds. Trials already in the store are told to the study first (resume)."""
@@ -442,14 +377,13 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
     T, r = spec.steps, spec.reward
 
     def trials() -> dict[int, tuple[tuple[float, ...], float]]:
-        by_trial: dict[int, list[Leaf]] = {}
-        for leaf in store.leaves:
-            if leaf.trial is not None and leaf.seed in cfg.tune_seeds:
-                by_trial.setdefault(leaf.trial, []).append(leaf)
-        return {n: (_rhos_of(leaves[0].key), float(np.mean([
-                    balanced_score(r.name, r.lam, start, EvalResult.from_json(leaf.eval), space, reference)
-                    for leaf in leaves])))
-                for n, leaves in by_trial.items() if {leaf.seed for leaf in leaves} >= set(cfg.tune_seeds)}
+        by_trial: dict[int, list[EpisodeRecord]] = {}
+        for row in store.rows:
+            if row.extra["trial"] is not None and row.seed in cfg.tune_seeds:
+                by_trial.setdefault(row.extra["trial"], []).append(row)
+        return {n: (_rhos_of(rows[0].key), float(np.mean([
+                    balanced_score(r.name, r.lam, start, row.final_eval, space, reference) for row in rows])))
+                for n, rows in by_trial.items() if {row.seed for row in rows} >= set(cfg.tune_seeds)}
 
     startup = min(10, max(4, cfg.oracle_trials // 4))  # TPE's random start-up trials (optuna's default is 10)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
@@ -467,13 +401,13 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
             asked = [study.ask(dists) for _ in range(min(batch, cfg.oracle_trials - done))]
             # stored trial ids continue after every id on disk (a batch cut short leaves ids that optuna's
             # renumbering on resume would reuse)
-            first = 1 + max((leaf.trial for leaf in store.leaves if leaf.trial is not None), default=-1)
+            first = 1 + max((t for row in store.rows if (t := row.extra["trial"]) is not None), default=-1)
             tasks = []
             for n, trial in enumerate(asked):
                 rhos = tuple(round(trial.params[f"rho{t}"], 4) for t in range(T))
-                tasks += [(seed, [Schedule(f"oracle trial {first + n}", "oracle", rhos)], first + n)
+                tasks += [ScheduleTree(seed, (Schedule(f"oracle trial {first + n}", "oracle", rhos),), first + n)
                           for seed in cfg.tune_seeds]
-            _run_tasks(cfg, spec_path, tasks, store, launcher, spec, "oracle batch")
+            _run_tasks(cfg, tasks, store, launcher, spec, "oracle batch")
             found = trials()
             for n, trial in enumerate(asked):
                 study.tell(trial, found[first + n][1])
@@ -490,8 +424,8 @@ def _oracle(cfg: AuditConfig, spec: EnvSpec, spec_path: Path, space: DomainSpace
         "budget": f"{len(found)} trials x {len(cfg.tune_seeds)} tuning seed(s) = {len(found) * len(cfg.tune_seeds)} "
                   f"episodes, then {len(cfg.seeds)} held-out episodes"})
     done = store.done()
-    tasks = [(seed, [sched]) for seed in cfg.seeds if (seed, sched.key, None) not in done]
-    _run_tasks(cfg, spec_path, tasks, store, launcher, spec, "oracle on held-out seeds")
+    tasks = [ScheduleTree(seed, (sched,)) for seed in cfg.seeds if (seed, sched.key, None) not in done]
+    _run_tasks(cfg, tasks, store, launcher, spec, "oracle on held-out seeds")
 
 
 def _rhos_of(key: str) -> tuple[float, ...]:

@@ -18,6 +18,7 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS, balanced_score
 from mixagent.env.spec import EnvSpec
 from mixagent.paths import atomic_write, atomic_write_json
+from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.schedules import Schedule
 from mixagent.study.audit import SCHEDULE_FAMILIES, AuditRun, AuditStore
 
@@ -66,15 +67,15 @@ def make_report(run: AuditRun) -> dict:
     rows = list(schedules)
     if oracle_meta:
         rows.append(Schedule(f"oracle ({oracle_meta['trials']} TPE trials)", "oracle", tuple(oracle_meta["rhos"])))
-    leaves = {(leaf.seed, leaf.key): leaf for leaf in store.leaves if leaf.trial is None}
+    stored = {(r.seed, r.key): r for r in store.rows if r.extra["trial"] is None}
     rewards = report_rewards(spec)
     lam = spec.reward.lam
     table = []
     for row in rows:
-        got = [leaves[(seed, row.key)] for seed in cfg.seeds if (seed, row.key) in leaves]
+        got = [stored[(seed, row.key)] for seed in cfg.seeds if (seed, row.key) in stored]
         if not got:
             continue
-        evals = [EvalResult.from_json(leaf.eval) for leaf in got]
+        evals = [leaf.final_eval for leaf in got]
         entry = {"label": row.label, "family": row.family, "key": row.key, "rhos": list(row.rhos),
                  "mixture": row.mixture, "mean_rho": row.mean_rho(space, natural), "seeds": [leaf.seed for leaf in got]}
         for field in ("source", "target"):
@@ -91,7 +92,7 @@ def make_report(run: AuditRun) -> dict:
     summary = {name: _summary(table, name, len(cfg.seeds)) for name in rewards}
     start_items = json.loads((store.dir / "start.json").read_text())["items"]
     boot = _Bootstrap(start, start_items, space, reference, lam) if start_items else None
-    noise = {name: _item_noise(table, summary[name], leaves, boot, name) if boot else {}
+    noise = {name: _item_noise(table, summary[name], stored, boot, name) if boot else {}
              for name in dict.fromkeys([spec.reward.name, "normalised_bpb", "normalised_score"])}
     noise = {name: v for name, v in noise.items() if v}
     report = {"env_id": spec.env_id, "spec_hash": spec.spec_hash(), "reward": spec.reward.name, "lam": lam,
@@ -164,10 +165,10 @@ class _Bootstrap:
         self.windows_per_domain = int(np.bincount(np.asarray(start_items["windows"][2]).astype(int)).min())
         self.items = {f: len(start_items[f][0]) for f in ("source", "target")}
 
-    def scores(self, name: str, leaf) -> np.ndarray:
-        """``(BOOTSTRAP,)`` final scores of ``leaf`` under reward ``name``, one per resample."""
-        ev = EvalResult.from_json(leaf.eval)
-        return np.array([balanced_score(name, self.lam, s0, _resampled(ev, leaf.items, i, self.space), self.space,
+    def scores(self, name: str, row: EpisodeRecord) -> np.ndarray:
+        """``(BOOTSTRAP,)`` final scores of audit row ``row`` under reward ``name``, one per resample."""
+        ev, items = row.final_eval, row.extra["items"]
+        return np.array([balanced_score(name, self.lam, s0, _resampled(ev, items, i, self.space), self.space,
                                         self.reference) for s0, i in zip(self.starts, self.idx)])
 
 
@@ -199,7 +200,7 @@ def _item_noise(table: list[dict], summary: dict, leaves: dict, boot: _Bootstrap
 def _episode_seconds(store: AuditStore) -> float | None:
     """Median wall time of one whole episode: the oracle's trials (one schedule per tree, no forks); ``None``
     without an oracle."""
-    times = [leaf.seconds for leaf in store.leaves if leaf.trial is not None]
+    times = [row.extra["seconds"] for row in store.rows if row.extra["trial"] is not None]
     return float(np.median(times)) if times else None
 
 

@@ -1,4 +1,4 @@
-"""The comparison (``python -m mixagent.study compare``): every mixing method rolled out the same way in one
+"""The comparison (``mixagent compare``): every mixing method rolled out the same way in one
 environment on held-out seeds, beside the oracles, with a report a researcher would publish.
 
 Stages (each resumable: every finished episode is one JSON file in a cache keyed by the env's spec hash and
@@ -38,10 +38,19 @@ from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
 from mixagent.policies.registry import NEEDS_REFERENCE, method_problems
 from mixagent.rollout.cache import EpisodeCache
-from mixagent.rollout.engine import Episode, EpisodeSetup, FamilyPoint, launch, roll_policies
+from mixagent.rollout.engine import launch, roll_policies
 from mixagent.rollout.episode import EPISODE_VERSION
 from mixagent.rollout.identity import artifact_dir, content_digest
 from mixagent.rollout.launchers import LAUNCHERS, Launcher
+from mixagent.rollout.runner import (
+    Episode,
+    FamilyPoint,
+    FixedEpisode,
+    PolicyEpisode,
+    RunnerSetup,
+    TargetOnlyRun,
+    Task,
+)
 from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
 
 __all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
@@ -215,10 +224,10 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     extra: dict[str, int] = {}
     how = {"launcher": launcher or cfg.launcher, "workers": cfg.workers}
 
-    def setup() -> EpisodeSetup:
-        return EpisodeSetup(to_dict(spec), spec.optim.threads, dict(context))
+    def setup() -> RunnerSetup:
+        return RunnerSetup(to_dict(spec), spec.optim.threads, context=dict(context))
 
-    def run_tasks(tasks: list[tuple], desc: str) -> None:
+    def run_tasks(tasks: list[Task], desc: str) -> None:
         for ev in launch(setup(), tasks, T, desc, spec.spec_hash(), **how):
             if isinstance(ev, Episode):
                 cache.put(ev.record)
@@ -228,7 +237,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     if needs_ref:
         seed = cfg.tune_seeds[0]
         if cache.summary("natural", seed) is None:
-            run_tasks([("episode", "natural", seed, "natural")], "reference run (natural, tuning seed)")
+            run_tasks([PolicyEpisode("natural", seed, "natural")], "reference run (natural, tuning seed)")
         record = cache.summary("natural", seed)
         if record is None or len(record["evals"]) < 2:
             raise ConfigError("compare", [f"the natural reference run on tuning seed {seed} did not finish (or "
@@ -241,7 +250,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         mixtures = sample_mixtures(natural, cfg.regmix_runs, seed=0)
         probes = [(f"fixed@{content_digest(np.round(m, 6).tolist())}", cfg.tune_seeds[i % len(cfg.tune_seeds)], m)
                   for i, m in enumerate(mixtures)]
-        run_tasks([("fixed", key, seed, np.round(m, 6).tolist()) for key, seed, m in probes
+        run_tasks([FixedEpisode(key, seed, tuple(np.round(m, 6).tolist())) for key, seed, m in probes
                    if cache.summary(key, seed) is None], f"RegMix proxy runs ({cfg.regmix_runs} static mixtures)")
         records = [cache.summary(key, seed) for key, seed, _ in probes]
         lost = [key for (key, _, _), r in zip(probes, records) if r is None]
@@ -263,7 +272,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         stored = json.loads(found.read_text()) if found is not None else []
         have = {(p["steps"], p["seed"]) for p in stored}
         want = [(s, cfg.tune_seeds[0]) for s in sorted(set(cfg.efficiency_steps)) if s < T]
-        todo = [("family", f"target_only@{s}", seed, s) for s, seed in want if (s, seed) not in have]
+        todo = [TargetOnlyRun(s, seed) for s, seed in want if (s, seed) not in have]
         for ev in launch(setup(), todo, T, "target-only family", spec.spec_hash(), **how):
             if isinstance(ev, FamilyPoint):
                 stored.append({"steps": ev.steps, "seed": ev.seed, "target_bpb": ev.target_bpb})
@@ -272,7 +281,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         family = [p for p in stored if (p["steps"], p["seed"]) in set(want)]
         full = cache.summary("target_only", cfg.tune_seeds[0])
         if full is None:
-            run_tasks([("episode", "target_only", cfg.tune_seeds[0], "target_only")], "target-only family (full run)")
+            run_tasks([PolicyEpisode("target_only", cfg.tune_seeds[0], "target_only")], "target-only family (full run)")
             full = cache.summary("target_only", cfg.tune_seeds[0])
         family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
 

@@ -1,14 +1,14 @@
 """A generalization case run as real deployments: every policy drives a Hugging Face Trainer run of a deploy
-job (``python -m mixagent.deploy``, e.g. ``configs/deploy/cpt-2m.yaml``: the ~2M base continually
+job (``mixagent deploy``, e.g. ``configs/deploy/cpt-2m.yaml``: the ~2M base continually
 pre-trained on v1's domain space), once per held-out seed, and the runs' reports become a table in the
 comparison's format that :mod:`mixagent.study.generalize` reads like any other case.
 
-Each run is a fresh process (``python -m mixagent.deploy --config <file> policy.spec=<policy> seed=<seed>
+Each run is a fresh process (``mixagent deploy --config <file> policy.spec=<policy> seed=<seed>
 ...``) writing its checkpoints under ``runs/generalize/<case>/`` (not committed); once it finished, its
 ``report.json`` (less the per-batch digests) is stored, with what identifies the run (the config's hash,
 the policy and its identity, the seed), as ``<out>/<case>/reports/<policy label>-<digest>/<seed>.json``
 (committed). An interrupted case resumes at the first missing run and a finished one reruns nothing.
-Before the first run, the config and the overrides are validated (``python -m mixagent.deploy
+Before the first run, the config and the overrides are validated (``mixagent deploy
 --check-config``), so a typo fails in seconds, not after a run. The score is the
 deploy report's ``balanced``: the mean change of the source and target fields' benchmark scores from the
 start to the end of the run (the v0 reward, :func:`mixagent.env.rewards.balanced_score`). Next to it: the

@@ -1,7 +1,7 @@
 """The generalization protocol: one agent, cases its training data never contained, each
 against the baselines on held-out seeds, one table.
 
-``python -m mixagent.study generalize --config configs/generalize/v1.yaml [--cases a,b] [key=value ...]``
+``mixagent generalize --config configs/generalize/v1.yaml [--cases a,b] [key=value ...]``
 
 Every case is a comparison (:func:`mixagent.study.compare.run_compare`: the same episode engine, cache and
 report) of the agent and the baselines in an env built from a spec plus overrides: held-out seeds,

@@ -1,11 +1,12 @@
 """Trajectory collection and the trajectory store (names imported lazily).
 
 * :mod:`mixagent.trajectories.store`: the on-disk run format (``Run``, ``read_trajectory``, ``RunWriter``).
-* :mod:`mixagent.rollout.tree`: branching collection trees (``TreeRunner``) and their typed events.
+* :mod:`mixagent.rollout.tree`: branching collection trees (``CollectionTree``, run by the one runner) and
+  their typed events.
 * :mod:`mixagent.trajectories.collector`: the collect job (``CollectConfig``, ``collect``); it runs on the
   launchers of :mod:`mixagent.rollout.launchers`.
 
-CLI: ``python -m mixagent.trajectories collect|ls|stats|verify``.
+CLI: ``mixagent collect|ls|stats|verify``.
 """
 
 from __future__ import annotations

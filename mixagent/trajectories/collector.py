@@ -29,17 +29,8 @@ from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.behaviour import BehaviourMix, BehaviourSpec
 from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, Ready, cpu_count
-from mixagent.rollout.tree import (
-    Close,
-    Open,
-    Step,
-    TreeConfig,
-    TreeDone,
-    TreeRunner,
-    WorkerSetup,
-    spec_identity,
-    trajectory_id,
-)
+from mixagent.rollout.runner import CollectTree, RunnerSetup
+from mixagent.rollout.tree import Close, Open, Step, TreeConfig, TreeDone, spec_identity, trajectory_id
 from mixagent.trajectories.store import Run, RunWriter
 
 __all__ = ["CollectConfig", "CollectSummary", "collect", "plan_workers", "run_stats", "format_stats"]
@@ -166,12 +157,11 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
     """
     BehaviourMix(cfg.behaviours)  # the whole mix is validated before anything starts
     workers, threads = plan_workers(cfg)
-    setup = WorkerSetup(cfg.env, tuple(cfg.env_overrides), tuple(cfg.behaviours), cfg.tree, cfg.seed, threads,
-                        env_factory)
+    setup = RunnerSetup({}, threads, env_factory, behaviours=tuple(cfg.behaviours), tree=cfg.tree, seed=cfg.seed)
     launcher: Launcher
     if env_factory is not None:
         launcher, workers = InlineLauncher(), 1
-        launcher.runner = TreeRunner(setup)
+        launcher.runner = setup.make_runner()
         spec = launcher.runner.env.spec_
     else:
         spec = load_spec(REPO_ROOT / cfg.env, cfg.env_overrides)
@@ -180,6 +170,7 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
         if needs_reference(spec.reward.name):  # and missing reference runs run once here, then are cached
             MixingEnv(spec)
         launcher = LAUNCHERS[cfg.launcher](workers, cfg.address)
+        setup = dataclasses.replace(setup, spec=to_dict(spec))
     problems = cfg.tree.check_horizon(spec.steps)
     if problems:
         raise ConfigError("collect", problems)
@@ -190,7 +181,8 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
             "config": to_dict(cfg), "code": _code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     writer = RunWriter(cfg.run_dir, meta, resume)
     done, trees_done = writer.done_ids, writer.trees_done
-    tasks = [(t, frozenset(i for i in done if i == trajectory_id(t, ()) or i.startswith(trajectory_id(t, ()) + "_")))
+    tasks = [CollectTree(t, frozenset(i for i in done if i == trajectory_id(t, ()) or
+                                      i.startswith(trajectory_id(t, ()) + "_")))
              for t in range(writer.meta["trees"]) if t not in trees_done]
     per_tree = cfg.tree.segments(spec.steps)
     session = {"started": meta["created"], "launcher": cfg.launcher if env_factory is None else "inline",
@@ -222,7 +214,7 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
                                    trajectories=new)
                     writer.tree_done(tree)
                 case Ready(identity=identity):
-                    _check_proxy(writer, identity)
+                    _check_proxy(writer, identity["proxy"])
                     session["ready_s"] = round(time.perf_counter() - t0, 2)  # worker start-up (the last one to report)
     except BaseException:
         writer.abort()

@@ -1,5 +1,7 @@
 """The trajectory store: ``trajectories/<run>/`` with ``meta.json``, ``manifest.json`` and one JSONL file
-per trajectory (schema: ``trajectories/README.md``).
+per trajectory (schema: ``trajectories/README.md``). A run is an :class:`~mixagent.rollout.record.EpisodeStore`
+(:meth:`RunWriter.get` / :meth:`~RunWriter.put` / :meth:`~RunWriter.records`; :class:`Run` reads): a
+trajectory is an :class:`~mixagent.rollout.record.EpisodeRecord` keyed by its id.
 
 Crash safety comes from three rules. A trajectory is written to ``<id>.jsonl.partial``, one line per step,
 flushed and fsync'ed after every line; when it ends it gets an ``end`` line and is renamed to
@@ -29,6 +31,7 @@ from mixagent.domains import weights_problem
 from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.errors import ResumeMismatchError, SchemaVersionError, TrajectoryFormatError
 from mixagent.paths import atomic_write_json, fsync_dir, write_error
+from mixagent.rollout.record import EpisodeRecord
 
 __all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS",
            "pack_run", "PACK_ARCHIVE"]
@@ -42,7 +45,7 @@ IDENTITY_KEYS = ("env", "domains", "seed", "tree", "behaviours")
 
 
 def _fix_hint(run_dir: Path) -> str:
-    return (f"run `python -m mixagent.trajectories verify {run_dir} --drop-bad` to remove the bad trajectories "
+    return (f"run `mixagent trajectories verify {run_dir} --drop-bad` to remove the bad trajectories "
             f"from the run, then collect again with --resume to re-collect them")
 
 
@@ -130,6 +133,15 @@ class Trajectory:
     def behaviour(self) -> str:
         """The behaviours of the trajectory in order, e.g. ``dirichlet>epsilon``."""
         return ">".join(b["name"] for b in self.header["behaviour"])
+
+    def record(self) -> EpisodeRecord:
+        """The trajectory as the one episode record: its id as the key, the tree's ``episode_seed``, its step
+        lines as they are, its header and end line in ``extra``."""
+        evaluated = [s["eval"] for s in self.steps if s.get("eval") is not None]
+        start = self.header["start"]
+        return EpisodeRecord(self.id, int(self.header["episode_seed"]), start, tuple(self.steps),
+                             evaluated[-1] if evaluated else start, float(self.end["return"]), self.truncated,
+                             {"header": self.header, "end": self.end})
 
 
 def read_trajectory(path: Path) -> Trajectory:
@@ -255,6 +267,18 @@ class Run:
                 continue
             file, raw = self.raw(entry)
             yield _checked(file, raw, entry) if verify else _parse(file, raw)
+
+    def get(self, key: str, seed: int) -> EpisodeRecord | None:
+        """Trajectory ``key`` (its id) as a record when its episode seed is ``seed``, else ``None``."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        record = _checked(*self.raw(entry), entry).record()
+        return record if record.seed == seed else None
+
+    def records(self) -> Iterator[EpisodeRecord]:
+        """Every finished trajectory as a record, in id order (each checked against its sha256)."""
+        return (t.record() for t in self.trajectories())
 
     def problems(self) -> dict[str, str]:
         """Every listed trajectory that fails validation, with the reason (empty when the run is sound)."""
@@ -487,6 +511,23 @@ class RunWriter:
         self.manifest["trajectories"][tid] = entry
         atomic_write_json(self.dir / "manifest.json", self.manifest)
         return entry
+
+    def put(self, record: EpisodeRecord) -> None:
+        """Store a whole trajectory at once (a record read from a run: ``extra`` holds its header and end
+        line), through the same crash-safe path as streamed collection."""
+        drop = ("kind", "schema_version", "steps")
+        self.open(record.key, {k: v for k, v in record.extra["header"].items() if k not in drop}, [])
+        for step in record.steps:
+            self.step(record.key, step)
+        self.close(record.key, {k: v for k, v in record.extra["end"].items() if k not in drop})
+
+    def get(self, key: str, seed: int) -> EpisodeRecord | None:
+        """A finished trajectory of this run as a record (see :meth:`Run.get`)."""
+        return Run(self.dir).get(key, seed)
+
+    def records(self) -> Iterator[EpisodeRecord]:
+        """Every finished trajectory of this run as a record."""
+        return Run(self.dir).records()
 
     def tree_done(self, tree: int) -> None:
         if tree not in self.manifest["trees_done"]:

@@ -1,11 +1,14 @@
 """The episode engine's identities and cache (``mixagent.rollout.engine``), without running episodes; the
-comparison and the agent's online evaluation run it end to end in tests/test_compare.py and test_agent.py."""
+comparison and the agent's online evaluation run it end to end in tests/study/test_compare.py and tests/agent/test_train.py."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from mixagent.domains import Domain, DomainSpace
+from mixagent.errors import UsageError
 from mixagent.policies.artifact import random_artifact
 from mixagent.policies.registry import PolicyContext
 from mixagent.rollout.cache import EpisodeCache
@@ -48,13 +51,19 @@ def test_the_cache_reads_its_own_root_first_then_the_read_only_ones(tmp_path):
               "evals": [], "scores": [0.3], "weights": [[0.5, 0.5]]}
     ident = ("tiny", 1, "abc")
     shipped = EpisodeCache(tmp_path / "shipped", ident)
-    shipped.put("uniform", 0, record)
+    shipped.put_summary("uniform", 0, record)
     mine = EpisodeCache(tmp_path / "mine", ident, read_also=(tmp_path / "shipped",))
-    assert mine.get("uniform", 0) == record and mine.get("uniform", 1) is None
-    mine.put("uniform", 0, {**record, "balanced": 0.4, "return": 0.4})
-    assert mine.get("uniform", 0)["balanced"] == 0.4  # the writable root first
-    assert shipped.get("uniform", 0)["balanced"] == 0.3  # the read-only root untouched
+    assert mine.summary("uniform", 0) == record and mine.summary("uniform", 1) is None
+    mine.put_summary("uniform", 0, {**record, "balanced": 0.4, "return": 0.4})
+    assert mine.summary("uniform", 0)["balanced"] == 0.4  # the writable root first
+    assert shipped.summary("uniform", 0)["balanced"] == 0.3  # the read-only root untouched
     shipped.path("natural", 0).parent.mkdir(parents=True)
     shipped.path("natural", 0).write_text(json.dumps({**record, "balanced": float("nan")}).replace("NaN", "null"))
-    assert mine.get("natural", 0) is None  # invalid values: run again
+    assert mine.summary("natural", 0) is None and mine.get("natural", 0) is None  # invalid values: run again
     assert EpisodeCache(tmp_path / "x", ("tiny", 1, "other"), (tmp_path / "shipped",)).get("uniform", 0) is None
+    as_record = mine.get("uniform", 0)  # the one record: a step per stored mixture, the return kept
+    assert (as_record.key, as_record.seed, as_record.ret, as_record.final) == ("uniform", 0, 0.4, record["final"])
+    assert as_record.steps == ({"weights": [0.5, 0.5], "eval": None, "reward": None, "balanced_score": 0.3},)
+    assert [r.key for r in mine.records()] == ["uniform", "natural"][:1]  # the invalid one is not a record
+    with pytest.raises(UsageError, match="space=env.space"):
+        mine.put(as_record)

@@ -94,7 +94,7 @@ def test_an_agent_of_another_space_drives_the_run_through_a_mapping(tmp_path):
 
 
 def test_a_per_domain_policy_drives_the_users_domains_directly(tmp_path):
-    """Issue 15 item 2, first route: the domain-count-invariant policy of issue 14 needs no mapping (and a
+    """The first route to the user's domains: the domain-count-invariant (per-domain) policy needs no mapping (and a
     mapping given for it is refused); it reads the learning rate it was trained to observe."""
     import torch
 
@@ -130,7 +130,7 @@ def test_a_saved_hugging_face_model_directory_is_trained(tmp_path):
     assert report["final"]["bpb"]["math"] < report["start"]["bpb"]["math"]
 
 
-@pytest.mark.parametrize("name", ["user-jsonl", "cpt-2m", "smollm2-text"])
+@pytest.mark.parametrize("name", ["user-jsonl", "cpt-2m", "cpt", "smollm2-text"])
 def test_shipped_deploy_configs_are_valid(name):
     c = load_config(DeployConfig, CONFIGS_DIR / f"deploy/{name}.yaml")
     assert c.name == name and c.trainer["max_steps"] > 0
@@ -176,6 +176,9 @@ def test_domain_mapping_sums_splits_and_checks():
     (["model.kind=hf"], ConfigError, "holds a config but no weights.*use kind hf_config"),
     (["model.kind=hf", "model.path=tests/fixtures/deploy"], ConfigError, "holds no config.json"),
     (["model.device=cuda"], ConfigError, "no CUDA device"),
+    (["policy.initial=estimate"], ConfigError, "policy.initial estimate .* needs data.corpora and model.kind base"),
+    (["policy.initial=natral"], ConfigError, "did you mean 'natural'"),
+    (["report=tests"], ConfigError, "report 'tests' is a directory: give a file name"),
 ])
 def test_bad_requests_are_typed_errors_before_anything_is_written(tmp_path, overrides, error, match):
     if "model.device=cuda" in overrides:
@@ -252,3 +255,149 @@ def test_gpu_check_smoke_runs_its_checks_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["resume"] == {"decisions_equal": True, "batches_equal": True, "final_bpb_max_abs_diff": 0.0}
     assert result["weights_changed"] and result["step_seconds"]["without_callback"] > 0
+
+
+# ---- paths resolved once, at load -------------------------------------------------------------------------
+def test_paths_are_resolved_once_at_load_and_the_job_reads_the_resolved_paths(tmp_path, monkeypatch):
+    """Every path of the config is resolved exactly once, when it is built; the run reads the absolute
+    ``Path`` objects of the ``resolved`` views, while ``to_dict`` (and so every hash) keeps the YAML's text."""
+    from collections import Counter
+    from pathlib import Path
+
+    import mixagent.deploy.job as job
+    import mixagent.deploy.job_config as job_config
+    import mixagent.deploy.local as local
+    import mixagent.deploy.user_data as user_data
+    from mixagent.config import to_dict
+
+    calls: Counter = Counter()
+    real = job_config.resolve
+
+    def counting(path):
+        calls[str(path)] += 1
+        return real(path)
+
+    for module in (job_config, job, user_data, local):  # wherever a path could be resolved again
+        monkeypatch.setattr(module, "resolve", counting, raising=False)
+    c = cfg(tmp_path, "trainer.max_steps=2", "policy.every=1", "trainer.save_steps=0")
+    loaded = dict(calls)
+    assert {f"{FIX}/tiny-llama", f"{FIX}/tokenizer", f"{FIX}/train.jsonl", f"{FIX}/held_out.jsonl",
+            str(tmp_path / "run")} <= set(loaded)
+    paths = [c.model.resolved.path, c.model.resolved.tokenizer, *c.data.resolved.files,
+             *c.data.resolved.held_out_files, c.eval.resolved.env, c.output_dir]
+    assert all(isinstance(p, Path) and p.is_absolute() for p in paths)
+    assert c.model.resolved.path == CONFIGS_DIR.parent / FIX / "tiny-llama" and c.output_dir == tmp_path / "run"
+    d = to_dict(c)  # the YAML's text, as written
+    assert d["model"]["path"] == f"{FIX}/tiny-llama" and d["data"]["files"] == [f"{FIX}/train.jsonl"]
+    assert "resolved" not in d["model"] and "report" not in d  # an unset added field keeps old hashes
+    run_deploy(c, progress=False)
+    assert dict(calls) == loaded  # the run resolved nothing again
+    assert set(calls.values()) == {1}, calls  # and the load resolved each path once
+
+
+def test_shipped_configs_keep_their_yaml_values_and_hash():
+    """The resolved views add no field: to_dict is the YAML's values, so run identities and the committed
+    deploy cases' hash are unchanged."""
+    from mixagent.config import config_hash, load_yaml, to_dict
+    from mixagent.deploy.job import _identity
+    from mixagent.study.deploy_case import deploy_case_hash
+
+    c = load_config(DeployConfig, CONFIGS_DIR / "deploy/cpt-2m.yaml")
+    raw = load_yaml(CONFIGS_DIR / "deploy/cpt-2m.yaml")
+    d = to_dict(c)
+    assert {k: d["model"][k] for k in raw["model"]} == raw["model"] and d["data"]["corpora"] == raw["data"]["corpora"]
+    assert config_hash(_identity(c)) == "a8c270bbc4537d23"  # what deploy.json of runs made before records
+    committed = json.loads((CONFIGS_DIR.parent / "audits/compare/v1-trainer-2m/table.json").read_text())
+    assert deploy_case_hash("configs/deploy/cpt-2m.yaml", ()) == committed["spec_hash"]
+
+
+# ---- the legacy alias python -m mixagent.deploy.cpt ---------------------------------------------------------
+CPT = CONFIGS_DIR / "deploy/cpt.yaml"
+
+
+def test_the_legacy_cpt_alias_maps_its_flags_onto_the_yaml_jobs_config(tmp_path, monkeypatch, capsys):
+    import mixagent.deploy.job as job
+    from mixagent.config import to_dict
+    from mixagent.deploy import cpt
+
+    seen: list[DeployConfig] = []
+    monkeypatch.setattr(job, "run_deploy", lambda c, progress=True: seen.append(c) or {})
+    flags = ["--policy", "uniform", "--base", "configs/base_model/tiny.yaml", "--space", "configs/spaces/tiny.yaml",
+             "--env", "envs/tiny.yaml", "--initial", "uniform", "--steps", "60", "--every", "4", "--batch", "4",
+             "--lr", "1e-5", "--floor", "0.01", "--max-change", "0.5", "--workers", "1", "--seed", "3",
+             "--save-steps", "20", "--out", str(tmp_path / "o"), "--report", str(tmp_path / "r.json"),
+             "--model", "gguf-smollm2", "--seq-len", "64", "--max-docs", "10", "--wandb", "offline"]
+    assert cpt.main(flags) == 0
+    yaml_job = load_config(DeployConfig, CPT, [
+        "policy.spec=uniform", "model.path=configs/base_model/tiny.yaml", "data.corpora=configs/spaces/tiny.yaml",
+        "eval.env=envs/tiny.yaml", "policy.initial=uniform", "trainer.max_steps=60", "trainer.warmup_steps=3",
+        "policy.every=4", "trainer.per_device_train_batch_size=4", "trainer.learning_rate=1.0e-5", "policy.floor=0.01",
+        "policy.max_change=0.5", "trainer.dataloader_num_workers=1", "seed=3", "trainer.save_steps=20",
+        f"trainer.output_dir={tmp_path / 'o'}", f"report={tmp_path / 'r.json'}", "model.kind=smollm2_gguf",
+        "eval.kind=held_out", "data.seq_len=64", "data.max_docs=10", "wandb=offline"])
+    (alias,) = seen
+    assert to_dict(alias) == to_dict(yaml_job) and alias.resolved == yaml_job.resolved
+    assert alias.trainer["learning_rate"] == 1e-5 and alias.model.kind == "smollm2_gguf"  # a float, not "1e-05"
+    assert "legacy alias; running: python -m mixagent.deploy --config configs/deploy/cpt.yaml policy.spec=uniform" \
+        in capsys.readouterr().err
+    # no flag: the config as shipped (the old script's defaults), in the old default directory
+    assert cpt.main([]) == 0
+    plain = load_config(DeployConfig, CPT)
+    legacy_out = {"output_dir": "runs/deploy/hf_cpt/2m-replay0.5"}
+    assert to_dict(seen[1]) == to_dict(plain) | {"trainer": plain.trainer | legacy_out}
+    assert seen[1].trainer["max_steps"] == 200 and seen[1].trainer["warmup_steps"] == 10 and seen[1].policy.every == 25
+    # a bad combination is the YAML job's typed error (the script exited with a bare message)
+    assert cpt.main(["--model", "gguf-smollm2", "--initial", "estimate"]) == 2
+    assert "policy.initial estimate classifies text sampled from the model" in capsys.readouterr().err
+    assert len(seen) == 2
+
+
+def test_the_legacy_cpt_alias_runs_the_yaml_job(tmp_path):
+    """A tiny seeded run through the alias: mixagent's corpora, a base model, the benchmarks, a start mixture
+    estimated from the model (``policy.initial=estimate``) and ``--report``."""
+    from mixagent.deploy import cpt
+
+    out, copy = tmp_path / "o", tmp_path / "r.json"
+    assert cpt.main(["--base", "configs/base_model/tiny.yaml", "--space", "configs/spaces/tiny.yaml", "--env",
+                     "envs/tiny.yaml", "--batch", "4", "--steps", "4", "--every", "2", "--initial", "estimate",
+                     "--out", str(out), "--report", str(copy)]) == 0
+    report = json.loads(copy.read_text())
+    assert report == json.loads((out / "report.json").read_text()) and (out / "report.md").is_file()
+    assert report["model"]["name"] == "tiny" and report["steps"] == 4 and len(report["history"]) == 2
+    assert report["domains"] == ["wiki", "news", "fiction", "math"]
+    assert set(report["start"]["scores"]) == {"source", "target"}  # scored on the env's benchmarks
+    assert json.loads((out / "deploy.json").read_text())["config"]["policy"]["initial"] == "estimate"
+
+
+def test_a_model_with_its_own_tokenizer_on_mixagents_corpora(tmp_path, monkeypatch):
+    """What ``--model gguf-smollm2`` maps to (``model.kind=smollm2_gguf eval.kind=held_out`` on
+    ``data.corpora``), with the fixture's tiny model standing in for SmolLM2: passages are kept by each
+    domain's ``match``, the natural mixture is the token shares under the model's tokenizer, and the
+    held-out loss is per token."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import mixagent.deploy.gguf as gguf
+    from mixagent.data.sources import load_space
+    from mixagent.deploy import cpt
+    from mixagent.deploy.local import text_run_pieces
+
+    tok = AutoTokenizer.from_pretrained(str(CONFIGS_DIR.parent / FIX / "tokenizer"))
+    space = load_space(CONFIGS_DIR / "spaces/tiny-sub.yaml")
+    dataset, evaluate, natural = text_run_pieces(space, tok, 32, 2, 2, max_docs=50)
+    gold = [src.dataset for src, d in zip(dataset.sources, space.domains) if d.name == "math-gold"][0]
+    assert 0 < len(gold) <= 50 and np.isclose(natural.values.sum(), 1) and len(set(natural.values.round(6))) == 5
+    assert evaluate.unit == "token"
+
+    def tiny_model(device="cpu"):
+        import torch
+
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(CONFIGS_DIR.parent / FIX / "tiny-llama")
+        return AutoModelForCausalLM.from_config(config), tok
+
+    monkeypatch.setattr(gguf, "load_gguf_model", tiny_model)
+    assert cpt.main(["--model", "gguf-smollm2", "--space", "configs/spaces/tiny-sub.yaml", "--steps", "4", "--every",
+                     "2", "--batch", "2", "--seq-len", "32", "--max-docs", "50", "--out", str(tmp_path / "o")]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["domains"] == list(space.names) and len(report["history"]) == 2
+    assert report["start"]["unit"] == "token" and report["model"]["name"] == "SmolLM2-135M"

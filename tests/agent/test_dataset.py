@@ -1,4 +1,4 @@
-"""Agents on environment v1: runs collected on a spec with a normalised reward and the learning rate in
+"""Agents on runs collected on a spec with a normalised reward and the learning rate in
 the observation record both (meta.json ``proxy``), datasets rebuild the same rewards and observations from
 them, the trained artifact marks that it observes the learning rate, and deployment passes it. Every test
 runs the real pieces on the tiny v1 spec (``envs/tiny-cpt.yaml``)."""
@@ -23,7 +23,7 @@ from mixagent.policies import load_policy
 from mixagent.policies.artifact import meta_problems
 from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories.collector import CollectConfig, collect
-from tests.test_agent import TRAIN
+from tests.agent.test_train import TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -134,12 +134,12 @@ def test_committed_reference_is_adopted_and_never_overwritten(v1_env, tmp_path):
 
 
 def test_online_evaluation_refuses_an_env_scoring_with_other_extremes(v1_run):
-    from mixagent.rollout.engine import EpisodeRunner, EpisodeSetup
+    from mixagent.rollout.runner import RunnerSetup
 
     tset = load_trajectories([v1_run])
     ref = tset.reference.to_json()
-    EpisodeRunner(EpisodeSetup(tset.env["spec"], 1, {}, None, ref))  # the dataset's own extremes: accepted
+    RunnerSetup(tset.env["spec"], 1, reference=ref).make_runner()  # the dataset's own extremes: accepted
     other = json.loads(json.dumps(ref))
     other["worst"]["bpb"]["target"] += 0.5
     with pytest.raises(ConfigError, match="differ from the ones the trajectories were scored with"):
-        EpisodeRunner(EpisodeSetup(tset.env["spec"], 1, {}, None, other))
+        RunnerSetup(tset.env["spec"], 1, reference=other).make_runner()

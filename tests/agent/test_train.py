@@ -36,7 +36,7 @@ from mixagent.policies.artifact import ArtifactMismatchError, load_policy, write
 from mixagent.rollout.tree import TreeConfig
 from mixagent.trajectories import Run
 from mixagent.trajectories.collector import CollectConfig, collect
-from tests.test_trajectories import analytic_factory, tiny_config
+from tests.trajectories.test_collector import analytic_factory, tiny_config
 
 TRAIN = ["sft.steps=30", "rl.steps=30", "fqe.steps=20", "sft.top_fraction=0.5", "log_every=10",
          "checkpoint_every=10", "eval.seeds=[1000]", "eval.baselines=[uniform]", "eval.launcher=inline",

