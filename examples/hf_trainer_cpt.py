@@ -10,7 +10,7 @@ data mixture driven by a mixing policy through ``MixAgentCallback``: the YAML de
         data.corpora=configs/spaces/math-natural.yaml                          # SmolLM2-135M (GPU-scale)
     python examples/hf_trainer_cpt.py --config configs/deploy/user-jsonl.yaml  # your model and your data
 
-``configs/deploy/cpt.yaml``: the 2m base (pre-trained on the source field and cached, 4x the proxy)
+``configs/deploy/cpt.yaml``: the 2m base (pre-trained on the source field and cached, 3x the proxy)
 trained for 200 steps on environment v1's domains, scored on the env's benchmarks before every decision.
 Every ``key=value`` overrides a field of :class:`mixagent.deploy.DeployConfig`; ``resume=true`` continues
 from the last Trainer checkpoint in ``trainer.output_dir`` (the mixing state is restored with it);

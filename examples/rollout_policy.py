@@ -11,7 +11,6 @@ import argparse
 
 import gymnasium
 
-import mixagent  # noqa: F401  (registers mixagent/<spec>-v0)
 from mixagent.policies import ReplayPolicy
 from mixagent.rollout.episode import rollout
 

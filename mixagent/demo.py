@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         from mixagent.agent import AgentConfig, train_agent
+        from mixagent.model_based.synthetic import world_model_data
         from mixagent.trajectories import CollectConfig, Run, collect
         from mixagent.trajectories.collector import format_stats, run_stats
 
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in agent_cfg.run_paths():
                 print(format_stats(run_stats(Run(path))))
         print(f"\n[2/3] training the agent ({args.agent}), then the online comparison")
-        result = train_agent(agent_cfg, resume=True)
+        result = train_agent(agent_cfg, world_model=world_model_data(agent_cfg), resume=True)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,9 +41,8 @@ def register_envs() -> list[str]:
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point="mixagent.model_based.surrogate:make_surrogate_env",
                                kwargs={"world_model": str(meta.parent)}, disable_env_checker=False)
-            ids.append(env_id)
+        ids.append(env_id)
     return ids
-
 
 
 ENV_IDS: list[str] = register_envs()

@@ -1,8 +1,12 @@
-"""Rebuild every committed audit report, comparison report and the generalization table from the stored
-results (no model is trained: a comparison whose episodes are not all stored stops with an error), then
-say which committed files changed. A refactor that moves code must leave this at "0 files changed".
+"""Rebuild every committed audit report (each ``audits/**/audit.json``), comparison report and the
+generalization table from the stored results, then say which committed files changed. Nothing is trained: a
+comparison whose episodes are not all stored stops with an error, and one whose base checkpoint is not built
+here is skipped unless ``--build-bases``. Two design probes without an ``audit.json`` and the agent
+variants' table (``audits/agent-v1``: it trains agents) are not rebuilt. A refactor that moves code must
+leave this at "0 files changed".
 
-    .venv/bin/python scripts/rebuild_results.py          # rebuild, then `git status --short audits/`
+    .venv/bin/python scripts/rebuild_results.py                 # comparisons whose base is built here
+    .venv/bin/python scripts/rebuild_results.py --build-bases   # every comparison (pre-trains the 2m, 8m bases)
 """
 
 from __future__ import annotations
@@ -18,32 +22,42 @@ from mixagent.paths import REPO_ROOT
 class _NoRuns:
     """A launcher that refuses to run anything: rebuilding must read stored results only."""
 
-    def events(self, setup, tasks: list[tuple]) -> Iterator:
-        raise SystemExit(f"error: {len(tasks)} episode task(s) are not stored; this script only rebuilds reports "
-                         f"(first: {tasks[0][:3]})")
+    def events(self, setup, tasks: list) -> Iterator:
+        raise SystemExit(f"error: {len(tasks)} task(s) are not stored; this script only rebuilds reports "
+                         f"(first: {tasks[0]!r})")
 
     def close(self) -> None:
         pass
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    build_bases = "--build-bases" in (sys.argv[1:] if argv is None else argv)
     from mixagent.config import from_dict, load_config
+    from mixagent.env.base_model import base_dir, committed_dir
+    from mixagent.env.spec import load_spec
     from mixagent.errors import MixagentError
+    from mixagent.rollout.seeds import resolve_env
     from mixagent.study.audit import AuditConfig, run_audit
     from mixagent.study.audit_report import make_report
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
     from mixagent.study.generalize import GeneralizeConfig, run_generalize
 
-    for spec in ("envs/math-cpt.yaml", "envs/math-natural.yaml"):
-        make_report(run_audit(AuditConfig(env=spec), report_only=True))
-        print(f"audit report: {spec}")
+    for stored in sorted((REPO_ROOT / "audits").glob("**/audit.json")):  # every audit that kept its config
+        cfg = from_dict(AuditConfig, json.loads(stored.read_text()), str(stored))
+        make_report(run_audit(cfg, report_only=True))
+        print(f"audit report: {stored.parent.relative_to(REPO_ROOT)}")
     skipped = []
     for stored in sorted((REPO_ROOT / "audits" / "compare").glob("*/compare.json")):
         try:
             cfg = from_dict(CompareConfig, json.loads(stored.read_text())["config"], str(stored))
         except MixagentError as exc:  # e.g. a policy artifact that was never committed
             skipped.append(f"{stored.parent.name}: {str(exc).splitlines()[-1].strip()}")
+            continue
+        base = load_spec(resolve_env(cfg.env), cfg.env_overrides).base_config()
+        if not build_bases and not any((d / "meta.json").is_file() for d in (base_dir(base), committed_dir(base))):
+            skipped.append(f"{stored.parent.name}: its base checkpoint ({base.size}) is not built here; pass "
+                           f"--build-bases to pre-train it (minutes to an hour on 2 cores)")
             continue
         make_compare_report(run_compare(cfg, launcher=_NoRuns()))
         print(f"comparison: {stored.parent.name}")

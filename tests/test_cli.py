@@ -3,7 +3,6 @@ entry points reach the same jobs; ``--help`` lists every job."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +47,9 @@ def test_a_job_forwards_its_arguments(monkeypatch):
 
 
 def test_console_script_module_form_and_old_entry_points_agree():
-    exe = Path(sys.executable).parent / "mixagent"
-    script = [str(exe)] if exe.exists() else [shutil.which("mixagent") or sys.executable, *([] if shutil.which(
-        "mixagent") else ["-m", "mixagent"])]
-    via_script = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+    exe = Path(sys.executable).parent / "mixagent"  # the console script pip installed beside this python
+    assert exe.is_file(), f"{exe} is missing: install the package (pip install -e .) to get the console script"
+    via_script = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
     via_module = subprocess.run([sys.executable, "-m", "mixagent", "--help"], capture_output=True, text=True,
                                 check=True).stdout
     assert via_script == via_module and "train-agent" in via_module

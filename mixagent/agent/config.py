@@ -184,7 +184,7 @@ class OnlineEvalConfig:
             with ``mixagent compare``.
         workers: evaluation worker processes (0 = one per core, at most one per episode).
         launcher: ``local`` (worker processes) or ``inline`` (this process).
-        cache: root of the episode cache (``mixagent.rollout.engine``: one file per episode, keyed by the env's
+        cache: root of the episode cache (``mixagent.rollout.cache``: one file per episode, keyed by the env's
             spec hash and the policy's identity), relative to the repository root. ``runs/compare`` is also
             where ``mixagent compare`` writes by default, so the two share episodes there (the
             shipped comparison configs write to the committed ``audits/compare`` instead, and read only

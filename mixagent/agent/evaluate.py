@@ -54,7 +54,7 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
                     progress: bool = True, reference: dict | None = None,
                     read_also: tuple[Path, ...] = (), report_dir: Path | None = None) -> dict[str, list[dict]]:
     """Roll every policy out on every seed; returns ``{label: [episode record per seed]}`` (the
-    :func:`~mixagent.study.tables.summarize` row plus per-step evaluations).
+    :func:`~mixagent.rollout.episode.summarize` row plus per-step evaluations).
 
     Args:
         spec: the env spec as recorded by the trajectory runs (a dict), with any evaluation overrides.

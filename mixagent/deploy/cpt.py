@@ -30,7 +30,7 @@ Flag -> override:
     --resume            resume=true
     --report F          report=F                    (per-rank copies F.rank<r> under DDP)
     --model base        model.kind=base
-    --model gguf-smollm2  model.kind=smollm2_gguf eval.kind=held_out
+    --model gguf-smollm2  model.kind=smollm2_gguf eval.kind=held_out data.eval_windows=4
     --seq-len N         data.seq_len=N
     --max-docs N        data.max_docs=N
     --wandb M           wandb=M
@@ -115,7 +115,9 @@ def to_overrides(args: argparse.Namespace, config: str | Path = CONFIG) -> list[
         if value is None or value is False or flag == "--out":
             continue
         if flag == "--model":
-            out += ["model.kind=smollm2_gguf", "eval.kind=held_out"] if value == "gguf-smollm2" else ["model.kind=base"]
+            # the old script scored SmolLM2 on 4 held-out windows per domain
+            out += (["model.kind=smollm2_gguf", "eval.kind=held_out", "data.eval_windows=4"] if value == "gguf-smollm2"
+                    else ["model.kind=base"])
             continue
         out.append(f"{key}={yaml_value(value)}")
         if flag == "--steps":

@@ -292,6 +292,11 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     if use_wandb:
         os.environ["WANDB_MODE"] = cfg.wandb if cfg.wandb != "disabled" else "offline"  # offline unless told
         os.environ.setdefault("WANDB_DIR", str(out))
+        import wandb
+
+        # wandb reads the environment once per process: one that set wandb up before (an earlier job, another
+        # library) would keep its first mode and directory, so they are handed over explicitly too
+        wandb.setup(wandb.Settings(mode=os.environ["WANDB_MODE"], root_dir=os.environ["WANDB_DIR"]))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     args: dict[str, Any] = {"per_device_train_batch_size": batch, "logging_steps": 10, "save_strategy": "no",
                             "report_to": [], "ddp_find_unused_parameters": False,

@@ -1,4 +1,5 @@
-"""The data-mixing environment (``gymnasium.make("mixagent/<spec>-v<version>")``)."""
+"""The data-mixing environment (``gymnasium.make("mixagent.envs:mixagent/<spec>-v<version>")``, or the plain
+id after ``mixagent.register_envs()``)."""
 
 from __future__ import annotations
 

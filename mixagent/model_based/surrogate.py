@@ -14,8 +14,8 @@ Use it for tests, quick experiments and model-based training; verdicts come from
 penalised MDP): the mean over outputs of the members' standard deviation, in the outputs' standardised
 units (a disagreement of 1 is one standard deviation of a real step's change).
 
-``gymnasium.make("mixagent/<spec name>-surrogate-v<version>")`` is registered for every committed world
-model (``checkpoints/world_models/<spec name>-v<version>/``).
+``gymnasium.make("mixagent.envs:mixagent/<spec name>-surrogate-v<version>")`` is registered for every committed
+world model (``checkpoints/world_models/<spec name>-v<version>/``).
 """
 
 from __future__ import annotations

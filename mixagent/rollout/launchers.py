@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from mixagent.errors import ConfigError, WorkerError
 
-__all__ = ["Launcher", "Worker", "WorkerSetup", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
+__all__ = ["Launcher", "TaskRunner", "RunnerFactory", "InlineLauncher", "LocalLauncher", "RayLauncher", "LAUNCHERS",
            "cpu_count", "Ready"]
 
 
@@ -57,7 +57,7 @@ _KEPT = ("what the driver stored before (trajectories, episodes) is kept: fix th
          "command with --resume")
 
 
-class Worker(Protocol):
+class TaskRunner(Protocol):
     """Runs one task at a time in a worker and yields its events (:class:`mixagent.rollout.runner.Runner`)."""
 
     identity: dict
@@ -66,13 +66,13 @@ class Worker(Protocol):
         """Yield the task's events (picklable dataclasses)."""
 
 
-class WorkerSetup(Protocol):
+class RunnerFactory(Protocol):
     """Picklable description of a worker: builds its runner once per worker
     (:class:`mixagent.rollout.runner.RunnerSetup`)."""
 
     threads: int
 
-    def make_runner(self) -> Worker:
+    def make_runner(self) -> TaskRunner:
         """Build the worker's runner (env, model...)."""
 
 
@@ -87,7 +87,7 @@ def cpu_count() -> int:
 class Launcher(Protocol):
     """Runs tasks on ``workers`` workers and yields the runners' events (plus one :class:`Ready` per worker)."""
 
-    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
+    def events(self, setup: RunnerFactory, tasks: list) -> Iterator[Any]:
         """Yield events until every task is done; raise :class:`WorkerError` if a worker fails."""
 
     def close(self) -> None:
@@ -98,9 +98,9 @@ class InlineLauncher:
     """Runs every tree in the calling process, one after another."""
 
     def __init__(self, workers: int = 1, address: str = "") -> None:
-        self.runner: Worker | None = None
+        self.runner: TaskRunner | None = None
 
-    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
+    def events(self, setup: RunnerFactory, tasks: list) -> Iterator[Any]:
         self.runner = self.runner or setup.make_runner()
         yield Ready(self.runner.identity)
         for task in tasks:
@@ -116,7 +116,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _local_worker(setup: WorkerSetup, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
+def _local_worker(setup: RunnerFactory, tasks: mp.Queue, events: mp.Queue, parent: int) -> None:
     _die_with_parent()
     try:
         runner = setup.make_runner()
@@ -142,7 +142,7 @@ class LocalLauncher:
         self.workers = workers
         self.procs: list[mp.Process] = []
 
-    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
+    def events(self, setup: RunnerFactory, tasks: list) -> Iterator[Any]:
         ctx = mp.get_context("spawn")
         task_q, event_q = ctx.Queue(), ctx.Queue()
         for task in tasks:
@@ -183,7 +183,7 @@ class LocalLauncher:
 class _RayWorker:
     """The Ray actor: one runner per actor, task events streamed back as generator items."""
 
-    def __init__(self, setup: WorkerSetup) -> None:
+    def __init__(self, setup: RunnerFactory) -> None:
         self.runner = setup.make_runner()
 
     def identity(self) -> dict:
@@ -211,7 +211,7 @@ class RayLauncher:
         self.actors: list = []
         self._started = False
 
-    def events(self, setup: WorkerSetup, tasks: list) -> Iterator[Any]:
+    def events(self, setup: RunnerFactory, tasks: list) -> Iterator[Any]:
         ray = self.ray
         if not ray.is_initialized():
             kwargs = {"address": self.address} if self.address else {"num_cpus": self.workers * setup.threads}

@@ -68,7 +68,9 @@ class EpisodeRecord:
     @property
     def weights(self) -> np.ndarray:
         """``(steps, K)`` mixtures trained (``(0, 0)`` when the store keeps none)."""
-        return np.array([s["weights"] for s in self.steps], dtype=np.float64).reshape(len(self.steps), -1)
+        if not self.steps:
+            return np.zeros((0, 0))
+        return np.array([s["weights"] for s in self.steps], dtype=np.float64)
 
     @property
     def balanced(self) -> float:

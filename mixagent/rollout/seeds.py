@@ -49,7 +49,7 @@ def collection_seeds(spec_hash: str, root: Path | None = None) -> set[int]:
     return seeds
 
 
-def resolve_env(env: str, who: str = "audit") -> Path:
+def resolve_env(env: str, who: str = "env") -> Path:
     """An env spec path from a path or an id ``mixagent/<name>-v<version>``.
 
     Raises:

@@ -1,4 +1,5 @@
-"""``python -m mixagent.study``: ``headroom`` (the headroom audit of an environment, ``mixagent.study.audit``),
+"""``python -m mixagent.study``: ``audit`` (alias ``headroom``: the headroom audit of an environment,
+``mixagent.study.audit``),
 ``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``), ``ranks`` (a rank
 table across comparisons) and ``generalize`` (an agent against the baselines in held-out cases,
 ``mixagent.study.generalize``)."""

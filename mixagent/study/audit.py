@@ -45,7 +45,7 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.rollout.engine import launch
-from mixagent.rollout.launchers import LAUNCHERS, Launcher, cpu_count
+from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, cpu_count
 from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.runner import Episode, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
@@ -234,7 +234,7 @@ def _row_record(row: dict) -> EpisodeRecord:
     if not isinstance(row["eval"], dict) or not isinstance(row["seed"], int):
         raise TypeError("a row needs an integer seed and an evaluation")
     return EpisodeRecord(str(row["key"]), row["seed"], None, (), row["eval"], None, False,
-                         {"items": row["items"], "seconds": row["seconds"], "trial": row["trial"]})
+                         {"items": row["items"], "seconds": row["seconds"], "trial": row.get("trial")})
 
 
 @dataclasses.dataclass
@@ -274,7 +274,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     problems = cfg.check()
     if problems:
         raise ConfigError("audit", problems)
-    spec_path = resolve_env(cfg.env)
+    spec_path = resolve_env(cfg.env, "audit")
     spec = load_spec(spec_path, cfg.env_overrides)
     out_root = Path(root or REPO_ROOT / cfg.out)
     if report_only:
@@ -351,11 +351,23 @@ def _run_tasks(cfg: AuditConfig, tasks: list[ScheduleTree], store: AuditStore, l
     if not tasks:
         return
     segments = sum(_tree_segments(spec, list(t.schedules)) for t in tasks)
-    setup = RunnerSetup(to_dict(spec), spec.optim.threads)
-    for event in launch(setup, tasks, spec.steps, f"{desc} ({segments} segments)", spec.spec_hash(),
-                        launcher=launcher or cfg.launcher, workers=cfg.workers, base=store.base, unit="row"):
-        if isinstance(event, Episode):
-            store.put(event.record)
+    own = launcher is None
+    threads = spec.optim.threads
+    if launcher is None:  # the audit's planning: an explicit `workers` is not capped by the task count
+        cores = cpu_count()
+        if cfg.launcher == "inline":
+            launcher, threads = InlineLauncher(), cores
+        else:
+            workers = cfg.workers or max(1, min(cores, len(tasks)))
+            launcher, threads = LAUNCHERS[cfg.launcher](workers), max(1, cores // workers)
+    try:
+        for event in launch(RunnerSetup(to_dict(spec), threads), tasks, spec.steps, f"{desc} ({segments} segments)",
+                            spec.spec_hash(), launcher=launcher, base=store.base, unit="row"):
+            if isinstance(event, Episode):
+                store.put(event.record)
+    finally:
+        if own:
+            launcher.close()
 
 
 def _tree_segments(spec: EnvSpec, group: list[Schedule]) -> int:

@@ -6,7 +6,7 @@
 * :mod:`mixagent.trajectories.collector`: the collect job (``CollectConfig``, ``collect``); it runs on the
   launchers of :mod:`mixagent.rollout.launchers`.
 
-CLI: ``mixagent collect|ls|stats|verify``.
+CLI: ``mixagent collect``, ``mixagent trajectories ls|stats|verify|pack``.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ def test_unknown_d3rlpy_key_and_seen_seeds_are_refused_before_writing(tiny_run, 
 def test_eval_baselines_take_methods_that_need_no_preparation(tiny_run, tmp_path):
     cfg = agent_config(tmp_path, tiny_run, "eval.baselines=[uniform, odm, decay_switch]")
     assert list(cfg.eval.baselines) == ["uniform", "odm", "decay_switch"]
-    with pytest.raises(ConfigError, match="'doremi' needs preparation runs.*mixagent.study compare"):
+    with pytest.raises(ConfigError, match="'doremi' needs preparation runs.*mixagent compare"):
         agent_config(tmp_path, tiny_run, "eval.baselines=[uniform, doremi]")
     with pytest.raises(ConfigError, match="did you mean 'odm'"):
         agent_config(tmp_path, tiny_run, "eval.baselines=[odn]")

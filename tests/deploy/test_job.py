@@ -235,6 +235,7 @@ def test_wandb_asked_through_report_to_logs_offline_under_the_run(tmp_path, monk
     for var in ("WANDB_MODE", "WANDB_DIR"):  # recorded, so what the job sets is undone after the test
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
+    wandb.setup()  # this process set wandb up before the job (with no mode): the job's offline mode still holds
     run_deploy(cfg(tmp_path, "trainer.max_steps=4", "policy.every=2", "trainer.save_steps=0",
                    "trainer.report_to=[wandb]"), progress=False)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
@@ -334,7 +335,7 @@ def test_the_legacy_cpt_alias_maps_its_flags_onto_the_yaml_jobs_config(tmp_path,
         "policy.every=4", "trainer.per_device_train_batch_size=4", "trainer.learning_rate=1.0e-5", "policy.floor=0.01",
         "policy.max_change=0.5", "trainer.dataloader_num_workers=1", "seed=3", "trainer.save_steps=20",
         f"trainer.output_dir={tmp_path / 'o'}", f"report={tmp_path / 'r.json'}", "model.kind=smollm2_gguf",
-        "eval.kind=held_out", "data.seq_len=64", "data.max_docs=10", "wandb=offline"])
+        "eval.kind=held_out", "data.eval_windows=4", "data.seq_len=64", "data.max_docs=10", "wandb=offline"])
     (alias,) = seen
     assert to_dict(alias) == to_dict(yaml_job) and alias.resolved == yaml_job.resolved
     assert alias.trainer["learning_rate"] == 1e-5 and alias.model.kind == "smollm2_gguf"  # a float, not "1e-05"

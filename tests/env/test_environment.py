@@ -24,7 +24,8 @@ def test_every_spec_is_registered_and_valid():
         assert spec.name == path.stem and spec.env_id in ids and spec.env_id in gymnasium.registry
         assert spec.backend == "lm"  # every shipped spec uses the real LM
     assert {"mixagent/tiny-v0", "mixagent/math-natural-v0", "mixagent/math-2d-v0", "mixagent/math-52-v0",
-            "mixagent/code-natural-v0"} <= set(ids)
+            "mixagent/code-natural-v0", "mixagent/math-cpt-surrogate-v1"} <= set(ids)
+    assert mixagent.register_envs() == ids  # again: the same ids, registered once
 
 
 def test_import_registers_nothing_and_make_registers_lazily():

@@ -84,4 +84,3 @@ def test_fork_saves_once_and_restores_every_later_child():
     assert out == [("a", None), ("b", "from S"), ("c", "from S")] and calls == ["save", "load S", "load S"]
     calls.clear()
     assert list(fork(["only"], lambda: calls.append("save"), lambda s: s)) == [("only", None)] and calls == []
-

@@ -17,7 +17,7 @@ from mixagent.paths import ENVS_DIR
 from mixagent.rollout import seeds as rollout_seeds
 from mixagent.rollout.runner import Episode, Runner, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
-from mixagent.study import audit as headroom
+from mixagent.study import audit as audit_mod
 from mixagent.study.audit import AuditConfig, build_schedules, run_audit
 from mixagent.study.audit_report import make_report
 
@@ -46,7 +46,7 @@ def test_grid_families_and_decay_step():
     assert fams == {"static", "two_phase", "decay", "replay_first"}
     assert len({r.key for r in rows}) == len(rows)
     decay = [r for r in rows if r.family == "decay"]
-    assert headroom.decay_step(spec) == 3 and decay[0].rhos == (1.0, 1.0, 1.0, 0.0)
+    assert audit_mod.decay_step(spec) == 3 and decay[0].rhos == (1.0, 1.0, 1.0, 0.0)
     with pytest.raises(ConfigError, match="switch steps must be in 1..3"):
         build_schedules(_cfg(two_phase_switches=(4,)), spec)
 
@@ -115,7 +115,7 @@ def test_forked_rows_equal_rows_run_alone(audit):
     alone = Schedule("two-phase", "two_phase", (1.0, 1.0, 0.5, 0.5))
     got = [e.record for e in runner.run(ScheduleTree(1, (alone,))) if isinstance(e, Episode)]
     assert got[0].final == leaves[(1, alone.key)]["eval"]  # it was forked from static rho=1 in the audit
-    assert got[0].weights.shape == (4, 4) and got[0].extra["trial"] is None
+    assert got[0].weights.shape == (4, runner.env.space.k) and got[0].extra["trial"] is None
 
 
 def test_resume_reruns_nothing(audit, monkeypatch):
@@ -131,12 +131,12 @@ def test_bad_requests_are_typed_errors(audit, tmp_path):
     root, out, _ = audit
     with pytest.raises(ConfigError, match="unknown env 'mixagent/tiny-cpt-v9'"):
         run_audit(_cfg(env="mixagent/tiny-cpt-v9"), root=tmp_path)
-    assert headroom.resolve_env("mixagent/tiny-cpt-v1") == SPEC
+    assert rollout_seeds.resolve_env("mixagent/tiny-cpt-v1") == SPEC
     with pytest.raises(ConfigError, match="static_rhos is empty"):
         run_audit(_cfg(static_rhos=()), root=tmp_path)
     with pytest.raises(ConfigError, match="also held-out seeds"):
         run_audit(_cfg(tune_seeds=(1,)), root=tmp_path)
-    clash = f"reference_seeds=[{headroom.episode_seed_of(1)}]"
+    clash = f"reference_seeds=[{rollout_seeds.episode_seed_of(1)}]"
     with pytest.raises(ConfigError, match=r"seeds \[1\] train on the data order of the spec's reference runs"):
         run_audit(_cfg(env_overrides=(clash,)), root=tmp_path)
     head = json.loads((out / "spec.json").read_text())
@@ -161,7 +161,7 @@ def test_seeds_used_by_collection_are_refused(tmp_path):
 
 
 def test_audit_refuses_seeds_collection_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(headroom, "collection_seeds", lambda h, root=None: {1, 7})
+    monkeypatch.setattr(audit_mod, "collection_seeds", lambda h, root=None: {1, 7})
     with pytest.raises(ConfigError, match=r"seeds \[1\] were used by trajectory collection"):
         run_audit(_cfg(), root=tmp_path)
 
@@ -172,7 +172,7 @@ def test_env_overrides_make_a_design_variant(audit, tmp_path):
     spec = load_spec(SPEC, ["optim.decay_fraction=0.5"])
     assert spec.spec_hash() != load_spec(SPEC).spec_hash()
     decay = [r for r in build_schedules(_cfg(), spec) if r.family == "decay"]
-    assert headroom.decay_step(spec) == 2 and decay[0].rhos == (1.0, 1.0, 0.0, 0.0)
+    assert audit_mod.decay_step(spec) == 2 and decay[0].rhos == (1.0, 1.0, 0.0, 0.0)
     store = AuditStore(tmp_path, spec)
     assert store.dir.name == spec.spec_hash()
 
@@ -219,4 +219,4 @@ def test_decay_step_follows_the_learning_rate_schedule():
         peak = spec.optim.lr
         warm = max(1, int(total * spec.optim.warmup_fraction))
         first = min(i for i in range(warm, total) if lr_at(i, total, spec.optim) < peak)
-        assert headroom.decay_step(spec) == min(spec.steps - 1, max(1, first // per)), df
+        assert audit_mod.decay_step(spec) == min(spec.steps - 1, max(1, first // per)), df

@@ -1,5 +1,5 @@
-"""The episode engine's identities and cache (``mixagent.rollout.engine``), without running episodes; the
-comparison and the agent's online evaluation run it end to end in tests/study/test_compare.py and tests/agent/test_train.py."""
+"""The episode cache (``mixagent.rollout.cache``): its own root first, then read-only roots; invalid stored
+episodes are run again; a stored summary reads back as the one episode record."""
 
 from __future__ import annotations
 
@@ -7,40 +7,9 @@ import json
 
 import pytest
 
-from mixagent.domains import Domain, DomainSpace
 from mixagent.errors import UsageError
-from mixagent.policies.artifact import random_artifact
-from mixagent.policies.registry import PolicyContext
 from mixagent.rollout.cache import EpisodeCache
 from mixagent.rollout.episode import EPISODE_VERSION
-from mixagent.rollout.identity import policy_key
-
-SPACE = DomainSpace("two", [Domain("wiki", "source", ["wiki"]), Domain("math", "target", ["math"])])
-CTX = PolicyContext({"wiki": 0.7, "math": 0.3}, batches_per_step=4)
-
-
-def test_an_artifact_is_keyed_by_its_behaviour_not_by_how_it_was_trained(tmp_path):
-    art = random_artifact(tmp_path / "a", SPACE)
-    key = policy_key(str(art), CTX)
-    assert key.startswith("artifact@")
-    meta = json.loads((art / "meta.json").read_text())
-    meta["training"] = {"config": {"eval": {"workers": 7}}}  # a resumed run with other evaluation settings
-    (art / "meta.json").write_text(json.dumps(meta))
-    assert policy_key(str(art), CTX) == key
-    meta["action"] = {**meta.get("action", {}), "temperature": 9.0}  # what the policy does: another key
-    (art / "meta.json").write_text(json.dumps(meta))
-    assert policy_key(str(art), CTX) != key
-    other = random_artifact(tmp_path / "b", SPACE, seed=1)  # other weights: another key
-    assert policy_key(str(other), CTX) not in (key, policy_key(str(art), CTX))
-
-
-def test_methods_are_keyed_by_their_fingerprint_and_names_win_over_directories(tmp_path, monkeypatch):
-    assert policy_key("odm", CTX) == policy_key("odm", PolicyContext(CTX.natural, batches_per_step=4))
-    assert policy_key("odm", CTX) != policy_key("odm", PolicyContext(CTX.natural, batches_per_step=1))
-    assert policy_key("replay:0.5", CTX) == "replay:0.5"
-    random_artifact(tmp_path / "uniform", SPACE)
-    monkeypatch.chdir(tmp_path)  # a directory named like a baseline does not shadow it
-    assert policy_key("uniform", CTX) == "uniform"
 
 
 def test_the_cache_reads_its_own_root_first_then_the_read_only_ones(tmp_path):
