@@ -11,6 +11,7 @@ leave this at "0 files changed".
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for stored in sorted((REPO_ROOT / "audits").glob("**/audit.json")):  # every audit that kept its config
         cfg = from_dict(AuditConfig, json.loads(stored.read_text()), str(stored))
-        make_report(run_audit(cfg, report_only=True))
+        root = stored.parent.parent.parent  # <root>/<env name>-v<version>/<spec hash>/audit.json, wherever it ran
+        make_report(run_audit(dataclasses.replace(cfg, out=str(root.relative_to(REPO_ROOT))), report_only=True))
         print(f"audit report: {stored.parent.relative_to(REPO_ROOT)}")
     skipped = []
     for stored in sorted((REPO_ROOT / "audits" / "compare").glob("*/compare.json")):
