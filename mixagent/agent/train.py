@@ -246,7 +246,8 @@ def train_stage(algo: Any, dataset: Any, stage: str, steps: int, cfg: AgentConfi
     return (steps - start) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _online_stage(algo: Any, cfg: AgentConfig, env: Any, progress: bool) -> float:
+def _online_stage(algo: Any, cfg: AgentConfig, tset: TrajectorySet, world_model: WorldModelSupply,
+                  progress: bool) -> float:
     """d3rlpy's ``fit_online`` of SAC or TD3 in the penalised surrogate (one ensemble member per step) for
     ``model.online_steps`` env steps, updates from step ``min(1000, steps / 10)``, d3rlpy's logger off (no
     files); TD3 explores with Gaussian noise 0.1. Returns env steps per second. Not resumable inside: a
@@ -258,7 +259,7 @@ def _online_stage(algo: Any, cfg: AgentConfig, env: Any, progress: bool) -> floa
     if meta.is_file() and json.loads(meta.read_text()).get("step") == cfg.model.online_steps:
         _load_checkpoint(algo, ckpt)
         return 0.0  # an unfinished stage's checkpoint is not loaded: it retrains from the SFT policy
-    m = cfg.model
+    env, m = world_model.env(tset), cfg.model
     d3rlpy = import_d3rlpy()
     env.reset(seed=cfg.seed)
     buffer = d3rlpy.dataset.create_fifo_replay_buffer(limit=m.buffer, env=env)
@@ -402,7 +403,7 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
             init_actor_from(algo, algos["sft"])  # a resumed stage then loads its checkpoint over this
         if stage == "rl" and cfg.model.kind == "surrogate":
             assert world_model is not None
-            rate = _online_stage(algo, cfg, world_model.env(tset), progress)
+            rate = _online_stage(algo, cfg, tset, world_model, progress)
         else:
             rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
         artifacts[stage] = write_artifact(run_dir / stage, actor_tensors(algo), _artifact_meta(

@@ -29,11 +29,13 @@ __all__ = ["launch", "roll_policies"]
 
 def launch(setup: RunnerSetup, tasks: Sequence[Task], horizon: int, desc: str, spec_hash: str, *,
            launcher: str | Launcher = "local", workers: int = 0, progress: bool = True, base: str | None = None,
-           unit: str = "segment") -> Iterator[Any]:
-    """Run ``tasks`` on ``launcher`` (a name: ``local``, ``inline``, ``ray``, built and closed here with
-    ``workers`` processes, 0 = one per core; or a launcher the caller owns, whose workers use
-    ``setup.threads``), with one progress bar (over segments, see :func:`horizon_of`); yields every event but
-    the launcher's ``Ready`` and the runners' :class:`Segment` (finished episodes, family points...).
+           unit: str = "segment", cap_workers: bool = True) -> Iterator[Any]:
+    """Run ``tasks`` on ``launcher`` with one progress bar (over segments, see :func:`horizon_of`); yields every
+    event but the launcher's ``Ready`` and the runners' :class:`Segment` (finished episodes, family points...).
+
+    ``launcher`` is a name (``local``, ``inline``, ``ray``: built and closed here with ``workers`` processes,
+    0 = one per core, at most one per task unless ``cap_workers`` is false and ``workers`` is given) or a
+    launcher the caller owns, whose workers use ``setup.threads``.
 
     Raises:
         ConfigError: a worker built an env of another spec hash than ``spec_hash`` (or from another base
@@ -48,7 +50,7 @@ def launch(setup: RunnerSetup, tasks: Sequence[Task], horizon: int, desc: str, s
             runner: Launcher = InlineLauncher()
             setup = dataclasses.replace(setup, threads=cores)
         else:
-            n = max(1, min(workers or cores, len(tasks)))  # at most one worker per task
+            n = max(1, min(workers or cores, len(tasks)) if cap_workers or not workers else workers)
             runner = LAUNCHERS[launcher](n)
             setup = dataclasses.replace(setup, threads=max(1, cores // n))
     else:

@@ -45,7 +45,7 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.rollout.engine import launch
-from mixagent.rollout.launchers import LAUNCHERS, InlineLauncher, Launcher, cpu_count
+from mixagent.rollout.launchers import LAUNCHERS, Launcher, cpu_count
 from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.runner import Episode, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
@@ -351,23 +351,12 @@ def _run_tasks(cfg: AuditConfig, tasks: list[ScheduleTree], store: AuditStore, l
     if not tasks:
         return
     segments = sum(_tree_segments(spec, list(t.schedules)) for t in tasks)
-    own = launcher is None
-    threads = spec.optim.threads
-    if launcher is None:  # the audit's planning: an explicit `workers` is not capped by the task count
-        cores = cpu_count()
-        if cfg.launcher == "inline":
-            launcher, threads = InlineLauncher(), cores
-        else:
-            workers = cfg.workers or max(1, min(cores, len(tasks)))
-            launcher, threads = LAUNCHERS[cfg.launcher](workers), max(1, cores // workers)
-    try:
-        for event in launch(RunnerSetup(to_dict(spec), threads), tasks, spec.steps, f"{desc} ({segments} segments)",
-                            spec.spec_hash(), launcher=launcher, base=store.base, unit="row"):
-            if isinstance(event, Episode):
-                store.put(event.record)
-    finally:
-        if own:
-            launcher.close()
+    # the audit's planning: an explicit `workers` is not capped by the task count
+    for event in launch(RunnerSetup(to_dict(spec), spec.optim.threads), tasks, spec.steps,
+                        f"{desc} ({segments} segments)", spec.spec_hash(), launcher=launcher or cfg.launcher,
+                        workers=cfg.workers, base=store.base, unit="row", cap_workers=False):
+        if isinstance(event, Episode):
+            store.put(event.record)
 
 
 def _tree_segments(spec: EnvSpec, group: list[Schedule]) -> int:
