@@ -67,13 +67,12 @@ BASELINES = BASELINE_SPECS  # baselines of the online comparison (``replay:<rho>
 
 
 def _eval_baseline_problems(spec: str) -> list[str]:
-    from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, method_problems
+    from mixagent.policies.registry import NEEDS_REFERENCE, is_method, method_problems
 
-    if spec in METHODS:
-        if spec in (*NEEDS_REFERENCE, "regmix"):
+    if is_method(spec):
+        if spec.partition(":")[0] in (*NEEDS_REFERENCE, "regmix"):
             return [f"{spec!r} needs preparation runs (a reference run or proxy runs): compare the agent with it "
                     f"through `mixagent compare --policies {spec},runs/agent/<name>/rl`"]
-        return []
     return method_problems(spec)
 
 

@@ -31,9 +31,9 @@ __all__ = ["evaluate_online", "baseline_label", "check_held_out"]
 
 def baseline_label(name: str) -> str:
     """The table label of baseline spec ``name`` (``replay:0.5`` -> ``replay rho=0.5``)."""
-    from mixagent.policies.registry import METHODS
+    from mixagent.policies.registry import is_method
 
-    if name in METHODS:
+    if is_method(name):
         return name
     spec = parse_baseline(name)
     if spec is None:

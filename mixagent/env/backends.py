@@ -19,7 +19,7 @@ from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError
 from mixagent.sampling import MixtureSampler
 
-__all__ = ["ProxyBackend", "LMBackend", "AnalyticBackend", "make_backend"]
+__all__ = ["ProxyBackend", "ProbingBackend", "LMBackend", "AnalyticBackend", "make_backend"]
 
 
 class ProxyBackend(Protocol):
@@ -43,6 +43,19 @@ class ProxyBackend(Protocol):
 
     def load_state(self, state: dict) -> None:
         """Restore a :meth:`state` copy exactly (the continuation is bit-identical to an unforked run)."""
+
+
+class ProbingBackend(ProxyBackend, Protocol):
+    """A backend that can train probe mixtures inside a segment (``MixingEnv.probe``; Aioli's LearnParams)."""
+
+    def probe(self, mixtures: np.ndarray, batches: int, windows: int, step: int) -> np.ndarray:
+        """Train each of ``mixtures`` (``(P, K)``) for ``batches`` optimizer batches, taken from segment
+        ``step``'s budget (its :meth:`train` then trains that many fewer), and return ``(P + 1, K)``
+        per-domain bits per byte on ``windows`` held-out windows per domain: before, then after each
+        probe. A row of NaN after a probe that diverged (the rest are not trained).
+
+        Raises:
+            ConfigError: probes that would take the whole segment."""
 
 
 class LMBackend:
@@ -84,12 +97,14 @@ class LMBackend:
         self.total_steps = self.steps_per_segment * spec.steps
         self._base_eval: EvalResult | None = None
         self.tokens_seen = 0
+        self._probed = 0  # batches of the current segment that probes used
 
     def reset(self, seed: int) -> EvalResult:
         self.model.load_state_dict(self.base_state)
         self.optimizer = make_optimizer(self.model, self.spec.optim)
         self.sampler = MixtureSampler(self.train_streams, self.model_config.seq_len + 1, seed, self.space.names)
         self.tokens_seen = 0
+        self._probed = 0
         if self._base_eval is None:  # the base model's evaluation does not depend on the seed
             self._base_eval = self.evaluator(self.model, 0)
             self._base_items = dict(self.evaluator.last_items)
@@ -97,10 +112,29 @@ class LMBackend:
         return copy.deepcopy(self._base_eval)
 
     def train(self, weights: np.ndarray, step: int) -> SegmentStats:
-        stats = train_segment(self.model, self.optimizer, self.sampler, weights, self.steps_per_segment,
-                              step * self.steps_per_segment, self.total_steps, self.spec.optim)
+        used, self._probed = self._probed, 0
+        stats = train_segment(self.model, self.optimizer, self.sampler, weights, self.steps_per_segment - used,
+                              step * self.steps_per_segment + used, self.total_steps, self.spec.optim)
         self.tokens_seen += stats.tokens
         return stats
+
+    def probe(self, mixtures: np.ndarray, batches: int, windows: int, step: int) -> np.ndarray:
+        mixtures = np.asarray(mixtures, dtype=np.float64)
+        if self._probed + len(mixtures) * batches >= self.steps_per_segment:
+            raise ConfigError(self.spec.name, [
+                f"{len(mixtures)} probes of {batches} batches would take the whole {self.steps_per_segment}-batch "
+                f"segment: lower the probes' batches or raise segment_tokens"])
+        out = np.full((len(mixtures) + 1, self.space.k), np.nan)
+        out[0] = self.evaluator.probe_bpb(self.model, windows)
+        for i, m in enumerate(mixtures):
+            stats = train_segment(self.model, self.optimizer, self.sampler, m, batches,
+                                  step * self.steps_per_segment + self._probed, self.total_steps, self.spec.optim)
+            self._probed += batches
+            self.tokens_seen += stats.tokens
+            if stats.nonfinite:
+                break
+            out[i + 1] = self.evaluator.probe_bpb(self.model, windows)
+        return out
 
     def evaluate(self) -> EvalResult:
         return self.evaluator(self.model, self.tokens_seen)
@@ -109,13 +143,14 @@ class LMBackend:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "sampler": self.sampler.state(),
-                "tokens_seen": self.tokens_seen}
+                "tokens_seen": self.tokens_seen, "probed": self._probed}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.sampler.restore(state["sampler"])
         self.tokens_seen = state["tokens_seen"]
+        self._probed = state.get("probed", 0)
 
 
 class AnalyticBackend:
@@ -123,7 +158,10 @@ class AnalyticBackend:
 
     Domain ``d``'s loss falls with the tokens it receives and rises slowly with tokens of the other
     field (forgetting); benchmark scores follow the field losses. ``nan_at_step`` injects a failed step.
+    A segment is ``steps_per_segment`` batches (probes take theirs from it).
     """
+
+    steps_per_segment = 10
 
     def __init__(self, space: DomainSpace, segment_tokens: int = 1000, nan_at_step: int | None = None) -> None:
         self.space = space
@@ -138,20 +176,37 @@ class AnalyticBackend:
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.seen = np.zeros(self.space.k)
         self.tokens_seen = 0
+        self._probed = 0
         return self.evaluate()
 
     def train(self, weights: np.ndarray, step: int) -> SegmentStats:
         if self.nan_at_step == step:
             return SegmentStats(0, 0, float("nan"), 0.0, True)
-        self.seen += weights * self.segment_tokens
-        self.tokens_seen += self.segment_tokens
-        return SegmentStats(self.segment_tokens, 1, 1.0, 0.0, False)
+        used, self._probed = self._probed, 0
+        tokens = self.segment_tokens * (self.steps_per_segment - used) // self.steps_per_segment
+        self.seen += weights * tokens
+        self.tokens_seen += tokens
+        return SegmentStats(tokens, 1, 1.0, 0.0, False)
 
-    def evaluate(self) -> EvalResult:
+    def probe(self, mixtures: np.ndarray, batches: int, windows: int, step: int) -> np.ndarray:
+        if self._probed + len(mixtures) * batches >= self.steps_per_segment:
+            raise ConfigError("analytic", [f"{len(mixtures)} probes of {batches} batches take the whole segment"])
+        out = [self._bpb()]
+        for m in np.asarray(mixtures, dtype=np.float64):
+            tokens = self.segment_tokens * batches // self.steps_per_segment
+            self.seen += m * tokens
+            self.tokens_seen += tokens
+            self._probed += batches
+            out.append(self._bpb())
+        return np.array(out)
+
+    def _bpb(self) -> np.ndarray:
         own = self.seen / self.segment_tokens
         other_field = np.where(self.target, own[~self.target].sum(), own[self.target].sum())
-        bpb = self.base * (1 - 0.3 * (1 - np.exp(-own / 2))) * (1 + 0.05 * (1 - np.exp(-other_field / 4)))
-        bpb = bpb * (1 + 1e-3 * self.rng.standard_normal(self.space.k))
+        return self.base * (1 - 0.3 * (1 - np.exp(-own / 2))) * (1 + 0.05 * (1 - np.exp(-other_field / 4)))
+
+    def evaluate(self) -> EvalResult:
+        bpb = self._bpb() * (1 + 1e-3 * self.rng.standard_normal(self.space.k))
         scores = {}
         for f in FIELDS:
             mask = self.space.field_mask(f)
@@ -160,12 +215,13 @@ class AnalyticBackend:
 
     def state(self) -> dict:
         return {"rng": copy.deepcopy(self.rng.bit_generator.state), "seen": self.seen.copy(),
-                "tokens_seen": self.tokens_seen}
+                "tokens_seen": self.tokens_seen, "probed": self._probed}
 
     def load_state(self, state: dict) -> None:
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
         self.seen = state["seen"].copy()
         self.tokens_seen = state["tokens_seen"]
+        self._probed = state.get("probed", 0)
 
 
 def make_backend(spec: EnvSpec, space: DomainSpace) -> ProxyBackend:

@@ -19,7 +19,7 @@ from mixagent.env.proxy import lr_at
 from mixagent.env.references import get_reference
 from mixagent.env.rewards import Reference, balanced_score, needs_reference, step_reward
 from mixagent.env.spec import EnvSpec, load_spec
-from mixagent.errors import ActionError, ConfigError, WeightsError
+from mixagent.errors import ActionError, ConfigError, UsageError, WeightsError
 
 __all__ = ["MixingEnv"]
 
@@ -191,6 +191,36 @@ class MixingEnv(gym.Env):
         info.update(eval=now.to_json(),
                     balanced_score=balanced_score(r.name, r.lam, self._start, now, self.space, self.reference))
         return obs, float(reward), self._t >= self.spec_.steps, False, info
+
+    def probe(self, mixtures: np.ndarray, batches: int = 1, windows: int = 4) -> np.ndarray:
+        """Train probe mixtures inside the coming segment, before its main mixture (Aioli's LearnParams).
+
+        Each of ``mixtures`` (``(P, K)``) trains ``batches`` optimizer batches on the proxy, one after another;
+        the tokens come out of the coming step's budget (the next :meth:`step` trains ``P * batches`` fewer
+        batches, so every method spends the same tokens per episode). Returns ``(P + 1, K)`` per-domain bits
+        per byte on the first ``windows`` held-out windows of each domain over the episode's start (``b / b_0``,
+        ``b_0`` on all windows: a constant factor per domain, so differences between rows are on the
+        observation's scale): before the first probe, then after each (NaN rows after a probe that diverged; the step then ends
+        the episode as any divergence does).
+
+        Raises:
+            gymnasium.error.ResetNeeded: no episode running.
+            UsageError: a backend that cannot train probes (the analytic and LM backends can).
+            WeightsError: mixtures of the wrong shape or not on the simplex.
+            ConfigError: probes that would take the whole segment.
+        """
+        if self._start is None or self._t >= self.spec_.steps:
+            raise gym.error.ResetNeeded("call reset() before probe()")
+        if not hasattr(self.backend, "probe"):
+            raise UsageError(f"backend {type(self.backend).__name__} cannot train probe mixtures (Aioli needs an env "
+                             f"whose backend implements ProbingBackend.probe)")
+        m = np.asarray(mixtures, dtype=np.float64)
+        if m.ndim != 2 or m.shape[1] != self.space.k or not np.isfinite(m).all() or (m < 0).any() \
+                or not np.allclose(m.sum(1), 1.0, atol=1e-6):
+            raise WeightsError(f"probe mixtures must be (P, {self.space.k}) rows on the simplex, got shape {m.shape}")
+        bpb = self.backend.probe(m, int(batches), int(windows), self._t)
+        start = np.array([self._start.bpb[n] for n in self.space.names])
+        return bpb / start
 
     def snapshot(self) -> dict:
         """Everything a later :meth:`restore` needs to continue this episode from the current step

@@ -385,6 +385,26 @@ class Evaluator:
         return EvalResult({n: float(b) for n, b in zip(self.space.names, bpb)}, scores, accuracy,
                           tokens_seen, self.eval_tokens)
 
+    @torch.inference_mode()
+    def probe_bpb(self, model: torch.nn.Module, windows: int) -> np.ndarray:
+        """``(K,)`` bits per byte of each domain on its first ``windows`` held-out windows: the cheap loss a
+        probing method (Aioli) measures around its probe trainings. Forward passes only."""
+        model.eval()
+        dev = next(model.parameters()).device
+        idx = np.concatenate([np.flatnonzero(self.owner == d)[:windows] for d in range(self.space.k)])
+        nll = np.zeros(self.space.k)
+        nbytes = np.zeros(self.space.k)
+        bs = self.spec.batch_size
+        for i in range(0, len(idx), bs):
+            rows = idx[i: i + bs]
+            batch = self.windows[rows].to(dev)
+            logits = model(input_ids=batch[:, :-1]).logits
+            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+            loss = (loss * self.text_mask[rows].to(dev)).sum(1).double().cpu().numpy()
+            np.add.at(nll, self.owner[rows], loss)
+            np.add.at(nbytes, self.owner[rows], self.window_bytes_each[rows])
+        return nll / math.log(2) / nbytes
+
     def describe(self) -> dict[str, object]:
         return {"windows_per_domain": int(np.bincount(self.owner).min()), "items": {f: len(v) for f, v in
                 self.items.items()}, "eval_tokens": self.eval_tokens}

@@ -23,8 +23,8 @@ name             method                                            needs
 ``ado``          per-domain power-law fits (Jiang et al. 2024)     natural shares
 ``velocitune``   learning velocity vs a scaling-law target         natural shares, a :class:`ReferenceCurve`
                  (Luo et al. 2024)
-``aioli``        linear mixing law fitted online (Chen et al.      natural shares
-                 2024)
+``aioli``        linear mixing law from probe trainings in every   natural shares, an env that trains probes
+                 round (Chen et al. 2024)
 ===============  ================================================  ============================================
 """
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.errors import ConfigError, UsageError
-from mixagent.policies.protocol import RunningState
+from mixagent.policies.protocol import ProbePlan, RunningState
 
 __all__ = ["ObservationView", "ReferenceCurve", "DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy",
            "AioliPolicy", "fit_power_law"]
@@ -189,37 +189,58 @@ class DoReMiPolicy(_OnlineMethod):
     """DoReMi's domain-weight update, used online (Xie et al., *DoReMi: Optimizing Data Mixtures Speeds Up
     Language Model Pretraining*, arXiv 2305.10429; sangmichaelxie/doremi).
 
-    Update at every step after the first, from uniform ``alpha``:
-    ``lambda_k = max(L_k - L_ref_k, 0)``; ``alpha <- softmax(log alpha + eta * lambda)``;
-    ``alpha <- (1 - c) alpha + c / K``.
+    The paper updates once per optimizer batch. A re-weighting step here stands for ``B = batches_per_step``
+    optimizer batches, and the held-out losses are observed once per step, so the update is applied ``B``
+    times with that step's excess loss, from uniform ``alpha``:
+    ``lambda_k = max(L_k - L_ref_k, 0)``; repeat ``B`` times: ``alpha <- softmax(log alpha + eta * lambda)``,
+    ``alpha <- (1 - c) alpha + c / K``. (One update per re-weighting step, the rule before, left the mixture
+    within total variation 0.02 of uniform on v1: DoReMi's row was really uniform.)
 
-    Adaptation: the proxy's per-domain held-out loss ``L = b_t / b_0`` replaces its per-batch training loss,
-    and the reference model is a reference *run* (a :class:`ReferenceCurve`, trained on natural weights as
-    the paper's issue #5 advises), read at the same progress. DoReMi proper hands the time-averaged alpha
-    to a second run; ``average=True`` drives the mixture with the running average instead of the current
-    alpha (the online variant, the default, uses alpha directly).
+    **Reference.** DoReMi's reference model is trained to the end on the reference weights; its loss on the
+    batch is the bar the proxy's loss is measured against. Here the reference is a *run* on natural weights
+    (a :class:`ReferenceCurve`, as the paper's issue #5 advises) and, by default, its loss **at the end** of
+    the run (``reference_at="end"``: the paper's trained reference model). ``reference_at="progress"``
+    reads the reference run at the same progress instead (the rule before: excess over where a natural run
+    would be now, not over what a trained model reaches).
+
+    Adaptation: the proxy's per-domain held-out loss ``L = b_t / b_0`` (relative to the start) replaces its
+    per-batch training loss in nats, so the excess is on another scale than the paper's and ``eta`` is
+    tuned (the comparison's equal tuning budget). DoReMi proper hands the time-averaged alpha to a second
+    run; ``average=True`` drives the mixture with the running average instead of the current alpha (the
+    online variant, the default, uses alpha directly).
 
     Args:
         reference: the reference run's losses (required: DoReMi has no meaning without it).
         eta: step size (paper: 1).
         smoothing: ``c`` (paper: 1e-3).
         average: drive with the running average of alpha.
+        batches_per_step: optimizer batches one re-weighting step stands for (``B``).
+        reference_at: ``end`` (the reference model trained to the end) or ``progress``.
 
     Raises:
-        ConfigError: no reference, or one for other domains (at ``reset``).
+        ConfigError: no reference, bad numbers, or a reference for other domains (at ``reset``).
     """
 
     name = "doremi"
     STATE = ("alpha", "_sum", "_n")
+    REFERENCE_AT = ("end", "progress")
 
     def __init__(self, reference: ReferenceCurve | None, eta: float = 1.0, smoothing: float = 1e-3,
-                 average: bool = False) -> None:
+                 average: bool = False, batches_per_step: int = 1, reference_at: str = "end") -> None:
         if reference is None:
             raise ConfigError("doremi", ["DoReMi needs a reference run (a ReferenceCurve of a natural-weights run "
                                          "in the same env); `mixagent compare` records one"])
+        problems = []
         if not (eta > 0 and 0 <= smoothing <= 1):
-            raise ConfigError("doremi", [f"eta must be > 0 and smoothing in [0, 1], got {eta}, {smoothing}"])
+            problems.append(f"eta must be > 0 and smoothing in [0, 1], got {eta}, {smoothing}")
+        if batches_per_step < 1:
+            problems.append(f"batches_per_step must be >= 1, got {batches_per_step}")
+        if reference_at not in self.REFERENCE_AT:
+            problems.append(f"reference_at must be one of {self.REFERENCE_AT}, got {reference_at!r}")
+        if problems:
+            raise ConfigError("doremi", problems)
         self.reference, self.eta, self.smoothing, self.average = reference, float(eta), float(smoothing), average
+        self.batches, self.reference_at = int(batches_per_step), reference_at
 
     def start(self, space: DomainSpace) -> np.ndarray:
         self.reference.check_space(space, "doremi")
@@ -228,11 +249,15 @@ class DoReMiPolicy(_OnlineMethod):
         return self.alpha
 
     def update(self, view: ObservationView) -> np.ndarray:
-        excess = np.maximum(view.loss - self.reference.at(view.progress), 0.0)
-        logits = np.log(self.alpha) + self.eta * excess
-        alpha = np.exp(logits - logits.max())
-        self.alpha = (1.0 - self.smoothing) * alpha / alpha.sum() + self.smoothing / self.k
-        self._sum, self._n = self._sum + self.alpha, self._n + 1
+        bar = self.reference.at(1.0 if self.reference_at == "end" else view.progress)
+        excess = np.maximum(view.loss - bar, 0.0)
+        alpha = self.alpha
+        for _ in range(self.batches):  # one exponentiated-gradient step per optimizer batch
+            logits = np.log(alpha) + self.eta * excess
+            alpha = np.exp(logits - logits.max())
+            alpha = (1.0 - self.smoothing) * alpha / alpha.sum() + self.smoothing / self.k
+            self._sum, self._n = self._sum + alpha, self._n + 1
+        self.alpha = alpha
         return self._sum / self._n if self.average else self.alpha
 
 
@@ -241,7 +266,7 @@ class ODMPolicy(_OnlineMethod):
     Language Model Pre-Training*, arXiv 2312.02406; alon-albalak/online-data-mixing).
 
     Update at each re-weighting step, which stands for ``B = batches_per_step`` of ODM's per-batch updates:
-    reward ``r_k = L_k / 10``; ``R_k <- R_k + B r_k`` (or, with ``moving_average``, ``B`` steps of
+    reward ``r_k = gain * L_k / 10``; ``R_k <- R_k + B r_k`` (or, with ``moving_average``, ``B`` steps of
     ``R <- 0.9 R + 0.1 r``); ``t <- t + B``; ``eps_t = min(1/K, sqrt(ln K / (K t)))`` (``eps_0 = 1/K``);
     ``w_k = exp(eps_{t-1} R_k) (1 - K eps_t) / sum_j exp(eps_{t-1} R_j) + eps_t``; ``pi = w / sum w``.
     The first ``warmup`` re-weighting steps accumulate rewards but keep the uniform start.
@@ -257,16 +282,20 @@ class ODMPolicy(_OnlineMethod):
         warmup: re-weighting steps that keep uniform weights (rewards still accumulate).
         moving_average: use the 0.9 moving average of rewards instead of their sum.
         batches_per_step: optimizer batches one re-weighting step stands for (``B`` above).
+        gain: scale of the reward (paper: 1, i.e. ``loss / 10``); EXP3's effective step size, so the
+            comparison's equal tuning budget searches it.
     """
 
     name = "odm"
     STATE = ("rewards", "t", "steps")
 
-    def __init__(self, warmup: int = 1, moving_average: bool = False, batches_per_step: int = 1) -> None:
-        if warmup < 0 or batches_per_step < 1:
-            raise ConfigError("odm", [f"warmup must be >= 0 and batches_per_step >= 1, got {warmup}, "
-                                      f"{batches_per_step}"])
+    def __init__(self, warmup: int = 1, moving_average: bool = False, batches_per_step: int = 1,
+                 gain: float = 1.0) -> None:
+        if warmup < 0 or batches_per_step < 1 or not gain > 0:
+            raise ConfigError("odm", [f"warmup must be >= 0, batches_per_step >= 1 and gain > 0, got {warmup}, "
+                                      f"{batches_per_step}, {gain}"])
         self.warmup, self.moving_average, self.batches = int(warmup), moving_average, int(batches_per_step)
+        self.gain = float(gain)
 
     @staticmethod
     def epsilon(k: int, t: int) -> float:
@@ -278,7 +307,7 @@ class ODMPolicy(_OnlineMethod):
         return np.full(space.k, 1.0 / space.k)
 
     def update(self, view: ObservationView) -> np.ndarray:
-        r, b = view.loss / 10.0, self.batches
+        r, b = self.gain * view.loss / 10.0, self.batches
         if self.moving_average:
             self.rewards = 0.9 ** b * self.rewards + (1.0 - 0.9 ** b) * r
         else:
@@ -328,7 +357,7 @@ class ADOPolicy(_OnlineMethod):
     to its loss against the tokens it has seen ``n_k``; the learning speed
     ``s_k = alpha_k (L_k(n_k) - exp(e_k)) / n_k``; the score ``s_k mu_k sqrt(h_k (1 - h_k))`` (``mu`` the
     natural shares, ``h`` a 0.9 moving average of realised shares); ``rho`` = the normalised score, floored
-    at 0.01 and renormalised; ``pi = 0.9 * mean(rho so far) + 0.1 * rho``. Until every domain has
+    at 0.01 and renormalised; ``pi = (1 - gamma) * mean(rho so far) + gamma * rho`` (``gamma`` 0.1). Until every domain has
     ``min_points`` points with ``n > 0``, and at any step where one domain's fit fails, the natural shares
     stand in for the whole mixture (no ``rho`` is recorded for that step).
 
@@ -339,15 +368,17 @@ class ADOPolicy(_OnlineMethod):
     Args:
         natural: ``{domain: natural token share}`` (``mu`` and the start).
         min_points: points per domain before the first fit (the fit has 3 parameters).
+        gamma: weight of the current ``rho`` against the running mean (paper: 0.1).
     """
 
     name = "ado"
     STATE = ("h", "seen", "points", "rhos", "_progress")
 
-    def __init__(self, natural: Mapping[str, float] | None, min_points: int = 3) -> None:
-        if min_points < 3:
-            raise ConfigError("ado", [f"min_points must be >= 3 (three parameters per fit), got {min_points}"])
-        self.natural, self.min_points = natural, int(min_points)
+    def __init__(self, natural: Mapping[str, float] | None, min_points: int = 3, gamma: float = 0.1) -> None:
+        if min_points < 3 or not 0 <= gamma <= 1:
+            raise ConfigError("ado", [f"min_points must be >= 3 (three parameters per fit) and gamma in [0, 1], "
+                                      f"got {min_points}, {gamma}"])
+        self.natural, self.min_points, self.gamma = natural, int(min_points), float(gamma)
 
     def start(self, space: DomainSpace) -> np.ndarray:
         self.mu = _shares_vector(space, self.natural, "ado")
@@ -379,7 +410,7 @@ class ADOPolicy(_OnlineMethod):
         rho = np.maximum(rho, 0.01)
         rho = rho / rho.sum()
         self.rhos.append(rho)
-        return 0.9 * np.mean(self.rhos, axis=0) + 0.1 * rho
+        return (1.0 - self.gamma) * np.mean(self.rhos, axis=0) + self.gamma * rho
 
 
 class VelocitunePolicy(_OnlineMethod):
@@ -388,100 +419,168 @@ class VelocitunePolicy(_OnlineMethod):
     2411.14318). The paper publishes no code; the form used here:
 
     * target loss per domain ``L*_k``: a scaling law ``L(D) = E + B / D^beta`` (:func:`fit_power_law`)
-      fitted to the reference run's loss against the tokens it gave domain ``k``, read at the tokens the
-      natural mixture gives it over the whole budget (the reference's last value when the fit fails);
+      fitted to the reference run's loss against the tokens it gave domain ``k``, **extrapolated to the
+      full budget** (``D = budget`` tokens: what the domain could reach if the whole run were spent on it,
+      ``budget`` in units of the run's budget, default 1). Reading the fit at the reference run's own
+      endpoint (the rule before) made every domain the natural run had already learned reach its "target"
+      early, its velocity pinned at 0 or 1, and the mixture drifted to the source field (v1: target share
+      0.238 -> 0.028). A domain whose fit fails (fewer than 3 points, a loss that does not fall) keeps the
+      reference's last value, counted in ``fit_failures``;
     * velocity ``V_k = (L_k(t) - L*_k) / (L_k(0) - L*_k)`` with ``L_k(0) = 1`` (relative losses), clipped
-      to [0, 1]: 1 = has not moved, 0 = reached its target;
+      to [0, 1]: 1 = has not moved, 0 = reached its target. ``saturated`` counts the (step, domain)
+      velocities that hit a bound, ``velocities`` all of them (:meth:`diagnostics`): a method whose
+      velocities sit at the bounds is not measuring learning speed any more;
     * ``w <- normalise(w * exp(eta * V))``, from the natural shares.
 
     Args:
         natural: ``{domain: natural token share}``.
         reference: the reference run (a natural-weights :class:`ReferenceCurve`).
         eta: step size of the multiplicative update.
+        budget: where the targets are read, in units of the run's budget (``D = budget``).
     """
 
     name = "velocitune"
-    STATE = ("w",)
+    STATE = ("w", "saturated", "velocities")
 
     def __init__(self, natural: Mapping[str, float] | None, reference: ReferenceCurve | None,
-                 eta: float = 1.0) -> None:
-        if not eta > 0:
-            raise ConfigError("velocitune", [f"eta must be > 0, got {eta}"])
+                 eta: float = 1.0, budget: float = 1.0) -> None:
+        if not (eta > 0 and budget > 0):
+            raise ConfigError("velocitune", [f"eta and budget must be > 0, got {eta}, {budget}"])
         if reference is None:
             raise ConfigError("velocitune", ["Velocitune needs a reference run for its target losses (a "
                                              "ReferenceCurve); `mixagent compare` records one"])
-        self.natural, self.reference, self.eta = natural, reference, float(eta)
+        self.natural, self.reference, self.eta, self.budget = natural, reference, float(eta), float(budget)
 
     def start(self, space: DomainSpace) -> np.ndarray:
         self.reference.check_space(space, "velocitune")
         self.mu = _shares_vector(space, self.natural, "velocitune")
-        self.target = self.targets(self.reference, self.mu)
+        self.target, self.fit_failures = self.targets(self.reference, np.full(space.k, self.budget))
         self.w = self.mu.copy()
+        self.saturated, self.velocities = 0, 0
         return self.w
 
     @staticmethod
-    def targets(reference: ReferenceCurve, budget_shares: np.ndarray) -> np.ndarray:
-        """``(K,)`` the scaling-law target loss ``L*`` of each domain at ``budget_shares`` of the budget."""
+    def targets(reference: ReferenceCurve, budget_tokens: np.ndarray) -> tuple[np.ndarray, int]:
+        """``(K,)`` the scaling-law target loss ``L*`` of each domain at ``budget_tokens`` (units of the run's
+        budget), and how many domains' fits failed (they keep the reference's last value)."""
         tokens, loss = reference.tokens(), np.asarray(reference.loss, dtype=np.float64)
-        out = loss[-1].copy()
+        out, failed = loss[-1].copy(), 0
         for k in range(loss.shape[1]):
             mask = tokens[:, k] > 0
-            if mask.sum() < 3 or budget_shares[k] <= 0:
+            if mask.sum() < 3 or budget_tokens[k] <= 0:
+                failed += 1
                 continue
             try:
                 e, a, beta = fit_power_law(tokens[mask, k], loss[mask, k])
             except ValueError:
+                failed += 1
                 continue
-            out[k] = math.exp(e) + math.exp(a) * budget_shares[k] ** (-beta)
-        return np.minimum(out, 1.0 - 1e-6)  # a target above the start would make velocity meaningless
+            out[k] = min(out[k], math.exp(e) + math.exp(a) * budget_tokens[k] ** (-beta))
+        return np.minimum(out, 1.0 - 1e-6), failed  # a target above the start would make velocity meaningless
 
     def update(self, view: ObservationView) -> np.ndarray:
-        velocity = np.clip((view.loss - self.target) / (1.0 - self.target), 0.0, 1.0)
+        raw = (view.loss - self.target) / (1.0 - self.target)
+        velocity = np.clip(raw, 0.0, 1.0)
+        self.saturated += int(((raw <= 0.0) | (raw >= 1.0)).sum())
+        self.velocities += raw.size
         w = self.w * np.exp(self.eta * velocity)
         self.w = w / w.sum()
         return self.w
 
+    def diagnostics(self) -> dict:
+        """``{"saturated": share of velocities at a bound, "fit_failures": domains without a fit}``."""
+        return {"saturated": self.saturated / self.velocities if self.velocities else 0.0,
+                "fit_failures": self.fit_failures}
+
 
 class AioliPolicy(_OnlineMethod):
-    """Aioli: a linear mixing law fitted during the run (Chen et al., *Aioli: A Unified Optimization
-    Framework for Language Model Data Mixing*, arXiv 2411.05735; HazyResearch/aioli).
+    """Aioli: a linear mixing law estimated from probe trainings in every round (Chen et al., *Aioli: A
+    Unified Optimization Framework for Language Model Data Mixing*, arXiv 2411.05735; HazyResearch/aioli).
 
-    Law: ``L_i(t+1) = L_i(t) - sum_j A_ij p_j``. At each step the run's history of (mixture trained on,
-    per-domain loss decrease) pairs is fitted by ridge regression without intercept (scikit-learn's
-    ``Ridge``), then ``p <- p * exp(eta * sum_i A_ij)``, renormalised, from the natural shares.
+    Law: ``L_i(after) = L_i(before) - sum_j A_ij p_j``. Each re-weighting step is one of Aioli's rounds:
 
-    Adaptation: Aioli estimates ``A`` from short probe trainings on smoothed one-hot mixtures between
-    rounds; here it is fitted online from the run's own steps (no extra tokens), as ``BASELINES.md`` allows.
+    1. *LearnParams*: train ``K`` probe mixtures in turn, probe ``j`` the smoothed one-hot
+       ``P_j = one_hot * e_j + (1 - one_hot) / (K - 1) * (1 - e_j)``, ``probe_batches`` optimizer batches
+       each (a :class:`~mixagent.policies.protocol.ProbePlan`; the env takes the probe tokens from the
+       step's budget), measuring every domain's held-out loss before and after each probe on a few windows
+       (``probe_windows`` per domain). The loss decrease of domain ``i`` over probe ``j`` is
+       ``D_ij = sum_l P_jl A_il``, so row ``i`` of ``A`` solves ``P A_i = D_i`` (``P`` is invertible for
+       ``one_hot > 1/K``).
+    2. ``p <- p * exp(eta * sum_i A_ij)``, renormalised, from the natural shares; the rest of the step
+       trains on ``p``.
+
+    Adaptation: a round is a re-weighting step, the losses are the proxy's held-out bits per byte relative to
+    the start (the paper: validation loss in nats), so ``eta`` is tuned (the comparison's equal tuning
+    budget). Fitting ``A`` by regression on the run's own mixtures (the rule before, rules version 1) is
+    not Aioli: the mixtures a run plays are nearly collinear, so a loss change common to all domains was
+    blamed on the heaviest domain (v1: fiction 0.199 -> 0.018). Where no probes were observed before a
+    decision (a deployment whose loop cannot train probes) the weights are kept and counted in
+    ``fallbacks``.
 
     Args:
         natural: ``{domain: natural token share}``.
         eta: step size (paper: about 0.2).
-        ridge: the ridge penalty.
+        one_hot: the probe's weight on its own domain (in ``(1/K, 1]``).
+        probe_batches: optimizer batches per probe.
+        probe_windows: held-out windows per domain for each probe loss.
     """
 
     name = "aioli"
-    STATE = ("p", "x", "y")
+    STATE = ("p", "_pending")
 
-    def __init__(self, natural: Mapping[str, float] | None, eta: float = 0.2, ridge: float = 1e-3) -> None:
-        if not (eta > 0 and ridge > 0):
-            raise ConfigError("aioli", [f"eta and ridge must be > 0, got {eta}, {ridge}"])
-        self.natural, self.eta, self.ridge = natural, float(eta), float(ridge)
+    def __init__(self, natural: Mapping[str, float] | None, eta: float = 0.2, one_hot: float = 0.8,
+                 probe_batches: int = 1, probe_windows: int = 4) -> None:
+        problems = []
+        if not (eta > 0 and 0 < one_hot <= 1):
+            problems.append(f"eta must be > 0 and one_hot in (0, 1], got {eta}, {one_hot}")
+        if probe_batches < 1 or probe_windows < 1:
+            problems.append(f"probe_batches and probe_windows must be >= 1, got {probe_batches}, {probe_windows}")
+        if problems:
+            raise ConfigError("aioli", problems)
+        self.natural, self.eta, self.one_hot = natural, float(eta), float(one_hot)
+        self.probe_batches, self.probe_windows = int(probe_batches), int(probe_windows)
 
     def start(self, space: DomainSpace) -> np.ndarray:
+        if space.k > 1 and self.one_hot <= 1.0 / space.k:
+            raise ConfigError("aioli", [f"one_hot must be > 1/K = {1.0 / space.k:.3f} so the probes are independent, "
+                                        f"got {self.one_hot}"])
         self.p = _shares_vector(space, self.natural, "aioli")
-        self.x: list[np.ndarray] = []
-        self.y: list[np.ndarray] = []
+        self._pending: np.ndarray | None = None
+        self.probes = self.probe_mixtures(space.k, self.one_hot)
         return self.p
 
-    def law(self) -> np.ndarray:
-        """``(K, K)`` the fitted ``A`` (``A[i, j]``: loss decrease of domain ``i`` per unit weight on ``j``)."""
-        from sklearn.linear_model import Ridge
+    @staticmethod
+    def probe_mixtures(k: int, one_hot: float) -> np.ndarray:
+        """``(K, K)`` the smoothed one-hot probe mixtures (row ``j`` = probe ``j``)."""
+        if k == 1:
+            return np.ones((1, 1))
+        return np.full((k, k), (1.0 - one_hot) / (k - 1)) + np.eye(k) * (one_hot - (1.0 - one_hot) / (k - 1))
 
-        return Ridge(alpha=self.ridge, fit_intercept=False).fit(np.array(self.x), np.array(self.y)).coef_
+    def probe_plan(self, observation: np.ndarray) -> ProbePlan:
+        return ProbePlan(self.probes.copy(), self.probe_batches, self.probe_windows)
 
-    def update(self, view: ObservationView) -> np.ndarray:
-        self.x.append(view.weights.copy())
-        self.y.append(-view.change.copy())
-        p = self.p * np.exp(self.eta * self.law().sum(axis=0))
-        self.p = p / p.sum()
-        return self.p
+    def observe_probes(self, losses: np.ndarray) -> None:
+        self._pending = np.asarray(losses, dtype=np.float64)
+
+    def law(self, losses: np.ndarray) -> np.ndarray:
+        """``(K, K)`` ``A`` from one round's probe losses ``(K + 1, K)`` (``A[i, j]``: loss decrease of
+        domain ``i`` per unit weight on ``j``)."""
+        decrease = losses[:-1] - losses[1:]  # (probe j, domain i)
+        return np.linalg.solve(self.probes, decrease).T
+
+    def act(self, observation: np.ndarray) -> DomainWeights:
+        if not hasattr(self, "_weights"):
+            raise UsageError(f"{type(self).__name__}: call reset(space) before act()")
+        ObservationView.parse(observation, self.k)
+        pending, self._pending = self._pending, None
+        if pending is None or pending.shape != (self.k + 1, self.k) or not np.isfinite(pending).all():
+            self.fallbacks += 1
+            log.warning("aioli: no finite probe losses before this decision (a loop that cannot train probes?); "
+                        "keeping the last weights")
+        else:
+            p = self.p * np.exp(self.eta * self.law(pending).sum(axis=0))
+            if np.isfinite(p).all() and p.sum() > 0:
+                self.p = self._weights = p / p.sum()
+            else:
+                self.fallbacks += 1
+        return DomainWeights.normalised(self.space, self._weights)

@@ -3,17 +3,23 @@
 Every policy — the baselines, the behaviour policies of collection and the trained agent — implements
 ``reset(space)`` and ``act(observation) -> DomainWeights``, so any of them drives the environment, the
 collector and a real training run alike.
+
+A method that learns from short probe trainings inside each step (Aioli) also implements
+:class:`ProbingPolicy`: before each ``act`` the rollout asks it for a :class:`ProbePlan`, trains the probe
+mixtures on the proxy (``MixingEnv.probe``, the tokens taken from that step's budget) and hands back the
+per-domain losses measured around them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 
-__all__ = ["MixingPolicy", "RunningState"]
+__all__ = ["MixingPolicy", "RunningState", "ProbePlan", "ProbingPolicy"]
 
 
 @runtime_checkable
@@ -25,6 +31,34 @@ class MixingPolicy(Protocol):
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         """The mixture for the next segment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbePlan:
+    """Probe trainings a :class:`ProbingPolicy` asks for before its next decision.
+
+    Attributes:
+        mixtures: ``(P, K)`` mixtures trained one after another, ``batches`` optimizer batches each (the
+            tokens count in the coming step's budget: the step then trains ``P * batches`` fewer batches).
+        batches: optimizer batches per probe (>= 1).
+        windows: held-out windows per domain the probe losses are measured on (>= 1).
+    """
+
+    mixtures: np.ndarray
+    batches: int = 1
+    windows: int = 4
+
+
+@runtime_checkable
+class ProbingPolicy(Protocol):
+    """A :class:`MixingPolicy` that learns from probe trainings (``MixingEnv.probe``) before each decision."""
+
+    def probe_plan(self, observation: np.ndarray) -> ProbePlan | None:
+        """The probes to train before the next ``act`` (``None``: none this step)."""
+
+    def observe_probes(self, losses: np.ndarray) -> None:
+        """``(P + 1, K)`` per-domain held-out loss over the run's start (``b / b_0``, ``MixingEnv.probe``):
+        before the first probe, then after each."""
 
 
 def _encode(value: object) -> object:

@@ -5,11 +5,16 @@ Specs: the constant baselines (``uniform``, ``natural``, ``target_only``, ``repl
 heuristics (``decay_switch``, ``end_upsample``), the online methods (``doremi``, ``odm``, ``ado``,
 ``velocitune``, ``aioli``) and ``regmix`` (the fitted mixture). ``doremi`` and ``velocitune`` need a
 reference run, ``regmix`` its fitted mixture: :class:`PolicyContext` carries them.
+
+A method's hyperparameters ride in its spec: ``<name>:<key>=<value>[,<key>=<value>]`` (``doremi:eta=0.1``,
+``end_upsample:end_rho=0.25``), any keyword of the method's constructor that the context does not supply
+(:func:`tunable` lists them); that is how the comparison gives every method the same tuning search.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable, Mapping
 
 from mixagent.errors import ConfigError, suggest
@@ -17,9 +22,14 @@ from mixagent.policies.baselines import BASELINE_SPECS, FixedPolicy, baseline_pr
 from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems", "NEEDS_REFERENCE",
-           "policy_from_spec", "policy_fingerprint", "RULES_VERSION"]
+           "policy_from_spec", "policy_fingerprint", "RULES_VERSION", "parse_method", "method_spec", "is_method",
+           "tunable", "PROBING", "RULES", "rules_version"]
 
-RULES_VERSION = 1  # bump when a method's update rule or default changes: cached episodes then rerun
+# bump a method's entry when its update rule or a default changes: its cached episodes then rerun.
+# 2: DoReMi per optimizer batch against the reference's end, Velocitune's targets at the full budget, Aioli's
+# probes (2026-12-06).
+RULES = {"doremi": 2, "velocitune": 2, "aioli": 2}
+RULES_VERSION = 1  # every other method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,30 +56,108 @@ def _regmix(ctx: PolicyContext) -> MixingPolicy:
     return FixedPolicy(ctx.regmix)
 
 
-def _methods() -> dict[str, Callable[[PolicyContext], MixingPolicy]]:
+def _classes() -> dict[str, type]:
     from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy
     from mixagent.policies.methods import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
 
+    return {"decay_switch": DecaySwitchPolicy, "end_upsample": EndUpsamplePolicy, "doremi": DoReMiPolicy,
+            "odm": ODMPolicy, "ado": ADOPolicy, "velocitune": VelocitunePolicy, "aioli": AioliPolicy}
+
+
+def _methods() -> dict[str, Callable[..., MixingPolicy]]:
+    c = _classes()
     return {
-        "decay_switch": lambda ctx: DecaySwitchPolicy(ctx.natural),
-        "end_upsample": lambda ctx: EndUpsamplePolicy(ctx.natural),
-        "doremi": lambda ctx: DoReMiPolicy(ctx.reference),  # type: ignore[arg-type]
-        "odm": lambda ctx: ODMPolicy(batches_per_step=ctx.batches_per_step),
-        "ado": lambda ctx: ADOPolicy(ctx.natural),
-        "velocitune": lambda ctx: VelocitunePolicy(ctx.natural, ctx.reference),  # type: ignore[arg-type]
-        "aioli": lambda ctx: AioliPolicy(ctx.natural),
-        "regmix": _regmix,
+        "decay_switch": lambda ctx, **kw: c["decay_switch"](ctx.natural, **kw),
+        "end_upsample": lambda ctx, **kw: c["end_upsample"](ctx.natural, **kw),
+        "doremi": lambda ctx, **kw: c["doremi"](ctx.reference, batches_per_step=ctx.batches_per_step, **kw),
+        "odm": lambda ctx, **kw: c["odm"](batches_per_step=ctx.batches_per_step, **kw),
+        "ado": lambda ctx, **kw: c["ado"](ctx.natural, **kw),
+        "velocitune": lambda ctx, **kw: c["velocitune"](ctx.natural, ctx.reference, **kw),
+        "aioli": lambda ctx, **kw: c["aioli"](ctx.natural, **kw),
+        "regmix": lambda ctx, **kw: _regmix(ctx),
     }
 
 
 METHODS = ("decay_switch", "end_upsample", "doremi", "odm", "ado", "velocitune", "aioli", "regmix")
 METHOD_SPECS = (*BASELINE_SPECS, *METHODS)
 NEEDS_REFERENCE = ("doremi", "velocitune")
+PROBING = ("aioli",)  # methods that train short probe mixtures inside each step (the env's ``probe``)
+_FROM_CONTEXT = ("self", "natural", "shares", "reference", "batches_per_step")
+
+
+def _tunable() -> dict[str, tuple[str, ...]]:
+    return {name: tuple(p for p in inspect.signature(cls.__init__).parameters if p not in _FROM_CONTEXT)
+            for name, cls in _classes().items()} | {"regmix": ()}
+
+
+_TUNABLE: dict[str, tuple[str, ...]] = {}  # filled on first use (importing the classes is lazy)
+
+
+def tunable(name: str) -> tuple[str, ...]:
+    """The hyperparameters method ``name`` takes in its spec (its constructor's keywords the context does not
+    supply); empty for a name that is not a registered method."""
+    if not _TUNABLE:
+        _TUNABLE.update(_tunable())
+    return _TUNABLE.get(name, ())
+
+
+def _value(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_method(spec: str) -> tuple[str, dict[str, object]] | None:
+    """``(name, {keyword: value})`` of a method spec (``doremi``, ``doremi:eta=0.1,smoothing=0.01``);
+    ``None`` when ``spec`` names no registered method. Values are parsed as int, float, bool or string.
+
+    Raises:
+        ConfigError: a keyword the method does not take (with the ones it does), or a malformed pair.
+    """
+    name, colon, rest = spec.partition(":")
+    if name not in METHODS:
+        return None
+    if not colon:
+        return name, {}
+    names = tunable(name)
+    params, problems = {}, []
+    for pair in rest.split(","):
+        key, eq, value = pair.partition("=")
+        if not eq or not key or not value:
+            problems.append(f"{spec!r}: give hyperparameters as key=value pairs, e.g. '{name}:"
+                            f"{(names or ('eta',))[0]}=0.1'")
+        elif key not in names:
+            problems.append(f"{name} has no hyperparameter {key!r}{suggest(key, names)}; it takes "
+                            f"{', '.join(names) or 'none'}")
+        else:
+            params[key] = _value(value)
+    if problems:
+        raise ConfigError("policy", problems)
+    return name, params
+
+
+def method_spec(name: str, params: Mapping[str, object]) -> str:
+    """The spec string of method ``name`` with ``params`` (keys sorted, so equal settings give equal specs)."""
+    if not params:
+        return name
+    return name + ":" + ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def is_method(spec: str) -> bool:
+    """Whether ``spec`` names a registered method (with or without hyperparameters)."""
+    return spec.partition(":")[0] in METHODS
 
 
 def method_problems(spec: str) -> list[str]:
     """What is wrong with a method spec (empty when it names a registered method or baseline)."""
-    if spec in METHODS:
+    if is_method(spec):
+        try:
+            parse_method(spec)
+        except ConfigError as exc:
+            return list(exc.problems)
         return []
     problems = baseline_problems(spec)
     if problems and not spec.startswith("replay"):
@@ -88,9 +176,14 @@ def build_policy(spec: str, ctx: PolicyContext) -> MixingPolicy:
     baseline = parse_baseline(spec)
     if baseline is not None:
         return baseline.build(ctx.natural)
-    if spec not in METHODS:
+    parsed = parse_method(spec)
+    if parsed is None:
         raise ConfigError("policy", method_problems(spec))
-    return _methods()[spec](ctx)
+    name, params = parsed
+    try:
+        return _methods()[name](ctx, **params)
+    except TypeError as exc:  # a value of the wrong kind for the constructor
+        raise ConfigError("policy", [f"{spec!r}: {exc}"]) from None
 
 
 def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> MixingPolicy:
@@ -112,7 +205,7 @@ def policy_from_spec(spec: str, natural: Mapping[str, float] | None = None) -> M
     baseline = parse_baseline(spec)
     if baseline is not None:
         return baseline.build(natural)
-    if spec in METHODS:
+    if is_method(spec):
         return build_policy(spec, PolicyContext(natural=natural))
     if Path(spec).is_dir():
         from mixagent.policies.artifact import load_policy
@@ -135,9 +228,15 @@ def _plain(value: object) -> object:
     return None
 
 
+def rules_version(name: str) -> int:
+    """The rules version of method ``name`` (:data:`RULES`, else :data:`RULES_VERSION`)."""
+    return RULES.get(name.partition(":")[0], RULES_VERSION)
+
+
 def policy_fingerprint(policy: MixingPolicy) -> dict:
     """What defines a built policy's behaviour, as JSON: its class, its public constructor state (numbers,
     strings, shares, a reference curve) and :data:`RULES_VERSION`. The comparison keys cached episodes by
     its digest, so changing a default or a rule reruns the episodes instead of reusing stale ones."""
     state = {k: _plain(v) for k, v in sorted(vars(policy).items()) if not k.startswith("_")}
-    return {"class": type(policy).__name__, "rules": RULES_VERSION, "state": state}
+    return {"class": type(policy).__name__, "rules": rules_version(str(getattr(policy, "name", ""))),
+            "state": state}

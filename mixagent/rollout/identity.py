@@ -3,8 +3,9 @@ artifact's content digest, and the context the registered methods are built in.
 
 * **Policy identity** (:func:`policy_key`): a constant baseline is its spec string (``uniform``,
   ``replay:0.5``); a registered method is ``<name>@<digest>`` of its :func:`~mixagent.policies.registry.
-  policy_fingerprint` (a changed default or rule reruns it); a trained artifact is ``artifact@<digest>`` of
-  its weights and the behaviour part of its ``meta.json`` (a retrained agent reruns; a resumed one does not).
+  policy_fingerprint` (its hyperparameters, the context it was built in and the rules version: a changed
+  default or rule reruns it); a trained artifact is ``artifact@<digest>`` of its weights and the behaviour
+  part of its ``meta.json`` (a retrained agent reruns; a resumed one does not).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import parse_baseline
 from mixagent.policies.methods import ReferenceCurve
-from mixagent.policies.registry import METHODS, PolicyContext, build_policy, policy_fingerprint
+from mixagent.policies.registry import PolicyContext, build_policy, is_method, policy_fingerprint, rules_version
 
 __all__ = ["artifact_dir", "content_digest", "is_named", "policy_identity", "policy_key", "policy_context"]
 
@@ -56,20 +57,25 @@ def _artifact_id(path: Path) -> str:
 
 def is_named(spec: str) -> bool:
     """A registered method or constant baseline (names win over a directory of the same name)."""
-    return spec in METHODS or parse_baseline(spec) is not None
+    return is_method(spec) or parse_baseline(spec) is not None
 
 
-def policy_identity(policy: str) -> str:
-    """A method spec as written; an artifact directory by its content (a retrained agent at the same path is
-    another policy). The identity a comparison's or a deploy case's table records per row."""
+def policy_identity(policy: str, ctx: PolicyContext | None = None) -> str:
+    """The identity a comparison's or a deploy case's table records per row: a constant baseline as written;
+    a registered method with its rules version (``doremi:eta=0.1@rules2``), or its full cache key when the
+    context it runs in is given (:func:`policy_key`); an artifact directory by its content (a retrained agent
+    at the same path is another policy)."""
+    if is_method(policy):
+        return policy_key(policy, ctx) if ctx is not None else f"{policy}@rules{rules_version(policy)}"
     path = None if is_named(policy) else artifact_dir(policy)
     return f"artifact@{_artifact_id(path)}" if path is not None else policy
 
 
 def policy_key(spec: str, ctx: PolicyContext) -> str:
     """The cache identity of policy ``spec`` in context ``ctx`` (see the module docstring)."""
-    if spec in METHODS:
-        return f"{spec}@{content_digest(policy_fingerprint(build_policy(spec, ctx)))}"
+    if is_method(spec):  # the name, not the spec: the digest covers the hyperparameters, so "odm" and
+        # "odm:gain=1" (its default) are one policy and share their episodes
+        return f"{spec.partition(':')[0]}@{content_digest(policy_fingerprint(build_policy(spec, ctx)))}"
     path = None if is_named(spec) else artifact_dir(spec)
     if path is not None:
         return f"artifact@{_artifact_id(path)}"

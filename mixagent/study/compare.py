@@ -10,7 +10,11 @@ the policy's identity, so a rerun or another comparison on the same env reuses i
    * RegMix's proxy runs: ``regmix_runs`` static mixtures from its Dirichlet prior, then its LightGBM fit
      and the best predicted mixture (``regmix.json``: the mixture, the held-out Spearman);
    * the target-only reference family for *target data efficiency*: target-only runs over
-     ``efficiency_steps`` budgets (the spec with fewer steps: its own LR schedule over the shorter run).
+     ``efficiency_steps`` budgets (the spec with fewer steps: its own LR schedule over the shorter run);
+   * **the equal tuning budget** (``tuning``): every method named there runs each point of its grid (one
+     or two key hyperparameters, the same number of points for every method) on the tuning seeds; the
+     point with the best mean score is the one evaluated, and the table records the grid, each point's
+     tuning score and the choice. A method with hyperparameters that is not tuned is marked ``defaults``.
 2. **Every policy on every evaluation seed** (the env's own rollouts; baselines, methods and agent
    artifacts alike).
 3. **Oracles**, labelled as such, from the env's headroom audit when one covers the evaluation seeds:
@@ -22,9 +26,11 @@ the policy's identity, so a rerun or another comparison on the same env reuses i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +42,7 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
-from mixagent.policies.registry import NEEDS_REFERENCE, method_problems
+from mixagent.policies.registry import NEEDS_REFERENCE, method_problems, method_spec, parse_method, tunable
 from mixagent.rollout.cache import EpisodeCache
 from mixagent.rollout.engine import launch, roll_policies
 from mixagent.rollout.episode import EPISODE_VERSION
@@ -54,7 +60,7 @@ from mixagent.rollout.runner import (
 from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
 
 __all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
-           "DEFAULT_POLICIES"]
+           "DEFAULT_POLICIES", "tuning_candidates", "has_hyperparameters"]
 
 log = logging.getLogger(__name__)
 DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_switch", "end_upsample", "doremi",
@@ -63,13 +69,40 @@ DEFAULT_POLICIES = ("uniform", "natural", "target_only", "replay:0.5", "decay_sw
 
 def policy_kind(spec: str) -> str:
     """The family of a policy spec, for tables: baseline, heuristic, online, fitted or agent."""
-    if spec in ("decay_switch", "end_upsample"):
+    name = spec.partition(":")[0]
+    if name in ("decay_switch", "end_upsample"):
         return "heuristic"
-    if spec in ("doremi", "odm", "ado", "velocitune", "aioli"):
+    if name in ("doremi", "odm", "ado", "velocitune", "aioli"):
         return "online"
-    if spec == "regmix":
+    if name == "regmix":
         return "fitted"
     return "agent" if artifact_dir(spec) is not None else "baseline"
+
+
+def _base_name(spec: str) -> str:
+    """The name a tuning grid is given under: a method's name, ``replay`` for ``replay:<rho>``."""
+    return spec.partition(":")[0]
+
+
+def has_hyperparameters(spec: str) -> bool:
+    """Whether policy ``spec`` has hyperparameters a tuning search could set (``replay``'s share counts)."""
+    name = _base_name(spec)
+    if name == "replay":
+        return True
+    return bool(tunable(name))
+
+
+def tuning_candidates(spec: str, grid: dict[str, list[Any]]) -> list[str]:
+    """The specs of ``spec``'s tuning grid (the product of its hyperparameters' values, in order):
+    ``replay:0.5`` with ``{"rho": [0.3, 0.7]}`` -> ``replay:0.3``, ``replay:0.7``; ``doremi`` with
+    ``{"eta": [0.1, 1]}`` -> ``doremi:eta=0.1``, ``doremi:eta=1``."""
+    name = _base_name(spec)
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        out.append(f"replay:{point['rho']}" if name == "replay" else method_spec(name, point))
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +127,9 @@ class CompareConfig:
             episodes are cached under ``<out>/cache/``.
         reuse: further output roots whose cached episodes are reused, read only (the committed
             ``audits/compare``: a comparison under ``runs/compare`` then reruns only what is new).
+        tuning: the equal tuning budget: ``{policy name: {hyperparameter: [values]}}`` (``doremi: {eta:
+            [0.01, 0.1, 1, 10]}``, ``replay: {rho: [...]}``), one or two hyperparameters each, every grid with
+            the same number of points; each point runs on ``tune_seeds`` and the best is evaluated.
     """
 
     name: str = "v1"
@@ -110,6 +146,7 @@ class CompareConfig:
     launcher: str = "local"
     out: str = "runs/compare"
     reuse: tuple[str, ...] = ("audits/compare",)
+    tuning: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
 
     def check(self) -> list[str]:
         problems = []
@@ -133,7 +170,7 @@ class CompareConfig:
         if set(self.seeds) & set(self.tune_seeds):
             problems.append(f"tune_seeds {sorted(set(self.seeds) & set(self.tune_seeds))} are also evaluation seeds: "
                             f"reference and proxy runs must not see the evaluation seeds (e.g. tune_seeds=[100])")
-        needs_tuning = any(p in (*NEEDS_REFERENCE, "regmix") for p in self.policies) or self.efficiency_steps
+        needs_tuning = any(_base_name(p) in (*NEEDS_REFERENCE, "regmix") for p in self.policies) or self.efficiency_steps
         if needs_tuning and not self.tune_seeds:
             problems.append("tune_seeds is empty but doremi, velocitune, regmix or the data-efficiency family need "
                             "preparation runs")
@@ -141,6 +178,42 @@ class CompareConfig:
             problems.append("regmix_runs and workers must be >= 0")
         if self.launcher not in LAUNCHERS:
             problems.append(f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        return problems + self._tuning_problems()
+
+    def _tuning_problems(self) -> list[str]:
+        if not self.tuning:
+            return []
+        problems = []
+        named = {_base_name(p): p for p in self.policies if artifact_dir(p) is None}
+        sizes = {}
+        for name, grid in self.tuning.items():
+            if name not in named:
+                problems.append(f"tuning.{name}: no policy {name!r} in policies ({', '.join(named)})")
+                continue
+            if not grid or len(grid) > 2 or any(not isinstance(v, list) or not v for v in grid.values()):
+                problems.append(f"tuning.{name}: give one or two hyperparameters, each with a list of values")
+                continue
+            if name == "replay":
+                if set(grid) != {"rho"}:
+                    problems.append(f"tuning.replay: its one hyperparameter is rho, got {sorted(grid)}")
+                    continue
+            elif parse_method(name) is not None:
+                bad = [k for k in grid if k not in tunable(name)]
+                if bad:
+                    problems.append(f"tuning.{name}: {name} has no hyperparameters {bad}; it takes "
+                                    f"{', '.join(tunable(name)) or 'none'}")
+                    continue
+            else:
+                problems.append(f"tuning.{name}: only registered methods and replay have hyperparameters")
+                continue
+            specs = tuning_candidates(named[name], grid)
+            problems += [p for s in specs for p in method_problems(s)]
+            sizes[name] = len(specs)
+        if len(set(sizes.values())) > 1:
+            problems.append(f"tuning grids differ in size ({sizes}): every method gets the same tuning budget, "
+                            f"give each grid the same number of points")
+        if not self.tune_seeds:
+            problems.append("tuning needs tune_seeds (never the evaluation seeds)")
         return problems
 
 
@@ -161,6 +234,7 @@ class CompareRun:
     family: list[dict]  # target-only family: {"steps", "seed", "target_bpb"}
     audit: dict  # the headroom audit's rows on the evaluation seeds (oracles, static front); may be empty
     start: EvalResult | None = None
+    tuning: dict = dataclasses.field(default_factory=dict)  # label -> {"grid", "scores", "chosen"}
 
 
 def reference_curve(record: dict, space: DomainSpace, horizon: int, label: str) -> ReferenceCurve:
@@ -233,7 +307,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
                 cache.put(ev.record)
 
     # 1. preparation on the tuning seeds
-    needs_ref = [p for p in cfg.policies if p in NEEDS_REFERENCE]
+    needs_ref = [p for p in cfg.policies if _base_name(p) in NEEDS_REFERENCE]
     if needs_ref:
         seed = cfg.tune_seeds[0]
         if cache.summary("natural", seed) is None:
@@ -285,14 +359,31 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
             full = cache.summary("target_only", cfg.tune_seeds[0])
         family.append({"steps": T, "seed": cfg.tune_seeds[0], "target_bpb": full["target_bpb"] if full else np.nan})
 
-    # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
+    # 1b. the equal tuning budget: every grid point on the tuning seeds, the best one evaluated
     labels = {(p.rstrip("/") if artifact_dir(p) else p): p for p in cfg.policies}
+    tuning: dict[str, dict] = {}
+    if cfg.tuning:
+        grids = {label: tuning_candidates(spec, cfg.tuning[_base_name(spec)]) for label, spec in labels.items()
+                 if _base_name(spec) in cfg.tuning}
+        points = {c: c for cands in grids.values() for c in cands}
+        tuned = roll_policies(env, points, list(cfg.tune_seeds), cache, setup(),
+                              desc=f"tuning: {len(points)} grid points x {len(cfg.tune_seeds)} tuning seeds", **how)
+        for label, cands in grids.items():
+            scores = {c: float(np.mean([e["balanced"] for e in tuned[c]])) for c in cands}
+            chosen = max(cands, key=lambda c: scores[c])  # ties: the first in grid order
+            tuning[label] = {"grid": cfg.tuning[_base_name(labels[label])], "scores": scores, "chosen": chosen,
+                             "tune_seeds": list(cfg.tune_seeds)}
+            labels[label] = chosen
+            extra[label] = extra.get(label, 0) + len(cands) * len(cfg.tune_seeds)
+        atomic_write_json(out / "tuning.json", tuning)
+
+    # 2. every policy on every evaluation seed (artifacts checked against the env's space first)
     episodes = roll_policies(env, labels, list(cfg.seeds), cache, setup(), desc=f"policies x {len(cfg.seeds)} seeds",
                              **how)
 
     first = episodes[next(iter(episodes))][0]
     return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
-                      audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]))
+                      audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]), tuning)
 
 
 def _check_artifacts(cfg: CompareConfig, env) -> None:

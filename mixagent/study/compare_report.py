@@ -103,6 +103,11 @@ def _rows(run: CompareRun) -> list[dict]:
                      "weights": _mean_weights([e["weights"] for e in eps], spec.steps, space.k),
                      "extra_episodes": run.extra_episodes.get(label, 0),
                      "diverged": sum(bool(e["truncated"]) for e in eps)})
+        fell_back = [int(e.get("policy", {}).get("fallbacks", 0)) for e in eps]
+        if any(fell_back):  # decisions the policy could not make: the run kept its last (or initial) mixture
+            rows[-1]["fallbacks"] = {"decisions": sum(fell_back), "of": sum(len(e["weights"]) for e in eps)}
+        if run.cfg.tuning:
+            rows[-1]["tuning"] = _tuning_cell(run, label)
     audit = run.audit.get("rows", {})
     if audit:
         start = run.start
@@ -147,6 +152,18 @@ def _rows(run: CompareRun) -> list[dict]:
     return rows
 
 
+def _tuning_cell(run: CompareRun, label: str) -> str:
+    """What the equal tuning budget did for a row: the chosen point, ``defaults`` for a method with
+    hyperparameters that was not tuned, ``—`` for one without any."""
+    from mixagent.study.compare import has_hyperparameters
+
+    t = run.tuning.get(label)
+    if t is not None:
+        chosen = t["chosen"].partition(":")[2]
+        return f"{chosen} (best of {len(t['scores'])})"
+    return "defaults" if has_hyperparameters(run.labels[label]) else "—"
+
+
 def _fmt_eff(x: float | None) -> str:
     if x is None:
         return "—"
@@ -154,16 +171,23 @@ def _fmt_eff(x: float | None) -> str:
 
 
 def format_table(rows: list[dict], reward: str) -> str:
+    """The table in markdown; a ``tuned`` column when the comparison had a tuning budget; a row whose policy
+    fell back (kept its mixture at decisions it could not make) is marked with how many decisions did."""
+    tuned = any("tuning" in r for r in rows)
     lines = [f"| rank | policy | kind | {reward} (mean ± std) | gap to best [pooled std] | source bpb | target bpb | "
-             f"target data efficiency | extra episodes |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             f"target data efficiency | extra episodes |" + (" tuned |" if tuned else ""),
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|" + ("---|" if tuned else "")]
     for r in sorted(rows, key=lambda r: (r["kind"] == "oracle", -r["mean"])):
         gap = f"{r['gap_to_best']:+.4f}" + (f" [{r['gap_std']:+.1f}]" if r["gap_std"] is not None else "")
         if r["gap_to_best"] == 0 and r["kind"] != "oracle":
             gap = "best"
         name = r["policy"] + (f" ({r['diverged']} diverged)" if r["diverged"] else "")
+        if r.get("fallbacks"):
+            name += f" (**fell back** at {r['fallbacks']['decisions']} of {r['fallbacks']['of']} decisions)"
         lines.append(f"| {r.get('rank', '—')} | {name} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | {gap} | "
                      f"{r['source_bpb']:.4f} | {r['target_bpb']:.4f} | {_fmt_eff(r['efficiency'])} | "
-                     f"{'—' if r['extra_episodes'] is None else r['extra_episodes']} |")
+                     f"{'—' if r['extra_episodes'] is None else r['extra_episodes']} |"
+                     + (f" {r.get('tuning', '—')} |" if tuned else ""))
     return "\n".join(lines)
 
 
@@ -179,6 +203,8 @@ def make_compare_report(run: CompareRun) -> dict:
              "noise_units": NOISE_UNITS, "rows": rows, "regmix": run.regmix, "target_only_family": run.family,
              "efficiency_fit": dict(zip(("A", "B", "C"), fit)) if fit else None,
              "audit": run.audit.get("dir"), "domains": list(run.space.names)}
+    if run.tuning:
+        table["tuning"] = run.tuning
     md = format_table(rows, run.spec.reward.name)
     atomic_write(run.dir / "table.md", lambda tmp: tmp.write_text(md + "\n"))
     json_rows = [{**r, "efficiency": None if r["efficiency"] is None or math.isinf(r["efficiency"])
@@ -248,8 +274,21 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
             f"{d} segments reach target bpb {x:.4f}" for d, x in pts) + ". More target tokens do not make "
             "target-only training better on the target (with a cap on unique target tokens it repeats its data), "
             "so no policy's target loss maps to a number of target-only tokens.")
+    if run.tuning:
+        lines += ["", f"**Equal tuning budget** (tuning seeds {list(cfg.tune_seeds)}; every tuned method ran the same "
+                  f"number of grid points, the best mean was evaluated):", ""]
+        lines += [f"- {label}: " + ", ".join(f"`{c.partition(':')[2]}` {v:+.4f}" + (" (chosen)" if c == t["chosen"] else "")
+                                            for c, v in t["scores"].items()) for label, t in run.tuning.items()]
+        untuned = [r["policy"] for r in rows if r.get("tuning") == "defaults"]
+        if untuned:
+            lines.append(f"- run at their defaults (not tuned): {', '.join(untuned)}.")
+    fell = [r for r in rows if r.get("fallbacks")]
+    if fell:
+        lines += ["", "**Rows that fell back** (the policy could not decide and kept its mixture; the row is not the "
+                  "method as designed): " + ", ".join(f"{r['policy']} ({r['fallbacks']['decisions']} of "
+                                                      f"{r['fallbacks']['of']} decisions)" for r in fell) + "."]
     lines += ["", "Extra episodes: preparation runs a method used beyond its own episode (DoReMi's and Velocitune's "
-              "reference run, RegMix's proxy runs).", ""]
+              "reference run, RegMix's proxy runs" + (", the tuning grid's runs" if run.tuning else "") + ").", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 

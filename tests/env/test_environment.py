@@ -13,7 +13,7 @@ from mixagent.domains import DomainSpace
 from mixagent.env.backends import AnalyticBackend
 from mixagent.env.environment import MixingEnv
 from mixagent.env.spec import load_spec
-from mixagent.errors import ActionError, DataMissingError
+from mixagent.errors import ActionError, ConfigError, DataMissingError, WeightsError
 from mixagent.paths import ENVS_DIR
 
 
@@ -188,3 +188,43 @@ def test_snapshot_restore_continues_bit_identically(tiny_env):
     env.reset(seed=11)
     with pytest.raises(gymnasium.error.ResetNeeded):
         MixingEnv(ENVS_DIR / "tiny.yaml", backend=AnalyticBackend(env.space)).snapshot()
+
+
+def test_probes_take_their_tokens_from_the_step_and_reach_the_policy(tiny_spec_path):
+    """Aioli's probe trainings run inside a step, out of its budget: every method spends the same tokens."""
+    from mixagent.policies import AioliPolicy
+    from mixagent.rollout.episode import rollout
+
+    spec = load_spec(tiny_spec_path, ["backend=analytic"])
+    space = DomainSpace.from_yaml(spec.space_path())
+    env = MixingEnv(spec, backend=AnalyticBackend(space, 1000))
+    with pytest.raises(gymnasium.error.ResetNeeded):
+        env.probe(np.full((1, space.k), 1 / space.k))
+    policy = AioliPolicy({n: 1 / space.k for n in space.names}, eta=50.0, one_hot=0.9, probe_batches=2)
+    r = rollout(env, policy, seed=0)
+    probe = 2 * space.k  # of the analytic backend's 10 batches a segment
+    assert [s["probe_batches"] for s in r.steps] == [probe] * spec.steps
+    assert [s["segment_tokens"] for s in r.steps] == [1000 * (10 - probe) // 10] * spec.steps
+    assert env.backend.tokens_seen == spec.steps * 1000  # probes included: the same budget
+    assert r.extra["policy"] == {"fallbacks": 0}
+    assert np.abs(r.weights[-1] - 1 / space.k).max() > 0.01  # the probes moved the mixture
+    env.reset(seed=0)
+    with pytest.raises(WeightsError, match="simplex"):
+        env.probe(np.ones((1, space.k)))
+    with pytest.raises(ConfigError, match="whole segment"):
+        env.probe(np.eye(space.k), batches=3)
+
+
+def test_lm_probes_measure_held_out_loss_inside_the_segment(tiny_env):
+    env = tiny_env
+    env.reset(seed=0)
+    k = env.space.k
+    before = env.backend.tokens_seen
+    losses = env.probe(np.eye(k)[:2], batches=1, windows=2)
+    assert losses.shape == (3, k) and np.isfinite(losses).all()
+    assert np.abs(losses[0] - 1).max() < 0.5  # a few windows' bits per byte over the start's (all windows)
+    assert not np.allclose(losses[1], losses[0])  # a probe batch moved the losses
+    _, _, _, _, info = env.step_weights(env.initial_weights())
+    per_batch = env.spec_.segment_tokens // env.backend.steps_per_segment
+    assert info["segment_tokens"] == env.spec_.segment_tokens - 2 * per_batch
+    assert env.backend.tokens_seen - before == env.spec_.segment_tokens

@@ -53,7 +53,7 @@ def ref2() -> ReferenceCurve:
 
 
 def test_doremi_update_matches_hand_computation():
-    p = DoReMiPolicy(ref2(), eta=0.5)
+    p = DoReMiPolicy(ref2(), eta=0.5, reference_at="progress")
     p.reset(two())
     assert p.act(obs([0.5, 0.5], [1, 1], 0.0)).values == pytest.approx([0.5, 0.5])  # uniform start
     # progress 0.5: reference (0.9, 0.95), losses (1.1, 0.9) -> excess (0.2, 0);
@@ -67,7 +67,7 @@ def test_doremi_update_matches_hand_computation():
 
 
 def test_doremi_average_variant_and_needs_a_reference():
-    p = DoReMiPolicy(ref2(), average=True)
+    p = DoReMiPolicy(ref2(), average=True, reference_at="progress")
     p.reset(two())
     p.act(obs([0.5, 0.5], [1, 1], 0.0))
     # eta 1: excess (0.2, 0) gives (e^.2, 1) / (e^.2 + 1) = (0.549834, 0.450166), smoothed (0.549784, 0.450216);
@@ -81,6 +81,31 @@ def test_doremi_average_variant_and_needs_a_reference():
     other = ReferenceCurve(("a", "b"), (0.0, 1.0), ((1.0, 1.0), (0.8, 0.9)), (0.5, 0.5))
     with pytest.raises(ConfigError, match="record the reference run in this space"):
         DoReMiPolicy(other).reset(two())
+
+
+def test_doremi_updates_per_optimizer_batch_against_the_trained_reference():
+    p = DoReMiPolicy(ref2(), eta=0.5, batches_per_step=3)  # the reference model trained to the end: (0.8, 0.9)
+    p.reset(two())
+    p.act(obs([0.5, 0.5], [1, 1], 0.0))
+    # progress 0.5, losses (1.1, 0.9): excess over the end (0.3, 0); three batches, each multiplying the odds by
+    # e^(0.5 * 0.3) = e^0.15 before smoothing: odds e^0.45 -> (0.61064, 0.38936), smoothing nudges to 1/2
+    w = p.act(obs([0.5, 0.5], [1.1, 0.9], 0.5)).values
+    assert w == pytest.approx([0.61042054, 0.38957946], abs=1e-7)
+    with pytest.raises(ConfigError, match="reference_at must be one of"):
+        DoReMiPolicy(ref2(), reference_at="middle")
+
+
+def test_doremi_in_the_registry_counts_the_env_batches_and_leaves_uniform():
+    """The fault: one update per re-weighting step kept v1's DoReMi within total variation 0.02 of uniform."""
+    ten = DomainSpace("ten", [Domain(f"s{i}", "source", ["wiki"]) for i in range(5)]
+                      + [Domain(f"t{i}", "target", ["math"]) for i in range(5)])
+    ref = ReferenceCurve(tuple(ten.names), (0.0, 1.0), ((1.0,) * 10, (0.95,) * 5 + (0.85,) * 5), (0.1,) * 10)
+    p = build_policy("doremi", PolicyContext(reference=ref, batches_per_step=64))
+    p.reset(ten)
+    loss = [0.97] * 5 + [0.93] * 5  # the target field is further from its reference
+    for t in range(3):
+        w = p.act(obs([0.1] * 10, loss if t else [1] * 10, t / 8)).values
+    assert 0.5 * np.abs(w - 0.1).sum() > 0.2 and w[5:].sum() > 0.7
 
 
 def test_odm_exp3_update_matches_hand_computation():
@@ -158,7 +183,7 @@ def test_velocitune_update_matches_hand_computation():
     assert p.act(obs([0.5, 0.5], [0.85, 0.95], 0.75)).values == pytest.approx([0.4378235, 0.5621765], abs=1e-7)
 
 
-def test_velocitune_targets_from_a_scaling_law_fit():
+def test_velocitune_targets_from_a_scaling_law_fit_at_the_full_budget():
     # a reference run on (0.5, 0.5) whose losses follow L_k(D) = E + B D^-beta in the tokens D = 0.5 * progress:
     # wiki (0.5, 0.1, 0.5), math (0.6, 0.05, 0.8)
     laws = [(0.5, 0.1, 0.5), (0.6, 0.05, 0.8)]
@@ -167,27 +192,55 @@ def test_velocitune_targets_from_a_scaling_law_fit():
     ref = ReferenceCurve(("wiki", "math"), progress, loss, (0.5, 0.5))
     p = VelocitunePolicy({"wiki": 0.6, "math": 0.4}, ref)
     p.reset(two())
-    # targets at the natural shares of the whole budget: 0.5 + 0.1 * 0.6^-0.5, 0.6 + 0.05 * 0.4^-0.8
-    assert p.target == pytest.approx([0.6290994, 0.7040692], abs=1e-4)
+    # targets extrapolated to the whole budget on each domain (D = 1): 0.5 + 0.1, 0.6 + 0.05 -- below the
+    # reference's own endpoint (0.5 + 0.1 * 0.5^-0.5 = 0.641, 0.6 + 0.05 * 0.5^-0.8 = 0.687)
+    assert p.target == pytest.approx([0.6, 0.65], abs=1e-4)
+    assert np.all(p.target < np.asarray(loss[-1]) - 0.03)
     p.act(obs([0.6, 0.4], [1, 1], 0.0))
-    # V = (L - L*) / (1 - L*); w <- w * exp(V), normalised, carried from step to step
-    assert p.act(obs([0.6, 0.4], [0.9, 0.9], 0.5)).values == pytest.approx([0.6162752, 0.3837248], abs=1e-4)
-    assert p.act(obs([0.6, 0.4], [0.8, 0.85], 1.0)).values == pytest.approx([0.6085961, 0.3914039], abs=1e-4)
+    # V = (L - L*) / (1 - L*) = (0.75, 0.714) then (0.5, 0.571); w <- w * exp(V), normalised, carried along
+    assert p.act(obs([0.6, 0.4], [0.9, 0.9], 0.5)).values == pytest.approx([0.60854, 0.39146], abs=1e-4)
+    assert p.act(obs([0.6, 0.4], [0.8, 0.85], 1.0)).values == pytest.approx([0.59140, 0.40860], abs=1e-4)
+    assert p.diagnostics() == {"saturated": 0.0, "fit_failures": 0}
 
 
-def test_aioli_update_matches_hand_computation():
-    p = AioliPolicy(HALF)
+def test_velocitune_reports_saturated_velocities():
+    """The fault: targets at the reference's endpoint pinned the velocity of domains already learned."""
+    p = VelocitunePolicy(HALF, ref2())  # no fit (two points): the targets are the endpoint (0.8, 0.9)
     p.reset(two())
     p.act(obs([0.5, 0.5], [1, 1], 0.0))
-    # one step trained on p = (0.8, 0.2), loss decreases (0.1, 0.02); ridge without intercept, penalty 1e-3:
-    # A_i. = y_i x / (x.x + 1e-3) = y_i (0.8, 0.2) / 0.681, so sum_i A_ij = 0.12 (0.8, 0.2) / 0.681
-    # p = (.5, .5) * exp(0.2 * sum_i A_ij), normalised
-    w = p.act(obs([0.8, 0.2], [0.9, 0.98], 0.25, change=[-0.1, -0.02])).values
-    assert w == pytest.approx([0.50528615, 0.49471385], abs=1e-7)
+    p.act(obs([0.5, 0.5], [0.75, 1.02], 0.5))  # wiki below its target (V = 0), math above its start (V = 1)
+    assert p.diagnostics() == {"saturated": 1.0, "fit_failures": 2}
+
+
+PROBES = np.array([[1.0, 1.0], [0.98, 0.995], [0.975, 0.985]])  # before, after probe 0, after probe 1
+
+
+def test_aioli_estimates_its_law_from_probes():
+    p = AioliPolicy(HALF, eta=2.0)
+    p.reset(two())
+    plan = p.probe_plan(obs([0.5, 0.5], [1, 1], 0.0))
+    assert plan.mixtures == pytest.approx(np.array([[0.8, 0.2], [0.2, 0.8]])) and plan.batches == 1
+    p.observe_probes(PROBES)
+    # decreases D[j, i]: probe 0 (0.02, 0.005), probe 1 (0.005, 0.01); row i of A solves P A_i = D[:, i] with
+    # P^-1 = [[.8, -.2], [-.2, .8]] / 0.6: A = [[0.025, 0], [0.00333, 0.01167]], column sums (0.02833, 0.01167);
+    # p = (.5, .5) * exp(2 * sums), normalised: odds e^(2 * 0.016667)
+    w = p.act(obs([0.5, 0.5], [1, 1], 0.0)).values
+    assert w == pytest.approx([0.50833256, 0.49166744], abs=1e-7)
+    assert p.law(PROBES) == pytest.approx(np.array([[0.025, 0.0], [0.0033333, 0.0116667]]), abs=1e-6)
+
+
+def test_aioli_without_probes_keeps_its_weights_and_counts_it(caplog):
+    """Fitting the law on the run's own near-collinear mixtures is not Aioli: without probes it decides
+    nothing, and says so (``fallbacks``), instead of blaming common loss changes on the heaviest domain."""
+    p = AioliPolicy(HALF)
+    p.reset(two())
+    with caplog.at_level("WARNING"):
+        w = p.act(obs([0.8, 0.2], [0.9, 0.98], 0.25, change=[-0.1, -0.02])).values
+    assert w == pytest.approx([0.5, 0.5]) and p.fallbacks == 1 and "no finite probe losses" in caplog.text
 
 
 def test_online_methods_keep_their_weights_on_non_finite_losses(caplog):
-    p = AioliPolicy(HALF)
+    p = ADOPolicy(HALF)
     p.reset(two())
     p.act(obs([0.5, 0.5], [1, 1], 0.0))
     before = p.act(obs([0.8, 0.2], [0.9, 0.98], 0.25, change=[-0.1, -0.02])).values
@@ -277,20 +330,25 @@ def test_running_state_resumes_a_method_exactly(make):
     rng = np.random.default_rng(0)
     steps = [obs(w, 1 - 0.1 * t * rng.random(2), t / 8, change=-0.05 * rng.random(2), lr=1.0 - 0.1 * max(0, t - 3))
              for t, w in enumerate([[0.5, 0.5]] * 8)]
+    def act(policy, t: int) -> np.ndarray:
+        if isinstance(policy, AioliPolicy):  # a probing method gets its probes before each decision
+            policy.observe_probes(PROBES * (1 - 0.01 * t) + 0.002 * t * np.array([[0, 1], [1, 0], [0, 0]]))
+        return policy.act(steps[t]).values
+
     whole = make()
     whole.reset(two())
-    done = [whole.act(o).values for o in steps]
+    done = [act(whole, t) for t in range(8)]
     first = make()
     first.reset(two())
-    for o in steps[:5]:
-        first.act(o)
+    for t in range(5):
+        act(first, t)
     resumed = make()
     resumed.reset(two())
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
-    assert [resumed.act(o).values.tolist() for o in steps[5:]] == [w.tolist() for w in done[5:]]
+    assert [act(resumed, t).tolist() for t in range(5, 8)] == [w.tolist() for w in done[5:]]
     fresh = make()
     fresh.reset(two())
     if not isinstance(whole, DoReMiPolicy | VelocitunePolicy):  # reference-driven rules may not depend on history
-        assert [fresh.act(o).values.tolist() for o in steps[5:]] != [w.tolist() for w in done[5:]]
+        assert [act(fresh, t).tolist() for t in range(5, 8)] != [w.tolist() for w in done[5:]]
     with pytest.raises(ValueError, match="cannot be loaded into"):
         fresh.load_state_dict({"class": "Other", "state": {}})

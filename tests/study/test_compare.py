@@ -178,3 +178,39 @@ def test_cli_takes_overrides_after_flags(tmp_path, capsys):
     assert code == 2
     assert "RegMix needs at least 10 proxy runs" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_equal_tuning_budget_picks_the_best_grid_point_on_the_tuning_seeds(compared):
+    root, _, _, _ = compared
+    tuning = {"doremi": {"eta": [0.1, 10.0]}, "replay": {"rho": [0.3, 0.7]}}
+    run = run_compare(_cfg(root, policies=("natural", "doremi", "replay:0.5"), efficiency_steps=(), tuning=tuning))
+    for label, specs in (("doremi", ["doremi:eta=0.1", "doremi:eta=10.0"]), ("replay:0.5", ["replay:0.3", "replay:0.7"])):
+        t = run.tuning[label]
+        assert list(t["scores"]) == specs and t["tune_seeds"] == [100]
+        assert t["chosen"] == max(specs, key=lambda s: t["scores"][s]) == run.labels[label]
+        ep = json.loads(next((root / "cache").glob(f"*/*/{t['chosen'].replace(':', '*')}*/100.json")).read_text())
+        assert ep["balanced"] == pytest.approx(t["scores"][t["chosen"]])  # scored on the tuning seed, not 0-2
+    assert run.extra_episodes == {"doremi": 1 + 2, "replay:0.5": 2}
+    assert json.loads((run.dir / "tuning.json").read_text()) == run.tuning
+    table = make_compare_report(run)
+    rows = {r["policy"]: r for r in table["rows"]}
+    assert rows["natural"]["tuning"] == "—" and rows["doremi"]["tuning"].endswith("(best of 2)")
+    assert " tuned |" in (run.dir / "table.md").read_text()
+    with pytest.raises(ConfigError, match="same tuning budget"):
+        run_compare(_cfg(root, policies=("doremi", "replay:0.5"), tuning={**tuning, "replay": {"rho": [0.3]}}))
+    with pytest.raises(ConfigError, match="has no hyperparameters"):
+        run_compare(_cfg(root, policies=("doremi",), tuning={"doremi": {"step": [1]}}))
+
+
+def test_a_row_that_fell_back_is_marked(compared, tmp_path):
+    """A policy that could not decide kept its mixture: its row is not the method as designed, and says so."""
+    import dataclasses
+
+    _, run, _, _ = compared
+    episodes = dict(run.episodes)
+    episodes["doremi"] = [{**e, "policy": {"fallbacks": len(e["weights"])}} for e in episodes["doremi"]]
+    table = make_compare_report(dataclasses.replace(run, episodes=episodes, dir=tmp_path))
+    rows = {r["policy"]: r for r in table["rows"]}
+    assert rows["doremi"]["fallbacks"] == {"decisions": 12, "of": 12} and "fallbacks" not in rows["natural"]
+    assert "doremi (**fell back** at 12 of 12 decisions)" in (tmp_path / "table.md").read_text()
+    assert "Rows that fell back" in (tmp_path / "report.md").read_text()
