@@ -18,8 +18,14 @@ Python logging, wandb when the Trainer reports to it).
 is stored inside each checkpoint's own ``trainer_state.json`` (``stateful_callbacks``), so
 ``trainer.train(resume_from_checkpoint=...)`` restores the state of exactly the checkpoint it resumes,
 wherever that directory is — never a same-named checkpoint of another run in ``output_dir``. A readable
-copy is written beside it as ``mixagent_state.json`` (the plain loop's format). The decision due at the
-resume step is taken once: not skipped when a finished run is extended, not repeated when it was made.
+copy is written beside it as ``mixagent_state.json`` (the plain loop's format), only into the checkpoint the
+Trainer has just written and only while it exists: checkpoint rotation (``save_total_limit``) runs before
+``on_save``, and a directory it deleted is never recreated. The decision due at the resume step is taken
+once: not skipped when a finished run is extended, not repeated when it was made.
+
+**One run per Mixer.** A second ``trainer.train()`` without ``resume_from_checkpoint`` would start at step 0
+while the Mixer's schedule and data stream continue from the first run; it is refused
+(:class:`MixerReusedError`) before anything changes.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mixagent.config import is_int
 from mixagent.deploy.distributed import dist_info
@@ -40,8 +47,9 @@ from mixagent.deploy.loop import STATE_FILE, Mixer
 from mixagent.deploy.mixture import default_lag
 from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, UsageError
+from mixagent.paths import atomic_write_json
 
-__all__ = ["MixAgentCallback", "MissingEvalDataError"]
+__all__ = ["MixAgentCallback", "MissingEvalDataError", "MixerReusedError"]
 
 log = logging.getLogger(__name__)
 EVAL_SOURCES = ("held_out", "trainer")
@@ -49,6 +57,11 @@ EVAL_SOURCES = ("held_out", "trainer")
 
 class MissingEvalDataError(MixagentError, ValueError):
     """The callback has no evaluation data for some domain of the policy's space."""
+
+
+class MixerReusedError(UsageError):
+    """A training run from step 0 was started with a Mixer that already drove a run (e.g. ``trainer.train()``
+    called a second time): resume from a checkpoint, or build a new Mixer and callback."""
 
 
 class MixAgentCallback(TrainerCallback, ExportableState):
@@ -68,6 +81,8 @@ class MixAgentCallback(TrainerCallback, ExportableState):
         UsageError: on resume, when the resumed checkpoint holds no mixing state and no ``resume_from`` is
             given, or ``restore_callback_states_from_checkpoint=True`` (the Trainer would rebuild this
             callback without its mixer).
+        MixerReusedError: training starts from step 0 with a Mixer that has already decided (a second
+            ``trainer.train()`` on the same Trainer without ``resume_from_checkpoint``).
     """
 
     def __init__(self, mixer: Mixer, every_n_steps: int = 50, eval_from: str = "held_out",
@@ -130,6 +145,8 @@ class MixAgentCallback(TrainerCallback, ExportableState):
     # ---- set-up ------------------------------------------------------------------------------------
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, **kwargs: Any) -> None:
+        if state.global_step == 0 and self.mixer.scheduler.updates:
+            self._refuse_second_run()
         ds = self.mixer.dataset
         if args.max_steps is None or args.max_steps <= 0:
             raise ConfigError("TrainingArguments", ["max_steps must be set (> 0): the mixture dataset is endless"])
@@ -167,6 +184,20 @@ class MixAgentCallback(TrainerCallback, ExportableState):
             return
         self.mixer.begin(model, lr=self._lr(args))
         self._record(state, args)
+
+    def _refuse_second_run(self) -> None:
+        """A run from step 0 on a Mixer that has decided before: its schedule would have to move back to batch 0
+        and its data stream would continue the earlier run's, so the new run could be neither fresh nor a
+        continuation."""
+        sched = self.mixer.scheduler
+        earlier = (f"drove a run up to step {self._step} ({sched.updates} mixture decisions)" if self._step is not None
+                   else f"already made {sched.updates} mixture decision(s) (Mixer.begin/update was called)")
+        raise MixerReusedError(
+            f"this MixAgentCallback's Mixer already {earlier}; trainer.train() without resume_from_checkpoint starts "
+            f"a new run at step 0, which that Mixer's schedule and data stream cannot restart. To continue the run, "
+            f"call trainer.train(resume_from_checkpoint=True) (or a checkpoint's path; raise trainer.args.max_steps "
+            f"to train longer). To start a new run, build a new Mixer (a new MixingScheduler and MixtureDataset), a "
+            f"new MixAgentCallback and a new Trainer")
 
     def _lr(self, args: TrainingArguments) -> float | None:
         """The coming step's learning rate over the peak (``args.learning_rate``), for policies that observe it."""
@@ -267,7 +298,18 @@ class MixAgentCallback(TrainerCallback, ExportableState):
     # ---- checkpoints -------------------------------------------------------------------------------
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         # a readable copy beside the checkpoint; resuming reads the copy inside the checkpoint's trainer_state.json
-        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not args.should_save or state.is_hyper_param_search:  # a trial saves under a run directory unknown here
+            return
+        ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        # The Trainer rotates checkpoints (save_total_limit) before this hook, ranking them by modification time,
+        # so it can delete the one it has just written. Recreating it with the mixing state alone would leave a
+        # folder that passes for the newest checkpoint (resume_from_checkpoint=True picks the highest step).
+        if not (ckpt / "trainer_state.json").is_file():
+            log.warning("%s was deleted by the Trainer's checkpoint rotation (save_total_limit) right after it was "
+                        "written: it ranks checkpoints by modification time, and a checkpoint newer on disk (another "
+                        "run's, a copy) outranked it, so step %d has no checkpoint; give each run its own output_dir",
+                        ckpt, state.global_step)
+            return
         exported = self._exported[1] if self._exported and self._exported[0] == state.global_step else None
-        self.mixer.save(ckpt / STATE_FILE, consumed_batches=state.global_step * self._accum, write=args.should_save,
-                        state=exported)
+        atomic_write_json(ckpt / STATE_FILE, exported if exported is not None
+                          else self.mixer.state_dict(state.global_step * self._accum))

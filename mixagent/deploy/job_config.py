@@ -349,6 +349,13 @@ class PolicySection:
             problems.append(f"initial must be one of {', '.join(INITIAL_KINDS)}, got {self.initial!r}"
                             f"{suggest(self.initial, INITIAL_KINDS)}")
         problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
+        from mixagent.policies.registry import PROBING
+
+        if self.spec.partition(":")[0] in PROBING:
+            problems.append(f"spec {self.spec!r}: {self.spec.partition(':')[0]} learns from probe trainings inside "
+                            f"each step, which a Trainer run cannot make (its decisions would all fall back to the "
+                            f"initial mixture); compare it in the environment (mixagent compare), or deploy another "
+                            f"method")
         return problems
 
 

@@ -17,6 +17,12 @@ previous pass stopped in this process, or with DataLoader workers after the last
 (prefetched batches the loop never took are skipped, never repeated). :meth:`MixtureDataset.seek` sets
 where the next pass starts (``seek(0)`` restarts; resuming a saved state seeks to its consumed batches).
 
+**Workers of any start method.** The schedule and the pass positions live in shared memory and the pass lock
+is a named semaphore, so the dataset works with DataLoader workers that are forked, spawned or started by a
+fork server (``multiprocessing_context``), persistent or not: a forked worker inherits them, a spawned one
+receives them with the pickled dataset, and a change made after the workers started reaches them. A copy
+made outside a process start (``pickle``, ``copy.deepcopy``) is a dataset of its own.
+
 **Weight changes and the prefetch lag.** DataLoader workers (and accelerate) prepare batches ahead of the
 training loop, so a change cannot reach batches that already exist. The scheduler therefore writes each
 new mixture with the first batch it applies to: ``consumed + lag``, where ``lag`` is at least the
@@ -57,6 +63,25 @@ class ScheduleFullError(MixagentError, RuntimeError):
 
 class SourceUseError(MixagentError, ValueError):
     """A source is used where it cannot work (one message argument, so DataLoader workers re-raise it as is)."""
+
+
+def _pass_lock() -> Any:
+    """The lock of the pass positions, shareable with workers of every start method. A lock of the fork context
+    (Linux's default) cannot be pickled into a spawned or fork-server worker; one of the spawn context (a named
+    semaphore on POSIX) can, and a forked worker inherits it all the same."""
+    return multiprocessing.get_context("spawn").Lock()
+
+
+def _shared(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in shared memory (a no-op for a tensor a worker received from shared memory)."""
+    return t if t.is_shared() else t.share_memory_()
+
+
+def _spawning() -> bool:
+    """Whether this pickling starts a process (its objects then travel by shared memory and named semaphores)."""
+    from multiprocessing.context import get_spawning_popen
+
+    return get_spawning_popen() is not None
 
 
 def default_lag(num_workers: int, prefetch_factor: int | None = None, extra: int = 2) -> int:
@@ -242,6 +267,11 @@ class WeightSchedule:
         self.table[0, 1:] = torch.tensor(initial.values)
         self.meta[0] = 1
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # a copy (pickle, deepcopy) holds private tensors: shared again, so its own DataLoader workers see changes
+        self.table, self.meta = _shared(self.table), _shared(self.meta)
+
     @property
     def rows(self) -> int:
         return int(self.meta[0])
@@ -368,8 +398,20 @@ class MixtureDataset(IterableDataset):
         self._passes = torch.zeros(3 + 2 * _SLOTS, dtype=torch.int64).share_memory_()
         self._passes[2] = 1
         self._passes[3: 3 + _SLOTS] = -1
-        self._lock = multiprocessing.get_context().Lock()
+        self._lock = _pass_lock()
         self._forget_replay()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        if not _spawning():  # a copy (pickle, deepcopy) is a dataset of its own: it gets its own lock
+            state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._passes = _shared(self._passes)  # a copy's DataLoader workers report their progress through it
+        if self._lock is None:
+            self._lock = _pass_lock()
 
     @classmethod
     def from_token_streams(cls, streams: Sequence[np.ndarray], space: DomainSpace, seq_len: int, batch_size: int,

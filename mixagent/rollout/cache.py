@@ -2,7 +2,14 @@
 ``<root>/cache/<env name>-v<version>/<spec hash>/<policy key>/<seed>.json`` (``/`` and ``:`` in the key
 become ``_``). Read-only roots (the committed ``audits/compare``) are looked up after the writable one; a
 stored episode that is unreadable or holds invalid values is run again. The record is
-:func:`mixagent.rollout.episode.episode_record` (version :data:`EPISODE_VERSION`)."""
+:func:`mixagent.rollout.episode.episode_record` (version :data:`EPISODE_VERSION`).
+
+**The base checkpoint.** The spec hash names the base model's *config*, not the checkpoint built from it.
+Where the reward has reference runs, those pin the checkpoint (``mixagent.env.references`` refuses another
+base). Where it has none (``balanced``, ``balanced_bpb``), a cache built with ``base=`` records the base
+checkpoint's identity in ``<dir>/base.json`` at its first write and serves a directory's episodes only when
+its record matches: a re-trained base reruns them, and a directory without the record (episodes of an
+unknown base) is not served either."""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ from mixagent.paths import atomic_write_json
 from mixagent.rollout.episode import EPISODE_VERSION, episode_record
 from mixagent.rollout.record import EpisodeRecord
 
-__all__ = ["EpisodeCache", "record_of_summary"]
+__all__ = ["EpisodeCache", "record_of_summary", "unpinned_base"]
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +54,34 @@ class EpisodeCache:
         env: ``(name, version, spec hash)`` of the env.
         read_also: further roots looked up (read only) after ``root``, e.g. the committed ``audits/compare``.
         space: the env's domain space; :meth:`put` needs it to summarise a record (readers do not).
+        base: the base checkpoint's identity (``env.backend.base_id``) where the reward has no reference runs
+            to pin it (see the module docstring); ``None``: not checked.
     """
 
     def __init__(self, root: Path, env: tuple[str, int, str], read_also: tuple[Path, ...] = (),
-                 space: DomainSpace | None = None) -> None:
+                 space: DomainSpace | None = None, base: str | None = None) -> None:
         name, version, spec_hash = env
         rel = Path("cache") / f"{name}-v{version}" / spec_hash
         self.dir = Path(root) / rel
         self.read_dirs = [Path(r) / rel for r in read_also if (Path(r) / rel).resolve() != self.dir.resolve()]
         self.space = space
+        self.base = base
+        self._served: dict[Path, bool] = {}
+
+    def _serves(self, d: Path) -> bool:
+        """Whether directory ``d``'s episodes belong to this cache's base checkpoint (always, without ``base``)."""
+        if self.base is None:
+            return True
+        if d not in self._served:
+            try:
+                recorded = json.loads((d / "base.json").read_text()).get("base")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
+            self._served[d] = recorded == self.base
+            if not self._served[d] and d.is_dir() and any(d.glob("*/*.json")):
+                log.warning("episodes under %s were made from base checkpoint %s, this env's is %s: they are run "
+                            "again", d, recorded or "(not recorded)", self.base)
+        return self._served[d]
 
     @staticmethod
     def _name(key: str) -> str:
@@ -69,7 +95,7 @@ class EpisodeCache:
         run again) when none is stored, or when the stored one is unreadable or invalid (logged)."""
         for d in (self.dir, *self.read_dirs):
             p = d / self._name(key) / f"{seed}.json"
-            if not p.exists():
+            if not p.exists() or not self._serves(d):
                 continue
             try:
                 ep = json.loads(p.read_text())
@@ -100,6 +126,12 @@ class EpisodeCache:
         """Store an episode's summary as read from another cache (:meth:`summary`) under ``key`` (atomic)."""
         p = self.path(key, seed)
         p.parent.mkdir(parents=True, exist_ok=True)
+        if self.base is not None and not self._serves(self.dir):
+            if any(self.dir.glob("*/*.json")):
+                raise UsageError(f"the episode cache {self.dir} holds episodes of another base checkpoint than "
+                                 f"{self.base}: move it away (or delete it) before storing new ones there")
+            atomic_write_json(self.dir / "base.json", {"base": self.base})
+            self._served[self.dir] = True
         atomic_write_json(p, summary)
 
     def records(self) -> Iterator[EpisodeRecord]:
@@ -107,7 +139,7 @@ class EpisodeCache:
         ``/`` and ``:`` replaced by ``_``)."""
         seen = set()
         for d in (self.dir, *self.read_dirs):
-            for f in sorted(d.glob("*/*.json")) if d.is_dir() else ():
+            for f in sorted(d.glob("*/*.json")) if d.is_dir() and self._serves(d) else ():
                 if (f.parent.name, f.stem) in seen or not f.stem.lstrip("-").isdigit():
                     continue
                 seen.add((f.parent.name, f.stem))
@@ -117,6 +149,14 @@ class EpisodeCache:
     def find(self, name: str) -> Path | None:
         """The first of the cache directories (writable first) holding file ``name``, or ``None``."""
         return next((d / name for d in (self.dir, *self.read_dirs) if (d / name).is_file()), None)
+
+
+def unpinned_base(env) -> str | None:
+    """The base checkpoint's identity (``env.backend.base_id``) where ``env``'s reward has no reference runs to
+    pin it, so the episode cache must check it; ``None`` where references pin it."""
+    from mixagent.env.rewards import needs_reference
+
+    return None if needs_reference(env.spec_.reward.name) else getattr(env.backend, "base_id", None)
 
 
 def record_of_summary(key: str, summary: dict) -> EpisodeRecord:

@@ -34,8 +34,8 @@ from mixagent.errors import ConfigError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 from mixagent.rollout.identity import policy_identity
 
-__all__ = ["deploy_case_hash", "run_deploy_case", "check_deploy_config", "reserved_overrides", "policy_identity",
-           "RESERVED_KEYS"]
+__all__ = ["deploy_case_hash", "case_inputs", "run_deploy_case", "check_deploy_config", "reserved_overrides",
+           "policy_identity", "RESERVED_KEYS"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -52,30 +52,87 @@ def reserved_overrides(overrides: tuple[str, ...]) -> list[str]:
 def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
     """Identifies the runs: the deploy config as parsed (comments do not count), the overrides and what the
     config names: each repository file it points to by content (a YAML file as parsed), an env spec by its
-    spec hash.
+    spec hash, a directory (a model, a policy artifact) by the content of every file in it.
 
     Raises:
         ConfigError: the config file does not exist or is not YAML.
     """
-    import yaml
-
     from mixagent.env.spec import load_spec
+
+    parsed = _parsed(config)
+    named = {}
+    for value in _named(parsed, overrides):
+        f = REPO_ROOT / value
+        if value and f.is_file():
+            named[value] = (load_spec(f).spec_hash() if value.startswith("envs/") else _content_hash(f))
+        elif value and value.strip("/") and f.is_dir() and f.resolve() != REPO_ROOT.resolve():
+            named[value] = _dir_hash(f)
+    return config_hash(FORMAT, parsed, list(overrides), named)
+
+
+def _parsed(config: str):
+    import yaml
 
     path = REPO_ROOT / config
     if not path.is_file():
         raise ConfigError("generalize", [f"deploy: config {config!r} not found under {REPO_ROOT}; name a file "
                                          f"under configs/deploy/"])
     try:
-        parsed = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError("generalize", [f"deploy: config {config!r} is not valid YAML ({exc}); "
                                          f"fix the file"]) from None
-    named = {}
-    for value in sorted(set(_strings(parsed)) | {o.split("=", 1)[-1] for o in overrides}):
+
+
+def _named(parsed, overrides: tuple[str, ...]) -> list[str]:
+    """Every string the config and the overrides hold (the candidates for named files and directories)."""
+    return sorted(set(_strings(parsed)) | {o.split("=", 1)[-1] for o in overrides})
+
+
+def case_inputs(config: str, overrides: tuple[str, ...], build: bool = False) -> dict[str, str]:
+    """What the runs are built from beyond the configs' text: the base checkpoint each named base-model
+    config (``configs/base_model/*.yaml``) builds, by its weights' sha256 (``"not built"`` where it is not
+    built here, unless ``build``: then it is built or adopted from ``checkpoints/base/``), and the built
+    corpora of each named domain space (``configs/spaces/*.yaml``), by their manifests' file digests. Stored
+    with every run; a run whose inputs differ from today's is run again.
+
+    Raises:
+        ConfigError: the config file does not exist or is not YAML, or a named config does not load.
+    """
+    from mixagent.config import load_config
+    from mixagent.data.build import read_manifest
+    from mixagent.domains import DomainSpace
+    from mixagent.env.base_model import BaseModelConfig, base_dir, get_base_model
+
+    out: dict[str, str] = {}
+    for value in _named(_parsed(config), overrides):
         f = REPO_ROOT / value
-        if value and f.is_file():
-            named[value] = (load_spec(f).spec_hash() if value.startswith("envs/") else _content_hash(f))
-    return config_hash(FORMAT, parsed, list(overrides), named)
+        if not value or not f.is_file():
+            continue
+        if f.parent.name == "base_model":
+            cfg = load_config(BaseModelConfig, f)
+            if build:
+                get_base_model(cfg)
+            meta = base_dir(cfg) / "meta.json"
+            out[f"checkpoint:{value}"] = json.loads(meta.read_text())["sha256"] if meta.is_file() else "not built"
+        elif f.parent.name == "spaces":
+            for corpus in sorted({c for d in DomainSpace.from_yaml(f).domains for c in d.corpora}):
+                try:
+                    files = read_manifest(corpus)["files"]
+                except Exception:  # noqa: BLE001 - a corpus not built here: its runs cannot be verified
+                    out[f"corpus:{corpus}"] = "not built"
+                    continue
+                out[f"corpus:{corpus}"] = hashlib.sha256(json.dumps(
+                    {k: v.get("sha256") for k, v in sorted(files.items())}, sort_keys=True).encode()).hexdigest()
+    return out
+
+
+def _dir_hash(path: Path) -> str:
+    """A directory by the names and contents of every file under it (YAML as parsed)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode() + b"\0" + _content_hash(f).encode())
+    return h.hexdigest()
 
 
 def _content_hash(path: Path) -> str:
@@ -139,6 +196,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
     if problems:
         raise ConfigError("generalize", problems)
     spec_hash = deploy_case_hash(config, overrides)
+    inputs = case_inputs(config, overrides, build=True)  # the runs need the bases; checking stored runs too
     case_dir = Path(out) / name
     runs = [(p, s) for p in policies for s in seeds]
     identity = {p: policy_identity(p) for p in policies}
@@ -154,7 +212,8 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             log.warning("stored report %s is unreadable (%s); running it again", path, exc)
             stored = {}
         if (stored.get("format") == FORMAT and stored.get("spec_hash") == spec_hash and stored.get("seed") == s
-                and stored.get("policy") == p and stored.get("identity") == identity[p]):
+                and stored.get("policy") == p and stored.get("identity") == identity[p]
+                and stored.get("inputs") == inputs):  # a run without the record of its inputs is stale
             reports[(p, s)] = stored["report"]
         else:
             todo.append((p, s))
@@ -179,7 +238,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
             (case_dir / "reports" / _label(p)).mkdir(parents=True, exist_ok=True)
             atomic_write_json(case_dir / "reports" / _label(p) / f"{s}.json",
                               {"format": FORMAT, "spec_hash": spec_hash, "seed": s, "policy": p,
-                               "identity": identity[p], "report": report})
+                               "identity": identity[p], "inputs": inputs, "report": report})
             reports[(p, s)] = report
             bar.update()
     return _table(name, config, spec_hash, policies, agents, seeds, reports, case_dir, identity)
@@ -228,6 +287,9 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
                      "balanced_bpb_std": float(np.std(bpb, ddof=1)),
                      "source_bpb": float(np.mean(source)), "target_bpb": float(np.mean(target)),
                      "train_seconds": float(np.mean([r.get("train_seconds") or 0.0 for r in rs]))})
+        fell = [sum(h.get("fallback") is not None for h in r.get("history", [])) for r in rs]
+        if any(fell):  # decisions the scheduler's guard took over: the run is not the policy as designed
+            rows[-1]["fallbacks"] = {"decisions": sum(fell), "of": sum(len(r.get("history", [])) for r in rs)}
     rows.sort(key=lambda r: -r["mean"])
     pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))
     first = reports[(policies[0], seeds[0])]
@@ -240,7 +302,9 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
              "| source bpb | target bpb | train s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows, 1):
         gap = r["mean"] - rows[0]["mean"]
-        lines.append(f"| {i} | {r['policy']} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
+        name = r["policy"] + (f" (**fell back** at {r['fallbacks']['decisions']} of {r['fallbacks']['of']} "
+                              f"decisions)" if r.get("fallbacks") else "")
+        lines.append(f"| {i} | {name} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
                      f"{'best' if i == 1 else f'{gap:+.4f} [{gap / pooled if pooled else 0:+.1f}]'} | "
                      f"{r['balanced_bpb_mean']:+.4f} ± {r['balanced_bpb_std']:.4f} | {r['source_bpb']:.4f} | "
                      f"{r['target_bpb']:.4f} | {r['train_seconds']:.0f} |")

@@ -170,6 +170,8 @@ def test_domain_mapping_sums_splits_and_checks():
     (["data.domains={web: {field: source}, books: {field: source}, math: {field: target}, code: {field: target}}"],
      DataMissingError, "\\['code'\\] have no training rows"),
     (["policy.spec=uniformm"], ConfigError, "did you mean 'uniform'"),
+    (["policy.spec=aioli:eta=2"], ConfigError, "learns from probe trainings inside each step"),
+    (["policy.spec=doremi:etta=2"], ConfigError, "doremi has no hyperparameter 'etta' \\(did you mean 'eta'"),
     (["policy.spec=configs/deploy"], CorruptArtifactError, "not a policy artifact directory \\(it has no meta.json"),
     (["trainer.max_stepz=5"], ConfigError, "not a TrainingArguments field \\(did you mean 'max_steps'"),
     (["trainer.bf16=true"], ConfigError, "set by the job: use model.dtype"),

@@ -36,3 +36,29 @@ def test_methods_are_keyed_by_their_fingerprint_and_names_win_over_directories(t
     random_artifact(tmp_path / "uniform", SPACE)
     monkeypatch.chdir(tmp_path)  # a directory named like a baseline does not shadow it
     assert policy_key("uniform", CTX) == "uniform"
+
+
+def test_a_method_key_changes_with_each_input_once(monkeypatch):
+    """Every input of a registered method's episodes, changed once, changes its key: the hyperparameters in
+    its spec, the context (reference run, natural shares, batches per step) and its rules version; its
+    default written out does not (one policy, one set of episodes)."""
+    from mixagent.policies import registry
+    from mixagent.policies.methods import ReferenceCurve
+    from mixagent.rollout.identity import policy_identity
+
+    ref = ReferenceCurve(("wiki", "math"), (0.0, 1.0), ((1.0, 1.0), (0.8, 0.9)), (0.5, 0.5))
+    ctx = PolicyContext(CTX.natural, ref, batches_per_step=4)
+    key = policy_key("doremi", ctx)
+    assert key.startswith("doremi@") and policy_key("doremi:eta=1.0", ctx) == key  # the default, written out
+    changed = [policy_key("doremi:eta=0.1", ctx),
+               policy_key("doremi", PolicyContext(CTX.natural, ReferenceCurve(
+                   ref.domains, ref.progress, ((1.0, 1.0), (0.7, 0.9)), ref.weights), batches_per_step=4)),
+               policy_key("doremi", PolicyContext(CTX.natural, ref, batches_per_step=8))]
+    assert len({key, *changed}) == 4
+    assert policy_key("doremi", PolicyContext({"wiki": 0.5, "math": 0.5}, ref, batches_per_step=4)) == key  # unused
+    velocitune = policy_key("velocitune", ctx)  # the natural shares are one of Velocitune's inputs
+    assert policy_key("velocitune", PolicyContext({"wiki": 0.5, "math": 0.5}, ref, batches_per_step=4)) != velocitune
+    monkeypatch.setitem(registry.RULES, "doremi", registry.RULES["doremi"] + 1)  # a new update rule
+    assert policy_key("doremi", ctx) != key
+    assert policy_identity("doremi:eta=0.1") == f"doremi:eta=0.1@rules{registry.RULES['doremi']}"
+    assert policy_identity("doremi:eta=0.1", ctx) == policy_key("doremi:eta=0.1", ctx)

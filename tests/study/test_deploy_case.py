@@ -116,3 +116,74 @@ def test_deploy_case_hash_follows_what_the_config_names(tmp_path, monkeypatch):
     assert deploy_case_hash("configs/run.yaml", ()) == first
     (repo / "configs/model.yaml").write_text("size: 8m\n")
     assert deploy_case_hash("configs/run.yaml", ()) != first  # a named file's content does
+
+
+def _stored(spec_hash: str, seed: int, inputs: dict | None, fallback: str | None = None) -> dict:
+    ev = {"bpb": {"web": 2.0, "math": 2.0}, "scores": {"source": 0.1, "target": 0.1}, "accuracy": {}}
+    report = {"balanced": 0.1 * (seed + 1), "domains": ["web", "math"], "fields": ["source", "target"], "start": ev,
+              "final": {**ev, "bpb": {"web": 1.9, "math": 1.8 - 0.01 * seed}}, "train_seconds": 1.0, "steps": 4,
+              "model": {"name": "m"}, "history": [{"fallback": None}, {"fallback": fallback}]}
+    out = {"format": 1, "spec_hash": spec_hash, "seed": seed, "policy": "uniform",
+           "identity": policy_identity("uniform"), "report": report}
+    return out if inputs is None else {**out, "inputs": inputs}
+
+
+@pytest.mark.parametrize("stored_inputs, rerun", [
+    ({"checkpoint:configs/base_model/2m.yaml": "aaa"}, False),
+    ({"checkpoint:configs/base_model/2m.yaml": "bbb"}, True),  # a re-trained base checkpoint
+    (None, True),  # a run stored without the record of its inputs
+])
+def test_a_stored_run_of_other_inputs_is_run_again(tmp_path, monkeypatch, stored_inputs, rerun):
+    from mixagent.study import deploy_case
+
+    monkeypatch.setattr(deploy_case, "case_inputs",
+                        lambda config, overrides, build=False: {"checkpoint:configs/base_model/2m.yaml": "aaa"})
+    monkeypatch.setattr(subprocess, "run", refuse)
+    reports = tmp_path / "t/reports" / deploy_case._label("uniform")
+    reports.mkdir(parents=True)
+    for s in (0, 1):
+        (reports / f"{s}.json").write_text(json.dumps(_stored(deploy_case_hash(CONFIG, TINY), s, stored_inputs,
+                                                              fallback="ValueError: boom" if s else None)))
+    if rerun:
+        with pytest.raises(Rerun):
+            run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), tmp_path)
+        return
+    table = run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), tmp_path)
+    assert table["rows"][0]["fallbacks"] == {"decisions": 1, "of": 4}  # a decision the guard took over is marked
+    assert "uniform (**fell back** at 1 of 4 decisions)" in (tmp_path / "t/table.md").read_text()
+
+
+def test_case_inputs_follow_the_base_checkpoint_and_the_corpora(tmp_path, monkeypatch):
+    import mixagent.data.build as build
+    import mixagent.env.base_model as base_model
+    from mixagent.study.deploy_case import case_inputs
+
+    monkeypatch.setattr(base_model, "base_dir", lambda cfg, root=None: tmp_path / cfg.size)
+    monkeypatch.setattr(build, "read_manifest", lambda corpus, cdir=None, verify=False:
+                        {"files": {"train.jsonl": {"sha256": f"{corpus}-1"}}})
+    config = "configs/deploy/cpt-2m.yaml"
+    assert case_inputs(config, ())["checkpoint:configs/base_model/2m.yaml"] == "not built"
+    (tmp_path / "2m").mkdir()
+    (tmp_path / "2m/meta.json").write_text(json.dumps({"sha256": "first"}))
+    first = case_inputs(config, ())
+    assert first["checkpoint:configs/base_model/2m.yaml"] == "first" and "corpus:math" in first
+    (tmp_path / "2m/meta.json").write_text(json.dumps({"sha256": "retrained"}))
+    assert case_inputs(config, ())["checkpoint:configs/base_model/2m.yaml"] == "retrained"
+    monkeypatch.setattr(build, "read_manifest", lambda corpus, cdir=None, verify=False:
+                        {"files": {"train.jsonl": {"sha256": f"{corpus}-{2 if corpus == 'math' else 1}"}}})
+    changed = case_inputs(config, ())
+    assert changed["corpus:math"] != first["corpus:math"] and changed["corpus:wiki"] == first["corpus:wiki"]
+
+
+def test_deploy_case_hash_follows_a_named_directory(tmp_path, monkeypatch):
+    from mixagent.study import deploy_case
+
+    repo = tmp_path / "repo"
+    (repo / "configs").mkdir(parents=True)
+    (repo / "models/m").mkdir(parents=True)
+    (repo / "models/m/config.json").write_text("{}")
+    (repo / "configs/run.yaml").write_text("model: {kind: hf, path: models/m}\n")
+    monkeypatch.setattr(deploy_case, "REPO_ROOT", repo)
+    first = deploy_case_hash("configs/run.yaml", ())
+    (repo / "models/m/model.safetensors").write_bytes(b"weights")
+    assert deploy_case_hash("configs/run.yaml", ()) != first  # a directory's content counts
