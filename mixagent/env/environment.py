@@ -200,7 +200,8 @@ class MixingEnv(gym.Env):
         batches, so every method spends the same tokens per episode). Returns ``(P + 1, K)`` per-domain bits
         per byte on the first ``windows`` held-out windows of each domain over the episode's start (``b / b_0``,
         ``b_0`` on all windows: a constant factor per domain, so differences between rows are on the
-        observation's scale): before the first probe, then after each (NaN rows after a probe that diverged; the step then ends
+        observation's scale): before the first probe, then after each (NaN rows after a probe that diverged;
+        the step then ends
         the episode as any divergence does).
 
         Raises:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -27,9 +28,12 @@ from mixagent.errors import WorldModelError
 from mixagent.model_based.surrogate import make_surrogate_env
 from mixagent.model_based.world_model import WorldModel
 
-__all__ = ["WorldModelPlanner", "evaluate_planner"]
+__all__ = ["PLANNER_VERSION", "WorldModelPlanner", "evaluate_planner", "planner_key", "world_model_digest"]
 
 log = logging.getLogger(__name__)
+# The planner's rule (state rebuild, search space, objective, search) and its episode record: bump it when either
+# changes, and the episodes stored under the old version are run again.
+PLANNER_VERSION = 1
 
 
 class WorldModelPlanner:
@@ -112,11 +116,48 @@ class WorldModelPlanner:
         return DomainWeights(self.space, replay_weights(self.space, self.env.natural.values, plan[0]))
 
 
+def world_model_digest(path: str | Path) -> str:
+    """12 hex digits of what a world model predicts with: its ``meta.json`` (which records the weights' sha256,
+    checked on load) less its measurements (``metrics``) and the paths it was fitted from (``runs``), which a
+    re-measured or moved model rewrites without changing a prediction."""
+    from mixagent.rollout.identity import content_digest
+
+    meta = json.loads((Path(path) / "meta.json").read_text())
+    return content_digest({k: v for k, v in meta.items() if k not in ("metrics", "runs")})
+
+
+def planner_key(world_model: str, trials: int, penalty: float) -> dict:
+    """Everything a planner episode in the real env depends on besides its seed: the world model's content
+    (:func:`world_model_digest`), the search (``trials``, ``penalty``), the real env's spec hash (the world
+    model's spec) and the planner's rule version; ``digest`` names the episodes' directory.
+
+    Raises:
+        WorldModelError: no world-model artifact at ``world_model``.
+    """
+    from mixagent.config import from_dict
+    from mixagent.env.spec import EnvSpec
+    from mixagent.paths import REPO_ROOT
+    from mixagent.rollout.identity import content_digest
+
+    path = REPO_ROOT / world_model
+    if not (path / "meta.json").is_file():
+        raise WorldModelError(f"{path} is not a world-model artifact (no meta.json); fit one with mixagent world-model "
+                              f"--config configs/world_model/default.yaml")
+    spec = from_dict(EnvSpec, json.loads((path / "meta.json").read_text())["spec"], "world model spec")
+    key = {"world_model_digest": world_model_digest(path), "trials": int(trials), "penalty": float(penalty),
+           "spec_hash": spec.spec_hash(), "planner_version": PLANNER_VERSION}
+    return key | {"digest": content_digest(key)}
+
+
 def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int = 64, penalty: float = 0.05,
                      progress: bool = True) -> list[dict]:
     """Roll the planner out in the **real** env of the world model's spec on ``seeds`` (held-out: the audit's
-    and the comparison's), one episode JSON per seed under ``out`` (``<seed>.json``, the comparison's episode
-    summary plus each decision's plan); a seed already there is not rerun. Returns the episodes.
+    and the comparison's), one episode JSON per seed under ``out/<key digest>/`` (``<seed>.json``: the
+    comparison's episode summary, each decision's plan and the :func:`planner_key` it ran under). A seed
+    stored under the same key is read back, not rerun; a refitted world model, other ``trials`` or ``penalty``,
+    another spec or planner version is another key. Episodes stored by seed only (``out/<seed>.json``, before
+    the key) record neither the world model's content nor the rule version: they are left in place and not
+    reused. Returns the episodes.
     """
     from tqdm.auto import tqdm
 
@@ -127,23 +168,45 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
     from mixagent.paths import REPO_ROOT, atomic_write_json
     from mixagent.rollout.episode import rollout, summarize
 
+    key = planner_key(world_model, trials, penalty)
     model = load_world_model(REPO_ROOT / world_model)
     env = MixingEnv(from_dict(EnvSpec, model.meta["spec"], "world model spec"))
-    root = REPO_ROOT / out
+    root = REPO_ROOT / out / key["digest"]
+    legacy = [s for s in seeds if (REPO_ROOT / out / f"{s}.json").is_file() and not (root / f"{s}.json").is_file()]
+    if legacy:
+        log.warning("%s holds planner episodes stored by seed only (seeds %s), without the world model's content or "
+                    "the planner's version: not reused, run again into %s", REPO_ROOT / out, legacy, root)
     episodes = []
     with tqdm(total=len(seeds) * env.horizon, desc="planner in the real env", unit="segment",
               disable=not progress) as bar:
         for seed in seeds:
             path = root / f"{seed}.json"
-            if path.is_file():
-                episodes.append(json.loads(path.read_text()))
+            stored = _stored(path, key, seed)
+            if stored is not None:
+                episodes.append(stored)
                 bar.update(env.horizon)
                 continue
             planner = WorldModelPlanner(model, trials=trials, penalty=penalty, seed=seed)
             r = rollout(env, planner, seed, progress=lambda _: bar.update())
             record = summarize(r, env.space, seed) | {"plans": planner.plans, "trials": trials, "penalty": penalty,
-                                                      "world_model": world_model, "spec_hash": env.spec_.spec_hash()}
+                                                      "world_model": world_model, "spec_hash": key["spec_hash"],
+                                                      "key": key}
             root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, record)
             episodes.append(record)
     return episodes
+
+
+def _stored(path: Path, key: dict, seed: int) -> dict | None:
+    """The episode stored at ``path`` when it ran under ``key`` on ``seed``, else ``None`` (it is then run
+    again; an unreadable file is logged)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if record.get("key") == key and record.get("seed") == seed:
+            return record
+    except (OSError, ValueError, AttributeError):
+        pass
+    log.warning("stored planner episode %s is unreadable or of another key; running it again", path)
+    return None

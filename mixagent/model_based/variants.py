@@ -4,11 +4,12 @@ configs/agent/variants.yaml``.
 Each variant is selected by config: an agent config and stage (``train_agent``: BC, BC then CQL on real
 data, CQL on real + synthetic transitions, online SAC in the surrogate), the world-model planner (MPC), or
 a committed policy artifact (the per-domain reference agent). The job trains what is not trained (each
-run resumes), copies every learned policy into ``out`` (small, committed), rolls them out in the **real**
-env on the held-out seeds through the comparison (every baseline of ``compare`` on the same seeds; cached
-episodes are not rerun), and writes ``out/table.md`` / ``table.json``: each variant against the best
-non-oracle baseline in pooled seed standard deviations, and its share of the oracle schedule's gain over
-the best static mixture (the agent's bar).
+run resumes; a finished run is checked against its config as a resume is, so an edited training config is
+refused, not scored under the old run), copies every learned policy into ``out`` (small, committed), rolls
+them out in the **real** env on the held-out seeds through the comparison (every baseline of ``compare`` on
+the same seeds; cached episodes are not rerun), and writes ``out/table.md`` / ``table.json``: each variant
+against the best non-oracle baseline in pooled seed standard deviations, and its share of the oracle
+schedule's gain over the best static mixture (the agent's bar).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Variant:
         label: the table's description.
         config: agent config YAML (``configs/agent/*.yaml``); stage: ``sft`` or ``rl``.
         planner: world-model directory; trials and penalty: the planner's search (``mixagent.model_based.planning``);
-            planner_out: where its real-env episodes are kept (one JSON per seed).
+            planner_out: where its real-env episodes are kept (one directory per planner key, one JSON per seed:
+            :func:`mixagent.model_based.planning.evaluate_planner`).
         artifact: a policy artifact directory.
     """
 
@@ -103,17 +105,33 @@ class VariantsConfig:
 
 
 def _train(v: Variant, progress: bool) -> Path:
+    """The variant's trained policy directory: trained (or resumed) unless its run finished, and a finished run
+    checked against the config as a resume would be (an edited training config is never scored under the old run).
+
+    Raises:
+        ResumeMismatchError: the run at the config's run directory was trained under other training settings.
+    """
     from mixagent.agent.config import AgentConfig
-    from mixagent.agent.train import train_agent
+    from mixagent.agent.train import _prepare_run_dir, train_agent
     from mixagent.config import load_config
+    from mixagent.errors import ResumeMismatchError
     from mixagent.model_based.synthetic import world_model_data
 
     cfg = load_config(AgentConfig, REPO_ROOT / v.config)
-    done = cfg.run_dir / v.stage / "meta.json"
-    if not done.is_file() or not (cfg.run_dir / "table.json").is_file():
-        print(f"\n== variant {v.name}: training {v.config} (resumes)", flush=True)
-        train_agent(cfg, resume=cfg.run_dir.exists(), progress=progress, world_model=world_model_data(cfg))
-    return cfg.run_dir / v.stage
+    run_dir = cfg.run_dir
+    finished = (run_dir / v.stage / "meta.json").is_file() and (run_dir / "table.json").is_file()
+    try:
+        if finished and (run_dir / "state.json").is_file():  # the check train_agent makes on a resume, alone
+            _prepare_run_dir(cfg, resume=True)
+        else:
+            print(f"\n== variant {v.name}: training {v.config} (resumes)", flush=True)
+            train_agent(cfg, resume=run_dir.exists(), progress=progress, world_model=world_model_data(cfg))
+    except ResumeMismatchError as exc:
+        raise ResumeMismatchError(f"variant {v.name!r}: {exc}. The variants job scores the run in {run_dir}, trained "
+                                  f"under another {v.config}: restore the config it was trained with, give the "
+                                  f"edited config another name (name: ...) so it trains anew, or delete {run_dir} "
+                                  f"to retrain it") from None
+    return run_dir / v.stage
 
 
 def _keep_episodes(base, policies: list[str]) -> None:
@@ -186,7 +204,8 @@ def _table(cfg: VariantsConfig, table: dict, policies: dict[str, str], planned: 
     for v in cfg.variants:
         scores = [e["balanced"] for e in planned[v.name]] if v.name in planned else rows[policies[v.name]]["scores"]
         std = float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan")
-        scored.append({"name": v.name, "label": v.label, "policy": policies.get(v.name, v.planner_out),
+        where = f"{v.planner_out}/{planned[v.name][0]['key']['digest']}" if v.name in planned else ""
+        scored.append({"name": v.name, "label": v.label, "policy": policies.get(v.name, where),
                        "scores": [float(s) for s in scores], "mean": float(np.mean(scores)), "std": std})
     # pooled over every non-oracle row of the comparison (baselines and the artifact variants, as its report
     # does) and the planner's episodes, which the comparison cannot roll out itself

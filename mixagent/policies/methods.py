@@ -357,7 +357,8 @@ class ADOPolicy(_OnlineMethod):
     to its loss against the tokens it has seen ``n_k``; the learning speed
     ``s_k = alpha_k (L_k(n_k) - exp(e_k)) / n_k``; the score ``s_k mu_k sqrt(h_k (1 - h_k))`` (``mu`` the
     natural shares, ``h`` a 0.9 moving average of realised shares); ``rho`` = the normalised score, floored
-    at 0.01 and renormalised; ``pi = (1 - gamma) * mean(rho so far) + gamma * rho`` (``gamma`` 0.1). Until every domain has
+    at 0.01 and renormalised; ``pi = (1 - gamma) * mean(rho so far) + gamma * rho`` (``gamma`` 0.1). Until every
+    domain has
     ``min_points`` points with ``n > 0``, and at any step where one domain's fit fails, the natural shares
     stand in for the whole mixture (no ``rho`` is recorded for that step).
 

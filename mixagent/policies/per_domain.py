@@ -8,8 +8,10 @@ For domain ``i`` of a ``K``-domain space the observation (:mod:`mixagent.env.obs
   ``K``, the relative loss and its last change;
 
 and for the run ``g = [source score, target score relative to the start, their last changes, progress,
-LR over the peak (1 when not observed)]``. The initial share ``n`` is the first observation's weights
-(the env starts at the natural shares; a deployment at its initial weights), kept for the run.
+LR over the peak (1 when not observed)]``; a policy trained on observations with the LR (``meta.json``
+``observation.lr``) refuses one without it instead of reading the peak. The initial share ``n`` is the first
+observation's weights (the env starts at the natural shares; a deployment at its initial weights), kept for
+the run.
 
 The network is a DeepSets encoder with field pooling (Zaheer et al. 2017; Lee et al. 2019):
 ``h_i = phi([d_i, g])``, ``c_f = mean_{j in field f} h_j`` (zero for an empty field),
@@ -174,10 +176,24 @@ class PerDomainPolicy(RunningState):
         self.initial: np.ndarray | None = None
 
     def action(self, observation: np.ndarray) -> np.ndarray:
-        """``(K,)`` raw action in ``[-1, 1]``."""
+        """``(K,)`` raw action in ``[-1, 1]``.
+
+        Raises:
+            UsageError: before ``reset``, or a policy that observes the learning rate handed an observation
+                without it.
+            WeightsError: an observation whose size fits no layout of the space.
+        """
         if self.space is None:
             raise UsageError(f"{self!r}: call reset(space) before act()")
         obs = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0)
+        k = self.space.k
+        if self.observe_lr and obs.size == 3 * k + 5:  # features() would read LR = the peak at every step
+            raise UsageError(
+                f"policy {self.path} observes the learning rate (meta.json observation.lr true): expected "
+                f"{3 * k + 6} entries (3K+6 for K={k}, the last the coming LR over the peak), got {obs.size} "
+                f"(3K+5, no learning rate); run it in an env that observes the LR (env spec observe_lr: true, or "
+                f"env_overrides observe_lr=true), or through the deploy job / MixingScheduler, which pass the LR "
+                f"to a policy that observes it")
         if self.initial is None:
             self.initial = obs[:self.space.k].copy()
         dom, run = features(obs, self.is_target, self.initial)

@@ -170,7 +170,8 @@ class CompareConfig:
         if set(self.seeds) & set(self.tune_seeds):
             problems.append(f"tune_seeds {sorted(set(self.seeds) & set(self.tune_seeds))} are also evaluation seeds: "
                             f"reference and proxy runs must not see the evaluation seeds (e.g. tune_seeds=[100])")
-        needs_tuning = any(_base_name(p) in (*NEEDS_REFERENCE, "regmix") for p in self.policies) or self.efficiency_steps
+        needs_tuning = (any(_base_name(p) in (*NEEDS_REFERENCE, "regmix") for p in self.policies)
+                        or self.efficiency_steps)
         if needs_tuning and not self.tune_seeds:
             problems.append("tune_seeds is empty but doremi, velocitune, regmix or the data-efficiency family need "
                             "preparation runs")

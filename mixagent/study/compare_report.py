@@ -277,7 +277,8 @@ def _report_md(run: CompareRun, rows: list[dict], table: dict, md: str, plots: l
     if run.tuning:
         lines += ["", f"**Equal tuning budget** (tuning seeds {list(cfg.tune_seeds)}; every tuned method ran the same "
                   f"number of grid points, the best mean was evaluated):", ""]
-        lines += [f"- {label}: " + ", ".join(f"`{c.partition(':')[2]}` {v:+.4f}" + (" (chosen)" if c == t["chosen"] else "")
+        lines += [f"- {label}: " + ", ".join(f"`{c.partition(':')[2]}` {v:+.4f}"
+                                            + (" (chosen)" if c == t["chosen"] else "")
                                             for c, v in t["scores"].items()) for label, t in run.tuning.items()]
         untuned = [r["policy"] for r in rows if r.get("tuning") == "defaults"]
         if untuned:

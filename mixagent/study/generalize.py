@@ -11,7 +11,9 @@ case, the agent's score against the best baseline's in pooled seed standard devi
 agent is at least as good as every baseline (nominally, and within 2 pooled std), and the agent's per-seed
 difference to the best baseline (paired: the same seed gives every policy the same data order). Cases run in the
 config's order and each resumes from the episode cache, so an interrupted protocol continues where it
-stopped, and ``--report-only`` rebuilds the table from what has finished.
+stopped, and ``--report-only`` rebuilds the table from what has finished. A finished comparison that is not
+of the case as it is now (other seeds or env, an agent row without the agent's current artifact identity, an
+agent that observes the learning rate in an env that does not) is listed as stale, with why, and not scored.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     finished comparison. Returns the table (``generalize_table``'s).
 
     Raises:
-        ConfigError: a bad config, an unknown case name or an empty ``cases`` list (before anything runs).
+        ConfigError: a bad config, an unknown case name, an empty ``cases`` list, or a case to run whose env does
+            not observe the learning rate its agent observes (before anything runs).
     """
     from mixagent.study.compare import run_compare
     from mixagent.study.compare_report import make_compare_report
@@ -147,6 +150,9 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
             where = (f"deploy {case.deploy} {list(case.deploy_overrides)}" if case.deploy else
                      f"env {case.env} with env_overrides {list(case.env_overrides)}")
             problems += [f"case {case.name!r} ({where}): {p}" for p in exc.problems]
+        else:  # a case to run whose env cannot score the agent (cached episodes would hide it)
+            lr = "" if report_only or (cases and case.name not in cases) else _lr_problem(cfg, case)
+            problems += [f"case {case.name!r}: {lr}"] if lr else []
     if problems:
         raise ConfigError("generalize", sorted(set(problems)))
     if not report_only:  # the deploy job's own check of each Trainer case to run, before hours of earlier cases
@@ -168,37 +174,76 @@ def run_generalize(cfg: GeneralizeConfig, cases: list[str] | None = None, report
     return generalize_table(cfg)
 
 
-def _spec_hash(case: Case) -> str:
+def _spec(case: Case):
+    """The env spec a comparison case runs in (``None`` for a deploy case)."""
     from mixagent.env.spec import load_spec
     from mixagent.rollout.seeds import resolve_env
+
+    return None if case.deploy else load_spec(resolve_env(case.env, "generalize"), case.env_overrides)
+
+
+def _spec_hash(case: Case) -> str:
     from mixagent.study.deploy_case import deploy_case_hash
 
     if case.deploy:
         return deploy_case_hash(case.deploy, tuple(case.deploy_overrides))
+    return _spec(case).spec_hash()
 
-    return load_spec(resolve_env(case.env, "generalize"), case.env_overrides).spec_hash()
+
+def _lr_problem(cfg: GeneralizeConfig, case: Case) -> str:
+    """Why the case's env cannot score its agent: an agent that observes the learning rate in an env that does
+    not (it would read LR 1.0, the peak, at every step; its cached episodes did), else ``""``. A deploy case's
+    scheduler passes the LR to a policy that observes it."""
+    import json
+
+    from mixagent.rollout.identity import artifact_dir
+
+    path = None if case.deploy else artifact_dir(cfg.case_agent(case))
+    if path is None or not (path / "meta.json").is_file():
+        return ""
+    try:
+        observes = bool(json.loads((path / "meta.json").read_text()).get("observation", {}).get("lr", False))
+    except (OSError, ValueError, AttributeError):
+        return ""  # unreadable: loading the policy raises the typed error
+    if not observes or _spec(case).observe_lr:
+        return ""
+    return (f"the agent {cfg.case_agent(case)} observes the learning rate and the env {case.env} does not "
+            f"(observe_lr false), so its episodes fed it LR 1.0 at every step; add observe_lr=true to the case's "
+            f"env_overrides and run the case")
 
 
-def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
-    """The case's row from its comparison, or ``None`` when it has not finished (or was run on other seeds,
-    another env or without one of the policies: a stale comparison is not read as this case)."""
+def _case_result(cfg: GeneralizeConfig, case: Case) -> tuple[dict | None, str]:
+    """The case's row from its comparison, or ``None`` and why not: ``""`` when no comparison has finished,
+    else why the finished one is stale and not read as this case (other seeds, another env, an agent row
+    without the agent's current identity, a missing row or seed, an agent that observes the LR in an env
+    that does not)."""
     import json
 
     path = REPO_ROOT / cfg.out / f"{cfg.name}-{case.name}" / "table.json"
     if not path.is_file():
-        return None
+        return None, ""
     table = json.loads(path.read_text())
-    if list(table["seeds"]) != list(cfg.seeds) or table["spec_hash"] != _spec_hash(case):
-        return None
+    if list(table["seeds"]) != list(cfg.seeds):
+        return None, f"ran on seeds {list(table['seeds'])}, the protocol's are {list(cfg.seeds)}"
+    if table["spec_hash"] != _spec_hash(case):
+        return None, f"ran in env spec {table['spec_hash']}, the case's is now {_spec_hash(case)}"
     rows = {r["policy"]: r for r in table["rows"]}
     agent = rows.get(cfg.case_agent(case))
+    if agent is None:
+        return None, f"has no row of the agent {cfg.case_agent(case)}"
     current = policy_identity(cfg.case_agent(case))
-    if agent is not None and agent.get("identity", current) != current:
-        return None  # the artifact at that path changed since the case ran (tables before rows had identities pass)
+    if agent.get("identity") is None:  # a table from before rows had identities cannot show which artifact ran
+        return None, f"records no agent identity, so it may be of another artifact than {current}"
+    if agent["identity"] != current:
+        return None, f"ran {agent['identity']}; the agent at that path changed since, it is now {current}"
     base = [rows[b] for b in cfg.baselines if b in rows]
-    if agent is None or len(base) < len(cfg.baselines) or any(len(r["scores"]) < len(cfg.seeds)
-                                                                for r in (agent, *base)):
-        return None
+    missing = [b for b in cfg.baselines if b not in rows]
+    short = [r["policy"] for r in (agent, *base) if len(r["scores"]) < len(cfg.seeds)]
+    if missing or short:
+        return None, f"lacks rows of {missing} or seeds of {short}"
+    lr = _lr_problem(cfg, case)
+    if lr:
+        return None, lr
     pooled = table["pooled_seed_std"]  # the comparison's: every policy it ran (the agent and the baselines)
     best = max(base, key=lambda r: r["mean"])
     gaps = {r["policy"]: (agent["mean"] - r["mean"]) / pooled if pooled > 0 else 0.0 for r in base}
@@ -217,7 +262,7 @@ def _case_result(cfg: GeneralizeConfig, case: Case) -> dict | None:
             "paired_diff": paired.tolist(), "paired_mean": float(paired.mean()),
             "paired_std": float(paired.std(ddof=1)),  # the config holds >= 3 seeds
             "as_good_nominal": all(agent["mean"] >= r["mean"] for r in base),
-            "as_good_within_noise": all(g >= -NOISE for g in gaps.values())}
+            "as_good_within_noise": all(g >= -NOISE for g in gaps.values())}, ""
 
 
 def _by_seed(row: dict, seeds: list[int]) -> list[float]:
@@ -227,9 +272,14 @@ def _by_seed(row: dict, seeds: list[int]) -> list[float]:
 
 
 def generalize_table(cfg: GeneralizeConfig) -> dict:
-    """``<out>/<name>-generalize/`` ``table.md``, ``table.json`` and ``gaps.png`` over the finished cases."""
-    results = [r for r in (_case_result(cfg, c) for c in cfg.cases) if r is not None]
-    pending = [c.name for c in cfg.cases if c.name not in {r["case"] for r in results}]
+    """``<out>/<name>-generalize/`` ``table.md``, ``table.json`` and ``gaps.png`` over the finished cases;
+    ``pending`` lists every case not scored, ``stale`` those whose finished comparison is not of this case as
+    it is now, with why (rerun them)."""
+    status = {c.name: _case_result(cfg, c) for c in cfg.cases}
+    results = [r for r, _ in status.values() if r is not None]
+    pending = [c.name for c in cfg.cases if status[c.name][0] is None]
+    stale = {name: why for name, (r, why) in status.items() if r is None and why}
+    unfinished = [name for name in pending if name not in stale]
     lines = ["| case | held out | K | agent (mean ± std) | best baseline | gap [pooled std] | paired by seed "
              "(mean ± std) | >= every baseline (nominal) | within 2 std of every baseline |",
              "|---|---|---:|---:|---|---:|---:|:---:|:---:|"]
@@ -245,11 +295,13 @@ def generalize_table(cfg: GeneralizeConfig) -> dict:
                f"at least as good as every baseline (nominally) in {sum(r['as_good_nominal'] for r in held)} of "
                f"{len(held)} held-out cases ({100 * share:.0f}%; the bar is >= 75%); within 2 pooled std of every "
                f"baseline in {sum(r['as_good_within_noise'] for r in held)} of {len(held)}")
-    md = "\n".join(lines) + f"\n\n{verdict}." + (f"\nNot finished: {', '.join(pending)}." if pending else "") + "\n"
+    md = ("\n".join(lines) + f"\n\n{verdict}." + (f"\nNot finished: {', '.join(unfinished)}." if unfinished else "")
+          + (f"\nStale (rerun the case): {'; '.join(f'{n} ({why})' for n, why in stale.items())}." if stale else "")
+          + "\n")
     out = REPO_ROOT / cfg.out / f"{cfg.name}-generalize"
     out.mkdir(parents=True, exist_ok=True)
     table = {"version": 1, "name": cfg.name, "seeds": list(cfg.seeds), "baselines": list(cfg.baselines),
-             "noise_std": NOISE, "cases": results, "pending": pending, "held_out_share_as_good": share,
+             "noise_std": NOISE, "cases": results, "pending": pending, "stale": stale, "held_out_share_as_good": share,
              "verdict": verdict}
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(md))
     atomic_write_json(out / "table.json", table)

@@ -210,19 +210,32 @@ def test_generalize_table_from_the_committed_episodes(tmp_path):
         load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", ["seeds=[0, 1]"])
 
 
-def test_variants_table_from_committed_episodes(tmp_path):
+def test_variants_table_from_committed_episodes(tmp_path, monkeypatch):
     """The planner's and the reference agent's committed real-env episodes against every v1 baseline: nothing
     reruns, the numbers are the episodes', the verdict names the missing headroom."""
+    from mixagent.model_based import planning
     from mixagent.model_based.variants import Variant, VariantsConfig, run_variants
 
+    key = planning.planner_key(WM, 64, 0.05)
+
+    def rerun(*args, **kwargs):
+        raise AssertionError(f"the planner reran: its episodes under key {key} are not committed in "
+                             f"audits/agent-v1/mpc/{key['digest']}/")
+
+    monkeypatch.setattr(planning, "WorldModelPlanner", rerun)
     cfg = VariantsConfig(name="t", compare_overrides=(f"out={tmp_path}", "reuse=[audits/compare]"),
                          out=str(tmp_path / "variants"), variants=(
                              Variant("mpc", "MPC", planner=WM),
                              Variant("pd", "per-domain BC", artifact="checkpoints/agents/math-cpt-v1")))
     table = run_variants(cfg, progress=False)
-    mpc = [json.loads((REPO_ROOT / f"audits/agent-v1/mpc/{s}.json").read_text())["balanced"] for s in (0, 1, 2)]
+    mpc = [json.loads((REPO_ROOT / f"audits/agent-v1/mpc/{key['digest']}/{s}.json").read_text())["balanced"]
+           for s in (0, 1, 2)]
     by = {v["name"]: v for v in table["variants"]}
-    assert by["mpc"]["scores"] == pytest.approx(mpc) and by["mpc"]["mean"] == pytest.approx(np.mean(mpc))
+    assert by["mpc"]["scores"] == mpc and by["mpc"]["mean"] == pytest.approx(np.mean(mpc))
+    assert by["mpc"]["policy"] == f"audits/agent-v1/mpc/{key['digest']}"
+    # the episodes stored by seed only before the key (same world model, search and rule): the same numbers
+    legacy = [json.loads((REPO_ROOT / f"audits/agent-v1/mpc/{s}.json").read_text())["balanced"] for s in (0, 1, 2)]
+    assert mpc == pytest.approx(legacy, abs=1e-6)
     assert table["best_baseline"] == "replay:0.5" and table["oracle_schedule_gain"] < 0
     assert all(v["oracle_share"] is None for v in table["variants"]) and "no schedule headroom" in table["verdict"]
     assert "| MPC |" in (tmp_path / "variants/table.md").read_text()

@@ -133,3 +133,18 @@ def test_committed_agents_declare_the_learning_rate_they_were_trained_on(agent):
     meta = json.loads((path / "meta.json").read_text())
     data = [REPO_ROOT / r["run"] for r in meta["training"]["runs"]]
     assert load_policy(path).observe_lr == (load_trajectories(data).observed_lr is not None) is True
+
+
+def test_a_policy_that_observes_the_lr_refuses_an_observation_without_it(tmp_path):
+    """Trained on observations that end with the learning rate, it is never run on ones that lack it (it used to
+    read LR 1.0, the peak, at every step: the fault behind the first Trainer-case numbers)."""
+    torch.manual_seed(0)
+    path = write_per_domain_artifact(tmp_path / "lr", PerDomainNet(16), {"action": {"temperature": 0.25, "floor": 0.0}},
+                                     observe_lr=True)
+    policy = load_policy(path)
+    policy.reset(space(10, 3))
+    assert policy.act(observation(10, 0)).values.shape == (10,)  # 3K+6: with the LR
+    with pytest.raises(UsageError) as err:
+        policy.act(observation(10, 0, lr=False))  # 3K+5
+    text = str(err.value)
+    assert "expected 36 entries (3K+6" in text and "got 35" in text and "observe_lr: true" in text

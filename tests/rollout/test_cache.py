@@ -11,7 +11,6 @@ from mixagent.errors import UsageError
 from mixagent.rollout.cache import EpisodeCache
 from mixagent.rollout.episode import EPISODE_VERSION
 
-
 RECORD = {"version": EPISODE_VERSION, "seed": 0, "source_score": 0.1, "target_score": 0.2, "source_bpb": 2.0,
           "target_bpb": 1.5, "balanced": 0.3, "return": 0.3, "truncated": False,
           "start": {"bpb": {"wiki": 2.5, "math": 2.0}, "scores": {"source": 0.1, "target": 0.1}},

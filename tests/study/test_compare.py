@@ -184,7 +184,8 @@ def test_equal_tuning_budget_picks_the_best_grid_point_on_the_tuning_seeds(compa
     root, _, _, _ = compared
     tuning = {"doremi": {"eta": [0.1, 10.0]}, "replay": {"rho": [0.3, 0.7]}}
     run = run_compare(_cfg(root, policies=("natural", "doremi", "replay:0.5"), efficiency_steps=(), tuning=tuning))
-    for label, specs in (("doremi", ["doremi:eta=0.1", "doremi:eta=10.0"]), ("replay:0.5", ["replay:0.3", "replay:0.7"])):
+    grids = (("doremi", ["doremi:eta=0.1", "doremi:eta=10.0"]), ("replay:0.5", ["replay:0.3", "replay:0.7"]))
+    for label, specs in grids:
         t = run.tuning[label]
         assert list(t["scores"]) == specs and t["tune_seeds"] == [100]
         assert t["chosen"] == max(specs, key=lambda s: t["scores"][s]) == run.labels[label]
