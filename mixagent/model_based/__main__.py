@@ -26,15 +26,18 @@ def world_model(argv: list[str] | None = None) -> int:
                                                  "trajectories; report held-out R² and how it ranks real policies.")
     parser.add_argument("--config", default=str(CONFIGS_DIR / "world_model/default.yaml"), help="config YAML")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--ranks-only", action="store_true",
+                        help="no refit: rank the policies again with the world model at out (after a comparison "
+                             "changed)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.epochs=50 out=runs/wm")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from mixagent.config import load_config
-        from mixagent.model_based.job import WorldModelJobConfig, run_world_model_job
+        from mixagent.model_based.job import WorldModelJobConfig, refresh_ranks, run_world_model_job
 
         cfg = load_config(WorldModelJobConfig, args.config, args.overrides)
-        report = run_world_model_job(cfg, progress=not args.no_progress)
+        report = refresh_ranks(cfg) if args.ranks_only else run_world_model_job(cfg, progress=not args.no_progress)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,7 +74,8 @@ def plan(argv: list[str] | None = None) -> int:
         return 2
     scores = [e["balanced"] for e in eps]
     print(f"planner (trials {args.trials}, penalty {args.penalty}) in the real env, seeds {args.seeds}: final balanced "
-          f"score {np.mean(scores):+.4f} ± {np.std(scores):.4f}; episodes in {args.out}/")
+          f"score {np.mean(scores):+.4f} ± {np.std(scores):.4f}; episodes in {args.out}/<key digest>/ (the world "
+          f"model, trials, penalty, spec and planner version)")
     return 0
 
 

@@ -34,7 +34,7 @@ from mixagent.model_based.world_model import (
 )
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
-__all__ = ["WorldModelJobConfig", "run_world_model_job", "policy_ranks"]
+__all__ = ["WorldModelJobConfig", "run_world_model_job", "policy_ranks", "refresh_ranks"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class WorldModelJobConfig:
             schedules ranked (empty: none).
         compare: the comparison cache roots whose methods are ranked (empty: none).
         regmix: the comparison's ``regmix.json`` (RegMix's fitted mixture; empty: RegMix is left out).
+        tuning: the comparison's ``tuning.json``: each method is ranked with the hyperparameters its tuning
+            chose, as in the comparison's table (empty or missing: the defaults).
         seeds: evaluation seeds of the real episodes (the audit's and the comparison's held-out seeds).
         tune_seed: the comparison's tuning seed (its reference run, which DoReMi and Velocitune read).
     """
@@ -61,6 +63,7 @@ class WorldModelJobConfig:
     audit_root: str = "audits"
     compare: tuple[str, ...] = ("audits/compare",)
     regmix: str = "audits/compare/v1/regmix.json"
+    tuning: str = "audits/compare/v1/tuning.json"
     seeds: tuple[int, ...] = (0, 1, 2)
     tune_seed: int = 100
 
@@ -100,7 +103,7 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.rewards import balanced_score
     from mixagent.model_based.surrogate import make_surrogate_env
-    from mixagent.policies.registry import METHODS, build_policy
+    from mixagent.policies.registry import METHODS, PROBING, build_policy
     from mixagent.rollout.cache import EpisodeCache
     from mixagent.rollout.episode import rollout
     from mixagent.rollout.identity import policy_context, policy_key
@@ -137,17 +140,20 @@ def policy_ranks(model: WorldModel, cfg: WorldModelJobConfig) -> list[dict]:
         if cfg.regmix and (REPO_ROOT / cfg.regmix).is_file():
             context["regmix"] = json.loads((REPO_ROOT / cfg.regmix).read_text())["mixture"]
         ctx = policy_context(context, env)  # the comparison's context: same keys, same cached episodes
+        tuned = (json.loads((REPO_ROOT / cfg.tuning).read_text()) if cfg.tuning and (REPO_ROOT / cfg.tuning).is_file()
+                 else {})
         for name in METHODS:
-            if name in seen:
+            if name in seen or name in PROBING:  # the surrogate cannot train a probing method's probes
                 continue
+            spec = tuned.get(name, {}).get("chosen", name)
             try:
-                key = policy_key(name, ctx)
+                key = policy_key(spec, ctx)
             except ConfigError:  # what the method needs (reference run, RegMix's fit) is not in the cache
                 continue
             real = [cache.summary(key, s) for s in cfg.seeds]
             if any(r is None for r in real):
                 continue
-            model_scores = [rollout(env, build_policy(name, ctx), seed=s).balanced for s in cfg.seeds]
+            model_scores = [rollout(env, build_policy(spec, ctx), seed=s).balanced for s in cfg.seeds]
             scores = [float(r["balanced"]) for r in real]
             rows.append({"policy": name, "source": "compare", "real": float(np.mean(scores)),
                          "real_std": float(np.std(scores)), "real_seeds": scores,
@@ -207,6 +213,37 @@ def run_world_model_job(cfg: WorldModelJobConfig, progress: bool = True) -> dict
                              "policies": len(rows)}
     out = REPO_ROOT / cfg.out
     model.save(out)
+    atomic_write_json(out / "report.json", report)
+    _plot(rows, rho, out / "ranks.png")
+    atomic_write(out / "report.md", lambda p: p.write_text(_markdown(report)))
+    return report
+
+
+def refresh_ranks(cfg: WorldModelJobConfig) -> dict:
+    """Rank the policies again with the world model already at ``cfg.out`` (no refit): after a comparison's
+    methods changed, the report's ``policies``, ``spearman`` and ``seed_ceiling`` (and ``report.md``,
+    ``ranks.png``, the meta's ``metrics``) follow the current episodes; the model and the held-out R² stay.
+
+    Raises:
+        ConfigError: no fitted world model at ``cfg.out``.
+    """
+    from scipy.stats import spearmanr
+
+    from mixagent.model_based.world_model import load_world_model
+
+    out = REPO_ROOT / cfg.out
+    if not (out / "report.json").is_file():
+        raise ConfigError("world_model", [f"no world model report at {out}: fit one first (mixagent world-model)"])
+    model = load_world_model(out)
+    report = json.loads((out / "report.json").read_text())
+    rows = policy_ranks(model, cfg)
+    rho = float(spearmanr([r["real"] for r in rows], [r["model"] for r in rows]).statistic) if len(rows) >= 3 else None
+    report |= {"spearman": rho, "seed_ceiling": seed_ceiling(rows), "policies": rows}
+    report["config"] = {**report["config"], "tuning": cfg.tuning}
+    meta = json.loads((out / "meta.json").read_text())
+    meta["metrics"] = {**meta.get("metrics", {}), "spearman": rho, "seed_ceiling": report["seed_ceiling"],
+                       "policies": len(rows)}
+    atomic_write_json(out / "meta.json", meta)
     atomic_write_json(out / "report.json", report)
     _plot(rows, rho, out / "ranks.png")
     atomic_write(out / "report.md", lambda p: p.write_text(_markdown(report)))

@@ -39,10 +39,10 @@ from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import Reference
 from mixagent.env.spec import EnvSpec, load_spec
-from mixagent.errors import ConfigError
+from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
-from mixagent.policies.registry import NEEDS_REFERENCE, method_problems, method_spec, parse_method, tunable
+from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, method_problems, method_spec, parse_method, tunable
 from mixagent.rollout.cache import EpisodeCache, unpinned_base
 from mixagent.rollout.engine import launch, roll_policies
 from mixagent.rollout.episode import EPISODE_VERSION
@@ -129,7 +129,8 @@ class CompareConfig:
             ``audits/compare``: a comparison under ``runs/compare`` then reruns only what is new).
         tuning: the equal tuning budget: ``{policy name: {hyperparameter: [values]}}`` (``doremi: {eta:
             [0.01, 0.1, 1, 10]}``, ``replay: {rho: [...]}``), one or two hyperparameters each, every grid with
-            the same number of points; each point runs on ``tune_seeds`` and the best is evaluated.
+            the same number of points; each point runs on ``tune_seeds`` and the best is evaluated. A grid of a
+            method not in ``policies`` is not used (so ``--policies`` can pick a subset).
     """
 
     name: str = "v1"
@@ -188,8 +189,11 @@ class CompareConfig:
         named = {_base_name(p): p for p in self.policies if artifact_dir(p) is None}
         sizes = {}
         for name, grid in self.tuning.items():
-            if name not in named:
-                problems.append(f"tuning.{name}: no policy {name!r} in policies ({', '.join(named)})")
+            if name != "replay" and parse_method(name) is None:
+                problems.append(f"tuning.{name}: only registered methods and replay have hyperparameters"
+                                f"{suggest(name, ('replay', *METHODS))}")
+                continue
+            if name not in named:  # a grid for a method this run does not compare (a --policies override)
                 continue
             if not grid or len(grid) > 2 or any(not isinstance(v, list) or not v for v in grid.values()):
                 problems.append(f"tuning.{name}: give one or two hyperparameters, each with a list of values")
@@ -198,15 +202,12 @@ class CompareConfig:
                 if set(grid) != {"rho"}:
                     problems.append(f"tuning.replay: its one hyperparameter is rho, got {sorted(grid)}")
                     continue
-            elif parse_method(name) is not None:
+            else:
                 bad = [k for k in grid if k not in tunable(name)]
                 if bad:
                     problems.append(f"tuning.{name}: {name} has no hyperparameters {bad}; it takes "
                                     f"{', '.join(tunable(name)) or 'none'}")
                     continue
-            else:
-                problems.append(f"tuning.{name}: only registered methods and replay have hyperparameters")
-                continue
             specs = tuning_candidates(named[name], grid)
             problems += [p for s in specs for p in method_problems(s)]
             sizes[name] = len(specs)

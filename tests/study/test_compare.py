@@ -201,6 +201,8 @@ def test_equal_tuning_budget_picks_the_best_grid_point_on_the_tuning_seeds(compa
         run_compare(_cfg(root, policies=("doremi", "replay:0.5"), tuning={**tuning, "replay": {"rho": [0.3]}}))
     with pytest.raises(ConfigError, match="has no hyperparameters"):
         run_compare(_cfg(root, policies=("doremi",), tuning={"doremi": {"step": [1]}}))
+    with pytest.raises(ConfigError, match="did you mean 'doremi'"):
+        run_compare(_cfg(root, policies=("doremi",), tuning={"doremy": {"eta": [1]}}))
 
 
 def test_a_row_that_fell_back_is_marked(compared, tmp_path):
