@@ -1,9 +1,9 @@
 """Rebuild every committed audit report (each ``audits/**/audit.json``), comparison report and the
 generalization table from the stored results, then say which committed files changed. Nothing is trained: a
-comparison whose episodes are not all stored stops with an error, and one whose base checkpoint is not built
-here is skipped unless ``--build-bases``. Two design probes without an ``audit.json`` and the agent
-variants' table (``audits/agent-v1``: it trains agents) are not rebuilt. A refactor that moves code must
-leave this at "0 files changed".
+comparison whose episodes are not all stored (a method changed since it ran) is skipped and named, as is one
+whose base checkpoint is not built here unless ``--build-bases``. Two design probes without an
+``audit.json`` and the agent variants' table (``audits/agent-v1``: it trains agents) are not rebuilt. A
+refactor that moves code must leave this at "0 files changed".
 
     .venv/bin/python scripts/rebuild_results.py                 # comparisons whose base is built here
     .venv/bin/python scripts/rebuild_results.py --build-bases   # every comparison (pre-trains the 2m, 8m bases)
@@ -20,12 +20,17 @@ from collections.abc import Iterator
 from mixagent.paths import REPO_ROOT
 
 
+class NotStored(Exception):
+    """A comparison needs episodes that are not stored (a method's rules or hyperparameters changed, or its
+    episodes are stale): it is skipped and named, the others are rebuilt."""
+
+
 class _NoRuns:
     """A launcher that refuses to run anything: rebuilding must read stored results only."""
 
     def events(self, setup, tasks: list) -> Iterator:
-        raise SystemExit(f"error: {len(tasks)} task(s) are not stored; this script only rebuilds reports "
-                         f"(first: {tasks[0]!r})")
+        raise NotStored(f"{len(tasks)} task(s) are not stored (first: {tasks[0]!r}); rerun it with mixagent "
+                        f"compare")
 
     def close(self) -> None:
         pass
@@ -61,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{stored.parent.name}: its base checkpoint ({base.size}) is not built here; pass "
                            f"--build-bases to pre-train it (minutes to an hour on 2 cores)")
             continue
-        make_compare_report(run_compare(cfg, launcher=_NoRuns()))
+        try:
+            make_compare_report(run_compare(cfg, launcher=_NoRuns()))
+        except NotStored as exc:
+            skipped.append(f"{stored.parent.name}: {exc}")
+            continue
         print(f"comparison: {stored.parent.name}")
     run_generalize(load_config(GeneralizeConfig, "configs/generalize/v1.yaml", []), report_only=True)
     print("generalization table: v1")
