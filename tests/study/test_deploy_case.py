@@ -187,3 +187,7 @@ def test_deploy_case_hash_follows_a_named_directory(tmp_path, monkeypatch):
     first = deploy_case_hash("configs/run.yaml", ())
     (repo / "models/m/model.safetensors").write_bytes(b"weights")
     assert deploy_case_hash("configs/run.yaml", ()) != first  # a directory's content counts
+    (repo / "configs/run.yaml").write_text("model: {kind: hf, path: models/m}\neval: {kind: models}\n")
+    second = deploy_case_hash("configs/run.yaml", ())
+    (repo / "models/other.txt").write_text("x")  # a bare word naming a directory is a value, not a path
+    assert deploy_case_hash("configs/run.yaml", ()) == second
