@@ -20,7 +20,7 @@ import torch
 from mixagent.env.environment import MixingEnv
 from mixagent.errors import ConfigError
 from mixagent.policies import baseline_problems, parse_baseline
-from mixagent.rollout.cache import EpisodeCache, unpinned_base
+from mixagent.rollout.cache import EpisodeCache, start_eval
 from mixagent.rollout.engine import roll_policies
 from mixagent.rollout.runner import RunnerSetup
 
@@ -80,7 +80,7 @@ def evaluate_online(spec: dict, spec_hash: str, policies: Mapping[str, str], see
             f"collected with {spec_hash}: the base model, data or domain space changed since collection; "
             f"rebuild them as they were or collect again"])
     store = EpisodeCache(cache, (env.spec_.name, env.spec_.version, spec_hash), read_also, space=env.space,
-                         base=unpinned_base(env))
+                         start=start_eval(env))
     results = roll_policies(env, policies, list(seeds), store, setup,
                             desc="online eval", launcher="inline" if env_factory is not None else launcher,
                             workers=workers, progress=progress)

@@ -158,10 +158,12 @@ class AnalyticBackend:
 
     Domain ``d``'s loss falls with the tokens it receives and rises slowly with tokens of the other
     field (forgetting); benchmark scores follow the field losses. ``nan_at_step`` injects a failed step.
-    A segment is ``steps_per_segment`` batches (probes take theirs from it).
+    A segment is ``steps_per_segment`` batches (probes take theirs from it). Its start evaluation carries
+    the seed's noise (``seeded_start``), unlike a real base model's.
     """
 
     steps_per_segment = 10
+    seeded_start = True
 
     def __init__(self, space: DomainSpace, segment_tokens: int = 1000, nan_at_step: int | None = None) -> None:
         self.space = space

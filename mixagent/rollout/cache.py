@@ -4,12 +4,11 @@ become ``_``). Read-only roots (the committed ``audits/compare``) are looked up 
 stored episode that is unreadable or holds invalid values is run again. The record is
 :func:`mixagent.rollout.episode.episode_record` (version :data:`EPISODE_VERSION`).
 
-**The base checkpoint.** The spec hash names the base model's *config*, not the checkpoint built from it.
-Where the reward has reference runs, those pin the checkpoint (``mixagent.env.references`` refuses another
-base). Where it has none (``balanced``, ``balanced_bpb``), a cache built with ``base=`` records the base
-checkpoint's identity in ``<dir>/base.json`` at its first write and serves a directory's episodes only when
-its record matches: a re-trained base reruns them, and a directory without the record (episodes of an
-unknown base) is not served either."""
+**The base checkpoint.** The spec hash names the base model's *config*, not the checkpoint built from it
+(a re-trained base, or reference runs recomputed on another machine, would otherwise be scored against
+episodes of another model). A cache built with ``start=`` (the env's evaluation at reset, the base model's,
+seed-independent) serves an episode only when its stored start evaluation equals it (bits per byte to 1e-6
+relative: a thread count changes the last digits, another checkpoint far more); the others are run again."""
 
 from __future__ import annotations
 
@@ -26,7 +25,7 @@ from mixagent.paths import atomic_write_json
 from mixagent.rollout.episode import EPISODE_VERSION, episode_record
 from mixagent.rollout.record import EpisodeRecord
 
-__all__ = ["EpisodeCache", "record_of_summary", "unpinned_base"]
+__all__ = ["EpisodeCache", "record_of_summary", "start_eval"]
 
 log = logging.getLogger(__name__)
 
@@ -54,34 +53,31 @@ class EpisodeCache:
         env: ``(name, version, spec hash)`` of the env.
         read_also: further roots looked up (read only) after ``root``, e.g. the committed ``audits/compare``.
         space: the env's domain space; :meth:`put` needs it to summarise a record (readers do not).
-        base: the base checkpoint's identity (``env.backend.base_id``) where the reward has no reference runs
-            to pin it (see the module docstring); ``None``: not checked.
+        start: the env's evaluation at reset (:meth:`EvalResult.to_json`, ``MixingEnv.reset(...)[1]["eval"]``):
+            episodes that started from another base model are not served; ``None``: not checked.
     """
 
     def __init__(self, root: Path, env: tuple[str, int, str], read_also: tuple[Path, ...] = (),
-                 space: DomainSpace | None = None, base: str | None = None) -> None:
+                 space: DomainSpace | None = None, start: dict | None = None) -> None:
         name, version, spec_hash = env
         rel = Path("cache") / f"{name}-v{version}" / spec_hash
         self.dir = Path(root) / rel
         self.read_dirs = [Path(r) / rel for r in read_also if (Path(r) / rel).resolve() != self.dir.resolve()]
         self.space = space
-        self.base = base
-        self._served: dict[Path, bool] = {}
+        self.start = start
+        self._warned: set[Path] = set()
 
-    def _serves(self, d: Path) -> bool:
-        """Whether directory ``d``'s episodes belong to this cache's base checkpoint (always, without ``base``)."""
-        if self.base is None:
+    def _same_base(self, ep: dict, where: Path) -> bool:
+        """Whether a stored episode started from this cache's base model (always, without ``start``)."""
+        if self.start is None:
             return True
-        if d not in self._served:
-            try:
-                recorded = json.loads((d / "base.json").read_text()).get("base")
-            except (OSError, ValueError, AttributeError):
-                recorded = None
-            self._served[d] = recorded == self.base
-            if not self._served[d] and d.is_dir() and any(d.glob("*/*.json")):
-                log.warning("episodes under %s were made from base checkpoint %s, this env's is %s: they are run "
-                            "again", d, recorded or "(not recorded)", self.base)
-        return self._served[d]
+        mine, theirs = self.start.get("bpb", {}), (ep.get("start") or {}).get("bpb", {})
+        same = set(mine) == set(theirs) and all(abs(theirs[n] - b) <= 1e-6 * abs(b) for n, b in mine.items())
+        if not same and where not in self._warned:
+            self._warned.add(where)
+            log.warning("episodes under %s started from another base model than this env's (its start evaluation "
+                        "differs): they are run again", where)
+        return same
 
     @staticmethod
     def _name(key: str) -> str:
@@ -95,11 +91,13 @@ class EpisodeCache:
         run again) when none is stored, or when the stored one is unreadable or invalid (logged)."""
         for d in (self.dir, *self.read_dirs):
             p = d / self._name(key) / f"{seed}.json"
-            if not p.exists() or not self._serves(d):
+            if not p.exists():
                 continue
             try:
                 ep = json.loads(p.read_text())
                 if _valid(ep, seed):
+                    if not self._same_base(ep, d):
+                        continue
                     return ep
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 pass
@@ -126,12 +124,6 @@ class EpisodeCache:
         """Store an episode's summary as read from another cache (:meth:`summary`) under ``key`` (atomic)."""
         p = self.path(key, seed)
         p.parent.mkdir(parents=True, exist_ok=True)
-        if self.base is not None and not self._serves(self.dir):
-            if any(self.dir.glob("*/*.json")):
-                raise UsageError(f"the episode cache {self.dir} holds episodes of another base checkpoint than "
-                                 f"{self.base}: move it away (or delete it) before storing new ones there")
-            atomic_write_json(self.dir / "base.json", {"base": self.base})
-            self._served[self.dir] = True
         atomic_write_json(p, summary)
 
     def records(self) -> Iterator[EpisodeRecord]:
@@ -139,7 +131,7 @@ class EpisodeCache:
         ``/`` and ``:`` replaced by ``_``)."""
         seen = set()
         for d in (self.dir, *self.read_dirs):
-            for f in sorted(d.glob("*/*.json")) if d.is_dir() and self._serves(d) else ():
+            for f in sorted(d.glob("*/*.json")) if d.is_dir() else ():
                 if (f.parent.name, f.stem) in seen or not f.stem.lstrip("-").isdigit():
                     continue
                 seen.add((f.parent.name, f.stem))
@@ -151,12 +143,13 @@ class EpisodeCache:
         return next((d / name for d in (self.dir, *self.read_dirs) if (d / name).is_file()), None)
 
 
-def unpinned_base(env) -> str | None:
-    """The base checkpoint's identity (``env.backend.base_id``) where ``env``'s reward has no reference runs to
-    pin it, so the episode cache must check it; ``None`` where references pin it."""
-    from mixagent.env.rewards import needs_reference
-
-    return None if needs_reference(env.spec_.reward.name) else getattr(env.backend, "base_id", None)
+def start_eval(env) -> dict | None:
+    """``env``'s evaluation at reset (the base model's; seed-independent, computed once per env) as JSON: what
+    an :class:`EpisodeCache` checks stored episodes against; ``None`` for a backend whose start depends on
+    the seed (``seeded_start``: the analytic test backend)."""
+    if getattr(env.backend, "seeded_start", False):
+        return None
+    return env.reset(seed=0)[1]["eval"]
 
 
 def record_of_summary(key: str, summary: dict) -> EpisodeRecord:

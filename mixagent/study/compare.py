@@ -43,7 +43,7 @@ from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
 from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, method_problems, method_spec, parse_method, tunable
-from mixagent.rollout.cache import EpisodeCache, unpinned_base
+from mixagent.rollout.cache import EpisodeCache, start_eval
 from mixagent.rollout.engine import launch, roll_policies
 from mixagent.rollout.episode import EPISODE_VERSION
 from mixagent.rollout.identity import artifact_dir, content_digest
@@ -286,7 +286,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     out = out_root / cfg.name
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
     cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
-                         tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space, base=unpinned_base(env))
+                         tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space, start=start_eval(env))
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
