@@ -349,9 +349,16 @@ class PolicySection:
             problems.append(f"initial must be one of {', '.join(INITIAL_KINDS)}, got {self.initial!r}"
                             f"{suggest(self.initial, INITIAL_KINDS)}")
         problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
-        from mixagent.policies.registry import PROBING
+        from mixagent.policies.registry import NEEDS_REFERENCE, PROBING, method_problems
 
-        if self.spec.partition(":")[0] in PROBING:
+        name = self.spec.partition(":")[0]
+        if self.resolved.artifact is None and ("/" not in self.spec):  # a named baseline or method
+            problems += [f"spec: {p}" for p in method_problems(self.spec)]
+        if name in (*NEEDS_REFERENCE, "regmix"):
+            problems.append(f"spec {self.spec!r}: {name} needs preparation runs (a reference run or RegMix's proxy "
+                            f"runs) that a deployment does not make; compare it in the environment (mixagent "
+                            f"compare), or deploy another method")
+        if name in PROBING:
             problems.append(f"spec {self.spec!r}: {self.spec.partition(':')[0]} learns from probe trainings inside "
                             f"each step, which a Trainer run cannot make (its decisions would all fall back to the "
                             f"initial mixture); compare it in the environment (mixagent compare), or deploy another "

@@ -122,8 +122,9 @@ class LMBackend:
         mixtures = np.asarray(mixtures, dtype=np.float64)
         if self._probed + len(mixtures) * batches >= self.steps_per_segment:
             raise ConfigError(self.spec.name, [
-                f"{len(mixtures)} probes of {batches} batches would take the whole {self.steps_per_segment}-batch "
-                f"segment: lower the probes' batches or raise segment_tokens"])
+                f"{len(mixtures)} probes of {batches} batches (after {self._probed} probe batches already in this "
+                f"segment) would take the whole {self.steps_per_segment}-batch segment: lower the probes' batches "
+                f"or raise segment_tokens"])
         out = np.full((len(mixtures) + 1, self.space.k), np.nan)
         out[0] = self.evaluator.probe_bpb(self.model, windows)
         for i, m in enumerate(mixtures):

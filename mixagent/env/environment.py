@@ -206,7 +206,8 @@ class MixingEnv(gym.Env):
 
         Raises:
             gymnasium.error.ResetNeeded: no episode running.
-            UsageError: a backend that cannot train probes (the analytic and LM backends can).
+            UsageError: a backend that cannot train probes (the analytic and LM backends can), or ``batches``
+                or ``windows`` not an integer >= 1.
             WeightsError: mixtures of the wrong shape or not on the simplex.
             ConfigError: probes that would take the whole segment.
         """
@@ -215,6 +216,9 @@ class MixingEnv(gym.Env):
         if not hasattr(self.backend, "probe"):
             raise UsageError(f"backend {type(self.backend).__name__} cannot train probe mixtures (Aioli needs an env "
                              f"whose backend implements ProbingBackend.probe)")
+        if not (isinstance(batches, int | np.integer) and batches >= 1 and isinstance(windows, int | np.integer)
+                and windows >= 1):
+            raise UsageError(f"probe batches and windows must be integers >= 1, got {batches!r}, {windows!r}")
         m = np.asarray(mixtures, dtype=np.float64)
         if m.ndim != 2 or m.shape[1] != self.space.k or not np.isfinite(m).all() or (m < 0).any() \
                 or not np.allclose(m.sum(1), 1.0, atol=1e-6):

@@ -101,21 +101,43 @@ def tunable(name: str) -> tuple[str, ...]:
     return _TUNABLE.get(name, ())
 
 
-def _value(text: str) -> object:
-    for kind in (int, float):
+def _defaults(name: str) -> dict[str, object]:
+    cls = _classes().get(name)
+    if cls is None:
+        return {}
+    return {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items() if k in tunable(name)}
+
+
+def _value(text: str, default: object) -> tuple[object, str]:
+    """``text`` as the type of the hyperparameter's default (``None`` defaults take a number); ``(value, "")``
+    or ``(None, what is wrong)``."""
+    import math
+
+    if isinstance(default, bool):
+        v = {"true": True, "false": False, "1": True, "0": False}.get(text.lower())
+        return (v, "") if v is not None else (None, "expected true or false")
+    if isinstance(default, int):
         try:
-            return kind(text)
+            return int(text), ""
         except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
+            return None, "expected an integer"
+    if isinstance(default, str):
+        return text, ""
+    try:
+        v = float(text)
+    except ValueError:
+        return None, "expected a number"
+    return (v, "") if math.isfinite(v) else (None, "expected a finite number")
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, object]] | None:
     """``(name, {keyword: value})`` of a method spec (``doremi``, ``doremi:eta=0.1,smoothing=0.01``);
-    ``None`` when ``spec`` names no registered method. Values are parsed as int, float, bool or string.
+    ``None`` when ``spec`` names no registered method. Each value is parsed as the type of the
+    hyperparameter's default (bool: ``true``/``false``/``1``/``0``; int; finite float; string).
 
     Raises:
-        ConfigError: a keyword the method does not take (with the ones it does), or a malformed pair.
+        ConfigError: a keyword the method does not take (with the ones it does), a malformed or repeated
+            pair, or a value of the wrong type.
     """
     name, colon, rest = spec.partition(":")
     if name not in METHODS:
@@ -123,6 +145,7 @@ def parse_method(spec: str) -> tuple[str, dict[str, object]] | None:
     if not colon:
         return name, {}
     names = tunable(name)
+    defaults = _defaults(name)
     params, problems = {}, []
     for pair in rest.split(","):
         key, eq, value = pair.partition("=")
@@ -132,8 +155,14 @@ def parse_method(spec: str) -> tuple[str, dict[str, object]] | None:
         elif key not in names:
             problems.append(f"{name} has no hyperparameter {key!r}{suggest(key, names)}; it takes "
                             f"{', '.join(names) or 'none'}")
+        elif key in params:
+            problems.append(f"{spec!r}: {key} is given twice")
         else:
-            params[key] = _value(value)
+            v, wrong = _value(value, defaults.get(key))
+            if wrong:
+                problems.append(f"{spec!r}: {key}={value}: {wrong} (default {defaults.get(key)!r})")
+            else:
+                params[key] = v
     if problems:
         raise ConfigError("policy", problems)
     return name, params
@@ -152,12 +181,21 @@ def is_method(spec: str) -> bool:
 
 
 def method_problems(spec: str) -> list[str]:
-    """What is wrong with a method spec (empty when it names a registered method or baseline)."""
+    """What is wrong with a method spec (empty when it names a registered method or baseline): an unknown
+    name or hyperparameter, a value of the wrong type, or one the method's constructor refuses (checked by
+    building it in a stand-in context; what the context itself lacks is checked where the policy is built)."""
     if is_method(spec):
         try:
-            parse_method(spec)
+            name, params = parse_method(spec)  # type: ignore[misc]
+            if name != "regmix":
+                from mixagent.policies.methods import ReferenceCurve
+
+                stand_in = ReferenceCurve(("a",), (0.0, 1.0), ((1.0,), (0.9,)), (1.0,), "stand-in")
+                _methods()[name](PolicyContext(natural=None, reference=stand_in), **params)
         except ConfigError as exc:
             return list(exc.problems)
+        except TypeError as exc:
+            return [f"{spec!r}: {exc}"]
         return []
     problems = baseline_problems(spec)
     if problems and not spec.startswith("replay"):

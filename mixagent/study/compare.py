@@ -93,14 +93,16 @@ def has_hyperparameters(spec: str) -> bool:
 
 
 def tuning_candidates(spec: str, grid: dict[str, list[Any]]) -> list[str]:
-    """The specs of ``spec``'s tuning grid (the product of its hyperparameters' values, in order):
-    ``replay:0.5`` with ``{"rho": [0.3, 0.7]}`` -> ``replay:0.3``, ``replay:0.7``; ``doremi`` with
-    ``{"eta": [0.1, 1]}`` -> ``doremi:eta=0.1``, ``doremi:eta=1``."""
+    """The specs of ``spec``'s tuning grid (the product of its hyperparameters' values, in order), keeping the
+    hyperparameters ``spec`` itself sets: ``replay:0.5`` with ``{"rho": [0.3, 0.7]}`` -> ``replay:0.3``,
+    ``replay:0.7``; ``doremi:reference_at=progress`` with ``{"eta": [0.1, 1]}`` ->
+    ``doremi:eta=0.1,reference_at=progress``, ``doremi:eta=1,reference_at=progress``."""
     name = _base_name(spec)
+    own = {} if name == "replay" else dict((parse_method(spec) or (name, {}))[1])
     keys = list(grid)
     out = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, values))
+        point = {**own, **dict(zip(keys, values))}
         out.append(f"replay:{point['rho']}" if name == "replay" else method_spec(name, point))
     return out
 
@@ -187,6 +189,11 @@ class CompareConfig:
             return []
         problems = []
         named = {_base_name(p): p for p in self.policies if artifact_dir(p) is None}
+        twice = sorted({_base_name(p) for p in self.policies if artifact_dir(p) is None
+                        and sum(_base_name(q) == _base_name(p) for q in self.policies) > 1} & set(self.tuning))
+        if twice:
+            problems.append(f"tuning: {twice} appear more than once in policies; a tuned method is one row (its "
+                            f"grid picks the point), so list it once")
         sizes = {}
         for name, grid in self.tuning.items():
             if name != "replay" and parse_method(name) is None:
@@ -209,7 +216,12 @@ class CompareConfig:
                                     f"{', '.join(tunable(name)) or 'none'}")
                     continue
             specs = tuning_candidates(named[name], grid)
-            problems += [p for s in specs for p in method_problems(s)]
+            problems += [p for s in specs for p in method_problems(s)]  # every point builds (values checked)
+            if len(set(specs)) != len(specs) or len({float(v) if isinstance(v, int | float) else v
+                                                     for v in itertools.chain(*grid.values())}) < sum(
+                                                         len(v) for v in grid.values()):
+                problems.append(f"tuning.{name}: the grid repeats a point; every method gets the same number of "
+                                f"distinct points")
             sizes[name] = len(specs)
         if len(set(sizes.values())) > 1:
             problems.append(f"tuning grids differ in size ({sizes}): every method gets the same tuning budget, "
@@ -294,7 +306,10 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", [f"regmix_runs={cfg.regmix_runs}: RegMix needs at least {min_runs(space.k)} proxy "
                                       f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
-    atomic_write_json(out / "compare.json", {"config": to_dict(cfg), "env_id": spec.env_id,
+    recorded = to_dict(cfg)
+    if not cfg.tuning:  # comparisons from before the tuning budget keep their recorded config as it was
+        recorded.pop("tuning", None)
+    atomic_write_json(out / "compare.json", {"config": recorded, "env_id": spec.env_id,
                                              "spec_hash": spec.spec_hash()})
     context: dict = {}
     extra: dict[str, int] = {}

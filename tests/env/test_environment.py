@@ -13,7 +13,7 @@ from mixagent.domains import DomainSpace
 from mixagent.env.backends import AnalyticBackend
 from mixagent.env.environment import MixingEnv
 from mixagent.env.spec import load_spec
-from mixagent.errors import ActionError, ConfigError, DataMissingError, WeightsError
+from mixagent.errors import ActionError, ConfigError, DataMissingError, UsageError, WeightsError
 from mixagent.paths import ENVS_DIR
 
 
@@ -213,6 +213,9 @@ def test_probes_take_their_tokens_from_the_step_and_reach_the_policy(tiny_spec_p
         env.probe(np.ones((1, space.k)))
     with pytest.raises(ConfigError, match="whole segment"):
         env.probe(np.eye(space.k), batches=3)
+    for bad in ({"batches": -5}, {"batches": 2.7}, {"windows": 0}):  # a negative probe would inflate the budget
+        with pytest.raises(UsageError, match="integers >= 1"):
+            env.probe(np.full((1, space.k), 1 / space.k), **bad)
 
 
 def test_lm_probes_measure_held_out_loss_inside_the_segment(tiny_env):

@@ -204,6 +204,14 @@ def test_equal_tuning_budget_picks_the_best_grid_point_on_the_tuning_seeds(compa
         run_compare(_cfg(root, policies=("doremi",), tuning={"doremi": {"step": [1]}}))
     with pytest.raises(ConfigError, match="did you mean 'doremi'"):
         run_compare(_cfg(root, policies=("doremi",), tuning={"doremy": {"eta": [1]}}))
+    with pytest.raises(ConfigError, match="eta must be > 0"):  # every grid point builds, before any episode
+        run_compare(_cfg(root, policies=("doremi",), tuning={"doremi": {"eta": [-1.0, 1.0]}}))
+    with pytest.raises(ConfigError, match="repeats a point"):
+        run_compare(_cfg(root, policies=("doremi",), tuning={"doremi": {"eta": [1, 1.0]}}))
+    with pytest.raises(ConfigError, match="appear more than once"):
+        run_compare(_cfg(root, policies=("replay:0.3", "replay:0.5"), tuning={"replay": {"rho": [0.3, 0.7]}}))
+    assert compare_mod.tuning_candidates("doremi:reference_at=progress", {"eta": [0.1, 1.0]}) == [
+        "doremi:eta=0.1,reference_at=progress", "doremi:eta=1.0,reference_at=progress"]
 
 
 def test_a_row_that_fell_back_is_marked(compared, tmp_path):
