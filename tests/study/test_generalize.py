@@ -81,10 +81,9 @@ def test_an_lr_observing_agent_in_an_env_without_the_lr_is_stale(tmp_path, obser
     overrides = ("observe_lr=true",) if observe_lr else ()
     case = Case("space-8-v0", "8-domain space", "envs/math-natural.yaml", env_overrides=overrides)
     cfg = GeneralizeConfig(name="v1", agent=AGENT, cases=(case,), out=str(tmp_path))
-    if observe_lr:  # the table of a run with the LR observed: its spec hash
-        from mixagent.study.generalize import _spec_hash
+    from mixagent.study.generalize import _spec_hash
 
-        table["spec_hash"] = _spec_hash(case)
+    table["spec_hash"] = _spec_hash(case)  # the table of a run of this very case (with or without the LR)
     (tmp_path / "v1-space-8-v0").mkdir()
     (tmp_path / "v1-space-8-v0/table.json").write_text(json.dumps(table))
     out = generalize_table(cfg)
@@ -95,10 +94,14 @@ def test_an_lr_observing_agent_in_an_env_without_the_lr_is_stale(tmp_path, obser
 
 def test_a_case_to_run_whose_env_hides_the_lr_from_the_agent_is_refused(tmp_path):
     """Before anything runs (its cached episodes would be read back); ``--report-only`` only lists it stale."""
+    import dataclasses
+
     from mixagent.errors import ConfigError
     from mixagent.study.generalize import run_generalize
 
     cfg = load_config(GeneralizeConfig, CONFIGS_DIR / "generalize/v1.yaml", [f"out={tmp_path}"])
+    cfg = dataclasses.replace(cfg, cases=tuple(  # the case as it was before it observed the LR
+        dataclasses.replace(c, env_overrides=()) if c.name == "space-8-v0" else c for c in cfg.cases))
     with pytest.raises(ConfigError, match="case 'space-8-v0': the agent .* observes the learning rate") as err:
         run_generalize(cfg, ["space-8-v0", "in-distribution"])
     assert "add observe_lr=true to the case's env_overrides" in str(err.value)
