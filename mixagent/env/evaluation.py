@@ -338,15 +338,9 @@ class Evaluator:
         model.eval()
         dev = next(model.parameters()).device
         bs = self.spec.batch_size
+        window_nll = self._window_nll(model, np.arange(len(self.windows)))
         nll = np.zeros(self.space.k)
-        window_nll = np.zeros(len(self.windows))
-        for i in range(0, len(self.windows), bs):
-            batch = self.windows[i: i + bs].to(dev)
-            logits = model(input_ids=batch[:, :-1]).logits
-            loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            loss = (loss * self.text_mask[i: i + bs].to(dev)).sum(1).double().cpu().numpy()
-            np.add.at(nll, self.owner[i: i + bs], loss)
-            window_nll[i: i + bs] = loss
+        np.add.at(nll, self.owner, window_nll)
         bpb = nll / math.log(2) / self.window_bytes
         self.last_items = {"windows": (window_nll, self.window_bytes_each, self.owner.astype(np.float64))}
         loglik = np.zeros(len(self.seqs))
@@ -390,20 +384,24 @@ class Evaluator:
         """``(K,)`` bits per byte of each domain on its first ``windows`` held-out windows: the cheap loss a
         probing method (Aioli) measures around its probe trainings. Forward passes only."""
         model.eval()
-        dev = next(model.parameters()).device
         idx = np.concatenate([np.flatnonzero(self.owner == d)[:windows] for d in range(self.space.k)])
-        nll = np.zeros(self.space.k)
-        nbytes = np.zeros(self.space.k)
+        nll, nbytes = np.zeros(self.space.k), np.zeros(self.space.k)
+        np.add.at(nll, self.owner[idx], self._window_nll(model, idx))
+        np.add.at(nbytes, self.owner[idx], self.window_bytes_each[idx])
+        return nll / math.log(2) / nbytes
+
+    def _window_nll(self, model: torch.nn.Module, idx: np.ndarray) -> np.ndarray:
+        """``(len(idx),)`` summed nats over the text tokens of held-out windows ``idx``, in batches."""
+        dev = next(model.parameters()).device
         bs = self.spec.batch_size
+        out = np.zeros(len(idx))
         for i in range(0, len(idx), bs):
             rows = idx[i: i + bs]
             batch = self.windows[rows].to(dev)
             logits = model(input_ids=batch[:, :-1]).logits
             loss = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-            loss = (loss * self.text_mask[rows].to(dev)).sum(1).double().cpu().numpy()
-            np.add.at(nll, self.owner[rows], loss)
-            np.add.at(nbytes, self.owner[rows], self.window_bytes_each[rows])
-        return nll / math.log(2) / nbytes
+            out[i: i + bs] = (loss * self.text_mask[rows].to(dev)).sum(1).double().cpu().numpy()
+        return out
 
     def describe(self) -> dict[str, object]:
         return {"windows_per_domain": int(np.bincount(self.owner).min()), "items": {f: len(v) for f, v in

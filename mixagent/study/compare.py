@@ -217,9 +217,8 @@ class CompareConfig:
                     continue
             specs = tuning_candidates(named[name], grid)
             problems += [p for s in specs for p in method_problems(s)]  # every point builds (values checked)
-            if len(set(specs)) != len(specs) or len({float(v) if isinstance(v, int | float) else v
-                                                     for v in itertools.chain(*grid.values())}) < sum(
-                                                         len(v) for v in grid.values()):
+            if any(len({float(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for v in values})
+                   < len(values) for values in grid.values()):  # 1 and 1.0 are one point
                 problems.append(f"tuning.{name}: the grid repeats a point; every method gets the same number of "
                                 f"distinct points")
             sizes[name] = len(specs)

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mixagent.config import config_hash
-from mixagent.errors import ConfigError, WorkerError
+from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError, WorkerError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 from mixagent.rollout.identity import policy_identity
 
@@ -119,7 +119,7 @@ def case_inputs(config: str, overrides: tuple[str, ...], build: bool = False) ->
             for corpus in sorted({c for d in DomainSpace.from_yaml(f).domains for c in d.corpora}):
                 try:
                     files = read_manifest(corpus)["files"]
-                except Exception:  # noqa: BLE001 - a corpus not built here: its runs cannot be verified
+                except (DataMissingError, CorruptArtifactError):  # not built here: its runs cannot be verified
                     out[f"corpus:{corpus}"] = "not built"
                     continue
                 out[f"corpus:{corpus}"] = hashlib.sha256(json.dumps(
