@@ -1,8 +1,9 @@
 """Rebuild every committed audit report (each ``audits/**/audit.json``), comparison report and the
 generalization table from the stored results, then say which committed files changed. Nothing is trained: a
 comparison whose episodes are not all stored (a method changed since it ran) is skipped and named, as is one
-whose base checkpoint is not built here unless ``--build-bases``. Two design probes without an
-``audit.json`` and the agent variants' table (``audits/agent-v1``: it trains agents) are not rebuilt. A
+whose base checkpoint is not built here unless ``--build-bases``. The agent variants' table is rebuilt from
+its committed policies and episodes (skipped and named if a variant would train). Two design probes without an
+``audit.json`` are not rebuilt. A
 refactor that moves code must leave this at "0 files changed".
 
     .venv/bin/python scripts/rebuild_results.py                 # comparisons whose base is built here
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from mixagent.config import from_dict, load_config
     from mixagent.env.base_model import base_dir, committed_dir
     from mixagent.env.spec import load_spec
-    from mixagent.errors import MixagentError
+    from mixagent.errors import MixagentError, UsageError
+    from mixagent.model_based.variants import VariantsConfig, run_variants
     from mixagent.rollout.seeds import resolve_env
     from mixagent.study.audit import AuditConfig, run_audit
     from mixagent.study.audit_report import make_report
@@ -72,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{stored.parent.name}: {exc}")
             continue
         print(f"comparison: {stored.parent.name}")
+    try:
+        run_variants(load_config(VariantsConfig, "configs/agent/variants.yaml", []), progress=False,
+                     launcher=_NoRuns(), stored_only=True)
+        print("variants table: v1-variants")
+    except (NotStored, UsageError) as exc:
+        skipped.append(f"variants: {exc}")
     run_generalize(load_config(GeneralizeConfig, "configs/generalize/v1.yaml", []), report_only=True)
     print("generalization table: v1")
     changed = subprocess.run(["git", "status", "--short", "audits/"], cwd=REPO_ROOT, capture_output=True,

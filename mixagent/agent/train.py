@@ -56,7 +56,7 @@ from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_bytes, atomic_w
 from mixagent.policies.artifact import write_artifact
 from mixagent.study.tables import format_table
 
-__all__ = ["train_agent", "AgentResult", "MetricSink", "WorldModelSupply"]
+__all__ = ["train_agent", "training_identity", "AgentResult", "MetricSink", "WorldModelSupply"]
 
 log = logging.getLogger(__name__)
 TRAIN_THREADS = 1  # torch threads for the gradient steps (see _run)
@@ -153,14 +153,23 @@ class AgentResult:
 
 # --- run directory state ----------------------------------------------------------------------------
 
+def training_identity(cfg: AgentConfig) -> dict[str, Any]:
+    """Everything a trained policy depends on: the config's training keys (``_TRAINING_KEYS``; not its
+    evaluation or logging sections) and, for model-based stage 2, the world model's content (a refitted model
+    is another run). Recorded in a run's ``state.json`` and in every artifact's ``meta.json``
+    (``training.identity``)."""
+    plain = {**to_dict(cfg), "model": dataclasses.asdict(cfg.model)}  # to_dict leaves a default model section out
+    identity = {k: plain[k] for k in _TRAINING_KEYS}
+    if cfg.model.kind:
+        identity["world_model_sha256"] = hashlib.sha256(
+            (REPO_ROOT / cfg.model.world_model / "model.safetensors").read_bytes()).hexdigest()
+    return identity
+
+
 def _prepare_run_dir(cfg: AgentConfig, resume: bool) -> dict:
     run_dir = cfg.run_dir
     state_path = run_dir / "state.json"
-    plain = {**to_dict(cfg), "model": dataclasses.asdict(cfg.model)}  # to_dict leaves a default model section out
-    identity = {k: plain[k] for k in _TRAINING_KEYS}
-    if cfg.model.kind:  # the world model's content: a refitted model is another run
-        identity["world_model_sha256"] = hashlib.sha256(
-            (REPO_ROOT / cfg.model.world_model / "model.safetensors").read_bytes()).hexdigest()
+    identity = training_identity(cfg)
     if state_path.is_file():
         if not resume:
             raise ResumeMismatchError(f"{run_dir} already holds an agent run; pass --resume to continue it, or "
@@ -484,6 +493,7 @@ def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: st
         "env": {"id": tset.env["id"], "spec_hash": tset.env["spec_hash"], "horizon": tset.horizon},
         "reward": {"name": reward, "lam": lam},
         "training": {"config": to_dict(cfg), "config_hash": config_hash(to_dict(cfg)),
+                     "identity": training_identity(cfg),
                      "runs": [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
                               for p in tset.runs]},
         "versions": {"d3rlpy": d3rlpy.__version__},

@@ -3,13 +3,14 @@ configs/agent/variants.yaml``.
 
 Each variant is selected by config: an agent config and stage (``train_agent``: BC, BC then CQL on real
 data, CQL on real + synthetic transitions, online SAC in the surrogate), the world-model planner (MPC), or
-a committed policy artifact (the per-domain reference agent). The job trains what is not trained (each
-run resumes; a finished run is checked against its config as a resume is, so an edited training config is
-refused, not scored under the old run), copies every learned policy into ``out`` (small, committed), rolls
-them out in the **real** env on the held-out seeds through the comparison (every baseline of ``compare`` on
-the same seeds; cached episodes are not rerun), and writes ``out/table.md`` / ``table.json``: each variant
-against the best non-oracle baseline in pooled seed standard deviations, and its share of the oracle
-schedule's gain over the best static mixture (the agent's bar).
+a committed policy artifact (the per-domain reference agent). The job trains what is not trained (each run
+resumes; a finished run is checked against its config as a resume is, so an edited training config is
+refused, not scored under the old run; a committed copy trained under the config's exact training identity
+is scored as it is, so a fresh clone retrains nothing), copies every learned policy into ``out`` (small,
+committed), rolls them out in the **real** env on the held-out seeds through the comparison (every
+baseline of ``compare`` on the same seeds; cached episodes are not rerun), and writes ``out/table.md`` /
+``table.json``: each variant against the best non-oracle baseline in pooled seed standard deviations, and
+its share of the oracle schedule's gain over the best static mixture (the agent's bar).
 """
 
 from __future__ import annotations
@@ -104,15 +105,30 @@ class VariantsConfig:
         return problems
 
 
-def _train(v: Variant, progress: bool) -> Path:
-    """The variant's trained policy directory: trained (or resumed) unless its run finished, and a finished run
-    checked against the config as a resume would be (an edited training config is never scored under the old run).
+def _committed_matches(committed: Path, stage: str, identity: dict) -> bool:
+    """Whether the committed policy copy was trained at ``stage`` under exactly ``identity``
+    (:func:`mixagent.agent.train.training_identity`, recorded in its ``meta.json`` as ``training.identity``)."""
+    import json
+
+    meta_path = committed / "meta.json"
+    if not meta_path.is_file():
+        return False
+    meta = json.loads(meta_path.read_text())
+    return meta.get("stage") == stage and meta.get("training", {}).get("identity") == identity
+
+
+def _train(v: Variant, progress: bool, committed: Path | None = None) -> Path:
+    """The variant's trained policy directory: ``committed`` (the copy under the job's ``out``) when the run
+    directory holds no finished run and that copy was trained under exactly this config's training identity
+    (so a fresh clone scores the committed policies and retrains nothing); otherwise the run, trained (or
+    resumed) unless it finished, and a finished run checked against the config as a resume would be (an
+    edited training config is never scored under the old run, nor under the committed copy).
 
     Raises:
         ResumeMismatchError: the run at the config's run directory was trained under other training settings.
     """
     from mixagent.agent.config import AgentConfig
-    from mixagent.agent.train import _prepare_run_dir, train_agent
+    from mixagent.agent.train import _prepare_run_dir, train_agent, training_identity
     from mixagent.config import load_config
     from mixagent.errors import ResumeMismatchError
     from mixagent.model_based.synthetic import world_model_data
@@ -120,6 +136,11 @@ def _train(v: Variant, progress: bool) -> Path:
     cfg = load_config(AgentConfig, REPO_ROOT / v.config)
     run_dir = cfg.run_dir
     finished = (run_dir / v.stage / "meta.json").is_file() and (run_dir / "table.json").is_file()
+    if not finished and not run_dir.exists() and committed is not None and \
+            _committed_matches(committed, v.stage, training_identity(cfg)):
+        print(f"\n== variant {v.name}: the committed {committed} was trained under {v.config} as it is now: "
+              f"scored, not retrained", flush=True)
+        return committed
     try:
         if finished and (run_dir / "state.json").is_file():  # the check train_agent makes on a resume, alone
             _prepare_run_dir(cfg, resume=True)
@@ -132,6 +153,29 @@ def _train(v: Variant, progress: bool) -> Path:
                                   f"edited config another name (name: ...) so it trains anew, or delete {run_dir} "
                                   f"to retrain it") from None
     return run_dir / v.stage
+
+
+def _check_stored(cfg: VariantsConfig, seeds: list[int], out: Path) -> None:
+    from mixagent.agent.config import AgentConfig
+    from mixagent.agent.train import training_identity
+    from mixagent.config import load_config
+    from mixagent.errors import UsageError
+    from mixagent.model_based.planning import planner_key
+
+    missing = []
+    for v in cfg.variants:
+        if v.config:
+            run_dir = load_config(AgentConfig, REPO_ROOT / v.config).run_dir
+            identity = training_identity(load_config(AgentConfig, REPO_ROOT / v.config))
+            if not (run_dir / v.stage / "meta.json").is_file() and \
+                    not _committed_matches(out / v.name, v.stage, identity):
+                missing.append(f"variant {v.name!r} would train (no committed policy under {v.config} as it is now)")
+        elif v.planner:
+            root = REPO_ROOT / v.planner_out / planner_key(v.planner, v.trials, v.penalty)["digest"]
+            if not all((root / f"{s}.json").is_file() for s in seeds):
+                missing.append(f"variant {v.name!r}: the planner's episodes are not all stored in {root}")
+    if missing:
+        raise UsageError("; ".join(missing) + ": run mixagent variants to train and roll them out")
 
 
 def _keep_episodes(base, policies: list[str]) -> None:
@@ -153,11 +197,18 @@ def _keep_episodes(base, policies: list[str]) -> None:
                 dst.put_summary(key, seed, record)
 
 
-def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
+def run_variants(cfg: VariantsConfig, progress: bool = True, launcher=None, stored_only: bool = False) -> dict:
     """Train, copy, roll out and tabulate every variant (see the module docstring); returns the table.
+
+    Args:
+        launcher: the comparison's launcher (:func:`mixagent.study.compare.run_compare`).
+        stored_only: rebuild from what is stored: refuse, before anything runs, a variant that would train (no
+            finished run and no committed copy under its config's training identity) or a planner whose
+            episodes are not stored under its key (``scripts/rebuild_results.py``).
 
     Raises:
         ConfigError: a bad config, before anything runs.
+        UsageError: ``stored_only`` and something would train or plan.
     """
     from mixagent.agent.config import AgentConfig
     from mixagent.config import load_config
@@ -170,14 +221,16 @@ def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
         if v.config:
             load_config(AgentConfig, REPO_ROOT / v.config)
     out = (REPO_ROOT / cfg.out).resolve()
+    if stored_only:
+        _check_stored(cfg, list(base.seeds), out)
     policies, planned = {}, {}
     for v in cfg.variants:
         if v.planner:
             planned[v.name] = evaluate_planner(v.planner, list(base.seeds), v.planner_out, v.trials, v.penalty,
                                                progress)
             continue
-        src = REPO_ROOT / v.artifact if v.artifact else _train(v, progress)
         dst = out / v.name
+        src = REPO_ROOT / v.artifact if v.artifact else _train(v, progress, committed=dst)
         if v.config and src.resolve() != dst.resolve():  # learned here: the committed copy is what is scored
             tmp = out / f".{v.name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -187,7 +240,8 @@ def run_variants(cfg: VariantsConfig, progress: bool = True) -> dict:
         chosen = (dst if v.config else src).resolve()
         policies[v.name] = str(chosen.relative_to(REPO_ROOT) if chosen.is_relative_to(REPO_ROOT) else chosen)
     _keep_episodes(base, list(policies.values()))
-    run = run_compare(dataclasses.replace(base, name=cfg.name, policies=(*base.policies, *policies.values())))
+    run = run_compare(dataclasses.replace(base, name=cfg.name, policies=(*base.policies, *policies.values())),
+                      launcher=launcher)
     table = make_compare_report(run)
     return _table(cfg, table, policies, planned, out, f"{base.out}/{cfg.name}")
 
