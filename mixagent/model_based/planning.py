@@ -27,6 +27,7 @@ from mixagent.env.rewards import balanced_score
 from mixagent.errors import WorldModelError
 from mixagent.model_based.surrogate import make_surrogate_env
 from mixagent.model_based.world_model import WorldModel
+from mixagent.rollout.cache import same_start
 
 __all__ = ["PLANNER_VERSION", "WorldModelPlanner", "evaluate_planner", "planner_key", "world_model_digest"]
 
@@ -166,6 +167,7 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
     from mixagent.env.spec import EnvSpec
     from mixagent.model_based.world_model import load_world_model
     from mixagent.paths import REPO_ROOT, atomic_write_json
+    from mixagent.rollout.cache import start_eval
     from mixagent.rollout.episode import rollout, summarize
 
     key = planner_key(world_model, trials, penalty)
@@ -177,11 +179,12 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
         log.warning("%s holds planner episodes stored by seed only (seeds %s), without the world model's content or "
                     "the planner's version: not reused, run again into %s", REPO_ROOT / out, legacy, root)
     episodes = []
+    start = start_eval(env) if any((root / f"{s}.json").is_file() for s in seeds) else None
     with tqdm(total=len(seeds) * env.horizon, desc="planner in the real env", unit="segment",
               disable=not progress) as bar:
         for seed in seeds:
             path = root / f"{seed}.json"
-            stored = _stored(path, key, seed)
+            stored = _stored(path, key, seed, start)
             if stored is not None:
                 episodes.append(stored)
                 bar.update(env.horizon)
@@ -197,15 +200,20 @@ def evaluate_planner(world_model: str, seeds: list[int], out: str, trials: int =
     return episodes
 
 
-def _stored(path: Path, key: dict, seed: int) -> dict | None:
-    """The episode stored at ``path`` when it ran under ``key`` on ``seed``, else ``None`` (it is then run
-    again; an unreadable file is logged)."""
+def _stored(path: Path, key: dict, seed: int, start: dict | None) -> dict | None:
+    """The episode stored at ``path`` when it ran under ``key`` on ``seed`` from the base model whose start
+    evaluation is ``start`` (:func:`mixagent.rollout.cache.same_start`: the key names the spec, whose base
+    checkpoint is not bit-reproducible across machines), else ``None`` (it is then run again, logged)."""
     if not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
         if record.get("key") == key and record.get("seed") == seed:
-            return record
+            if same_start(start, record.get("start")):
+                return record
+            log.warning("stored planner episode %s started from another base model than this env's (its start "
+                        "evaluation differs); running it again", path)
+            return None
     except (OSError, ValueError, AttributeError):
         pass
     log.warning("stored planner episode %s is unreadable or of another key; running it again", path)

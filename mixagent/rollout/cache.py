@@ -25,7 +25,7 @@ from mixagent.paths import atomic_write_json
 from mixagent.rollout.episode import EPISODE_VERSION, episode_record
 from mixagent.rollout.record import EpisodeRecord
 
-__all__ = ["EpisodeCache", "record_of_summary", "start_eval"]
+__all__ = ["EpisodeCache", "record_of_summary", "same_start", "start_eval"]
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,7 @@ class EpisodeCache:
 
     def _same_base(self, ep: dict, where: Path) -> bool:
         """Whether a stored episode started from this cache's base model (always, without ``start``)."""
-        if self.start is None:
-            return True
-        mine, theirs = self.start.get("bpb", {}), (ep.get("start") or {}).get("bpb", {})
-        same = set(mine) == set(theirs) and all(abs(theirs[n] - b) <= 1e-6 * abs(b) for n, b in mine.items())
+        same = same_start(self.start, ep.get("start"))
         if not same and where not in self._warned:
             self._warned.add(where)
             log.warning("episodes under %s started from another base model than this env's (its start evaluation "
@@ -141,6 +138,16 @@ class EpisodeCache:
     def find(self, name: str) -> Path | None:
         """The first of the cache directories (writable first) holding file ``name``, or ``None``."""
         return next((d / name for d in (self.dir, *self.read_dirs) if (d / name).is_file()), None)
+
+
+def same_start(mine: dict | None, theirs: dict | None) -> bool:
+    """Whether a stored episode's start evaluation ``theirs`` is ``mine`` (the env's, :func:`start_eval`): the
+    same domains' held-out bits per byte to 1e-6 relative, so it started from the same base model. Always true
+    without ``mine`` (a backend whose start depends on the seed)."""
+    if mine is None:
+        return True
+    a, b = mine.get("bpb", {}), (theirs or {}).get("bpb", {})
+    return set(a) == set(b) and all(abs(b[n] - v) <= 1e-6 * abs(v) for n, v in a.items())
 
 
 def start_eval(env) -> dict | None:

@@ -18,6 +18,8 @@ WM = REPO_ROOT / "checkpoints/world_models/math-cpt-v1"
 class FakeEnv:
     """The real env, without its base model and data (the planner's episodes are mocked)."""
 
+    start = {"bpb": {"wiki": 2.0, "math": 1.9}}  # the base model's evaluation at reset
+
     def __init__(self, spec) -> None:
         self.spec_, self.horizon, self.space = spec, spec.steps, None
 
@@ -35,7 +37,9 @@ def episodes(monkeypatch):
     monkeypatch.setattr("mixagent.env.environment.MixingEnv", FakeEnv)
     monkeypatch.setattr("mixagent.rollout.episode.rollout", lambda env, policy, seed, progress=None: ran.append(seed))
     monkeypatch.setattr("mixagent.rollout.episode.summarize",
-                        lambda r, space, seed: {"seed": seed, "balanced": 1.0 + len(ran)})
+                        lambda r, space, seed: {"seed": seed, "balanced": 1.0 + len(ran), "start": FakeEnv.start})
+    monkeypatch.setattr("mixagent.rollout.cache.start_eval", lambda env: env.start)
+    monkeypatch.setattr(FakeEnv, "start", FakeEnv.start)  # restored after the test
     return ran
 
 
@@ -81,6 +85,19 @@ def test_planner_episodes_are_keyed_by_everything_they_depend_on(tmp_path, episo
     assert stored["key"] == key and key["planner_version"] == planning.PLANNER_VERSION
     assert key["world_model_digest"] != planning.planner_key(str(WM), 4, 0.05)["world_model_digest"]
     assert key["spec_hash"] == meta["spec_hash"]
+
+
+def test_an_episode_from_another_base_model_is_run_again(tmp_path, episodes):
+    """The key names the spec, and the spec's base checkpoint is not bit-reproducible across machines: an
+    episode whose start evaluation differs from this env's (another base model) is not served."""
+    out = str(tmp_path / "mpc")
+    first = planning.evaluate_planner(str(WM), [0], out, 4, 0.05, progress=False)
+    assert planning.evaluate_planner(str(WM), [0], out, 4, 0.05, progress=False) == first and episodes == [0]
+    FakeEnv.start = {"bpb": {"wiki": 2.0, "math": 1.9 * (1 + 1e-5)}}  # a base model pre-trained elsewhere
+    planning.evaluate_planner(str(WM), [0], out, 4, 0.05, progress=False)
+    assert episodes == [0, 0]
+    planning.evaluate_planner(str(WM), [0], out, 4, 0.05, progress=False)
+    assert episodes == [0, 0]  # the rerun is stored under this base's start: read back
 
 
 def test_planner_version_is_part_of_the_key(tmp_path, episodes, monkeypatch):
