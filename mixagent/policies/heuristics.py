@@ -15,7 +15,7 @@ from mixagent.errors import ConfigError, UsageError
 from mixagent.policies.baselines import ReplayPolicy
 from mixagent.policies.protocol import RunningState
 
-__all__ = ["DecaySwitchPolicy", "EndUpsamplePolicy"]
+__all__ = ["DecaySwitchPolicy", "EndUpsamplePolicy", "TwoPhasePolicy"]
 
 
 def _check_rhos(who: str, **rhos: float) -> None:
@@ -138,3 +138,40 @@ class EndUpsamplePolicy(_TwoRho):
         upsampled = max(1, int(self.last * self._horizon + 1e-6))
         step = round(progress * self._horizon)  # an index: the observation is float32
         return step >= self._horizon - upsampled
+
+
+class TwoPhasePolicy(_TwoRho):
+    """A fixed two-phase schedule: replay share ``rho1`` for the first ``switch`` of the run's ``T``
+    re-weighting segments, ``rho2`` for the rest (the headroom audit's ``two_phase`` rows as a policy, so a
+    schedule selected on tuning seeds can be scored on held-out seeds and deployed; ``T`` is read from the
+    second step's progress ``1/T``).
+
+    Args:
+        shares: ``{domain: natural token share}`` within each field.
+        rho1, rho2: the replay shares before and after the switch.
+        switch: the number of segments at ``rho1`` (``>= 1``; a run of ``T <= switch`` segments never switches).
+
+    Raises:
+        ConfigError: a share outside [0, 1] or ``switch < 1``.
+    """
+
+    STATE = ("_horizon",)
+
+    def __init__(self, shares: Mapping[str, float] | None, rho1: float = 0.5, rho2: float = 0.5,
+                 switch: int = 4) -> None:
+        _check_rhos("two_phase", rho1=rho1, rho2=rho2)
+        if int(switch) != switch or switch < 1:
+            raise ConfigError("two_phase", [f"switch must be a whole number of segments >= 1, got {switch}"])
+        super().__init__(rho1, rho2, shares)
+        self.switch = int(switch)
+
+    def _reset_state(self) -> None:
+        self._horizon: int | None = None
+
+    def switched(self, observation: np.ndarray) -> bool:
+        progress = float(observation[3 * self.k + 4])
+        if progress <= 0.0:
+            return False
+        if self._horizon is None:
+            self._horizon = max(1, round(1.0 / progress))
+        return round(progress * self._horizon) >= self.switch  # the segment index (float32 observation)

@@ -2,9 +2,9 @@
 evaluation and deployment alike.
 
 Specs: the constant baselines (``uniform``, ``natural``, ``target_only``, ``replay:<rho>``), the schedule
-heuristics (``decay_switch``, ``end_upsample``), the online methods (``doremi``, ``odm``, ``ado``,
-``velocitune``, ``aioli``) and ``regmix`` (the fitted mixture). ``doremi`` and ``velocitune`` need a
-reference run, ``regmix`` its fitted mixture: :class:`PolicyContext` carries them.
+heuristics (``decay_switch``, ``end_upsample``, the fixed ``two_phase`` schedule), the online methods
+(``doremi``, ``odm``, ``ado``, ``velocitune``, ``aioli``) and ``regmix`` (the fitted mixture). ``doremi`` and
+``velocitune`` need a reference run, ``regmix`` its fitted mixture: :class:`PolicyContext` carries them.
 
 A method's hyperparameters ride in its spec: ``<name>:<key>=<value>[,<key>=<value>]`` (``doremi:eta=0.1``,
 ``end_upsample:end_rho=0.25``), any keyword of the method's constructor that the context does not supply
@@ -57,10 +57,11 @@ def _regmix(ctx: PolicyContext) -> MixingPolicy:
 
 
 def _classes() -> dict[str, type]:
-    from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy
+    from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy, TwoPhasePolicy
     from mixagent.policies.methods import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
 
-    return {"decay_switch": DecaySwitchPolicy, "end_upsample": EndUpsamplePolicy, "doremi": DoReMiPolicy,
+    return {"decay_switch": DecaySwitchPolicy, "end_upsample": EndUpsamplePolicy, "two_phase": TwoPhasePolicy,
+            "doremi": DoReMiPolicy,
             "odm": ODMPolicy, "ado": ADOPolicy, "velocitune": VelocitunePolicy, "aioli": AioliPolicy}
 
 
@@ -69,6 +70,7 @@ def _methods() -> dict[str, Callable[..., MixingPolicy]]:
     return {
         "decay_switch": lambda ctx, **kw: c["decay_switch"](ctx.natural, **kw),
         "end_upsample": lambda ctx, **kw: c["end_upsample"](ctx.natural, **kw),
+        "two_phase": lambda ctx, **kw: c["two_phase"](ctx.natural, **kw),
         "doremi": lambda ctx, **kw: c["doremi"](ctx.reference, batches_per_step=ctx.batches_per_step, **kw),
         "odm": lambda ctx, **kw: c["odm"](batches_per_step=ctx.batches_per_step, **kw),
         "ado": lambda ctx, **kw: c["ado"](ctx.natural, **kw),
@@ -78,7 +80,7 @@ def _methods() -> dict[str, Callable[..., MixingPolicy]]:
     }
 
 
-METHODS = ("decay_switch", "end_upsample", "doremi", "odm", "ado", "velocitune", "aioli", "regmix")
+METHODS = ("decay_switch", "end_upsample", "two_phase", "doremi", "odm", "ado", "velocitune", "aioli", "regmix")
 METHOD_SPECS = (*BASELINE_SPECS, *METHODS)
 NEEDS_REFERENCE = ("doremi", "velocitune")
 PROBING = ("aioli",)  # methods that train short probe mixtures inside each step (the env's ``probe``)

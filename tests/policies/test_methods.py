@@ -285,6 +285,26 @@ def test_end_upsample_switches_for_the_last_share():
         EndUpsamplePolicy(HALF, last=0.0)
 
 
+def test_two_phase_is_the_audit_schedule_as_a_policy():
+    """The audit's ``two-phase 0.9->0.2 @2`` row: rho 0.9 for the first 2 of 8 segments, then 0.2; the same
+    rule from its spec, the switch counted in segments whatever the horizon."""
+    from mixagent.rollout.schedules import Schedule
+
+    p = build_policy("two_phase:rho1=0.9,rho2=0.2,switch=2", PolicyContext(HALF))
+    p.reset(two())
+    got = [p.act(obs([0.5, 0.5], [1, 1], t / 8)).values for t in range(8)]
+    row = Schedule("two-phase 0.9->0.2 @2", "two_phase", (0.9,) * 2 + (0.2,) * 6)
+    natural = np.array([0.5, 0.5])
+    assert np.allclose(got, [row.weights(two(), natural, t) for t in range(8)])
+    assert [w[0] for w in got] == pytest.approx([0.9] * 2 + [0.2] * 6)
+    p.reset(two())  # a 4-segment run switches after 2 segments too
+    assert [p.act(obs([0.5, 0.5], [1, 1], t / 4)).values[0] for t in range(4)] == pytest.approx([.9, .9, .2, .2])
+    with pytest.raises(ConfigError, match="switch must be a whole number"):
+        build_policy("two_phase:switch=0", PolicyContext(HALF))
+    with pytest.raises(ConfigError, match="rho2 must be in"):
+        build_policy("two_phase:rho2=1.5", PolicyContext(HALF))
+
+
 def test_regmix_ranks_and_finds_a_known_optimum():
     natural = np.array([0.4, 0.3, 0.2, 0.1])
     best = np.array([0.1, 0.2, 0.3, 0.4])
