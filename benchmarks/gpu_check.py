@@ -55,7 +55,8 @@ def _config(smoke: bool, out: Path, name: str, *extra: str) -> DeployConfig:
         return load_config(DeployConfig, CONFIGS_DIR / "deploy/user-jsonl.yaml", [*base, *extra])
     base = [f"trainer.output_dir={out / name}", "trainer.max_steps=200", "trainer.save_steps=100", "policy.every=25",
             f"policy.spec={_agent(out)}", f"policy.mapping={MAPPING}", "model.dtype=bf16", "model.device=cuda",
-            "data.max_docs=2000", "trainer.logging_steps=50"]
+            "data.max_docs=2000", "trainer.logging_steps=50",
+            "policy.ood=warn"]  # the agent trained before artifacts recorded feature ranges (a random one has none)
     return load_config(DeployConfig, CONFIGS_DIR / "deploy/smollm2-text.yaml", [*base, *extra])
 
 

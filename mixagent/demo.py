@@ -95,7 +95,7 @@ def deploy(policy: str, steps: int, space: str = "configs/spaces/math-sub.yaml",
     out = REPO_ROOT / f"runs/deploy/demo-job/{label}-{Path(space).stem}-{steps}"
     report = out / "report.json"
     cached = json.loads(report.read_text()) if report.exists() else {}
-    if cached.get("policy") == policy and cached.get("domains") == _space_names(space):
+    if cached.get("policy") == policy and cached.get("domains") == _space_names(space) and "ood" in cached:
         return cached
     cmd = [sys.executable, "-m", "mixagent.deploy", "--config", "configs/deploy/cpt-2m.yaml", f"name=demo-{label}",
            f"policy.spec={policy}", f"trainer.max_steps={steps}", f"policy.every={max(1, steps // 6)}",
@@ -114,14 +114,23 @@ def _space_names(space: str) -> list[str]:
 
 
 def deploy_table(rows: list[dict], labels: list[str]) -> str:
-    lines = ["| policy | source score (start -> end) | target score (start -> end) | balanced | final mixture |",
-             "|---|---|---|---:|---|"]
+    lines = ["| policy | source score (start -> end) | target score (start -> end) | balanced | final mixture | "
+             "out-of-range decisions |", "|---|---|---|---:|---|---|"]
     for label, r in zip(labels, rows):
         s, f = r["start"]["scores"], r["final"]["scores"]
         top = sorted(zip(r["domains"], r["history"][-1]["weights"]), key=lambda x: -x[1])[:3]
         lines.append(f"| {label} | {s['source']:.4f} -> {f['source']:.4f} | {s['target']:.4f} -> {f['target']:.4f} "
-                     f"| {r['balanced']:+.4f} | {', '.join(f'{n} {w:.2f}' for n, w in top)} |")
+                     f"| {r['balanced']:+.4f} | {', '.join(f'{n} {w:.2f}' for n, w in top)} | {_guarded(r)} |")
     return "\n".join(lines)
+
+
+def _guarded(report: dict) -> str:
+    """How many of a run's decisions the deploy job's out-of-range guard handled, and how (``policy.ood``)."""
+    ood = report.get("ood")
+    if not ood or not ood.get("checked"):
+        return "not checked (not a learned policy)" if ood else "—"
+    how = f"decided by {ood['fallback']}" if ood["mode"] == "fallback" else ood["mode"]
+    return f"{ood['affected']} of {ood['decisions']} ({how})"
 
 
 if __name__ == "__main__":

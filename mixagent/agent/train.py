@@ -48,12 +48,13 @@ from mixagent.agent.evaluate import baseline_label, check_held_out, evaluate_onl
 from mixagent.config import apply_overrides, config_hash, from_dict, to_dict
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.observation import OBSERVATION_VERSION, observation_names
 from mixagent.env.rewards import balanced_score, needs_reference
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_bytes, atomic_write_json
 from mixagent.policies.artifact import write_artifact
+from mixagent.policies.ranges import RANGES_FORMAT, value_ranges
 from mixagent.study.tables import format_table
 
 __all__ = ["train_agent", "training_identity", "AgentResult", "MetricSink", "WorldModelSupply"]
@@ -416,7 +417,7 @@ def _stages(cfg: AgentConfig, state: dict, tset: TrajectorySet, all_tr: Transiti
         else:
             rate = train_stage(algo, datasets[stage], stage, steps[stage], cfg, metrics, progress, on_step)
         artifacts[stage] = write_artifact(run_dir / stage, actor_tensors(algo), _artifact_meta(
-            cfg, tset, stage, reward, lam, mean, std))
+            cfg, tset, stage, reward, lam, mean, std, _observation_ranges(sft_tr if stage == "sft" else all_tr, tset)))
         if stage not in state["done"]:
             metrics.write(stage=stage, steps_per_second=rate)
             mark(stage, t0)
@@ -476,8 +477,16 @@ def _eval_spec(tset: TrajectorySet, overrides: list[str]) -> tuple[dict, str]:
     return to_dict(spec), spec.spec_hash()
 
 
+def _observation_ranges(tr: Transitions, tset: TrajectorySet) -> dict[str, Any]:
+    """The training range of every observation entry the policy acted on (terminal observations left out):
+    ``training.feature_ranges`` of a dense artifact (:mod:`mixagent.policies.ranges`)."""
+    rows = tr.observations if tr.final_obs is None else tr.observations[~tr.final_obs]
+    names = observation_names(tset.space.names, tset.observed_lr is not None)
+    return {"format": RANGES_FORMAT, "rows": int(len(rows)), "observation": value_ranges(names, rows)}
+
+
 def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: str, lam: float, mean: np.ndarray,
-                   std: np.ndarray) -> dict[str, Any]:
+                   std: np.ndarray, ranges: dict[str, Any] | None = None) -> dict[str, Any]:
     import d3rlpy
 
     spec = tset.env["spec"]
@@ -495,6 +504,7 @@ def _artifact_meta(cfg: AgentConfig, tset: TrajectorySet, stage: str, reward: st
         "training": {"config": to_dict(cfg), "config_hash": config_hash(to_dict(cfg)),
                      "identity": training_identity(cfg),
                      "runs": [str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p)
-                              for p in tset.runs]},
+                              for p in tset.runs],
+                     **({"feature_ranges": ranges} if ranges is not None else {})},
         "versions": {"d3rlpy": d3rlpy.__version__},
     }

@@ -20,9 +20,9 @@ import torch
 from mixagent.agent.dataset import build_transitions, load_trajectories, top_trajectories
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT
-from mixagent.policies.per_domain import PerDomainNet, features, write_per_domain_artifact
+from mixagent.policies.per_domain import PerDomainNet, feature_ranges, features, write_per_domain_artifact
 
-__all__ = ["PerDomainBCConfig", "train_per_domain"]
+__all__ = ["PerDomainBCConfig", "train_per_domain", "training_arrays"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,14 +100,13 @@ def _rows(run: str, fraction: float, exclude: tuple[str, ...] = ()) -> tuple[lis
                   "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
 
 
-def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = True) -> Path:
-    """Clone the best trajectories of ``cfg.data`` into a per-domain policy artifact at ``out``.
+def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """The observations and actions ``cfg`` trains on, padded to the largest ``K``: ``dom`` ``(N, K, D)``,
+    ``target``, ``valid`` and ``action`` ``(N, K)``, ``run`` ``(N, R)``; and what each run gave (``runs``).
 
     Raises:
-        ConfigError: bad config, or runs whose action maps (temperature, floor) differ.
+        ConfigError: bad config, or runs whose action maps (temperature, floor) or observation layouts differ.
     """
-    from tqdm.auto import tqdm
-
     problems = cfg.check()
     if problems:
         raise ConfigError("per_domain", problems)
@@ -132,6 +131,21 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     for i, (d, t, _, a) in enumerate(rows):
         k = d.shape[0]
         dom[i, :k], tgt[i, :k], valid[i, :k], act[i, :k] = d, t, 1.0, a
+    return {"dom": dom, "target": tgt, "run": run_f, "valid": valid, "action": act}, runs
+
+
+def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = True) -> Path:
+    """Clone the best trajectories of ``cfg.data`` into a per-domain policy artifact at ``out``; its meta records
+    the training range of every feature (``training.feature_ranges``).
+
+    Raises:
+        ConfigError: bad config, or runs whose action maps (temperature, floor) differ.
+    """
+    from tqdm.auto import tqdm
+
+    arrays, runs = training_arrays(cfg)
+    dom, tgt, run_f, valid, act = (arrays[k] for k in ("dom", "target", "run", "valid", "action"))
+    n = len(run_f)
     tensors = [torch.from_numpy(x) for x in (dom, tgt, run_f, valid, act)]
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -151,7 +165,8 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     first = runs[0]["action"]
     return write_per_domain_artifact(Path(out), net, {
         "algo": "per_domain_bc", "action": {"temperature": first["temperature"], "floor": first["floor"]},
-        "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach())}},
+        "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach()),
+                     "feature_ranges": feature_ranges(dom, tgt, valid, run_f)}},
         observe_lr=any(r["observe_lr"] for r in runs))
 
 

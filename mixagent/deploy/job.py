@@ -63,7 +63,13 @@ def _identity(cfg: DeployConfig) -> dict:
     """What makes a run this run: everything but how long it trains and how it resumes."""
     trainer = {k: v for k, v in cfg.trainer.items() if k not in ("max_steps", "save_steps", "logging_steps",
                                                                    "output_dir", "report_to")}
-    return {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "policy": to_dict(cfg.policy),
+    policy = to_dict(cfg.policy)
+    if cfg.policy.resolved.artifact is not None:  # the guard acts on learned policies: its settings make the run
+        from mixagent.policies.ranges import GUARD_VERSION
+
+        policy |= {"ood": cfg.policy.ood, "ood_fallback": cfg.policy.ood_fallback,
+                   "ood_tolerance": cfg.policy.ood_tolerance, "guard_version": GUARD_VERSION}
+    return {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "policy": policy,
             "eval": to_dict(cfg.eval), "seed": cfg.seed, "trainer": trainer}
 
 
@@ -118,6 +124,7 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
     """The policy and, for an artifact of another domain space, the mapping onto the run's (typed errors
     name both domain lists)."""
     from mixagent.deploy.mapping import DomainMapping
+    from mixagent.deploy.ood import guard_problem
     from mixagent.policies.artifact import ArtifactMismatchError, load_policy
     from mixagent.policies.registry import PolicyContext, build_policy, method_problems
 
@@ -139,14 +146,31 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
                     f"policy {spec} was trained on domains {dict(zip(agent.names, agent.fields))}, the run has "
                     f"{dict(zip(space.names, space.fields))}: give policy.mapping {{agent domain: your domain}} "
                     f"(same field), or use a policy trained on your domains")
-            return policy, DomainMapping(agent, space, dict(cfg.policy.mapping))
-        return policy, None
+        mapping = DomainMapping(agent, space, dict(cfg.policy.mapping)) if agent is not None and \
+            agent.names != space.names else None
+        if problem := guard_problem(policy, _ood_config(cfg)):  # before the model loads
+            raise ConfigError("policy.ood", [problem])
+        return policy, mapping
     if problems := method_problems(spec):
         raise ConfigError("policy.spec", problems)
     if cfg.policy.mapping:
         raise ConfigError("policy.mapping", [f"{spec!r} acts on the run's own domains; a mapping is only for a "
                                              f"trained artifact of another domain space: drop it"])
     return build_policy(spec, PolicyContext(natural.to_mapping(), batches_per_step=batches)), None
+
+
+def _ood_config(cfg: DeployConfig) -> Any:
+    """The out-of-distribution guard's config (``policy.ood``, ``ood_fallback``, ``ood_tolerance``)."""
+    from mixagent.deploy.ood import OODConfig
+
+    return OODConfig(cfg.policy.ood, cfg.policy.ood_fallback, cfg.policy.ood_tolerance)
+
+
+def _ood_fallback(cfg: DeployConfig, natural: DomainWeights, batches: int) -> Any:
+    """The policy that decides out-of-range updates (``policy.ood_fallback``), in the run's context."""
+    from mixagent.policies.registry import PolicyContext, build_policy
+
+    return build_policy(cfg.policy.ood_fallback, PolicyContext(natural.to_mapping(), batches_per_step=batches))
 
 
 def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, dict]:
@@ -237,7 +261,8 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
 
     Raises:
         ConfigError: bad config values, CUDA or bf16 the machine lacks, a policy the registry does not know,
-            a mapping that does not fit both domain lists, data without the named columns.
+            a mapping that does not fit both domain lists, data without the named columns, ``policy.ood`` clip
+            or fallback for an artifact that records no feature ranges.
         ArtifactMismatchError: an artifact for another domain space without ``policy.mapping``.
         DataMissingError: a domain without training or held-out data, or shorter than one window.
         UsageError: an output directory holding another run's state, or nothing to resume.
@@ -279,7 +304,8 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     policy, mapping = _policy(cfg, space, natural, cfg.policy.every * accum)
     initial = _initial(cfg, space, natural, model, run)
     p = cfg.policy
-    scheduler = MixingScheduler(policy, space, initial, SchedulerConfig(p.floor, p.max_change, p.fallback), mapping)
+    scheduler = MixingScheduler(policy, space, initial, SchedulerConfig(p.floor, p.max_change, p.fallback), mapping,
+                                ood=_ood_config(cfg), ood_fallback=_ood_fallback(cfg, natural, p.every * accum))
     mixer = Mixer(scheduler, dataset, evaluate)
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
     if rank == 0:
@@ -335,6 +361,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": label, "model": about, "steps": steps,
               "domains": list(space.names), "fields": list(space.fields),
               "mapping": mapping.to_json() if mapping else None, "history": scheduler.history,
+              "ood": scheduler.ood_summary(),
               "schedule": dataset.schedule.entries(), "start": scheduler.start_eval.to_json(),
               "final": final.to_json(), "device": device, "dtype": cfg.model.dtype,
               "balanced": balanced_score("balanced", 0.5, scheduler.start_eval, final, space),

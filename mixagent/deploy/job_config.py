@@ -326,7 +326,18 @@ class PolicySection:
         mapping: for an artifact trained on other domains, ``{agent domain: your domain}``: every agent
             domain reads the held-out loss of the domain it maps to, and the weights of the agent domains
             mapped to one of yours add up to its weight (fields must agree).
+        ood: what a learned policy does with an observation outside its training range
+            (:mod:`mixagent.deploy.ood`): ``warn`` (log and act), ``clip`` (act on the features clipped into
+            the range) or ``fallback`` (``ood_fallback`` decides that update). Baselines and methods are never
+            checked; ``clip`` and ``fallback`` need an artifact that records its ranges.
+        ood_fallback: the policy that decides out-of-range updates under ``ood: fallback``: a baseline or a
+            method that needs only the natural shares (as ``spec``; not an artifact).
+        ood_tolerance: how far beyond either end of a feature's training range still counts as in range, as a
+            share of the range's width (0.05: 5%).
     """
+
+    ADDED_FIELDS = ("ood", "ood_fallback", "ood_tolerance")  # left out of to_dict at their defaults: runs from
+    # before them keep their identity (a resumed one is refused by the mixing state when the guard changes it)
 
     spec: str = "replay:0.5"
     every: int = 25
@@ -335,6 +346,9 @@ class PolicySection:
     max_change: float = 1.0
     fallback: str = "initial"
     mapping: dict[str, str] = dataclasses.field(default_factory=dict)
+    ood: str = "fallback"
+    ood_fallback: str = "replay:0.5"
+    ood_tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         path = _path(self.spec)
@@ -349,21 +363,38 @@ class PolicySection:
             problems.append(f"initial must be one of {', '.join(INITIAL_KINDS)}, got {self.initial!r}"
                             f"{suggest(self.initial, INITIAL_KINDS)}")
         problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
-        from mixagent.policies.registry import NEEDS_REFERENCE, PROBING, method_problems
+        from mixagent.deploy.ood import OODConfig
 
-        name = self.spec.partition(":")[0]
-        if self.resolved.artifact is None and ("/" not in self.spec):  # a named baseline or method
-            problems += [f"spec: {p}" for p in method_problems(self.spec)]
-        if name in (*NEEDS_REFERENCE, "regmix"):
-            problems.append(f"spec {self.spec!r}: {name} needs preparation runs (a reference run or RegMix's proxy "
-                            f"runs) that a deployment does not make; compare it in the environment (mixagent "
-                            f"compare), or deploy another method")
-        if name in PROBING:
-            problems.append(f"spec {self.spec!r}: {self.spec.partition(':')[0]} learns from probe trainings inside "
-                            f"each step, which a Trainer run cannot make (its decisions would all fall back to the "
-                            f"initial mixture); compare it in the environment (mixagent compare), or deploy another "
-                            f"method")
+        problems += OODConfig(self.ood, self.ood_fallback, self.ood_tolerance).check()
+        named = self.resolved.artifact is None and "/" not in self.spec
+        problems += _spec_problems("spec", self.spec, named)
+        if "/" in self.ood_fallback:  # a path (a bare word is a name: an unknown one is reported as such)
+            problems.append(f"ood_fallback {self.ood_fallback!r} names a policy artifact: a learned fallback may "
+                            f"itself be out of its range; give a baseline (uniform, natural, target_only, "
+                            f"replay:<rho>) or a method that needs only the natural shares (default replay:0.5)")
+        else:
+            problems += _spec_problems("ood_fallback", self.ood_fallback, True)
         return problems
+
+
+def _spec_problems(field: str, spec: str, named: bool) -> list[str]:
+    """What is wrong with policy spec ``spec`` in ``field`` (``named``: a baseline or method, not an artifact):
+    an unknown name or hyperparameter, or a method a deployment cannot run (it needs preparation runs or probe
+    trainings)."""
+    from mixagent.policies.registry import NEEDS_REFERENCE, PROBING, method_problems
+
+    name = spec.partition(":")[0]
+    problems = [f"{field}: {p}" for p in method_problems(spec)] if named else []
+    fix = "deploy another method" if field == "spec" else "fall back to a baseline such as replay:0.5"
+    if name in (*NEEDS_REFERENCE, "regmix"):
+        problems.append(f"{field} {spec!r}: {name} needs preparation runs (a reference run or RegMix's proxy "
+                        f"runs) that a deployment does not make; compare it in the environment (mixagent "
+                        f"compare), or {fix}")
+    if name in PROBING:
+        problems.append(f"{field} {spec!r}: {name} learns from probe trainings inside each step, which a Trainer run "
+                        f"cannot make (its decisions would all fall back to the initial mixture); compare it in "
+                        f"the environment (mixagent compare), or {fix}")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The deploy job's report: ``report.json`` (raw: every decision with its evaluation), ``report.md`` (what a
 person reads) and two plots: ``mixture.png`` (the mixture over training steps, stacked) and ``heldout.png``
-(each field's mean held-out loss at every decision)."""
+(each field's mean held-out loss at every decision). ``report.json`` ``ood`` (:func:`mixagent.deploy.ood.
+ood_summary`) counts the decisions whose observation was outside the policy's training range, per action, with
+the features and how far out; ``report.md`` shows it as a table."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 
 from mixagent.paths import atomic_write, atomic_write_json
 
-__all__ = ["write_report", "decision_steps"]
+__all__ = ["write_report", "decision_steps", "ood_lines"]
 
 
 def _field_loss(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
@@ -78,6 +80,29 @@ def _plots(out: Path, r: dict) -> list[str]:
     return ["mixture.png", "heldout.png"]
 
 
+def ood_lines(ood: dict | None) -> list[str]:
+    """``report.md``'s paragraph (and table) on the out-of-distribution guard, from ``report.json`` ``ood``
+    (empty for a report written before the guard existed)."""
+    if not ood:
+        return []
+    how = f"`ood: {ood['mode']}`" + (f", fallback `{ood['fallback']}`" if ood["mode"] == "fallback" else "") + \
+        f", tolerance {100 * ood['tolerance']:g}% of each range"
+    if not ood["checked"]:
+        return [f"Out-of-range guard ({how}): not checked, {ood['reason']}.", ""]
+    lines = [f"Out-of-range guard ({how}): {ood['affected']} of {ood['decisions']} decisions saw features outside "
+             f"the policy's training range" + ("." if not ood["affected"] else ":"), ""]
+    if not ood["affected"]:
+        return lines
+    lines += ["| action | feature | decisions | training range | furthest value | beyond the range by |",
+              "|---|---|---:|---|---:|---:|"]
+    for action, a in ood["by_action"].items():
+        for name, f in a["features"].items():
+            rel = f" ({f['relative']:.2g} widths)" if f["relative"] is not None else ""
+            lines.append(f"| {action} ({a['decisions']} decisions) | {name} | {f['decisions']} | "
+                         f"[{f['lo']:+.3g}, {f['hi']:+.3g}] | {f['furthest']:+.3g} | {f['excess']:.3g}{rel} |")
+    return lines + [""]
+
+
 def write_report(out: Path, r: dict) -> None:
     """Write ``report.json``, the plots and ``report.md`` into ``out`` (rank 0 only)."""
     atomic_write_json(out / "report.json", r)
@@ -91,6 +116,7 @@ def write_report(out: Path, r: dict) -> None:
              f" ({fallbacks} fell back to the guard's mixture).", ""]
     if r.get("mapping"):
         lines += [f"The policy acts on its own domains, mapped onto the run's: `{r['mapping']['assign']}`.", ""]
+    lines += ood_lines(r.get("ood"))
     lines += [f"| field | held-out loss at start [bits/{unit}] | at end | change | score at start | at end |",
               "|---|---:|---:|---:|---:|---:|"]
     for field in ("source", "target"):

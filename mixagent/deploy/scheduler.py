@@ -4,7 +4,9 @@ It owns the policy, the shared :class:`~mixagent.env.observation.ObservationBuil
 the policy saw in the environment) and the weights history. ``step(eval_result)`` turns an evaluation of
 the model being trained into the next mixture:
 
-1. the policy proposes a mixture from the observation;
+1. the policy proposes a mixture from the observation; with an out-of-distribution guard (``ood``,
+   :mod:`mixagent.deploy.ood`), a learned policy's observation is first checked against its training range and,
+   outside it, logged (``warn``), clipped into it (``clip``) or handed to the fallback policy (``fallback``);
 2. a proposal that raises, is non-finite, negative, all zero or for another domain space is replaced by
    the fallback mixture (logged; training continues);
 3. the floor is enforced (domains below it are raised to it, the others scaled down proportionally);
@@ -31,6 +33,7 @@ from mixagent.policies import MixingPolicy
 
 if TYPE_CHECKING:
     from mixagent.deploy.mapping import DomainMapping
+    from mixagent.deploy.ood import OODConfig
 
 __all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
 
@@ -108,10 +111,21 @@ class MixingScheduler:
         mapping: a :class:`~mixagent.deploy.mapping.DomainMapping` when the policy acts in another domain
             space than the run's: observations are built in the policy's space and its mixtures mapped back
             (the guards apply to the run's mixture).
+        ood: the out-of-distribution guard's config (:class:`~mixagent.deploy.ood.OODConfig`); ``None``: a
+            learned policy's observations are not checked (the deploy job always passes one, ``fallback`` by
+            default).
+        ood_fallback: the policy that decides out-of-range updates under ``ood`` mode ``fallback``, built from
+            ``ood.fallback`` in the run's context (``build_policy("replay:0.5", PolicyContext(natural))``); it
+            acts in the run's domain space.
+
+    Raises:
+        ConfigError: bad guards; (``policy.ood``) ``clip`` or ``fallback`` for an artifact that records no
+            feature ranges; (``policy.ood_fallback``) a ``fallback`` guard without a fallback policy.
     """
 
     def __init__(self, policy: MixingPolicy, space: DomainSpace, initial: DomainWeights | None = None,
-                 config: SchedulerConfig | None = None, mapping: DomainMapping | None = None) -> None:
+                 config: SchedulerConfig | None = None, mapping: DomainMapping | None = None,
+                 ood: OODConfig | None = None, ood_fallback: MixingPolicy | None = None) -> None:
         self.config = config or SchedulerConfig()
         if problems := self.config.check(space.k):
             raise ConfigError("SchedulerConfig", problems)
@@ -131,6 +145,13 @@ class MixingScheduler:
         self.space = space
         self.observe_lr = bool(getattr(policy, "observe_lr", False))  # trained on an observe_lr env
         self.obs_builder = ObservationBuilder(self.policy_space, self.observe_lr)
+        self.ood = None
+        if ood is not None:
+            from mixagent.deploy.ood import OODGuard
+
+            self.ood = OODGuard(policy, ood, ood_fallback, space)
+        # the fallback policy reads the run's own domains: with a mapping, its observation is built in them
+        self.run_obs_builder = ObservationBuilder(space, self.observe_lr) if mapping is not None else None
         start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
         self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
         self.weights = self.initial
@@ -169,13 +190,17 @@ class MixingScheduler:
         finite = result.is_finite()
         if self.start_eval is None and finite:
             self.start_eval = self.prev_eval = result
+        ood = None
         if finite and self.start_eval is not None:
             m = self.mapping
             view = (lambda e: e) if m is None else m.eval_to_agent
             weights = self.weights.values if m is None else m.to_agent(self.weights.values)
+            lr_seen = float(lr) if self.observe_lr else None
             obs = self.obs_builder(weights, view(self.start_eval), view(self.prev_eval), view(result), float(progress),
-                                   float(lr) if self.observe_lr else None)
-            proposal, reason = self._propose(obs)
+                                   lr_seen)
+            run_obs = obs if self.run_obs_builder is None else self.run_obs_builder(
+                self.weights.values, self.start_eval, self.prev_eval, result, float(progress), lr_seen)
+            proposal, reason, ood = self._propose(obs, run_obs)
         else:  # a diverged model gives the policy nothing to go on
             proposal, reason = self._fallback(), "non-finite evaluation (NaN/Inf loss or score)"
         if reason is not None:
@@ -189,8 +214,13 @@ class MixingScheduler:
         self.history.append({"update": self.updates, "progress": float(progress), "tokens_seen": result.tokens_seen,
                              "weights": self.weights.values.tolist(), "proposal": np.asarray(proposal).tolist(),
                              "fallback": reason, "capped": capped, "eval": result.to_json() if finite else None,
-                             "lr": float(lr) if self.observe_lr else None})
+                             "lr": float(lr) if self.observe_lr else None, "ood": ood})
         return self.weights
+
+    def ood_summary(self) -> dict[str, Any] | None:
+        """How many decisions the out-of-distribution guard affected and why (:func:`mixagent.deploy.ood.
+        ood_summary`); ``None`` without a guard."""
+        return self.ood.summary(self.history) if self.ood is not None else None
 
     def adopt(self, values: np.ndarray) -> None:
         """Replace the last decision with ``values`` (rank 0's, broadcast to the other ranks)."""
@@ -200,13 +230,36 @@ class MixingScheduler:
     def _fallback(self) -> np.ndarray:
         return (self.initial if self.config.fallback == "initial" else self.weights).values.copy()
 
-    def _propose(self, obs: np.ndarray) -> tuple[np.ndarray, str | None]:
+    def _propose(self, obs: np.ndarray, run_obs: np.ndarray) -> tuple[np.ndarray, str | None, dict | None]:
+        """(the run's next mixture, why the guard's fallback mixture replaced the policy's or ``None``, the
+        out-of-distribution record or ``None``)."""
+        guard, found, alt = self.ood, [], None
+        if guard is not None and guard.checked:
+            try:
+                found = guard.check(obs)
+            except Exception:  # noqa: BLE001 — the same fault makes act() fail below, where it is recorded
+                found = []
+            if guard.fallback is not None:  # stepped at every update: its running state is its own
+                alt = self._ask(guard.fallback.act, run_obs, self.space, None)
+        ood = guard.record(found) if guard is not None else None
+        if ood is not None:
+            log.warning("observation at update %d is outside the policy's training range (%s); ood: %s",
+                        self.updates, ", ".join(f"{f['feature']}={f['value']:+.3g} not in [{f['lo']:+.3g}, "
+                                                f"{f['hi']:+.3g}]" for f in ood["features"][:4]), guard.mode)
+        act = self.policy.act_clipped if ood is not None and guard.mode == "clip" else self.policy.act  # type: ignore
+        values, reason = self._ask(act, obs, self.policy_space, self.mapping)
+        if ood is not None and guard.mode == "fallback" and alt is not None:
+            values, reason = alt if alt[1] is None else (self._fallback(), f"ood fallback policy: {alt[1]}")
+        return values, reason, ood
+
+    def _ask(self, act: Any, obs: np.ndarray, space: DomainSpace,
+             mapping: DomainMapping | None) -> tuple[np.ndarray, str | None]:
+        """``act(obs)`` as the run's mixture, or the guard's fallback mixture and the reason it failed."""
         fallback = self._fallback()
         try:
-            out = self.policy.act(obs)
+            out = act(obs)
         except Exception as exc:  # noqa: BLE001 — any policy failure must not stop training
             return fallback, f"{type(exc).__name__}: {exc}"
-        space = self.policy_space
         if isinstance(out, DomainWeights):
             if out.space.names != space.names:
                 return fallback, f"weights for another domain space ({out.space.name!r})"
@@ -218,7 +271,7 @@ class MixingScheduler:
         if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
             return fallback, "non-finite, negative or all-zero weights"
         values = values.astype(np.float64)
-        return (values if self.mapping is None else self.mapping.to_user(values)), None
+        return (values if mapping is None else mapping.to_user(values)), None
 
     # ---- state -------------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -227,15 +280,21 @@ class MixingScheduler:
                "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
         if self.mapping is not None:  # absent without one, so states saved before mappings existed still resume
             out["mapping"] = self.mapping.to_json()
+        if self.ood is not None and (ood := self.ood.fingerprint()) is not None:  # as mapping: absent under warn
+            out["ood"] = ood
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-able state: weights history, start/previous evaluations, current weights, policy state."""
         policy_state = self.policy.state_dict() if hasattr(self.policy, "state_dict") else None
-        return {"format": SCHEDULER_FORMAT, "fingerprint": self.fingerprint(), "history": self.history,
-                "weights": self.weights.values.tolist(), "initial": self.initial.values.tolist(),
-                "start_eval": self.start_eval.to_json() if self.start_eval else None,
-                "prev_eval": self.prev_eval.to_json() if self.prev_eval else None, "policy": policy_state}
+        out = {"format": SCHEDULER_FORMAT, "fingerprint": self.fingerprint(), "history": self.history,
+               "weights": self.weights.values.tolist(), "initial": self.initial.values.tolist(),
+               "start_eval": self.start_eval.to_json() if self.start_eval else None,
+               "prev_eval": self.prev_eval.to_json() if self.prev_eval else None, "policy": policy_state}
+        fallback = self.ood.fallback if self.ood is not None else None
+        if fallback is not None and hasattr(fallback, "state_dict"):
+            out["ood_fallback"] = fallback.state_dict()
+        return out
 
     def check_state(self, state: dict[str, Any]) -> None:
         """Raise unless ``state`` was saved by a scheduler of this format, domains, policy and guards."""
@@ -291,3 +350,6 @@ class MixingScheduler:
         self.prev_eval = EvalResult.from_json(state["prev_eval"]) if state["prev_eval"] else None
         if state.get("policy") is not None and hasattr(self.policy, "load_state_dict"):
             self.policy.load_state_dict(state["policy"])
+        fallback = self.ood.fallback if self.ood is not None else None
+        if state.get("ood_fallback") is not None and hasattr(fallback, "load_state_dict"):
+            fallback.load_state_dict(state["ood_fallback"])  # type: ignore[union-attr]

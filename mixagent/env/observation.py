@@ -23,10 +23,19 @@ import numpy as np
 from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
 
-__all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP"]
+__all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP", "observation_names"]
 
 OBSERVATION_VERSION = 1
 CLIP = 10.0
+
+
+def observation_names(domains: tuple[str, ...] | list[str], observe_lr: bool = False) -> list[str]:
+    """The name of every entry of the layout above, in order (``3K + 5`` names, ``3K + 6`` with ``observe_lr``):
+    ``weight[d]``, ``loss_rel[d]``, ``loss_change[d]`` per domain ``d``, then ``source_score``, ``target_score``,
+    ``source_change``, ``target_change``, ``progress`` (and ``lr``)."""
+    blocks = [f"{what}[{d}]" for what in ("weight", "loss_rel", "loss_change") for d in domains]
+    return blocks + ["source_score", "target_score", "source_change", "target_change", "progress"] + \
+        (["lr"] if observe_lr else [])
 
 
 class ObservationBuilder:

@@ -7,7 +7,10 @@ action then goes through the env's action map (``mixagent.domains.action_to_weig
 ``policy.safetensors`` holds ``layers.{i}.weight/bias`` (hidden layers), ``head.weight/bias``,
 ``obs_mean`` and ``obs_std``; ``meta.json`` holds everything else (format below, ``FORMAT_VERSION``);
 ``observation.lr`` (optional, default false) marks a policy trained on an ``observe_lr`` env, whose
-observation ends with the learning rate over the peak (``3K + 6``).
+observation ends with the learning rate over the peak (``3K + 6``). ``training.feature_ranges`` (optional;
+written by ``mixagent train-agent``) holds the training range of every observation entry,
+``{"observation": {name: [lo, hi]}}`` in the layout's order (:func:`mixagent.env.observation.observation_names`,
+:mod:`mixagent.policies.ranges`).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from mixagent.domains import (
     action_to_weights,
     check_action_mapping,
 )
-from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.observation import OBSERVATION_VERSION, observation_names
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
 from mixagent.paths import atomic_write_bytes, atomic_write_json
+from mixagent.policies.ranges import OutOfRange, bounds, outside, table_problems
 
 __all__ = ["FORMAT_VERSION", "AgentPolicy", "load_policy", "write_artifact", "random_artifact", "ArtifactMismatchError",
            "meta_problems", "tensor_problem"]
@@ -203,6 +207,12 @@ class AgentPolicy:
         except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
             raise _corrupt(path, f"tensors or meta do not fit together ({type(exc).__name__}: {exc})") from None
         check_action_mapping(len(self.names), self.temperature, self.floor)
+        self.feature_names = observation_names(self.names, self.observe_lr)
+        ranges = self.feature_ranges
+        if ranges is not None and (bad := table_problems(ranges.get("observation") if isinstance(ranges, dict)
+                                                          else None, self.feature_names,
+                                                          "training.feature_ranges.observation")):
+            raise _corrupt(path, f"{META_FILE} has invalid fields: {'; '.join(bad)}")
         self.device = device
         self.space: DomainSpace | None = None
 
@@ -244,6 +254,40 @@ class AgentPolicy:
         if self.space is None:
             raise UsageError(f"{self!r}: call reset(space) before act()")
         return action_to_weights(self.space, self.action(observation), self.temperature, self.floor)
+
+    # -- training range (mixagent.policies.ranges.RangeChecked) ---------------------------------------
+    @property
+    def feature_ranges(self) -> dict[str, Any] | None:
+        """The training range of every observation entry (``meta.json`` ``training.feature_ranges``); ``None``
+        when the artifact does not record it (trained before artifacts did: retrain it)."""
+        return self.meta.get("training", {}).get("feature_ranges")
+
+    def _bounds(self) -> np.ndarray:
+        if self.feature_ranges is None:
+            raise UsageError(f"policy {self.path} records no feature ranges (meta.json training.feature_ranges): "
+                             f"retrain it with `mixagent train-agent`, which records them")
+        return bounds(self.feature_ranges["observation"], self.feature_names)
+
+    def _observation(self, observation: np.ndarray) -> np.ndarray:
+        x = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0).reshape(-1)
+        if x.size != self.obs_dim:
+            raise ValueError(f"observation has {x.size} entries, this policy takes {self.obs_dim} "
+                             f"(ObservationBuilder layout for {len(self.names)} domains)")
+        return x
+
+    def out_of_range(self, observation: np.ndarray, tolerance: float = 0.05) -> list[OutOfRange]:
+        """The entries of ``observation`` outside their training range by more than ``tolerance`` of its width
+        (named as in :func:`~mixagent.env.observation.observation_names`); empty when it is in range.
+
+        Raises:
+            UsageError: an artifact without recorded ranges. ValueError: an observation of another size.
+        """
+        return outside(self.feature_names, self._observation(observation), self._bounds(), tolerance)
+
+    def act_clipped(self, observation: np.ndarray) -> DomainWeights:
+        """:meth:`act` on the observation clipped into its training range, entry by entry."""
+        lohi = self._bounds()
+        return self.act(np.clip(self._observation(observation), lohi[:, 0], lohi[:, 1]))
 
     def __repr__(self) -> str:
         return f"AgentPolicy({str(self.path)!r}, algo={self.meta.get('algo')!r}, k={len(self.names)})"

@@ -22,6 +22,10 @@ and one domain order; this small module replaces it, and its training is behavio
 (:mod:`mixagent.agent.train_per_domain`).
 
 Artifact: ``policy.safetensors`` (``phi.*``, ``rho.*``) + ``meta.json`` (kind ``mixagent.per_domain_policy``).
+``meta.json`` ``training.feature_ranges`` (:mod:`mixagent.policies.ranges`; written by the training, or afterwards
+by ``mixagent feature-ranges``) holds the training range of every feature: each per-domain feature but
+``is_target`` by field (``domain.source``, ``domain.target``; pooled over that field's domains), and each
+run-level feature (``run``). :meth:`PerDomainPolicy.out_of_range` checks an observation against them.
 """
 
 from __future__ import annotations
@@ -38,9 +42,10 @@ from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, chec
 from mixagent.env.observation import OBSERVATION_VERSION
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
 from mixagent.policies.protocol import RunningState
+from mixagent.policies.ranges import RANGES_FORMAT, OutOfRange, bounds, outside, table_problems, value_ranges
 
-__all__ = ["PER_DOMAIN_KIND", "DOMAIN_FEATURES", "RUN_FEATURES", "PerDomainNet", "PerDomainPolicy", "features",
-           "write_per_domain_artifact"]
+__all__ = ["PER_DOMAIN_KIND", "DOMAIN_FEATURES", "RUN_FEATURES", "DOMAIN_FEATURE_NAMES", "RUN_FEATURE_NAMES",
+           "PerDomainNet", "PerDomainPolicy", "features", "feature_ranges", "write_per_domain_artifact"]
 
 PER_DOMAIN_KIND = "mixagent.per_domain_policy"
 FORMAT_VERSION = 1
@@ -48,6 +53,9 @@ DOMAIN_FEATURES = 5
 RUN_FEATURES = 6
 WEIGHTS_FILE = "policy.safetensors"
 META_FILE = "meta.json"
+DOMAIN_FEATURE_NAMES = ("is_target", "weight", "initial", "loss_rel", "loss_change")
+RUN_FEATURE_NAMES = ("source_score", "target_score", "source_change", "target_change", "progress", "lr")
+RANGED = DOMAIN_FEATURE_NAMES[1:]  # is_target is the field itself: its ranges are kept per field
 
 
 def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,6 +77,36 @@ def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray) -> tup
     lr = obs[3 * k + 5] if len(obs) == 3 * k + 6 else 1.0
     run = np.concatenate([obs[3 * k:3 * k + 5], [lr]])
     return per.astype(np.float32), run.astype(np.float32)
+
+
+def feature_ranges(dom: np.ndarray, target: np.ndarray, valid: np.ndarray, run: np.ndarray) -> dict[str, Any]:
+    """The training range of every feature (``meta.json`` ``training.feature_ranges``) of a padded batch of
+    training observations.
+
+    Args:
+        dom: ``(N, K, DOMAIN_FEATURES)`` per-domain features (padded to the largest ``K``).
+        target: ``(N, K)`` 1 for target-field domains; valid: ``(N, K)`` 1 for real (not padding) domains.
+        run: ``(N, RUN_FEATURES)`` run-level features.
+
+    Returns:
+        ``{"format", "rows": N, "domain": {"source": {feature: [lo, hi]}, "target": {...}}, "run": {...}}``,
+        per-domain features pooled over the domains of each field (``is_target`` left out).
+    """
+    out: dict[str, Any] = {"format": RANGES_FORMAT, "rows": int(len(run)), "domain": {}}
+    for field, want in (("source", 0.0), ("target", 1.0)):
+        rows = dom[(valid > 0) & (target == want)]
+        out["domain"][field] = value_ranges(RANGED, rows[:, 1:])
+    out["run"] = value_ranges(RUN_FEATURE_NAMES, run)
+    return out
+
+
+def _ranges_problems(table: Any) -> list[str]:
+    where = "training.feature_ranges"
+    if not isinstance(table, dict) or not isinstance(table.get("domain"), dict):
+        return [f"{where} is {table!r:.80}; expected {{domain: {{source, target}}, run}}"]
+    return [*(p for f in ("source", "target") for p in table_problems(table["domain"].get(f), RANGED,
+                                                                    f"{where}.domain.{f}")),
+            *table_problems(table.get("run"), RUN_FEATURE_NAMES, f"{where}.run")]
 
 
 def _mlp(sizes: list[int], last_act: bool) -> torch.nn.Sequential:
@@ -130,7 +168,8 @@ class PerDomainPolicy(RunningState):
         path: the artifact directory.
 
     Raises:
-        CorruptArtifactError: missing files, a checksum mismatch, tensors that do not fit the network.
+        CorruptArtifactError: missing files, a checksum mismatch, tensors that do not fit the network, recorded
+            feature ranges that are malformed.
         SchemaVersionError: another kind or format version, or another observation version.
     """
 
@@ -159,6 +198,10 @@ class PerDomainPolicy(RunningState):
             raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc}); re-export it") \
                 from None
         self.net.eval()
+        ranges = meta.get("training", {}).get("feature_ranges")
+        if ranges is not None and (problems := _ranges_problems(ranges)):
+            raise CorruptArtifactError(f"{path / META_FILE}: {'; '.join(problems)}; record them again with "
+                                       f"`mixagent feature-ranges --artifact {path}`")
         self.meta = meta
         self.temperature = float(meta["action"]["temperature"])
         self.floor = float(meta["action"]["floor"])
@@ -175,14 +218,15 @@ class PerDomainPolicy(RunningState):
         self.is_target = space.field_mask("target").astype(np.float32)
         self.initial: np.ndarray | None = None
 
-    def action(self, observation: np.ndarray) -> np.ndarray:
-        """``(K,)`` raw action in ``[-1, 1]``.
+    @property
+    def feature_ranges(self) -> dict[str, Any] | None:
+        """The training range of every feature (``meta.json`` ``training.feature_ranges``); ``None`` when the
+        artifact does not record it (``mixagent feature-ranges --artifact PATH`` recomputes it)."""
+        return self.meta.get("training", {}).get("feature_ranges")
 
-        Raises:
-            UsageError: before ``reset``, or a policy that observes the learning rate handed an observation
-                without it.
-            WeightsError: an observation whose size fits no layout of the space.
-        """
+    def _inputs(self, observation: np.ndarray, keep: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(K, D)`` and ``(R,)`` features of ``observation``; ``keep`` records the run's initial weights
+        from the first observation (an act does, a check does not)."""
         if self.space is None:
             raise UsageError(f"{self!r}: call reset(space) before act()")
         obs = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0)
@@ -194,16 +238,71 @@ class PerDomainPolicy(RunningState):
                 f"(3K+5, no learning rate); run it in an env that observes the LR (env spec observe_lr: true, or "
                 f"env_overrides observe_lr=true), or through the deploy job / MixingScheduler, which pass the LR "
                 f"to a policy that observes it")
-        if self.initial is None:
-            self.initial = obs[:self.space.k].copy()
-        dom, run = features(obs, self.is_target, self.initial)
+        initial = self.initial if self.initial is not None else obs[:k].copy()
+        if keep:
+            self.initial = initial
+        return features(obs, self.is_target, initial)
+
+    def _forward(self, dom: np.ndarray, run: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             a = self.net(torch.from_numpy(dom)[None], torch.from_numpy(self.is_target)[None],
                          torch.from_numpy(run)[None])[0].numpy()
         return np.nan_to_num(a.astype(np.float64), nan=0.0)
 
+    def _bounds(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        ranges = self.feature_ranges
+        if ranges is None:
+            raise UsageError(f"policy {self.path} records no feature ranges (meta.json training.feature_ranges): "
+                             f"run `mixagent feature-ranges --artifact {self.path}`")
+        return {f: bounds(ranges["domain"][f], RANGED) for f in ("source", "target")}, \
+            bounds(ranges["run"], RUN_FEATURE_NAMES)
+
+    def action(self, observation: np.ndarray) -> np.ndarray:
+        """``(K,)`` raw action in ``[-1, 1]``.
+
+        Raises:
+            UsageError: before ``reset``, or a policy that observes the learning rate handed an observation
+                without it.
+            WeightsError: an observation whose size fits no layout of the space.
+        """
+        return self._forward(*self._inputs(observation, keep=True))
+
     def act(self, observation: np.ndarray) -> DomainWeights:
         a = self.action(observation)
+        return action_to_weights(self.space, a, self.temperature, self.floor)  # type: ignore[arg-type]
+
+    def out_of_range(self, observation: np.ndarray, tolerance: float = 0.05) -> list[OutOfRange]:
+        """The features of ``observation`` outside the training range by more than ``tolerance`` of its width
+        (:mod:`mixagent.policies.ranges`): each domain's against its field's ranges (named ``loss_rel[d]``),
+        the run-level ones as they are; empty when it is in range. Changes no running state.
+
+        Raises:
+            UsageError: before ``reset``, an artifact without recorded ranges, or an observation without the
+                learning rate for a policy that observes it.
+        """
+        per_field, run_lohi = self._bounds()
+        dom, run = self._inputs(observation, keep=False)
+        names = self.space.names  # type: ignore[union-attr]
+        found = []
+        for i in range(len(names)):
+            lohi = per_field["target" if self.is_target[i] else "source"]
+            found += outside([f"{n}[{names[i]}]" for n in RANGED], dom[i, 1:], lohi, tolerance)
+        return found + outside(RUN_FEATURE_NAMES, run, run_lohi, tolerance)
+
+    def act_clipped(self, observation: np.ndarray) -> DomainWeights:
+        """:meth:`act` on the observation's features clipped into their training ranges (each domain's into its
+        field's); the running state advances as with ``act``.
+
+        Raises:
+            UsageError: as :meth:`out_of_range`.
+        """
+        per_field, run_lohi = self._bounds()
+        dom, run = self._inputs(observation, keep=True)
+        for i in range(dom.shape[0]):
+            lohi = per_field["target" if self.is_target[i] else "source"]
+            dom[i, 1:] = np.clip(dom[i, 1:], lohi[:, 0], lohi[:, 1])
+        run = np.clip(run, run_lohi[:, 0], run_lohi[:, 1]).astype(np.float32)
+        a = self._forward(dom, run)
         return action_to_weights(self.space, a, self.temperature, self.floor)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:

@@ -49,6 +49,17 @@ def reserved_overrides(overrides: tuple[str, ...]) -> list[str]:
             for o in overrides if o.split("=", 1)[0].strip() in RESERVED_KEYS]
 
 
+def run_identity(policy: str) -> str:
+    """A stored run's policy identity: :func:`~mixagent.rollout.identity.policy_identity`, and for a learned
+    policy the out-of-range guard's version (its settings are in the case's overrides, so in
+    :func:`deploy_case_hash`): a run stored before the guard, or under other guard rules, is stale."""
+    from mixagent.policies.ranges import GUARD_VERSION
+    from mixagent.rollout.identity import artifact_dir
+
+    identity = policy_identity(policy)
+    return f"{identity}+guard{GUARD_VERSION}" if artifact_dir(policy) is not None else identity
+
+
 def deploy_case_hash(config: str, overrides: tuple[str, ...]) -> str:
     """Identifies the runs: the deploy config as parsed (comments do not count), the overrides and what the
     config names: each repository file it points to by content (a YAML file as parsed), an env spec by its
@@ -199,7 +210,7 @@ def run_deploy_case(name: str, config: str, overrides: tuple[str, ...], policies
     inputs = case_inputs(config, overrides, build=True)  # the runs need the bases; checking stored runs too
     case_dir = Path(out) / name
     runs = [(p, s) for p in policies for s in seeds]
-    identity = {p: policy_identity(p) for p in policies}
+    identity = {p: run_identity(p) for p in policies}
     reports: dict[tuple[str, int], dict] = {}
     todo = []
     for p, s in runs:

@@ -26,6 +26,7 @@ import numpy as np
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 from mixagent.rollout.identity import policy_identity
+from mixagent.study.deploy_case import run_identity
 
 __all__ = ["Case", "GeneralizeConfig", "run_generalize", "generalize_table"]
 
@@ -231,10 +232,13 @@ def _case_result(cfg: GeneralizeConfig, case: Case) -> tuple[dict | None, str]:
     agent = rows.get(cfg.case_agent(case))
     if agent is None:
         return None, f"has no row of the agent {cfg.case_agent(case)}"
-    current = policy_identity(cfg.case_agent(case))
+    current = (run_identity if case.deploy else policy_identity)(cfg.case_agent(case))
     if agent.get("identity") is None:  # a table from before rows had identities cannot show which artifact ran
         return None, f"records no agent identity, so it may be of another artifact than {current}"
     if agent["identity"] != current:
+        if agent["identity"].partition("+")[0] == current.partition("+")[0]:
+            return None, (f"ran the agent {agent['identity']} without the deploy job's out-of-range guard, or "
+                          f"under other guard rules (now {current})")
         return None, f"ran {agent['identity']}; the agent at that path changed since, it is now {current}"
     base = [rows[b] for b in cfg.baselines if b in rows]
     missing = [b for b in cfg.baselines if b not in rows]

@@ -29,6 +29,7 @@ from mixagent.agent.dataset import (
 from mixagent.agent.train import train_agent
 from mixagent.config import load_config
 from mixagent.domains import Domain, DomainSpace, DomainWeights
+from mixagent.env.observation import observation_names
 from mixagent.env.rewards import step_reward
 from mixagent.errors import AgentDataError, ConfigError, CorruptArtifactError, ResumeMismatchError, SchemaVersionError
 from mixagent.paths import CONFIGS_DIR, REPO_ROOT
@@ -177,6 +178,10 @@ def test_train_agent_end_to_end(trained, tmp_path, monkeypatch):
         meta = json.loads((run_dir / stage / "meta.json").read_text())
         assert meta["algo"] == {"sft": "bc", "rl": "cql"}[stage] and meta["domains"]["names"][0] == "wiki"
         assert meta["versions"]["d3rlpy"] == import_d3rlpy().__version__
+        ranges = meta["training"]["feature_ranges"]  # every observation entry's training range, in layout order
+        assert list(ranges["observation"]) == observation_names(meta["domains"]["names"])
+        assert ranges["rows"] > 0 and all(lo <= hi for lo, hi in ranges["observation"].values())
+        assert ranges["observation"]["progress"][0] == 0.0 and load_policy(run_dir / stage).feature_ranges == ranges
     lines = [json.loads(x) for x in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["stage"] == "sft" and "loss" in x] == [10, 20, 30]
     assert {"critic_loss", "actor_loss", "conservative_loss"} <= set(next(x for x in lines if x["stage"] == "rl"))

@@ -85,7 +85,7 @@ def test_an_agent_of_another_space_drives_the_run_through_a_mapping(tmp_path):
         run_deploy(cfg(tmp_path, f"policy.spec={art}"), progress=False)
     assert "'news': 'source'" in str(err.value) and "'books': 'source'" in str(err.value)
     assert not (tmp_path / "run").exists()  # refused before the model loaded: nothing written
-    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8",
+    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8", "policy.ood=warn",  # no ranges
                             "policy.mapping={wiki: web, news: web, fiction: books, math: math}"), progress=False)
     assert report["mapping"]["assign"]["news"] == "web"
     w = np.array([h["weights"] for h in report["history"]])
@@ -106,11 +106,14 @@ def test_a_per_domain_policy_drives_the_users_domains_directly(tmp_path):
     with pytest.raises(ConfigError, match="per-domain policy that drives any domain space"):
         run_deploy(cfg(tmp_path, f"policy.spec={art}", "policy.mapping={wiki: web}"), progress=False)
     assert not (tmp_path / "run").exists()
-    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8"), progress=False)
+    report = run_deploy(cfg(tmp_path, f"policy.spec={art}", "trainer.max_steps=8", "policy.ood=warn"),  # no ranges
+                        progress=False)
     assert report["mapping"] is None and report["domains"] == ["web", "books", "math"]
     w = np.array([h["weights"] for h in report["history"]])
     assert w.shape == (2, 3) and np.allclose(w.sum(1), 1) and not np.allclose(w[0], w[1])
     assert all(h["fallback"] is None for h in report["history"])
+    assert report["ood"]["mode"] == "warn" and not report["ood"]["checked"]  # no ranges: acted on unchecked
+    assert "Out-of-range guard (`ood: warn`" in (tmp_path / "run" / "report.md").read_text()
     lrs = [h["lr"] for h in report["history"]]  # the report keeps what the policy saw
     assert all(0 <= lr <= 1 for lr in lrs) and lrs[0] != lrs[1]  # 0 at the first step of the warmup
 

@@ -120,6 +120,54 @@ def test_behaviour_cloning_fits_the_reference_data(tmp_path):
     policy = load_policy(out)
     policy.reset(space(4, 2))  # a space it never saw
     assert policy.act(observation(4, 0)).values.shape == (4,)
+    # the training recorded the range of every feature over the observations it cloned
+    ranges = meta["training"]["feature_ranges"]
+    assert ranges["rows"] == meta["training"]["runs"][0]["transitions"]
+    assert ranges["run"]["progress"] == [0.0, 1.0]  # its domain, not the decisions at t/T = 0 .. 7/8 (DOMAIN_RANGES)
+    assert ranges["run"]["target_score"] == pytest.approx([-0.1759, 0.4307], abs=1e-4)
+    assert ranges["domain"]["source"]["weight"][0] == 0.0 and ranges["domain"]["target"]["weight"][1] > 1
+
+
+@pytest.mark.parametrize("agent,identity", [("math-cpt-v1", "a1f22148ffc6"),
+                                            ("math-cpt-v1-no-fiction-foldoc-wordnet", "46d21ce2596a")])
+def test_committed_agents_record_their_feature_ranges_without_changing_identity(agent, identity, tmp_path):
+    """The ranges were backfilled (``mixagent feature-ranges``) into ``training``, outside the policy's cache
+    identity: the cached episodes of the reference agent stay its own. Recomputing them gives the same numbers."""
+    import shutil
+
+    from mixagent.agent.feature_ranges import backfill_feature_ranges
+    from mixagent.paths import REPO_ROOT
+    from mixagent.rollout.identity import _artifact_id
+
+    path = REPO_ROOT / "checkpoints/agents" / agent
+    assert _artifact_id(path) == identity  # the value before the ranges were recorded
+    recorded = load_policy(path).feature_ranges
+    assert recorded["rows"] == 368 and recorded["run"]["target_score"][1] == pytest.approx(0.4307, abs=1e-4)
+    copy = shutil.copytree(path, tmp_path / agent)
+    meta = json.loads((copy / "meta.json").read_text())
+    del meta["training"]["feature_ranges"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert backfill_feature_ranges(copy) == recorded and _artifact_id(copy) == identity
+
+
+def test_backfill_refuses_data_that_changed_and_dense_artifacts(tmp_path, artifact):
+    import shutil
+
+    from mixagent.agent.feature_ranges import backfill_feature_ranges
+    from mixagent.errors import AgentDataError
+    from mixagent.paths import REPO_ROOT
+    from mixagent.policies.artifact import random_artifact
+
+    copy = shutil.copytree(REPO_ROOT / "checkpoints/agents/math-cpt-v1", tmp_path / "agent")
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["training"]["runs"][0]["transitions"] = 367
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(AgentDataError, match="the data changed since training"):
+        backfill_feature_ranges(copy)
+    with pytest.raises(SchemaVersionError, match="retrain it"):
+        backfill_feature_ranges(random_artifact(tmp_path / "dense", space(3, 1)))
+    with pytest.raises(CorruptArtifactError, match="no training.config"):
+        backfill_feature_ranges(artifact)  # written without a training record
 
 
 @pytest.mark.parametrize("agent", ["math-cpt-v1", "math-cpt-v1-no-fiction-foldoc-wordnet"])
