@@ -40,6 +40,8 @@ JOBS: dict[str, Job] = {
     "trajectories": Job("mixagent.trajectories.__main__:main", "list, summarise, verify or pack collected runs"),
     "train-agent": Job("mixagent.agent.__main__:main", "train the agent: BC, then CQL (d3rlpy); FQE; online table"),
     "deploy": Job("mixagent.deploy.__main__:main", "a policy drives the mixture of a Hugging Face Trainer run (YAML)"),
+    "feature-ranges": Job("mixagent.agent.feature_ranges:main", "record a policy artifact's feature ranges (the "
+                          "deploy job's policy.ood guard)"),
     "demo": Job("mixagent.demo:main", "the whole pipeline at demo scale (make demo)"),
     "audit": Job("mixagent.study.__main__:main", "headroom audit: static grid vs schedules vs an oracle", ("audit",),
                  "research"),
@@ -48,6 +50,10 @@ JOBS: dict[str, Job] = {
     "generalize": Job("mixagent.study.__main__:main", "the agent against the baselines in held-out cases",
                       ("generalize",), "research"),
     "ranks": Job("mixagent.study.__main__:main", "a rank table across finished comparisons", ("ranks",), "research"),
+    "settings": Job("mixagent.study.__main__:main", "a settings suite, checked: training distribution and held-out "
+                    "settings", ("settings",), "research"),
+    "oracle-table": Job("mixagent.study.__main__:main", "per held-out setting: the oracle over the single best fixed "
+                        "rule (the closed gap's denominator)", ("oracle-table",), "research"),
     "world-model": Job("mixagent.model_based.__main__:world_model", "fit, measure and commit the world model "
                        "(surrogate env)", (), "research"),
     "plan": Job("mixagent.model_based.__main__:plan", "model-predictive control over a world model, in the real env",

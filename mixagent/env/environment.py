@@ -17,7 +17,7 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.env.observation import CLIP, ObservationBuilder
 from mixagent.env.proxy import lr_at
 from mixagent.env.references import get_reference
-from mixagent.env.rewards import Reference, balanced_score, needs_reference, step_reward
+from mixagent.env.rewards import Reference, balanced_score, needs_reference, reward_measure, step_reward
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ActionError, ConfigError, UsageError, WeightsError
 
@@ -97,6 +97,8 @@ class MixingEnv(gym.Env):
         self.reference: Reference | None = None
         if needs_reference(self.spec_.reward.name):  # run (once per spec hash, then cached) before any episode
             self.reference = get_reference(self.spec_, self.backend, self.space)
+            if problems := self.reference.problems(reward_measure(self.spec_.reward.name)):
+                raise ConfigError(f"reward {self.spec_.reward.name} of {self.spec_.env_id}", problems)
         k = self.space.k
         self.action_space = gym.spaces.Box(-1.0, 1.0, (k,), np.float32)
         self.observation_space = gym.spaces.Box(-CLIP, CLIP, (self.obs_builder.dim,), np.float32)

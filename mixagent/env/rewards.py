@@ -30,6 +30,7 @@ from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, UsageError, suggest
 
 __all__ = ["REWARDS", "NORMALISED_REWARDS", "Reference", "balanced_score", "step_reward", "field_improvement",
+           "reward_measure",
            "field_measure", "field_scores", "needs_reference"]
 
 Improvement = Callable[[EvalResult, EvalResult, DomainSpace, str], float]
@@ -79,8 +80,13 @@ class Reference:
     from the run that spends nothing on the field, ``best[measure][field]`` from the run that spends
     everything on it (mean over the reference seeds).
 
+    A measure whose range is zero or inverted for a field (a noisy benchmark with few items can score the
+    field higher after a run that spent nothing on it) cannot normalise: :meth:`problems` names why, and
+    :meth:`normalise` refuses that measure only, so a bits-per-byte reward still works beside an unusable
+    benchmark score.
+
     Raises:
-        ConfigError: a field whose best equals its worst (zero range: the field cannot be normalised).
+        ConfigError: a non-finite value, or no measure usable at all.
     """
 
     best: dict[str, dict[str, float]]
@@ -89,26 +95,37 @@ class Reference:
     seeds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
+        problems: dict[str, list[str]] = {m: [] for m in MEASURES}
         for m in MEASURES:
             for f in FIELDS:
                 b, w = self.best.get(m, {}).get(f), self.worst.get(m, {}).get(f)
                 if not (is_number(b) and is_number(w)):
-                    problems.append(f"reference {m} of the {f} field must be finite numbers, got best={b!r}, "
-                                    f"worst={w!r}")
-                elif math.isclose(b, w, rel_tol=1e-6, abs_tol=1e-12):
-                    problems.append(f"the {f} field's {m} has zero range (best = worst = {b:.6g}) at this budget; "
-                                    f"a normalised reward cannot scale it: use a relative reward (balanced_bpb) or "
-                                    f"give the episode more tokens")
+                    raise ConfigError("reference runs", [f"reference {m} of the {f} field must be finite numbers, "
+                                                         f"got best={b!r}, worst={w!r}"])
+                if math.isclose(b, w, rel_tol=1e-6, abs_tol=1e-12):
+                    problems[m].append(f"the {f} field's {m} has zero range (best = worst = {b:.6g}) at this "
+                                       f"budget; a normalised reward cannot scale it: use a relative reward "
+                                       f"(balanced_bpb) or give the episode more tokens")
                 elif (b > w) if m == "bpb" else (b < w):
-                    problems.append(f"the {f} field's {m} is inverted: the run spending the budget on it scored "
-                                    f"{b:.6g}, the run spending none {w:.6g}; a normalised reward would reward "
-                                    f"neglecting the field: use a relative reward, or more items or tokens")
-        if problems:
-            raise ConfigError("reference runs", problems)
+                    problems[m].append(f"the {f} field's {m} is inverted: the run spending the budget on it scored "
+                                       f"{b:.6g}, the run spending none {w:.6g}; a normalised reward would reward "
+                                       f"neglecting the field: use a relative reward, or more items or tokens")
+        object.__setattr__(self, "_problems", problems)
+        if all(problems.values()):
+            raise ConfigError("reference runs", [p for m in MEASURES for p in problems[m]])
+
+    def problems(self, measure: str) -> list[str]:
+        """Why ``measure`` cannot normalise a field here (empty when it can)."""
+        return list(self._problems.get(measure, [f"unknown measure {measure!r}; known: {', '.join(MEASURES)}"]))
 
     def normalise(self, measure: str, field: str, value: float) -> float:
-        """``(worst - value) / (worst - best)``: 0 at the worst reference, 1 at the best."""
+        """``(worst - value) / (worst - best)``: 0 at the worst reference, 1 at the best.
+
+        Raises:
+            ConfigError: ``measure`` has a zero or inverted range here (:meth:`problems`).
+        """
+        if problems := self._problems.get(measure):
+            raise ConfigError("reference runs", problems)
         w, b = self.worst[measure][field], self.best[measure][field]
         return (w - value) / (w - b)
 
@@ -130,9 +147,14 @@ def field_improvement(name: str) -> Improvement:
     return f
 
 
+def reward_measure(name: str) -> str:
+    """The measure a normalised reward normalises (``bpb`` or ``score``)."""
+    return name.split("_")[1]
+
+
 def field_scores(name: str, now: EvalResult, space: DomainSpace, reference: Reference) -> dict[str, float]:
     """Per-field normalised scores ``s_f`` of a normalised reward."""
-    measure = name.split("_")[1]
+    measure = reward_measure(name)
     return {f: reference.normalise(measure, f, field_measure(measure, now, space, f)) for f in FIELDS}
 
 

@@ -103,28 +103,35 @@ class Setting:
         base = load_config(BaseModelConfig, REPO_ROOT / self.base_model)
         return {"size": base.size, "prior_target_share": base.target_share}
 
-    def spec(self, suite: Suite, keep_lam: bool = True):
-        """The env spec of this setting in ``suite``'s family.
+    def overrides(self, suite: Suite, keep_lam: bool = True) -> list[str]:
+        """The ``key=value`` overrides of ``suite.env`` that make this setting's spec (the suite's own
+        ``env_overrides`` first): what an audit or comparison config takes as ``env_overrides``.
 
         Args:
             keep_lam: keep the family's ``reward.lam`` (the run; relabel for ``lam`` afterwards) or set it.
+
+        Raises:
+            ConfigError: the setting's space is not one of the suite's.
+        """
+        choice = suite.spaces.get(self.space)
+        if choice is None:
+            raise ConfigError("setting.space", [f"space {self.space!r} is not one of the suite's spaces "
+                                                f"{sorted(suite.spaces)}{suggest(self.space, suite.spaces)}"])
+        overrides = [*suite.env_overrides, f"base_model={self.base_model}", f"target_tokens={self.target_tokens}",
+                     f"optim.lr={self.lr}", f"optim.schedule={self.schedule}",
+                     f"optim.decay_fraction={self.decay_fraction}", f"steps={self.steps}",
+                     f"segment_tokens={self.segment_tokens}", f"space={choice.space}", *choice.overrides]
+        return overrides if keep_lam else [*overrides, f"reward.lam={self.lam}"]
+
+    def spec(self, suite: Suite, keep_lam: bool = True):
+        """The env spec of this setting in ``suite``'s family (:meth:`overrides` applied to ``suite.env``).
 
         Raises:
             ConfigError: the setting's space is not one of the suite's, or the spec is invalid.
         """
         from mixagent.env.spec import load_spec
 
-        choice = suite.spaces.get(self.space)
-        if choice is None:
-            raise ConfigError("setting.space", [f"space {self.space!r} is not one of the suite's spaces "
-                                                f"{sorted(suite.spaces)}{suggest(self.space, suite.spaces)}"])
-        overrides = [f"base_model={self.base_model}", f"target_tokens={self.target_tokens}", f"optim.lr={self.lr}",
-                     f"optim.schedule={self.schedule}", f"optim.decay_fraction={self.decay_fraction}",
-                     f"steps={self.steps}", f"segment_tokens={self.segment_tokens}", f"space={choice.space}",
-                     *choice.overrides]
-        if not keep_lam:
-            overrides.append(f"reward.lam={self.lam}")
-        return load_spec(REPO_ROOT / suite.env, [*suite.env_overrides, *overrides])
+        return load_spec(REPO_ROOT / suite.env, self.overrides(suite, keep_lam))
 
 
 @dataclasses.dataclass(frozen=True)

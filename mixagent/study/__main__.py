@@ -1,8 +1,9 @@
 """``python -m mixagent.study``: ``audit`` (alias ``headroom``: the headroom audit of an environment,
 ``mixagent.study.audit``),
 ``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``), ``ranks`` (a rank
-table across comparisons) and ``generalize`` (an agent against the baselines in held-out cases,
-``mixagent.study.generalize``)."""
+table across comparisons), ``generalize`` (an agent against the baselines in held-out cases,
+``mixagent.study.generalize``), ``settings`` (a settings suite, checked, as a table) and ``oracle-table``
+(per held-out setting of a suite, the oracle over the single best fixed rule, ``mixagent.study.oracle_table``)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                    "finished case)")
     g.add_argument("--report-only", action="store_true", help="rebuild the table from finished cases only")
     g.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. workers=1")
+    s = sub.add_parser("settings", help="a settings suite, checked: its training distribution and held-out settings")
+    s.add_argument("--suite", default="configs/settings/math-cpt-v1.yaml", help="a suite YAML (configs/settings/)")
+    o = sub.add_parser("oracle-table", help="per held-out setting of a suite: the oracle over the single best fixed "
+                       "rule, gated at 3 pooled seed std")
+    o.add_argument("--config", default="configs/oracle/math-cpt-v1.yaml", help="an oracle-table YAML (configs/oracle/)")
+    o.add_argument("--settings", help="comma-separated held-out settings to run (default all)")
+    o.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. sbf_settings=4")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "ranks":
@@ -76,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return _headroom(args)
     if args.cmd == "generalize":
         return _generalize(args)
+    if args.cmd == "settings":
+        return _settings(args)
+    if args.cmd == "oracle-table":
+        return _oracle_table(args)
     return _compare(args)
 
 
@@ -153,6 +165,48 @@ def _generalize(args: argparse.Namespace) -> int:
     print((out / "table.md").read_text())
     print(f"table and plot in {out}")
     return 0 if table["cases"] else 1
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from mixagent.env.setting import load_suite
+
+    try:
+        suite = load_suite(args.suite)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    train = suite.training_settings()
+    print(f"suite {suite.name} (hash {suite.suite_hash()}, family {suite.env}): {len(train)} training settings, "
+          f"{len({s.run_hash() for s in train})} distinct runs (lam is relabelled)")
+    for axis, values in suite.training_values().items():
+        print(f"  train {axis}: {values}")
+    print("\n| held-out setting | extrapolates | differs from the defaults | setting hash |\n|---|---|---|---|")
+    default = suite.setting()
+    for name, setting in suite.held_out_settings().items():
+        diff = {k: v for k, v in setting.to_json().items() if v != getattr(default, k)}
+        print(f"| {name} | {', '.join(suite.extrapolates(setting)) or 'interpolates'} | "
+              f"{', '.join(f'{k}={v}' for k, v in diff.items())} | {setting.setting_hash()} |")
+    return 0
+
+
+def _oracle_table(args: argparse.Namespace) -> int:
+    from mixagent.config import load_config
+    from mixagent.paths import REPO_ROOT
+    from mixagent.study.oracle_table import OracleConfig, run_oracle_table
+
+    overrides = list(args.overrides)
+    if args.settings:
+        overrides.append(f"settings={json.dumps([x.strip() for x in args.settings.split(',') if x.strip()])}")
+    try:
+        cfg = load_config(OracleConfig, args.config, overrides)
+        table = run_oracle_table(cfg)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = REPO_ROOT / cfg.out / table["suite"]
+    print((out / "table.md").read_text())
+    print(f"table and plot in {out}")
+    return 0
 
 
 def _ranks(dirs: list[str]) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 from mixagent.config import to_dict
 from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS, balanced_score
+from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS, balanced_score, needs_reference, reward_measure
 from mixagent.env.spec import EnvSpec
 from mixagent.paths import atomic_write, atomic_write_json
 from mixagent.rollout.record import EpisodeRecord
@@ -27,10 +27,13 @@ __all__ = ["make_report", "format_report", "plot_report", "report_rewards", "BOO
 BOOTSTRAP = 500  # resamples of evaluation windows and items
 
 
-def report_rewards(spec: EnvSpec) -> list[str]:
-    """The spec's reward first, then every normalised and relative reward."""
+def report_rewards(spec: EnvSpec, reference=None) -> list[str]:
+    """The spec's reward first, then every normalised and relative reward (normalised ones only where
+    ``reference`` can normalise their measure: :meth:`~mixagent.env.rewards.Reference.problems`)."""
     names = [spec.reward.name] + [n for n in (*NORMALISED_REWARDS, "balanced_bpb", "balanced") if n in REWARDS]
-    return list(dict.fromkeys(names))
+    usable = [n for n in names if reference is None or not needs_reference(n)
+              or not reference.problems(reward_measure(n))]
+    return list(dict.fromkeys(usable))
 
 
 def _resampled(ev: EvalResult, items: dict, idx: dict, space: DomainSpace) -> EvalResult:
@@ -68,7 +71,7 @@ def make_report(run: AuditRun) -> dict:
     if oracle_meta:
         rows.append(Schedule(f"oracle ({oracle_meta['trials']} TPE trials)", "oracle", tuple(oracle_meta["rhos"])))
     stored = {(r.seed, r.key): r for r in store.rows if r.extra["trial"] is None}
-    rewards = report_rewards(spec)
+    rewards = report_rewards(spec, reference)
     lam = spec.reward.lam
     table = []
     for row in rows:

@@ -161,8 +161,15 @@ def test_zero_range_and_missing_reference_are_typed_errors(env):
     with pytest.raises(ConfigError, match="zero range"):
         Reference(same, same)
     worse = {"bpb": {"source": 3.0, "target": 4.0}, "score": {"source": 0.5, "target": 0.2}}
+    inverted = Reference(worse, {"bpb": {"source": 2.0, "target": 5.0}, "score": {"source": 0.4, "target": 0.1}})
     with pytest.raises(ConfigError, match="the source field's bpb is inverted"):
-        Reference(worse, {"bpb": {"source": 2.0, "target": 5.0}, "score": {"source": 0.4, "target": 0.1}})
+        inverted.normalise("bpb", "source", 2.5)  # only the inverted measure is refused
+    assert inverted.problems("score") == [] and inverted.normalise("score", "source", 0.45) == pytest.approx(0.5)
+    # a noisy benchmark score inverted beside usable bits per byte: bpb rewards still work
+    noisy = Reference({"bpb": {"source": 2.0, "target": 4.0}, "score": {"source": 0.3, "target": 0.2}},
+                      {"bpb": {"source": 3.0, "target": 5.0}, "score": {"source": 0.4, "target": 0.1}})
+    assert "the source field's score is inverted" in noisy.problems("score")[0]
+    assert noisy.normalise("bpb", "target", 4.5) == pytest.approx(0.5)
     ev = EvalResult({n: 2.0 for n in env.space.names}, {"source": 0.5, "target": 0.2}, {"source": 0.5, "target": 0.2})
     with pytest.raises(UsageError, match="needs reference runs"):
         balanced_score("normalised_bpb", 0.5, ev, ev, env.space)
@@ -200,3 +207,17 @@ def test_the_proxy_device_is_a_knob_of_its_own_spec_hash():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="torch sees no CUDA device"):
             MixingEnv(cuda)
+
+
+def test_an_env_refuses_a_reward_whose_measure_cannot_normalise(monkeypatch):
+    """Reference runs whose benchmark score is inverted (few items: noise) leave a bits-per-byte reward usable;
+    an env asking for the score reward is refused when built, naming the field, not at its first step."""
+    from mixagent.env import environment
+
+    noisy = Reference({"bpb": {"source": 2.0, "target": 4.0}, "score": {"source": 0.3, "target": 0.2}},
+                      {"bpb": {"source": 3.0, "target": 5.0}, "score": {"source": 0.4, "target": 0.1}})
+    monkeypatch.setattr(environment, "get_reference", lambda *a, **k: noisy)
+    spec = ENVS_DIR / "tiny-cpt.yaml"
+    assert MixingEnv(spec, overrides=["backend=analytic"]).reference is noisy  # normalised_bpb
+    with pytest.raises(ConfigError, match="(?s)reward normalised_score of .*source field's score is inverted"):
+        MixingEnv(spec, overrides=["backend=analytic", "reward.name=normalised_score"])

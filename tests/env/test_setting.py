@@ -109,7 +109,7 @@ def test_a_setting_outside_the_axes_is_refused(tmp_path):
 
 
 def test_the_committed_suite_loads_with_extrapolation_on_every_required_axis():
-    """Issue 29: at least 8 held-out settings, extrapolating in prior share, budget, base size and space."""
+    """The agent-v2 bar: >= 8 held-out settings, extrapolating in prior share, budget, base size and space."""
     suite = load_suite(CONFIGS_DIR / "settings/math-cpt-v1.yaml")
     held = suite.held_out_settings()
     assert len(held) >= 8

@@ -1,0 +1,325 @@
+"""The oracle table of a settings suite (``../shared/SETTINGS.md``):
+``mixagent oracle-table --config configs/oracle/math-cpt-v1.yaml``.
+
+For every held-out setting of the suite (:mod:`mixagent.env.setting`) it asks how far the **per-setting
+oracle** lies above the **single best fixed rule** (SBF), in the setting's pooled seed std, so that a learned
+policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured where there is a gap to close.
+
+1. **Tuning** (the headroom audit, :mod:`mixagent.study.audit`, per setting, on the *tuning* seeds only): a
+   static grid (``static_rhos``: at least 9 replay shares, plus natural and uniform) and the two-phase family
+   (``two_phase_switches`` x ordered pairs of ``two_phase_rhos``), prefix-shared, resumable.
+2. **The single best fixed rule**: the same grid on ``sbf_settings`` training settings (drawn from the suite's
+   training distribution, distinct runs), each row scored at every training ``lam`` (relabelled from the raw
+   evaluations) and put on the setting's own scale, ``(score - worst static) / (best static - worst static)``
+   (a setting's extremes from its static grid, so scarce budgets, where target-only overfits and normalised
+   scores reach 2-3, do not outweigh the rest); SBF is the row with the best mean over them.
+3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``.
+4. **Scoring** on fresh held-out ``seeds`` (a comparison, :mod:`mixagent.study.compare`, cached): the oracle's
+   rule, SBF and the ``baselines``, as policies (``replay:<rho>``, ``natural``, ``uniform``,
+   ``two_phase:rho1=,rho2=,switch=``). Selecting and scoring on the same seeds would inflate the oracle.
+
+The table (``<out>/<suite>/table.md``, ``table.json``, ``gaps.png``) gives per setting: the axes it
+extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over the scored
+rows, their gap in pooled std, and whether it passes the **gate** (3 std). It records the suite's name and
+hash: a closed-gap table refuses an oracle table of another suite. If fewer than half of the settings pass,
+the verdict says the axes are too narrow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixagent.errors import ConfigError
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+
+__all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table"]
+
+TABLE_VERSION = 1
+MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    """The oracle table's run.
+
+    Args:
+        suite: the settings suite YAML (``configs/settings/*.yaml``).
+        settings: held-out settings to run (names; empty = every one), in order.
+        tune_seeds: the tuning seeds every grid row runs on (selection only).
+        seeds: the held-out seeds the selected rules are scored on (>= 3; disjoint from ``tune_seeds``).
+        static_rhos: the static grid's replay shares (>= 9; natural and uniform are added).
+        two_phase_switches, two_phase_rhos: the two-phase family (switch steps x ordered pairs, rho1 != rho2).
+        sbf_settings: training settings (distinct runs) the single best fixed rule is chosen on.
+        sbf_seed: the first draw seed of those settings (``Suite.draw(sbf_seed + i)``).
+        baselines: further rules scored on the held-out seeds beside the oracle and SBF.
+        gate: the oracle's margin over SBF, in pooled seed std, for a setting to count.
+        out: results root: tuning audits in ``<out>/<suite>/tuning/``, scoring comparisons (cached episodes)
+            in ``<out>/<suite>/``, the table in ``<out>/<suite>/``.
+        workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
+    """
+
+    suite: str = "configs/settings/math-cpt-v1.yaml"
+    settings: tuple[str, ...] = ()
+    tune_seeds: tuple[int, ...] = (100,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    static_rhos: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    two_phase_switches: tuple[int, ...] = (2, 4, 6)
+    two_phase_rhos: tuple[float, ...] = (0.2, 0.5, 0.8)
+    sbf_settings: int = 8
+    sbf_seed: int = 0
+    baselines: tuple[str, ...] = ("uniform", "natural", "replay:0.5")
+    gate: float = 3.0
+    out: str = "audits/settings"
+    workers: int = 0
+    launcher: str = "local"
+
+    def check(self) -> list[str]:
+        problems = []
+        if len(self.seeds) < 3 or len(set(self.seeds)) != len(self.seeds):
+            problems.append(f"seeds must list >= 3 distinct held-out seeds, got {list(self.seeds)}")
+        if not self.tune_seeds:
+            problems.append("tune_seeds must list at least one tuning seed (the oracle is selected on them)")
+        if set(self.seeds) & set(self.tune_seeds):
+            problems.append(f"tune_seeds {sorted(set(self.seeds) & set(self.tune_seeds))} are also held-out seeds: "
+                            f"an oracle selected and scored on the same seeds is inflated; use others (e.g. 100)")
+        if len(set(self.static_rhos)) < MIN_STATIC_RHOS:
+            problems.append(f"static_rhos must hold >= {MIN_STATIC_RHOS} distinct replay shares, got "
+                            f"{list(self.static_rhos)}")
+        if any(not 0 <= r <= 1 for r in (*self.static_rhos, *self.two_phase_rhos)):
+            problems.append("replay shares must be in [0, 1]")
+        if self.sbf_settings < 1:
+            problems.append(f"sbf_settings must be >= 1, got {self.sbf_settings}")
+        if not self.gate > 0:
+            problems.append(f"gate must be > 0 pooled seed std, got {self.gate}")
+        return problems
+
+
+def rule_spec(schedule) -> str | None:
+    """The policy spec of an audit row (:class:`~mixagent.rollout.schedules.Schedule`): ``natural``,
+    ``uniform``, ``replay:<rho>`` or ``two_phase:rho1=,rho2=,switch=``; ``None`` for other shapes."""
+    if schedule.mixture:
+        return schedule.mixture
+    rhos = schedule.rhos
+    if len(set(rhos)) == 1:
+        return f"replay:{rhos[0]:g}"
+    switch = next(i for i, r in enumerate(rhos) if r != rhos[0])
+    if len(set(rhos[switch:])) == 1:
+        return f"two_phase:rho1={rhos[0]:g},rho2={rhos[switch]:g},switch={switch}"
+    return None
+
+
+def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool):
+    from mixagent.study.audit import AuditConfig
+
+    return AuditConfig(env=suite.env, env_overrides=tuple(setting.overrides(suite, keep_lam)), seeds=cfg.tune_seeds,
+                       tune_seeds=(), static_rhos=cfg.static_rhos, two_phase_switches=cfg.two_phase_switches,
+                       two_phase_rhos=cfg.two_phase_rhos, decay_stable_rhos=(), decay_rhos=(),
+                       replay_first_steps=(), replay_first_rhos=(), oracle_trials=0, workers=cfg.workers,
+                       launcher=cfg.launcher, out=f"{cfg.out}/{suite.name}/tuning")
+
+
+def _row_scores(run, lam: float) -> dict[str, dict[str, Any]]:
+    """Per rule spec: its label, family and the scores at ``lam`` on the run's seeds (from raw evaluations)."""
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.rewards import balanced_score
+
+    rows: dict[str, dict[str, Any]] = {}
+    for schedule in run.schedules:
+        spec = rule_spec(schedule)
+        records = [run.store.get(schedule.key, s) for s in run.cfg.seeds]
+        if spec is None or any(r is None for r in records):
+            continue
+        scores = [balanced_score(run.spec.reward.name, lam, run.start, EvalResult.from_json(r.final), run.space,
+                                 run.reference) for r in records]
+        rows[spec] = {"label": schedule.label, "family": schedule.family, "scores": [float(x) for x in scores],
+                      "mean": float(np.mean(scores))}
+    return rows
+
+
+def _grid_normalised(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    statics = [r["mean"] for r in rows.values() if r["family"] == "static"]
+    lo, hi = min(statics), max(statics)
+    return {spec: (r["mean"] - lo) / (hi - lo) if hi > lo else 0.0 for spec, r in rows.items()}
+
+
+def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
+    """Choose the single best fixed rule on training settings (see the module docstring)."""
+    from mixagent.study.audit import run_audit
+
+    chosen, runs, i = [], set(), 0
+    while len(chosen) < cfg.sbf_settings:
+        if i > 100 * cfg.sbf_settings:
+            raise ConfigError("oracle table", [f"the suite's training distribution has fewer than {cfg.sbf_settings} "
+                                               f"distinct runs; lower sbf_settings"])
+        setting = suite.draw(cfg.sbf_seed + i)
+        i += 1
+        if setting.run_hash() not in runs:
+            runs.add(setting.run_hash())
+            chosen.append(setting)
+    lams = sorted(set(suite.training_values()["lam"]))
+    per_rule: dict[str, dict[str, float]] = {}
+    settings = []
+    for k, setting in enumerate(chosen):
+        if progress:
+            print(f"\n== single best fixed rule: training setting {k + 1}/{len(chosen)} ({setting.run_hash()})",
+                  flush=True)
+        run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=True))
+        for lam in lams:
+            normalised = _grid_normalised(_row_scores(run, lam))
+            for spec, value in normalised.items():
+                per_rule.setdefault(spec, {})[f"{setting.run_hash()}@{lam:g}"] = value
+        settings.append({"setting": setting.to_json(), "run_hash": setting.run_hash(),
+                         "spec_hash": run.spec.spec_hash()})
+    from mixagent.study.closed_gap import single_best_fixed
+
+    complete = {rule: v for rule, v in per_rule.items() if len(v) == len(chosen) * len(lams)}
+    best = single_best_fixed(complete)
+    means = sorted(((float(np.mean(list(v.values()))), rule) for rule, v in complete.items()), reverse=True)
+    return {"rule": best, "settings": settings, "lams": lams,
+            "ranking": [{"rule": rule, "grid_normalised_mean": m} for m, rule in means[:10]]}
+
+
+def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str]) -> dict[str, list[float]]:
+    """Per rule spec: its final scores on the held-out seeds (a cached comparison, at the setting's lam)."""
+    from mixagent.study.compare import CompareConfig, run_compare
+    from mixagent.study.compare_report import make_compare_report
+
+    compare = CompareConfig(name=f"heldout-{name}", env=suite.env,
+                            env_overrides=tuple(setting.overrides(suite, keep_lam=False)), policies=tuple(rules),
+                            seeds=cfg.seeds, tune_seeds=cfg.tune_seeds, regmix_runs=0, efficiency_steps=(),
+                            oracles=False, workers=cfg.workers, launcher=cfg.launcher,
+                            out=f"{cfg.out}/{suite.name}", reuse=())
+    run = run_compare(compare)
+    make_compare_report(run)
+    by_spec = {spec: label for label, spec in run.labels.items()}
+    return {rule: [float(e["balanced"]) for e in run.episodes[by_spec[rule]]] for rule in rules}
+
+
+def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
+    """Run (or resume) every stage and write the table (see the module docstring); returns it.
+
+    Raises:
+        ConfigError: a bad config or suite, or a setting name that is not a held-out setting of the suite.
+    """
+    from mixagent.env.setting import load_suite
+    from mixagent.study.audit import run_audit
+    from mixagent.study.closed_gap import pooled_seed_std
+
+    problems = cfg.check()
+    suite = load_suite(REPO_ROOT / cfg.suite)
+    held = suite.held_out_settings()
+    unknown = [n for n in cfg.settings if n not in held]
+    problems += [f"settings: {n!r} is not a held-out setting of suite {suite.name} ({sorted(held)})" for n in unknown]
+    if problems:
+        raise ConfigError("oracle table", problems)
+    names = list(cfg.settings or held)
+    out = REPO_ROOT / cfg.out / suite.name
+    oracles = {}
+    for k, name in enumerate(names):  # tuning first: where the oracle lies shows before anything is scored
+        if progress:
+            print(f"\n== held-out setting {name} ({k + 1}/{len(names)}): the grid on tuning seeds "
+                  f"{list(cfg.tune_seeds)}", flush=True)
+        run = run_audit(_audit_cfg(cfg, suite, held[name], keep_lam=False))
+        rows = _row_scores(run, held[name].lam)
+        best = max(rows, key=lambda spec: rows[spec]["mean"])
+        best_static = max((s for s in rows if rows[s]["family"] == "static"), key=lambda s: rows[s]["mean"])
+        oracles[name] = {"rule": best, "label": rows[best]["label"], "tuning_mean": rows[best]["mean"],
+                         "best_static": best_static, "best_static_tuning_mean": rows[best_static]["mean"],
+                         "tuning": {s: r["mean"] for s, r in rows.items()}, "spec_hash": run.spec.spec_hash()}
+    sbf = _sbf(cfg, suite, progress)
+    table_rows = []
+    for name in names:
+        setting, oracle = held[name], oracles[name]
+        rules = list(dict.fromkeys([oracle["rule"], sbf["rule"], *cfg.baselines]))
+        if progress:
+            print(f"\n== held-out setting {name}: {rules} on held-out seeds {list(cfg.seeds)}", flush=True)
+        scores = _score(cfg, suite, name, setting, rules)
+        pooled = pooled_seed_std(scores)
+        margin = float(np.mean(scores[oracle["rule"]]) - np.mean(scores[sbf["rule"]]))
+        table_rows.append({
+            "setting": name, "setting_hash": setting.setting_hash(), "values": setting.to_json(),
+            "hidden": setting.hidden(), "extrapolates": suite.extrapolates(setting),
+            "spec_hash": oracle["spec_hash"], "oracle": oracle["rule"], "oracle_label": oracle["label"],
+            "oracle_tuning_mean": oracle["tuning_mean"], "best_static": oracle["best_static"], "sbf": sbf["rule"],
+            "scores": scores, "means": {r: float(np.mean(v)) for r, v in scores.items()},
+            "stds": {r: float(np.std(v, ddof=1)) for r, v in scores.items()}, "pooled_std": pooled,
+            "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
+            "gated": bool(pooled > 0 and margin > cfg.gate * pooled), "tuning": oracle["tuning"]})
+    passing = sum(r["gated"] for r in table_rows)
+    verdict = (f"{passing} of {len(table_rows)} held-out settings pass the gate (the oracle above the single best "
+               f"fixed rule, {sbf['rule']}, by more than {cfg.gate:g} pooled seed std)"
+               + ("" if 2 * passing >= len(table_rows) else
+                  "; fewer than half: the suite's axes are too narrow, widen them"))
+    table = {"version": TABLE_VERSION, "suite": suite.name, "suite_hash": suite.suite_hash(),
+             "config": dataclasses.asdict(cfg), "sbf": sbf, "rows": table_rows, "passing": passing,
+             "verdict": verdict}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "table.json", table)
+    atomic_write(out / "table.md", lambda tmp: tmp.write_text(_markdown(table, cfg)))
+    _plot(table, out / "gaps.png")
+    return table
+
+
+def _markdown(table: dict, cfg: OracleConfig) -> str:
+    lines = [f"Oracle table of suite {table['suite']} (hash {table['suite_hash']}): tuning seeds "
+             f"{list(cfg.tune_seeds)}, held-out seeds {list(cfg.seeds)}. Single best fixed rule over "
+             f"{len(table['sbf']['settings'])} training settings x lams {table['sbf']['lams']}: "
+             f"**{table['sbf']['rule']}**.",
+             "", "| setting | extrapolates | oracle (tuning) | oracle held-out | SBF held-out | best baseline | "
+             "pooled std | gap [pooled std] | gate |", "|---|---|---|---:|---:|---|---:|---:|:---:|"]
+    for r in table["rows"]:
+        baselines = {k: v for k, v in r["means"].items() if k not in (r["oracle"], r["sbf"])}
+        best = max(baselines, key=baselines.get) if baselines else "—"
+        best_text = f"{best} {baselines[best]:+.4f}" if baselines else "—"
+        lines.append(f"| {r['setting']} | {', '.join(r['extrapolates']) or 'interpolates'} | {r['oracle_label']} | "
+                     f"{r['means'][r['oracle']]:+.4f} ± {r['stds'][r['oracle']]:.4f} | "
+                     f"{r['means'][r['sbf']]:+.4f} ± {r['stds'][r['sbf']]:.4f} | {best_text} | {r['pooled_std']:.4f} | "
+                     f"{r['gap']:+.4f} [{r['gap_std']:+.1f}] | {'yes' if r['gated'] else 'no'} |")
+    return "\n".join(lines) + f"\n\n{table['verdict']}.\n"
+
+
+def _plot(table: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table["rows"]
+    gaps = [r["gap_std"] if math.isfinite(r["gap_std"]) else 0.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(rows) + 2), 4))
+    ax.bar(range(len(rows)), gaps, color=["tab:green" if r["gated"] else "tab:gray" for r in rows])
+    ax.axhline(table["config"]["gate"], color="tab:red", ls="--", lw=1, label=f"gate ({table['config']['gate']:g} std)")
+    ax.set_xticks(range(len(rows)), [r["setting"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("oracle - SBF [pooled seed std]")
+    ax.set_title(f"{table['suite']}: per-setting oracle over the single best fixed rule ({table['sbf']['rule']})")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def load_oracle_table(path: str | Path, suite) -> dict:
+    """A written oracle table, checked to belong to ``suite`` (its name and hash).
+
+    Raises:
+        ConfigError: the file is missing, of another version, or of another suite (naming both).
+    """
+    p = Path(path)
+    table_path = p / "table.json" if p.is_dir() else p
+    if not table_path.is_file():
+        raise ConfigError("oracle table", [f"{table_path} not found; run mixagent oracle-table for suite {suite.name}"])
+    table = json.loads(table_path.read_text())
+    if table.get("version") != TABLE_VERSION:
+        raise ConfigError("oracle table", [f"{table_path} is version {table.get('version')}, expected {TABLE_VERSION}; "
+                                           f"rebuild it with mixagent oracle-table"])
+    if (table.get("suite"), table.get("suite_hash")) != (suite.name, suite.suite_hash()):
+        raise ConfigError("oracle table", [f"{table_path} is of suite {table.get('suite')} (hash "
+                                           f"{table.get('suite_hash')}), not {suite.name} (hash {suite.suite_hash()}); "
+                                           f"rerun mixagent oracle-table for this suite"])
+    return table

@@ -1,0 +1,142 @@
+"""The oracle table on a tiny suite: the oracle is the best grid row on the tuning seeds at the setting's lam,
+the single best fixed rule the best grid-normalised mean over training settings and their lams, both scored
+on held-out seeds from cached episodes; the gap, the pooled std and the gate follow from those numbers; a
+table of another suite is refused; bad configs are typed errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.rewards import balanced_score
+from mixagent.env.setting import load_suite
+from mixagent.errors import ConfigError
+from mixagent.study.audit import run_audit
+from mixagent.study.oracle_table import OracleConfig, _audit_cfg, load_oracle_table, rule_spec, run_oracle_table
+
+SUITE = {
+    "name": "tiny-oracle",
+    "env": "envs/tiny-cpt.yaml",
+    "spaces": {"sub-5": {"space": "configs/spaces/tiny-sub.yaml"}},
+    "defaults": {"base_model": "configs/base_model/tiny-prior.yaml", "target_tokens": 8192, "lr": 0.003,
+                 "schedule": "wsd", "decay_fraction": 0.25, "steps": 4, "segment_tokens": 4096, "space": "sub-5",
+                 "lam": 0.5},
+    "axes": {"target_tokens": {"range": [2048, 65536]}, "lam": {"range": [0, 1]}},
+    "train": {"target_tokens": [8192], "lam": [0.2, 0.8]},
+    "held_out": {"scarce": {"target_tokens": 4096, "lam": 0.2}},  # one setting: the suite's test stays short
+}
+RHOS = (0.2, 0.5, 0.8)  # the job needs 9; a smaller grid keeps the test to about a minute
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    from mixagent.study import oracle_table
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(oracle_table, "MIN_STATIC_RHOS", len(RHOS))
+    root = tmp_path_factory.mktemp("oracle")
+    path = root / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    cfg = OracleConfig(suite=str(path), tune_seeds=(100,), seeds=(0, 1, 2), static_rhos=RHOS,
+                       two_phase_switches=(2,), two_phase_rhos=(0.2, 0.8), sbf_settings=1, baselines=("uniform",),
+                       out=str(root / "out"), launcher="inline")
+    yield cfg, load_suite(path), run_oracle_table(cfg, progress=False)
+    patch.undo()
+
+
+def _tuning_means(cfg, suite, setting, keep_lam, lam):
+    run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam))  # stored: reruns nothing
+    out = {}
+    for s in run.schedules:
+        rec = run.store.get(s.key, cfg.tune_seeds[0])
+        out[rule_spec(s)] = (balanced_score(run.spec.reward.name, lam, run.start, EvalResult.from_json(rec.final),
+                                            run.space, run.reference), s.family)
+    return out
+
+
+def test_the_oracle_is_the_best_tuning_row_scored_on_held_out_seeds(oracle):
+    cfg, suite, table = oracle
+    held = suite.held_out_settings()
+    assert [r["setting"] for r in table["rows"]] == ["scarce"]
+    for row in table["rows"]:
+        setting = held[row["setting"]]
+        means = _tuning_means(cfg, suite, setting, keep_lam=False, lam=setting.lam)
+        assert len(means) == 3 + 2 + 2  # 3 shares, natural, uniform, two two-phase rows
+        assert row["oracle"] == max(means, key=lambda k: means[k][0])
+        assert row["oracle_tuning_mean"] == pytest.approx(means[row["oracle"]][0])
+        scored = row["scores"]
+        assert set(scored) == {row["oracle"], row["sbf"], "uniform"}
+        assert all(len(v) == 3 for v in scored.values())
+        pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in scored.values()]))
+        gap = np.mean(scored[row["oracle"]]) - np.mean(scored[row["sbf"]])
+        assert row["pooled_std"] == pytest.approx(pooled) and row["gap"] == pytest.approx(gap)
+        assert row["gated"] == bool(gap > 3 * pooled) and row["gap_std"] == pytest.approx(gap / pooled)
+        # the held-out scores are the comparison's cached episodes, at the setting's lam
+        stored = json.loads((cfg_out(cfg, suite) / f"heldout-{row['setting']}" / "table.json").read_text())
+        by_policy = {r["policy"]: r["scores"] for r in stored["rows"]}
+        assert by_policy["uniform"] == pytest.approx(scored["uniform"])
+    assert table["passing"] == sum(r["gated"] for r in table["rows"])
+    assert f"{table['passing']} of 1 held-out settings pass the gate" in table["verdict"]
+
+
+def cfg_out(cfg, suite):
+    from mixagent.paths import REPO_ROOT
+
+    return REPO_ROOT / cfg.out / suite.name
+
+
+def test_the_single_best_fixed_rule_is_chosen_on_training_settings_over_their_lams(oracle):
+    cfg, suite, table = oracle
+    (trained,) = table["sbf"]["settings"]
+    setting = suite.setting(trained["setting"])
+    assert suite.is_training(setting) and table["sbf"]["lams"] == [0.2, 0.8]
+    per_lam = []
+    for lam in (0.2, 0.8):
+        means = _tuning_means(cfg, suite, setting, keep_lam=True, lam=lam)
+        statics = [m for m, family in means.values() if family == "static"]
+        lo, hi = min(statics), max(statics)
+        per_lam.append({k: (m - lo) / (hi - lo) for k, (m, _) in means.items()})
+    mean = {k: (per_lam[0][k] + per_lam[1][k]) / 2 for k in per_lam[0]}
+    assert table["sbf"]["rule"] == max(mean, key=mean.get)
+    assert table["sbf"]["ranking"][0]["grid_normalised_mean"] == pytest.approx(max(mean.values()))
+    assert all(r["sbf"] == table["sbf"]["rule"] for r in table["rows"])
+
+
+def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
+    cfg, suite, table = oracle
+    out = cfg_out(cfg, suite)
+    assert (out / "gaps.png").stat().st_size > 1000 and "| scarce |" in (out / "table.md").read_text()
+    assert load_oracle_table(out, suite)["rows"][0]["setting"] == "scarce"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**SUITE, "held_out": {"scarce": {"target_tokens": 4096}}}))
+    with pytest.raises(ConfigError, match="is of suite tiny-oracle .* rerun mixagent oracle-table"):
+        load_oracle_table(out, load_suite(other))
+
+
+def test_rule_specs_of_audit_rows():
+    from mixagent.rollout.schedules import Schedule
+
+    assert rule_spec(Schedule("x", "static", (0.3,) * 4)) == "replay:0.3"
+    assert rule_spec(Schedule("x", "two_phase", (0.8, 0.8, 0.2, 0.2))) == "two_phase:rho1=0.8,rho2=0.2,switch=2"
+    assert rule_spec(Schedule("x", "static", mixture="natural")) == "natural"
+    assert rule_spec(Schedule("x", "other", (0.8, 0.2, 0.8, 0.2))) is None
+
+
+@pytest.mark.parametrize("edits, message", [
+    ({"seeds": (0, 1)}, ">= 3 distinct held-out seeds"),
+    ({"tune_seeds": (0,)}, "are also held-out seeds"),
+    ({"static_rhos": (0.1, 0.5, 0.9)}, ">= 9 distinct replay shares"),  # the job's minimum
+    ({"settings": ("scarse",)}, "'scarse' is not a held-out setting"),
+])
+def test_bad_configs_are_refused(tmp_path, monkeypatch, edits, message):
+    from mixagent.study import oracle_table
+
+    monkeypatch.setattr(oracle_table, "MIN_STATIC_RHOS", 9)  # the job's own minimum, whatever the fixture set
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    with pytest.raises(ConfigError, match=message):
+        run_oracle_table(OracleConfig(suite=str(path), out=str(tmp_path / "out"), **edits), progress=False)
