@@ -54,6 +54,8 @@ JOBS: dict[str, Job] = {
                     "settings", ("settings",), "research"),
     "oracle-table": Job("mixagent.study.__main__:main", "per held-out setting: the oracle over the single best fixed "
                         "rule (the closed gap's denominator)", ("oracle-table",), "research"),
+    "efficiency": Job("mixagent.study.__main__:main", "target data efficiency over unique target budgets (the "
+                      "oracle table's budget settings)", ("efficiency",), "research"),
     "world-model": Job("mixagent.model_based.__main__:world_model", "fit, measure and commit the world model "
                        "(surrogate env)", (), "research"),
     "plan": Job("mixagent.model_based.__main__:plan", "model-predictive control over a world model, in the real env",

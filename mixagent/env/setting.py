@@ -42,7 +42,7 @@ from mixagent.config import config_hash, load_config, load_yaml, parse_overrides
 from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT
 
-__all__ = ["AXES", "Setting", "SpaceChoice", "Suite", "load_suite"]
+__all__ = ["AXES", "Setting", "SpaceChoice", "Suite", "load_suite", "stated_from_spec"]
 
 # the setting axes, in a fixed order (a Setting's fields); lam is the user's trade-off, relabelled offline
 AXES = ("base_model", "target_tokens", "lr", "schedule", "decay_fraction", "steps", "segment_tokens", "space",
@@ -319,6 +319,14 @@ class Suite:
     def suite_hash(self) -> str:
         """The suite's identity (its declaration, not its file's formatting)."""
         return config_hash(to_dict(self))
+
+
+def stated_from_spec(spec) -> dict[str, float]:
+    """What a user can state about a run, read off an env spec (:class:`~mixagent.env.spec.EnvSpec`): the same
+    numbers as :meth:`Setting.stated` of the setting the spec was built from (``target_tokens`` 0 = uncapped)."""
+    return {"lam": float(spec.reward.lam), "steps": float(spec.steps), "segment_tokens": float(spec.segment_tokens),
+            "lr": float(spec.optim.lr), "wsd": float(spec.optim.schedule == "wsd"),
+            "decay_fraction": float(spec.optim.decay_fraction), "target_tokens": float(spec.target_tokens)}
 
 
 def _member(value: Any, values: list[Any]) -> bool:

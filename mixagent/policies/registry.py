@@ -3,8 +3,10 @@ evaluation and deployment alike.
 
 Specs: the constant baselines (``uniform``, ``natural``, ``target_only``, ``replay:<rho>``), the schedule
 heuristics (``decay_switch``, ``end_upsample``, the fixed ``two_phase`` schedule), the online methods
-(``doremi``, ``odm``, ``ado``, ``velocitune``, ``aioli``) and ``regmix`` (the fitted mixture). ``doremi`` and
-``velocitune`` need a reference run, ``regmix`` its fitted mixture: :class:`PolicyContext` carries them.
+(``doremi``, ``odm``, ``ado``, ``velocitune``, ``aioli``), ``regmix`` (the fitted mixture) and ``probe_commit``
+(one probe segment, then the rule a regression fitted on training settings picks). ``doremi`` and
+``velocitune`` need a reference run, ``regmix`` its fitted mixture, ``probe_commit`` the run's stated setting:
+:class:`PolicyContext` carries them.
 
 A method's hyperparameters ride in its spec: ``<name>:<key>=<value>[,<key>=<value>]`` (``doremi:eta=0.1``,
 ``end_upsample:end_rho=0.25``), any keyword of the method's constructor that the context does not supply
@@ -41,12 +43,15 @@ class PolicyContext:
         reference: a :class:`~mixagent.policies.methods.ReferenceCurve` (DoReMi, Velocitune).
         regmix: ``{domain: weight}``, RegMix's fitted mixture.
         batches_per_step: optimizer batches per re-weighting step (ODM counts its updates in batches).
+        stated: what the user states about the run (``lam``, ``target_tokens``, ``lr``, ``wsd``,
+            ``decay_fraction``: :func:`mixagent.env.setting.stated_from_spec`); probe-then-commit reads it.
     """
 
     natural: Mapping[str, float] | None = None
     reference: object | None = None
     regmix: Mapping[str, float] | None = None
     batches_per_step: int = 1
+    stated: Mapping[str, float] | None = None
 
 
 def _regmix(ctx: PolicyContext) -> MixingPolicy:
@@ -59,10 +64,12 @@ def _regmix(ctx: PolicyContext) -> MixingPolicy:
 def _classes() -> dict[str, type]:
     from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy, TwoPhasePolicy
     from mixagent.policies.methods import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
+    from mixagent.policies.probe_commit import ProbeCommitPolicy
 
     return {"decay_switch": DecaySwitchPolicy, "end_upsample": EndUpsamplePolicy, "two_phase": TwoPhasePolicy,
             "doremi": DoReMiPolicy,
-            "odm": ODMPolicy, "ado": ADOPolicy, "velocitune": VelocitunePolicy, "aioli": AioliPolicy}
+            "odm": ODMPolicy, "ado": ADOPolicy, "velocitune": VelocitunePolicy, "aioli": AioliPolicy,
+            "probe_commit": ProbeCommitPolicy}
 
 
 def _methods() -> dict[str, Callable[..., MixingPolicy]]:
@@ -77,14 +84,17 @@ def _methods() -> dict[str, Callable[..., MixingPolicy]]:
         "velocitune": lambda ctx, **kw: c["velocitune"](ctx.natural, ctx.reference, **kw),
         "aioli": lambda ctx, **kw: c["aioli"](ctx.natural, **kw),
         "regmix": lambda ctx, **kw: _regmix(ctx),
+        "probe_commit": lambda ctx, **kw: c["probe_commit"](ctx.natural, ctx.stated, **kw),
     }
 
 
-METHODS = ("decay_switch", "end_upsample", "two_phase", "doremi", "odm", "ado", "velocitune", "aioli", "regmix")
+METHODS = ("decay_switch", "end_upsample", "two_phase", "doremi", "odm", "ado", "velocitune", "aioli", "regmix",
+           "probe_commit")
 METHOD_SPECS = (*BASELINE_SPECS, *METHODS)
 NEEDS_REFERENCE = ("doremi", "velocitune")
 PROBING = ("aioli",)  # methods that train short probe mixtures inside each step (the env's ``probe``)
-_FROM_CONTEXT = ("self", "natural", "shares", "reference", "batches_per_step")
+_FROM_CONTEXT = ("self", "natural", "shares", "reference", "batches_per_step", "stated")
+_STAND_IN_STATED = {"lam": 0.5, "target_tokens": 0.0, "lr": 2e-3, "wsd": 1.0, "decay_fraction": 0.25}
 
 
 def _tunable() -> dict[str, tuple[str, ...]]:
@@ -193,7 +203,7 @@ def method_problems(spec: str) -> list[str]:
                 from mixagent.policies.methods import ReferenceCurve
 
                 stand_in = ReferenceCurve(("a",), (0.0, 1.0), ((1.0,), (0.9,)), (1.0,), "stand-in")
-                _methods()[name](PolicyContext(natural=None, reference=stand_in), **params)
+                _methods()[name](PolicyContext(natural=None, reference=stand_in, stated=_STAND_IN_STATED), **params)
         except ConfigError as exc:
             return list(exc.problems)
         except TypeError as exc:

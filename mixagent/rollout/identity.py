@@ -85,7 +85,9 @@ def policy_key(spec: str, ctx: PolicyContext) -> str:
 def policy_context(context: Mapping, env) -> PolicyContext:
     """What the methods need in ``env``: its natural shares, the preparation runs' results (``context``,
     JSON: ``reference`` curve, ``regmix`` mixture) and the optimizer batches per segment (ODM counts its
-    updates in batches)."""
+    updates in batches) and what a user would state about the run (probe-then-commit reads it)."""
+    from mixagent.env.setting import stated_from_spec
+
     reference = ReferenceCurve.from_json(context["reference"]) if context.get("reference") else None
     return PolicyContext(env.natural.to_mapping(), reference, context.get("regmix"),
-                         getattr(env.backend, "steps_per_segment", 1))
+                         getattr(env.backend, "steps_per_segment", 1), stated_from_spec(env.spec_))

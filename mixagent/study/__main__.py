@@ -2,8 +2,9 @@
 ``mixagent.study.audit``),
 ``compare`` (every method on held-out seeds with the report, ``mixagent.study.compare``), ``ranks`` (a rank
 table across comparisons), ``generalize`` (an agent against the baselines in held-out cases,
-``mixagent.study.generalize``), ``settings`` (a settings suite, checked, as a table) and ``oracle-table``
-(per held-out setting of a suite, the oracle over the single best fixed rule, ``mixagent.study.oracle_table``)."""
+``mixagent.study.generalize``), ``settings`` (a settings suite, checked, as a table), ``oracle-table``
+(per held-out setting of a suite, the oracle over the single best fixed rule, ``mixagent.study.oracle_table``)
+and ``efficiency`` (target data efficiency over unique target budgets, ``mixagent.study.efficiency``)."""
 
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     o.add_argument("--config", default="configs/oracle/math-cpt-v1.yaml", help="an oracle-table YAML (configs/oracle/)")
     o.add_argument("--settings", help="comma-separated held-out settings to run (default all)")
     o.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. sbf_settings=4")
+    e = sub.add_parser("efficiency", help="target data efficiency of the oracle table's rules in its budget settings "
+                       "(the target-only family over unique target budgets)")
+    e.add_argument("--config", default="configs/oracle/math-cpt-v1.yaml", help="the oracle-table YAML")
+    e.add_argument("--budgets", help="comma-separated unique target budgets of the family (default 16384 .. 524288)")
+    e.add_argument("overrides", nargs="*", help="key=value oracle-config overrides")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "ranks":
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return _settings(args)
     if args.cmd == "oracle-table":
         return _oracle_table(args)
+    if args.cmd == "efficiency":
+        return _efficiency(args)
     return _compare(args)
 
 
@@ -204,6 +212,30 @@ def _oracle_table(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = REPO_ROOT / cfg.out / table["suite"]
+    print((out / "table.md").read_text())
+    print(f"table and plot in {out}")
+    return 0
+
+
+def _efficiency(args: argparse.Namespace) -> int:
+    from mixagent.config import load_config
+    from mixagent.paths import REPO_ROOT
+    from mixagent.study.efficiency import DEFAULT_BUDGETS, run_efficiency
+    from mixagent.study.oracle_table import OracleConfig
+
+    try:
+        budgets = tuple(int(x) for x in args.budgets.split(",")) if args.budgets else DEFAULT_BUDGETS
+    except ValueError:
+        print(f"error: --budgets must be comma-separated whole numbers of tokens, got {args.budgets!r}",
+              file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(OracleConfig, args.config, list(args.overrides))
+        result = run_efficiency(cfg, budgets)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = REPO_ROOT / cfg.out / result["suite"] / "efficiency"
     print((out / "table.md").read_text())
     print(f"table and plot in {out}")
     return 0

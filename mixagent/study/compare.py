@@ -42,7 +42,15 @@ from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
-from mixagent.policies.registry import METHODS, NEEDS_REFERENCE, method_problems, method_spec, parse_method, tunable
+from mixagent.policies.registry import (
+    METHODS,
+    NEEDS_REFERENCE,
+    is_method,
+    method_problems,
+    method_spec,
+    parse_method,
+    tunable,
+)
 from mixagent.rollout.cache import EpisodeCache, start_eval
 from mixagent.rollout.engine import launch, roll_policies
 from mixagent.rollout.episode import EPISODE_VERSION
@@ -160,7 +168,7 @@ class CompareConfig:
         for p in self.policies:
             if artifact_dir(p) is not None:
                 continue
-            if "/" in p:
+            if "/" in p and not is_method(p):  # a method's spec may carry a path (probe_commit:model=...)
                 problems.append(f"policy {p!r}: no such artifact directory; train one with `make train-agent` "
                                 f"(runs/agent/default/{{sft,rl}}) or give its path")
             else:

@@ -14,9 +14,19 @@ policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured whe
    (a setting's extremes from its static grid, so scarce budgets, where target-only overfits and normalised
    scores reach 2-3, do not outweigh the rest); SBF is the row with the best mean over them.
 3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``.
-4. **Scoring** on fresh held-out ``seeds`` (a comparison, :mod:`mixagent.study.compare`, cached): the oracle's
-   rule, SBF and the ``baselines``, as policies (``replay:<rho>``, ``natural``, ``uniform``,
-   ``two_phase:rho1=,rho2=,switch=``). Selecting and scoring on the same seeds would inflate the oracle.
+4. **Probe-then-commit** (:mod:`mixagent.policies.probe_commit`), fitted on the training settings of step 2
+   only: one probe segment at SBF's rule per training setting and tuning seed gives the first-segment
+   features; with each row's stated setting (its lam included) they are regressed onto every rule's
+   grid-normalised score. Written to ``<out>/<suite>/probe_commit.json`` with its leave-one-setting-out
+   score on the training settings.
+5. **Scoring** on fresh held-out ``seeds`` (a comparison, :mod:`mixagent.study.compare`, cached): the oracle's
+   rule, SBF, probe-then-commit and the ``baselines``, as policies (``replay:<rho>``, ``natural``,
+   ``uniform``, ``two_phase:rho1=,rho2=,switch=``, ``probe_commit:model=...``). Selecting and scoring on the
+   same seeds would inflate the oracle.
+
+Stages 2 and 4 run first (every row needs them); then each held-out setting is tuned (1, 3) and scored (5)
+before the next, and the table is rewritten after each (``pending`` lists the settings still to run, and
+:func:`load_oracle_table` refuses an unfinished table unless asked), so a stopped run leaves its finished rows.
 
 The table (``<out>/<suite>/table.md``, ``table.json``, ``gaps.png``) gives per setting: the axes it
 extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over the scored
@@ -38,7 +48,7 @@ import numpy as np
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
-__all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table"]
+__all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes"]
 
 TABLE_VERSION = 1
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
@@ -58,6 +68,8 @@ class OracleConfig:
         sbf_settings: training settings (distinct runs) the single best fixed rule is chosen on.
         sbf_seed: the first draw seed of those settings (``Suite.draw(sbf_seed + i)``).
         baselines: further rules scored on the held-out seeds beside the oracle and SBF.
+        probe_commit: fit probe-then-commit on the training settings and score it (``probe_commit_alpha``: its
+            ridge penalty on standardised features).
         gate: the oracle's margin over SBF, in pooled seed std, for a setting to count.
         out: results root: tuning audits in ``<out>/<suite>/tuning/``, scoring comparisons (cached episodes)
             in ``<out>/<suite>/``, the table in ``<out>/<suite>/``.
@@ -74,6 +86,8 @@ class OracleConfig:
     sbf_settings: int = 8
     sbf_seed: int = 0
     baselines: tuple[str, ...] = ("uniform", "natural", "replay:0.5")
+    probe_commit: bool = True
+    probe_commit_alpha: float = 1.0
     gate: float = 3.0
     out: str = "audits/settings"
     workers: int = 0
@@ -95,6 +109,8 @@ class OracleConfig:
             problems.append("replay shares must be in [0, 1]")
         if self.sbf_settings < 1:
             problems.append(f"sbf_settings must be >= 1, got {self.sbf_settings}")
+        if not self.probe_commit_alpha > 0:
+            problems.append(f"probe_commit_alpha must be > 0, got {self.probe_commit_alpha}")
         if not self.gate > 0:
             problems.append(f"gate must be > 0 pooled seed std, got {self.gate}")
         return problems
@@ -182,11 +198,83 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     best = single_best_fixed(complete)
     means = sorted(((float(np.mean(list(v.values()))), rule) for rule, v in complete.items()), reverse=True)
     return {"rule": best, "settings": settings, "lams": lams,
-            "ranking": [{"rule": rule, "grid_normalised_mean": m} for m, rule in means[:10]]}
+            "ranking": [{"rule": rule, "grid_normalised_mean": m} for m, rule in means[:10]],
+            "normalised": {rule: per_rule[rule] for rule in sorted(complete)}}
 
 
-def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str]) -> dict[str, list[float]]:
-    """Per rule spec: its final scores on the held-out seeds (a cached comparison, at the setting's lam)."""
+def _probe(cfg: OracleConfig, suite, setting, rule: str, cache: dict) -> list[float]:
+    """The probe features (:func:`~mixagent.policies.probe_commit.probe_features`) of one segment of ``rule`` in
+    ``setting``, averaged over the tuning seeds; cached in ``cache`` by the spec's hash, the seeds and the rule."""
+    from mixagent.env.environment import MixingEnv
+    from mixagent.policies.probe_commit import probe_features
+    from mixagent.policies.registry import PolicyContext, build_policy
+
+    spec = setting.spec(suite, keep_lam=True)
+    key = f"{spec.spec_hash()}|{rule}|{','.join(map(str, cfg.tune_seeds))}"
+    if key not in cache:
+        env = MixingEnv(spec)
+        features = []
+        for seed in cfg.tune_seeds:
+            obs, _ = env.reset(seed=seed)
+            policy = build_policy(rule, PolicyContext(natural=env.natural.to_mapping()))
+            policy.reset(env.space)
+            obs, *_ = env.step_weights(policy.act(obs))
+            features.append(probe_features(obs, env.space))
+        cache[key] = [float(x) for x in np.mean(features, axis=0)]
+    return cache[key]
+
+
+def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: bool) -> dict:
+    """Fit probe-then-commit on the training settings (module docstring, step 4); write it and its
+    leave-one-setting-out score; returns ``{spec, path, loso}``."""
+    from mixagent.env.setting import Setting
+    from mixagent.policies.probe_commit import fit_probe_commit, stated_features
+
+    probes_path = out / "probe_commit_probes.json"
+    cache = json.loads(probes_path.read_text()) if probes_path.is_file() else {}
+    rules = sorted(sbf["normalised"])
+    xs, ys, groups = [], [], []
+    for k, entry in enumerate(sbf["settings"]):
+        setting = Setting(**entry["setting"])
+        if progress:
+            print(f"\n== probe-then-commit: probe segment {k + 1}/{len(sbf['settings'])} ({entry['run_hash']})",
+                  flush=True)
+        probe = _probe(cfg, suite, setting, sbf["rule"], cache)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(probes_path, cache)
+        for lam in sbf["lams"]:
+            stated = dataclasses.replace(setting, lam=lam).stated()
+            xs.append(np.concatenate([stated_features(stated), probe]))
+            ys.append([sbf["normalised"][r][f"{entry['run_hash']}@{lam:g}"] for r in rules])
+            groups.append(entry["run_hash"])
+    x, y, groups_a = np.asarray(xs), np.asarray(ys), np.asarray(groups)
+    chosen, fixed, best = [], [], []
+    for g in dict.fromkeys(groups):  # leave one training setting out: how the fit generalises across settings
+        held = groups_a == g
+        if held.all():
+            break
+        model = fit_probe_commit(x[~held], y[~held], rules, sbf["rule"], cfg.probe_commit_alpha)
+        for xi, yi in zip(x[held], y[held]):
+            chosen.append(yi[rules.index(model.choose(xi))])
+            fixed.append(yi[rules.index(sbf["rule"])])
+            best.append(yi.max())
+    loso = {"probe_commit": float(np.mean(chosen)) if chosen else None,  # None: one training setting only
+            "sbf": float(np.mean(fixed)) if fixed else None,
+            "row_best": float(np.mean(best)) if best else None, "rows": len(chosen),
+            "scale": "grid-normalised score on the training settings, each held out in turn"}
+    model = fit_probe_commit(x, y, rules, sbf["rule"], cfg.probe_commit_alpha,
+                             fit={"suite": suite.name, "suite_hash": suite.suite_hash(), "loso": loso,
+                                  "settings": [e["run_hash"] for e in sbf["settings"]], "lams": sbf["lams"]})
+    path = out / "probe_commit.json"
+    atomic_write_json(path, model.to_json())
+    rel = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
+    return {"spec": f"probe_commit:model={rel}", "path": str(rel), "loso": loso}
+
+
+def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
+                     report: bool = True) -> dict[str, list[dict]]:
+    """Per rule spec: its episodes (the comparison's summaries, one per held-out seed) in held-out ``setting``:
+    the oracle table's cached scoring comparison ``<out>/<suite>/heldout-<name>``, run where missing."""
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
@@ -196,9 +284,16 @@ def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str]) -> di
                             oracles=False, workers=cfg.workers, launcher=cfg.launcher,
                             out=f"{cfg.out}/{suite.name}", reuse=())
     run = run_compare(compare)
-    make_compare_report(run)
+    if report:
+        make_compare_report(run)
     by_spec = {spec: label for label, spec in run.labels.items()}
-    return {rule: [float(e["balanced"]) for e in run.episodes[by_spec[rule]]] for rule in rules}
+    return {rule: run.episodes[by_spec[rule]] for rule in rules}
+
+
+def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str]) -> dict[str, list[float]]:
+    """Per rule spec: its final scores on the held-out seeds (at the setting's lam)."""
+    episodes = heldout_episodes(cfg, suite, name, setting, rules)
+    return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
 
 
 def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
@@ -220,44 +315,54 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
         raise ConfigError("oracle table", problems)
     names = list(cfg.settings or held)
     out = REPO_ROOT / cfg.out / suite.name
-    oracles = {}
-    for k, name in enumerate(names):  # tuning first: where the oracle lies shows before anything is scored
+    # SBF (and probe-then-commit) first: every row needs them. Then each setting is tuned and scored before the
+    # next, and the table is rewritten after each, so a run stopped midway leaves its finished rows on disk.
+    sbf = _sbf(cfg, suite, progress)
+    ptc = _fit_probe_commit(cfg, suite, sbf, out, progress) if cfg.probe_commit else None
+    table_rows: list[dict] = []
+    table: dict = {}
+    for k, name in enumerate(names):
+        setting = held[name]
         if progress:
             print(f"\n== held-out setting {name} ({k + 1}/{len(names)}): the grid on tuning seeds "
                   f"{list(cfg.tune_seeds)}", flush=True)
-        run = run_audit(_audit_cfg(cfg, suite, held[name], keep_lam=False))
-        rows = _row_scores(run, held[name].lam)
-        best = max(rows, key=lambda spec: rows[spec]["mean"])
-        best_static = max((s for s in rows if rows[s]["family"] == "static"), key=lambda s: rows[s]["mean"])
-        oracles[name] = {"rule": best, "label": rows[best]["label"], "tuning_mean": rows[best]["mean"],
-                         "best_static": best_static, "best_static_tuning_mean": rows[best_static]["mean"],
-                         "tuning": {s: r["mean"] for s, r in rows.items()}, "spec_hash": run.spec.spec_hash()}
-    sbf = _sbf(cfg, suite, progress)
-    table_rows = []
-    for name in names:
-        setting, oracle = held[name], oracles[name]
-        rules = list(dict.fromkeys([oracle["rule"], sbf["rule"], *cfg.baselines]))
+        run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False))
+        tuned = _row_scores(run, setting.lam)
+        oracle = max(tuned, key=lambda spec: tuned[spec]["mean"])
+        best_static = max((s for s in tuned if tuned[s]["family"] == "static"), key=lambda s: tuned[s]["mean"])
+        rules = list(dict.fromkeys([oracle, sbf["rule"], *([ptc["spec"]] if ptc else []), *cfg.baselines]))
         if progress:
             print(f"\n== held-out setting {name}: {rules} on held-out seeds {list(cfg.seeds)}", flush=True)
         scores = _score(cfg, suite, name, setting, rules)
         pooled = pooled_seed_std(scores)
-        margin = float(np.mean(scores[oracle["rule"]]) - np.mean(scores[sbf["rule"]]))
+        margin = float(np.mean(scores[oracle]) - np.mean(scores[sbf["rule"]]))
         table_rows.append({
             "setting": name, "setting_hash": setting.setting_hash(), "values": setting.to_json(),
             "hidden": setting.hidden(), "extrapolates": suite.extrapolates(setting),
-            "spec_hash": oracle["spec_hash"], "oracle": oracle["rule"], "oracle_label": oracle["label"],
-            "oracle_tuning_mean": oracle["tuning_mean"], "best_static": oracle["best_static"], "sbf": sbf["rule"],
+            "spec_hash": run.spec.spec_hash(), "oracle": oracle, "oracle_label": tuned[oracle]["label"],
+            "oracle_tuning_mean": tuned[oracle]["mean"], "best_static": best_static,
+            "best_static_tuning_mean": tuned[best_static]["mean"], "sbf": sbf["rule"],
             "scores": scores, "means": {r: float(np.mean(v)) for r, v in scores.items()},
             "stds": {r: float(np.std(v, ddof=1)) for r, v in scores.items()}, "pooled_std": pooled,
             "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
-            "gated": bool(pooled > 0 and margin > cfg.gate * pooled), "tuning": oracle["tuning"]})
-    passing = sum(r["gated"] for r in table_rows)
-    verdict = (f"{passing} of {len(table_rows)} held-out settings pass the gate (the oracle above the single best "
-               f"fixed rule, {sbf['rule']}, by more than {cfg.gate:g} pooled seed std)"
-               + ("" if 2 * passing >= len(table_rows) else
-                  "; fewer than half: the suite's axes are too narrow, widen them"))
+            "gated": bool(pooled > 0 and margin > cfg.gate * pooled),
+            "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None})
+        table = _write(cfg, suite, sbf, ptc, table_rows, names[k + 1:], out)
+    return table
+
+
+def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dict], pending: list[str],
+           out: Path) -> dict:
+    passing = sum(r["gated"] for r in rows)
+    verdict = (f"{passing} of {len(rows)} held-out settings pass the gate (the oracle above the single best "
+               f"fixed rule, {sbf['rule']}, by more than {cfg.gate:g} pooled seed std)")
+    if pending:
+        verdict += f"; {len(pending)} settings still to run ({', '.join(pending)}): no verdict on the suite yet"
+    elif 2 * passing < len(rows):
+        verdict += "; fewer than half: the suite's axes are too narrow, widen them"
     table = {"version": TABLE_VERSION, "suite": suite.name, "suite_hash": suite.suite_hash(),
-             "config": dataclasses.asdict(cfg), "sbf": sbf, "rows": table_rows, "passing": passing,
+             "config": dataclasses.asdict(cfg), "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
+             "probe_commit": ptc, "rows": rows, "pending": pending, "complete": not pending, "passing": passing,
              "verdict": verdict}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "table.json", table)
@@ -271,16 +376,30 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
              f"{list(cfg.tune_seeds)}, held-out seeds {list(cfg.seeds)}. Single best fixed rule over "
              f"{len(table['sbf']['settings'])} training settings x lams {table['sbf']['lams']}: "
              f"**{table['sbf']['rule']}**.",
-             "", "| setting | extrapolates | oracle (tuning) | oracle held-out | SBF held-out | best baseline | "
-             "pooled std | gap [pooled std] | gate |", "|---|---|---|---:|---:|---|---:|---:|:---:|"]
+             "", "| setting | extrapolates | oracle (tuning) | oracle held-out | SBF held-out | probe-then-commit "
+             "(closed gap) | best baseline | pooled std | gap [pooled std] | gate |",
+             "|---|---|---|---:|---:|---:|---|---:|---:|:---:|"]
     for r in table["rows"]:
-        baselines = {k: v for k, v in r["means"].items() if k not in (r["oracle"], r["sbf"])}
+        ptc = r.get("probe_commit")
+        ptc_text = "—"
+        if ptc and ptc in r["means"]:
+            closed = (r["means"][ptc] - r["means"][r["sbf"]]) / r["gap"] if r["gap"] else float("nan")
+            ptc_text = f"{r['means'][ptc]:+.4f} ({closed:+.2f})" if r["gated"] else f"{r['means'][ptc]:+.4f}"
+        baselines = {k: v for k, v in r["means"].items() if k not in (r["oracle"], r["sbf"], ptc)}
         best = max(baselines, key=baselines.get) if baselines else "—"
         best_text = f"{best} {baselines[best]:+.4f}" if baselines else "—"
         lines.append(f"| {r['setting']} | {', '.join(r['extrapolates']) or 'interpolates'} | {r['oracle_label']} | "
                      f"{r['means'][r['oracle']]:+.4f} ± {r['stds'][r['oracle']]:.4f} | "
-                     f"{r['means'][r['sbf']]:+.4f} ± {r['stds'][r['sbf']]:.4f} | {best_text} | {r['pooled_std']:.4f} | "
+                     f"{r['means'][r['sbf']]:+.4f} ± {r['stds'][r['sbf']]:.4f} | {ptc_text} | {best_text} | "
+                     f"{r['pooled_std']:.4f} | "
                      f"{r['gap']:+.4f} [{r['gap_std']:+.1f}] | {'yes' if r['gated'] else 'no'} |")
+    ptc = table.get("probe_commit")
+    if ptc and ptc["loso"]["rows"]:
+        loso = ptc["loso"]
+        lines += ["", f"Probe-then-commit ({ptc['path']}): on the training settings, each held out in turn, its "
+                      f"choice scores {loso['probe_commit']:.3f} on the grid-normalised scale against SBF's "
+                      f"{loso['sbf']:.3f} and the row best's {loso['row_best']:.3f} ({loso['rows']} rows); its closed "
+                      f"gap is shown where the gate passes."]
     return "\n".join(lines) + f"\n\n{table['verdict']}.\n"
 
 
@@ -304,11 +423,14 @@ def _plot(table: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def load_oracle_table(path: str | Path, suite) -> dict:
+def load_oracle_table(path: str | Path, suite, partial: bool = False) -> dict:
     """A written oracle table, checked to belong to ``suite`` (its name and hash).
 
+    Args:
+        partial: accept a table whose run has settings still to go (its ``pending`` list).
+
     Raises:
-        ConfigError: the file is missing, of another version, or of another suite (naming both).
+        ConfigError: the file is missing, of another version, of another suite (naming both), or unfinished.
     """
     p = Path(path)
     table_path = p / "table.json" if p.is_dir() else p
@@ -322,4 +444,7 @@ def load_oracle_table(path: str | Path, suite) -> dict:
         raise ConfigError("oracle table", [f"{table_path} is of suite {table.get('suite')} (hash "
                                            f"{table.get('suite_hash')}), not {suite.name} (hash {suite.suite_hash()}); "
                                            f"rerun mixagent oracle-table for this suite"])
+    if table.get("pending") and not partial:
+        raise ConfigError("oracle table", [f"{table_path} is unfinished: settings {table['pending']} still to run; "
+                                           f"resume mixagent oracle-table (it continues from its caches)"])
     return table

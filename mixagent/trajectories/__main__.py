@@ -59,6 +59,14 @@ def _collect(args) -> int:
     elif args.launcher:
         overrides.append(f"launcher={args.launcher}")
     cfg = load_config(CollectConfig, args.config, overrides)
+    if cfg.suite:
+        from mixagent.trajectories.suite import collect_suite
+
+        summaries = collect_suite(cfg, resume=args.resume)
+        for summary in summaries:
+            print(summary.format())
+        print(f"{len(summaries)} setting(s) collected now; index {cfg.run_dir / 'suite.json'}")
+        return 0
     summary = collect(cfg, resume=args.resume)
     print(summary.format())
     return 0

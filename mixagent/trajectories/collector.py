@@ -56,6 +56,11 @@ class CollectConfig:
             rounding level (on some CPUs, the 8th significant digit); bit-for-bit reruns need the same value.
         address: Ray cluster address for ``launcher: ray``; empty starts a local Ray.
         out_dir: directory of runs, relative to the repository root (or absolute).
+        suite: a settings suite (``configs/settings/*.yaml``): collect across ``settings`` of its training runs,
+            ``trees`` trees each, one run per setting under ``<out_dir>/<run>/`` (:mod:`mixagent.trajectories.suite`;
+            ``env`` and ``env_overrides`` then come from the suite).
+        settings: how many distinct training runs of ``suite`` to collect in.
+        setting: recorded in the run's ``meta.json`` (set by the suite collection for each setting's run).
     """
 
     run: str
@@ -70,9 +75,21 @@ class CollectConfig:
     threads_per_worker: int = 0
     address: str = ""
     out_dir: str = "trajectories"
+    suite: str = ""
+    settings: int = 0
+    setting: dict = dataclasses.field(default_factory=dict)
 
     def check(self) -> list[str]:
         problems = []
+        if self.suite and self.settings < 1:
+            problems.append(f"settings must be >= 1 with a suite (the training runs to collect in), got "
+                            f"{self.settings}")
+        if self.settings and not self.suite:
+            problems.append("settings needs suite (a configs/settings/*.yaml file), or drop it")
+        if self.suite and not (REPO_ROOT / self.suite).is_file():
+            problems.append(f"suite: file {self.suite!r} not found under {REPO_ROOT} (see configs/settings/)")
+        if self.suite and self.env_overrides:
+            problems.append("env_overrides do not apply with a suite: each setting's overrides come from the suite")
         if not self.run or "/" in self.run or self.run.startswith("."):
             problems.append(f"run must be a plain directory name, got {self.run!r}")
         if self.trees < 1:
@@ -155,6 +172,9 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
             for tests that inject a backend).
         progress: show a progress bar.
     """
+    if cfg.suite:
+        raise ConfigError("collect", ["a config with suite collects one run per setting: call "
+                                      "mixagent.trajectories.suite.collect_suite (the CLI does)"])
     BehaviourMix(cfg.behaviours)  # the whole mix is validated before anything starts
     workers, threads = plan_workers(cfg)
     setup = RunnerSetup({}, threads, env_factory, behaviours=tuple(cfg.behaviours), tree=cfg.tree, seed=cfg.seed)
@@ -178,7 +198,8 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
     meta = {"run": cfg.run, "env": spec_identity(spec), "seed": cfg.seed,
             "domains": {"names": list(space.names), "fields": list(space.fields), "space": spec.space},
             "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours], "trees": cfg.trees,
-            "config": to_dict(cfg), "code": _code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "config": to_dict(cfg), "code": _code_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"setting": cfg.setting} if cfg.setting else {})}
     writer = RunWriter(cfg.run_dir, meta, resume)
     done, trees_done = writer.done_ids, writer.trees_done
     tasks = [CollectTree(t, frozenset(i for i in done if i == trajectory_id(t, ()) or

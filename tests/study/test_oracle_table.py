@@ -69,7 +69,7 @@ def test_the_oracle_is_the_best_tuning_row_scored_on_held_out_seeds(oracle):
         assert row["oracle"] == max(means, key=lambda k: means[k][0])
         assert row["oracle_tuning_mean"] == pytest.approx(means[row["oracle"]][0])
         scored = row["scores"]
-        assert set(scored) == {row["oracle"], row["sbf"], "uniform"}
+        assert set(scored) == {row["oracle"], row["sbf"], row["probe_commit"], "uniform"}
         assert all(len(v) == 3 for v in scored.values())
         pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in scored.values()]))
         gap = np.mean(scored[row["oracle"]]) - np.mean(scored[row["sbf"]])
@@ -106,6 +106,34 @@ def test_the_single_best_fixed_rule_is_chosen_on_training_settings_over_their_la
     assert all(r["sbf"] == table["sbf"]["rule"] for r in table["rows"])
 
 
+def test_probe_then_commit_is_fitted_on_the_training_settings_and_scored(oracle):
+    from mixagent.env.environment import MixingEnv
+    from mixagent.env.setting import Setting
+    from mixagent.policies.probe_commit import ProbeCommitModel, probe_features, stated_features
+    from mixagent.policies.registry import PolicyContext, build_policy
+
+    cfg, suite, table = oracle
+    ptc = table["probe_commit"]
+    model = ProbeCommitModel.load(ptc["path"])
+    assert ptc["spec"] == f"probe_commit:model={ptc['path']}" and ptc["path"].endswith("tiny-oracle/probe_commit.json")
+    assert model.probe == table["sbf"]["rule"] and model.rows == 2  # one training setting x two lams
+    assert len(model.rules) == 7 and ptc["loso"]["rows"] == 0  # one setting: nothing to hold out
+    # the probe segment, recomputed: SBF's first mixture for one segment on the tuning seed
+    (trained,) = table["sbf"]["settings"]
+    setting = Setting(**trained["setting"])
+    env = MixingEnv(setting.spec(suite, keep_lam=True))
+    obs, _ = env.reset(seed=cfg.tune_seeds[0])
+    policy = build_policy(model.probe, PolicyContext(natural=env.natural.to_mapping()))
+    policy.reset(env.space)
+    obs, *_ = env.step_weights(policy.act(obs))
+    probe = probe_features(obs, env.space)
+    standardised_lam = (np.array([0.2, 0.8]) - model.mean[0]) / model.scale[0]
+    assert model.mean[6:] == pytest.approx(probe) and standardised_lam == pytest.approx([-1.0, 1.0])
+    assert model.mean[:6] == pytest.approx(stated_features({**setting.stated(), "lam": 0.5}))
+    row = table["rows"][0]
+    assert row["probe_commit"] == ptc["spec"] and len(row["scores"][ptc["spec"]]) == 3
+
+
 def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     cfg, suite, table = oracle
     out = cfg_out(cfg, suite)
@@ -115,6 +143,12 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     other.write_text(yaml.safe_dump({**SUITE, "held_out": {"scarce": {"target_tokens": 4096}}}))
     with pytest.raises(ConfigError, match="is of suite tiny-oracle .* rerun mixagent oracle-table"):
         load_oracle_table(out, load_suite(other))
+    assert table["complete"] and table["pending"] == []
+    unfinished = tmp_path / "table.json"
+    unfinished.write_text(json.dumps({**table, "pending": ["budget-16k"], "complete": False}))
+    with pytest.raises(ConfigError, match="unfinished: settings \\['budget-16k'\\] still to run"):
+        load_oracle_table(unfinished, suite)
+    assert load_oracle_table(unfinished, suite, partial=True)["pending"] == ["budget-16k"]
 
 
 def test_rule_specs_of_audit_rows():
@@ -140,3 +174,39 @@ def test_bad_configs_are_refused(tmp_path, monkeypatch, edits, message):
     path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
     with pytest.raises(ConfigError, match=message):
         run_oracle_table(OracleConfig(suite=str(path), out=str(tmp_path / "out"), **edits), progress=False)
+
+
+def test_target_data_efficiency_over_unique_budgets(oracle):
+    import math
+
+    from mixagent.study.efficiency import _fit, inverse_tokens, run_efficiency
+
+    cfg, suite, table = oracle
+    result = run_efficiency(cfg, budgets=(4096, 8192, 16384), progress=False)
+    family = {int(b): v for b, v in result["family"].items()}
+    assert sorted(family) == [4096, 8192, 16384] and all(len(v) == 3 for v in family.values())
+    fit = _fit(sorted(family), [float(np.mean(family[b])) for b in sorted(family)])
+    assert (result["fit"]["A"], result["fit"]["B"], result["fit"]["C"]) == pytest.approx(fit)
+    row = table["rows"][0]
+    assert {r["rule"] for r in result["rows"]} == set(row["scores"]) and {r["setting"] for r in result["rows"]} == \
+        {"scarce"}
+    from mixagent.study.oracle_table import heldout_episodes
+
+    setting = suite.held_out_settings()["scarce"]
+    episodes = heldout_episodes(cfg, suite, "scarce", setting, list(row["scores"]), report=False)
+    space = suite.setting().spec(suite).space_path()
+    from mixagent.data.sources import load_space
+
+    target = np.asarray(load_space(space).field_mask("target"))
+    for r in result["rows"]:
+        for e, had, eff in zip(episodes[r["rule"]], r["had"], r["efficiency"]):
+            trained = sum(sum(w[i] for i in np.flatnonzero(target)) for w in e["weights"]) * setting.segment_tokens
+            assert had == pytest.approx(min(trained, 4096))  # the scarce setting's cap
+            need = inverse_tokens(fit, e["target_bpb"])
+            assert (math.isinf(eff) and math.isinf(need)) or eff == pytest.approx(need / had)
+    target_only = [r for r in result["rows"] if r["rule"] == "target_only"]
+    assert not target_only  # the family's own rule is not among the scored ones here
+    with pytest.raises(ConfigError, match="trains 16384 target tokens"):
+        run_efficiency(cfg, budgets=(4096, 8192, 32768), progress=False)
+    with pytest.raises(ConfigError, match=">= 3 distinct"):
+        run_efficiency(cfg, budgets=(4096, 8192), progress=False)

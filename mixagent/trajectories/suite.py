@@ -1,0 +1,97 @@
+"""Behaviour data across the settings of a suite: ``mixagent collect --config configs/collect/suite-v1.yaml``.
+
+A collect config with ``suite`` set draws ``settings`` distinct training runs from the suite's training
+distribution (:meth:`mixagent.env.setting.Suite.draw`, seeds ``seed``, ``seed + 1``, ...; ``lam`` is not
+part of a run: rewards are relabelled offline from the raw evaluations, so every trajectory serves every
+lam) and collects ``trees`` branching trees in each, one ordinary run per setting:
+``<out_dir>/<run>/<run hash>/`` with the setting, its hash and the suite's recorded in the run's
+``meta.json`` (``setting``). ``<out_dir>/<run>/suite.json`` indexes them. Each setting's run resumes on its
+own, so a stopped collection continues where it stopped (``--resume``), and one that asks for more settings
+keeps the ones it has (the draw is a fixed sequence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+from mixagent.errors import ConfigError, ResumeMismatchError
+from mixagent.paths import REPO_ROOT, atomic_write_json
+
+__all__ = ["collect_suite", "suite_settings", "SUITE_INDEX_VERSION"]
+
+SUITE_INDEX_VERSION = 1
+
+
+def suite_settings(suite, n: int, seed: int) -> list:
+    """The first ``n`` distinct training runs of ``suite``'s draw sequence from ``seed`` (one per run hash).
+
+    Raises:
+        ConfigError: the training distribution has fewer than ``n`` distinct runs.
+    """
+    chosen, runs, i = [], set(), 0
+    while len(chosen) < n:
+        if i > 100 * n:
+            raise ConfigError("collect.settings", [f"suite {suite.name}'s training distribution gave fewer than "
+                                                   f"{n} distinct runs in {i} draws; lower settings"])
+        setting = suite.draw(seed + i)
+        i += 1
+        if setting.run_hash() not in runs:
+            runs.add(setting.run_hash())
+            chosen.append(setting)
+    return chosen
+
+
+def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
+    """Collect ``cfg.trees`` trees in each of ``cfg.settings`` training settings of ``cfg.suite`` (see the module
+    docstring); returns one :class:`~mixagent.trajectories.collector.CollectSummary` per setting collected now.
+
+    Raises:
+        ConfigError: a bad suite or config; ResumeMismatchError: the directory holds another suite's runs or
+            exists without ``resume``.
+    """
+    from mixagent.env.setting import load_suite
+    from mixagent.trajectories.collector import collect
+
+    suite = load_suite(REPO_ROOT / cfg.suite)
+    root = cfg.run_dir
+    index_path = root / "suite.json"
+    identity = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seed": cfg.seed, "trees": cfg.trees}
+    index = json.loads(index_path.read_text()) if index_path.is_file() else None
+    if index is not None:
+        if not resume:
+            raise ResumeMismatchError(f"{root} already holds a suite collection; pass --resume to continue it, or "
+                                      f"choose another run name (run=NAME)")
+        if {k: index.get(k) for k in identity} != identity:
+            raise ResumeMismatchError(f"cannot resume {root}: it was collected for "
+                                      f"{ {k: index.get(k) for k in identity} }, the config gives {identity}; "
+                                      f"resume with the config it was started with, or collect into a new run name")
+    settings = suite_settings(suite, cfg.settings, cfg.seed)
+    index = {"version": SUITE_INDEX_VERSION, **identity,
+             "created": (index or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+             "settings": [{"run_hash": s.run_hash(), "setting": s.to_json(), "hidden": s.hidden(),
+                           "run": f"{cfg.run}/{s.run_hash()}"} for s in settings]}
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(index_path, index)
+    summaries = []
+    for k, setting in enumerate(settings):
+        sub = dataclasses.replace(
+            cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0,
+            env=suite.env, env_overrides=tuple(setting.overrides(suite, keep_lam=True)),
+            seed=cfg.seed * 100_003 + k,  # each setting's own data orders and behaviour draws
+            setting={"suite": suite.name, "suite_hash": suite.suite_hash(), "run_hash": setting.run_hash(),
+                     "setting": setting.to_json(), "hidden": setting.hidden()})
+        done = (sub.run_dir / "meta.json").is_file() and _complete(sub.run_dir)
+        if done:
+            continue
+        if progress:
+            print(f"\n== setting {k + 1}/{len(settings)} ({setting.run_hash()}): {setting.to_json()}", flush=True)
+        summaries.append(collect(sub, resume=(sub.run_dir / "meta.json").is_file(), progress=progress))
+    return summaries
+
+
+def _complete(run_dir) -> bool:
+    from mixagent.trajectories.store import Run
+
+    return Run(run_dir).complete

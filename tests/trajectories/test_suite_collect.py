@@ -1,0 +1,81 @@
+"""Collection across the settings of a suite: one ordinary run per drawn training run, the setting recorded
+in its meta and in the suite index, each run's env the setting's spec; a resumed collection keeps what it
+has and grows; another suite or seed is refused on resume; bad configs are typed errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from mixagent.env.setting import load_suite
+from mixagent.env.spec import load_spec
+from mixagent.errors import ConfigError, ResumeMismatchError
+from mixagent.paths import REPO_ROOT
+from mixagent.rollout.tree import TreeConfig, spec_identity
+from mixagent.trajectories import Run
+from mixagent.trajectories.collector import CollectConfig, collect
+from mixagent.trajectories.suite import collect_suite, suite_settings
+from tests.study.test_oracle_table import SUITE as TINY_SUITE
+
+SUITE = {**TINY_SUITE, "name": "tiny-collect",
+         "axes": {"target_tokens": {"range": [2048, 65536]}, "lr": {"range": [0.001, 0.01]}, "lam": {"range": [0, 1]}},
+         "train": {"target_tokens": [4096, 16384], "lr": [0.003], "lam": [0.2, 0.8]},
+         "held_out": {"scarce": {"target_tokens": 2048}}}
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    root = tmp_path_factory.mktemp("suite")
+    path = root / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    cfg = CollectConfig(run="across", suite=str(path), settings=1, trees=1, seed=3, tree=TreeConfig(branch_at=()),
+                        launcher="inline", out_dir=str(root / "out"))
+    first = collect_suite(cfg, progress=False)
+    grown = collect_suite(dataclasses.replace(cfg, settings=2), resume=True, progress=False)
+    return cfg, load_suite(path), first, grown
+
+
+def test_one_run_per_setting_with_the_setting_recorded(collected):
+    cfg, suite, first, grown = collected
+    assert len(first) == 1 and len(grown) == 1  # growing to 2 settings collected only the new one
+    settings = suite_settings(suite, 2, cfg.seed)
+    assert len({s.run_hash() for s in settings}) == 2  # two distinct runs: the two target budgets
+    index = json.loads((cfg.run_dir / "suite.json").read_text())
+    assert index["suite_hash"] == suite.suite_hash() and [e["run_hash"] for e in index["settings"]] == \
+        [s.run_hash() for s in settings]
+    for k, setting in enumerate(settings):
+        run = Run(cfg.run_dir / setting.run_hash())
+        assert run.complete and len(run.entries) == 1
+        assert run.meta["setting"]["setting"] == setting.to_json()
+        assert run.meta["setting"]["hidden"] == setting.hidden() and run.meta["setting"]["suite"] == "tiny-collect"
+        spec = load_spec(REPO_ROOT / suite.env, setting.overrides(suite, keep_lam=True))
+        assert run.meta["env"] == spec_identity(spec)  # the setting's own spec: its target budget
+        assert spec.target_tokens == setting.target_tokens
+        assert run.meta["seed"] == cfg.seed * 100_003 + k
+        (traj,) = run.trajectories()
+        assert len(traj.steps) == 4
+
+
+def test_resume_is_bound_to_the_suite_and_seed(collected):
+    cfg, _, _, _ = collected
+    with pytest.raises(ResumeMismatchError, match="already holds a suite collection"):
+        collect_suite(cfg, progress=False)
+    with pytest.raises(ResumeMismatchError, match="cannot resume .* collected for"):
+        collect_suite(dataclasses.replace(cfg, seed=4), resume=True, progress=False)
+    assert collect_suite(cfg, resume=True, progress=False) == []  # nothing left to do
+
+
+def test_bad_suite_configs(tmp_path):
+    problems = CollectConfig(run="x", suite="configs/settings/math-cpt-v1.yaml").check()
+    assert any("settings must be >= 1 with a suite" in p for p in problems)
+    problems = CollectConfig(run="x", settings=3).check()
+    assert any("settings needs suite" in p for p in problems)
+    problems = CollectConfig(run="x", suite="configs/settings/missing.yaml", settings=1).check()
+    assert any("suite: file 'configs/settings/missing.yaml' not found" in p for p in problems)
+    with pytest.raises(ConfigError, match="collects one run per setting"):
+        collect(CollectConfig(run="x", suite="configs/settings/math-cpt-v1.yaml", settings=1,
+                              out_dir=str(tmp_path)))
+
