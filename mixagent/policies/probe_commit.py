@@ -9,9 +9,13 @@ the oracle table's grid runs, :mod:`mixagent.study.oracle_table`): per candidate
 (scikit-learn, standardised features) from the features to the rule's score on its setting's static-grid
 scale (``(score - worst static) / (best static - worst static)``, comparable across settings); the policy
 plays the argmax. If a learned mixer cannot beat this lookup, its sequential decisions add nothing.
+Two simplifications, both in the rival's favour only by noise: each rule is scored as played from the first
+segment, while the policy plays the probe there; and the fit averages the probe features over the tuning
+seeds, while a run reads its own.
 
-Features (:data:`FEATURES`, all scale-free): ``lam``; ``log2`` of the unique target tokens over 131,072 and
-whether they are capped at all (0 / 1: a user who does not know leaves them uncapped); ``log2`` of the peak LR
+Features (:data:`FEATURES`, all scale-free): ``lam``; ``log2`` of the unique target tokens over 131,072 (an
+uncapped run: the tokens it trains in all) and whether they are capped at all (0 / 1: a user who does not
+know leaves them uncapped); ``log2`` of the peak LR
 over 2e-3; WSD (1) or cosine (0); the decay share; after the probe segment, the mean relative change of the
 source and of the target field's held-out bits per byte (``b_1 / b_0 - 1``, the observation's ``loss_rel``
 block; bits per byte never approach zero, unlike benchmark scores).
@@ -35,28 +39,41 @@ __all__ = ["FEATURES", "STATED", "ProbeCommitModel", "ProbeCommitPolicy", "fit_p
            "probe_features", "build_rule", "MODEL_VERSION"]
 
 MODEL_VERSION = 1
-STATED = ("lam", "target_tokens", "lr", "wsd", "decay_fraction")  # what the policy needs the user to state
+STATED = ("lam", "target_tokens", "lr", "wsd", "decay_fraction", "steps", "segment_tokens")  # what the user states
 FEATURES = ("lam", "log2_target_tokens", "target_capped", "log2_lr", "wsd", "decay_fraction", "source_bpb_rel",
             "target_bpb_rel")
 
 
 def stated_features(stated: Mapping[str, float]) -> np.ndarray:
     """``(6,)`` the stated part of :data:`FEATURES` from ``{lam, target_tokens (0 = uncapped), lr, wsd,
-    decay_fraction}`` (:meth:`mixagent.env.setting.Setting.stated`, :func:`mixagent.env.setting.stated_from_spec`).
+    decay_fraction, steps, segment_tokens}`` (:meth:`mixagent.env.setting.Setting.stated`,
+    :func:`mixagent.env.setting.stated_from_spec`). An uncapped run counts as many unique target tokens as it
+    trains in all (``steps x segment_tokens``): it never repeats.
 
     Raises:
-        ConfigError: a missing entry (naming it) or a lam outside [0, 1].
+        ConfigError: a missing entry (naming it), a value that is not a finite number, a lam outside [0, 1], a
+            peak LR, steps or segment tokens that are not positive, or negative target tokens.
     """
     missing = [k for k in STATED if k not in stated]
     if missing:
         raise ConfigError("probe_commit", [f"the run's stated setting lacks {missing}; give {list(STATED)} "
                                            f"(mixagent.env.setting.stated_from_spec(spec) for an env spec)"])
-    lam = float(stated["lam"])
-    if not 0.0 <= lam <= 1.0:
-        raise ConfigError("probe_commit", [f"lam must be in [0, 1], got {lam}"])
-    tokens = float(stated["target_tokens"])
-    return np.array([lam, math.log2(tokens / 131072) if tokens > 0 else 0.0, float(tokens > 0),
-                     math.log2(float(stated["lr"]) / 2e-3), float(stated["wsd"]), float(stated["decay_fraction"])])
+    try:
+        v = {k: float(stated[k]) for k in STATED}
+    except (TypeError, ValueError):
+        raise ConfigError("probe_commit", [f"the stated setting must hold numbers, got {dict(stated)}"]) from None
+    problems = [f"{k} must be a finite number, got {x}" for k, x in v.items() if not math.isfinite(x)]
+    if not problems:
+        if not 0.0 <= v["lam"] <= 1.0:
+            problems.append(f"lam must be in [0, 1], got {v['lam']}")
+        problems += [f"{k} must be > 0, got {v[k]}" for k in ("lr", "steps", "segment_tokens") if v[k] <= 0]
+        if v["target_tokens"] < 0:
+            problems.append(f"target_tokens must be >= 0 (0 = uncapped), got {v['target_tokens']}")
+    if problems:
+        raise ConfigError("probe_commit", problems)
+    tokens = v["target_tokens"] if v["target_tokens"] > 0 else v["steps"] * v["segment_tokens"]
+    return np.array([v["lam"], math.log2(tokens / 131072), float(v["target_tokens"] > 0), math.log2(v["lr"] / 2e-3),
+                     v["wsd"], v["decay_fraction"]])
 
 
 def probe_features(observation: np.ndarray, space: DomainSpace) -> np.ndarray:
@@ -108,10 +125,22 @@ class ProbeCommitModel:
             raise ConfigError("probe_commit", [f"a probe-then-commit model of version {data.get('version')} with "
                                                f"features {data.get('features')}; expected version {MODEL_VERSION} "
                                                f"with {list(FEATURES)}: refit it (mixagent oracle-table)"])
-        return cls(probe=str(data["probe"]), rules=tuple(data["rules"]), mean=tuple(data["mean"]),
-                   scale=tuple(data["scale"]), coef=tuple(tuple(r) for r in data["coef"]),
-                   intercept=tuple(data["intercept"]), alpha=float(data["alpha"]), rows=int(data["rows"]),
-                   fit=dict(data.get("fit", {})))
+        try:
+            model = cls(probe=str(data["probe"]), rules=tuple(map(str, data["rules"])),
+                        mean=tuple(map(float, data["mean"])), scale=tuple(map(float, data["scale"])),
+                        coef=tuple(tuple(map(float, r)) for r in data["coef"]),
+                        intercept=tuple(map(float, data["intercept"])), alpha=float(data["alpha"]),
+                        rows=int(data["rows"]), fit=dict(data.get("fit", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("probe_commit", [f"a malformed probe-then-commit model ({exc!r}); refit it"]) from None
+        r, f = len(model.rules), len(FEATURES)
+        numbers = np.array([*model.mean, *model.scale, *model.intercept, *(x for row in model.coef for x in row)])
+        if (len(model.mean), len(model.scale), len(model.intercept)) != (f, f, r) or \
+                any(len(row) != f for row in model.coef) or len(model.coef) != r or not np.isfinite(numbers).all() \
+                or min(model.scale) <= 0:
+            raise ConfigError("probe_commit", [f"a probe-then-commit model whose arrays do not fit {r} rules x {f} "
+                                               f"features (or hold non-finite values); refit it"])
+        return model
 
     @classmethod
     def load(cls, path: str | Path) -> ProbeCommitModel:
@@ -200,7 +229,7 @@ class ProbeCommitPolicy(RunningState):
         ConfigError: no model, no stated setting, or a model whose rules do not build.
     """
 
-    STATE = ("chosen",)
+    STATE = ("chosen", "rule_state")
     name = "probe_commit"
 
     def __init__(self, natural: Mapping[str, float] | None, stated: Mapping[str, float] | None,
@@ -230,6 +259,20 @@ class ProbeCommitPolicy(RunningState):
         self._probe = self._build(self.model.probe)
         self._rule = None
         self.chosen: str | None = None
+        self.rule_state: dict | None = None  # the committed rule's own running state (a two-phase horizon)
+
+    def state_dict(self) -> dict:
+        self.rule_state = self._rule.state_dict() if self._rule is not None and hasattr(self._rule, "state_dict") \
+            else None
+        return super().state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._rule = None
+        if self.chosen is not None:
+            self._rule = self._build(self.chosen)
+            if self.rule_state is not None:
+                self._rule.load_state_dict(self.rule_state)
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         if not hasattr(self, "space"):
@@ -242,6 +285,6 @@ class ProbeCommitPolicy(RunningState):
             return self._probe.act(obs)
         if self.chosen is None:
             self.chosen = self.model.choose(np.concatenate([self._stated, probe_features(obs, self.space)]))
-        if self._rule is None:  # also after a resume: the running state holds the choice
+        if self._rule is None:
             self._rule = self._build(self.chosen)
         return self._rule.act(obs)

@@ -68,6 +68,8 @@ def _encode(value: object) -> object:
         return {"tuple": [_encode(v) for v in value]}
     if isinstance(value, list):
         return [_encode(v) for v in value]
+    if isinstance(value, dict):  # a nested running state (a policy that delegates to another)
+        return {"dict": {str(k): _encode(v) for k, v in value.items()}}
     if isinstance(value, np.generic):
         return value.item()
     if value is None or isinstance(value, bool | int | float | str):
@@ -80,6 +82,8 @@ def _decode(value: object) -> object:
         return np.asarray(value["ndarray"], dtype=np.float64)
     if isinstance(value, dict) and set(value) == {"tuple"}:
         return tuple(_decode(v) for v in value["tuple"])
+    if isinstance(value, dict) and set(value) == {"dict"}:
+        return {k: _decode(v) for k, v in value["dict"].items()}
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
@@ -88,10 +92,10 @@ def _decode(value: object) -> object:
 class RunningState:
     """``state_dict()`` / ``load_state_dict()`` for policies whose decisions depend on what they saw earlier
     in the run (the online methods' weights and statistics, a heuristic's switch). Each class lists its
-    running attributes in ``STATE`` (collected over the class hierarchy); the state is JSON (arrays as
-    ``{"ndarray": [...]}``), stored by :class:`~mixagent.deploy.scheduler.MixingScheduler` in every
-    checkpoint, so a resumed training run continues the policy's decisions exactly. Load it after
-    ``reset(space)``."""
+    running attributes in ``STATE`` (collected over the class hierarchy); the state is JSON (nested states as
+    ``{"dict": {...}}``, arrays as ``{"ndarray": [...]}``), stored by
+    :class:`~mixagent.deploy.scheduler.MixingScheduler` in every checkpoint, so a resumed training run
+    continues the policy's decisions exactly. Load it after ``reset(space)``."""
 
     STATE: tuple[str, ...] = ()
 

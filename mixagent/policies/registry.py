@@ -25,7 +25,7 @@ from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems", "NEEDS_REFERENCE",
            "policy_from_spec", "policy_fingerprint", "RULES_VERSION", "parse_method", "method_spec", "is_method",
-           "tunable", "PROBING", "RULES", "rules_version"]
+           "tunable", "PROBING", "RULES", "rules_version", "FITTED_PARAMS"]
 
 # bump a method's entry when its update rule or a default changes: its cached episodes then rerun.
 # 2: DoReMi per optimizer batch against the reference's end, Velocitune's targets at the full budget, Aioli's
@@ -44,7 +44,8 @@ class PolicyContext:
         regmix: ``{domain: weight}``, RegMix's fitted mixture.
         batches_per_step: optimizer batches per re-weighting step (ODM counts its updates in batches).
         stated: what the user states about the run (``lam``, ``target_tokens``, ``lr``, ``wsd``,
-            ``decay_fraction``: :func:`mixagent.env.setting.stated_from_spec`); probe-then-commit reads it.
+            ``decay_fraction``, ``steps``, ``segment_tokens``: :func:`mixagent.env.setting.stated_from_spec`);
+            probe-then-commit reads it.
     """
 
     natural: Mapping[str, float] | None = None
@@ -94,7 +95,9 @@ METHOD_SPECS = (*BASELINE_SPECS, *METHODS)
 NEEDS_REFERENCE = ("doremi", "velocitune")
 PROBING = ("aioli",)  # methods that train short probe mixtures inside each step (the env's ``probe``)
 _FROM_CONTEXT = ("self", "natural", "shares", "reference", "batches_per_step", "stated")
-_STAND_IN_STATED = {"lam": 0.5, "target_tokens": 0.0, "lr": 2e-3, "wsd": 1.0, "decay_fraction": 0.25}
+FITTED_PARAMS = ("model",)  # spec keywords that name a fitted artifact (probe_commit's model), not a hyperparameter
+_STAND_IN_STATED = {"lam": 0.5, "target_tokens": 0.0, "lr": 2e-3, "wsd": 1.0, "decay_fraction": 0.25, "steps": 8.0,
+                    "segment_tokens": 65536.0}
 
 
 def _tunable() -> dict[str, tuple[str, ...]]:

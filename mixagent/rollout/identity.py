@@ -18,7 +18,15 @@ from pathlib import Path
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import parse_baseline
 from mixagent.policies.methods import ReferenceCurve
-from mixagent.policies.registry import PolicyContext, build_policy, is_method, policy_fingerprint, rules_version
+from mixagent.policies.registry import (
+    FITTED_PARAMS,
+    PolicyContext,
+    build_policy,
+    is_method,
+    parse_method,
+    policy_fingerprint,
+    rules_version,
+)
 
 __all__ = ["artifact_dir", "content_digest", "is_named", "policy_identity", "policy_key", "policy_context"]
 
@@ -66,9 +74,21 @@ def policy_identity(policy: str, ctx: PolicyContext | None = None) -> str:
     context it runs in is given (:func:`policy_key`); an artifact directory by its content (a retrained agent
     at the same path is another policy)."""
     if is_method(policy):
-        return policy_key(policy, ctx) if ctx is not None else f"{policy}@rules{rules_version(policy)}"
+        if ctx is not None:
+            return policy_key(policy, ctx)
+        return f"{policy}@rules{rules_version(policy)}" + _fitted_digest(policy)
     path = None if is_named(policy) else artifact_dir(policy)
     return f"artifact@{_artifact_id(path)}" if path is not None else policy
+
+
+def _fitted_digest(spec: str) -> str:
+    """``#<digest>`` of the fitted artifacts a method spec names (``probe_commit:model=<json>``), so a refit at
+    the same path is another policy; empty when it names none (or a file that does not exist)."""
+    parsed = parse_method(spec)
+    files = [str(v) for k, v in (parsed[1] if parsed else {}).items() if k in FITTED_PARAMS]
+    paths = [p if p.is_absolute() or p.is_file() else REPO_ROOT / p for p in map(Path, files)]
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in paths if p.is_file()]
+    return "".join(f"#{d}" for d in digests)
 
 
 def policy_key(spec: str, ctx: PolicyContext) -> str:

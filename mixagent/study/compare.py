@@ -43,6 +43,7 @@ from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
 from mixagent.policies.methods import ReferenceCurve
 from mixagent.policies.registry import (
+    FITTED_PARAMS,
     METHODS,
     NEEDS_REFERENCE,
     is_method,
@@ -97,7 +98,7 @@ def has_hyperparameters(spec: str) -> bool:
     name = _base_name(spec)
     if name == "replay":
         return True
-    return bool(tunable(name))
+    return bool(set(tunable(name)) - set(FITTED_PARAMS))
 
 
 def tuning_candidates(spec: str, grid: dict[str, list[Any]]) -> list[str]:

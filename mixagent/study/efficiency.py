@@ -13,8 +13,10 @@ tokens the run had. Here:
 2. **Every policy of every budget setting**: the held-out settings of the oracle table that differ from the
    default setting in the unique target tokens only (and lam, which changes no run); their scored rules (the
    oracle, SBF, probe-then-commit, the baselines) from the table's cached comparisons. For each episode: its
-   final target bits per byte ``L``, the unique target tokens it had ``min(cap, target tokens it trained)``, and
-   its efficiency ``L^-1(L) / had``, infinite where ``L`` is below the fit's floor ``C``.
+   final target bits per byte ``L``, the unique target tokens it had (per target domain, the tokens it trained
+   up to the domain's pool: the cap is split over the target domains by natural share, in whole windows, and
+   the sampler cycles through each pool; :func:`target_pools`), and its efficiency ``L^-1(L) / had``,
+   infinite where ``L`` is below the fit's floor ``C``. The family's ``D`` is counted the same way.
 
 Writes ``<out>/<suite>/efficiency/`` (``table.md``, ``table.json``, ``efficiency.png``); the family's episodes
 are cached comparisons under the same directory, so a rerun trains nothing new.
@@ -44,22 +46,44 @@ def inverse_tokens(fit: tuple[float, float, float], loss: float) -> float:
     return math.inf if log_d > 700 else math.exp(log_d)
 
 
-def unique_target_tokens(weights: list[list[float]], target_mask: np.ndarray, segment_tokens: int, cap: int) -> float:
-    """The unique target tokens an episode had: the target tokens it trained (``sum_t`` target share x segment
-    tokens, ``weights`` ``(T, K)``), at most ``cap`` (0 = uncapped)."""
-    trained = float(np.asarray(weights, dtype=np.float64)[:, target_mask].sum() * segment_tokens)
-    return min(trained, float(cap)) if cap > 0 else trained
+def unique_target_tokens(weights: list[list[float]], pools: np.ndarray, segment_tokens: int) -> float:
+    """The unique target tokens an episode had: per target domain, the tokens it trained (``sum_t`` weight x
+    segment tokens, ``weights`` ``(T, K)``) up to the domain's pool of unique tokens (``pools`` ``(K,)``, 0 off
+    the target field; the sampler cycles through each pool), summed."""
+    trained = np.asarray(weights, dtype=np.float64).sum(axis=0) * segment_tokens
+    pools = np.asarray(pools, dtype=np.float64)
+    return float(np.minimum(trained, pools)[pools > 0].sum())
 
 
-def _fit(budgets: list[int], losses: list[float]) -> tuple[float, float, float]:
+def target_pools(spec) -> np.ndarray:
+    """``(K,)`` the unique training tokens of every target domain in ``spec``'s run (its ``target_tokens`` cap
+    split by natural share into whole windows, exactly as the proxy's data are: ``DomainData.capped_train``),
+    0 for source domains."""
+    from mixagent.data.domain_data import DomainData
+    from mixagent.data.sources import load_space
+    from mixagent.env.base_model import get_base_model
+
+    space = load_space(spec.space_path())
+    base = get_base_model(spec.base_config())
+    data = DomainData(space, base.tokenizer, base.tokenizer_hash)
+    mask = np.asarray(space.field_mask("target"))
+    streams = (data.capped_train(mask, spec.target_tokens, base.model_config.seq_len + 1) if spec.target_tokens
+               else data.train)
+    return np.array([float(len(t)) if m else 0.0 for t, m in zip(streams, mask)])
+
+
+SCALE = 131072.0  # the fit's token unit (fit_power_law's bounds suit numbers near 1, not raw token counts)
+
+
+def _fit(budgets: list[float], losses: list[float]) -> tuple[float, float, float]:
     from mixagent.policies.methods import fit_power_law
 
-    e, a, b = fit_power_law(np.asarray(budgets, dtype=np.float64), np.asarray(losses), huber=False)
+    e, a, b = fit_power_law(np.asarray(budgets, dtype=np.float64) / SCALE, np.asarray(losses), huber=False)
     if b < 0.01:
         raise ConfigError("efficiency", [f"the target-only family's loss does not fall with its unique tokens "
                                          f"(fitted exponent {b:.4f}); no loss can be expressed in tokens. Check the "
                                          f"budgets {budgets} against the tokens a run trains"])
-    return math.exp(a), b, math.exp(e)
+    return math.exp(a) * SCALE ** b, b, math.exp(e)  # A / D^B with D in tokens
 
 
 def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bool = True) -> dict:
@@ -74,7 +98,6 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
         ConfigError: fewer than 3 budgets, a budget a run cannot reach, no oracle table, or no budget setting
             in it.
     """
-    from mixagent.data.sources import load_space
     from mixagent.env.setting import load_suite
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.oracle_table import heldout_episodes, load_oracle_table
@@ -101,6 +124,7 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
                                          f"the default in its unique target tokens only; run mixagent oracle-table "
                                          f"first (e.g. --settings budget-16k)"])
     family: dict[int, list[float]] = {}
+    unique: dict[int, float] = {}  # a budget's unique tokens as the run has them (whole windows per domain)
     for k, budget in enumerate(sorted(set(budgets))):
         if progress:
             print(f"\n== target-only family: {budget} unique target tokens ({k + 1}/{len(set(budgets))})", flush=True)
@@ -111,19 +135,17 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
             efficiency_steps=(), oracles=False, workers=cfg.workers, launcher=cfg.launcher,
             out=f"{cfg.out}/{suite.name}/efficiency", reuse=()))
         family[budget] = [float(e["target_bpb"]) for e in run.episodes["target_only"]]
+        unique[budget] = float(target_pools(setting.spec(suite)).sum())
     xs = sorted(family)
-    fit = _fit(xs, [float(np.mean(family[b])) for b in xs])
-    space_cache: dict[str, object] = {}
+    fit = _fit([unique[b] for b in xs], [float(np.mean(family[b])) for b in xs])
     rows = []
     for r in budget_rows:
         setting = held[r["setting"]]
-        spec = setting.spec(suite)
-        space = space_cache.setdefault(spec.space, load_space(spec.space_path()))
-        mask = np.asarray(space.field_mask("target"))
+        pools = target_pools(setting.spec(suite))
         episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False)
         for rule, eps in episodes.items():
             losses = [float(e["target_bpb"]) for e in eps]
-            had = [unique_target_tokens(e["weights"], mask, setting.segment_tokens, setting.target_tokens) for e in eps]
+            had = [unique_target_tokens(e["weights"], pools, setting.segment_tokens) for e in eps]
             eff = [inverse_tokens(fit, L) / h if h > 0 else math.nan for L, h in zip(losses, had)]
             rows.append({"setting": r["setting"], "target_tokens": setting.target_tokens, "rule": rule,
                          "role": _role(r, rule), "target_bpb": losses, "had": had, "efficiency": eff,
@@ -131,7 +153,8 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
                          "needed": inverse_tokens(fit, float(np.mean(losses)))})
     result = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seeds": list(cfg.seeds),
               "fit": {"A": fit[0], "B": fit[1], "C": fit[2], "unit": "unique target tokens"},
-              "family": {str(b): family[b] for b in xs}, "rows": rows, "complete": not table.get("pending")}
+              "family": {str(b): family[b] for b in xs}, "family_unique_tokens": {str(b): unique[b] for b in xs},
+              "rows": rows, "complete": not table.get("pending")}
     where = out / "efficiency"
     where.mkdir(parents=True, exist_ok=True)
     atomic_write_json(where / "table.json", _json_safe(result))
@@ -170,7 +193,8 @@ def _markdown(result: dict) -> str:
     lines = [f"Target data efficiency ({result['suite']}, held-out seeds {result['seeds']}): the target-only family "
              f"over unique target budgets gives L(D) = {f['A']:.4g} / D^{f['B']:.3f} + {f['C']:.4f} (D in unique "
              f"target tokens). Efficiency = the unique tokens target-only needs for a run's target loss / the unique "
-             f"target tokens the run had (min of the budget and the target tokens it trained); mean ± std over seeds.",
+             f"target tokens the run had (per target domain, the tokens it trained up to that domain's share of the "
+             f"budget); mean ± std over seeds.",
              "", "| budget setting | unique target tokens | rule | role | target bpb | tokens had | efficiency |",
              "|---|---:|---|---|---:|---:|---:|"]
     for r in result["rows"]:
@@ -192,8 +216,9 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    xs = np.array([int(b) for b in result["family"]])
-    ys = [result["family"][str(b)] for b in xs]
+    budgets = list(result["family"])
+    xs = np.array([result["family_unique_tokens"][b] for b in budgets])
+    ys = [result["family"][b] for b in budgets]
     ax.errorbar(xs, [np.mean(y) for y in ys], yerr=[np.std(y, ddof=1) if len(y) > 1 else 0 for y in ys], fmt="o",
                 color="black", label="target-only (mean ± std over seeds)")
     grid = np.geomspace(xs.min() / 2, xs.max() * 2, 200)

@@ -25,8 +25,10 @@ policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured whe
    same seeds would inflate the oracle.
 
 Stages 2 and 4 run first (every row needs them); then each held-out setting is tuned (1, 3) and scored (5)
-before the next, and the table is rewritten after each (``pending`` lists the settings still to run, and
-:func:`load_oracle_table` refuses an unfinished table unless asked), so a stopped run leaves its finished rows.
+before the next, and the table is rewritten after each (``pending`` lists the held-out settings still without a
+row, and :func:`load_oracle_table` refuses an unfinished table unless asked), so a stopped run leaves its
+finished rows. A run over some settings (``--settings``) keeps the valid rows of earlier runs (same suite,
+seeds, gate, SBF and probe-then-commit rule).
 
 The table (``<out>/<suite>/table.md``, ``table.json``, ``gaps.png``) gives per setting: the axes it
 extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over the scored
@@ -254,14 +256,16 @@ def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: 
         if held.all():
             break
         model = fit_probe_commit(x[~held], y[~held], rules, sbf["rule"], cfg.probe_commit_alpha)
+        fold_sbf = int(np.argmax(y[~held].mean(axis=0)))  # the fixed rule, also chosen without this setting
         for xi, yi in zip(x[held], y[held]):
             chosen.append(yi[rules.index(model.choose(xi))])
-            fixed.append(yi[rules.index(sbf["rule"])])
+            fixed.append(yi[fold_sbf])
             best.append(yi.max())
     loso = {"probe_commit": float(np.mean(chosen)) if chosen else None,  # None: one training setting only
             "sbf": float(np.mean(fixed)) if fixed else None,
             "row_best": float(np.mean(best)) if best else None, "rows": len(chosen),
-            "scale": "grid-normalised score on the training settings, each held out in turn"}
+            "scale": "grid-normalised score on the training settings, each held out in turn (probe-then-commit "
+                     "and the fixed rule both chosen without it)"}
     model = fit_probe_commit(x, y, rules, sbf["rule"], cfg.probe_commit_alpha,
                              fit={"suite": suite.name, "suite_hash": suite.suite_hash(), "loso": loso,
                                   "settings": [e["run_hash"] for e in sbf["settings"]], "lams": sbf["lams"]})
@@ -319,6 +323,7 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
     # next, and the table is rewritten after each, so a run stopped midway leaves its finished rows on disk.
     sbf = _sbf(cfg, suite, progress)
     ptc = _fit_probe_commit(cfg, suite, sbf, out, progress) if cfg.probe_commit else None
+    earlier = _earlier_rows(out, suite, cfg, sbf, ptc, skip=names)
     table_rows: list[dict] = []
     table: dict = {}
     for k, name in enumerate(names):
@@ -347,8 +352,25 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
             "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
             "gated": bool(pooled > 0 and margin > cfg.gate * pooled),
             "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None})
-        table = _write(cfg, suite, sbf, ptc, table_rows, names[k + 1:], out)
+        rows = sorted([*earlier, *table_rows], key=lambda r: list(held).index(r["setting"]))
+        table = _write(cfg, suite, sbf, ptc, rows, [n for n in held if n not in {r["setting"] for r in rows}], out)
     return table
+
+
+def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | None, skip: list[str]) -> list[dict]:
+    """The finished rows of an earlier run of this table (a run over other ``--settings``) that are still valid:
+    the same suite, seeds, gate and the same SBF and probe-then-commit rule; none of ``skip``."""
+    path = out / "table.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    same = (old.get("version") == TABLE_VERSION and old.get("suite_hash") == suite.suite_hash()
+            and old.get("config", {}).get("seeds") == list(cfg.seeds)
+            and old.get("config", {}).get("tune_seeds") == list(cfg.tune_seeds)
+            and old.get("config", {}).get("gate") == cfg.gate)
+    ptc_spec = ptc["spec"] if ptc else None
+    return [r for r in old.get("rows", []) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]
+            and r.get("probe_commit") == ptc_spec]
 
 
 def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dict], pending: list[str],

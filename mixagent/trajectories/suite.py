@@ -4,10 +4,12 @@ A collect config with ``suite`` set draws ``settings`` distinct training runs fr
 distribution (:meth:`mixagent.env.setting.Suite.draw`, seeds ``seed``, ``seed + 1``, ...; ``lam`` is not
 part of a run: rewards are relabelled offline from the raw evaluations, so every trajectory serves every
 lam) and collects ``trees`` branching trees in each, one ordinary run per setting:
-``<out_dir>/<run>/<run hash>/`` with the setting, its hash and the suite's recorded in the run's
-``meta.json`` (``setting``). ``<out_dir>/<run>/suite.json`` indexes them. Each setting's run resumes on its
-own, so a stopped collection continues where it stopped (``--resume``), and one that asks for more settings
-keeps the ones it has (the draw is a fixed sequence).
+``<out_dir>/<run>/<run hash>/`` with the setting (``lam`` recorded as ``None``), its hash and the suite's
+recorded in the run's ``meta.json`` (``setting``). ``<out_dir>/<run>/suite.json`` indexes them. Each setting's
+run resumes on its own, so a stopped collection continues where it stopped (``--resume``); one that asks for
+more settings keeps the ones it has (the draw is a fixed sequence), one that asks for fewer keeps them listed.
+The suite, seed, trees, tree shape and behaviour mix are the collection's identity: a resume with others is
+refused before anything runs.
 """
 
 from __future__ import annotations
@@ -57,7 +59,10 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
     suite = load_suite(REPO_ROOT / cfg.suite)
     root = cfg.run_dir
     index_path = root / "suite.json"
-    identity = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seed": cfg.seed, "trees": cfg.trees}
+    from mixagent.config import to_dict
+
+    identity = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seed": cfg.seed, "trees": cfg.trees,
+                "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours]}
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
     if index is not None:
         if not resume:
@@ -67,21 +72,22 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
             raise ResumeMismatchError(f"cannot resume {root}: it was collected for "
                                       f"{ {k: index.get(k) for k in identity} }, the config gives {identity}; "
                                       f"resume with the config it was started with, or collect into a new run name")
-    settings = suite_settings(suite, cfg.settings, cfg.seed)
+    indexed = len(index["settings"]) if index else 0  # a resume that asks for fewer keeps the others listed
+    settings = suite_settings(suite, max(cfg.settings, indexed), cfg.seed)
     index = {"version": SUITE_INDEX_VERSION, **identity,
              "created": (index or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
-             "settings": [{"run_hash": s.run_hash(), "setting": s.to_json(), "hidden": s.hidden(),
+             "settings": [{"run_hash": s.run_hash(), "setting": _run_values(s), "hidden": s.hidden(),
                            "run": f"{cfg.run}/{s.run_hash()}"} for s in settings]}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(index_path, index)
     summaries = []
-    for k, setting in enumerate(settings):
+    for k, setting in enumerate(settings[:cfg.settings]):
         sub = dataclasses.replace(
             cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0,
             env=suite.env, env_overrides=tuple(setting.overrides(suite, keep_lam=True)),
             seed=cfg.seed * 100_003 + k,  # each setting's own data orders and behaviour draws
             setting={"suite": suite.name, "suite_hash": suite.suite_hash(), "run_hash": setting.run_hash(),
-                     "setting": setting.to_json(), "hidden": setting.hidden()})
+                     "setting": _run_values(setting), "hidden": setting.hidden()})
         done = (sub.run_dir / "meta.json").is_file() and _complete(sub.run_dir)
         if done:
             continue
@@ -89,6 +95,12 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
             print(f"\n== setting {k + 1}/{len(settings)} ({setting.run_hash()}): {setting.to_json()}", flush=True)
         summaries.append(collect(sub, resume=(sub.run_dir / "meta.json").is_file(), progress=progress))
     return summaries
+
+
+def _run_values(setting) -> dict:
+    """A setting's axis values as its run has them: ``lam`` is ``None`` (rewards are relabelled for any lam;
+    the run itself trains at the suite family's ``reward.lam``)."""
+    return {**setting.to_json(), "lam": None}
 
 
 def _complete(run_dir) -> bool:

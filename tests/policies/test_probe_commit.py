@@ -24,7 +24,8 @@ from mixagent.policies.probe_commit import (
 from mixagent.policies.registry import PolicyContext, build_policy, method_problems
 from mixagent.rollout.identity import policy_key
 
-STATED = {"lam": 0.8, "target_tokens": 65536, "lr": 0.004, "wsd": 1.0, "decay_fraction": 0.25}
+STATED = {"lam": 0.8, "target_tokens": 65536, "lr": 0.004, "wsd": 1.0, "decay_fraction": 0.25, "steps": 8,
+          "segment_tokens": 65536}
 RULES = ("replay:0.2", "replay:0.8", "uniform")
 
 
@@ -63,7 +64,8 @@ def test_the_fit_recovers_a_choice_that_depends_on_lam_and_the_probe():
 
 def test_features():
     np.testing.assert_allclose(stated_features(STATED), [0.8, -1.0, 1.0, 1.0, 1.0, 0.25])
-    assert stated_features({**STATED, "target_tokens": 0})[1:3].tolist() == [0.0, 0.0]  # uncapped
+    # uncapped: as many unique tokens as the run trains (8 x 65536 = 4 x 131072), flagged
+    assert stated_features({**STATED, "target_tokens": 0})[1:3].tolist() == [2.0, 0.0]
     space = DomainSpace.from_yaml(CONFIGS_DIR / "spaces/math-natural.yaml")
     obs = np.zeros(3 * space.k + 5)
     obs[space.k:2 * space.k] = np.where(space.field_mask("target"), -0.3, np.arange(space.k) * 0.01)
@@ -124,11 +126,22 @@ def test_bad_input_is_refused(space, tmp_path):
         build_policy("probe_commit", PolicyContext(natural=None, stated=STATED))
     with pytest.raises(ConfigError, match="lam must be in"):
         ProbeCommitPolicy(None, {**STATED, "lam": 1.5}, str(path))
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        stated_features({**STATED, "lr": 0.0})
+    with pytest.raises(ConfigError, match="lam must be a finite number"):
+        stated_features({**STATED, "lam": float("nan")})
+    with pytest.raises(ConfigError, match="target_tokens must be >= 0"):
+        stated_features({**STATED, "target_tokens": -1})
     with pytest.raises(ConfigError, match="lacks \\['decay_fraction'\\]"):
         ProbeCommitPolicy(None, {k: v for k, v in STATED.items() if k != "decay_fraction"}, str(path))
     assert any("not found" in p for p in method_problems(f"probe_commit:model={tmp_path / 'missing.json'}"))
     assert method_problems(f"probe_commit:model={path}") == []
-    stale = json.loads(path.read_text()) | {"version": 0}
+    broken = json.loads(path.read_text())
+    broken["coef"] = broken["coef"][:-1]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ConfigError, match="do not fit 3 rules"):
+        ProbeCommitModel.load(path)
+    stale = broken | {"version": 0}
     path.write_text(json.dumps(stale))
     with pytest.raises(ConfigError, match="refit it"):
         ProbeCommitModel.load(path)
@@ -151,3 +164,47 @@ def test_rules_build_as_the_registry_builds_them(space):
         build_rule("doremi", natural)
     with pytest.raises(ConfigError, match="must be natural, uniform"):
         build_rule("two_phase:rho1=0.8", natural)
+
+
+def test_a_committed_two_phase_rule_resumes_with_its_horizon(space, tmp_path):
+    """Resumed after the probe, a committed two-phase rule still switches at its step: its own running state
+    (the run's horizon) travels in the policy's."""
+    x, y = _rows()
+    rules = ("two_phase:rho1=0.8,rho2=0.2,switch=4", "uniform")
+    model = fit_probe_commit(x, np.stack([np.ones(len(x)), np.zeros(len(x))], axis=1), rules, "replay:0.5")
+    natural = {n: 1.0 / space.k for n in space.names}
+    ctx = PolicyContext(natural=natural, stated=STATED)
+    policy = ProbeCommitPolicy(natural, STATED, model)
+    policy.reset(space)
+    obs = np.zeros(3 * space.k + 5, np.float32)
+    policy.act(obs)
+    for t in (1, 2, 3):
+        obs[3 * space.k + 4] = t / 8
+        before = policy.act(obs)
+    assert policy.chosen == rules[0] and before.field_share("source") == pytest.approx(0.8)
+    state = json.loads(json.dumps(policy.state_dict()))
+    resumed = build_policy("probe_commit:model=" + str(_write(model, tmp_path)), ctx)
+    resumed.reset(space)
+    resumed.load_state_dict(state)
+    obs[3 * space.k + 4] = 4 / 8  # the switch step, read with the horizon of the first run (8), not 4
+    assert resumed.act(obs).field_share("source") == pytest.approx(0.2)
+
+
+def _write(model, tmp_path):
+    path = tmp_path / "two_phase.json"
+    path.write_text(json.dumps(model.to_json()))
+    return path
+
+
+def test_the_table_identity_follows_the_model_contents(tmp_path):
+    from mixagent.rollout.identity import policy_identity
+    from mixagent.study.compare import has_hyperparameters
+
+    _, path = _model(tmp_path)
+    spec = f"probe_commit:model={path}"
+    first = policy_identity(spec)
+    assert first.startswith(f"{spec}@rules1#") and first == policy_identity(spec)
+    _, other = _model(tmp_path, coef_sign=-1.0)
+    path.write_text(other.read_text())
+    assert policy_identity(f"probe_commit:model={path}") != first  # refit at the same path: another policy
+    assert not has_hyperparameters(f"probe_commit:model={path}")  # its model is fitted, not tuned

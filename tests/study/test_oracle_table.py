@@ -5,6 +5,7 @@ table of another suite is refused; bad configs are typed errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -149,6 +150,15 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     with pytest.raises(ConfigError, match="unfinished: settings \\['budget-16k'\\] still to run"):
         load_oracle_table(unfinished, suite)
     assert load_oracle_table(unfinished, suite, partial=True)["pending"] == ["budget-16k"]
+    # a run over other settings keeps this table's valid rows: same suite, seeds, gate, SBF and rival
+    from mixagent.study.oracle_table import _earlier_rows
+
+    sbf = {"rule": table["sbf"]["rule"]}
+    assert [r["setting"] for r in _earlier_rows(out, suite, cfg, sbf, table["probe_commit"], skip=[])] == ["scarce"]
+    assert _earlier_rows(out, suite, cfg, sbf, table["probe_commit"], skip=["scarce"]) == []
+    assert _earlier_rows(out, suite, cfg, {"rule": "uniform"}, table["probe_commit"], skip=[]) == [] or \
+        table["sbf"]["rule"] == "uniform"
+    assert _earlier_rows(out, suite, dataclasses.replace(cfg, gate=2.0), sbf, table["probe_commit"], skip=[]) == []
 
 
 def test_rule_specs_of_audit_rows():
@@ -185,7 +195,12 @@ def test_target_data_efficiency_over_unique_budgets(oracle):
     result = run_efficiency(cfg, budgets=(4096, 8192, 16384), progress=False)
     family = {int(b): v for b, v in result["family"].items()}
     assert sorted(family) == [4096, 8192, 16384] and all(len(v) == 3 for v in family.values())
-    fit = _fit(sorted(family), [float(np.mean(family[b])) for b in sorted(family)])
+    from mixagent.study.efficiency import target_pools
+
+    unique = {b: float(target_pools(suite.setting({"target_tokens": b}).spec(suite)).sum()) for b in family}
+    assert all(0.8 * b <= unique[b] <= b for b in family)  # whole windows per domain: a little under the cap
+    assert result["family_unique_tokens"] == {str(b): pytest.approx(unique[b]) for b in family}
+    fit = _fit([unique[b] for b in sorted(family)], [float(np.mean(family[b])) for b in sorted(family)])
     assert (result["fit"]["A"], result["fit"]["B"], result["fit"]["C"]) == pytest.approx(fit)
     row = table["rows"][0]
     assert {r["rule"] for r in result["rows"]} == set(row["scores"]) and {r["setting"] for r in result["rows"]} == \
@@ -194,16 +209,17 @@ def test_target_data_efficiency_over_unique_budgets(oracle):
 
     setting = suite.held_out_settings()["scarce"]
     episodes = heldout_episodes(cfg, suite, "scarce", setting, list(row["scores"]), report=False)
-    space = suite.setting().spec(suite).space_path()
-    from mixagent.data.sources import load_space
-
-    target = np.asarray(load_space(space).field_mask("target"))
+    pools = target_pools(setting.spec(suite))
+    assert pools.sum() <= 4096 and (pools > 0).sum() >= 2  # the scarce cap, split over the target domains
     for r in result["rows"]:
         for e, had, eff in zip(episodes[r["rule"]], r["had"], r["efficiency"]):
-            trained = sum(sum(w[i] for i in np.flatnonzero(target)) for w in e["weights"]) * setting.segment_tokens
-            assert had == pytest.approx(min(trained, 4096))  # the scarce setting's cap
+            trained = np.asarray(e["weights"]).sum(axis=0) * setting.segment_tokens  # tokens per domain
+            assert had == pytest.approx(sum(min(t, p) for t, p in zip(trained, pools) if p > 0))
             need = inverse_tokens(fit, e["target_bpb"])
             assert (math.isinf(eff) and math.isinf(need)) or eff == pytest.approx(need / had)
+    # the fit in token units: L(D) at the family's own points
+    for b in family:
+        assert fit[0] / unique[b] ** fit[1] + fit[2] == pytest.approx(np.mean(family[b]), abs=0.05)
     target_only = [r for r in result["rows"] if r["rule"] == "target_only"]
     assert not target_only  # the family's own rule is not among the scored ones here
     with pytest.raises(ConfigError, match="trains 16384 target tokens"):

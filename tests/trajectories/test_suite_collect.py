@@ -49,7 +49,7 @@ def test_one_run_per_setting_with_the_setting_recorded(collected):
     for k, setting in enumerate(settings):
         run = Run(cfg.run_dir / setting.run_hash())
         assert run.complete and len(run.entries) == 1
-        assert run.meta["setting"]["setting"] == setting.to_json()
+        assert run.meta["setting"]["setting"] == {**setting.to_json(), "lam": None}  # relabelled offline
         assert run.meta["setting"]["hidden"] == setting.hidden() and run.meta["setting"]["suite"] == "tiny-collect"
         spec = load_spec(REPO_ROOT / suite.env, setting.overrides(suite, keep_lam=True))
         assert run.meta["env"] == spec_identity(spec)  # the setting's own spec: its target budget
@@ -65,7 +65,12 @@ def test_resume_is_bound_to_the_suite_and_seed(collected):
         collect_suite(cfg, progress=False)
     with pytest.raises(ResumeMismatchError, match="cannot resume .* collected for"):
         collect_suite(dataclasses.replace(cfg, seed=4), resume=True, progress=False)
+    with pytest.raises(ResumeMismatchError, match="cannot resume .* collected for"):
+        collect_suite(dataclasses.replace(cfg, tree=TreeConfig(branch_at=(2,), factor=2)), resume=True,
+                      progress=False)
     assert collect_suite(cfg, resume=True, progress=False) == []  # nothing left to do
+    index = json.loads((cfg.run_dir / "suite.json").read_text())
+    assert len(index["settings"]) == 2  # asking for 1 setting keeps the second one listed
 
 
 def test_bad_suite_configs(tmp_path):
