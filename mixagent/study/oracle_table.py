@@ -111,6 +111,13 @@ class OracleConfig:
             problems.append("replay shares must be in [0, 1]")
         if self.sbf_settings < 1:
             problems.append(f"sbf_settings must be >= 1, got {self.sbf_settings}")
+        if any(int(k) != k or k < 1 for k in self.two_phase_switches):
+            problems.append(f"two_phase_switches must be whole numbers of segments >= 1, got "
+                            f"{list(self.two_phase_switches)}")
+        from mixagent.policies.registry import method_problems
+
+        for spec in self.baselines:  # checked before anything trains
+            problems += [f"baselines: {p}" for p in method_problems(spec)]
         if not self.probe_commit_alpha > 0:
             problems.append(f"probe_commit_alpha must be > 0, got {self.probe_commit_alpha}")
         if not self.gate > 0:

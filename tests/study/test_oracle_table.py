@@ -175,6 +175,8 @@ def test_rule_specs_of_audit_rows():
     ({"tune_seeds": (0,)}, "are also held-out seeds"),
     ({"static_rhos": (0.1, 0.5, 0.9)}, ">= 9 distinct replay shares"),  # the job's minimum
     ({"settings": ("scarse",)}, "'scarse' is not a held-out setting"),
+    ({"baselines": ("bogus:1",)}, "baselines: unknown policy 'bogus:1'"),
+    ({"two_phase_switches": (0,)}, "two_phase_switches must be whole numbers"),
 ])
 def test_bad_configs_are_refused(tmp_path, monkeypatch, edits, message):
     from mixagent.study import oracle_table
