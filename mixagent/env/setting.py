@@ -300,6 +300,26 @@ class Suite:
         values = self.training_values()
         return self.setting({a: vs[int(rng.integers(len(vs)))] for a, vs in values.items()})
 
+    def distinct_runs(self, n: int, seed: int = 0) -> list[Setting]:
+        """The first ``n`` draws (:meth:`draw`, seeds ``seed``, ``seed + 1``, ...) with distinct run hashes: the
+        training runs a collection or the single best fixed rule uses (a fixed sequence, so asking for more
+        keeps the first ones).
+
+        Raises:
+            ConfigError: the training distribution gives fewer than ``n`` distinct runs (naming the fix).
+        """
+        chosen: dict[str, Setting] = {}
+        for i in range(100 * n + 1):
+            if len(chosen) == n:
+                break
+            setting = self.draw(seed + i)
+            chosen.setdefault(setting.run_hash(), setting)
+        if len(chosen) < n:
+            raise ConfigError(f"suite {self.name}", [f"the training distribution gave {len(chosen)} distinct runs "
+                                                     f"in {100 * n + 1} draws, fewer than the {n} asked for; ask "
+                                                     f"for fewer (sbf_settings, settings)"])
+        return list(chosen.values())
+
     def held_out_settings(self) -> dict[str, Setting]:
         return {name: self.setting(partial) for name, partial in self.held_out.items()}
 

@@ -28,7 +28,8 @@ from mixagent.rollout.identity import policy_identity
 from mixagent.rollout.schedules import Schedule
 from mixagent.study.compare import CompareConfig, CompareRun, audit_rows, policy_kind
 
-__all__ = ["make_compare_report", "report_episodes", "efficiency_fit", "field_view", "format_table", "rank_table"]
+__all__ = ["make_compare_report", "report_episodes", "efficiency_fit", "inverse_tokens", "field_view", "format_table",
+           "rank_table"]
 
 NOISE_UNITS = 2.0  # a gap smaller than this many pooled seed standard deviations is within noise
 
@@ -67,14 +68,19 @@ def efficiency_fit(family: list[dict]) -> tuple[float, float, float] | None:
     return (math.exp(a), b, math.exp(e)) if b >= 0.01 else None
 
 
+def inverse_tokens(fit: tuple[float, float, float], loss: float) -> float:
+    """``D`` with ``A / D^B + C = loss`` (``inf`` at or below the floor ``C``, or for a flat fit)."""
+    a, b, c = fit
+    if loss <= c or b <= 0:
+        return math.inf
+    log_d = (math.log(a) - math.log(loss - c)) / b  # in log space: a flat fit (small B) overflows
+    return math.inf if log_d > 700 else math.exp(log_d)
+
+
 def _efficiency(fit: tuple[float, float, float] | None, target_bpb: float, used: float) -> float | None:
     if fit is None or used <= 0:
         return None
-    a, b, c = fit
-    if target_bpb <= c or b <= 0:
-        return math.inf
-    log_need = (math.log(a) - math.log(target_bpb - c)) / b  # in log space: a flat fit (small B) overflows
-    return math.inf if log_need > 700 else float(math.exp(log_need) / used)
+    return inverse_tokens(fit, target_bpb) / used
 
 
 def _mean_weights(per_episode: list[list[list[float]]], steps: int, k: int) -> list[list[float]]:

@@ -31,19 +31,11 @@ import numpy as np
 
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.study.compare_report import inverse_tokens
 
-__all__ = ["DEFAULT_BUDGETS", "run_efficiency", "inverse_tokens", "unique_target_tokens"]
+__all__ = ["DEFAULT_BUDGETS", "run_efficiency", "unique_target_tokens", "target_pools"]
 
 DEFAULT_BUDGETS = (16384, 32768, 65536, 131072, 262144, 524288)
-
-
-def inverse_tokens(fit: tuple[float, float, float], loss: float) -> float:
-    """``D`` with ``A / D^B + C = loss`` (``inf`` at or below the floor ``C``)."""
-    a, b, c = fit
-    if loss <= c:
-        return math.inf
-    log_d = (math.log(a) - math.log(loss - c)) / b
-    return math.inf if log_d > 700 else math.exp(log_d)
 
 
 def unique_target_tokens(weights: list[list[float]], pools: np.ndarray, segment_tokens: int) -> float:

@@ -28,7 +28,7 @@ Stages 2 and 4 run first (every row needs them); then each held-out setting is t
 before the next, and the table is rewritten after each (``pending`` lists the held-out settings still without a
 row, and :func:`load_oracle_table` refuses an unfinished table unless asked), so a stopped run leaves its
 finished rows. A run over some settings (``--settings``) keeps the valid rows of earlier runs (same suite,
-seeds, gate, SBF and probe-then-commit rule).
+config, SBF and probe-then-commit fit).
 
 The table (``<out>/<suite>/table.md``, ``table.json``, ``gaps.png``) gives per setting: the axes it
 extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over the scored
@@ -177,16 +177,7 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     """Choose the single best fixed rule on training settings (see the module docstring)."""
     from mixagent.study.audit import run_audit
 
-    chosen, runs, i = [], set(), 0
-    while len(chosen) < cfg.sbf_settings:
-        if i > 100 * cfg.sbf_settings:
-            raise ConfigError("oracle table", [f"the suite's training distribution has fewer than {cfg.sbf_settings} "
-                                               f"distinct runs; lower sbf_settings"])
-        setting = suite.draw(cfg.sbf_seed + i)
-        i += 1
-        if setting.run_hash() not in runs:
-            runs.add(setting.run_hash())
-            chosen.append(setting)
+    chosen = suite.distinct_runs(cfg.sbf_settings, cfg.sbf_seed)
     lams = sorted(set(suite.training_values()["lam"]))
     per_rule: dict[str, dict[str, float]] = {}
     settings = []
@@ -215,8 +206,7 @@ def _probe(cfg: OracleConfig, suite, setting, rule: str, cache: dict) -> list[fl
     """The probe features (:func:`~mixagent.policies.probe_commit.probe_features`) of one segment of ``rule`` in
     ``setting``, averaged over the tuning seeds; cached in ``cache`` by the spec's hash, the seeds and the rule."""
     from mixagent.env.environment import MixingEnv
-    from mixagent.policies.probe_commit import probe_features
-    from mixagent.policies.registry import PolicyContext, build_policy
+    from mixagent.policies.probe_commit import build_rule, probe_features
 
     spec = setting.spec(suite, keep_lam=True)
     key = f"{spec.spec_hash()}|{rule}|{','.join(map(str, cfg.tune_seeds))}"
@@ -225,7 +215,7 @@ def _probe(cfg: OracleConfig, suite, setting, rule: str, cache: dict) -> list[fl
         features = []
         for seed in cfg.tune_seeds:
             obs, _ = env.reset(seed=seed)
-            policy = build_policy(rule, PolicyContext(natural=env.natural.to_mapping()))
+            policy = build_rule(rule, env.natural.to_mapping())  # as ProbeCommitPolicy plays its probe
             policy.reset(env.space)
             obs, *_ = env.step_weights(policy.act(obs))
             features.append(probe_features(obs, env.space))
@@ -366,18 +356,18 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
 
 def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | None, skip: list[str]) -> list[dict]:
     """The finished rows of an earlier run of this table (a run over other ``--settings``) that are still valid:
-    the same suite, seeds, gate and the same SBF and probe-then-commit rule; none of ``skip``."""
+    the same suite, the same config but for the settings run and how, the same SBF and the same probe-then-commit
+    fit (its leave-one-setting-out record included); none of ``skip``."""
     path = out / "table.json"
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
+    free = ("settings", "workers", "launcher")  # which settings run now and how: not what a row means
+    now = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}))
     same = (old.get("version") == TABLE_VERSION and old.get("suite_hash") == suite.suite_hash()
-            and old.get("config", {}).get("seeds") == list(cfg.seeds)
-            and old.get("config", {}).get("tune_seeds") == list(cfg.tune_seeds)
-            and old.get("config", {}).get("gate") == cfg.gate)
-    ptc_spec = ptc["spec"] if ptc else None
-    return [r for r in old.get("rows", []) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]
-            and r.get("probe_commit") == ptc_spec]
+            and {k: v for k, v in old.get("config", {}).items() if k not in free} == now
+            and old.get("probe_commit") == ptc)
+    return [r for r in old.get("rows", []) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]]
 
 
 def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dict], pending: list[str],

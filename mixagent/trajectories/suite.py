@@ -1,7 +1,7 @@
 """Behaviour data across the settings of a suite: ``mixagent collect --config configs/collect/suite-v1.yaml``.
 
 A collect config with ``suite`` set draws ``settings`` distinct training runs from the suite's training
-distribution (:meth:`mixagent.env.setting.Suite.draw`, seeds ``seed``, ``seed + 1``, ...; ``lam`` is not
+distribution (:meth:`mixagent.env.setting.Suite.distinct_runs`: draws from seed ``seed`` on; ``lam`` is not
 part of a run: rewards are relabelled offline from the raw evaluations, so every trajectory serves every
 lam) and collects ``trees`` branching trees in each, one ordinary run per setting:
 ``<out_dir>/<run>/<run hash>/`` with the setting (``lam`` recorded as ``None``), its hash and the suite's
@@ -18,31 +18,12 @@ import dataclasses
 import json
 import time
 
-from mixagent.errors import ConfigError, ResumeMismatchError
+from mixagent.errors import ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 
-__all__ = ["collect_suite", "suite_settings", "SUITE_INDEX_VERSION"]
+__all__ = ["collect_suite", "SUITE_INDEX_VERSION"]
 
 SUITE_INDEX_VERSION = 1
-
-
-def suite_settings(suite, n: int, seed: int) -> list:
-    """The first ``n`` distinct training runs of ``suite``'s draw sequence from ``seed`` (one per run hash).
-
-    Raises:
-        ConfigError: the training distribution has fewer than ``n`` distinct runs.
-    """
-    chosen, runs, i = [], set(), 0
-    while len(chosen) < n:
-        if i > 100 * n:
-            raise ConfigError("collect.settings", [f"suite {suite.name}'s training distribution gave fewer than "
-                                                   f"{n} distinct runs in {i} draws; lower settings"])
-        setting = suite.draw(seed + i)
-        i += 1
-        if setting.run_hash() not in runs:
-            runs.add(setting.run_hash())
-            chosen.append(setting)
-    return chosen
 
 
 def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
@@ -73,7 +54,7 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
                                       f"{ {k: index.get(k) for k in identity} }, the config gives {identity}; "
                                       f"resume with the config it was started with, or collect into a new run name")
     indexed = len(index["settings"]) if index else 0  # a resume that asks for fewer keeps the others listed
-    settings = suite_settings(suite, max(cfg.settings, indexed), cfg.seed)
+    settings = suite.distinct_runs(max(cfg.settings, indexed), cfg.seed)
     index = {"version": SUITE_INDEX_VERSION, **identity,
              "created": (index or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
              "settings": [{"run_hash": s.run_hash(), "setting": _run_values(s), "hidden": s.hidden(),

@@ -81,6 +81,15 @@ def test_draws_are_seeded_and_cover_the_training_distribution(tmp_path):
     assert all(suite.is_training(s) for s in draws)
     assert {s.target_tokens for s in draws} == {4096, 16384} and {s.lam for s in draws} == {0.2, 0.5, 0.8}
     assert 70 < sum(s.schedule == "cosine" for s in draws) < 130  # each axis uniform: about half
+    runs = suite.distinct_runs(3, seed=7)  # the first draws from seed 7 with distinct run hashes, in order
+    expected = []
+    for i in range(200):
+        s = suite.draw(7 + i)
+        if s.run_hash() not in {e.run_hash() for e in expected}:
+            expected.append(s)
+    assert runs == expected[:3] and suite.distinct_runs(4, seed=7)[:3] == runs
+    with pytest.raises(ConfigError, match="fewer than the 1000 asked for"):
+        suite.distinct_runs(1000)
 
 
 @pytest.mark.parametrize("edits, message", [

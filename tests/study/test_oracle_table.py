@@ -191,7 +191,8 @@ def test_bad_configs_are_refused(tmp_path, monkeypatch, edits, message):
 def test_target_data_efficiency_over_unique_budgets(oracle):
     import math
 
-    from mixagent.study.efficiency import _fit, inverse_tokens, run_efficiency
+    from mixagent.study.compare_report import inverse_tokens
+    from mixagent.study.efficiency import _fit, run_efficiency
 
     cfg, suite, table = oracle
     result = run_efficiency(cfg, budgets=(4096, 8192, 16384), progress=False)

@@ -17,7 +17,7 @@ from mixagent.paths import REPO_ROOT
 from mixagent.rollout.tree import TreeConfig, spec_identity
 from mixagent.trajectories import Run
 from mixagent.trajectories.collector import CollectConfig, collect
-from mixagent.trajectories.suite import collect_suite, suite_settings
+from mixagent.trajectories.suite import collect_suite
 from tests.study.test_oracle_table import SUITE as TINY_SUITE
 
 SUITE = {**TINY_SUITE, "name": "tiny-collect",
@@ -41,7 +41,7 @@ def collected(tmp_path_factory):
 def test_one_run_per_setting_with_the_setting_recorded(collected):
     cfg, suite, first, grown = collected
     assert len(first) == 1 and len(grown) == 1  # growing to 2 settings collected only the new one
-    settings = suite_settings(suite, 2, cfg.seed)
+    settings = suite.distinct_runs(2, cfg.seed)
     assert len({s.run_hash() for s in settings}) == 2  # two distinct runs: the two target budgets
     index = json.loads((cfg.run_dir / "suite.json").read_text())
     assert index["suite_hash"] == suite.suite_hash() and [e["run_hash"] for e in index["settings"]] == \
