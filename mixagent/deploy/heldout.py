@@ -10,6 +10,7 @@ so every rank gets the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 
@@ -20,9 +21,10 @@ import torch.nn.functional as F
 from mixagent.deploy.distributed import all_reduce_sum, dist_info
 from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
+from mixagent.env.judge import JudgeEvaluation
 from mixagent.errors import ConfigError
 
-__all__ = ["HeldOutLoss", "field_scores_from_bits"]
+__all__ = ["HeldOutLoss", "WithJudge", "field_scores_from_bits"]
 
 
 def field_scores_from_bits(bits: Mapping[str, float], space: DomainSpace) -> dict[str, float]:
@@ -93,3 +95,19 @@ class HeldOutLoss:
         bpb = {n: float(b) for n, b in zip(self.space.names, bits)}
         scores = dict(self.benchmark(model)) if self.benchmark else field_scores_from_bits(bpb, self.space)
         return EvalResult(bpb, scores, {}, tokens_seen, int(self.windows[:, 1:].numel()), unit=self.unit)
+
+
+class WithJudge:
+    """An evaluation (``model, tokens_seen -> EvalResult``) with the judge's per-field scores added
+    (:class:`~mixagent.env.judge.JudgeEvaluation`; a run's first evaluation is the one at 0 tokens).
+
+    Under torch.distributed every rank judges the same prefixes with the same seed, so every rank gets the same
+    scores; the model must be whole on each rank (not sharded)."""
+
+    def __init__(self, evaluate: Callable[..., EvalResult], judge: JudgeEvaluation) -> None:
+        self.evaluate, self.judge = evaluate, judge
+
+    def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:
+        result = self.evaluate(model, tokens_seen=tokens_seen)
+        return dataclasses.replace(result, judge=self.judge(model, start=tokens_seen == 0),
+                                   judge_marked=self.judge.marked)

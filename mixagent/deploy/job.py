@@ -183,7 +183,7 @@ def _load_model(cfg: DeployConfig, device: str) -> tuple[torch.nn.Module, Any, d
         base = get_base_model(load_config(BaseModelConfig, m.resolved.path))
         return base.model, base.tokenizer, {"parameters": base.meta["parameters"], "name": m.resolved.path.stem}
     if m.kind == "smollm2_gguf":
-        from mixagent.deploy.gguf import load_gguf_model
+        from mixagent.env.gguf import load_gguf_model
 
         model, tok = load_gguf_model(device=device)
         return model, tok, {"parameters": sum(p.numel() for p in model.parameters()), "name": "SmolLM2-135M"}
@@ -226,6 +226,30 @@ def _pieces(cfg: DeployConfig, model: Any, tokenizer: Any, batch: int):
                                                      max_docs=d.max_docs or None, seed=cfg.seed)
         return space, dataset, evaluate, natural, None
     raise AssertionError("user data is built by tokenized_pieces")  # pragma: no cover
+
+
+def _judge(cfg: DeployConfig, space: DomainSpace, user: Any, tokenizer: Any, model: Any, device: str) -> Any:
+    """The judge of ``eval.judge`` over each field's held-out documents: the held-out rows of its domains (user
+    data), or the ``judge.split`` of its domains' corpora."""
+    from mixagent.data.build import read_split
+    from mixagent.env.judge import JudgeEvaluation, cut_prefixes, load_judge
+    from mixagent.paths import data_root
+
+    spec = cfg.eval.judge
+    prefixes = {}
+    for field in ("source", "target"):
+        domains = [d for d in space.domains if d.field == field]
+        if user is not None:
+            docs = [t for d in domains for t in user.held_out[d.name][user.text_column]]
+        else:
+            corpora = dict.fromkeys(c for d in domains for c in d.corpora)
+            docs = [p["text"] for c in corpora for p in read_split(c, spec.split)]
+        prefixes[field] = cut_prefixes(docs, spec.prefixes, spec.prefix_chars, spec.suffix_chars, spec.seed,
+                                       where=f"the {field} field's held-out documents")
+    context = min(int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
+                  int(tokenizer.model_max_length or 1 << 30), 1 << 20)
+    return JudgeEvaluation(spec, load_judge(spec, device), prefixes, tokenizer, context,
+                           data_root() / "cache" / "judge")
 
 
 def _initial(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, model: Any, run: Any) -> DomainWeights:
@@ -301,6 +325,11 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
                                                       cfg.eval.unit, cfg.eval.batch_size, cfg.seed)
     else:
         space, dataset, evaluate, natural, run = _pieces(cfg, model, tokenizer, batch)
+    judge = _judge(cfg, space, user, tokenizer, model, device) if cfg.eval.judge is not None else None
+    if judge is not None:
+        from mixagent.deploy.heldout import WithJudge
+
+        evaluate = WithJudge(evaluate, judge)
     policy, mapping = _policy(cfg, space, natural, cfg.policy.every * accum)
     initial = _initial(cfg, space, natural, model, run)
     p = cfg.policy
@@ -369,6 +398,9 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               "train_seconds": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
                                     None),
               "batches_sha256": digests}
+    if judge is not None:  # its validity, cost, and the judge rewards of the run (lam 0.5)
+        report["judge"] = judge.describe() | {
+            "rewards": {name: balanced_score(name, 0.5, scheduler.start_eval, final, space) for name in ("judge",)}}
     first = trainer.is_world_process_zero()
     _write_copies(cfg, report, trainer.args.process_index, world, first)
     if first:

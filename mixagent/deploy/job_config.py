@@ -28,6 +28,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from mixagent.env.judge import JudgeSpec
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
 
@@ -407,12 +408,18 @@ class EvalSection:
         env: the env spec whose ``eval`` block sets the benchmarks (``benchmarks``).
         unit: ``auto`` (bits per byte for byte-level BPE tokenizers, else per token), ``byte`` or ``token``.
         batch_size: held-out windows per forward pass.
+        judge: an optional judge (:class:`~mixagent.env.judge.JudgeSpec`): a post-trained model compares the
+            model's continuations of each field's held-out prefixes (the held-out rows of its domains, or the
+            ``judge.split`` of their corpora) with the real text; the report adds its scores, validity and cost.
     """
+
+    ADDED_FIELDS = ("judge",)  # left out of to_dict while unset: configs written before it keep their hash
 
     kind: str = "held_out"
     env: str = "envs/math-cpt.yaml"
     unit: str = "auto"
     batch_size: int = 16
+    judge: JudgeSpec | None = None
 
     def __post_init__(self) -> None:
         _set_resolved(self, EvalPaths(_path(self.env)))

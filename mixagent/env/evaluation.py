@@ -30,7 +30,9 @@ from mixagent.data.build import read_split, read_tasks
 from mixagent.data.domain_data import DomainData
 from mixagent.data.sources import unknown_corpora
 from mixagent.domains import FIELDS, DomainSpace
+from mixagent.env.judge import JudgeEvaluation, JudgeSpec, cut_prefixes, load_judge
 from mixagent.errors import ConfigError, suggest
+from mixagent.paths import data_root
 
 __all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items", "eval_json_problem"]
 
@@ -93,6 +95,9 @@ class EvalSpec:
         text_split: where the bits-per-byte windows come from: ``val`` (what collection and training see)
             or ``test`` (held-out text; with the benchmarks' ``split: test``, an evaluation no agent was
             fitted on).
+        judge: an optional judge evaluation (:class:`~mixagent.env.judge.JudgeSpec`): a post-trained model
+            compares the model's continuations of each field's held-out prefixes (from its benchmark's
+            corpora) with the real text; results carry its per-field score in ``judge``.
     """
 
     source: BenchmarkSpec
@@ -101,8 +106,9 @@ class EvalSpec:
     bpb_share: float = 0.5
     batch_size: int = 32
     text_split: str = "val"
+    judge: JudgeSpec | None = None
 
-    ADDED_FIELDS = ("text_split",)  # added after specs were hashed: one without it keeps its hash
+    ADDED_FIELDS = ("text_split", "judge")  # added after specs were hashed: one without it keeps its hash
 
     def check(self) -> list[str]:
         problems = []
@@ -130,6 +136,8 @@ class EvalResult:
         eval_tokens: tokens processed by this evaluation.
         unit: ``"byte"`` or ``"token"``, what ``bpb`` is per (JSON omits the default ``"byte"``, so
             trajectory files keep their format).
+        judge: per field, the judge's score in [0, 1] (:mod:`mixagent.env.judge`; empty without a judge).
+        judge_marked: fields where the judge failed its validity check but was kept (``on_invalid: mark``).
     """
 
     bpb: dict[str, float]
@@ -138,6 +146,8 @@ class EvalResult:
     tokens_seen: int = 0
     eval_tokens: int = 0
     unit: str = "byte"
+    judge: dict[str, float] = dataclasses.field(default_factory=dict)
+    judge_marked: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.unit not in LOSS_UNITS:
@@ -145,13 +155,15 @@ class EvalResult:
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
-        if d["unit"] == "byte":
-            del d["unit"]
+        d["judge_marked"] = list(self.judge_marked)
+        for key, default in (("unit", "byte"), ("judge", {}), ("judge_marked", [])):  # files keep their format
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> EvalResult:
-        return cls(**d)
+        return cls(**{**d, "judge_marked": tuple(d.get("judge_marked", ()))})
 
     def field_bpb(self, space: DomainSpace, field: str) -> float:
         """Mean bits per byte over the field's domains."""
@@ -332,6 +344,17 @@ class Evaluator:
         # bits-per-byte window; per field -> (gold probability,) or, for champ_solution, (nats, bytes) per item
         self.last_items: dict[str, tuple[np.ndarray, ...]] = {}
         self.eval_tokens = int(self.windows[:, 1:].numel() + sum(len(s) for s, _ in self.seqs))
+        self.judge = self._judge(spec.judge, tokenizer, seq_len) if spec.judge is not None else None
+
+    def _judge(self, judge: JudgeSpec, tokenizer, seq_len: int) -> JudgeEvaluation:
+        """The judge over each field's held-out prefixes, from the documents of its benchmark's corpora."""
+        prefixes = {}
+        for field in FIELDS:
+            corpora = getattr(self.spec, field).corpora
+            docs = [d["text"] for c in corpora for d in read_split(c, judge.split)]
+            prefixes[field] = cut_prefixes(docs, judge.prefixes, judge.prefix_chars, judge.suffix_chars, judge.seed,
+                                           where=f"the {field} field's corpora {list(corpora)} ({judge.split})")
+        return JudgeEvaluation(judge, load_judge(judge), prefixes, tokenizer, seq_len, data_root() / "cache" / "judge")
 
     @torch.inference_mode()
     def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:
@@ -376,8 +399,10 @@ class Evaluator:
             scores[field] = float(prob[np.arange(len(items)), gold].mean())
             self.last_items[field] = (prob[np.arange(len(items)), gold],)
             accuracy[field] = float((ll.argmax(1) == gold).mean())
+        judged = self.judge(model, start=tokens_seen == 0) if self.judge is not None else {}
         return EvalResult({n: float(b) for n, b in zip(self.space.names, bpb)}, scores, accuracy,
-                          tokens_seen, self.eval_tokens)
+                          tokens_seen, self.eval_tokens, judge=judged,
+                          judge_marked=self.judge.marked if self.judge is not None else ())
 
     @torch.inference_mode()
     def probe_bpb(self, model: torch.nn.Module, windows: int) -> np.ndarray:
@@ -404,6 +429,7 @@ class Evaluator:
         return out
 
     def describe(self) -> dict[str, object]:
-        return {"windows_per_domain": int(np.bincount(self.owner).min()), "items": {f: len(v) for f, v in
-                self.items.items()}, "eval_tokens": self.eval_tokens}
+        out = {"windows_per_domain": int(np.bincount(self.owner).min()), "items": {f: len(v) for f, v in
+               self.items.items()}, "eval_tokens": self.eval_tokens}
+        return out | ({"judge": self.judge.describe()} if self.judge is not None else {})
 

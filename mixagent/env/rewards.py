@@ -16,6 +16,11 @@ Two families:
   score is ``lam * s_target + (1 - lam) * s_source``; the ``_min`` variant is ``min(s_target, s_source)``.
   ``L_f`` is a field's mean held-out bits per byte (``_bpb``) or its benchmark score (``_score``, higher
   is better, so the roles of best and worst follow the measure's direction).
+
+And the **judge** (:mod:`mixagent.env.judge`; the Self-Improving Pretraining signal, Tan et al., arXiv
+2601.21343): ``judge`` is ``lam * dJ_target + (1 - lam) * dJ_source`` with ``dJ_f`` the change of the field's
+judge score (a win rate in [0, 1], so already on one scale across fields and settings) since the start;
+``judge_bpb`` is the mean of that and ``normalised_bpb``. Both need an evaluation with ``eval.judge``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, UsageError, suggest
 
-__all__ = ["REWARDS", "NORMALISED_REWARDS", "Reference", "balanced_score", "step_reward", "field_improvement",
+__all__ = ["REWARDS", "NORMALISED_REWARDS", "BLENDS", "Reference", "balanced_score", "step_reward", "field_improvement",
            "reward_measure",
            "field_measure", "field_scores", "needs_reference"]
 
@@ -45,6 +50,14 @@ def _bpb(start: EvalResult, now: EvalResult, space: DomainSpace, field: str) -> 
     return (b0 - now.field_bpb(space, field)) / b0
 
 
+def _judge(start: EvalResult, now: EvalResult, space: DomainSpace, field: str) -> float:
+    if field not in now.judge or field not in start.judge:
+        raise ConfigError("reward", [f"a judge reward reads the judge's {field} score, and this evaluation has "
+                                     f"none: set eval.judge (the env spec's eval block or the deploy job's eval "
+                                     f"section), or use a reward without the judge"])
+    return now.judge[field] - start.judge[field]
+
+
 def _mixed(start: EvalResult, now: EvalResult, space: DomainSpace, field: str) -> float:
     return 0.5 * (_benchmark(start, now, space, field) + _bpb(start, now, space, field))
 
@@ -58,14 +71,17 @@ REWARDS: dict[str, Improvement | None] = {
     "normalised_bpb_min": None,
     "normalised_score": None,
     "normalised_score_min": None,
+    "judge": _judge,  # change of the judge's win rate against the real text (no reference needed)
+    "judge_bpb": None,  # the mean of judge and normalised_bpb
 }
-NORMALISED_REWARDS = tuple(n for n, f in REWARDS.items() if f is None)
+BLENDS = {"judge_bpb": ("judge", "normalised_bpb")}  # rewards that average two others
+NORMALISED_REWARDS = tuple(n for n, f in REWARDS.items() if f is None and n not in BLENDS)
 MEASURES = ("bpb", "score")  # what a normalised reward measures a field by
 
 
 def needs_reference(name: str) -> bool:
     """Whether reward ``name`` is scaled by reference runs."""
-    return name in NORMALISED_REWARDS
+    return name in NORMALISED_REWARDS or any(needs_reference(part) for part in BLENDS.get(name, ()))
 
 
 def field_measure(measure: str, result: EvalResult, space: DomainSpace, field: str) -> float:
@@ -148,8 +164,9 @@ def field_improvement(name: str) -> Improvement:
 
 
 def reward_measure(name: str) -> str:
-    """The measure a normalised reward normalises (``bpb`` or ``score``)."""
-    return name.split("_")[1]
+    """The measure a normalised reward (or a blend with one) normalises (``bpb`` or ``score``)."""
+    normalised = [part for part in BLENDS.get(name, (name,)) if part in NORMALISED_REWARDS]
+    return (normalised or [name])[0].split("_")[1]
 
 
 def field_scores(name: str, now: EvalResult, space: DomainSpace, reference: Reference) -> dict[str, float]:
@@ -166,6 +183,8 @@ def balanced_score(name: str, lam: float, start: EvalResult, now: EvalResult, sp
         ConfigError: unknown reward name.
         UsageError: a normalised reward without ``reference``.
     """
+    if name in BLENDS:
+        return sum(balanced_score(part, lam, start, now, space, reference) for part in BLENDS[name]) / len(BLENDS[name])
     if needs_reference(name):
         if reference is None:
             raise UsageError(f"reward {name!r} needs reference runs (mixagent.env.references.get_reference)")

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from mixagent.deploy import gguf
+from mixagent.env import gguf
 from mixagent.errors import ConfigError, CorruptArtifactError, DataMissingError
 
 ENGLISH = [

@@ -382,7 +382,7 @@ def test_a_model_with_its_own_tokenizer_on_mixagents_corpora(tmp_path, monkeypat
     held-out loss is per token."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    import mixagent.deploy.gguf as gguf
+    import mixagent.env.gguf as gguf
     from mixagent.data.sources import load_space
     from mixagent.deploy import cpt
     from mixagent.deploy.local import text_run_pieces
@@ -407,3 +407,39 @@ def test_a_model_with_its_own_tokenizer_on_mixagents_corpora(tmp_path, monkeypat
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["domains"] == list(space.names) and len(report["history"]) == 2
     assert report["start"]["unit"] == "token" and report["model"]["name"] == "SmolLM2-135M"
+
+
+def _tiny_judge(tmp_path):
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = tmp_path / "judge"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX + "/tiny-llama")).save_pretrained(folder)
+    for f in (CONFIGS_DIR.parent / FIX / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_a_judge_in_the_deploy_eval_scores_the_run_or_refuses_before_anything_is_written(tmp_path):
+    from mixagent.env.judge import JudgeInvalidError
+
+    judge = (f"eval.judge={{model: {_tiny_judge(tmp_path)}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, "
+             f"max_new_tokens: 8, batch_size: 4}}")
+    # a random network is no judge: refused (accuracy near 0.5) before the run writes anything
+    with pytest.raises(JudgeInvalidError, match="not above chance on field"):
+        run_deploy(cfg(tmp_path, judge, name="refused"), progress=False)
+    assert not (tmp_path / "refused").exists()
+    report = run_deploy(cfg(tmp_path, judge, "eval.judge.on_invalid=mark", "trainer.max_steps=4",
+                            "trainer.save_steps=0", "policy.every=2"), progress=False)
+    j = report["judge"]
+    assert j["marked"] == ["source", "target"] and set(j["validity"]) == {"source", "target"}
+    assert all(v["items"] == 2 * 3 and not v["valid"] for v in j["validity"].values())
+    assert j["judged_evals"] == 3 and j["seconds_per_judged_eval"] > 0  # the start, the decision at step 2, the end
+    for ev in (report["start"], report["final"]):
+        assert set(ev["judge"]) == {"source", "target"} and all(0 <= v <= 1 for v in ev["judge"].values())
+        assert ev["judge_marked"] == ["source", "target"]
+    assert j["rewards"]["judge"] == pytest.approx(0.5 * (report["final"]["judge"]["target"]
+                                                         - report["start"]["judge"]["target"])
+                                                  + 0.5 * (report["final"]["judge"]["source"]
+                                                           - report["start"]["judge"]["source"]))

@@ -33,7 +33,7 @@ def token_shares(tokenizer, space) -> np.ndarray:
 def test_natural_is_the_token_shares_of_the_data_for_a_model_that_is_not_a_mixagent_base(tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    import mixagent.deploy.gguf as gguf
+    import mixagent.env.gguf as gguf
 
     tok = AutoTokenizer.from_pretrained(str(FIX / "tokenizer"))
 

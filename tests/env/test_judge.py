@@ -1,0 +1,239 @@
+"""The judge evaluation (``mixagent.env.judge``): scripted judges checked against hand-worked win rates, the
+validity check refusing a judge at chance, a tiny causal LM judge built from config, the judge rewards, and
+bad input as typed errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from mixagent.config import from_dict, load_config
+from mixagent.domains import Domain, DomainSpace
+from mixagent.env.evaluation import EvalResult
+from mixagent.env.judge import (
+    JudgeEvaluation,
+    JudgeInvalidError,
+    JudgeSpec,
+    Prefix,
+    corrupt,
+    cut_prefixes,
+    judge_wins,
+    load_judge,
+    measure_validity,
+)
+from mixagent.env.rewards import balanced_score, needs_reference, reward_measure, step_reward
+from mixagent.errors import ConfigError, DataMissingError
+from mixagent.paths import CONFIGS_DIR
+
+FIX = CONFIGS_DIR.parent / "tests/fixtures/deploy"
+PREFIXES = {f: [Prefix(f"{f} prefix {i}: the start of a text about things.",
+                       f"It goes on well. Then it ends calmly number {i}. A last sentence here.") for i in range(6)]
+            for f in ("source", "target")}
+
+
+class Scripted:
+    """P(first preferred) from a rule over the two texts, with a fixed bias toward the first slot; counts
+    its calls."""
+
+    identity = "scripted"
+
+    def __init__(self, rule, bias: float = 0.0):
+        self.rule, self.bias, self.calls = rule, bias, 0
+
+    def prefer_first(self, triples):
+        self.calls += 1
+        return np.array([min(1.0, max(0.0, self.rule(c, a, b) + self.bias)) for c, a, b in triples])
+
+
+REAL = {p.text: p.suffix for ps in PREFIXES.values() for p in ps}
+
+
+def real_text(prefix: str, a: str, b: str) -> float:
+    """Knows each prefix's real suffix: 0.9 for it in slot a, 0.1 in slot b, 0.5 when neither is."""
+    return 0.9 if a == REAL[prefix] else 0.1 if b == REAL[prefix] else 0.5
+
+
+def test_wins_are_averaged_over_both_orders_which_cancels_position_bias():
+    # P(x first) = 0.8 + 0.1 bias = 0.9 in slot a; in slot b the judge sees (y, x): P(y first) = 0.2 + 0.1 =
+    # 0.3, so x wins 0.7 there; the mean is 0.8, the bias-free preference
+    judge = Scripted(lambda c, a, b: 0.8 if a == "x" else 0.2, bias=0.1)
+    wins, first, second = judge_wins(judge, [("p", "x", "y")], 0, np.random.default_rng(0))
+    assert first[0] == pytest.approx(0.9) and second[0] == pytest.approx(0.7) and wins[0] == pytest.approx(0.8)
+    assert judge.calls == 1  # both orders in one batch
+    # sampled verdicts: 4000 per order average to the same win within sampling error
+    sampled, _, _ = judge_wins(judge, [("p", "x", "y")], 4000, np.random.default_rng(0))
+    assert sampled[0] == pytest.approx(0.8, abs=0.02)
+
+
+def test_validity_of_a_judge_that_knows_real_text_and_of_one_at_chance(tmp_path):
+    spec = JudgeSpec()
+    good = measure_validity(Scripted(real_text), PREFIXES, spec)
+    for v in good.values():  # 0.9 in slot a, 1 - 0.1 in slot b: 0.9 on every pair
+        assert v.accuracy == pytest.approx(0.9) and v.ci_low == pytest.approx(0.9) and v.valid
+        assert v.items == 6 * 3 and set(v.by_corruption) == {"shuffle", "swap", "noise"}
+        assert v.order_agreement == 1.0 and v.position_bias == pytest.approx(0.5)
+        assert v.sample_agreement == pytest.approx(0.9 ** 2 + 0.1 ** 2)
+    chance = Scripted(lambda c, a, b: 0.5)
+    bad = measure_validity(chance, PREFIXES, spec, cache_dir=tmp_path)
+    assert all(v.accuracy == pytest.approx(0.5) and not v.valid for v in bad.values())
+    # cached under the judge's identity: a second check does not ask the judge
+    calls = chance.calls
+    assert measure_validity(chance, PREFIXES, spec, cache_dir=tmp_path) == bad and chance.calls == calls
+    with pytest.raises(JudgeInvalidError, match="not above chance on field 'source'.*accuracy 0.500"):
+        JudgeEvaluation(spec, chance, PREFIXES, tokenizer=None, context_length=128)
+    marked = JudgeEvaluation(JudgeSpec(on_invalid="mark"), chance, PREFIXES, tokenizer=None, context_length=128)
+    assert marked.marked == ("source", "target")
+    # a biased coin that clears 0.5 by a hair is no judge either (min_accuracy)
+    hair = measure_validity(Scripted(lambda c, a, b: 0.52 if a == REAL[c] else 0.48), PREFIXES, spec)
+    assert all(v.ci_low > 0.5 and not v.valid for v in hair.values())
+
+
+def test_corruptions_change_the_text_and_are_seeded():
+    rng = np.random.default_rng(0)
+    s = "One sentence here. Another one there. A third at last."
+    shuffled = corrupt(s, "shuffle", "", rng, ["x"])
+    assert shuffled != s and sorted(shuffled.split()) == sorted(s.split())
+    other = "Other text entirely, and rather longer than the suffix it replaces."
+    swapped = corrupt(s, "swap", other, rng, ["x"])  # cut to the suffix's length, at a word boundary
+    assert swapped == "Other text entirely, and rather longer than the" and len(s) == 54
+    noisy = corrupt(s, "noise", "", np.random.default_rng(1), ["zzz"])
+    assert noisy.split().count("zzz") == 3  # 30% of 10 words
+    assert corrupt(s, "noise", "", np.random.default_rng(1), ["zzz"]) == noisy
+
+
+def test_prefixes_are_seeded_cut_at_word_boundaries_and_refused_when_too_few():
+    docs = [f"word{i} " * 60 for i in range(10)] + ["short text"]
+    a = cut_prefixes(docs, 4, 50, 30, seed=3)
+    assert a == cut_prefixes(docs, 4, 50, 30, seed=3) and a != cut_prefixes(docs, 4, 50, 30, seed=4)
+    assert all(len(p.text) <= 50 and len(p.suffix) <= 30 and not p.text.endswith(" ") for p in a)
+    assert all(p.text.split()[-1].startswith("word") and p.suffix.split()[0].startswith("word") for p in a)
+    with pytest.raises(ConfigError, match="10 held-out documents of at least 80 characters, fewer than "
+                                          "prefixes=11; lower eval.judge.prefixes"):
+        cut_prefixes(docs, 11, 50, 30, seed=0)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("template='Which is better? {a} or {b}'", r"template lacks the slots \['\{prefix\}'\]"),
+    ("template='{prefix} {a} {b} {c}'", "slot other than"),
+    ("labels=[A, A]", "labels must be two different"),
+    ("model=/nowhere/judge", "neither 'smollm2_gguf' nor a local Hugging Face model directory"),
+    ("on_invalid=ignore", "on_invalid must be one of"),
+    ("corruptions=[shuffle, typo]", "corruptions must name some of"),
+    ("temperature=0", "temperature must be > 0"),
+])
+def test_bad_judge_specs_are_typed_errors_naming_the_field(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(JudgeSpec, None, [override])
+
+
+def _tiny_judge_dir(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = tmp_path / "judge"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX / "tiny-llama")).save_pretrained(folder)
+    for f in (FIX / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_a_tiny_causal_lm_judge_built_from_config(tmp_path):
+    import torch
+
+    folder = _tiny_judge_dir(tmp_path)
+    spec = from_dict(JudgeSpec, {"model": str(folder), "prefixes": 3, "max_new_tokens": 8, "batch_size": 2,
+                                 "on_invalid": "mark"})
+    judge = load_judge(spec)
+    triples = [("a prefix", "one text", "another"), ("b", "x y z", "w"), ("c", "longer text here", "no")]
+    p = judge.prefer_first(triples)
+    assert p.shape == (3,) and np.all((p > 0) & (p < 1))
+    assert all(0 < m < 1 for m in judge.label_mass)  # the two labels' share of the vocabulary's probability
+    # the padded batch gives each prompt what it gets alone
+    assert judge.prefer_first(triples[2:]) == pytest.approx(p[2:], abs=1e-5)
+    # the judge's identity follows its weights and template
+    assert load_judge(spec).identity == judge.identity
+    assert load_judge(from_dict(JudgeSpec, {"model": str(folder), "template": "{prefix}|{a}|{b}"})).identity \
+        != judge.identity
+    # the evaluation: a model built from config continues the prefixes; scores in [0, 1], cached by state
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX / "tiny-llama"))
+    tok = AutoTokenizer.from_pretrained(FIX / "tokenizer")
+    ev = JudgeEvaluation(spec, judge, PREFIXES, tok, context_length=128)
+    conts = ev.continuations(model, "target")
+    assert len(conts) == 6 and all(len(c) == spec.candidates for c in conts)
+    assert ev.continuations(model, "target") == conts  # seeded
+    scores = ev(model, start=True)
+    assert set(scores) == {"source", "target"} and all(0 <= v <= 1 for v in scores.values())
+    assert ev(model) == scores and len(ev._cache) == 1
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)
+    ev(model)
+    assert len(ev._cache) == 2 and len(ev.seconds) == 3
+    assert ev.describe()["judged_evals"] == 3 and ev.describe()["marked"] == list(ev.marked)
+
+
+def test_every_nth_evaluation_is_judged_and_the_count_restarts_with_a_run():
+    import torch
+
+    spec = JudgeSpec(every=2)
+    judge = Scripted(real_text)
+    ev = JudgeEvaluation(spec, judge, PREFIXES, tokenizer=None, context_length=128)
+    ev._score = lambda model: {"source": float(next(model.parameters()).item()), "target": 0.0}  # no generation
+    model = torch.nn.Linear(1, 1, bias=False)
+    seen = []
+    for k in range(5):
+        with torch.no_grad():
+            model.weight.fill_(k / 10)
+        seen.append(ev(model, start=k == 0)["source"])
+    assert seen == pytest.approx([0.0, 0.0, 0.2, 0.2, 0.4])
+    with torch.no_grad():
+        model.weight.fill_(0.9)
+    assert ev(model, start=True)["source"] == pytest.approx(0.9)  # a new run: judged at once
+
+
+def test_a_judge_dir_that_is_not_a_causal_lm_or_has_no_weights(tmp_path):
+    from transformers import DistilBertConfig
+
+    folder = tmp_path / "encoder"
+    DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(folder)
+    with pytest.raises(ConfigError, match="'distilbert' model, not a causal LM"):
+        load_judge(JudgeSpec(model=str(folder)))
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / "config.json").write_text((FIX / "tiny-llama/config.json").read_text())
+    with pytest.raises(DataMissingError, match="no \\*.safetensors weights"):
+        load_judge(JudgeSpec(model=str(folder)))
+
+
+def test_judge_rewards_hand_worked_and_a_missing_judge_is_a_typed_error():
+    space = DomainSpace("two", [Domain("web", "source", ["wiki"]), Domain("math", "target", ["math"])])
+
+    def ev(judge, bpb=(1.0, 2.0)):
+        return EvalResult({"web": bpb[0], "math": bpb[1]}, {"source": 0.3, "target": 0.3}, {}, judge=judge)
+
+    start, now = ev({"source": 0.2, "target": 0.1}), ev({"source": 0.15, "target": 0.4})
+    # lam 0.25: 0.25 * (0.4 - 0.1) + 0.75 * (0.15 - 0.2) = 0.075 - 0.0375
+    assert balanced_score("judge", 0.25, start, now, space) == pytest.approx(0.0375)
+    assert step_reward("judge", 0.25, start, start, now, space) == pytest.approx(0.0375)
+    assert needs_reference("judge_bpb") and not needs_reference("judge") and reward_measure("judge_bpb") == "bpb"
+    from mixagent.env.rewards import Reference
+
+    ref = Reference(best={"bpb": {"source": 0.5, "target": 1.0}, "score": {"source": 1, "target": 1}},
+                    worst={"bpb": {"source": 1.5, "target": 3.0}, "score": {"source": 0, "target": 0}})
+    now2 = ev({"source": 0.15, "target": 0.4}, bpb=(1.0, 2.0))  # normalised bpb: source 0.5, target 0.5
+    assert balanced_score("judge_bpb", 0.25, start, now2, space, ref) == pytest.approx(0.5 * (0.0375 + 0.5))
+    with pytest.raises(ConfigError, match="set eval.judge"):
+        balanced_score("judge", 0.5, EvalResult({"web": 1, "math": 1}, {"source": 1, "target": 1}, {}), now, space)
+
+
+def test_eval_results_keep_their_json_without_a_judge_and_round_trip_with_one():
+    plain = EvalResult({"web": 1.0}, {"source": 0.5}, {})
+    assert set(plain.to_json()) == {"bpb", "scores", "accuracy", "tokens_seen", "eval_tokens"}
+    judged = EvalResult({"web": 1.0}, {"source": 0.5}, {}, judge={"source": 0.25}, judge_marked=("source",))
+    d = json.loads(json.dumps(judged.to_json()))
+    assert d["judge"] == {"source": 0.25} and d["judge_marked"] == ["source"]
+    assert EvalResult.from_json(d) == judged
