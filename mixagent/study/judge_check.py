@@ -1,0 +1,194 @@
+"""Is the judge a judge, and of which models? ``mixagent judge-check --config configs/judge/<name>.yaml``.
+
+For every judge of the config (:class:`~mixagent.env.judge.JudgeSpec`, e.g. the prompted and the likelihood
+mode of SmolLM2-135M-Instruct) on each field's held-out prefixes:
+
+1. **Validity** (:func:`~mixagent.env.judge.measure_validity`): accuracy at preferring the real suffix over
+   corrupted ones, its bootstrap 95% interval, per-corruption accuracy, agreement across orders and
+   samples, position bias.
+2. **Where the score moves**: each listed model (the proxies' committed bases at 0.6M, 2M and 7.4M
+   parameters, SmolLM2-135M) continues the prefixes, and the judge scores them against the real text: the
+   per-field win rate with a bootstrap interval over items, and the seconds one judged evaluation costs.
+   A judge whose scores do not separate the models cannot reward a mixture at that scale.
+
+Writes ``<out>/<name>/check.json`` and ``check.md`` (committed under ``audits/judge/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from mixagent.config import load_config, to_dict
+from mixagent.data.build import read_split
+from mixagent.env.judge import JudgeEvaluation, JudgeSpec, LMJudge, cut_prefixes, load_judge
+from mixagent.errors import MixagentError
+from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
+
+__all__ = ["JudgeCheckConfig", "CheckedModel", "run_judge_check", "format_check", "main"]
+
+FORMAT = 1
+MODEL_KINDS = ("base", "smollm2_gguf")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckedModel:
+    """A model whose continuations are judged.
+
+    Args:
+        name: its row in the table.
+        kind: ``base`` (a proxy base checkpoint from ``config``) or ``smollm2_gguf``.
+        config: the base-model config YAML (``kind: base``).
+    """
+
+    name: str
+    kind: str = "base"
+    config: str = "configs/base_model/default.yaml"
+
+    def check(self) -> list[str]:
+        problems = [] if self.kind in MODEL_KINDS else [f"kind must be one of {MODEL_KINDS}, got {self.kind!r}"]
+        if self.kind == "base" and not (REPO_ROOT / self.config).is_file():
+            problems.append(f"config {self.config!r} is not a base-model config file (configs/base_model/*.yaml)")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeCheckConfig:
+    """Args:
+        name: the check's directory under ``out``.
+        judges: named judge specs; each is checked (``on_invalid`` is ignored: validity is measured here).
+        fields: per field, the corpora whose held-out documents give the prefixes.
+        models: the models whose continuations are judged.
+        bootstrap: resamples of the intervals.
+        out: output root.
+    """
+
+    name: str
+    judges: dict[str, JudgeSpec]
+    fields: dict[str, list[str]]
+    models: list[CheckedModel]
+    bootstrap: int = 2000
+    out: str = "audits/judge"
+
+    def check(self) -> list[str]:
+        problems = [] if set(self.fields) == {"source", "target"} else [
+            f"fields must name source and target, got {sorted(self.fields)}"]
+        if not self.judges:
+            problems.append("judges must name at least one judge")
+        if not self.models:
+            problems.append("models must list at least one model")
+        return problems
+
+
+def _load_model(m: CheckedModel) -> tuple[Any, Any, int]:
+    """``(model, tokenizer, context length)`` of a checked model."""
+    if m.kind == "smollm2_gguf":
+        from mixagent.env.gguf import load_gguf_model
+
+        model, tok = load_gguf_model(dtype="float32")
+        return model, tok, int(model.config.max_position_embeddings)
+    from mixagent.env.base_model import BaseModelConfig, get_base_model
+
+    base = get_base_model(load_config(BaseModelConfig, REPO_ROOT / m.config))
+    return base.model, base.tokenizer, base.model_config.seq_len
+
+
+def _interval(values: np.ndarray, rng: np.random.Generator, n: int) -> list[float]:
+    means = values[rng.integers(len(values), size=(n, len(values)))].mean(1)
+    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
+
+
+def run_judge_check(cfg: JudgeCheckConfig) -> dict:
+    """Run the check (module docstring); returns what ``check.json`` holds."""
+    from tqdm.auto import tqdm
+
+    first = next(iter(cfg.judges.values()))
+    prefixes = {}
+    for field, corpora in cfg.fields.items():
+        docs = [d["text"] for c in corpora for d in read_split(c, first.split)]
+        prefixes[field] = cut_prefixes(docs, first.prefixes, first.prefix_chars, first.suffix_chars, first.seed,
+                                       where=f"the {field} field's corpora {corpora}")
+    loaded: dict[str, LMJudge] = {}
+    evaluations: dict[str, JudgeEvaluation] = {}
+    out: dict[str, Any] = {"format": FORMAT, "config": to_dict(cfg), "judges": {}, "models": {}}
+    for name, spec in cfg.judges.items():
+        spec = dataclasses.replace(spec, on_invalid="mark")
+        twin = next((j for j in loaded.values() if j.spec.model == spec.model), None)
+        judge = (LMJudge(twin.model, twin.tokenizer, spec, twin.digest) if twin is not None else load_judge(spec))
+        loaded[name] = judge
+        t0 = time.perf_counter()
+        ev = JudgeEvaluation(spec, judge, prefixes, None, 1 << 20, data_root() / "cache" / "judge")
+        evaluations[name] = ev
+        out["judges"][name] = {"identity": ev.identity, "validity_seconds": time.perf_counter() - t0,
+                               "validity": {f: v.to_json() for f, v in ev.validity.items()}}
+    rng = np.random.Generator(np.random.PCG64(0))
+    for m in tqdm(cfg.models, desc="judged models", unit="model"):
+        model, tok, context = _load_model(m)
+        n_params = sum(p.numel() for p in model.parameters())
+        row: dict[str, Any] = {"parameters": n_params, "judges": {}}
+        for name, ev in evaluations.items():
+            ev.tokenizer, ev.context_length = tok, context
+            ev._cache.clear()
+            t0 = time.perf_counter()
+            scores = ev(model, start=True)
+            row["judges"][name] = {"scores": scores, "seconds": time.perf_counter() - t0,
+                                   "intervals": {f: _interval(ev.last_items[f], rng, cfg.bootstrap) for f in scores},
+                                   "example": {"prefix": prefixes["target"][0].text[-120:],
+                                               "continuation": ev.last_texts["target"][0],
+                                               "real": prefixes["target"][0].suffix}}
+        out["models"][m.name] = row
+        del model
+    return out
+
+
+def format_check(result: dict) -> str:
+    """The check as markdown: validity per judge and field, then each model's judge scores."""
+    lines = ["| judge | field | accuracy [95% CI] | shuffle / swap / noise | order agreement | position bias | "
+             "valid |", "|---|---|---|---|---|---|---|"]
+    for name, j in result["judges"].items():
+        for f, v in j["validity"].items():
+            by = " / ".join(f"{v['by_corruption'].get(k, float('nan')):.3f}" for k in ("shuffle", "swap", "noise"))
+            lines.append(f"| {name} | {f} | {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] | {by} | "
+                         f"{v['order_agreement']:.2f} | {v['position_bias']:.2f} | {'yes' if v['valid'] else 'no'} |")
+    judges = list(result["judges"])
+    lines += ["", "| model | parameters | " + " | ".join(f"{n}: source | {n}: target | {n}: s/eval" for n in judges)
+              + " |", "|---|---|" + "---|---|---|" * len(judges)]
+    for name, row in result["models"].items():
+        cells = []
+        for n in judges:
+            r = row["judges"][n]
+            cells += [f"{r['scores'][f]:.3f} [{r['intervals'][f][0]:.3f}, {r['intervals'][f][1]:.3f}]"
+                      for f in ("source", "target")] + [f"{r['seconds']:.0f}"]
+        lines.append(f"| {name} | {row['parameters'] / 1e6:.1f}M | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixagent judge-check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a judge-check YAML (configs/judge/*.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. judges.prompt.prefixes=8")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(JudgeCheckConfig, args.config, args.overrides)
+        result = run_judge_check(cfg)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    folder = REPO_ROOT / cfg.out / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "check.json", result)
+    (folder / "check.md").write_text(format_check(result))
+    print(format_check(result))
+    print(f"written to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
