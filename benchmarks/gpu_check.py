@@ -9,6 +9,9 @@
 3. **The callback's overhead**: step time of the run against the same run without the callback.
 4. **The proxy environment on CUDA**: ``envs/tiny-cpt.yaml`` with ``optim.device=cuda``, seconds per step
    beside the CPU.
+5. **The judge on CUDA**: a short run of the same job with ``eval.judge`` (SmolLM2-135M-Instruct's
+   likelihood of the model's continuations, ``mixagent.env.judge``): its validity per field and its seconds
+   per judged evaluation beside the step time.
 
     bash benchmarks/gpu_check.sh                 # the GPU check; a clear skip message without a GPU
     .venv/bin/python benchmarks/gpu_check.py --smoke   # the same checks on CPU at tiny scale (tested)
@@ -60,6 +63,21 @@ def _config(smoke: bool, out: Path, name: str, *extra: str) -> DeployConfig:
     return load_config(DeployConfig, CONFIGS_DIR / "deploy/smollm2-text.yaml", [*base, *extra])
 
 
+def _judge(smoke: bool, out: Path) -> str:
+    """The ``eval.judge`` override: SmolLM2-135M-Instruct on a GPU, a judge built from config in the smoke."""
+    if not smoke:
+        return "eval.judge={model: smollm2_gguf, mode: likelihood, prefixes: 8, on_invalid: mark}"
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fix = REPO_ROOT / "tests/fixtures/deploy"
+    folder = out / "tiny-judge"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fix / "tiny-llama")).save_pretrained(folder)
+    for f in (fix / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return (f"eval.judge={{model: {folder}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, max_new_tokens: 8, "
+            f"on_invalid: mark}}")
+
+
 def _env_seconds(device: str, steps: int) -> float:
     from mixagent.domains import DomainWeights, replay_weights
     from mixagent.env.environment import MixingEnv
@@ -89,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out / "straight", ignore_errors=True)
         shutil.rmtree(out / "resumed", ignore_errors=True)
         shutil.rmtree(out / "no-callback", ignore_errors=True)
+        shutil.rmtree(out / "judged", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     straight = run_deploy(_config(args.smoke, out, "straight"), progress=False)
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     resumed = run_deploy(_config(args.smoke, out, "resumed", "resume=true"), progress=False)
     seconds["resumed"] = time.perf_counter() - t0
     bare = run_deploy(_config(args.smoke, out, "no-callback", "trainer.save_steps=0"), progress=False, mixing=False)
+    judged = run_deploy(_config(args.smoke, out, "judged", "trainer.save_steps=0", f"trainer.max_steps={steps // 4}",
+                                f"policy.every={max(1, steps // 8)}", _judge(args.smoke, out)), progress=False)
     tail = steps - half
     final_gap = max(abs(resumed["final"]["bpb"][d] - straight["final"]["bpb"][d]) for d in straight["domains"])
     w = [h["weights"] for h in straight["history"]]
@@ -119,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     s = result["step_seconds"]
     result["callback_overhead"] = s["with_callback"] / s["without_callback"] - 1
+    j = judged["judge"]
+    result["judge"] = {"validity": {f: {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "valid")}
+                                    for f, v in j["validity"].items()},
+                       "seconds_per_judged_eval": j["seconds_per_judged_eval"], "judged_evals": j["judged_evals"],
+                       "step_seconds": judged["train_seconds"] / judged["steps"], "final": judged["final"]["judge"]}
     result["env_step_seconds"] = {"cpu": _env_seconds("cpu", 2)}
     if torch.cuda.is_available() and not args.smoke:
         result["env_step_seconds"]["cuda"] = _env_seconds("cuda", 2)
@@ -132,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
           f"- step time {s['with_callback'] * 1e3:.1f} ms with the callback, {s['without_callback'] * 1e3:.1f} ms "
           f"without: overhead {result['callback_overhead']:+.1%} (includes the evaluations before each decision)",
           "- proxy env (tiny-cpt) seconds per step: " + ", ".join(
-              f"{k} {v:.2f}" for k, v in result["env_step_seconds"].items())]
+              f"{k} {v:.2f}" for k, v in result["env_step_seconds"].items()),
+          f"- judge: {result['judge']['seconds_per_judged_eval']:.1f} s per judged evaluation "
+          f"({result['judge']['judged_evals']} judged) beside {result['judge']['step_seconds']:.2f} s per step; "
+          "validity " + ", ".join(f"{f} {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+                                  f"{'' if v['valid'] else ' (not valid)'}"
+                                  for f, v in result["judge"]["validity"].items())]
     (out / "gpu_check.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     ok = result["resume"]["decisions_equal"] and result["resume"]["batches_equal"] and result["weights_changed"]

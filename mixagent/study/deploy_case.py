@@ -298,6 +298,14 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
                      "balanced_bpb_std": float(np.std(bpb, ddof=1)),
                      "source_bpb": float(np.mean(source)), "target_bpb": float(np.mean(target)),
                      "train_seconds": float(np.mean([r.get("train_seconds") or 0.0 for r in rs]))})
+        if all("judge" in r for r in rs):  # the judge's reward (lam 0.5) and end scores beside bits per byte
+            judged = [float(r["judge"]["rewards"]["judge"]) for r in rs]
+            rows[-1] |= {"judge": judged, "judge_mean": float(np.mean(judged)),
+                         "judge_std": float(np.std(judged, ddof=1)),
+                         "judge_final": {f: float(np.mean([r["final"]["judge"][f] for r in rs]))
+                                         for f in ("source", "target")},
+                         "judge_seconds": float(np.mean([r["judge"]["seconds_per_judged_eval"] for r in rs])),
+                         "judge_marked": sorted({f for r in rs for f in r["judge"]["marked"]})}
         fell = [sum(h.get("fallback") is not None for h in r.get("history", [])) for r in rs]
         if any(fell):  # decisions the scheduler's guard took over: the run is not the policy as designed
             rows[-1]["fallbacks"] = {"decisions": sum(fell), "of": sum(len(r.get("history", [])) for r in rs)}
@@ -311,6 +319,13 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
              f"held-out seeds {list(seeds)}; score: balanced (mean change of the fields' benchmark scores)", "",
              "| rank | policy | kind | balanced (mean ± std) | gap to best [pooled std] | balanced bpb (mean ± std) "
              "| source bpb | target bpb | train s |", "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    judged = all("judge_mean" in r for r in rows)
+    if judged:
+        marked = sorted({f for r in rows for f in r["judge_marked"]})
+        lines[0] += ("; judge: the change of the judge's win rate against the real text, lam 0.5"
+                     + (f" (**judge marked invalid on {', '.join(marked)}**)" if marked else ""))
+        lines[2] = lines[2].rstrip(" |") + " | judge (mean ± std) | judge end: source / target | judge s/eval |"
+        lines[3] += "---:|---:|---:|"
     for i, r in enumerate(rows, 1):
         gap = r["mean"] - rows[0]["mean"]
         name = r["policy"] + (f" (**fell back** at {r['fallbacks']['decisions']} of {r['fallbacks']['of']} "
@@ -318,7 +333,9 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
         lines.append(f"| {i} | {name} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
                      f"{'best' if i == 1 else f'{gap:+.4f} [{gap / pooled if pooled else 0:+.1f}]'} | "
                      f"{r['balanced_bpb_mean']:+.4f} ± {r['balanced_bpb_std']:.4f} | {r['source_bpb']:.4f} | "
-                     f"{r['target_bpb']:.4f} | {r['train_seconds']:.0f} |")
+                     f"{r['target_bpb']:.4f} | {r['train_seconds']:.0f} |"
+                     + (f" {r['judge_mean']:+.4f} ± {r['judge_std']:.4f} | {r['judge_final']['source']:.3f} / "
+                        f"{r['judge_final']['target']:.3f} | {r['judge_seconds']:.0f} |" if judged else ""))
     case_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(case_dir / "table.json", table)
     atomic_write(case_dir / "table.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))

@@ -261,6 +261,9 @@ def test_gpu_check_smoke_runs_its_checks_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["resume"] == {"decisions_equal": True, "batches_equal": True, "final_bpb_max_abs_diff": 0.0}
     assert result["weights_changed"] and result["step_seconds"]["without_callback"] > 0
+    judge = result["judge"]  # the judge ran in the short judged run: its validity, cost and end scores
+    assert set(judge["validity"]) == set(judge["final"]) == {"source", "target"}
+    assert judge["judged_evals"] >= 2 and judge["seconds_per_judged_eval"] > 0
 
 
 # ---- paths resolved once, at load -------------------------------------------------------------------------
