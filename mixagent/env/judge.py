@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 __all__ = ["JudgeSpec", "Prefix", "Judge", "LMJudge", "JudgeEvaluation", "FieldValidity", "load_judge",
            "cut_prefixes", "corrupt", "measure_validity", "judge_wins", "DEFAULT_TEMPLATE", "CORRUPTIONS",
-           "SMOLLM2_JUDGE", "JudgeInvalidError"]
+           "SMOLLM2_JUDGE", "JudgeInvalidError", "judge_model_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -240,14 +240,51 @@ class Judge(Protocol):
         ...
 
 
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime) of each file -> digest: a judge is hashed once per process
+
+
 def _file_digest(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.name.encode())
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(paths))
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in sorted(paths):
+            h.update(p.name.encode())
+            with p.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _DIGESTS[key] = h.hexdigest()[:16]
+    return _DIGESTS[key]
+
+
+def _weight_files(model: str) -> list[Path]:
+    """The files that make the judge ``model``: the GGUF file, or a directory's config and weights.
+
+    Raises:
+        DataMissingError: no config.json, or no weights.
+    """
+    if model == SMOLLM2_JUDGE:
+        from mixagent.env.gguf import smollm2_gguf_path
+
+        return [smollm2_gguf_path()]
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
+                               f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not weights:
+        raise DataMissingError(f"eval.judge.model: {str(folder)!r} holds no *.safetensors weights; save the "
+                               f"judge with save_pretrained")
+    return [*weights, folder / "config.json"]
+
+
+def judge_model_digest(model: str) -> str:
+    """The judge's weights by content (sha256 of its files, computed once per process): what identifies the
+    judge in caches and spec hashes beside its spec.
+
+    Raises:
+        DataMissingError: the judge's files are missing.
+    """
+    return _file_digest(_weight_files(model))
 
 
 class LMJudge:
@@ -356,11 +393,11 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         ConfigError: the model is not a causal LM, or a label is not a single token.
     """
     if spec.model == SMOLLM2_JUDGE:
-        from mixagent.env.gguf import load_gguf_model, smollm2_gguf_path
+        from mixagent.env.gguf import load_gguf_model
 
-        path = smollm2_gguf_path()
+        path = _weight_files(spec.model)[0]
         model, tokenizer = load_gguf_model(path, dtype="float32", device=device)
-        return LMJudge(model.eval(), tokenizer, spec, _file_digest([path]))
+        return LMJudge(model.eval(), tokenizer, spec, judge_model_digest(spec.model))
     folder = Path(spec.model).expanduser()
     if not (folder / "config.json").is_file():
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
@@ -373,15 +410,12 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         raise ConfigError("eval.judge", [f"model {str(folder)!r} is a {config.model_type!r} model, not a causal "
                                          f"LM; a judge must generate its answer (a Llama, Qwen, GPT-2, ... "
                                          f"checkpoint)"])
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not weights:
-        raise DataMissingError(f"eval.judge.model: {str(folder)!r} holds no *.safetensors weights; save the "
-                               f"judge with save_pretrained")
+    digest = judge_model_digest(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True).to(device).eval()
-    return LMJudge(model, tokenizer, spec, _file_digest([*weights, folder / "config.json"]))
+    return LMJudge(model, tokenizer, spec, digest)
 
 
 def _bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:

@@ -133,8 +133,14 @@ class EnvSpec:
         return spec
 
     def spec_hash(self) -> str:
-        """Identifies the MDP: the spec (:meth:`mdp_dict`), its base-model config and its domain space file."""
-        return config_hash(self.mdp_dict(), to_dict(self.base_config()), self.space_path().read_text())
+        """Identifies the MDP: the spec (:meth:`mdp_dict`), its base-model config and its domain space file, and
+        with a judge in ``eval``, the judge's weights (by content)."""
+        parts = [self.mdp_dict(), to_dict(self.base_config()), self.space_path().read_text()]
+        if self.eval.judge is not None:
+            from mixagent.env.judge import judge_model_digest
+
+            parts.append({"judge_weights": judge_model_digest(self.eval.judge.model)})
+        return config_hash(*parts)
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EnvSpec:

@@ -135,6 +135,17 @@ def case_inputs(config: str, overrides: tuple[str, ...], build: bool = False) ->
                     continue
                 out[f"corpus:{corpus}"] = hashlib.sha256(json.dumps(
                     {k: v.get("sha256") for k, v in sorted(files.items())}, sort_keys=True).encode()).hexdigest()
+    from mixagent.config import apply_overrides
+
+    judge = (apply_overrides(_parsed(config) or {}, overrides).get("eval") or {}).get("judge")
+    judge_model = (judge.get("model", "smollm2_gguf") or None) if isinstance(judge, dict) else None
+    if judge_model == "smollm2_gguf":  # a directory is hashed with the config; the package's file is hashed here
+        from mixagent.env.judge import judge_model_digest
+
+        try:
+            out["judge:smollm2_gguf"] = judge_model_digest(judge_model)
+        except DataMissingError:
+            out["judge:smollm2_gguf"] = "not installed"
     return out
 
 

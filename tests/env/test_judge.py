@@ -258,3 +258,21 @@ def test_eval_results_keep_their_json_without_a_judge_and_round_trip_with_one():
     d = json.loads(json.dumps(judged.to_json()))
     assert d["judge"] == {"source": 0.25} and d["judge_marked"] == ["source"]
     assert EvalResult.from_json(d) == judged
+
+
+def test_the_environment_evaluates_with_a_judge_and_rewards_its_change(tmp_path, tiny_spec_path):
+    from mixagent.env.environment import MixingEnv
+
+    folder = _tiny_judge_dir(tmp_path)
+    judge = (f"eval.judge={{model: {folder}, prefixes: 3, prefix_chars: 100, suffix_chars: 60, max_new_tokens: 8, "
+             f"on_invalid: mark}}")
+    env = MixingEnv(tiny_spec_path, overrides=(judge, "reward.name=judge", "reward.lam=0.25"))
+    assert env.spec_.spec_hash() != MixingEnv(tiny_spec_path).spec_.spec_hash()  # the judge is part of the MDP
+    _, info = env.reset(seed=0)
+    start = EvalResult.from_json(info["eval"])
+    assert set(start.judge) == {"source", "target"} and start.judge_marked == ("source", "target")
+    _, reward, _, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+    now = EvalResult.from_json(info["eval"])
+    expected = 0.25 * (now.judge["target"] - start.judge["target"]) + 0.75 * (now.judge["source"] - start.judge["source"])
+    assert reward == pytest.approx(expected)
+    assert env.backend.evaluator.describe()["judge"]["marked"] == ["source", "target"]

@@ -214,3 +214,13 @@ def test_a_case_with_a_judge_tables_the_judge_reward_beside_bits_per_byte(tmp_pa
     assert row["judge_marked"] == ["source", "target"]  # a random network is no judge: said in the table
     md = (out / "j/table.md").read_text()
     assert "judge marked invalid on source, target" in md and "| judge (mean ± std) |" in md
+
+
+def test_case_inputs_name_the_smollm2_judge_by_its_file():
+    from mixagent.study.deploy_case import case_inputs
+
+    inputs = case_inputs("configs/deploy/smollm2-judge.yaml", ())
+    assert set(inputs) == {"judge:smollm2_gguf"} and inputs["judge:smollm2_gguf"]  # a digest, or "not installed"
+    assert case_inputs("configs/deploy/user-jsonl.yaml", ("eval.judge={model: /a/judge/dir}",)) == {}  # hashed as a dir
+    assert case_inputs("configs/deploy/user-jsonl.yaml", ("eval.judge={mode: likelihood}",)) == {
+        "judge:smollm2_gguf": inputs["judge:smollm2_gguf"]}  # the default judge
