@@ -385,6 +385,8 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
             if wandb.run is not None:
                 wandb.finish()
     steps = int(args["max_steps"])
+    if judge is not None:
+        judge.judge_next()  # the run's last evaluation is always judged: the report's score is of the end
     final = evaluate(trainer.model, tokens_seen=steps * accum * mixer.tokens_per_batch)
     label = p.spec if mixing else f"{p.spec} (not mixing: the starting mixture throughout)"
     report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": label, "model": about, "steps": steps,

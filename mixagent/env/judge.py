@@ -97,7 +97,9 @@ class JudgeSpec:
         chat: wrap the prompt in the judge tokenizer's chat template when it has one.
         split: where prefixes come from: ``val`` or ``test``.
         seed: seed of the prefix draw, the continuations, the corruptions and sampled verdicts.
-        every: judge every n-th evaluation of a run (the others repeat the last score); its cost is reported.
+        every: judge every n-th evaluation of a run (the others repeat the last score); 0 judges the run's
+            first and last evaluations only. Its cost is reported. The environment judges every step (its
+            episodes fork, so a skipped step would have no score of its own): there it must be 1.
         on_invalid: a field whose validity interval does not clear chance: ``refuse`` (a typed error) or
             ``mark`` (scored, and named in every result's ``judge_marked``).
         corruptions: corrupted suffixes of the validity check (``shuffle``, ``swap``, ``noise``).
@@ -140,8 +142,9 @@ class JudgeSpec:
                                 f"brace as '{{{{' or '}}}}'")
         if len(self.labels) != 2 or len(set(self.labels)) != 2 or not all(self.labels):
             problems.append(f"labels must be two different non-empty answers, got {list(self.labels)}")
-        for name in ("prefixes", "prefix_chars", "suffix_chars", "max_new_tokens", "candidates", "every",
-                     "batch_size"):
+        if self.every < 0:
+            problems.append(f"every must be >= 0 (0 = the first and last evaluations only), got {self.every}")
+        for name in ("prefixes", "prefix_chars", "suffix_chars", "max_new_tokens", "candidates", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples < 0:
@@ -564,10 +567,11 @@ class JudgeEvaluation:
         """Per field, the mean win of ``model``'s continuations against the real suffixes, in [0, 1].
 
         ``start`` marks a run's first evaluation (the ``every`` count restarts there); evaluations between
-        every n-th repeat the last score."""
+        every n-th repeat the last score (:meth:`judge_next` makes the next one judged: a run's last)."""
         if start:
             self.calls = 0
-        judged = self.calls % self.spec.every == 0 or not self._last
+        every = self.spec.every
+        judged = self.calls == 0 or (every > 0 and self.calls % every == 0) or not self._last
         self.calls += 1
         if not judged:
             return dict(self._last)
@@ -578,6 +582,10 @@ class JudgeEvaluation:
         self._last = self._cache[digest]
         self.seconds.append(time.perf_counter() - t0)
         return dict(self._last)
+
+    def judge_next(self) -> None:
+        """Judge the next evaluation whatever ``every`` says (a run's last evaluation, which its score is of)."""
+        self.calls = 0
 
     def continuations(self, model: torch.nn.Module, field: str) -> list[list[str]]:
         """Per prefix of ``field``, ``candidates`` sampled continuations of ``model`` (seeded, batched)."""

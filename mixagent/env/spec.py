@@ -94,6 +94,10 @@ class EnvSpec:
 
     def check(self) -> list[str]:
         problems = []
+        if self.eval.judge is not None and self.eval.judge.every != 1:
+            problems.append(f"eval.judge.every must be 1 in an environment, got {self.eval.judge.every}: episodes "
+                            f"fork, so a step the judge skipped would have no score of its own (every applies to "
+                            f"the deploy job's runs)")
         if self.target_tokens < 0:
             problems.append(f"target_tokens must be >= 0 (0 = no cap), got {self.target_tokens}")
         if not self.reference_seeds:

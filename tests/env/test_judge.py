@@ -214,6 +214,23 @@ def test_every_nth_evaluation_is_judged_and_the_count_restarts_with_a_run():
     with torch.no_grad():
         model.weight.fill_(0.9)
     assert ev(model, start=True)["source"] == pytest.approx(0.9)  # a new run: judged at once
+    ends = JudgeEvaluation(JudgeSpec(every=0), judge, PREFIXES, tokenizer=None, context_length=128)
+    ends._score = ev._score
+    seen = []
+    for k in range(4):
+        with torch.no_grad():
+            model.weight.fill_(k / 10)
+        if k == 3:
+            ends.judge_next()  # the run's last evaluation
+        seen.append(ends(model, start=k == 0)["source"])
+    assert seen == pytest.approx([0.0, 0.0, 0.0, 0.3]) and len(ends.seconds) == 2
+
+
+def test_an_environment_judges_every_step(tiny_spec_path):
+    from mixagent.env.spec import load_spec
+
+    with pytest.raises(ConfigError, match="eval.judge.every must be 1 in an environment, got 2"):
+        load_spec(tiny_spec_path, ["eval.judge={every: 2}"])
 
 
 def test_a_judge_dir_that_is_not_a_causal_lm_or_has_no_weights(tmp_path):
