@@ -386,6 +386,8 @@ def _spec_problems(field: str, spec: str, named: bool) -> list[str]:
 
     name = spec.partition(":")[0]
     problems = [f"{field}: {p}" for p in method_problems(spec)] if named else []
+    if field != "spec":  # a fallback is never an artifact: the registry's list of what is known ends with one
+        problems = [p.replace(" or a policy artifact directory", "") for p in problems]
     fix = "deploy another method" if field == "spec" else "fall back to a baseline such as replay:0.5"
     if name in (*NEEDS_REFERENCE, "regmix"):
         problems.append(f"{field} {spec!r}: {name} needs preparation runs (a reference run or RegMix's proxy "

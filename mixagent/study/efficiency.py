@@ -101,9 +101,12 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     if len(set(budgets)) < 3:
         problems.append(f"budgets must hold >= 3 distinct unique target budgets for the 3-parameter fit, got "
                         f"{list(budgets)}")
-    if any(not 0 < b <= trained for b in budgets):
-        problems.append(f"budgets {[b for b in budgets if not 0 < b <= trained]}: a target-only run of {base.steps} "
-                        f"x {base.segment_tokens} tokens trains {trained} target tokens; use budgets in 1..{trained}")
+    decl = suite.axes.get("target_tokens", {})
+    low = int(decl["range"][0]) if "range" in decl else min(decl.get("values", [1]))
+    if any(not low <= b <= trained for b in budgets):
+        problems.append(f"budgets {[b for b in budgets if not low <= b <= trained]}: a target-only run of "
+                        f"{base.steps} x {base.segment_tokens} tokens trains {trained} target tokens and the suite's "
+                        f"target_tokens axis starts at {low}; use budgets in {low}..{trained}")
     if problems:
         raise ConfigError("efficiency", problems)
     out = REPO_ROOT / cfg.out / suite.name

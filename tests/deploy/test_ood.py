@@ -238,6 +238,12 @@ def test_bad_ood_settings_are_typed_config_errors(override, match):
         load_config(DeployConfig, CONFIGS_DIR / "deploy/user-jsonl.yaml", [override])
 
 
+def test_an_unknown_fallback_lists_what_a_fallback_may_be_and_no_artifact():
+    with pytest.raises(ConfigError, match="did you mean 'uniform'") as err:
+        load_config(DeployConfig, CONFIGS_DIR / "deploy/user-jsonl.yaml", ["policy.ood_fallback=unifrom"])
+    assert "artifact" not in str(err.value)
+
+
 def test_the_guard_fields_keep_older_run_identities():
     from mixagent.config import to_dict
 

@@ -229,3 +229,5 @@ def test_target_data_efficiency_over_unique_budgets(oracle):
         run_efficiency(cfg, budgets=(4096, 8192, 32768), progress=False)
     with pytest.raises(ConfigError, match=">= 3 distinct"):
         run_efficiency(cfg, budgets=(4096, 8192), progress=False)
+    with pytest.raises(ConfigError, match=r"budgets \[1024\].*axis starts at 2048; use budgets in 2048..16384"):
+        run_efficiency(cfg, budgets=(1024, 4096, 8192), progress=False)
