@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -400,9 +401,17 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               "train_seconds": next((h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h),
                                     None),
               "batches_sha256": digests}
-    if judge is not None:  # its validity, cost, and the judge rewards of the run (lam 0.5)
-        report["judge"] = judge.describe() | {
+    if judge is not None:  # its validity, its cost per training step, and the judge reward of the run (lam 0.5)
+        about_judge = judge.describe()
+        train = report["train_seconds"] or 0.0  # the callback's evaluations, judged ones included, run inside it
+        share = about_judge["seconds_total"] / train if train else math.nan
+        report["judge"] = about_judge | {
+            "seconds_per_step": about_judge["seconds_total"] / steps, "share_of_train_seconds": share,
             "rewards": {name: balanced_score(name, 0.5, scheduler.start_eval, final, space) for name in ("judge",)}}
+        if share > 0.5:
+            log.warning("judging took %.0f%% of the run's time (%.1f s per judged evaluation); judge less often "
+                        "(eval.judge.every=%d, or 0 for the first and last evaluations) or with fewer prefixes",
+                        100 * share, about_judge["seconds_per_judged_eval"], 2 * max(1, cfg.eval.judge.every))
     first = trainer.is_world_process_zero()
     _write_copies(cfg, report, trainer.args.process_index, world, first)
     if first:

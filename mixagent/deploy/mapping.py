@@ -17,6 +17,8 @@ names both lists.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from mixagent.domains import DomainSpace
@@ -82,8 +84,7 @@ class DomainMapping:
     def eval_to_agent(self, result: EvalResult) -> EvalResult:
         """The evaluation as the agent sees it: every agent domain has its user domain's loss."""
         bpb = {a: result.bpb[u] for a, u in ((a, self.assign[a]) for a in self.agent.names)}
-        return EvalResult(bpb, dict(result.scores), dict(result.accuracy), result.tokens_seen, result.eval_tokens,
-                          unit=result.unit)
+        return dataclasses.replace(result, bpb=bpb, scores=dict(result.scores), accuracy=dict(result.accuracy))
 
     def to_json(self) -> dict:
         return {"agent": list(self.agent.names), "user": list(self.user.names), "assign": self.assign}

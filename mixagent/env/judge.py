@@ -16,15 +16,21 @@ the pre-trained model's continuations against the original suffix. Here, for eac
      cancels the judge's position bias. The verdict is the judge's probability of each label, renormalised
      over the two: its *expected* win over sampled answers (``samples: 0``), or ``samples`` verdicts drawn
      from it per order (seeded).
-   * ``likelihood`` (the judge as a reference model): the verdict is ``p(a | prefix) / (p(a | prefix) +
-     p(b | prefix))`` under the judge, which of the two texts it would rather have written. No prompt and no
-     order effect; a small instruct model that cannot follow a judging prompt can still rank text this way.
+   * ``likelihood`` (the judge as a reference model): which of the two texts the judge would rather have
+     written after the prefix, at equal length: ``sigmoid((ll_a / bytes_a - ll_b / bytes_b) * mean bytes)``
+     with ``ll`` the judge's log-likelihood of a text (per byte, so the word-boundary cut cannot decide). No
+     prompt and no order effect; a small instruct model that cannot follow a judging prompt can still rank
+     text this way.
+
+   A candidate shorter than a quarter of the real suffix (an empty one: the model stopped at once) loses
+   without asking the judge: stopping early must not win.
 4. **Score.** A field's score is the candidates' mean win against the real suffix: 0 when the judge always
    prefers the real text, 0.5 when it cannot tell them apart.
 
 **Validity, measured before use** (:func:`measure_validity`): on the same prefixes the judge must prefer
 the real suffix over corrupted ones (sentences shuffled, another document's suffix, 30% of words replaced
-by random words); its accuracy gets a bootstrap 95% interval over items, beside its agreement with itself
+by random words); its accuracy gets a bootstrap 95% interval over prefixes (the corruptions of one prefix
+are resampled together, as they are not independent), beside its agreement with itself
 across orders and samples and its position bias. A field whose interval does not clear chance (0.5) is
 refused (``on_invalid: refuse``) or marked in every result (``mark``).
 
@@ -40,6 +46,7 @@ import logging
 import math
 import re
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,7 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = ["JudgeSpec", "Prefix", "Judge", "LMJudge", "JudgeEvaluation", "FieldValidity", "load_judge",
            "cut_prefixes", "corrupt", "measure_validity", "judge_wins", "DEFAULT_TEMPLATE", "CORRUPTIONS",
-           "SMOLLM2_JUDGE", "JudgeInvalidError", "judge_model_digest"]
+           "SMOLLM2_JUDGE", "JudgeInvalidError", "judge_model_digest", "cluster_bootstrap"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +74,10 @@ SLOTS = ("{prefix}", "{a}", "{b}")
 DEFAULT_TEMPLATE = ("Here is the beginning of a text:\n\n{prefix}\n\nTwo possible continuations:\n\n"
                     "A: {a}\n\nB: {b}\n\nWhich continuation is better written and follows the beginning more "
                     "naturally? Answer with A or B only.")
-JUDGE_RULES = 1  # bump when the pairwise protocol changes (identities and caches change with it)
+JUDGE_RULES = 2  # bump when the pairwise protocol changes (identities, spec hashes and caches change with it)
+MIN_SHARE = 0.25  # a candidate shorter than this share of the real suffix loses without a verdict
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "tokenizer.model", "vocab.json", "merges.txt")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -260,7 +270,8 @@ def _file_digest(paths: Sequence[Path]) -> str:
 
 
 def _weight_files(model: str) -> list[Path]:
-    """The files that make the judge ``model``: the GGUF file, or a directory's config and weights.
+    """The files that make the judge ``model``: the GGUF file (its tokenizer and chat template inside), or a
+    directory's config, weights and tokenizer files (the chat template among them).
 
     Raises:
         DataMissingError: no config.json, or no weights.
@@ -277,17 +288,17 @@ def _weight_files(model: str) -> list[Path]:
     if not weights:
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} holds no *.safetensors weights; save the "
                                f"judge with save_pretrained")
-    return [*weights, folder / "config.json"]
+    return [*weights, folder / "config.json", *(folder / f for f in TOKENIZER_FILES if (folder / f).is_file())]
 
 
 def judge_model_digest(model: str) -> str:
-    """The judge's weights by content (sha256 of its files, computed once per process): what identifies the
-    judge in caches and spec hashes beside its spec.
+    """The judge by content: sha256 of its weights and tokenizer files (computed once per process) and the
+    judging rules' version; what identifies the judge in caches and spec hashes beside its spec.
 
     Raises:
         DataMissingError: the judge's files are missing.
     """
-    return _file_digest(_weight_files(model))
+    return f"{_file_digest(_weight_files(model))}-r{JUDGE_RULES}"
 
 
 class LMJudge:
@@ -328,7 +339,9 @@ class LMJudge:
         if self.spec.mode == "likelihood":
             pairs = list(dict.fromkeys((c, t) for c, a, b in triples for t in (a, b)))
             ll = dict(zip(pairs, self.loglik(pairs)))
-            diff = np.array([ll[(c, a)] - ll[(c, b)] for c, a, b in triples])
+            size = {t: max(1, len(t.encode())) for _, t in pairs}
+            diff = np.array([(ll[(c, a)] / size[a] - ll[(c, b)] / size[b]) * (size[a] + size[b]) / 2
+                             for c, a, b in triples])
             return 1.0 / (1.0 + np.exp(-np.clip(diff, -50, 50)))
         return self._prompted(triples)
 
@@ -381,9 +394,9 @@ class LMJudge:
                     att[r, : len(prompts[j])] = 1
                 logits = self.model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
                 last = logits[torch.arange(len(idx)), att.sum(1).to(device) - 1].float()
-                probs = torch.softmax(last, -1)[:, self.label_ids].double().cpu().numpy()
-                out[idx] = probs[:, 0] / probs.sum(1)
-                mass[idx] = probs.sum(1)
+                pair = last[:, self.label_ids].double()
+                out[idx] = torch.sigmoid(pair[:, 0] - pair[:, 1]).cpu().numpy()  # renormalised over the labels
+                mass[idx] = torch.softmax(last.double(), -1)[:, self.label_ids].sum(1).cpu().numpy()
         self.label_mass = mass.tolist()
         return out
 
@@ -406,13 +419,20 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
                                f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError("eval.judge", [f"model {str(folder)!r} is a {config.model_type!r} model, not a causal "
-                                         f"LM; a judge must generate its answer (a Llama, Qwen, GPT-2, ... "
-                                         f"checkpoint)"])
+    causal = [a for a in (config.architectures or []) if a.endswith(("ForCausalLM", "LMHeadModel"))]
+    encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
+    if (config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False)
+            or encoder or (config.architectures and not causal)):
+        raise ConfigError("eval.judge", [f"model {str(folder)!r} is a {config.model_type!r} model "
+                                         f"({', '.join(config.architectures or ['no architectures'])}), not a causal "
+                                         f"LM; a judge must generate its answer left to right: give a Llama, Qwen, "
+                                         f"GPT-2, ... checkpoint (architectures *ForCausalLM)"])
     digest = judge_model_digest(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     if tokenizer.pad_token is None:
@@ -421,9 +441,15 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
     return LMJudge(model, tokenizer, spec, digest)
 
 
-def _bootstrap(values: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float]:
-    """95% percentile interval of the mean of ``values`` over ``n`` resamples."""
-    means = values[rng.integers(len(values), size=(n, len(values)))].mean(1)
+def cluster_bootstrap(values: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
+                      n: int = 2000) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` over ``n`` resamples of whole ``groups`` (items of one
+    prefix are not independent: they are resampled together)."""
+    ids = np.unique(groups)
+    sums = np.array([values[groups == g].sum() for g in ids])
+    counts = np.array([(groups == g).sum() for g in ids])
+    pick = rng.integers(len(ids), size=(n, len(ids)))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
 
@@ -488,20 +514,27 @@ def measure_validity(judge: Judge, prefixes: Mapping[str, Sequence[Prefix]], spe
         return {f: FieldValidity(**v) for f, v in json.loads(path.read_text())["fields"].items()}
     out = {}
     for field, items in prefixes.items():
-        rng = np.random.Generator(np.random.PCG64([spec.seed, len(field)]))
+        rng = np.random.Generator(np.random.PCG64([spec.seed, zlib.crc32(field.encode())]))
         vocabulary = sorted({w for p in items for w in p.suffix.split()})
-        triples, kinds = [], []
+        triples, kinds, groups = [], [], []
         for i, p in enumerate(items):
             other = items[(i + 1) % len(items)].suffix
             for kind in spec.corruptions:
-                triples.append((p.text, p.suffix, corrupt(p.suffix, kind, other, rng, vocabulary)))
-                kinds.append(kind)
+                bad = corrupt(p.suffix, kind, other, rng, vocabulary)
+                if bad != p.suffix:  # a corruption that changed nothing (a one-word suffix) tests nothing
+                    triples.append((p.text, p.suffix, bad))
+                    kinds.append(kind)
+                    groups.append(i)
+        if len(set(groups)) < 2:
+            raise ConfigError("eval.judge", [f"the {field} field leaves {len(set(groups))} prefix with a corrupted "
+                                             f"suffix that differs from the real one; raise eval.judge.prefixes "
+                                             f"(>= 2) or suffix_chars"])
         wins, first, second = judge_wins(judge, triples, spec.samples, rng)
-        lo, hi = _bootstrap(wins, rng)
+        lo, hi = cluster_bootstrap(wins, np.array(groups), rng)
         both = np.concatenate([first, second])
         out[field] = FieldValidity(
             accuracy=float(wins.mean()), ci_low=lo, ci_high=hi,
-            by_corruption={k: float(wins[np.array(kinds) == k].mean()) for k in spec.corruptions},
+            by_corruption={k: float(wins[np.array(kinds) == k].mean()) for k in spec.corruptions if k in kinds},
             order_agreement=float(((first > 0.5) == (second > 0.5)).mean()),
             sample_agreement=float((both ** 2 + (1 - both) ** 2).mean()),
             position_bias=float(np.concatenate([first, 1 - second]).mean()),
@@ -624,14 +657,19 @@ class JudgeEvaluation:
         rng = np.random.Generator(np.random.PCG64(self.spec.seed))
         scores = {}
         for field, prefixes in self.prefixes.items():
-            triples = []
+            triples, short = [], []
             self.last_texts[field] = []
             for p, conts in zip(prefixes, self.continuations(model, field)):
                 self.last_texts[field] += conts
-                for c in conts:  # both cut to the shorter, so length cannot decide (an empty one meets it all)
-                    n = min(len(c), len(p.suffix)) if c else len(p.suffix)
+                for c in conts:  # both cut to the shorter, at a word boundary
+                    n = min(len(c), len(p.suffix))
                     triples.append((p.text, _cut(c, n) or c, _cut(p.suffix, n)))
-            wins, _, _ = judge_wins(self.judge, triples, self.spec.samples, rng)
+                    short.append(len(c) < MIN_SHARE * len(p.suffix))
+            short = np.array(short, dtype=bool)
+            wins = np.zeros(len(triples))
+            if (~short).any():  # a candidate much shorter than the real text (the model stopped) loses outright
+                wins[~short] = judge_wins(self.judge, [t for t, s in zip(triples, short) if not s],
+                                          self.spec.samples, rng)[0]
             scores[field] = float(wins.mean())
             self.last_items[field] = wins
         return scores
@@ -641,4 +679,4 @@ class JudgeEvaluation:
         return {"identity": self.identity, "every": self.spec.every, "marked": list(self.marked),
                 "validity": {f: v.to_json() for f, v in self.validity.items()},
                 "seconds_per_judged_eval": float(np.mean(self.seconds)) if self.seconds else math.nan,
-                "judged_evals": len(self.seconds)}
+                "seconds_total": float(np.sum(self.seconds)), "judged_evals": len(self.seconds)}

@@ -94,6 +94,9 @@ class EnvSpec:
 
     def check(self) -> list[str]:
         problems = []
+        if self.reward.name in ("judge", "judge_bpb") and (self.eval.judge is None or self.backend != "lm"):
+            problems.append(f"reward {self.reward.name!r} reads the judge's scores: set eval.judge (a judge block) "
+                            f"with backend lm (the analytic backend has no model to judge), or use another reward")
         if self.eval.judge is not None and self.eval.judge.every != 1:
             problems.append(f"eval.judge.every must be 1 in an environment, got {self.eval.judge.every}: episodes "
                             f"fork, so a step the judge skipped would have no score of its own (every applies to "

@@ -49,7 +49,8 @@ def _resampled(ev: EvalResult, items: dict, idx: dict, space: DomainSpace) -> Ev
         vals = [np.asarray(x) for x in items[field]]
         i = idx[field]
         scores[field] = float(np.exp(vals[0][i].sum() / vals[1][i].sum()) if len(vals) == 2 else vals[0][i].mean())
-    return EvalResult(bpb, scores, dict(scores), ev.tokens_seen, ev.eval_tokens)
+    return EvalResult(bpb, scores, dict(scores), ev.tokens_seen, ev.eval_tokens, judge=dict(ev.judge),
+                      judge_marked=ev.judge_marked)  # the judge's scores are not resampled: kept as they are
 
 
 def _bootstrap_indices(items: dict, space: DomainSpace, n: int, seed: int = 0) -> list[dict]:

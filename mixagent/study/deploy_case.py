@@ -138,14 +138,14 @@ def case_inputs(config: str, overrides: tuple[str, ...], build: bool = False) ->
     from mixagent.config import apply_overrides
 
     judge = (apply_overrides(_parsed(config) or {}, overrides).get("eval") or {}).get("judge")
-    judge_model = (judge.get("model", "smollm2_gguf") or None) if isinstance(judge, dict) else None
-    if judge_model == "smollm2_gguf":  # a directory is hashed with the config; the package's file is hashed here
+    if isinstance(judge, dict):  # the judge by content (weights, tokenizer) and the judging rules' version
         from mixagent.env.judge import judge_model_digest
 
+        model = str(judge.get("model", "smollm2_gguf"))
         try:
-            out["judge:smollm2_gguf"] = judge_model_digest(judge_model)
+            out[f"judge:{model}"] = judge_model_digest(model)
         except DataMissingError:
-            out["judge:smollm2_gguf"] = "not installed"
+            out[f"judge:{model}"] = "not found"
     return out
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from mixagent.config import load_config, to_dict
 from mixagent.data.build import read_split
-from mixagent.env.judge import JudgeEvaluation, JudgeSpec, LMJudge, cut_prefixes, load_judge
+from mixagent.env.judge import JudgeEvaluation, JudgeSpec, LMJudge, cluster_bootstrap, cut_prefixes, load_judge
 from mixagent.errors import MixagentError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
@@ -98,21 +98,18 @@ def _load_model(m: CheckedModel) -> tuple[Any, Any, int]:
     return base.model, base.tokenizer, base.model_config.seq_len
 
 
-def _interval(values: np.ndarray, rng: np.random.Generator, n: int) -> list[float]:
-    means = values[rng.integers(len(values), size=(n, len(values)))].mean(1)
-    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
-
-
 def run_judge_check(cfg: JudgeCheckConfig) -> dict:
     """Run the check (module docstring); returns what ``check.json`` holds."""
     from tqdm.auto import tqdm
 
-    first = next(iter(cfg.judges.values()))
-    prefixes = {}
-    for field, corpora in cfg.fields.items():
-        docs = [d["text"] for c in corpora for d in read_split(c, first.split)]
-        prefixes[field] = cut_prefixes(docs, first.prefixes, first.prefix_chars, first.suffix_chars, first.seed,
-                                       where=f"the {field} field's corpora {corpora}")
+    def prefixes_of(spec: JudgeSpec) -> dict[str, list]:  # each judge's own prefix knobs
+        out = {}
+        for field, corpora in cfg.fields.items():
+            docs = [d["text"] for c in corpora for d in read_split(c, spec.split)]
+            out[field] = cut_prefixes(docs, spec.prefixes, spec.prefix_chars, spec.suffix_chars, spec.seed,
+                                      where=f"the {field} field's corpora {corpora}")
+        return out
+
     loaded: dict[str, LMJudge] = {}
     evaluations: dict[str, JudgeEvaluation] = {}
     out: dict[str, Any] = {"format": FORMAT, "config": to_dict(cfg), "judges": {}, "models": {}}
@@ -122,7 +119,7 @@ def run_judge_check(cfg: JudgeCheckConfig) -> dict:
         judge = (LMJudge(twin.model, twin.tokenizer, spec, twin.digest) if twin is not None else load_judge(spec))
         loaded[name] = judge
         t0 = time.perf_counter()
-        ev = JudgeEvaluation(spec, judge, prefixes, None, 1 << 20, data_root() / "cache" / "judge")
+        ev = JudgeEvaluation(spec, judge, prefixes_of(spec), None, 1 << 20, data_root() / "cache" / "judge")
         evaluations[name] = ev
         out["judges"][name] = {"identity": ev.identity, "validity_seconds": time.perf_counter() - t0,
                                "validity": {f: v.to_json() for f, v in ev.validity.items()}}
@@ -137,10 +134,11 @@ def run_judge_check(cfg: JudgeCheckConfig) -> dict:
             t0 = time.perf_counter()
             scores = ev(model, start=True)
             row["judges"][name] = {"scores": scores, "seconds": time.perf_counter() - t0,
-                                   "intervals": {f: _interval(ev.last_items[f], rng, cfg.bootstrap) for f in scores},
-                                   "example": {"prefix": prefixes["target"][0].text[-120:],
+                                   "intervals": {f: cluster_bootstrap(ev.last_items[f], np.arange(len(
+                                       ev.last_items[f])) // ev.spec.candidates, rng, cfg.bootstrap) for f in scores},
+                                   "example": {"prefix": ev.prefixes["target"][0].text[-120:],
                                                "continuation": ev.last_texts["target"][0],
-                                               "real": prefixes["target"][0].suffix}}
+                                               "real": ev.prefixes["target"][0].suffix}}
         out["models"][m.name] = row
         del model
     return out
@@ -151,10 +149,12 @@ def format_check(result: dict) -> str:
     lines = ["| judge | field | accuracy [95% CI] | shuffle / swap / noise | order agreement | position bias | "
              "valid |", "|---|---|---|---|---|---|---|"]
     for name, j in result["judges"].items():
+        ordered = result["config"]["judges"][name].get("mode", "prompt") == "prompt"  # likelihood has no order
         for f, v in j["validity"].items():
             by = " / ".join(f"{v['by_corruption'].get(k, float('nan')):.3f}" for k in ("shuffle", "swap", "noise"))
+            order = f"{v['order_agreement']:.2f} | {v['position_bias']:.2f}" if ordered else "n/a | n/a"
             lines.append(f"| {name} | {f} | {v['accuracy']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}] | {by} | "
-                         f"{v['order_agreement']:.2f} | {v['position_bias']:.2f} | {'yes' if v['valid'] else 'no'} |")
+                         f"{order} | {'yes' if v['valid'] else 'no'} |")
     judges = list(result["judges"])
     lines += ["", "| model | parameters | " + " | ".join(f"{n}: source | {n}: target | {n}: s/eval" for n in judges)
               + " |", "|---|---|" + "---|---|---|" * len(judges)]

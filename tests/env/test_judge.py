@@ -193,7 +193,9 @@ def test_a_likelihood_judge_prefers_the_text_it_would_rather_write_in_either_ord
         assert value == pytest.approx(float(logp[torch.arange(len(ctx) - 1, ids.shape[1] - 1),
                                                  ids[0, len(ctx):]].sum()), abs=1e-4)
     p = judge.prefer_first([("the prefix", "one text", "another text"), ("the prefix", "another text", "one text")])
-    assert p[0] == pytest.approx(1 / (1 + np.exp(ll[1] - ll[0]))) and p[0] + p[1] == pytest.approx(1.0)
+    # per byte, at the mean length: 8 and 12 bytes
+    diff = (ll[0] / 8 - ll[1] / 12) * 10
+    assert p[0] == pytest.approx(1 / (1 + np.exp(-diff))) and p[0] + p[1] == pytest.approx(1.0)
     assert judge.identity != load_judge(JudgeSpec(model=str(folder))).identity  # the mode is part of it
 
 
@@ -238,7 +240,7 @@ def test_a_judge_dir_that_is_not_a_causal_lm_or_has_no_weights(tmp_path):
 
     folder = tmp_path / "encoder"
     DistilBertConfig(vocab_size=64, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(folder)
-    with pytest.raises(ConfigError, match="'distilbert' model, not a causal LM"):
+    with pytest.raises(ConfigError, match="'distilbert' model \\(no architectures\\), not a causal LM"):
         load_judge(JudgeSpec(model=str(folder)))
     folder = tmp_path / "empty"
     folder.mkdir()
@@ -290,6 +292,54 @@ def test_the_environment_evaluates_with_a_judge_and_rewards_its_change(tmp_path,
     assert set(start.judge) == {"source", "target"} and start.judge_marked == ("source", "target")
     _, reward, _, _, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
     now = EvalResult.from_json(info["eval"])
-    expected = 0.25 * (now.judge["target"] - start.judge["target"]) + 0.75 * (now.judge["source"] - start.judge["source"])
+    change = {f: now.judge[f] - start.judge[f] for f in ("source", "target")}
+    expected = 0.25 * change["target"] + 0.75 * change["source"]
     assert reward == pytest.approx(expected)
     assert env.backend.evaluator.describe()["judge"]["marked"] == ["source", "target"]
+
+
+def test_a_continuation_much_shorter_than_the_real_text_loses_without_a_verdict():
+    import torch
+
+    judge = Scripted(lambda c, a, b: 1.0 if a.startswith("x") else 0.0 if b.startswith("x") else 0.5)
+    ev = JudgeEvaluation(JudgeSpec(on_invalid="mark"), judge, PREFIXES, tokenizer=None, context_length=128)
+    # one empty continuation (the model stopped at once) and one of a full length, per prefix
+    ev.continuations = lambda model, field: [["", "x " * 40] for _ in ev.prefixes[field]]
+    scores = ev(torch.nn.Linear(1, 1), start=True)
+    assert scores == {"source": 0.5, "target": 0.5}  # the empty half lost, the long half won
+    assert list(ev.last_items["source"][:2]) == [0.0, 1.0]
+
+
+def test_cluster_bootstrap_resamples_whole_prefixes():
+    from mixagent.env.judge import cluster_bootstrap
+
+    values = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])  # two prefixes, three items each
+    lo, hi = cluster_bootstrap(values, np.array([0, 0, 0, 1, 1, 1]), np.random.default_rng(0))
+    assert (lo, hi) == (0.0, 1.0)  # 2 clusters: the means are 0, 0.5 or 1
+    lo_i, hi_i = cluster_bootstrap(values, np.arange(6), np.random.default_rng(0))
+    assert lo < lo_i and hi_i < hi  # items taken as independent give a narrower interval
+
+
+def test_the_judge_identity_follows_its_tokenizer_files_and_an_encoder_is_refused(tmp_path):
+    folder = _tiny_judge_dir(tmp_path)
+    spec = JudgeSpec(model=str(folder))
+    before = load_judge(spec).identity
+    cfg = folder / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text().replace("{", '{"chat_template": "{{ messages[0].content }}", ', 1))
+    assert load_judge(spec).identity != before  # a new chat template is a new judge
+    from transformers import BertConfig
+
+    bert = tmp_path / "bert"
+    BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32, architectures=["BertForMaskedLM"]).save_pretrained(bert)
+    with pytest.raises(ConfigError, match="'bert' model \\(BertForMaskedLM\\), not a causal LM"):
+        load_judge(JudgeSpec(model=str(bert)))
+
+
+def test_a_judge_reward_needs_a_judge_and_validity_needs_two_prefixes(tiny_spec_path):
+    from mixagent.env.spec import load_spec
+
+    with pytest.raises(ConfigError, match="reward 'judge' reads the judge's scores: set eval.judge"):
+        load_spec(tiny_spec_path, ["reward.name=judge"])
+    with pytest.raises(ConfigError, match="raise eval.judge.prefixes"):
+        measure_validity(Scripted(real_text), {"source": PREFIXES["source"][:1]}, JudgeSpec(prefixes=1))

@@ -220,7 +220,8 @@ def test_case_inputs_name_the_smollm2_judge_by_its_file():
     from mixagent.study.deploy_case import case_inputs
 
     inputs = case_inputs("configs/deploy/smollm2-judge.yaml", ())
-    assert set(inputs) == {"judge:smollm2_gguf"} and inputs["judge:smollm2_gguf"]  # a digest, or "not installed"
-    assert case_inputs("configs/deploy/user-jsonl.yaml", ("eval.judge={model: /a/judge/dir}",)) == {}  # hashed as a dir
+    assert set(inputs) == {"judge:smollm2_gguf"} and inputs["judge:smollm2_gguf"]  # a digest, or "not found"
+    assert case_inputs("configs/deploy/user-jsonl.yaml", ("eval.judge={model: /a/judge/dir}",)) == {
+        "judge:/a/judge/dir": "not found"}
     assert case_inputs("configs/deploy/user-jsonl.yaml", ("eval.judge={mode: likelihood}",)) == {
         "judge:smollm2_gguf": inputs["judge:smollm2_gguf"]}  # the default judge
