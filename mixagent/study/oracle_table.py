@@ -69,7 +69,9 @@ class OracleConfig:
         two_phase_switches, two_phase_rhos: the two-phase family (switch steps x ordered pairs, rho1 != rho2).
         sbf_settings: training settings (distinct runs) the single best fixed rule is chosen on.
         sbf_seed: the first draw seed of those settings (``Suite.draw(sbf_seed + i)``).
-        baselines: further rules scored on the held-out seeds beside the oracle and SBF.
+        baselines: further rules scored on the held-out seeds beside the oracle and SBF; ``regmix`` is fitted per
+            held-out setting on ``regmix_runs`` extra proxy runs (on the tuning seeds), counted in the table.
+        regmix_runs: RegMix's proxy runs per held-out setting (>= max(10, 2K) with ``regmix`` among baselines).
         probe_commit: fit probe-then-commit on the training settings and score it (``probe_commit_alpha``: its
             ridge penalty on standardised features).
         gate: the oracle's margin over SBF, in pooled seed std, for a setting to count.
@@ -88,6 +90,7 @@ class OracleConfig:
     sbf_settings: int = 8
     sbf_seed: int = 0
     baselines: tuple[str, ...] = ("uniform", "natural", "replay:0.5")
+    regmix_runs: int = 0
     probe_commit: bool = True
     probe_commit_alpha: float = 1.0
     gate: float = 3.0
@@ -118,6 +121,11 @@ class OracleConfig:
 
         for spec in self.baselines:  # checked before anything trains
             problems += [f"baselines: {p}" for p in method_problems(spec)]
+        if "regmix" in self.baselines and self.regmix_runs < 10:
+            problems.append(f"regmix_runs={self.regmix_runs} with regmix among baselines: RegMix fits each held-out "
+                            f"setting on its own proxy runs, at least max(10, 2K) of them; set regmix_runs (e.g. 20)")
+        if self.regmix_runs and "regmix" not in self.baselines:
+            problems.append(f"regmix_runs={self.regmix_runs} but regmix is not among baselines: add it or set 0")
         if not self.probe_commit_alpha > 0:
             problems.append(f"probe_commit_alpha must be > 0, got {self.probe_commit_alpha}")
         if not self.gate > 0:
@@ -281,7 +289,8 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
 
     compare = CompareConfig(name=f"heldout-{name}", env=suite.env,
                             env_overrides=tuple(setting.overrides(suite, keep_lam=False)), policies=tuple(rules),
-                            seeds=cfg.seeds, tune_seeds=cfg.tune_seeds, regmix_runs=0, efficiency_steps=(),
+                            seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
+                            regmix_runs=cfg.regmix_runs if "regmix" in rules else 0, efficiency_steps=(),
                             oracles=False, workers=cfg.workers, launcher=cfg.launcher,
                             out=f"{cfg.out}/{suite.name}", reuse=())
     run = run_compare(compare)
@@ -348,7 +357,8 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
             "stds": {r: float(np.std(v, ddof=1)) for r, v in scores.items()}, "pooled_std": pooled,
             "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
             "gated": bool(pooled > 0 and margin > cfg.gate * pooled),
-            "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None})
+            "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None,
+            "extra_runs": {"regmix": cfg.regmix_runs} if "regmix" in rules else {}})
         rows = sorted([*earlier, *table_rows], key=lambda r: list(held).index(r["setting"]))
         table = _write(cfg, suite, sbf, ptc, rows, [n for n in held if n not in {r["setting"] for r in rows}], out)
     return table
@@ -419,6 +429,10 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
                       f"choice scores {loso['probe_commit']:.3f} on the grid-normalised scale against SBF's "
                       f"{loso['sbf']:.3f} and the row best's {loso['row_best']:.3f} ({loso['rows']} rows); its closed "
                       f"gap is shown where the gate passes."]
+    extra = sorted({(k, n) for r in table["rows"] for k, n in r.get("extra_runs", {}).items()})
+    if extra:  # what a per-setting method cost beyond the run itself
+        lines += ["", "Extra runs per setting, beyond the scored run: " + ", ".join(
+            f"{k} {n} proxy runs on the tuning seeds" for k, n in extra) + "."]
     return "\n".join(lines) + f"\n\n{table['verdict']}.\n"
 
 

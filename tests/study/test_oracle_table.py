@@ -177,6 +177,8 @@ def test_rule_specs_of_audit_rows():
     ({"settings": ("scarse",)}, "'scarse' is not a held-out setting"),
     ({"baselines": ("bogus:1",)}, "baselines: unknown policy 'bogus:1'"),
     ({"two_phase_switches": (0,)}, "two_phase_switches must be whole numbers"),
+    ({"baselines": ("uniform", "regmix")}, "regmix_runs=0 with regmix among baselines"),
+    ({"regmix_runs": 20}, "regmix_runs=20 but regmix is not among baselines"),
 ])
 def test_bad_configs_are_refused(tmp_path, monkeypatch, edits, message):
     from mixagent.study import oracle_table
@@ -231,3 +233,29 @@ def test_target_data_efficiency_over_unique_budgets(oracle):
         run_efficiency(cfg, budgets=(4096, 8192), progress=False)
     with pytest.raises(ConfigError, match=r"budgets \[1024\].*axis starts at 2048; use budgets in 2048..16384"):
         run_efficiency(cfg, budgets=(1024, 4096, 8192), progress=False)
+
+
+def test_regmix_is_fitted_per_held_out_setting_on_its_counted_extra_runs(tmp_path, monkeypatch):
+    """The scoring comparison of a setting gets RegMix's proxy runs only when RegMix is scored there."""
+    from mixagent.env.setting import load_suite
+    from mixagent.study import compare, oracle_table
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = load_suite(path)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_compare(c):
+        seen.append(c.regmix_runs)
+        raise Stop
+
+    monkeypatch.setattr(compare, "run_compare", fake_run_compare)
+    cfg = OracleConfig(suite=str(path), out=str(tmp_path), baselines=("uniform", "regmix"), regmix_runs=12)
+    setting = suite.held_out_settings()["scarce"]
+    for rules in (["uniform", "regmix"], ["uniform"]):
+        with pytest.raises(Stop):
+            oracle_table.heldout_episodes(cfg, suite, "scarce", setting, rules)
+    assert seen == [12, 0]
