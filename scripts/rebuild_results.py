@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append(f"variants: {exc}")
     run_generalize(load_config(GeneralizeConfig, "configs/generalize/v1.yaml", []), report_only=True)
     print("generalization table: v1")
+    from mixagent.study.judge_check import format_check
+
+    for stored in sorted((REPO_ROOT / "audits" / "judge").glob("*/check.json")):  # the judge checks
+        (stored.parent / "check.md").write_text(format_check(json.loads(stored.read_text())))
+        print(f"judge check: {stored.parent.name}")
     changed = subprocess.run(["git", "status", "--short", "audits/"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True).stdout.splitlines()
     print(f"{len(skipped)} comparisons cannot be rebuilt here" + "".join(f"\n  {s}" for s in skipped))

@@ -11,7 +11,7 @@ mode of SmolLM2-135M-Instruct) on each field's held-out prefixes:
    per-field win rate with a bootstrap interval over items, and the seconds one judged evaluation costs.
    A judge whose scores do not separate the models cannot reward a mixture at that scale.
 
-Writes ``<out>/<name>/check.json`` and ``check.md`` (committed under ``audits/judge/``).
+Writes ``<out>/<name>/check.json``, ``check.md`` and ``scores.png`` (committed under ``audits/judge/``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from mixagent.env.judge import JudgeEvaluation, JudgeSpec, LMJudge, cluster_boot
 from mixagent.errors import MixagentError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
-__all__ = ["JudgeCheckConfig", "CheckedModel", "run_judge_check", "format_check", "main"]
+__all__ = ["JudgeCheckConfig", "CheckedModel", "run_judge_check", "format_check", "plot_check", "main"]
 
 FORMAT = 1
 MODEL_KINDS = ("base", "smollm2_gguf")
@@ -168,6 +168,36 @@ def format_check(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_check(result: dict, path) -> None:
+    """Each judge's score of each model's continuations per field, with its interval, models by size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judges, models = list(result["judges"]), list(result["models"])
+    fig, axes = plt.subplots(1, len(judges), figsize=(5 * len(judges), 3.8), squeeze=False, sharey=True)
+    for ax, name in zip(axes[0], judges):
+        for k, (field, color) in enumerate((("source", "tab:blue"), ("target", "tab:orange"))):
+            rows = [result["models"][m]["judges"][name] for m in models]
+            y = np.array([r["scores"][field] for r in rows])
+            lo = np.array([r["intervals"][field][0] for r in rows])
+            hi = np.array([r["intervals"][field][1] for r in rows])
+            x = np.arange(len(models)) + (k - 0.5) * 0.3
+            ax.bar(x, y, 0.3, color=color, label=field, yerr=[y - lo, hi - y], capsize=3)
+        valid = all(v["valid"] for v in result["judges"][name]["validity"].values())
+        ax.axhline(0.5, color="gray", ls="--", lw=1)
+        ax.set_xticks(range(len(models)), [f"{m}\n{result['models'][m]['parameters'] / 1e6:.1f}M" for m in models],
+                      fontsize=8)
+        ax.set_title(f"judge: {name} ({'valid' if valid else 'NOT valid'})", fontsize=10)
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("win rate against the real text")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mixagent judge-check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / "check.json", result)
     (folder / "check.md").write_text(format_check(result))
+    plot_check(result, folder / "scores.png")
     print(format_check(result))
     print(f"written to {folder}")
     return 0

@@ -45,6 +45,7 @@ def test_the_check_writes_validity_and_scores_with_intervals_per_judge_and_model
             assert 0 <= lo <= r["scores"][f] <= hi <= 1
     assert "| likelihood | source |" in capsys.readouterr().out
     assert (tmp_path / "out/tiny/check.md").read_text().count("\n") == 2 + 4 + 1 + 2 + 1
+    assert (tmp_path / "out/tiny/scores.png").stat().st_size > 1000
 
 
 def test_a_bad_check_config_is_a_typed_error(tmp_path, capsys):
