@@ -20,6 +20,22 @@ def corpora():
     return corpora_dir()
 
 
+@pytest.fixture
+def tiny_judge(tmp_path):
+    """A judge directory built from config: the deploy fixture's tiny Llama (random weights) and its tokenizer,
+    saved as a local Hugging Face causal LM (a fresh copy per test: some tests edit its files)."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fix = CONFIGS_DIR.parent / "tests/fixtures/deploy"
+    folder = tmp_path / "judge"
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fix / "tiny-llama")).save_pretrained(folder)
+    for f in (fix / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_spec_path():
     return ENVS_DIR / "tiny.yaml"

@@ -412,22 +412,10 @@ def test_a_model_with_its_own_tokenizer_on_mixagents_corpora(tmp_path, monkeypat
     assert report["start"]["unit"] == "token" and report["model"]["name"] == "SmolLM2-135M"
 
 
-def _tiny_judge(tmp_path):
-    import shutil
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = tmp_path / "judge"
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX + "/tiny-llama")).save_pretrained(folder)
-    for f in (CONFIGS_DIR.parent / FIX / "tokenizer").iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-def test_a_judge_in_the_deploy_eval_scores_the_run_or_refuses_before_anything_is_written(tmp_path):
+def test_a_judge_in_the_deploy_eval_scores_the_run_or_refuses_before_anything_is_written(tmp_path, tiny_judge):
     from mixagent.env.judge import JudgeInvalidError
 
-    judge = (f"eval.judge={{model: {_tiny_judge(tmp_path)}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, "
+    judge = (f"eval.judge={{model: {tiny_judge}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, "
              f"max_new_tokens: 8, batch_size: 4}}")
     # a random network is no judge: refused (accuracy near 0.5) before the run writes anything
     with pytest.raises(JudgeInvalidError, match="not above chance on field"):

@@ -5,7 +5,6 @@ bad input as typed errors."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -129,20 +128,10 @@ def test_bad_judge_specs_are_typed_errors_naming_the_field(override, match):
         load_config(JudgeSpec, None, [override])
 
 
-def _tiny_judge_dir(tmp_path):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = tmp_path / "judge"
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX / "tiny-llama")).save_pretrained(folder)
-    for f in (FIX / "tokenizer").iterdir():
-        shutil.copy(f, folder / f.name)
-    return folder
-
-
-def test_a_tiny_causal_lm_judge_built_from_config(tmp_path):
+def test_a_tiny_causal_lm_judge_built_from_config(tmp_path, tiny_judge):
     import torch
 
-    folder = _tiny_judge_dir(tmp_path)
+    folder = tiny_judge
     spec = from_dict(JudgeSpec, {"model": str(folder), "prefixes": 3, "max_new_tokens": 8, "batch_size": 2,
                                  "on_invalid": "mark"})
     judge = load_judge(spec)
@@ -176,10 +165,10 @@ def test_a_tiny_causal_lm_judge_built_from_config(tmp_path):
     assert ev.describe()["judged_evals"] == 3 and ev.describe()["marked"] == list(ev.marked)
 
 
-def test_a_likelihood_judge_prefers_the_text_it_would_rather_write_in_either_order(tmp_path):
+def test_a_likelihood_judge_prefers_the_text_it_would_rather_write_in_either_order(tmp_path, tiny_judge):
     import torch
 
-    folder = _tiny_judge_dir(tmp_path)
+    folder = tiny_judge
     judge = load_judge(from_dict(JudgeSpec, {"model": str(folder), "mode": "likelihood", "batch_size": 3}))
     pairs = [("the prefix", "one text"), ("the prefix", "another text"), ("b", "x y z")]
     ll = judge.loglik(pairs)
@@ -279,10 +268,10 @@ def test_eval_results_keep_their_json_without_a_judge_and_round_trip_with_one():
     assert EvalResult.from_json(d) == judged
 
 
-def test_the_environment_evaluates_with_a_judge_and_rewards_its_change(tmp_path, tiny_spec_path):
+def test_the_environment_evaluates_with_a_judge_and_rewards_its_change(tmp_path, tiny_spec_path, tiny_judge):
     from mixagent.env.environment import MixingEnv
 
-    folder = _tiny_judge_dir(tmp_path)
+    folder = tiny_judge
     judge = (f"eval.judge={{model: {folder}, prefixes: 3, prefix_chars: 100, suffix_chars: 60, max_new_tokens: 8, "
              f"on_invalid: mark}}")
     env = MixingEnv(tiny_spec_path, overrides=(judge, "reward.name=judge", "reward.lam=0.25"))
@@ -320,8 +309,8 @@ def test_cluster_bootstrap_resamples_whole_prefixes():
     assert lo < lo_i and hi_i < hi  # items taken as independent give a narrower interval
 
 
-def test_the_judge_identity_follows_its_tokenizer_files_and_an_encoder_is_refused(tmp_path):
-    folder = _tiny_judge_dir(tmp_path)
+def test_the_judge_identity_follows_its_tokenizer_files_and_an_encoder_is_refused(tmp_path, tiny_judge):
+    folder = tiny_judge
     spec = JudgeSpec(model=str(folder))
     before = load_judge(spec).identity
     cfg = folder / "tokenizer_config.json"

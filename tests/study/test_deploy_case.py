@@ -193,17 +193,8 @@ def test_deploy_case_hash_follows_a_named_directory(tmp_path, monkeypatch):
     assert deploy_case_hash("configs/run.yaml", ()) == second
 
 
-def test_a_case_with_a_judge_tables_the_judge_reward_beside_bits_per_byte(tmp_path):
-    import shutil
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    fix = "tests/fixtures/deploy"
-    folder = tmp_path / "judge"
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fix + "/tiny-llama")).save_pretrained(folder)
-    for f in __import__("pathlib").Path(fix, "tokenizer").iterdir():
-        shutil.copy(f, folder / f.name)
-    judge = (f"eval.judge={{model: {folder}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, max_new_tokens: 8, "
+def test_a_case_with_a_judge_tables_the_judge_reward_beside_bits_per_byte(tmp_path, tiny_judge):
+    judge = (f"eval.judge={{model: {tiny_judge}, prefixes: 2, prefix_chars: 60, suffix_chars: 40, max_new_tokens: 8, "
              f"on_invalid: mark}}")
     out = tmp_path / "audits"
     table = run_deploy_case("j", CONFIG, (*TINY, judge), ("uniform",), (), (0, 1), out, tmp_path / "runs")

@@ -4,25 +4,15 @@ tiny scale (a judge built from config, the tiny base), checked against what the 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import yaml
 
-from mixagent.paths import CONFIGS_DIR
 from mixagent.study.judge_check import main
 
-FIX = CONFIGS_DIR.parent / "tests/fixtures/deploy"
 
-
-def test_the_check_writes_validity_and_scores_with_intervals_per_judge_and_model(tmp_path, capsys):
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    folder = tmp_path / "judge"
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(FIX / "tiny-llama")).save_pretrained(folder)
-    for f in (FIX / "tokenizer").iterdir():
-        shutil.copy(f, folder / f.name)
-    small = {"model": str(folder), "prefixes": 3, "prefix_chars": 100, "suffix_chars": 60, "max_new_tokens": 8}
+def test_the_check_writes_validity_and_scores_with_intervals_per_judge_and_model(tmp_path, capsys, tiny_judge):
+    small = {"model": str(tiny_judge), "prefixes": 3, "prefix_chars": 100, "suffix_chars": 60, "max_new_tokens": 8}
     config = tmp_path / "check.yaml"
     config.write_text(yaml.safe_dump({
         "name": "tiny", "out": str(tmp_path / "out"), "bootstrap": 200,
