@@ -106,8 +106,12 @@ class WithJudge:
 
     def __init__(self, evaluate: Callable[..., EvalResult], judge: JudgeEvaluation) -> None:
         self.evaluate, self.judge = evaluate, judge
+        self._judged_at = 0  # tokens seen at the last judged evaluation
 
     def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:
         result = self.evaluate(model, tokens_seen=tokens_seen)
-        return dataclasses.replace(result, judge=self.judge(model, start=tokens_seen == 0),
-                                   judge_marked=self.judge.marked)
+        scores = self.judge(model, start=tokens_seen == 0)
+        if self.judge.last_judged:
+            self._judged_at = tokens_seen
+        return dataclasses.replace(result, judge=scores, judge_marked=self.judge.marked,
+                                   judge_at=None if self.judge.last_judged else self._judged_at)

@@ -138,6 +138,8 @@ class EvalResult:
             trajectory files keep their format).
         judge: per field, the judge's score in [0, 1] (:mod:`mixagent.env.judge`; empty without a judge).
         judge_marked: fields where the judge failed its validity check but was kept (``on_invalid: mark``).
+        judge_at: the tokens seen when ``judge`` was measured, where that was an earlier evaluation (a judge that
+            runs every n-th evaluation repeats its last scores in between); None when it is this evaluation's.
     """
 
     bpb: dict[str, float]
@@ -148,6 +150,7 @@ class EvalResult:
     unit: str = "byte"
     judge: dict[str, float] = dataclasses.field(default_factory=dict)
     judge_marked: tuple[str, ...] = ()
+    judge_at: int | None = None
 
     def __post_init__(self) -> None:
         if self.unit not in LOSS_UNITS:
@@ -156,7 +159,8 @@ class EvalResult:
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["judge_marked"] = list(self.judge_marked)
-        for key, default in (("unit", "byte"), ("judge", {}), ("judge_marked", [])):  # files keep their format
+        # files keep their format: what is at its default is left out
+        for key, default in (("unit", "byte"), ("judge", {}), ("judge_marked", []), ("judge_at", None)):
             if d[key] == default:
                 del d[key]
         return d

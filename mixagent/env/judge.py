@@ -591,6 +591,7 @@ class JudgeEvaluation:
         self.identity = config_hash("judge-eval", judge.identity, to_dict(spec), self.marked)
         self.seconds: list[float] = []  # wall time of each judged evaluation (generation + judging)
         self.calls = 0
+        self.last_judged = False  # whether the last call scored the model (False: it repeated an earlier score)
         self._cache: dict[str, dict[str, float]] = {}
         self._last: dict[str, float] = {}
         self.last_items: dict[str, np.ndarray] = {}  # per field, each candidate's win in the last judged call
@@ -606,6 +607,7 @@ class JudgeEvaluation:
         every = self.spec.every
         judged = self.calls == 0 or (every > 0 and self.calls % every == 0) or not self._last
         self.calls += 1
+        self.last_judged = judged
         if not judged:
             return dict(self._last)
         t0 = time.perf_counter()

@@ -421,12 +421,16 @@ def test_a_judge_in_the_deploy_eval_scores_the_run_or_refuses_before_anything_is
     with pytest.raises(JudgeInvalidError, match="not above chance on field"):
         run_deploy(cfg(tmp_path, judge, name="refused"), progress=False)
     assert not (tmp_path / "refused").exists()
-    report = run_deploy(cfg(tmp_path, judge, "eval.judge.on_invalid=mark", "trainer.max_steps=4",
-                            "trainer.save_steps=0", "policy.every=2"), progress=False)
+    report = run_deploy(cfg(tmp_path, judge, "eval.judge.on_invalid=mark", "trainer.max_steps=6",
+                            "trainer.save_steps=0", "policy.every=2", "eval.judge.every=2"), progress=False)
     j = report["judge"]
     assert j["marked"] == ["source", "target"] and set(j["validity"]) == {"source", "target"}
     assert all(v["items"] == 2 * 3 and not v["valid"] for v in j["validity"].values())
-    assert j["judged_evals"] == 3 and j["seconds_per_judged_eval"] > 0  # the start, the decision at step 2, the end
+    # judged: the start, the decision at step 4 (every 2nd), and the end; the decision at step 2 repeats the start's
+    assert j["judged_evals"] == 3 and j["seconds_per_judged_eval"] > 0
+    at = [h["eval"].get("judge_at") for h in report["history"]]
+    assert at == [None, 0, None]  # steps 0 and 4 are judged; step 2 repeats the start's scores and says so
+    assert "judge_at" not in report["final"] and "judge_at" not in report["start"]
     for ev in (report["start"], report["final"]):
         assert set(ev["judge"]) == {"source", "target"} and all(0 <= v <= 1 for v in ev["judge"].values())
         assert ev["judge_marked"] == ["source", "target"]

@@ -196,12 +196,14 @@ def test_every_nth_evaluation_is_judged_and_the_count_restarts_with_a_run():
     ev = JudgeEvaluation(spec, judge, PREFIXES, tokenizer=None, context_length=128)
     ev._score = lambda model: {"source": float(next(model.parameters()).item()), "target": 0.0}  # no generation
     model = torch.nn.Linear(1, 1, bias=False)
-    seen = []
+    seen, fresh = [], []
     for k in range(5):
         with torch.no_grad():
             model.weight.fill_(k / 10)
         seen.append(ev(model, start=k == 0)["source"])
+        fresh.append(ev.last_judged)
     assert seen == pytest.approx([0.0, 0.0, 0.2, 0.2, 0.4])
+    assert fresh == [True, False, True, False, True]  # a repeated score is said to be one
     with torch.no_grad():
         model.weight.fill_(0.9)
     assert ev(model, start=True)["source"] == pytest.approx(0.9)  # a new run: judged at once

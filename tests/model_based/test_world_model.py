@@ -169,6 +169,23 @@ def test_uncertainty_penalty_and_spec_refusal(tiny):
         make_surrogate_env(tiny, spec=REPO_ROOT / "envs/math-natural.yaml")
 
 
+def test_a_judge_reward_is_refused_by_the_world_model_which_does_not_predict_it(tiny):
+    import dataclasses
+
+    from mixagent.config import from_dict
+    from mixagent.env.judge import JudgeSpec
+    from mixagent.env.spec import EnvSpec
+    from mixagent.model_based.surrogate import WorldModelBackend
+
+    model = load_world_model(tiny)
+    spec = from_dict(EnvSpec, model.meta["spec"], "world model spec")
+    for name in ("judge", "judge_bpb"):
+        judged = dataclasses.replace(spec, eval=dataclasses.replace(spec.eval, judge=JudgeSpec()),
+                                     reward=dataclasses.replace(spec.reward, name=name))
+        with pytest.raises(WorldModelError, match=f"reward '{name}' reads the judge's win rates.*normalised_bpb"):
+            WorldModelBackend(model, judged)
+
+
 def test_committed_surrogate_is_registered_and_measured():
     """``gymnasium.make`` serves the committed model; its report holds held-out R² and the policy ranking."""
     env = gymnasium.make("mixagent.envs:mixagent/math-cpt-surrogate-v1")
