@@ -57,9 +57,9 @@ class WorldModelBackend:
         if mode not in SURROGATE_MODES:
             raise ConfigError("surrogate", [f"mode must be one of {', '.join(SURROGATE_MODES)}, got {mode!r}"])
         if spec.reward.name in ("judge", "judge_bpb"):
-            raise WorldModelError(f"reward {spec.reward.name!r} reads the judge's win rates, which the world model does "
-                                  f"not predict (it predicts bits per byte and benchmark scores): plan or simulate "
-                                  f"under a reward without the judge (reward.name=normalised_bpb), or train a "
+            raise WorldModelError(f"reward {spec.reward.name!r} reads the judge's win rates, which the world model "
+                                  f"does not predict (it predicts bits per byte and benchmark scores): plan or "
+                                  f"simulate under a reward without the judge (reward.name=normalised_bpb), or train a "
                                   f"model-free agent (bc, cql) on judged trajectories")
         self.model = model
         self.spec = spec
