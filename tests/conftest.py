@@ -20,6 +20,21 @@ def corpora():
     return corpora_dir()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def judge_cache(tmp_path_factory):
+    """Judge validity checks and scores cache into a temporary directory, not the data root's (every tiny judge
+    has new random weights: each test run would add entries there). Subprocesses inherit it."""
+    import os
+
+    old = os.environ.get("MIXAGENT_JUDGE_CACHE")
+    os.environ["MIXAGENT_JUDGE_CACHE"] = str(tmp_path_factory.mktemp("judge-cache"))
+    yield os.environ["MIXAGENT_JUDGE_CACHE"]
+    if old is None:
+        del os.environ["MIXAGENT_JUDGE_CACHE"]
+    else:
+        os.environ["MIXAGENT_JUDGE_CACHE"] = old
+
+
 @pytest.fixture
 def tiny_judge(tmp_path):
     """A judge directory built from config: the deploy fixture's tiny Llama (random weights) and its tokenizer,
@@ -30,7 +45,9 @@ def tiny_judge(tmp_path):
 
     fix = CONFIGS_DIR.parent / "tests/fixtures/deploy"
     folder = tmp_path / "judge"
-    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(fix / "tiny-llama")).save_pretrained(folder)
+    config = AutoConfig.from_pretrained(fix / "tiny-llama")
+    config.max_position_embeddings = 512  # a judge reads a prefix and two candidates (the model under training, 128)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     for f in (fix / "tokenizer").iterdir():
         shutil.copy(f, folder / f.name)
     return folder

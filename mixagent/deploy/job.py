@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,13 @@ def _identity(cfg: DeployConfig) -> dict:
 
         policy |= {"ood": cfg.policy.ood, "ood_fallback": cfg.policy.ood_fallback,
                    "ood_tolerance": cfg.policy.ood_tolerance, "guard_version": GUARD_VERSION}
+    evaluation = to_dict(cfg.eval)
+    if cfg.eval.judge is not None:  # the judge by content: new weights at the same path make another run
+        from mixagent.env.judge import judge_model_digest
+
+        evaluation["judge_digest"] = judge_model_digest(cfg.eval.judge.model)
     return {"model": to_dict(cfg.model), "data": to_dict(cfg.data), "policy": policy,
-            "eval": to_dict(cfg.eval), "seed": cfg.seed, "trainer": trainer}
+            "eval": evaluation, "seed": cfg.seed, "trainer": trainer}
 
 
 def _rank() -> int:
@@ -233,8 +239,7 @@ def _judge(cfg: DeployConfig, space: DomainSpace, user: Any, tokenizer: Any, mod
     """The judge of ``eval.judge`` over each field's held-out documents: the held-out rows of its domains (user
     data), or the ``judge.split`` of its domains' corpora."""
     from mixagent.data.build import read_split
-    from mixagent.env.judge import JudgeEvaluation, cut_prefixes, load_judge
-    from mixagent.paths import data_root
+    from mixagent.env.judge import JudgeEvaluation, cut_prefixes, judge_cache_dir, load_judge
 
     spec = cfg.eval.judge
     prefixes = {}
@@ -246,11 +251,11 @@ def _judge(cfg: DeployConfig, space: DomainSpace, user: Any, tokenizer: Any, mod
             corpora = dict.fromkeys(c for d in domains for c in d.corpora)
             docs = [p["text"] for c in corpora for p in read_split(c, spec.split)]
         prefixes[field] = cut_prefixes(docs, spec.prefixes, spec.prefix_chars, spec.suffix_chars, spec.seed,
-                                       where=f"the {field} field's held-out documents")
+                                       where=f"the {field} field's held-out data")
     context = min(int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30),
                   int(tokenizer.model_max_length or 1 << 30), 1 << 20)
     return JudgeEvaluation(spec, load_judge(spec, device), prefixes, tokenizer, context,
-                           data_root() / "cache" / "judge")
+                           judge_cache_dir())
 
 
 def _initial(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, model: Any, run: Any) -> DomainWeights:
@@ -375,6 +380,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
 
     trainer = Trainer(model=model, args=TrainingArguments(**args), train_dataset=dataset, data_collator=collate,
                       callbacks=[MixAgentCallback(mixer, every_n_steps=p.every)] if mixing else [])
+    run_t0 = time.perf_counter()  # this process's run: the start evaluation, training, the last evaluation
     if not mixing:
         mixer.begin(model)  # the starting mixture for the whole run, no decisions after it
     try:
@@ -389,6 +395,7 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     if judge is not None:
         judge.judge_next()  # the run's last evaluation is always judged: the report's score is of the end
     final = evaluate(trainer.model, tokens_seen=steps * accum * mixer.tokens_per_batch)
+    run_seconds = time.perf_counter() - run_t0
     label = p.spec if mixing else f"{p.spec} (not mixing: the starting mixture throughout)"
     report = {"format": DEPLOY_FORMAT, "name": cfg.name, "policy": label, "model": about, "steps": steps,
               "domains": list(space.names), "fields": list(space.fields),
@@ -403,15 +410,19 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
               "batches_sha256": digests}
     if judge is not None:  # its validity, its cost per training step, and the judge reward of the run (lam 0.5)
         about_judge = judge.describe()
-        train = report["train_seconds"] or 0.0  # the callback's evaluations, judged ones included, run inside it
-        share = about_judge["seconds_total"] / train if train else math.nan
+        # this process's judging over its run's wall time (a resumed run counts only what it ran)
+        share = about_judge["seconds_total"] / run_seconds if run_seconds > 0 else math.nan
         report["judge"] = about_judge | {
-            "seconds_per_step": about_judge["seconds_total"] / steps, "share_of_train_seconds": share,
+            "seconds_per_step": about_judge["seconds_total"] / steps, "run_seconds": run_seconds,
+            "share_of_run_seconds": share,
             "rewards": {name: balanced_score(name, 0.5, scheduler.start_eval, final, space) for name in ("judge",)}}
         if share > 0.5:
-            log.warning("judging took %.0f%% of the run's time (%.1f s per judged evaluation); judge less often "
-                        "(eval.judge.every=%d, or 0 for the first and last evaluations) or with fewer prefixes",
-                        100 * share, about_judge["seconds_per_judged_eval"], 2 * max(1, cfg.eval.judge.every))
+            every = cfg.eval.judge.every
+            fix = (f"judge every {2 * every}th evaluation (eval.judge.every={2 * every}) or only at the first and "
+                   f"last (eval.judge.every=0)" if every > 0 else "judge fewer prefixes (eval.judge.prefixes) or "
+                   "generate shorter continuations (eval.judge.max_new_tokens)")
+            log.warning("judging took %.0f%% of the run's time (%.1f s per judged evaluation): %s",
+                        100 * share, about_judge["seconds_per_judged_eval"], fix)
     first = trainer.is_world_process_zero()
     _write_copies(cfg, report, trainer.args.process_index, world, first)
     if first:

@@ -6,13 +6,14 @@ the features and how far out; ``report.md`` shows it as a table."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from mixagent.paths import atomic_write, atomic_write_json
 
-__all__ = ["write_report", "decision_steps", "ood_lines"]
+__all__ = ["write_report", "decision_steps", "ood_lines", "judge_lines"]
 
 
 def _field_loss(ev: dict, domains: list[str], fields: list[str], field: str) -> float:
@@ -103,6 +104,27 @@ def ood_lines(ood: dict | None) -> list[str]:
     return lines + [""]
 
 
+def judge_lines(r: dict) -> list[str]:
+    """The judge's part of ``report.md``: per field its validity and its win rate at the start and the end,
+    then its cost (none without a judge)."""
+    j = r.get("judge")
+    if not j:
+        return []
+    lines = ["", "| field | judge valid: accuracy [95% CI] | judge win rate at start | at end | change |",
+             "|---|---|---:|---:|---:|"]
+    for field in ("source", "target"):
+        v = j["validity"].get(field, {})
+        a, b = r["start"].get("judge", {}).get(field, math.nan), r["final"].get("judge", {}).get(field, math.nan)
+        mark = " (**marked**: failed, kept)" if field in j.get("marked", ()) else ""
+        lines.append(f"| {field} | {'yes' if v.get('valid') else 'no'}: {v.get('accuracy', math.nan):.3f} "
+                     f"[{v.get('ci_low', math.nan):.3f}, {v.get('ci_high', math.nan):.3f}]{mark} | {a:.3f} | {b:.3f} | "
+                     f"{b - a:+.3f} |")
+    share = j.get("share_of_run_seconds", math.nan)
+    return lines + ["", f"The judge ({j.get('judged_evals', 0)} judged evaluations, "
+                        f"{j.get('seconds_per_judged_eval', math.nan):.1f} s each) took {100 * share:.0f}% of the "
+                        f"run's time; judge reward (lam 0.5): {j['rewards']['judge']:+.4f}."]
+
+
 def write_report(out: Path, r: dict) -> None:
     """Write ``report.json``, the plots and ``report.md`` into ``out`` (rank 0 only)."""
     atomic_write_json(out / "report.json", r)
@@ -123,6 +145,7 @@ def write_report(out: Path, r: dict) -> None:
         a, b = _field_loss(r["start"], domains, fields, field), _field_loss(r["final"], domains, fields, field)
         lines.append(f"| {field} | {a:.4f} | {b:.4f} | {b - a:+.4f} | {r['start']['scores'][field]:.4f} | "
                      f"{r['final']['scores'][field]:.4f} |")
+    lines += judge_lines(r)
     lines += ["", "| domain | field | first weight | last weight | mean weight |", "|---|---|---:|---:|---:|"]
     w = np.array([h["weights"] for h in r["history"]])
     for k, (d, f) in enumerate(zip(domains, fields)):

@@ -30,9 +30,8 @@ from mixagent.data.build import read_split, read_tasks
 from mixagent.data.domain_data import DomainData
 from mixagent.data.sources import unknown_corpora
 from mixagent.domains import FIELDS, DomainSpace
-from mixagent.env.judge import JudgeEvaluation, JudgeSpec, cut_prefixes, load_judge
+from mixagent.env.judge import JudgeEvaluation, JudgeSpec, cut_prefixes, judge_cache_dir, load_judge
 from mixagent.errors import ConfigError, suggest
-from mixagent.paths import data_root
 
 __all__ = ["BenchmarkSpec", "EvalSpec", "EvalResult", "Evaluator", "MCItem", "build_items", "eval_json_problem"]
 
@@ -358,7 +357,7 @@ class Evaluator:
             docs = [d["text"] for c in corpora for d in read_split(c, judge.split)]
             prefixes[field] = cut_prefixes(docs, judge.prefixes, judge.prefix_chars, judge.suffix_chars, judge.seed,
                                            where=f"the {field} field's corpora {list(corpora)} ({judge.split})")
-        return JudgeEvaluation(judge, load_judge(judge), prefixes, tokenizer, seq_len, data_root() / "cache" / "judge")
+        return JudgeEvaluation(judge, load_judge(judge), prefixes, tokenizer, seq_len, judge_cache_dir())
 
     @torch.inference_mode()
     def __call__(self, model: torch.nn.Module, tokens_seen: int = 0) -> EvalResult:

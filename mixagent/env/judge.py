@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from mixagent.config import config_hash, to_dict
-from mixagent.errors import ConfigError, DataMissingError
-from mixagent.paths import atomic_write_json
+from mixagent.errors import ConfigError, DataMissingError, suggest
+from mixagent.paths import REPO_ROOT, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -150,10 +150,12 @@ class JudgeSpec:
             except (KeyError, IndexError, ValueError) as err:
                 problems.append(f"template has a slot other than {', '.join(SLOTS)} ({err!r}); write a literal "
                                 f"brace as '{{{{' or '}}}}'")
-        if len(self.labels) != 2 or len(set(self.labels)) != 2 or not all(self.labels):
+        if self.mode == "prompt" and (len(self.labels) != 2 or len(set(self.labels)) != 2 or not all(self.labels)):
             problems.append(f"labels must be two different non-empty answers, got {list(self.labels)}")
         if self.every < 0:
             problems.append(f"every must be >= 0 (0 = the first and last evaluations only), got {self.every}")
+        if self.prefixes == 1:
+            problems.append("prefixes must be >= 2 (the validity interval resamples whole prefixes), got 1")
         for name in ("prefixes", "prefix_chars", "suffix_chars", "max_new_tokens", "candidates", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -166,16 +168,34 @@ class JudgeSpec:
         if not 0.5 <= self.min_accuracy < 1:
             problems.append(f"min_accuracy must be in [0.5, 1), got {self.min_accuracy}")
         if self.mode not in MODES:
-            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
+            problems.append(f"mode must be one of {MODES}, got {self.mode!r}{suggest(str(self.mode), MODES)}")
         if self.on_invalid not in ON_INVALID:
-            problems.append(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}")
+            problems.append(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}"
+                            f"{suggest(str(self.on_invalid), ON_INVALID)}")
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad or not self.corruptions:
             problems.append(f"corruptions must name some of {CORRUPTIONS}, got {list(self.corruptions)}")
-        if self.model != SMOLLM2_JUDGE and not (Path(self.model).expanduser() / "config.json").is_file():
+        if self.model != SMOLLM2_JUDGE and not (judge_dir(self.model) / "config.json").is_file():
             problems.append(f"model {self.model!r} is neither {SMOLLM2_JUDGE!r} nor a local Hugging Face model "
                             f"directory with a config.json; give the directory of a post-trained causal LM")
         return problems
+
+
+def judge_cache_dir() -> Path:
+    """Where validity checks and judge scores are cached: ``$MIXAGENT_JUDGE_CACHE``, else
+    ``<data root>/cache/judge``."""
+    import os
+
+    from mixagent.paths import data_root
+
+    return Path(os.environ.get("MIXAGENT_JUDGE_CACHE") or data_root() / "cache" / "judge")
+
+
+def judge_dir(model: str) -> Path:
+    """A judge directory as given when it exists (or is absolute), else relative to the repository root (as the
+    deploy job's other paths resolve)."""
+    p = Path(model).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +300,7 @@ def _weight_files(model: str) -> list[Path]:
         from mixagent.env.gguf import smollm2_gguf_path
 
         return [smollm2_gguf_path()]
-    folder = Path(model).expanduser()
+    folder = judge_dir(model)
     if not (folder / "config.json").is_file():
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
                                f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")
@@ -317,12 +337,15 @@ class LMJudge:
     def __init__(self, model: Any, tokenizer: Any, spec: JudgeSpec, model_digest: str) -> None:
         ids = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in spec.labels]
         bad = [label for label, i in zip(spec.labels, ids) if len(i) != 1]
-        if bad:
+        if bad and spec.mode == "prompt":
             raise ConfigError("eval.judge", [f"labels {bad} are not single tokens of the judge's tokenizer "
                                              f"({[len(i) for i in ids]} tokens); use one-token answers such as "
                                              f"'A' and 'B'"])
         self.model, self.tokenizer, self.spec, self.digest = model, tokenizer, spec, model_digest
-        self.label_ids = [i[0] for i in ids]
+        self.label_ids = [i[0] if i else 0 for i in ids]
+        config = getattr(model, "config", None)
+        self.max_positions = (getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+                              or None)
         self.chat = spec.chat and bool(getattr(tokenizer, "chat_template", None))
         self.identity = config_hash("judge", JUDGE_RULES, model_digest, spec.mode,
                                     *([spec.template, list(spec.labels), self.chat] if spec.mode == "prompt" else []))
@@ -335,7 +358,22 @@ class LMJudge:
                                                       add_generation_prompt=True)
         return prompt
 
+    def _fits(self, width: int) -> None:
+        """Refuse an input longer than the judge's context (its position table would be indexed past its end)."""
+        if self.max_positions and width > self.max_positions:
+            raise ConfigError("eval.judge", [f"an input of {width} tokens does not fit the judge's context of "
+                                             f"{self.max_positions} positions; lower prefix_chars, suffix_chars or "
+                                             f"max_new_tokens, or use a judge with a longer context"])
+
     def prefer_first(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
+        p = self._prefer_first(triples)
+        if not np.all(np.isfinite(p)):
+            raise ConfigError("eval.judge", [f"the judge gave {int((~np.isfinite(p)).sum())} non-finite verdicts of "
+                                             f"{len(p)} (NaN/Inf in its logits): check its weights, or load it in "
+                                             f"fp32"])
+        return p
+
+    def _prefer_first(self, triples: Sequence[tuple[str, str, str]]) -> np.ndarray:
         if self.spec.mode == "likelihood":
             pairs = list(dict.fromkeys((c, t) for c, a, b in triples for t in (a, b)))
             ll = dict(zip(pairs, self.loglik(pairs)))
@@ -363,6 +401,7 @@ class LMJudge:
             for i in range(0, len(order), bs):
                 idx = order[i: i + bs]
                 width = max(len(seqs[j][0]) + len(seqs[j][1]) for j in idx)
+                self._fits(width)
                 ids = torch.zeros((len(idx), width), dtype=torch.long)
                 mask = torch.zeros((len(idx), width - 1), dtype=torch.bool)
                 for r, j in enumerate(idx):
@@ -387,6 +426,7 @@ class LMJudge:
             for i in range(0, len(order), bs):
                 idx = order[i: i + bs]
                 width = max(len(prompts[j]) for j in idx)
+                self._fits(width)
                 ids = torch.full((len(idx), width), pad, dtype=torch.long)
                 att = torch.zeros((len(idx), width), dtype=torch.long)
                 for r, j in enumerate(idx):  # right padding: real tokens keep their positions
@@ -414,7 +454,7 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         path = _weight_files(spec.model)[0]
         model, tokenizer = load_gguf_model(path, dtype="float32", device=device)
         return LMJudge(model.eval(), tokenizer, spec, judge_model_digest(spec.model))
-    folder = Path(spec.model).expanduser()
+    folder = judge_dir(spec.model)
     if not (folder / "config.json").is_file():
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
                                f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")
@@ -549,7 +589,7 @@ def measure_validity(judge: Judge, prefixes: Mapping[str, Sequence[Prefix]], spe
 def _state_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        h.update(name.encode())
+        h.update(f"{name}:{tensor.dtype}".encode())  # an fp32 and a bf16 copy of the same values differ
         h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 

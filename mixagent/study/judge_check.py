@@ -26,9 +26,17 @@ import numpy as np
 
 from mixagent.config import load_config, to_dict
 from mixagent.data.build import read_split
-from mixagent.env.judge import JudgeEvaluation, JudgeSpec, LMJudge, cluster_bootstrap, cut_prefixes, load_judge
+from mixagent.env.judge import (
+    JudgeEvaluation,
+    JudgeSpec,
+    LMJudge,
+    cluster_bootstrap,
+    cut_prefixes,
+    judge_cache_dir,
+    load_judge,
+)
 from mixagent.errors import MixagentError
-from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
+from mixagent.paths import REPO_ROOT, atomic_write_json
 
 __all__ = ["JudgeCheckConfig", "CheckedModel", "run_judge_check", "format_check", "plot_check", "main"]
 
@@ -119,7 +127,7 @@ def run_judge_check(cfg: JudgeCheckConfig) -> dict:
         judge = (LMJudge(twin.model, twin.tokenizer, spec, twin.digest) if twin is not None else load_judge(spec))
         loaded[name] = judge
         t0 = time.perf_counter()
-        ev = JudgeEvaluation(spec, judge, prefixes_of(spec), None, 1 << 20, data_root() / "cache" / "judge")
+        ev = JudgeEvaluation(spec, judge, prefixes_of(spec), None, 1 << 20, judge_cache_dir())
         evaluations[name] = ev
         out["judges"][name] = {"identity": ev.identity, "validity_seconds": time.perf_counter() - t0,
                                "validity": {f: v.to_json() for f, v in ev.validity.items()}}

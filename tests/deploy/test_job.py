@@ -431,6 +431,21 @@ def test_a_judge_in_the_deploy_eval_scores_the_run_or_refuses_before_anything_is
     at = [h["eval"].get("judge_at") for h in report["history"]]
     assert at == [None, 0, None]  # steps 0 and 4 are judged; step 2 repeats the start's scores and says so
     assert "judge_at" not in report["final"] and "judge_at" not in report["start"]
+    assert 0 < j["share_of_run_seconds"] < 1 and j["run_seconds"] > 0
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "| source | no: " in md and "(**marked**: failed, kept)" in md and "judge reward (lam 0.5)" in md
+    # the judge joins the run's identity by content: other weights at the same path are another run
+    from mixagent.deploy.job import _identity
+
+    marked = cfg(tmp_path, judge, "eval.judge.on_invalid=mark", name="id")
+    before = _identity(marked)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(AutoModelForCausalLM.from_pretrained(tiny_judge).config).save_pretrained(
+        tiny_judge)
+    assert _identity(marked)["eval"]["judge_digest"] != before["eval"]["judge_digest"]
     for ev in (report["start"], report["final"]):
         assert set(ev["judge"]) == {"source", "target"} and all(0 <= v <= 1 for v in ev["judge"].values())
         assert ev["judge_marked"] == ["source", "target"]

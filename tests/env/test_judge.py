@@ -120,6 +120,8 @@ def test_prefixes_are_seeded_cut_at_word_boundaries_and_refused_when_too_few():
     ("labels=[A, A]", "labels must be two different"),
     ("model=/nowhere/judge", "neither 'smollm2_gguf' nor a local Hugging Face model directory"),
     ("on_invalid=ignore", "on_invalid must be one of"),
+    ("mode=likelyhood", "mode must be one of .* \\(did you mean 'likelihood'\\?\\)"),
+    ("prefixes=1", "prefixes must be >= 2"),
     ("corruptions=[shuffle, typo]", "corruptions must name some of"),
     ("temperature=0", "temperature must be > 0"),
 ])
@@ -334,3 +336,41 @@ def test_a_judge_reward_needs_a_judge_and_validity_needs_two_prefixes(tiny_spec_
         load_spec(tiny_spec_path, ["reward.name=judge"])
     with pytest.raises(ConfigError, match="raise eval.judge.prefixes"):
         measure_validity(Scripted(real_text), {"source": PREFIXES["source"][:1]}, JudgeSpec(prefixes=1))
+
+
+def test_a_judge_input_past_its_context_or_a_non_finite_verdict_is_a_typed_error(tiny_judge):
+    import torch
+
+    config = json.loads((tiny_judge / "config.json").read_text())
+    (tiny_judge / "config.json").write_text(json.dumps(config | {"max_position_embeddings": 12}))
+    for mode in ("prompt", "likelihood"):
+        judge = load_judge(from_dict(JudgeSpec, {"model": str(tiny_judge), "mode": mode}))
+        with pytest.raises(ConfigError, match="does not fit the judge's context of 12 positions; lower prefix_chars"):
+            judge.prefer_first([("a prefix of some length", "one text that is long enough", "another one")])
+    judge = load_judge(from_dict(JudgeSpec, {"model": str(tiny_judge), "mode": "likelihood"}))
+    with torch.no_grad():
+        next(judge.model.parameters()).fill_(float("nan"))
+    with pytest.raises(ConfigError, match="non-finite verdicts"):
+        judge.prefer_first([("a", "b", "c")])
+
+
+def test_likelihood_mode_ignores_labels_and_the_state_digest_follows_the_dtype(tiny_judge, monkeypatch):
+    import torch
+
+    from mixagent.env.judge import _state_digest, judge_dir
+
+    load_judge(from_dict(JudgeSpec, {"model": str(tiny_judge), "mode": "likelihood",
+                                     "labels": ["a long answer", "another long answer"]}))  # not refused
+    with pytest.raises(ConfigError, match="are not single tokens"):
+        load_judge(from_dict(JudgeSpec, {"model": str(tiny_judge), "labels": ["a long answer", "another"]}))
+    half = torch.nn.Linear(2, 2).to(torch.bfloat16)
+    same = torch.nn.Linear(2, 2)
+    same.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    assert _state_digest(half) != _state_digest(same)  # the same values in bf16 and fp32 are two models
+    # a relative judge directory: from the working directory when it is there, else from the repository root
+    from mixagent.paths import REPO_ROOT
+
+    monkeypatch.chdir(tiny_judge)
+    assert judge_dir("tests/fixtures/deploy/tiny-llama") == REPO_ROOT / "tests/fixtures/deploy/tiny-llama"
+    assert judge_dir("config.json").resolve() == (tiny_judge / "config.json").resolve()
+    assert judge_dir(str(tiny_judge)) == tiny_judge
