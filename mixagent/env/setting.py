@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,8 +209,9 @@ class Suite:
             problems += [f"{where}: {a!r} is not a setting axis{suggest(a, AXES)}" for a in bad]
             if bad:
                 continue
-            problems += [f"{where}: {p}" for p in self.value_problems(partial)]
-            if not problems and self.is_training(self.setting(partial)):
+            mine = [f"{where}: {p}" for p in self.value_problems(partial)]
+            problems += mine
+            if not mine and self.is_training(self.setting(partial)):
                 problems.append(f"{where} is also a training setting (every axis value is in train): change at "
                                 f"least one axis to a value not in train, or drop it from held_out")
         return problems
@@ -318,6 +320,40 @@ class Suite:
             raise ConfigError(f"suite {self.name}", [f"the training distribution gave {len(chosen)} distinct runs "
                                                      f"in {100 * n + 1} draws, fewer than the {n} asked for; ask "
                                                      f"for fewer (sbf_settings, settings)"])
+        return list(chosen.values())
+
+    def balanced_runs(self, start: Sequence[Setting], n: int, seed: int = 0) -> list[Setting]:
+        """``start`` extended to ``n`` distinct training runs, each added run taking on every run axis (all but
+        lam) its least-used training value so far (the decay share counted over WSD runs only; ties broken by
+        numpy ``default_rng([seed, 0xBA1])``): a random draw of a few settings can miss an axis value
+        altogether (8 draws of math-cpt-v1 held no run at 131,072 unique target tokens), and a rule chosen on
+        it would be tuned to the values it over-samples.
+
+        Raises:
+            ConfigError: the training product has fewer than ``n`` distinct runs.
+        """
+        values = self.training_values()
+        chosen = {s.run_hash(): s for s in start}
+        rng = np.random.default_rng([int(seed), 0xBA1])
+        for _ in range(100 * n + 1):
+            if len(chosen) >= n:
+                break
+            partial: dict[str, Any] = {}
+            for axis in (a for a in AXES if a != "lam"):
+                pool = [s for s in chosen.values() if axis != "decay_fraction" or s.schedule == "wsd"]
+                counts = [sum(_member(getattr(s, axis), [v]) for s in pool) for v in values[axis]]
+                least = [v for v, c in zip(values[axis], counts) if c == min(counts)]
+                partial[axis] = least[int(rng.integers(len(least)))]
+            setting = self.setting(partial | {"lam": self.defaults["lam"]})
+            if setting.run_hash() in chosen:  # every least-used combination taken: any unused training run
+                unused = [s for s in self.training_settings() if s.run_hash() not in chosen]
+                if not unused:
+                    break
+                setting = unused[int(rng.integers(len(unused)))]
+            chosen[setting.run_hash()] = setting
+        if len(chosen) < n:
+            raise ConfigError(f"suite {self.name}", [f"the training product has {len(chosen)} distinct runs, "
+                                                     f"fewer than the {n} asked for; ask for fewer"])
         return list(chosen.values())
 
     def held_out_settings(self) -> dict[str, Setting]:

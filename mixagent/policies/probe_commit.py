@@ -9,9 +9,10 @@ the oracle table's grid runs, :mod:`mixagent.study.oracle_table`): per candidate
 (scikit-learn, standardised features) from the features to the rule's score on its setting's static-grid
 scale (``(score - worst static) / (best static - worst static)``, comparable across settings); the policy
 plays the argmax. If a learned mixer cannot beat this lookup, its sequential decisions add nothing.
-Two simplifications, both in the rival's favour only by noise: each rule is scored as played from the first
-segment, while the policy plays the probe there; and the fit averages the probe features over the tuning
-seeds, while a run reads its own.
+Two simplifications in the fit: each rule is scored as played from the first segment, while the policy plays
+the probe there (a systematic difference: the regression credits a rule with a first segment the policy does
+not play); and the fit averages the probe features over the tuning seeds, while a run reads its own. The
+policy itself is always scored as it plays, on held-out seeds.
 
 Features (:data:`FEATURES`, all scale-free): ``lam``; ``log2`` of the unique target tokens over 131,072 (an
 uncapped run: the tokens it trains in all) and whether they are capped at all (0 / 1: a user who does not

@@ -9,8 +9,10 @@ policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured whe
    static grid (``static_rhos``: at least 9 replay shares, plus natural and uniform) and the two-phase family
    (``two_phase_switches`` x ordered pairs of ``two_phase_rhos``), prefix-shared, resumable.
 2. **The single best fixed rule**: the same grid on ``sbf_settings`` training settings (drawn from the suite's
-   training distribution, distinct runs), each row scored at every training ``lam`` (relabelled from the raw
-   evaluations) and put on the setting's own scale, ``(score - worst static) / (best static - worst static)``
+   training distribution, distinct runs) and ``sbf_balanced`` more that fill the axis values the draws used
+   least (:meth:`~mixagent.env.setting.Suite.balanced_runs`; the table records each value's count), each
+   row scored at every training ``lam`` (relabelled from the raw evaluations) and put on the setting's own
+   scale, ``(score - worst static) / (best static - worst static)``
    (a setting's extremes from its static grid, so scarce budgets, where target-only overfits and normalised
    scores reach 2-3, do not outweigh the rest); SBF is the row with the best mean over them.
 3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``.
@@ -31,10 +33,11 @@ finished rows. A run over some settings (``--settings``) keeps the valid rows of
 config, SBF and probe-then-commit fit).
 
 The table (``<out>/<suite>/table.md``, ``table.json``, ``gaps.png``) gives per setting: the axes it
-extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over the scored
-rows, their gap in pooled std, and whether it passes the **gate** (3 std). It records the suite's name and
-hash: a closed-gap table refuses an oracle table of another suite. If fewer than half of the settings pass,
-the verdict says the axes are too narrow.
+extrapolates on, the oracle and SBF rules, their held-out means ± std, the pooled seed std over its **noise
+rows** (the fixed rules it scores: the oracle, SBF and the ``baselines`` that are fixed mixtures, never a
+fitted or learned policy, so a policy scored later cannot move its own gate), their gap in pooled std, and
+whether it passes the **gate** (3 std). It records the suite's name and hash: a closed-gap table refuses an oracle
+table of another suite. If fewer than half of the settings pass, the verdict says the axes are too narrow.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
 __all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes"]
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
 
 
@@ -69,6 +72,8 @@ class OracleConfig:
         two_phase_switches, two_phase_rhos: the two-phase family (switch steps x ordered pairs, rho1 != rho2).
         sbf_settings: training settings (distinct runs) the single best fixed rule is chosen on.
         sbf_seed: the first draw seed of those settings (``Suite.draw(sbf_seed + i)``).
+        sbf_balanced: further training settings, each taking every axis's least-used training value so far
+            (:meth:`~mixagent.env.setting.Suite.balanced_runs`): a few random draws can miss a value.
         baselines: further rules scored on the held-out seeds beside the oracle and SBF; ``regmix`` is fitted per
             held-out setting on ``regmix_runs`` extra proxy runs (on the tuning seeds), counted in the table.
         regmix_runs: RegMix's proxy runs per held-out setting (>= max(10, 2K) with ``regmix`` among baselines).
@@ -89,6 +94,7 @@ class OracleConfig:
     two_phase_rhos: tuple[float, ...] = (0.2, 0.5, 0.8)
     sbf_settings: int = 8
     sbf_seed: int = 0
+    sbf_balanced: int = 0
     baselines: tuple[str, ...] = ("uniform", "natural", "replay:0.5")
     regmix_runs: int = 0
     probe_commit: bool = True
@@ -114,6 +120,9 @@ class OracleConfig:
             problems.append("replay shares must be in [0, 1]")
         if self.sbf_settings < 1:
             problems.append(f"sbf_settings must be >= 1, got {self.sbf_settings}")
+        if self.sbf_balanced < 0:
+            problems.append(f"sbf_balanced must be >= 0 (extra settings that fill unused axis values), got "
+                            f"{self.sbf_balanced}")
         if any(int(k) != k or k < 1 for k in self.two_phase_switches):
             problems.append(f"two_phase_switches must be whole numbers of segments >= 1, got "
                             f"{list(self.two_phase_switches)}")
@@ -186,6 +195,8 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     from mixagent.study.audit import run_audit
 
     chosen = suite.distinct_runs(cfg.sbf_settings, cfg.sbf_seed)
+    if cfg.sbf_balanced:
+        chosen = suite.balanced_runs(chosen, len(chosen) + cfg.sbf_balanced, cfg.sbf_seed)
     lams = sorted(set(suite.training_values()["lam"]))
     per_rule: dict[str, dict[str, float]] = {}
     settings = []
@@ -205,7 +216,10 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     complete = {rule: v for rule, v in per_rule.items() if len(v) == len(chosen) * len(lams)}
     best = single_best_fixed(complete)
     means = sorted(((float(np.mean(list(v.values()))), rule) for rule, v in complete.items()), reverse=True)
-    return {"rule": best, "settings": settings, "lams": lams,
+    coverage = {a: {str(v): sum(_same(s.to_json()[a], v) for s in chosen
+                                    if a != "decay_fraction" or s.schedule == "wsd") for v in vs}
+                for a, vs in suite.training_values().items() if a != "lam" and len(vs) > 1}
+    return {"rule": best, "settings": settings, "lams": lams, "coverage": coverage,
             "ranking": [{"rule": rule, "grid_normalised_mean": m} for m, rule in means[:10]],
             "normalised": {rule: per_rule[rule] for rule in sorted(complete)}}
 
@@ -345,7 +359,8 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
         if progress:
             print(f"\n== held-out setting {name}: {rules} on held-out seeds {list(cfg.seeds)}", flush=True)
         scores = _score(cfg, suite, name, setting, rules)
-        pooled = pooled_seed_std(scores)
+        noise = noise_rows(rules, oracle, sbf["rule"])
+        pooled = pooled_seed_std({r: scores[r] for r in noise})
         margin = float(np.mean(scores[oracle]) - np.mean(scores[sbf["rule"]]))
         table_rows.append({
             "setting": name, "setting_hash": setting.setting_hash(), "values": setting.to_json(),
@@ -355,6 +370,7 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
             "best_static_tuning_mean": tuned[best_static]["mean"], "sbf": sbf["rule"],
             "scores": scores, "means": {r: float(np.mean(v)) for r, v in scores.items()},
             "stds": {r: float(np.std(v, ddof=1)) for r, v in scores.items()}, "pooled_std": pooled,
+            "noise_rows": noise,
             "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
             "gated": bool(pooled > 0 and margin > cfg.gate * pooled),
             "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None,
@@ -362,6 +378,20 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
         rows = sorted([*earlier, *table_rows], key=lambda r: list(held).index(r["setting"]))
         table = _write(cfg, suite, sbf, ptc, rows, [n for n in held if n not in {r["setting"] for r in rows}], out)
     return table
+
+
+def noise_rows(rules: list[str], oracle: str, sbf: str) -> list[str]:
+    """The rows a setting's pooled seed std is taken over: the oracle, SBF and the other fixed rules among
+    ``rules`` (static mixtures and fixed schedules); never a fitted or learned policy (probe-then-commit,
+    RegMix, an agent), so the gate does not depend on the policy being judged."""
+    from mixagent.policies.baselines import parse_baseline
+
+    fixed = [r for r in rules if parse_baseline(r) is not None or r.startswith("two_phase:")]
+    return list(dict.fromkeys([oracle, sbf, *fixed]))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return math.isclose(a, b, rel_tol=1e-12) if isinstance(a, float) and isinstance(b, (int, float)) else a == b
 
 
 def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | None, skip: list[str]) -> list[dict]:
@@ -422,13 +452,26 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
                      f"{r['means'][r['sbf']]:+.4f} ± {r['stds'][r['sbf']]:.4f} | {ptc_text} | {best_text} | "
                      f"{r['pooled_std']:.4f} | "
                      f"{r['gap']:+.4f} [{r['gap_std']:+.1f}] | {'yes' if r['gated'] else 'no'} |")
+    sbf = table["sbf"]
+    if sbf.get("ranking"):  # how clear the choice was, and what the training settings covered
+        runner = ", ".join(f"{r['rule']} {r['grid_normalised_mean']:.3f}" for r in sbf["ranking"][:3])
+        lines += ["", f"SBF's choice, by mean grid-normalised score on the training settings (tuning seed): "
+                      f"{runner}."]
+    if sbf.get("coverage"):
+        lines += ["Training settings per axis value: " + "; ".join(
+            f"{a} " + ", ".join(f"{v.rsplit('/', 1)[-1]}: {n}" for v, n in c.items())
+            for a, c in sbf["coverage"].items()) + " (the decay share over WSD runs)."]
+    lines += ["", "The pooled std is over each setting's fixed rules (its noise rows: oracle, SBF and the fixed "
+                  "baselines), never over a fitted or learned policy."]
     ptc = table.get("probe_commit")
     if ptc and ptc["loso"]["rows"]:
         loso = ptc["loso"]
         lines += ["", f"Probe-then-commit ({ptc['path']}): on the training settings, each held out in turn, its "
                       f"choice scores {loso['probe_commit']:.3f} on the grid-normalised scale against SBF's "
-                      f"{loso['sbf']:.3f} and the row best's {loso['row_best']:.3f} ({loso['rows']} rows); its closed "
-                      f"gap is shown where the gate passes."]
+                      f"{loso['sbf']:.3f} and the row best's {loso['row_best']:.3f} ({loso['rows']} rows; one tuning "
+                      f"seed, so the row best is inflated, and each rule is credited as played from the first "
+                      f"segment: a diagnostic, not its score); its closed gap on held-out seeds is shown where the "
+                      f"gate passes."]
     extra = sorted({(k, n) for r in table["rows"] for k, n in r.get("extra_runs", {}).items()})
     if extra:  # what a per-setting method cost beyond the run itself
         lines += ["", "Extra runs per setting, beyond the scored run: " + ", ".join(

@@ -92,6 +92,31 @@ def test_draws_are_seeded_and_cover_the_training_distribution(tmp_path):
         suite.distinct_runs(1000)
 
 
+def test_balanced_runs_fill_the_axis_values_a_few_draws_missed(tmp_path):
+    from collections import Counter
+
+    suite = load_suite(_suite(tmp_path))
+    start = [suite.setting({"target_tokens": 4096, "schedule": "wsd", "decay_fraction": 0.25})] * 1
+    runs = suite.balanced_runs(start, 4, seed=0)
+    assert runs[0] == start[0] and len({r.run_hash() for r in runs}) == 4 and all(map(suite.is_training, runs))
+    # the start ran 4096 / wsd / 0.25: the next run takes the values not used yet, then the counts even out
+    assert (runs[1].target_tokens, runs[1].schedule) == (16384, "cosine")
+    assert Counter(r.target_tokens for r in runs) == {4096: 2, 16384: 2}
+    assert Counter(r.schedule for r in runs) == {"wsd": 2, "cosine": 2}
+    wsd = [r.decay_fraction for r in runs if r.schedule == "wsd"]
+    assert sorted(wsd) == [0.25, 0.5]  # the decay share is counted over WSD runs only
+    assert suite.balanced_runs(start, 4, seed=0) == runs  # seeded
+    assert suite.balanced_runs(runs, 4) == runs  # already enough: nothing added
+    with pytest.raises(ConfigError, match="fewer than the 99 asked for"):
+        suite.balanced_runs(start, 99)
+
+
+def test_a_bad_held_out_entry_does_not_hide_a_later_one_that_is_a_training_setting(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_suite(_suite(tmp_path, held_out={"odd": {"lam": 1.5}, "dup": {"target_tokens": 4096, "lam": 0.8}}))
+    assert "lam must be in [0, 1]" in str(err.value) and "held_out.dup is also a training setting" in str(err.value)
+
+
 @pytest.mark.parametrize("edits, message", [
     ({"held_out": {"dup": {"target_tokens": 4096, "lam": 0.8}}}, "held_out.dup is also a training setting"),
     ({"held_out": {"far": {"target_tokens": 1_000_000}}}, "target_tokens=1000000 is outside the declared axis"),

@@ -55,6 +55,39 @@ def test_seed_noise_widens_the_interval_and_the_bootstrap_is_seeded():
     assert lo < a["policies"]["agent"]["mean_closed_gap"] < hi and 0.2 < lo and hi < 0.8
 
 
+def test_the_gate_is_pooled_over_the_noise_rows_and_never_over_the_judged_policy():
+    scores = {"sbf": NOISE, "oracle": 1 + NOISE, "agent": 0.5 + 10 * NOISE}  # a wild policy: seed std 1.0
+    plain = SettingScores("s", (0, 1, 2), scores, "oracle", "sbf")
+    named = SettingScores("s", (0, 1, 2), scores, "oracle", "sbf", noise_rows=("oracle", "sbf"))
+    for s in (plain, named):
+        (row,) = closed_gap_table([s], ["agent"], n_boot=50)["settings"]
+        assert row["pooled_std"] == pytest.approx(0.1) and row["gated"]  # 10 std, whatever the agent's noise
+    with pytest.raises(ConfigError, match=r"noise rows \['uniform'\] have no scores"):
+        closed_gap_table([SettingScores("s", (0, 1, 2), scores, "oracle", "sbf", noise_rows=("uniform",))],
+                         ["agent"], n_boot=10)
+
+
+def test_harm_is_measured_on_every_setting_gated_or_not():
+    settings = [_setting("a", 0.0, 1.0, agent=0.5), _setting("b", 0.0, 0.2, agent=-0.3)]  # b: under the gate
+    table = closed_gap_table(settings, ["agent"], n_boot=50)
+    rows = {r["setting"]: r for r in table["settings"]}
+    assert rows["a"]["policies"]["agent"]["harm_std"] == pytest.approx(-5.0)
+    assert rows["b"]["policies"]["agent"]["harm_std"] == pytest.approx(3.0)  # 0.3 below SBF at std 0.1
+    agent = table["policies"]["agent"]
+    assert agent["max_harm_std"] == pytest.approx(3.0) and agent["harmful"] == ["b"] and agent["n"] == 1
+
+
+def test_resamples_without_an_oracle_margin_are_discarded_and_counted():
+    # the oracle margin on 3 seeds drawn with replacement is 3 - 1.5 k for k draws of seed 2: none when k >= 2,
+    # which happens with probability 3 (1/3)^2 (2/3) + (1/3)^3 = 7/27
+    s = SettingScores("s", (0, 1, 2), {"sbf": [0.0, 0.0, 0.0], "oracle": [1.0, 1.0, -0.5],
+                                       "agent": [0.5, 0.5, 0.0]}, "oracle", "sbf")
+    table = closed_gap_table([s], ["agent"], gate=0.1, n_boot=2000, seed=0)
+    assert table["discarded"] / 2000 == pytest.approx(7 / 27, abs=0.03)
+    lo, hi = table["policies"]["agent"]["ci95"]
+    assert 0 <= lo <= hi <= 1
+
+
 def test_no_setting_through_the_gate_gives_no_mean():
     table = closed_gap_table([SETTINGS[1]], ["agent"], n_boot=10)
     assert table["gated"] == 0 and table["policies"]["agent"]["mean_closed_gap"] is None

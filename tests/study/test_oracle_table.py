@@ -72,7 +72,10 @@ def test_the_oracle_is_the_best_tuning_row_scored_on_held_out_seeds(oracle):
         scored = row["scores"]
         assert set(scored) == {row["oracle"], row["sbf"], row["probe_commit"], "uniform"}
         assert all(len(v) == 3 for v in scored.values())
-        pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in scored.values()]))
+        # the pooled std is over the fixed rules only: never probe-then-commit (a fitted policy being judged)
+        noise = list(dict.fromkeys([row["oracle"], row["sbf"], "uniform"]))
+        assert row["noise_rows"] == noise and row["probe_commit"] not in noise
+        pooled = np.sqrt(np.mean([np.var(scored[r], ddof=1) for r in noise]))
         gap = np.mean(scored[row["oracle"]]) - np.mean(scored[row["sbf"]])
         assert row["pooled_std"] == pytest.approx(pooled) and row["gap"] == pytest.approx(gap)
         assert row["gated"] == bool(gap > 3 * pooled) and row["gap_std"] == pytest.approx(gap / pooled)
