@@ -11,7 +11,16 @@ from mixagent.env.spec import load_spec
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT
 
-__all__ = ["episode_seed_of", "collection_seeds", "resolve_env"]
+__all__ = ["episode_seed_of", "collection_seeds", "run_key", "resolve_env"]
+
+
+def run_key(mdp: dict) -> str:
+    """A spec's runs without its reward (:meth:`~mixagent.env.spec.EnvSpec.mdp_dict` less ``reward``): the
+    training runs, and so their noise, are the same under every reward and lam (rewards are relabelled from
+    the raw evaluations), so a held-out seed must avoid the seeds collected on any of them."""
+    from mixagent.config import config_hash
+
+    return config_hash({k: v for k, v in mdp.items() if k != "reward"})
 
 
 def episode_seed_of(seed: int) -> int:
@@ -22,15 +31,18 @@ def episode_seed_of(seed: int) -> int:
     return int(seeding.np_random(seed)[0].integers(2**31 - 1))
 
 
-def collection_seeds(spec_hash: str, root: Path | None = None) -> set[int]:
+def collection_seeds(spec_hash: str, root: Path | None = None, runs: str | None = None) -> set[int]:
     """Env seeds (``reset(seed=...)``) of every trajectory collected on this spec under ``trajectories/``:
     each run's ``meta.json`` names its spec hash, each trajectory's first line (its header) its seed. Read
-    directly, so every room above rollout/ (collection, study, agent) can refuse seeds a dataset used."""
+    directly, so every room above rollout/ (collection, study, agent) can refuse seeds a dataset used.
+    ``runs`` (a :func:`run_key`) also matches runs collected under another reward or lam of the same runs."""
     seeds: set[int] = set()
     for meta in (root or REPO_ROOT / "trajectories").glob("**/meta.json"):
         try:
             d = json.loads(meta.read_text())
-            if d.get("env", {}).get("spec_hash") != spec_hash:
+            env = d.get("env", {})
+            same_runs = runs is not None and isinstance(env.get("spec"), dict) and run_key(env["spec"]) == runs
+            if env.get("spec_hash") != spec_hash and not same_runs:
                 continue
             if "packed" in d:  # a packed run: every header line of its archive
                 import gzip

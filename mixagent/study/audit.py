@@ -49,7 +49,7 @@ from mixagent.rollout.launchers import LAUNCHERS, Launcher, cpu_count
 from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.runner import Episode, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
-from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
+from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env, run_key
 from mixagent.rollout.tree import item_values
 
 __all__ = ["AuditConfig", "AuditStore", "AuditRun", "build_schedules", "run_audit", "decay_step", "FAMILIES",
@@ -279,7 +279,8 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     out_root = Path(root or REPO_ROOT / cfg.out)
     if report_only:
         return _stored_run(cfg, spec, out_root)
-    used = collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
+    collected = collection_seeds(spec.spec_hash(), runs=run_key(spec.mdp_dict()))  # under any reward or lam too
+    used = collected & (set(cfg.seeds) | set(cfg.tune_seeds))
     if used:
         raise ConfigError("audit", [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; "
                                     f"held-out and tuning seeds must be others"])

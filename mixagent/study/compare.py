@@ -66,7 +66,7 @@ from mixagent.rollout.runner import (
     TargetOnlyRun,
     Task,
 )
-from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env
+from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env, run_key
 
 __all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
            "DEFAULT_POLICIES", "tuning_candidates", "has_hyperparameters"]
@@ -285,7 +285,8 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", problems)
     spec_path = resolve_env(cfg.env, "compare")
     spec = load_spec(spec_path, cfg.env_overrides)
-    used = collection_seeds(spec.spec_hash()) & (set(cfg.seeds) | set(cfg.tune_seeds))
+    collected = collection_seeds(spec.spec_hash(), runs=run_key(spec.mdp_dict()))  # under any reward or lam too
+    used = collected & (set(cfg.seeds) | set(cfg.tune_seeds))
     problems = [f"seeds {sorted(used)} were used by trajectory collection on {spec.env_id}; evaluation and "
                 f"tuning seeds must be held out"] if used else []
     clash = [s for s in (*cfg.seeds, *cfg.tune_seeds) if episode_seed_of(s) in spec.reference_seeds]

@@ -158,10 +158,23 @@ def test_seeds_used_by_collection_are_refused(tmp_path):
     (other / "meta.json").write_text(json.dumps({"env": {"spec_hash": "another"}}))
     (other / "t00000_0.jsonl").write_text(json.dumps({"episode_seed": 2}) + "\n")
     assert rollout_seeds.collection_seeds(spec.spec_hash(), tmp_path) == {1}
+    # a run collected on the same runs under another lam (rewards are relabelled offline): its seeds count too
+    lam = load_spec(SPEC, ["reward.lam=0.9"])
+    assert lam.spec_hash() != spec.spec_hash()
+    relabelled = tmp_path / "lam"
+    relabelled.mkdir()
+    (relabelled / "meta.json").write_text(json.dumps({"env": {"spec_hash": lam.spec_hash(), "spec": lam.mdp_dict()}}))
+    (relabelled / "t00000_0.jsonl").write_text(json.dumps({"episode_seed": 5}) + "\n")
+    assert rollout_seeds.collection_seeds(spec.spec_hash(), tmp_path) == {1}
+    runs = rollout_seeds.run_key(spec.mdp_dict())
+    assert runs == rollout_seeds.run_key(lam.mdp_dict())
+    assert rollout_seeds.collection_seeds(spec.spec_hash(), tmp_path, runs=runs) == {1, 5}
+    other_runs = rollout_seeds.run_key(load_spec(SPEC, ["optim.decay_fraction=0.5"]).mdp_dict())
+    assert rollout_seeds.collection_seeds("none", tmp_path, runs=other_runs) == set()
 
 
 def test_audit_refuses_seeds_collection_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(audit_mod, "collection_seeds", lambda h, root=None: {1, 7})
+    monkeypatch.setattr(audit_mod, "collection_seeds", lambda h, root=None, runs=None: {1, 7})
     with pytest.raises(ConfigError, match=r"seeds \[1\] were used by trajectory collection"):
         run_audit(_cfg(), root=tmp_path)
 
