@@ -16,12 +16,19 @@ from typing import Any
 
 from mixagent.errors import StoreWriteError
 
-__all__ = ["REPO_ROOT", "data_root", "ENVS_DIR", "CONFIGS_DIR", "staged_dir", "atomic_write", "atomic_write_json",
-           "atomic_write_bytes", "fsync_dir", "write_error"]
+__all__ = ["REPO_ROOT", "resolve", "data_root", "ENVS_DIR", "CONFIGS_DIR", "staged_dir", "atomic_write",
+           "atomic_write_json", "atomic_write_bytes", "fsync_dir", "write_error"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVS_DIR = Path(os.environ.get("MIXAGENT_ENVS", REPO_ROOT / "envs"))
 CONFIGS_DIR = REPO_ROOT / "configs"
+
+
+def resolve(path: str) -> Path:
+    """A path as given when it exists (or is absolute), else relative to the repository root: how configs'
+    paths (deploy data, a judge directory) are read from any working directory."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 def data_root() -> Path:

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from mixagent.env.judge import JudgeSpec
 from mixagent.errors import suggest
-from mixagent.paths import REPO_ROOT
+from mixagent.paths import resolve
 
 __all__ = ["DeployConfig", "ModelSection", "DataSection", "DomainSection", "PolicySection", "EvalSection",
            "ModelPaths", "DataPaths", "DomainPaths", "PolicyPaths", "EvalPaths", "DeployPaths", "MODEL_KINDS",
@@ -47,12 +47,6 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv"
 WEIGHT_FILES = ("model.safetensors", "model-*.safetensors", "pytorch_model*.bin")
 # Trainer arguments the job sets itself (from the sections above): passing them in ``trainer`` is refused
 OWNED_ARGS = ("bf16", "fp16", "use_cpu", "seed", "report_to_wandb")
-
-
-def resolve(path: str) -> Path:
-    """A path as given when it exists (or is absolute), else relative to the repository root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 def _path(value: Any) -> Path | None:

@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 import zlib
@@ -55,7 +56,7 @@ import numpy as np
 
 from mixagent.config import config_hash, to_dict
 from mixagent.errors import ConfigError, DataMissingError, suggest
-from mixagent.paths import REPO_ROOT, atomic_write_json
+from mixagent.paths import atomic_write_json, data_root, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -175,7 +176,7 @@ class JudgeSpec:
         bad = [c for c in self.corruptions if c not in CORRUPTIONS]
         if bad or not self.corruptions:
             problems.append(f"corruptions must name some of {CORRUPTIONS}, got {list(self.corruptions)}")
-        if self.model != SMOLLM2_JUDGE and not (judge_dir(self.model) / "config.json").is_file():
+        if self.model != SMOLLM2_JUDGE and not (resolve(self.model) / "config.json").is_file():
             problems.append(f"model {self.model!r} is neither {SMOLLM2_JUDGE!r} nor a local Hugging Face model "
                             f"directory with a config.json; give the directory of a post-trained causal LM")
         return problems
@@ -184,18 +185,7 @@ class JudgeSpec:
 def judge_cache_dir() -> Path:
     """Where validity checks and judge scores are cached: ``$MIXAGENT_JUDGE_CACHE``, else
     ``<data root>/cache/judge``."""
-    import os
-
-    from mixagent.paths import data_root
-
     return Path(os.environ.get("MIXAGENT_JUDGE_CACHE") or data_root() / "cache" / "judge")
-
-
-def judge_dir(model: str) -> Path:
-    """A judge directory as given when it exists (or is absolute), else relative to the repository root (as the
-    deploy job's other paths resolve)."""
-    p = Path(model).expanduser()
-    return p if p.is_absolute() or p.exists() else REPO_ROOT / p
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +290,7 @@ def _weight_files(model: str) -> list[Path]:
         from mixagent.env.gguf import smollm2_gguf_path
 
         return [smollm2_gguf_path()]
-    folder = judge_dir(model)
+    folder = resolve(model)
     if not (folder / "config.json").is_file():
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
                                f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")
@@ -454,7 +444,7 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         path = _weight_files(spec.model)[0]
         model, tokenizer = load_gguf_model(path, dtype="float32", device=device)
         return LMJudge(model.eval(), tokenizer, spec, judge_model_digest(spec.model))
-    folder = judge_dir(spec.model)
+    folder = resolve(spec.model)
     if not (folder / "config.json").is_file():
         raise DataMissingError(f"eval.judge.model: {str(folder)!r} has no config.json; give the directory of a "
                                f"local Hugging Face causal LM (save_pretrained writes one) or {SMOLLM2_JUDGE!r}")

@@ -322,6 +322,14 @@ class Suite:
                                                      f"for fewer (sbf_settings, settings)"])
         return list(chosen.values())
 
+    def axis_counts(self, runs: Sequence[Setting]) -> dict[str, list[int]]:
+        """Per run axis (all but lam), how many of ``runs`` take each of its training values, in
+        :meth:`training_values` order (the decay share counted over WSD runs only: cosine ignores it)."""
+        values = self.training_values()
+        return {axis: [sum(_member(getattr(s, axis), [v]) for s in runs
+                           if axis != "decay_fraction" or s.schedule == "wsd") for v in values[axis]]
+                for axis in AXES if axis != "lam"}
+
     def balanced_runs(self, start: Sequence[Setting], n: int, seed: int = 0) -> list[Setting]:
         """``start`` extended to ``n`` distinct training runs, each added run taking on every run axis (all but
         lam) its least-used training value so far (the decay share counted over WSD runs only; ties broken by
@@ -339,9 +347,7 @@ class Suite:
             if len(chosen) >= n:
                 break
             partial: dict[str, Any] = {}
-            for axis in (a for a in AXES if a != "lam"):
-                pool = [s for s in chosen.values() if axis != "decay_fraction" or s.schedule == "wsd"]
-                counts = [sum(_member(getattr(s, axis), [v]) for s in pool) for v in values[axis]]
+            for axis, counts in self.axis_counts(list(chosen.values())).items():
                 least = [v for v, c in zip(values[axis], counts) if c == min(counts)]
                 partial[axis] = least[int(rng.integers(len(least)))]
             setting = self.setting(partial | {"lam": self.defaults["lam"]})

@@ -216,9 +216,9 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     complete = {rule: v for rule, v in per_rule.items() if len(v) == len(chosen) * len(lams)}
     best = single_best_fixed(complete)
     means = sorted(((float(np.mean(list(v.values()))), rule) for rule, v in complete.items()), reverse=True)
-    coverage = {a: {str(v): sum(_same(s.to_json()[a], v) for s in chosen
-                                    if a != "decay_fraction" or s.schedule == "wsd") for v in vs}
-                for a, vs in suite.training_values().items() if a != "lam" and len(vs) > 1}
+    values = suite.training_values()
+    coverage = {a: dict(zip(map(str, values[a]), counts)) for a, counts in suite.axis_counts(chosen).items()
+                if len(values[a]) > 1}
     return {"rule": best, "settings": settings, "lams": lams, "coverage": coverage,
             "ranking": [{"rule": rule, "grid_normalised_mean": m} for m, rule in means[:10]],
             "normalised": {rule: per_rule[rule] for rule in sorted(complete)}}
@@ -388,10 +388,6 @@ def noise_rows(rules: list[str], oracle: str, sbf: str) -> list[str]:
 
     fixed = [r for r in rules if parse_baseline(r) is not None or r.startswith("two_phase:")]
     return list(dict.fromkeys([oracle, sbf, *fixed]))
-
-
-def _same(a: Any, b: Any) -> bool:
-    return math.isclose(a, b, rel_tol=1e-12) if isinstance(a, float) and isinstance(b, (int, float)) else a == b
 
 
 def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | None, skip: list[str]) -> list[dict]:

@@ -105,6 +105,9 @@ def test_balanced_runs_fill_the_axis_values_a_few_draws_missed(tmp_path):
     assert Counter(r.schedule for r in runs) == {"wsd": 2, "cosine": 2}
     wsd = [r.decay_fraction for r in runs if r.schedule == "wsd"]
     assert sorted(wsd) == [0.25, 0.5]  # the decay share is counted over WSD runs only
+    counts = suite.axis_counts(runs)
+    assert counts["target_tokens"] == [2, 2] and counts["schedule"] == [2, 2] and counts["decay_fraction"] == [1, 1]
+    assert "lam" not in counts
     assert suite.balanced_runs(start, 4, seed=0) == runs  # seeded
     assert suite.balanced_runs(runs, 4) == runs  # already enough: nothing added
     with pytest.raises(ConfigError, match="fewer than the 99 asked for"):
