@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import re
+import string
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,25 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 class JudgeInvalidError(ConfigError):
     """The judge is not above chance at preferring real text over corrupted text on some field."""
+
+
+def _template_problems(template: str) -> list[str]:
+    """What is wrong with a prompt template: its replacement fields (read as ``str.format`` reads them, so an
+    escaped ``{{a}}`` is no slot) must be exactly :data:`SLOTS`."""
+    names = [slot.strip("{}") for slot in SLOTS]
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        return [f"template is not a format string ({err}); write a literal brace as '{{{{' or '}}}}'"]
+    other = sorted({f for f in fields if f not in names})
+    if other:
+        return [f"template has a slot other than {', '.join(SLOTS)} ({other}); write a literal brace as '{{{{' or "
+                f"'}}}}'"]
+    missing = [slot for slot, name in zip(SLOTS, names, strict=True) if name not in fields]
+    if missing:
+        return [f"template lacks the slots {missing}; it must contain {', '.join(SLOTS)} (the prefix and the two "
+                f"candidates; an escaped '{{{{a}}}}' is literal text, not a slot), e.g. the default template"]
+    return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,29 +161,22 @@ class JudgeSpec:
 
     def check(self) -> list[str]:
         problems = []
-        missing = [s for s in SLOTS if s not in self.template]
-        if missing:
-            problems.append(f"template lacks the slots {missing}; it must contain {', '.join(SLOTS)} (the prefix "
-                            f"and the two candidates), e.g. the default template")
-        else:
-            try:
-                self.template.format(prefix="", a="", b="")
-            except (KeyError, IndexError, ValueError) as err:
-                problems.append(f"template has a slot other than {', '.join(SLOTS)} ({err!r}); write a literal "
-                                f"brace as '{{{{' or '}}}}'")
+        if self.mode == "prompt":  # likelihood mode reads no template
+            problems += _template_problems(self.template)
         if self.mode == "prompt" and (len(self.labels) != 2 or len(set(self.labels)) != 2 or not all(self.labels)):
             problems.append(f"labels must be two different non-empty answers, got {list(self.labels)}")
         if self.every < 0:
             problems.append(f"every must be >= 0 (0 = the first and last evaluations only), got {self.every}")
-        if self.prefixes == 1:
-            problems.append("prefixes must be >= 2 (the validity interval resamples whole prefixes), got 1")
-        for name in ("prefixes", "prefix_chars", "suffix_chars", "max_new_tokens", "candidates", "batch_size"):
+        if self.prefixes < 2:
+            problems.append(f"prefixes must be >= 2 (the validity interval resamples whole prefixes), got "
+                            f"{self.prefixes}")
+        for name in ("prefix_chars", "suffix_chars", "max_new_tokens", "candidates", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples < 0:
             problems.append(f"samples must be >= 0 (0 = the judge's answer probability), got {self.samples}")
-        if not self.temperature > 0:
-            problems.append(f"temperature must be > 0, got {self.temperature}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            problems.append(f"temperature must be a finite number > 0, got {self.temperature}")
         if self.split not in ("val", "test"):
             problems.append(f"split must be 'val' or 'test', got {self.split!r}")
         if not 0.5 <= self.min_accuracy < 1:
@@ -454,7 +467,13 @@ def load_judge(spec: JudgeSpec, device: str = "cpu") -> LMJudge:
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as err:  # unreadable JSON, or no model_type transformers knows
+        raise ConfigError("eval.judge.model", [f"{str(folder)!r} has a config.json transformers cannot read "
+                                               f"({str(err).splitlines()[0][:200]}); give the directory of a local "
+                                               f"Hugging Face causal LM (save_pretrained writes its config.json)"]
+                          ) from None
     causal = [a for a in (config.architectures or []) if a.endswith(("ForCausalLM", "LMHeadModel"))]
     encoder = config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False)
     if (config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "is_encoder_decoder", False)

@@ -72,7 +72,8 @@ class JudgeCheckConfig:
         judges: named judge specs; each is checked (``on_invalid`` is ignored: validity is measured here).
         fields: per field, the corpora whose held-out documents give the prefixes.
         models: the models whose continuations are judged.
-        bootstrap: resamples of the intervals.
+        bootstrap: resamples of the model-score intervals (>= 100); the validity intervals use the judge
+            evaluation's own resamples (:func:`mixagent.env.judge.measure_validity`), as a run's refusal does.
         out: output root.
     """
 
@@ -90,6 +91,9 @@ class JudgeCheckConfig:
             problems.append("judges must name at least one judge")
         if not self.models:
             problems.append("models must list at least one model")
+        if self.bootstrap < 100:
+            problems.append(f"bootstrap must be >= 100 resamples (a 95% interval from fewer is noise), got "
+                            f"{self.bootstrap}")
         return problems
 
 

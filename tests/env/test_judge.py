@@ -123,7 +123,11 @@ def test_prefixes_are_seeded_cut_at_word_boundaries_and_refused_when_too_few():
     ("mode=likelyhood", "mode must be one of .* \\(did you mean 'likelihood'\\?\\)"),
     ("prefixes=1", "prefixes must be >= 2"),
     ("corruptions=[shuffle, typo]", "corruptions must name some of"),
-    ("temperature=0", "temperature must be > 0"),
+    ("temperature=0", "temperature must be a finite number > 0"),
+    ("temperature=.inf", "temperature must be a finite number > 0, got inf"),
+    ("prefixes=0", "prefixes must be >= 2"),
+    ("template='{prefix} A: {{a}} B: {b}'", r"template lacks the slots \['\{a\}'\]; .*an escaped"),
+    ("template='{prefix} {a} {b'", "template is not a format string"),
 ])
 def test_bad_judge_specs_are_typed_errors_naming_the_field(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -240,6 +244,12 @@ def test_a_judge_dir_that_is_not_a_causal_lm_or_has_no_weights(tmp_path):
     (folder / "config.json").write_text((FIX / "tiny-llama/config.json").read_text())
     with pytest.raises(DataMissingError, match="no \\*.safetensors weights"):
         load_judge(JudgeSpec(model=str(folder)))
+    for text in ("{}", "{not json"):  # a config.json transformers cannot read: a typed error naming the key
+        (folder / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match="(?s)eval.judge.model.*config.json transformers cannot read"):
+            load_judge(JudgeSpec(model=str(folder)))
+    # likelihood mode reads no template: one without slots is no error there
+    assert from_dict(JudgeSpec, {"mode": "likelihood", "template": "no slots"}).template == "no slots"
 
 
 def test_judge_rewards_hand_worked_and_a_missing_judge_is_a_typed_error():
@@ -371,3 +381,70 @@ def test_likelihood_mode_ignores_labels_and_the_state_digest_follows_the_dtype(t
     monkeypatch.chdir(tiny_judge)
     assert "model" not in " ".join(JudgeSpec(model="tests/fixtures/deploy/tiny-llama").check())
     assert any("model 'elsewhere'" in p for p in JudgeSpec(model="elsewhere").check())
+
+
+def test_a_prompted_judge_reads_its_first_label_as_the_first_candidate(tiny_judge):
+    """A judge whose logits favour label "A" by 2 nats over "B" prefers the first candidate with probability
+    sigmoid(2) = 0.881 (labels swapped: 0.119); in both orders that bias cancels to a win of exactly 0.5."""
+    import torch
+
+    judge = load_judge(from_dict(JudgeSpec, {"model": str(tiny_judge)}))
+    a, b = judge.label_ids
+    vocab = judge.model.config.vocab_size
+
+    class SaysA(torch.nn.Module):
+        config = judge.model.config
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, vocab)
+            logits[..., a], logits[..., b] = 2.0, 0.0
+            return type("Out", (), {"logits": logits})()
+
+    judge.model = SaysA()
+    p = judge.prefer_first([("a prefix", "one text", "another text"), ("b", "x y", "z w")])
+    assert p == pytest.approx([1 / (1 + np.exp(-2.0))] * 2)
+    wins, _, _ = judge_wins(judge, [("a prefix", "one text", "another text")], 0, np.random.default_rng(0))
+    assert wins[0] == pytest.approx(0.5)
+
+
+def test_both_texts_are_cut_to_the_shorter_at_a_word_boundary():
+    """The judge compares a continuation and the real suffix at equal length: a long continuation is cut back
+    to the suffix's length (and a suffix to a shorter continuation's), so length never decides."""
+    import torch
+
+    seen = []
+
+    class Recording(Scripted):
+        def prefer_first(self, triples):
+            seen.extend(triples)
+            return super().prefer_first(triples)
+
+    ev = JudgeEvaluation(JudgeSpec(on_invalid="mark"), Recording(lambda c, a, b: 0.5), PREFIXES, tokenizer=None,
+                         context_length=128)
+    seen.clear()  # the validity check's pairs
+    ev.continuations = lambda model, field: [["word " * 60, "a shorter continuation of some length"]
+                                             for _ in ev.prefixes[field]]
+    ev(torch.nn.Linear(1, 1), start=True)
+    suffix = PREFIXES["source"][0].suffix
+    for _, x, y in seen:
+        assert abs(len(x) - len(y)) <= 12 and max(len(x), len(y)) <= len(suffix)  # within a word, never longer
+    assert any(len(x) < len("a shorter continuation of some length") + 1 and y != suffix for _, x, y in seen)
+
+
+def test_a_prompted_judge_wraps_its_prompt_in_the_chat_template_when_asked(tiny_judge):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_judge)
+    tok.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<assistant>"
+    spec = from_dict(JudgeSpec, {"model": str(tiny_judge), "template": "{prefix}|{a}|{b}"})
+    from mixagent.env.judge import LMJudge
+
+    chat = LMJudge(None, tok, spec, "digest")
+    assert chat.render("p", "x", "y") == "<user>p|x|y</user><assistant>"
+    plain = LMJudge(None, tok, from_dict(JudgeSpec, {"model": str(tiny_judge), "template": "{prefix}|{a}|{b}",
+                                                     "chat": False}), "digest")
+    assert plain.render("p", "x", "y") == "p|x|y" and plain.identity != chat.identity

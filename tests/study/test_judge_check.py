@@ -41,7 +41,8 @@ def test_the_check_writes_validity_and_scores_with_intervals_per_judge_and_model
 def test_a_bad_check_config_is_a_typed_error(tmp_path, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text(yaml.safe_dump({"name": "x", "judges": {"p": {"mode": "vote"}}, "fields": {"source": []},
-                                      "models": [{"name": "m", "kind": "gpt"}]}))
+                                      "models": [{"name": "m", "kind": "gpt"}], "bootstrap": 0}))
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "mode must be one of" in err and "fields must name source and target" in err and "kind must be" in err
+    assert "bootstrap must be >= 100 resamples" in err  # refused before anything runs
