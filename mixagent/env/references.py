@@ -1,5 +1,6 @@
 """Reference runs for normalised rewards: source-only and target-only continual pre-training at an
-episode's token budget, run once per env spec hash and cached under
+episode's token budget (and the spec's ``reward.anchors``, static mixtures whose results widen the extremes
+where target-only is not the target field's best run), run once per env spec hash and cached under
 ``data/cache/references/<spec hash>.json`` (the extremes of :class:`~mixagent.env.rewards.Reference`).
 
 A committed copy under ``checkpoints/references/<spec hash>.json`` (written when a reference dataset is
@@ -22,8 +23,9 @@ from mixagent.env.rewards import MEASURES, Reference, field_measure
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
+from mixagent.policies.baselines import parse_baseline
 
-__all__ = ["get_reference", "reference_path", "run_static", "commit_reference", "REFERENCE_VERSION",
+__all__ = ["get_reference", "extremes", "reference_path", "run_static", "commit_reference", "REFERENCE_VERSION",
            "COMMITTED_REFERENCE_DIR"]
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,31 @@ def _load(path: Path, spec_hash: str, base_id: str, committed: bool = False) -> 
     return Reference.from_json(d)
 
 
+def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tuple[str, ...] = ()
+             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """The extremes ``(best, worst)``, each ``{measure: {field: value}}``, of reference runs ``{name: [EvalResult
+    per reference seed]}`` (averaged over seeds). A field's best is the best of the run spending everything on
+    it and the ``anchors``; its worst the worst of the run spending nothing on it and the ``anchors`` (lower
+    bits per byte, higher scores are better)."""
+    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    for m in MEASURES:
+        for f in FIELDS:
+            own, other = ("source_only", "target_only") if f == "source" else ("target_only", "source_only")
+            mean = {name: float(np.mean([field_measure(m, r, space, f) for r in runs[name]]))
+                    for name in (own, other, *anchors)}
+            pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
+            best[m][f] = pick_best(mean[n] for n in (own, *anchors))
+            worst[m][f] = pick_worst(mean[n] for n in (other, *anchors))
+    return best, worst
+
+
 def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,
                   committed_dir: Path | None = None) -> Reference:
     """The spec's reference extremes: a committed copy (``checkpoints/references/``, what a committed
-    dataset was scored with) first, else the cache, else run (2 episodes per reference seed, with a progress
-    bar) and cached atomically.
+    dataset was scored with) first, else the cache, else run (source-only, target-only and each of
+    ``spec.reward.anchors``, one episode per reference seed each, with a progress bar; :func:`extremes`) and
+    cached atomically.
 
     Raises:
         ConfigError: a cached file for another spec hash or format, a diverged run, or a zero range.
@@ -84,20 +106,19 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
         return _load(committed, spec_hash, base_id, committed=True)
     if path.exists():
         return _load(path, spec_hash, base_id)
-    runs: dict[str, list[EvalResult]] = {"source_only": [], "target_only": []}
-    with tqdm(total=2 * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}", unit="episode") as bar:
+    mixtures = {"source_only": replay_weights(space, backend.natural, 1.0),
+                "target_only": replay_weights(space, backend.natural, 0.0)}
+    natural = dict(zip(space.names, np.asarray(backend.natural, dtype=float).tolist(), strict=True))
+    for a in spec.reward.anchors:  # checked by RewardSpec: baseline specs
+        mixtures[a] = parse_baseline(a).build(natural).weights_for(space).values
+    runs: dict[str, list[EvalResult]] = {name: [] for name in mixtures}
+    with tqdm(total=len(mixtures) * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}",
+              unit="episode") as bar:
         for seed in spec.reference_seeds:
-            for name, rho in (("source_only", 1.0), ("target_only", 0.0)):
-                w = replay_weights(space, backend.natural, rho)
+            for name, w in mixtures.items():
                 runs[name].append(run_static(backend, w, spec.steps, seed))
                 bar.update()
-    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    for m in MEASURES:
-        for f in FIELDS:
-            own, other = ("source_only", "target_only") if f == "source" else ("target_only", "source_only")
-            best[m][f] = float(np.mean([field_measure(m, r, space, f) for r in runs[own]]))
-            worst[m][f] = float(np.mean([field_measure(m, r, space, f) for r in runs[other]]))
+    best, worst = extremes(runs, space, spec.reward.anchors)
     ref = Reference(best, worst, spec_hash, tuple(spec.reference_seeds))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, "base": base_id, **ref.to_json(),

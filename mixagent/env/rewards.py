@@ -12,7 +12,10 @@ Two families:
   per field ``s_f = (L_f(worst) - L_f) / (L_f(worst) - L_f(best))``, the D4RL normalised-score convention
   (Fu et al., arXiv 2004.07219), with the extremes from reference runs at the same token budget
   (source-only and target-only; :class:`Reference`, ``mixagent.env.references``). ``s_f = 1`` is what
-  spending the whole budget on that field reaches, ``0`` what spending none of it does. The balanced
+  spending the whole budget on that field reaches, ``0`` what spending none of it does. With
+  ``reward.anchors`` (static mixtures run beside them) the extremes are the best and worst of all those runs:
+  with scarce unique target data target-only overfits, natural can beat it on the target field, and without
+  anchors scores reach 2-4 in such settings, so one policy trained across settings would weigh them most. The balanced
   score is ``lam * s_target + (1 - lam) * s_source``; the ``_min`` variant is ``min(s_target, s_source)``.
   ``L_f`` is a field's mean held-out bits per byte (``_bpb``) or its benchmark score (``_score``, higher
   is better, so the roles of best and worst follow the measure's direction).
@@ -94,7 +97,8 @@ def field_measure(measure: str, result: EvalResult, space: DomainSpace, field: s
 class Reference:
     """The extremes a field reaches at an episode's token budget, per measure: ``worst[measure][field]``
     from the run that spends nothing on the field, ``best[measure][field]`` from the run that spends
-    everything on it (mean over the reference seeds).
+    everything on it (mean over the reference seeds), each widened by the spec's ``reward.anchors`` runs
+    (:func:`mixagent.env.references.extremes`).
 
     A measure whose range is zero or inverted for a field (a noisy benchmark with few items can score the
     field higher after a run that spent nothing on it) cannot normalise: :meth:`problems` names why, and

@@ -9,8 +9,10 @@ from mixagent.config import config_hash, load_config, to_dict
 from mixagent.env.base_model import BaseModelConfig
 from mixagent.env.evaluation import EvalSpec
 from mixagent.env.proxy import OptimConfig
-from mixagent.env.rewards import REWARDS
+from mixagent.env.rewards import REWARDS, needs_reference
+from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
+from mixagent.policies.baselines import baseline_problems
 
 __all__ = ["ActionSpec", "RewardSpec", "EnvSpec", "load_spec"]
 
@@ -36,17 +38,32 @@ class RewardSpec:
     """Args:
         name: a registered reward (``mixagent.env.rewards.REWARDS``).
         lam: weight of the target field in the balanced score (1 - lam for the source field).
+        anchors: static mixtures (baseline specs: ``uniform``, ``natural``, ``replay:<rho>``) run beside the
+            source-only and target-only reference runs; a normalised reward's extremes per field are then the
+            best and worst of all of them (:func:`mixagent.env.references.get_reference`). With scarce
+            unique target data target-only overfits and is not the target field's best run, so without
+            anchors the scale stretches (normalised scores of 2-3); anchors keep one scale across settings.
     """
 
     name: str = "balanced"
     lam: float = 0.5
+    anchors: tuple[str, ...] = ()
+
+    ADDED_FIELDS = ("anchors",)
 
     def check(self) -> list[str]:
         problems = [] if 0 <= self.lam <= 1 else [f"lam must be in [0, 1], got {self.lam}"]
         if self.name not in REWARDS:
-            from mixagent.errors import suggest
-
             problems.append(f"unknown reward {self.name!r}{suggest(self.name, REWARDS)}; known: {', '.join(REWARDS)}")
+        elif self.anchors and not needs_reference(self.name):
+            problems.append(f"reward.anchors scale a normalised reward, and {self.name!r} is not one: drop anchors or "
+                            f"use normalised_bpb")
+        for a in self.anchors:
+            problems += [f"reward.anchors: {p}" for p in baseline_problems(a)]
+            if a == "target_only":
+                problems.append("reward.anchors: target_only is already a reference run; drop it")
+        if len(set(self.anchors)) != len(self.anchors):
+            problems.append(f"reward.anchors repeats a mixture: {list(self.anchors)}")
         return problems
 
 

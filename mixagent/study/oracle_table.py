@@ -190,6 +190,41 @@ def _grid_normalised(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {spec: (r["mean"] - lo) / (hi - lo) if hi > lo else 0.0 for spec, r in rows.items()}
 
 
+SCALE_ANCHORS = ("uniform", "natural", "replay:0.5")  # the reward-scale diagnostic's anchors (grid rows)
+
+
+def reward_scale(run, lam: float, anchors: tuple[str, ...] = SCALE_ANCHORS) -> dict[str, list[float]]:
+    """The range ``[lo, hi]`` of the static rows' mean ``normalised_bpb`` at ``lam`` in one audited setting, on
+    the reference runs' scale (``reference``) and with the extremes widened by the ``anchors``' grid rows
+    (``anchored``, as :func:`mixagent.env.references.extremes` widens them; the rows are on the tuning seeds, not the
+    reference seeds, so this measures what ``reward.anchors`` would do, it is not that reward). A diagnostic of
+    whether one reward scale holds across settings: where target-only overfits, ``reference`` reaches 2-4."""
+    from mixagent.domains import FIELDS
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.rewards import Reference
+
+    bpb: dict[str, dict[str, float]] = {}
+    for schedule in run.schedules:
+        spec = rule_spec(schedule)
+        records = [run.store.get(schedule.key, s) for s in run.cfg.seeds]
+        if schedule.family != "static" or spec is None or any(r is None for r in records):
+            continue
+        evals = [EvalResult.from_json(r.final) for r in records]
+        bpb[spec] = {f: float(np.mean([e.field_bpb(run.space, f) for e in evals])) for f in FIELDS}
+    ref, anchors = run.reference, [a for a in anchors if a in bpb]  # a grid without one of them goes without
+    widened = {f: {"best": min([ref.best["bpb"][f], *(bpb[a][f] for a in anchors)]),
+                   "worst": max([ref.worst["bpb"][f], *(bpb[a][f] for a in anchors)])} for f in FIELDS}
+    out = {}
+    for name, best, worst in (("reference", ref.best["bpb"], ref.worst["bpb"]),
+                              ("anchored", {f: widened[f]["best"] for f in FIELDS},
+                               {f: widened[f]["worst"] for f in FIELDS})):
+        scale = Reference({"bpb": best, "score": ref.best["score"]}, {"bpb": worst, "score": ref.worst["score"]})
+        scores = [lam * scale.normalise("bpb", "target", v["target"])
+                  + (1 - lam) * scale.normalise("bpb", "source", v["source"]) for v in bpb.values()]
+        out[name] = [float(min(scores)), float(max(scores))]
+    return out
+
+
 def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
     """Choose the single best fixed rule on training settings (see the module docstring)."""
     from mixagent.study.audit import run_audit
@@ -210,7 +245,7 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
             for spec, value in normalised.items():
                 per_rule.setdefault(spec, {})[f"{setting.run_hash()}@{lam:g}"] = value
         settings.append({"setting": setting.to_json(), "run_hash": setting.run_hash(),
-                         "spec_hash": run.spec.spec_hash()})
+                         "spec_hash": run.spec.spec_hash(), "reward_scale": reward_scale(run, 0.5)})
     from mixagent.study.closed_gap import single_best_fixed
 
     complete = {rule: v for rule, v in per_rule.items() if len(v) == len(chosen) * len(lams)}
@@ -457,6 +492,14 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
         lines += ["Training settings per axis value: " + "; ".join(
             f"{a} " + ", ".join(f"{v.rsplit('/', 1)[-1]}: {n}" for v, n in c.items())
             for a, c in sbf["coverage"].items()) + " (the decay share over WSD runs)."]
+    scales = [(st["run_hash"], st["reward_scale"]) for st in sbf["settings"] if "reward_scale" in st]
+    if scales:  # whether one reward scale holds across settings (agent v2 trains across them)
+        lines += ["", "Reward scale: the range of the static rows' mean normalised_bpb at lam 0.5 per training "
+                      "setting (tuning seed), on the reference runs' scale and with the extremes widened by the "
+                      f"{', '.join(SCALE_ANCHORS)} rows (what `reward.anchors` does):", "",
+                  "| training setting | reference scale | anchored |", "|---|---:|---:|"]
+        lines += [f"| {h} | {sc['reference'][0]:.3f} .. {sc['reference'][1]:.3f} | "
+                  f"{sc['anchored'][0]:.3f} .. {sc['anchored'][1]:.3f} |" for h, sc in scales]
     lines += ["", "The pooled std is over each setting's fixed rules (its noise rows: oracle, SBF and the fixed "
                   "baselines), never over a fitted or learned policy."]
     ptc = table.get("probe_commit")

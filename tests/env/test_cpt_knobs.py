@@ -221,3 +221,58 @@ def test_an_env_refuses_a_reward_whose_measure_cannot_normalise(monkeypatch):
     assert MixingEnv(spec, overrides=["backend=analytic"]).reference is noisy  # normalised_bpb
     with pytest.raises(ConfigError, match="(?s)reward normalised_score of .*source field's score is inverted"):
         MixingEnv(spec, overrides=["backend=analytic", "reward.name=normalised_score"])
+
+
+def test_anchors_widen_the_extremes_by_hand(env):
+    """Scarce target data: target-only overfits (math bpb 3.0) and natural reaches 2.5, so natural is the target
+    field's best; uniform is the source field's worst only if it beats target-only at being bad (it does not)."""
+    from mixagent.env.references import extremes
+
+    def ev(source: float, target: float) -> EvalResult:
+        mask = env.space.field_mask("target")
+        bpb = {n: (target if m else source) for n, m in zip(env.space.names, mask, strict=True)}
+        return EvalResult(bpb, {"source": 0.5, "target": 0.2}, {"source": 0.5, "target": 0.2})
+
+    runs = {"source_only": [ev(2.0, 4.0), ev(2.2, 4.2)], "target_only": [ev(5.0, 3.0)], "natural": [ev(2.4, 2.5)],
+            "uniform": [ev(2.6, 2.8)]}
+    best, worst = extremes(runs, env.space)  # without anchors: the two reference runs
+    assert best["bpb"] == {"source": pytest.approx(2.1), "target": 3.0}
+    assert worst["bpb"] == {"source": 5.0, "target": pytest.approx(4.1)}
+    best, worst = extremes(runs, env.space, ("natural", "uniform"))
+    assert best["bpb"] == {"source": pytest.approx(2.1), "target": 2.5}
+    assert worst["bpb"] == {"source": 5.0, "target": pytest.approx(4.1)}
+    # natural now normalises to 1 on the target field; before, it read (4.1 - 2.5) / (4.1 - 3.0) = 1.45
+    ref = Reference(best, worst)
+    assert ref.normalise("bpb", "target", 2.5) == pytest.approx(1.0)
+
+
+def test_anchor_runs_are_reference_runs(tmp_path):
+    """``reward.anchors`` runs each anchor once per reference seed beside source- and target-only, caches them,
+    and takes the extremes over all of them; a spec with anchors has its own hash (a v1 spec keeps its own)."""
+    spec = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "reward.anchors=[uniform, 'replay:0.5']"])
+    plain = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic"])
+    assert spec.spec_hash() != plain.spec_hash() and "anchors" not in plain.mdp_dict()["reward"]
+    env = MixingEnv(plain)
+    ref = get_reference(spec, env.backend, env.space, root=tmp_path)
+    cached = json.loads(reference_path(spec.spec_hash(), tmp_path).read_text())
+    assert sorted(cached["runs"]) == ["replay:0.5", "source_only", "target_only", "uniform"]
+    runs = {k: [EvalResult.from_json(r) for r in v] for k, v in cached["runs"].items()}
+    target = {k: np.mean([r.field_bpb(env.space, "target") for r in v]) for k, v in runs.items()}
+    assert ref.best["bpb"]["target"] == pytest.approx(min(target["target_only"], target["uniform"],
+                                                          target["replay:0.5"]))
+    assert ref.worst["bpb"]["target"] == pytest.approx(max(target["source_only"], target["uniform"],
+                                                           target["replay:0.5"]))
+
+
+def test_bad_anchors_are_typed_errors():
+    spec = ENVS_DIR / "tiny-cpt.yaml"
+    with pytest.raises(ConfigError, match="unknown baseline 'uniorm'.*did you mean 'uniform'"):
+        load_spec(spec, ["reward.anchors=[uniorm]"])
+    with pytest.raises(ConfigError, match="needs a rho in \\[0, 1\\]"):
+        load_spec(spec, ["reward.anchors=['replay:2']"])
+    with pytest.raises(ConfigError, match="repeats a mixture"):
+        load_spec(spec, ["reward.anchors=[uniform, uniform]"])
+    with pytest.raises(ConfigError, match="target_only is already a reference run"):
+        load_spec(spec, ["reward.anchors=[target_only]"])
+    with pytest.raises(ConfigError, match="'balanced_bpb' is not one"):
+        load_spec(spec, ["reward.name=balanced_bpb", "reward.anchors=[uniform]"])

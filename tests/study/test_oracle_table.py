@@ -108,6 +108,22 @@ def test_the_single_best_fixed_rule_is_chosen_on_training_settings_over_their_la
     assert table["sbf"]["rule"] == max(mean, key=mean.get)
     assert table["sbf"]["ranking"][0]["grid_normalised_mean"] == pytest.approx(max(mean.values()))
     assert all(r["sbf"] == table["sbf"]["rule"] for r in table["rows"])
+    # the reward-scale diagnostic: the static rows' normalised_bpb range at lam 0.5, then with the extremes
+    # widened by the uniform, natural and replay 0.5 rows
+    run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=True))
+    fields = {}
+    for s in run.schedules:
+        if s.family == "static":
+            ev = EvalResult.from_json(run.store.get(s.key, cfg.tune_seeds[0]).final)
+            fields[rule_spec(s)] = {f: ev.field_bpb(run.space, f) for f in ("source", "target")}
+    ref = run.reference.to_json()
+    best = {f: min([ref["best"]["bpb"][f]] + [fields[a][f] for a in ("uniform", "natural", "replay:0.5")])
+            for f in ("source", "target")}
+    worst = {f: max([ref["worst"]["bpb"][f]] + [fields[a][f] for a in ("uniform", "natural", "replay:0.5")])
+             for f in ("source", "target")}
+    for name, b, w in (("reference", ref["best"]["bpb"], ref["worst"]["bpb"]), ("anchored", best, worst)):
+        scores = [sum(0.5 * (w[f] - v[f]) / (w[f] - b[f]) for f in v) for v in fields.values()]
+        assert trained["reward_scale"][name] == pytest.approx([min(scores), max(scores)])
 
 
 def test_probe_then_commit_is_fitted_on_the_training_settings_and_scored(oracle):
