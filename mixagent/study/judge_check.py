@@ -125,13 +125,14 @@ def run_judge_check(cfg: JudgeCheckConfig) -> dict:
     loaded: dict[str, LMJudge] = {}
     evaluations: dict[str, JudgeEvaluation] = {}
     out: dict[str, Any] = {"format": FORMAT, "config": to_dict(cfg), "judges": {}, "models": {}}
+    cut = {name: prefixes_of(spec) for name, spec in cfg.judges.items()}  # too few documents: refused before loading
     for name, spec in cfg.judges.items():
         spec = dataclasses.replace(spec, on_invalid="mark")
         twin = next((j for j in loaded.values() if j.spec.model == spec.model), None)
         judge = (LMJudge(twin.model, twin.tokenizer, spec, twin.digest) if twin is not None else load_judge(spec))
         loaded[name] = judge
         t0 = time.perf_counter()
-        ev = JudgeEvaluation(spec, judge, prefixes_of(spec), None, 1 << 20, judge_cache_dir())
+        ev = JudgeEvaluation(spec, judge, cut[name], None, 1 << 20, judge_cache_dir())
         evaluations[name] = ev
         out["judges"][name] = {"identity": ev.identity, "validity_seconds": time.perf_counter() - t0,
                                "validity": {f: v.to_json() for f, v in ev.validity.items()}}
