@@ -320,6 +320,11 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
         fell = [sum(h.get("fallback") is not None for h in r.get("history", [])) for r in rs]
         if any(fell):  # decisions the scheduler's guard took over: the run is not the policy as designed
             rows[-1]["fallbacks"] = {"decisions": sum(fell), "of": sum(len(r.get("history", [])) for r in rs)}
+        guarded = [r["ood"] for r in rs if (r.get("ood") or {}).get("checked")]
+        if guarded:  # decisions the out-of-range guard changed (fallback, clip) or only flagged (warn)
+            rows[-1]["ood"] = {"mode": guarded[0]["mode"], "fallback": guarded[0].get("fallback"),
+                               "affected": sum(g["affected"] for g in guarded),
+                               "decisions": sum(g["decisions"] for g in guarded)}
     rows.sort(key=lambda r: -r["mean"])
     pooled = float(np.sqrt(np.mean([r["std"] ** 2 for r in rows])))
     first = reports[(policies[0], seeds[0])]
@@ -341,6 +346,10 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
         gap = r["mean"] - rows[0]["mean"]
         name = r["policy"] + (f" (**fell back** at {r['fallbacks']['decisions']} of {r['fallbacks']['of']} "
                               f"decisions)" if r.get("fallbacks") else "")
+        ood = r.get("ood")
+        if ood and ood["affected"]:  # the policy as deployed is partly its guard's choice: say so in the row
+            name += (f" (**out of range** at {ood['affected']} of {ood['decisions']} decisions: `ood: {ood['mode']}`"
+                     + (f", {ood['fallback']} decided" if ood["mode"] == "fallback" else "") + ")")
         lines.append(f"| {i} | {name} | {r['kind']} | {r['mean']:+.4f} ± {r['std']:.4f} | "
                      f"{'best' if i == 1 else f'{gap:+.4f} [{gap / pooled if pooled else 0:+.1f}]'} | "
                      f"{r['balanced_bpb_mean']:+.4f} ± {r['balanced_bpb_std']:.4f} | {r['source_bpb']:.4f} | "
@@ -350,4 +359,30 @@ def _table(name: str, config: str, spec_hash: str, policies: tuple[str, ...], ag
     case_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(case_dir / "table.json", table)
     atomic_write(case_dir / "table.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    if judged:
+        _judge_plot(table, case_dir / "judge.png")
     return table
+
+
+def _judge_plot(table: dict, path: Path) -> None:
+    """Each run's judge reward against its balanced bits-per-byte change, one colour per policy: whether the
+    two measures agree, and how the judge's seed noise compares with the gaps between policies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, r in enumerate(table["rows"]):
+        ax.scatter(r["balanced_bpb"], r["judge"], s=46, marker="osD^v"[i % 5], alpha=0.8,
+                   label=f"{r['policy']} ({r['kind']})")
+        for x, y, seed in zip(r["balanced_bpb"], r["judge"], r["seeds"], strict=True):
+            ax.annotate(f"s{seed}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xlabel("balanced bits-per-byte change (higher is better)")
+    ax.set_ylabel("judge reward, lam 0.5 (win-rate change)")
+    ax.set_title(f"{table['name']}: judge vs bits per byte, per run", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)

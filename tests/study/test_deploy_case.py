@@ -122,7 +122,9 @@ def _stored(spec_hash: str, seed: int, inputs: dict | None, fallback: str | None
     ev = {"bpb": {"web": 2.0, "math": 2.0}, "scores": {"source": 0.1, "target": 0.1}, "accuracy": {}}
     report = {"balanced": 0.1 * (seed + 1), "domains": ["web", "math"], "fields": ["source", "target"], "start": ev,
               "final": {**ev, "bpb": {"web": 1.9, "math": 1.8 - 0.01 * seed}}, "train_seconds": 1.0, "steps": 4,
-              "model": {"name": "m"}, "history": [{"fallback": None}, {"fallback": fallback}]}
+              "model": {"name": "m"}, "history": [{"fallback": None}, {"fallback": fallback}],
+              "ood": {"mode": "fallback", "fallback": "replay:0.5", "checked": True, "decisions": 2,
+                      "affected": 2 if seed else 0}}
     out = {"format": 1, "spec_hash": spec_hash, "seed": seed, "policy": "uniform",
            "identity": policy_identity("uniform"), "report": report}
     return out if inputs is None else {**out, "inputs": inputs}
@@ -151,6 +153,10 @@ def test_a_stored_run_of_other_inputs_is_run_again(tmp_path, monkeypatch, stored
     table = run_deploy_case("t", CONFIG, TINY, ("uniform",), (), (0, 1), tmp_path)
     assert table["rows"][0]["fallbacks"] == {"decisions": 1, "of": 4}  # a decision the guard took over is marked
     assert "uniform (**fell back** at 1 of 4 decisions)" in (tmp_path / "t/table.md").read_text()
+    # decisions the out-of-range guard decided are marked too: the row is partly the fallback policy
+    assert table["rows"][0]["ood"] == {"mode": "fallback", "fallback": "replay:0.5", "affected": 2, "decisions": 4}
+    assert "(**out of range** at 2 of 4 decisions: `ood: fallback`, replay:0.5 decided)" in \
+        (tmp_path / "t/table.md").read_text()
 
 
 def test_case_inputs_follow_the_base_checkpoint_and_the_corpora(tmp_path, monkeypatch):
@@ -205,6 +211,7 @@ def test_a_case_with_a_judge_tables_the_judge_reward_beside_bits_per_byte(tmp_pa
     assert row["judge_marked"] == ["source", "target"]  # a random network is no judge: said in the table
     md = (out / "j/table.md").read_text()
     assert "judge marked invalid on source, target" in md and "| judge (mean ± std) |" in md
+    assert (out / "j" / "judge.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # judge vs bpb per run
 
 
 def test_case_inputs_name_the_smollm2_judge_by_its_file():
