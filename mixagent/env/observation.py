@@ -1,5 +1,9 @@
 """The one observation builder, shared by the environment and the deployment scheduler.
 
+Version 1 (:class:`ObservationBuilder`, below) is what the environment, the collected datasets and the shipped
+agents use. Version 2 (:class:`SettingObservationBuilder`, at the end) is for one policy across settings: scale-
+free score features and the stated setting; it is not wired into the environment yet.
+
 Layout (float32, length ``3K + 5``; every entry clipped to ``[-CLIP, CLIP]``), scale-free so a policy
 trained on a proxy can drive a bigger model:
 
@@ -18,12 +22,15 @@ slice                 size   meaning
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
 
-__all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP", "observation_names"]
+__all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP", "observation_names", "SettingObservationBuilder",
+           "OBSERVATION_V2", "observation_names_v2", "setting_features", "SETTING_FEATURES", "SCORE_SCALE"]
 
 OBSERVATION_VERSION = 1
 CLIP = 10.0
@@ -74,5 +81,113 @@ class ObservationBuilder:
             (s_now - s_prev) / s0,
             [progress],
             [] if lr is None else [lr],
+        ])
+        return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+
+
+# ---- version 2: one policy across settings (agent v2; ../shared/SETTINGS.md) --------------------------------
+OBSERVATION_V2 = 2
+SCORE_SCALE = 0.1  # a benchmark score (in [0, 1]) changing by this much reads 1 in version 2
+REPETITION_CLIP = 10.0  # log2 of 1024 epochs: beyond it every budget is "hopelessly repeated"
+SETTING_FEATURES = ("lam", "repetition_log2", "repetition_known", "wsd", "decay_fraction")
+
+
+def observation_names_v2(domains: tuple[str, ...] | list[str]) -> list[str]:
+    """The names of :class:`SettingObservationBuilder`'s layout, in order (``3K + 11``)."""
+    blocks = [f"{what}[{d}]" for what in ("weight", "loss_rel", "loss_change") for d in domains]
+    return blocks + ["source_score", "target_score", "source_change", "target_change", "progress", "lr",
+                     *SETTING_FEATURES]
+
+
+def setting_features(stated: dict[str, float]) -> np.ndarray:
+    """``(5,)`` what a user states about a run, scale-free (:data:`SETTING_FEATURES`), from
+    :meth:`mixagent.env.setting.Setting.stated` / :func:`mixagent.env.setting.stated_from_spec`:
+
+    * ``lam``: the user's weight on the target field;
+    * ``repetition_log2``: ``log2`` of the run's training tokens (``steps * segment_tokens``) over its unique
+      target tokens: how many times target-only would repeat its data (0 when unknown; clipped to
+      ``[-10, 10]``);
+    * ``repetition_known``: 1 when the unique target tokens are stated (``target_tokens > 0``), else 0;
+    * ``wsd``: 1 for a warmup-stable-decay schedule, 0 for cosine;
+    * ``decay_fraction``: the share of the run in WSD's final decay (0 for cosine).
+
+    The peak LR and the model's size are left out on purpose: they differ by orders of magnitude between a
+    proxy and a deployment, and the LR enters as its value over the peak.
+
+    Raises:
+        ConfigError: a stated number is missing, non-finite, or lam is outside [0, 1].
+    """
+    from mixagent.errors import ConfigError
+
+    need = ("lam", "steps", "segment_tokens", "target_tokens", "wsd", "decay_fraction")
+    missing = [k for k in need if k not in stated]
+    if missing:
+        raise ConfigError("stated setting", [f"missing {missing}; give {list(need)} "
+                                             f"(mixagent.env.setting.stated_from_spec(spec) for an env spec)"])
+    v = {k: float(stated[k]) for k in need}
+    bad = [k for k, x in v.items() if not np.isfinite(x)]
+    if bad or not 0.0 <= v["lam"] <= 1.0 or v["steps"] < 1 or v["segment_tokens"] < 1 or v["target_tokens"] < 0:
+        raise ConfigError("stated setting", [f"needs finite numbers, lam in [0, 1], steps and segment_tokens >= 1 "
+                                             f"and target_tokens >= 0 (0 = unknown), got {v}"])
+    known = v["target_tokens"] > 0
+    repetition = math.log2(v["steps"] * v["segment_tokens"] / v["target_tokens"]) if known else 0.0
+    wsd = float(v["wsd"] > 0.5)
+    return np.array([v["lam"], float(np.clip(repetition, -REPETITION_CLIP, REPETITION_CLIP)), float(known), wsd,
+                     v["decay_fraction"] * wsd])
+
+
+class SettingObservationBuilder:
+    """Observation version 2, for one policy across settings (float32, length ``3K + 11``, clipped to
+    ``[-CLIP, CLIP]``):
+
+    ====================  =====  ==========================================================
+    slice                 size   meaning
+    ====================  =====  ==========================================================
+    ``[0, 3K)``           3K     the per-domain blocks of version 1 (weights, loss relative to the start,
+                                 loss change since the last step over the start): bits per byte never start
+                                 near zero, so the ratios are bounded
+    ``3K, 3K+1``          2      source, target benchmark score change since the start, over
+                                 :data:`SCORE_SCALE` (version 1 divided by the start score, which can be
+                                 near zero: the shipped agent read +1.73 on a base starting at 0.053)
+    ``3K+2, 3K+3``        2      source, target score change since the last step, over :data:`SCORE_SCALE`
+    ``3K+4``              1      progress ``t/T``
+    ``3K+5``              1      the coming segment's learning rate over the peak (always)
+    ``3K+6 .. 3K+10``     5      the stated setting (:func:`setting_features`): lam, log2 repetition, whether
+                                 it is known, WSD, decay share
+    ====================  =====  ==========================================================
+
+    What a user cannot state (the base's prior target exposure, its size) is not observed: a policy infers it
+    from the evaluations.
+
+    Args:
+        space: the domain space (fixes K and the domain order).
+        stated: the run's stated setting (:func:`setting_features`).
+    """
+
+    version = OBSERVATION_V2
+
+    def __init__(self, space: DomainSpace, stated: dict[str, float]) -> None:
+        self.space = space
+        self.setting = setting_features(stated)
+        self.dim = 3 * space.k + 6 + len(SETTING_FEATURES)
+
+    def __call__(self, weights: np.ndarray, start: EvalResult, prev: EvalResult, now: EvalResult,
+                 progress: float, lr: float) -> np.ndarray:
+        """``(dim,)`` float32 for the coming segment (``lr``: its learning rate over the peak)."""
+        names = self.space.names
+        b0 = np.array([start.bpb[n] for n in names])
+        b_prev = np.array([prev.bpb[n] for n in names])
+        b_now = np.array([now.bpb[n] for n in names])
+        s0 = np.array([start.scores[f] for f in FIELDS])
+        s_prev = np.array([prev.scores[f] for f in FIELDS])
+        s_now = np.array([now.scores[f] for f in FIELDS])
+        obs = np.concatenate([
+            np.asarray(weights, dtype=np.float64),
+            b_now / b0 - 1.0,
+            (b_now - b_prev) / b0,
+            (s_now - s0) / SCORE_SCALE,
+            (s_now - s_prev) / SCORE_SCALE,
+            [progress, lr],
+            self.setting,
         ])
         return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
