@@ -58,7 +58,8 @@ class CollectConfig:
         out_dir: directory of runs, relative to the repository root (or absolute).
         suite: a settings suite (``configs/settings/*.yaml``): collect across ``settings`` of its training runs,
             ``trees`` trees each, one run per setting under ``<out_dir>/<run>/`` (:mod:`mixagent.trajectories.suite`;
-            ``env`` and ``env_overrides`` then come from the suite).
+            ``env`` and the runs' overrides then come from the suite; ``env_overrides`` may only add ``reward.*``
+            keys, e.g. ``reward.anchors``, which change no run).
         settings: how many distinct training runs of ``suite`` to collect in.
         setting: recorded in the run's ``meta.json`` (set by the suite collection for each setting's run).
     """
@@ -88,8 +89,10 @@ class CollectConfig:
             problems.append("settings needs suite (a configs/settings/*.yaml file), or drop it")
         if self.suite and not (REPO_ROOT / self.suite).is_file():
             problems.append(f"suite: file {self.suite!r} not found under {REPO_ROOT} (see configs/settings/)")
-        if self.suite and self.env_overrides:
-            problems.append("env_overrides do not apply with a suite: each setting's overrides come from the suite")
+        runs = [o for o in self.env_overrides if not o.split("=", 1)[0].strip().startswith("reward.")]
+        if self.suite and runs:
+            problems.append(f"env_overrides {runs} do not apply with a suite: each setting's runs come from the suite; "
+                            f"only reward.* overrides (e.g. reward.anchors) may be added, as they change no run")
         if not self.run or "/" in self.run or self.run.startswith("."):
             problems.append(f"run must be a plain directory name, got {self.run!r}")
         if self.trees < 1:

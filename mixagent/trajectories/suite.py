@@ -44,14 +44,18 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
 
     identity = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seed": cfg.seed, "trees": cfg.trees,
                 "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours]}
+    if cfg.env_overrides:  # reward.* only (CollectConfig.check): the rewards every setting's runs are scored with
+        identity["env_overrides"] = list(cfg.env_overrides)
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
     if index is not None:
         if not resume:
             raise ResumeMismatchError(f"{root} already holds a suite collection; pass --resume to continue it, or "
                                       f"choose another run name (run=NAME)")
-        if {k: index.get(k) for k in identity} != identity:
+        keys = [*identity, *(["env_overrides"] if "env_overrides" in index and "env_overrides" not in identity
+                             else [])]  # a collection with reward overrides is not resumed without them
+        if {k: index.get(k) for k in keys} != identity:
             raise ResumeMismatchError(f"cannot resume {root}: it was collected for "
-                                      f"{ {k: index.get(k) for k in identity} }, the config gives {identity}; "
+                                      f"{ {k: index.get(k) for k in keys} }, the config gives {identity}; "
                                       f"resume with the config it was started with, or collect into a new run name")
     indexed = len(index["settings"]) if index else 0  # a resume that asks for fewer keeps the others listed
     settings = suite.distinct_runs(max(cfg.settings, indexed), cfg.seed)
@@ -65,7 +69,7 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
     for k, setting in enumerate(settings[:cfg.settings]):
         sub = dataclasses.replace(
             cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0,
-            env=suite.env, env_overrides=tuple(setting.overrides(suite, keep_lam=True)),
+            env=suite.env, env_overrides=(*setting.overrides(suite, keep_lam=True), *cfg.env_overrides),  # reward.*
             seed=cfg.seed * 100_003 + k,  # each setting's own data orders and behaviour draws
             setting={"suite": suite.name, "suite_hash": suite.suite_hash(), "run_hash": setting.run_hash(),
                      "setting": _run_values(setting), "hidden": setting.hidden()})

@@ -84,3 +84,22 @@ def test_bad_suite_configs(tmp_path):
         collect(CollectConfig(run="x", suite="configs/settings/math-cpt-v1.yaml", settings=1,
                               out_dir=str(tmp_path)))
 
+
+
+def test_reward_overrides_join_every_setting_and_nothing_else_may(tmp_path):
+    """A suite collection may add ``reward.*`` overrides (they change no run, only what its rewards are scaled
+    by: e.g. ``reward.anchors``); every setting's spec gets them, and the collection's identity records them."""
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    problems = CollectConfig(run="x", suite=str(path), settings=1, env_overrides=("steps=2",)).check()
+    assert any("['steps=2'] do not apply with a suite" in p and "reward.*" in p for p in problems)
+    cfg = CollectConfig(run="anchored", suite=str(path), settings=1, trees=1, seed=3, tree=TreeConfig(branch_at=()),
+                        launcher="inline", out_dir=str(tmp_path / "out"), env_overrides=("reward.anchors=[uniform]",))
+    assert cfg.check() == []
+    collect_suite(cfg, progress=False)
+    (setting,) = load_suite(path).distinct_runs(1, cfg.seed)
+    run = Run(cfg.run_dir / setting.run_hash())
+    assert run.meta["env"]["spec"]["reward"]["anchors"] == ["uniform"]
+    assert json.loads((cfg.run_dir / "suite.json").read_text())["env_overrides"] == ["reward.anchors=[uniform]"]
+    with pytest.raises(ResumeMismatchError, match="cannot resume .* collected for"):
+        collect_suite(dataclasses.replace(cfg, env_overrides=()), resume=True, progress=False)
