@@ -20,12 +20,13 @@ import numpy as np
 
 from mixagent.config import is_number
 from mixagent.domains import Domain, DomainSpace
-from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.env.observation import OBSERVATION_V2, OBSERVATION_VERSION, ObservationBuilder, SettingObservationBuilder
 from mixagent.env.rewards import REWARDS, Reference, balanced_score, needs_reference, step_reward
 from mixagent.errors import AgentDataError, ConfigError, WorldModelError, suggest
 from mixagent.trajectories.store import Run, Trajectory
 
-__all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "top_trajectories", "check_reward",
+__all__ = ["TrajectorySet", "Transitions", "load_trajectories", "build_transitions", "relabelled_transitions",
+           "stated_of", "top_trajectories", "check_reward",
            "to_d3rlpy", "space_from_meta", "concat_transitions"]
 
 
@@ -237,20 +238,57 @@ def check_reward(tset: TrajectorySet, reward: str) -> None:
                              f"rate, but their meta.json has no proxy.observed_lr; re-collect them with this mixagent")
 
 
+def stated_of(tset: TrajectorySet, lam: float) -> dict[str, float]:
+    """The stated setting (:meth:`mixagent.env.setting.Setting.stated`) of the runs' env spec, at ``lam``.
+
+    Raises:
+        AgentDataError: the recorded spec no longer loads (a moved space or base-model file).
+    """
+    from mixagent.config import from_dict
+    from mixagent.env.setting import stated_from_spec
+    from mixagent.env.spec import EnvSpec
+
+    try:
+        spec = from_dict(EnvSpec, tset.env["spec"])
+    except ConfigError as exc:
+        raise AgentDataError(f"the runs' recorded env spec ({tset.env.get('id')}) does not load, so their stated "
+                             f"setting is unknown: {'; '.join(exc.problems)}") from None
+    return {**stated_from_spec(spec), "lam": float(lam)}
+
+
 def build_transitions(tset: TrajectorySet, reward: str, lam: float,
-                      select: list[tuple[str, Trajectory]] | None = None, dedupe: bool = True) -> Transitions:
+                      select: list[tuple[str, Trajectory]] | None = None, dedupe: bool = True,
+                      observation: int = OBSERVATION_VERSION) -> Transitions:
     """Transitions of ``select`` (default: every usable trajectory) with rewards recomputed under ``reward``.
 
     Args:
         tset: the trajectory set.
         reward: a registered reward name (``mixagent.env.rewards.REWARDS``).
-        lam: target-field weight of the balanced score.
+        lam: target-field weight of the balanced score (and, in observation version 2, an observed feature:
+            build one set per ``lam`` and concatenate them to relabel, :func:`relabelled_transitions`).
         select: the trajectories to use.
         dedupe: enter each branched prefix step once.
+        observation: the layout: 1 (:class:`~mixagent.env.observation.ObservationBuilder`) or 2
+            (:class:`~mixagent.env.observation.SettingObservationBuilder`: the stated setting observed; needs
+            runs that recorded the learning rates, ``observe_lr`` specs).
+
+    Raises:
+        ConfigError: an unknown reward or observation version.
+        AgentDataError: see :func:`check_reward`; version 2 on runs without recorded learning rates.
     """
     check_reward(tset, reward)
     space, horizon, ref, lrs = tset.space, tset.horizon, tset.reference, tset.observed_lr
-    builder = ObservationBuilder(space, lrs is not None)
+    if observation not in (OBSERVATION_VERSION, OBSERVATION_V2):
+        raise ConfigError("observation", [f"observation version must be {OBSERVATION_VERSION} or {OBSERVATION_V2}, "
+                                          f"got {observation!r}"])
+    if observation == OBSERVATION_V2:
+        if lrs is None:
+            raise AgentDataError(f"observation version 2 observes the learning rate, and the runs collected on "
+                                 f"{tset.env.get('id')} recorded none (meta.json proxy.observed_lr): collect on a "
+                                 f"spec with observe_lr: true (the settings suites' family envs/math-cpt.yaml has it)")
+        builder: Any = SettingObservationBuilder(space, stated_of(tset, lam))
+    else:
+        builder = ObservationBuilder(space, lrs is not None)
     lr = (lambda t: lrs[min(t, horizon - 1)]) if lrs is not None else (lambda t: None)  # noqa: E731
     items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))
     seen: set[tuple[str, str, int]] = set()
@@ -308,6 +346,27 @@ def to_d3rlpy(tr: Transitions, action_size: int) -> Any:
     d3rlpy = import_d3rlpy()
     return d3rlpy.dataset.MDPDataset(tr.observations, tr.actions, tr.rewards, tr.terminals, tr.timeouts,
                       action_space=d3rlpy.constants.ActionSpace.CONTINUOUS, action_size=action_size)
+
+
+def relabelled_transitions(tset: TrajectorySet, reward: str, lams: Sequence[float],
+                           select: list[tuple[str, Trajectory]] | None = None, dedupe: bool = True) -> Transitions:
+    """One policy for every trade-off: the same trajectories once per ``lam`` of ``lams``, each with the rewards
+    at that ``lam`` and ``lam`` in its observation (version 2), concatenated in the order given. Rewards are
+    recomputed from the raw evaluations, so no run is collected twice.
+
+    Raises:
+        ConfigError: no lams, or one outside [0, 1]; see :func:`build_transitions`.
+    """
+    bad = [x for x in lams if not (is_number(x) and 0.0 <= float(x) <= 1.0)]
+    if not lams or bad:
+        raise ConfigError("lams", [f"lams must be a non-empty list of numbers in [0, 1], got {list(lams)}"])
+    out = None
+    for lam in lams:
+        part = build_transitions(tset, reward, float(lam), select, dedupe, observation=OBSERVATION_V2)
+        for e in part.episodes:
+            e["lam"] = float(lam)
+        out = part if out is None else concat_transitions(out, part)
+    return out
 
 
 def concat_transitions(real: Transitions, synthetic: Transitions) -> Transitions:

@@ -70,6 +70,46 @@ def test_runs_record_the_reference_and_learning_rates_and_datasets_use_them(v1_r
     assert len(top_trajectories(tset, 0.5, "normalised_bpb", 0.5)) == 1
 
 
+def test_observation_v2_relabels_every_lam_from_the_same_runs(v1_run, v1_env):
+    """Version 2 observes the stated setting: one set of runs gives a dataset per lam, each with that lam's
+    rewards and lam in its observation; the rest of each row is the same, and the v1 rows' per-domain blocks
+    and learning rate are shared."""
+    from mixagent.agent.dataset import relabelled_transitions, stated_of
+    from mixagent.env.observation import SettingObservationBuilder, observation_names_v2, setting_features
+    from mixagent.env.setting import stated_from_spec
+
+    tset = load_trajectories([v1_run])
+    k = tset.space.k
+    both = relabelled_transitions(tset, "normalised_bpb", [0.2, 0.8], dedupe=False)
+    one = build_transitions(tset, "normalised_bpb", 0.2, dedupe=False, observation=2)
+    n = len(one)
+    assert len(both) == 2 * n and both.observations.shape[1] == 3 * k + 11 == len(observation_names_v2(
+        tset.space.names))
+    names = observation_names_v2(tset.space.names)
+    lam = names.index("lam")
+    assert set(both.observations[:n, lam]) == {np.float32(0.2)} and set(both.observations[n:, lam]) == {np.float32(0.8)}
+    rest = [i for i in range(len(names)) if i != lam]
+    np.testing.assert_array_equal(both.observations[:n][:, rest], both.observations[n:][:, rest])
+    assert [e["lam"] for e in both.episodes] == [0.2] * len(one.episodes) + [0.8] * len(one.episodes)
+    for ep in both.episodes:  # each copy's rewards are the balanced score's steps at its own lam
+        traj = next(t for _, t in tset.trajectories if t.id == ep["id"])
+        b = [balanced_score("normalised_bpb", ep["lam"], traj.start, e, tset.space, v1_env.reference)
+             for e in (traj.start, traj.evals[-1])]
+        assert ep["return"] == pytest.approx(b[1] - b[0], abs=1e-9)
+    # the stated part is the spec's, the LR the recorded one, the per-domain blocks version 1's
+    stated = stated_of(tset, 0.2)
+    assert stated == {**stated_from_spec(v1_env.spec_), "lam": 0.2}
+    np.testing.assert_allclose(one.observations[0, -5:], setting_features(stated), rtol=1e-6)
+    v1 = build_transitions(tset, "normalised_bpb", 0.2, dedupe=False)
+    np.testing.assert_allclose(one.observations[:, :3 * k], v1.observations[:, :3 * k], rtol=1e-6)
+    np.testing.assert_allclose(one.observations[:, names.index("lr")], v1.observations[:, -1], rtol=1e-6)
+    assert isinstance(SettingObservationBuilder(tset.space, stated).dim, int)
+    with pytest.raises(ConfigError, match="lams must be a non-empty list of numbers in \\[0, 1\\]"):
+        relabelled_transitions(tset, "normalised_bpb", [0.2, 1.5])
+    with pytest.raises(ConfigError, match="observation version must be 1 or 2"):
+        build_transitions(tset, "normalised_bpb", 0.2, observation=3)
+
+
 def test_runs_without_a_reference_refuse_normalised_rewards(v1_run, tmp_path):
     meta = json.loads((v1_run / "meta.json").read_text())
     for key, match in (("reference", "recorded none"), ("observed_lr", "no proxy.observed_lr")):
@@ -83,6 +123,9 @@ def test_runs_without_a_reference_refuse_normalised_rewards(v1_run, tmp_path):
         (copy / "meta.json").write_text(json.dumps(m))
         with pytest.raises(AgentDataError, match=match):
             build_transitions(load_trajectories([copy]), "normalised_bpb", 0.5)
+        if key == "observed_lr":  # version 2 observes the LR always
+            with pytest.raises(AgentDataError, match="proxy.observed_lr"):
+                build_transitions(load_trajectories([copy]), "balanced_bpb", 0.5, observation=2)
     with pytest.raises(ConfigError, match="unknown reward 'normalised_bp'.*did you mean"):
         build_transitions(load_trajectories([v1_run]), "normalised_bp", 0.5)
 
