@@ -35,7 +35,7 @@ def backfill_feature_ranges(path: str | Path) -> dict[str, Any]:
     """
     from mixagent.agent.train_per_domain import PerDomainBCConfig, training_arrays
     from mixagent.config import from_dict
-    from mixagent.policies.per_domain import PER_DOMAIN_KIND, feature_ranges
+    from mixagent.policies.per_domain import PER_DOMAIN_KIND, feature_ranges, run_feature_names
 
     path = Path(path)
     try:
@@ -61,7 +61,8 @@ def backfill_feature_ranges(path: str | Path) -> dict[str, Any]:
                              f"observe_lr {[r['observe_lr'] for r in runs]}, the artifact recorded {want} with "
                              f"observation.lr {lr}; the data changed since training, so its ranges cannot be "
                              f"recovered: retrain it with `mixagent per-domain`")
-    ranges = feature_ranges(arrays["dom"], arrays["target"], arrays["valid"], arrays["run"])
+    ranges = feature_ranges(arrays["dom"], arrays["target"], arrays["valid"], arrays["run"],
+                            run_feature_names(cfg.observation))
     meta["training"]["feature_ranges"] = ranges
     atomic_write_json(path / "meta.json", meta)
     return ranges

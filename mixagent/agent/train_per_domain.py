@@ -20,7 +20,13 @@ import torch
 from mixagent.agent.dataset import build_transitions, load_trajectories, top_trajectories
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT
-from mixagent.policies.per_domain import PerDomainNet, feature_ranges, features, write_per_domain_artifact
+from mixagent.policies.per_domain import (
+    PerDomainNet,
+    feature_ranges,
+    features,
+    run_feature_names,
+    write_per_domain_artifact,
+)
 
 __all__ = ["PerDomainBCConfig", "train_per_domain", "training_arrays"]
 
@@ -38,6 +44,11 @@ class PerDomainBCConfig:
         exclude: domains left out of training (the generalization protocol's unseen source domains): their
             entries are removed from every observation and action and the remaining weights renormalised,
             as if the run had had only the other domains.
+        observation: the observation layout: 1 (environment v1's) or 2 (one policy across settings: the stated
+            setting observed, :class:`~mixagent.env.observation.SettingObservationBuilder`).
+        lams: version 2 only: the trade-offs each run is relabelled at (its trajectories enter once per lam,
+            the best ``top_fraction`` at that lam, with lam observed; :func:`mixagent.agent.dataset.
+            relabelled_transitions`); empty: each run's own ``reward.lam``.
     """
 
     data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
@@ -48,9 +59,18 @@ class PerDomainBCConfig:
     hidden: int = 64
     seed: int = 0
     exclude: tuple[str, ...] = ()
+    observation: int = 1
+    lams: tuple[float, ...] = ()
 
     def check(self) -> list[str]:
         problems = [] if self.data else ["data is empty: name at least one trajectory run"]
+        if self.observation not in (1, 2):
+            problems.append(f"observation must be 1 or 2, got {self.observation!r}")
+        if self.lams and self.observation != 2:
+            problems.append("lams relabel the runs for a lam-conditioned policy, which only observation 2 gives: "
+                            "set observation: 2, or drop lams")
+        if any(not 0 <= x <= 1 for x in self.lams) or len(set(self.lams)) != len(self.lams):
+            problems.append(f"lams must be distinct numbers in [0, 1], got {list(self.lams)}")
         if len(set(self.exclude)) != len(self.exclude):
             problems.append(f"exclude repeats domains: {list(self.exclude)}")
         if not 0 < self.top_fraction <= 1:
@@ -69,9 +89,11 @@ def _drop(obs: np.ndarray, initial: np.ndarray, keep: np.ndarray) -> tuple[np.nd
     return np.concatenate(parts), initial[keep] / max(initial[keep].sum(), 1e-12)
 
 
-def _rows(run: str, fraction: float, exclude: tuple[str, ...] = ()) -> tuple[list[tuple], dict]:
+def _rows(run: str, fraction: float, exclude: tuple[str, ...] = (), observation: int = 1,
+          lams: tuple[float, ...] = ()) -> tuple[list[tuple], dict]:
     """Per transition ``(domain features (K, D), target mask (K,), run features (R,))`` and the actions, of
-    the best trajectories of ``run`` (without the ``exclude`` domains)."""
+    the best trajectories of ``run`` (without the ``exclude`` domains); with ``lams`` (observation 2), the best
+    at each lam, once per lam."""
     tset = load_trajectories([REPO_ROOT / run])
     unknown = [d for d in exclude if d not in tset.space.names]
     keep = np.array([n not in exclude for n in tset.space.names])
@@ -81,8 +103,20 @@ def _rows(run: str, fraction: float, exclude: tuple[str, ...] = ()) -> tuple[lis
                                          f"name only those, and keep at least one domain of each field"])
     spec = tset.env["spec"]
     reward, lam = spec["reward"]["name"], float(spec["reward"]["lam"])
-    tr = build_transitions(tset, reward, lam, select=top_trajectories(tset, fraction, reward, lam))
     target = tset.space.field_mask("target").astype(np.float32)
+    rows: list[tuple] = []
+    for at in lams or (lam,):
+        tr = build_transitions(tset, reward, at, select=top_trajectories(tset, fraction, reward, at),
+                               observation=observation)
+        rows += _clone_rows(tr, tset, keep, target, exclude, observation)
+    return rows, {"run": run, "space": tset.space.name, "k": int(keep.sum()), "excluded": list(exclude),
+                  "transitions": len(rows), "lams": list(lams or (lam,)),
+                  "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
+
+
+def _clone_rows(tr, tset, keep: np.ndarray, target: np.ndarray, exclude: tuple[str, ...],
+                observation: int) -> list[tuple]:
+    """The cloned rows of transitions ``tr`` of ``tset`` (see :func:`_rows`)."""
     rows, initial = [], None
     keep_row = ~tr.final_obs if tr.final_obs is not None else np.ones(len(tr), bool)
     start_weights = {(r, t.id): np.asarray(t.header["start_weights"], np.float64) for r, t in tset.trajectories}
@@ -93,11 +127,9 @@ def _rows(run: str, fraction: float, exclude: tuple[str, ...] = ()) -> tuple[lis
             initial = start_weights[starts[i]]
         if keep_row[i]:
             o, init = _drop(obs, initial, keep) if exclude else (obs, initial)
-            dom, run_f = features(o, target[keep], init)
+            dom, run_f = features(o, target[keep], init, observation)
             rows.append((dom, target[keep], run_f, tr.actions[i][keep]))
-    return rows, {"run": run, "space": tset.space.name, "k": int(keep.sum()), "excluded": list(exclude),
-                  "transitions": len(rows),
-                  "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
+    return rows
 
 
 def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
@@ -112,7 +144,7 @@ def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list
         raise ConfigError("per_domain", problems)
     rows, runs = [], []
     for run in cfg.data:
-        r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude))
+        r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude), cfg.observation, tuple(cfg.lams))
         rows += r
         runs.append(info)
     maps = {(i["action"]["temperature"], i["action"]["floor"]) for i in runs}
@@ -149,7 +181,8 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     tensors = [torch.from_numpy(x) for x in (dom, tgt, run_f, valid, act)]
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = PerDomainNet(cfg.hidden)
+    names = run_feature_names(cfg.observation)
+    net = PerDomainNet(cfg.hidden, len(names))
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     with tqdm(total=cfg.steps, desc="per-domain BC", unit="step", disable=not progress) as bar:
         for step in range(cfg.steps):
@@ -166,8 +199,8 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
     return write_per_domain_artifact(Path(out), net, {
         "algo": "per_domain_bc", "action": {"temperature": first["temperature"], "floor": first["floor"]},
         "training": {"config": dataclasses.asdict(cfg), "runs": runs, "final_loss": float(loss.detach()),
-                     "feature_ranges": feature_ranges(dom, tgt, valid, run_f)}},
-        observe_lr=any(r["observe_lr"] for r in runs))
+                     "feature_ranges": feature_ranges(dom, tgt, valid, run_f, names)}},
+        observe_lr=any(r["observe_lr"] for r in runs), observation=cfg.observation)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

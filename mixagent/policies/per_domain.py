@@ -39,12 +39,13 @@ import numpy as np
 import torch
 
 from mixagent.domains import DomainSpace, DomainWeights, action_to_weights, check_action_mapping
-from mixagent.env.observation import OBSERVATION_VERSION
+from mixagent.env.observation import OBSERVATION_V2, OBSERVATION_VERSION, SETTING_FEATURES
 from mixagent.errors import CorruptArtifactError, SchemaVersionError, UsageError, WeightsError
 from mixagent.policies.protocol import RunningState
 from mixagent.policies.ranges import RANGES_FORMAT, OutOfRange, bounds, outside, table_problems, value_ranges
 
 __all__ = ["PER_DOMAIN_KIND", "DOMAIN_FEATURES", "RUN_FEATURES", "DOMAIN_FEATURE_NAMES", "RUN_FEATURE_NAMES",
+           "RUN_FEATURE_NAMES_V2", "run_feature_names",
            "PerDomainNet", "PerDomainPolicy", "features", "feature_ranges", "write_per_domain_artifact"]
 
 PER_DOMAIN_KIND = "mixagent.per_domain_policy"
@@ -55,21 +56,38 @@ WEIGHTS_FILE = "policy.safetensors"
 META_FILE = "meta.json"
 DOMAIN_FEATURE_NAMES = ("is_target", "weight", "initial", "loss_rel", "loss_change")
 RUN_FEATURE_NAMES = ("source_score", "target_score", "source_change", "target_change", "progress", "lr")
+RUN_FEATURE_NAMES_V2 = (*RUN_FEATURE_NAMES, *SETTING_FEATURES)  # observation version 2: the stated setting too
+VERSIONS = (OBSERVATION_VERSION, OBSERVATION_V2)
+
+
+def run_feature_names(version: int = OBSERVATION_VERSION) -> tuple[str, ...]:
+    """The run-level features of observation ``version`` (1: 6, 2: 11)."""
+    return RUN_FEATURE_NAMES_V2 if version == OBSERVATION_V2 else RUN_FEATURE_NAMES
 RANGED = DOMAIN_FEATURE_NAMES[1:]  # is_target is the field itself: its ranges are kept per field
 
 
-def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(K, DOMAIN_FEATURES)`` per-domain and ``(RUN_FEATURES,)`` run-level features of one observation.
+def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray,
+             version: int = OBSERVATION_VERSION) -> tuple[np.ndarray, np.ndarray]:
+    """``(K, DOMAIN_FEATURES)`` per-domain and ``(R,)`` run-level features of one observation (``R`` =
+    ``len(run_feature_names(version))``).
 
     Args:
-        obs: ``(3K+5,)`` or ``(3K+6,)`` observation.
+        obs: ``(3K+5,)`` or ``(3K+6,)`` observation (version 1), ``(3K+11,)`` (version 2:
+            :class:`~mixagent.env.observation.SettingObservationBuilder`).
         is_target: ``(K,)`` 1 for target-field domains.
         initial: ``(K,)`` the run's initial weights.
+        version: the observation layout.
 
     Raises:
         WeightsError: an observation whose size fits no ``K`` of ``is_target``.
     """
     k = len(is_target)
+    if version == OBSERVATION_V2:
+        if len(obs) != 3 * k + 11:
+            raise WeightsError(f"observation has {len(obs)} entries; version 2 of a {k}-domain space gives "
+                               f"{3 * k + 11}")
+        per = np.stack([is_target, k * obs[:k], k * initial, obs[k:2 * k], obs[2 * k:3 * k]], axis=1)
+        return per.astype(np.float32), np.asarray(obs[3 * k:], np.float32)
     if len(obs) not in (3 * k + 5, 3 * k + 6):
         raise WeightsError(f"observation has {len(obs)} entries; a {k}-domain space gives {3 * k + 5} (or "
                            f"{3 * k + 6} with the learning rate)")
@@ -79,14 +97,15 @@ def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray) -> tup
     return per.astype(np.float32), run.astype(np.float32)
 
 
-def feature_ranges(dom: np.ndarray, target: np.ndarray, valid: np.ndarray, run: np.ndarray) -> dict[str, Any]:
+def feature_ranges(dom: np.ndarray, target: np.ndarray, valid: np.ndarray, run: np.ndarray,
+                   run_names: tuple[str, ...] = RUN_FEATURE_NAMES) -> dict[str, Any]:
     """The training range of every feature (``meta.json`` ``training.feature_ranges``) of a padded batch of
     training observations.
 
     Args:
         dom: ``(N, K, DOMAIN_FEATURES)`` per-domain features (padded to the largest ``K``).
         target: ``(N, K)`` 1 for target-field domains; valid: ``(N, K)`` 1 for real (not padding) domains.
-        run: ``(N, RUN_FEATURES)`` run-level features.
+        run: ``(N, R)`` run-level features, named ``run_names`` (:func:`run_feature_names`).
 
     Returns:
         ``{"format", "rows": N, "domain": {"source": {feature: [lo, hi]}, "target": {...}}, "run": {...}}``,
@@ -96,17 +115,17 @@ def feature_ranges(dom: np.ndarray, target: np.ndarray, valid: np.ndarray, run: 
     for field, want in (("source", 0.0), ("target", 1.0)):
         rows = dom[(valid > 0) & (target == want)]
         out["domain"][field] = value_ranges(RANGED, rows[:, 1:])
-    out["run"] = value_ranges(RUN_FEATURE_NAMES, run)
+    out["run"] = value_ranges(run_names, run)
     return out
 
 
-def _ranges_problems(table: Any) -> list[str]:
+def _ranges_problems(table: Any, run_names: tuple[str, ...] = RUN_FEATURE_NAMES) -> list[str]:
     where = "training.feature_ranges"
     if not isinstance(table, dict) or not isinstance(table.get("domain"), dict):
         return [f"{where} is {table!r:.80}; expected {{domain: {{source, target}}, run}}"]
     return [*(p for f in ("source", "target") for p in table_problems(table["domain"].get(f), RANGED,
                                                                     f"{where}.domain.{f}")),
-            *table_problems(table.get("run"), RUN_FEATURE_NAMES, f"{where}.run")]
+            *table_problems(table.get("run"), run_names, f"{where}.run")]
 
 
 def _mlp(sizes: list[int], last_act: bool) -> torch.nn.Sequential:
@@ -122,11 +141,11 @@ class PerDomainNet(torch.nn.Module):
     """``(B, K, D)`` domain features, ``(B, K)`` target mask, ``(B, R)`` run features -> ``(B, K)`` actions
     in ``[-1, 1]``; a padded batch passes ``valid`` ``(B, K)`` (padding is left out of the field pooling)."""
 
-    def __init__(self, hidden: int = 64) -> None:
+    def __init__(self, hidden: int = 64, run_features: int = RUN_FEATURES) -> None:
         super().__init__()
-        self.hidden = hidden
-        self.phi = _mlp([DOMAIN_FEATURES + RUN_FEATURES, hidden, hidden], last_act=True)
-        self.rho = _mlp([3 * hidden + RUN_FEATURES, hidden, 1], last_act=False)
+        self.hidden, self.run_features = hidden, run_features
+        self.phi = _mlp([DOMAIN_FEATURES + run_features, hidden, hidden], last_act=True)
+        self.rho = _mlp([3 * hidden + run_features, hidden, 1], last_act=False)
 
     def forward(self, dom: torch.Tensor, target: torch.Tensor, run: torch.Tensor,
                 valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,10 +160,12 @@ class PerDomainNet(torch.nn.Module):
         return torch.tanh(self.rho(torch.cat([h, *pools, g], dim=-1)).squeeze(-1))
 
 
-def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any], observe_lr: bool = False) -> Path:
+def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any], observe_lr: bool = False,
+                              observation: int = OBSERVATION_VERSION) -> Path:
     """``policy.safetensors`` + ``meta.json`` (kind, format version, checksum, network, action map, the
     training's ``meta``) into ``out``; ``observe_lr``: trained on observations that end with the learning rate
-    (a deployment then passes it to the scheduler)."""
+    (a deployment then passes it to the scheduler; version 2 always observes it); ``observation``: the layout
+    version it was trained on."""
     from safetensors.torch import save
 
     from mixagent.paths import atomic_write_bytes, atomic_write_json
@@ -154,7 +175,9 @@ def write_per_domain_artifact(out: Path, net: PerDomainNet, meta: dict[str, Any]
     atomic_write_bytes(out / WEIGHTS_FILE, raw)
     digest = hashlib.sha256(raw).hexdigest()
     full = {"kind": PER_DOMAIN_KIND, "format_version": FORMAT_VERSION, "weights_sha256": digest,
-            "observation": {"version": OBSERVATION_VERSION, "lr": observe_lr}, "network": {"hidden": net.hidden},
+            "observation": {"version": observation, "lr": observe_lr or observation == OBSERVATION_V2},
+            "network": {"hidden": net.hidden, **({"run_features": net.run_features}
+                                                 if net.run_features != RUN_FEATURES else {})},
             "versions": {"torch": torch.__version__}, **meta}
     atomic_write_json(out / META_FILE, full)
     return out
@@ -186,20 +209,26 @@ class PerDomainPolicy(RunningState):
             raise SchemaVersionError(f"{path / META_FILE}: kind {meta.get('kind')!r} version "
                                      f"{meta.get('format_version')!r}, this mixagent reads {PER_DOMAIN_KIND!r} "
                                      f"version {FORMAT_VERSION}")
-        if meta.get("observation", {}).get("version") != OBSERVATION_VERSION:
-            raise SchemaVersionError(f"{path}: trained on observation version {meta['observation'].get('version')!r}, "
-                                     f"this mixagent builds {OBSERVATION_VERSION}; retrain it")
+        self.version = meta.get("observation", {}).get("version")
+        if self.version not in VERSIONS:
+            raise SchemaVersionError(f"{path}: trained on observation version {self.version!r}, this mixagent "
+                                     f"builds {' and '.join(map(str, VERSIONS))}; retrain it")
+        self.run_names = run_feature_names(self.version)
         if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
             raise CorruptArtifactError(f"{path / WEIGHTS_FILE} does not match the sha256 recorded in {META_FILE}")
         try:
-            self.net = PerDomainNet(int(meta["network"]["hidden"]))
+            self.net = PerDomainNet(int(meta["network"]["hidden"]),
+                                    int(meta["network"].get("run_features", RUN_FEATURES)))
+            if self.net.run_features != len(self.run_names):
+                raise ValueError(f"{self.net.run_features} run features, observation version {self.version} has "
+                                 f"{len(self.run_names)}")
             self.net.load_state_dict(load(raw))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc}); re-export it") \
                 from None
         self.net.eval()
         ranges = meta.get("training", {}).get("feature_ranges")
-        if ranges is not None and (problems := _ranges_problems(ranges)):
+        if ranges is not None and (problems := _ranges_problems(ranges, self.run_names)):
             raise CorruptArtifactError(f"{path / META_FILE}: {'; '.join(problems)}; record them again with "
                                        f"`mixagent feature-ranges --artifact {path}`")
         self.meta = meta
@@ -231,7 +260,7 @@ class PerDomainPolicy(RunningState):
             raise UsageError(f"{self!r}: call reset(space) before act()")
         obs = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0)
         k = self.space.k
-        if self.observe_lr and obs.size == 3 * k + 5:  # features() would read LR = the peak at every step
+        if self.version == OBSERVATION_VERSION and self.observe_lr and obs.size == 3 * k + 5:  # LR = peak always
             raise UsageError(
                 f"policy {self.path} observes the learning rate (meta.json observation.lr true): expected "
                 f"{3 * k + 6} entries (3K+6 for K={k}, the last the coming LR over the peak), got {obs.size} "
@@ -241,7 +270,7 @@ class PerDomainPolicy(RunningState):
         initial = self.initial if self.initial is not None else obs[:k].copy()
         if keep:
             self.initial = initial
-        return features(obs, self.is_target, initial)
+        return features(obs, self.is_target, initial, self.version)
 
     def _forward(self, dom: np.ndarray, run: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -255,7 +284,7 @@ class PerDomainPolicy(RunningState):
             raise UsageError(f"policy {self.path} records no feature ranges (meta.json training.feature_ranges): "
                              f"run `mixagent feature-ranges --artifact {self.path}`")
         return {f: bounds(ranges["domain"][f], RANGED) for f in ("source", "target")}, \
-            bounds(ranges["run"], RUN_FEATURE_NAMES)
+            bounds(ranges["run"], self.run_names)
 
     def action(self, observation: np.ndarray) -> np.ndarray:
         """``(K,)`` raw action in ``[-1, 1]``.
@@ -287,7 +316,7 @@ class PerDomainPolicy(RunningState):
         for i in range(len(names)):
             lohi = per_field["target" if self.is_target[i] else "source"]
             found += outside([f"{n}[{names[i]}]" for n in RANGED], dom[i, 1:], lohi, tolerance)
-        return found + outside(RUN_FEATURE_NAMES, run, run_lohi, tolerance)
+        return found + outside(self.run_names, run, run_lohi, tolerance)
 
     def act_clipped(self, observation: np.ndarray) -> DomainWeights:
         """:meth:`act` on the observation's features clipped into their training ranges (each domain's into its

@@ -128,6 +128,39 @@ def test_behaviour_cloning_fits_the_reference_data(tmp_path):
     assert ranges["domain"]["source"]["weight"][0] == 0.0 and ranges["domain"]["target"]["weight"][1] > 1
 
 
+def test_a_lam_conditioned_policy_on_observation_v2(tmp_path):
+    """Observation version 2 with lams: every run enters once per lam (its best trajectories at that lam), lam
+    is a run feature with its training range, and the artifact reads version-2 observations of any space."""
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, train_per_domain
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.observation import SettingObservationBuilder
+    from mixagent.errors import ConfigError, WeightsError
+
+    with pytest.raises(ConfigError, match="lams relabel the runs .* only observation 2"):
+        train_per_domain(PerDomainBCConfig(lams=(0.2, 0.8)), tmp_path / "no", progress=False)
+    out = train_per_domain(PerDomainBCConfig(steps=60, hidden=16, observation=2, lams=(0.2, 0.8)), tmp_path / "v2",
+                           progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["observation"] == {"version": 2, "lr": True} and meta["network"]["run_features"] == 11
+    (run,) = meta["training"]["runs"]
+    assert run["lams"] == [0.2, 0.8]
+    ranges = meta["training"]["feature_ranges"]["run"]
+    assert ranges["lam"] == pytest.approx([0.2, 0.8]) and ranges["repetition_known"] == [1.0, 1.0] and "lr" in ranges
+    policy = load_policy(out)
+    sp = space(4, 2)
+    policy.reset(sp)
+    stated = {"lam": 0.5, "steps": 8, "segment_tokens": 65536, "lr": 0.002, "wsd": 1.0, "decay_fraction": 0.25,
+              "target_tokens": 131072}
+    ev = EvalResult({n: 2.0 for n in sp.names}, {"source": 0.4, "target": 0.1}, {})
+    obs = SettingObservationBuilder(sp, stated)(np.ones(4) / 4, ev, ev, ev, 0.0, 0.5)
+    assert policy.act(obs).values.shape == (4,)
+    flagged = {f.feature for f in policy.out_of_range(
+        SettingObservationBuilder(sp, {**stated, "lam": 0.95})(np.ones(4) / 4, ev, ev, ev, 0.0, 0.5))}
+    assert "lam" in flagged  # a trade-off it never trained at is out of its range
+    with pytest.raises(WeightsError, match="version 2 of a 4-domain space gives 23"):
+        policy.act(observation(4, 0))  # a version-1 observation
+
+
 @pytest.mark.parametrize("agent,identity", [("math-cpt-v1", "a1f22148ffc6"),
                                             ("math-cpt-v1-no-fiction-foldoc-wordnet", "46d21ce2596a")])
 def test_committed_agents_record_their_feature_ranges_without_changing_identity(agent, identity, tmp_path):
