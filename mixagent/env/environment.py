@@ -14,7 +14,7 @@ from mixagent.data.sources import load_space
 from mixagent.domains import DomainWeights, action_to_weights, check_action_mapping
 from mixagent.env.backends import ProxyBackend, make_backend
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.observation import CLIP, ObservationBuilder
+from mixagent.env.observation import CLIP, ObservationBuilder, SettingObservationBuilder
 from mixagent.env.proxy import lr_at
 from mixagent.env.references import get_reference
 from mixagent.env.rewards import Reference, balanced_score, needs_reference, reward_measure, step_reward
@@ -47,6 +47,8 @@ class MixingEnv(gym.Env):
     weights; per-domain bits per byte relative to the start and its change since the last step; per-field
     benchmark scores relative to the start and their last change; progress ``t/T``. Specs with
     ``observe_lr`` append the coming segment's learning rate over the peak (``3K + 6``).
+    Specs with ``observation: 2`` observe version 2 instead
+    (:class:`~mixagent.env.observation.SettingObservationBuilder`, ``3K + 11``: the spec's stated setting too).
 
     ## Rewards
 
@@ -92,7 +94,12 @@ class MixingEnv(gym.Env):
         self.space = load_space(self.spec_.space_path())
         check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
-        self.obs_builder = ObservationBuilder(self.space, self.spec_.observe_lr)
+        if self.spec_.observation == 2:  # one policy across settings: the spec's stated setting is observed
+            from mixagent.env.setting import stated_from_spec
+
+            self.obs_builder = SettingObservationBuilder(self.space, stated_from_spec(self.spec_))
+        else:
+            self.obs_builder = ObservationBuilder(self.space, self.spec_.observe_lr)
         self._lrs = self.lr_schedule()  # fixed by the spec and the backend: computed once, read every step
         self.reference: Reference | None = None
         if needs_reference(self.spec_.reward.name):  # run (once per spec hash, then cached) before any episode

@@ -89,6 +89,8 @@ class EnvSpec:
         observe_lr: append the coming segment's learning rate over the peak to the observation.
         reference_seeds: seeds of the reference runs (source-only and target-only at the episode's budget)
             that normalised rewards scale by; never used for evaluation.
+        observation: the observation layout (:mod:`mixagent.env.observation`): 1, or 2 (one policy across
+            settings: the spec's stated setting observed; needs ``observe_lr``). It changes no run.
     """
 
     name: str
@@ -106,8 +108,9 @@ class EnvSpec:
     target_tokens: int = 0
     observe_lr: bool = False
     reference_seeds: tuple[int, ...] = (9001,)
+    observation: int = 1
 
-    ADDED_FIELDS = ("target_tokens", "observe_lr", "reference_seeds")
+    ADDED_FIELDS = ("target_tokens", "observe_lr", "reference_seeds", "observation")
 
     def check(self) -> list[str]:
         problems = []
@@ -118,6 +121,10 @@ class EnvSpec:
             problems.append(f"eval.judge.every must be 1 in an environment, got {self.eval.judge.every}: episodes "
                             f"fork, so a step the judge skipped would have no score of its own (every applies to "
                             f"the deploy job's runs)")
+        if self.observation not in (1, 2):
+            problems.append(f"observation must be 1 or 2 (the layout version), got {self.observation!r}")
+        elif self.observation == 2 and not self.observe_lr:
+            problems.append("observation 2 observes the learning rate: set observe_lr: true with it")
         if self.target_tokens < 0:
             problems.append(f"target_tokens must be >= 0 (0 = no cap), got {self.target_tokens}")
         if not self.reference_seeds:

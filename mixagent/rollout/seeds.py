@@ -15,12 +15,13 @@ __all__ = ["episode_seed_of", "collection_seeds", "run_key", "resolve_env"]
 
 
 def run_key(mdp: dict) -> str:
-    """A spec's runs without its reward (:meth:`~mixagent.env.spec.EnvSpec.mdp_dict` less ``reward``): the
+    """A spec's runs without its reward and observation layout (:meth:`~mixagent.env.spec.EnvSpec.mdp_dict`
+    less ``reward`` and ``observation``, which change no run): the
     training runs, and so their noise, are the same under every reward and lam (rewards are relabelled from
     the raw evaluations), so a held-out seed must avoid the seeds collected on any of them."""
     from mixagent.config import config_hash
 
-    return config_hash({k: v for k, v in mdp.items() if k != "reward"})
+    return config_hash({k: v for k, v in mdp.items() if k not in ("reward", "observation")})
 
 
 def episode_seed_of(seed: int) -> int:

@@ -76,3 +76,32 @@ def test_bad_stated_settings_are_typed_errors(change, match):
         setting_features({**STATED, **change})
     with pytest.raises(ConfigError, match="missing \\['wsd'\\]"):
         setting_features({k: v for k, v in STATED.items() if k != "wsd"})
+
+
+def test_an_env_observes_version_2_when_its_spec_asks():
+    """``observation: 2`` changes what the env observes, not its runs: the same actions give the same rewards,
+    the observation carries the spec's stated setting, and held-out seed guards see the same runs."""
+    from mixagent.env.environment import MixingEnv
+    from mixagent.env.setting import stated_from_spec
+    from mixagent.env.spec import load_spec
+    from mixagent.paths import ENVS_DIR
+    from mixagent.rollout.seeds import run_key
+
+    path = ENVS_DIR / "tiny-cpt.yaml"
+    one, two = (MixingEnv(path, overrides=["backend=analytic", *extra]) for extra in ([], ["observation=2"]))
+    k = one.space.k
+    assert one.observation_space.shape == (3 * k + 6,) and two.observation_space.shape == (3 * k + 11,)
+    o1, _ = one.reset(seed=5)
+    o2, _ = two.reset(seed=5)
+    np.testing.assert_allclose(o2[-5:], setting_features(stated_from_spec(two.spec_)), rtol=1e-6)
+    np.testing.assert_allclose(o2[:3 * k], o1[:3 * k])
+    action = np.linspace(-1, 1, k).astype(np.float32)
+    (s1, r1, *_), (s2, r2, *_) = one.step(action), two.step(action)
+    assert r1 == r2 and s2.shape == (3 * k + 11,)
+    np.testing.assert_allclose(s2[:3 * k], s1[:3 * k])
+    assert run_key(one.spec_.mdp_dict()) == run_key(two.spec_.mdp_dict()) and \
+        one.spec_.spec_hash() != two.spec_.spec_hash()
+    with pytest.raises(ConfigError, match="observation 2 observes the learning rate: set observe_lr: true"):
+        load_spec(path, ["observation=2", "observe_lr=false"])
+    with pytest.raises(ConfigError, match="observation must be 1 or 2"):
+        load_spec(path, ["observation=3"])
