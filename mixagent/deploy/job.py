@@ -173,6 +173,25 @@ def _ood_config(cfg: DeployConfig) -> Any:
     return OODConfig(cfg.policy.ood, cfg.policy.ood_fallback, cfg.policy.ood_tolerance)
 
 
+def stated_setting(cfg: DeployConfig, seq_len: int) -> dict[str, float]:
+    """What a policy trained on observation version 2 observes of this run
+    (:func:`mixagent.env.observation.setting_features`): ``policy.stated`` (lam, target_tokens) and, read off
+    the trainer section, the decisions (``steps``: ``max_steps / policy.every``, rounded up), the tokens per
+    decision (``segment_tokens``: ``every x per_device_train_batch_size x gradient_accumulation_steps x
+    seq_len``, one process; ``seq_len`` is the run's window: a mixagent base model's own, else
+    ``data.seq_len``), the peak LR, and whether the schedule is warmup-stable-decay with its decay
+    share (``lr_scheduler_kwargs.num_decay_steps / max_steps``)."""
+    t, p = cfg.trainer, cfg.policy
+    max_steps = int(t.get("max_steps", 1))
+    wsd = t.get("lr_scheduler_type") == "warmup_stable_decay"
+    decay = float((t.get("lr_scheduler_kwargs") or {}).get("num_decay_steps", 0)) / max_steps if wsd else 0.0
+    return {"lam": float(p.stated.get("lam", 0.5)), "target_tokens": float(p.stated.get("target_tokens", 0)),
+            "steps": float(math.ceil(max_steps / p.every)),
+            "segment_tokens": float(p.every * int(t.get("per_device_train_batch_size", 8))
+                                    * int(t.get("gradient_accumulation_steps", 1)) * seq_len),
+            "lr": float(t.get("learning_rate", 5e-5)), "wsd": float(wsd), "decay_fraction": decay}
+
+
 def _ood_fallback(cfg: DeployConfig, natural: DomainWeights, batches: int) -> Any:
     """The policy that decides out-of-range updates (``policy.ood_fallback``), in the run's context."""
     from mixagent.policies.registry import PolicyContext, build_policy
@@ -340,7 +359,8 @@ def run_deploy(cfg: DeployConfig, progress: bool = True, mixing: bool = True) ->
     initial = _initial(cfg, space, natural, model, run)
     p = cfg.policy
     scheduler = MixingScheduler(policy, space, initial, SchedulerConfig(p.floor, p.max_change, p.fallback), mapping,
-                                ood=_ood_config(cfg), ood_fallback=_ood_fallback(cfg, natural, p.every * accum))
+                                ood=_ood_config(cfg), ood_fallback=_ood_fallback(cfg, natural, p.every * accum),
+                                stated=stated_setting(cfg, run.seq_len if run is not None else cfg.data.seq_len))
     mixer = Mixer(scheduler, dataset, evaluate)
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
     if rank == 0:

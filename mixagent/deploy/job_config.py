@@ -329,10 +329,15 @@ class PolicySection:
             method that needs only the natural shares (as ``spec``; not an artifact).
         ood_tolerance: how far beyond either end of a feature's training range still counts as in range, as a
             share of the range's width (0.05: 5%).
+        stated: what you state about the run that a policy trained on observation version 2 observes
+            (:func:`mixagent.env.observation.setting_features`): ``lam`` (your weight on the target field, default
+            0.5) and ``target_tokens`` (the unique target-field tokens you have; 0 or absent = unknown). The rest
+            is read off the trainer section (:func:`mixagent.deploy.job.stated_setting`).
     """
 
-    ADDED_FIELDS = ("ood", "ood_fallback", "ood_tolerance")  # left out of to_dict at their defaults: runs from
-    # before them keep their identity (a resumed one is refused by the mixing state when the guard changes it)
+    # left out of to_dict at their defaults: runs from before them keep their identity
+    ADDED_FIELDS = ("ood", "ood_fallback", "ood_tolerance", "stated")
+    # (a resumed one is refused by the mixing state when the guard changes it)
 
     spec: str = "replay:0.5"
     every: int = 25
@@ -344,6 +349,7 @@ class PolicySection:
     ood: str = "fallback"
     ood_fallback: str = "replay:0.5"
     ood_tolerance: float = 0.05
+    stated: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         path = _path(self.spec)
@@ -361,6 +367,14 @@ class PolicySection:
         from mixagent.deploy.ood import OODConfig
 
         problems += OODConfig(self.ood, self.ood_fallback, self.ood_tolerance).check()
+        for key in sorted(set(self.stated) - set(STATED_KEYS)):
+            problems.append(f"stated.{key} is not something a user states here{suggest(key, STATED_KEYS)}; give "
+                            f"{' and '.join(STATED_KEYS)} (the rest comes from the trainer section)")
+        lam, tokens = self.stated.get("lam", 0.5), self.stated.get("target_tokens", 0)
+        if not (isinstance(lam, int | float) and 0 <= lam <= 1):
+            problems.append(f"stated.lam must be a number in [0, 1] (your weight on the target field), got {lam!r}")
+        if not (isinstance(tokens, int | float) and tokens >= 0):
+            problems.append(f"stated.target_tokens must be >= 0 unique target tokens (0 = unknown), got {tokens!r}")
         named = self.resolved.artifact is None and "/" not in self.spec
         problems += _spec_problems("spec", self.spec, named)
         if "/" in self.ood_fallback:  # a path (a bare word is a name: an unknown one is reported as such)
@@ -370,6 +384,9 @@ class PolicySection:
         else:
             problems += _spec_problems("ood_fallback", self.ood_fallback, True)
         return problems
+
+
+STATED_KEYS = ("lam", "target_tokens")
 
 
 def _spec_problems(field: str, spec: str, named: bool) -> list[str]:

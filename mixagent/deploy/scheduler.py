@@ -21,13 +21,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.evaluation import EvalResult, eval_json_problem
-from mixagent.env.observation import OBSERVATION_VERSION, ObservationBuilder
+from mixagent.env.observation import (
+    OBSERVATION_V2,
+    OBSERVATION_VERSION,
+    ObservationBuilder,
+    SettingObservationBuilder,
+)
 from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
 
@@ -117,6 +123,9 @@ class MixingScheduler:
         ood_fallback: the policy that decides out-of-range updates under ``ood`` mode ``fallback``, built from
             ``ood.fallback`` in the run's context (``build_policy("replay:0.5", PolicyContext(natural))``); it
             acts in the run's domain space.
+        stated: what the user states about the run (:func:`mixagent.env.observation.setting_features`: lam,
+            steps = decisions, segment_tokens = tokens per decision, target_tokens (0 = unknown), wsd,
+            decay_fraction); required by a policy trained on observation version 2, which observes it.
 
     Raises:
         ConfigError: bad guards; (``policy.ood``) ``clip`` or ``fallback`` for an artifact that records no
@@ -125,7 +134,8 @@ class MixingScheduler:
 
     def __init__(self, policy: MixingPolicy, space: DomainSpace, initial: DomainWeights | None = None,
                  config: SchedulerConfig | None = None, mapping: DomainMapping | None = None,
-                 ood: OODConfig | None = None, ood_fallback: MixingPolicy | None = None) -> None:
+                 ood: OODConfig | None = None, ood_fallback: MixingPolicy | None = None,
+                 stated: Mapping[str, float] | None = None) -> None:
         self.config = config or SchedulerConfig()
         if problems := self.config.check(space.k):
             raise ConfigError("SchedulerConfig", problems)
@@ -144,20 +154,32 @@ class MixingScheduler:
         self.policy = policy
         self.space = space
         self.observe_lr = bool(getattr(policy, "observe_lr", False))  # trained on an observe_lr env
-        self.obs_builder = ObservationBuilder(self.policy_space, self.observe_lr)
+        self.observation_version = int(getattr(policy, "observation_version", OBSERVATION_VERSION) or 1)
+        if self.observation_version == OBSERVATION_V2 and stated is None:
+            raise ConfigError("MixingScheduler", ["the policy observes the run's stated setting (observation "
+                                                  "version 2): pass stated= (the deploy job's policy.stated: lam "
+                                                  "and target_tokens; the rest comes from the trainer section)"])
+        self.stated = dict(stated) if stated is not None else None
+        self.obs_builder = self._builder(self.policy_space)
         self.ood = None
         if ood is not None:
             from mixagent.deploy.ood import OODGuard
 
             self.ood = OODGuard(policy, ood, ood_fallback, space)
         # the fallback policy reads the run's own domains: with a mapping, its observation is built in them
-        self.run_obs_builder = ObservationBuilder(space, self.observe_lr) if mapping is not None else None
+        self.run_obs_builder = self._builder(space) if mapping is not None else None
         start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
         self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
         self.weights = self.initial
         self.start_eval: EvalResult | None = None
         self.prev_eval: EvalResult | None = None
         self.history: list[dict[str, Any]] = []
+
+    def _builder(self, space: DomainSpace):
+        """The observation builder of the policy's version in ``space``."""
+        if self.observation_version == OBSERVATION_V2:
+            return SettingObservationBuilder(space, self.stated)
+        return ObservationBuilder(space, self.observe_lr)
 
     @property
     def updates(self) -> int:
@@ -276,8 +298,10 @@ class MixingScheduler:
     # ---- state -------------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         """What a saved state must match to be resumed here: domains, observation version, guards."""
-        out = {"domains": list(self.space.names), "observation_version": OBSERVATION_VERSION,
+        out = {"domains": list(self.space.names), "observation_version": self.observation_version,
                "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
+        if self.stated is not None:  # what a version-2 policy observes of the run
+            out["stated"] = self.stated
         if self.mapping is not None:  # absent without one, so states saved before mappings existed still resume
             out["mapping"] = self.mapping.to_json()
         if self.ood is not None and (ood := self.ood.fingerprint()) is not None:  # as mapping: absent under warn

@@ -209,19 +209,19 @@ class PerDomainPolicy(RunningState):
             raise SchemaVersionError(f"{path / META_FILE}: kind {meta.get('kind')!r} version "
                                      f"{meta.get('format_version')!r}, this mixagent reads {PER_DOMAIN_KIND!r} "
                                      f"version {FORMAT_VERSION}")
-        self.version = meta.get("observation", {}).get("version")
-        if self.version not in VERSIONS:
-            raise SchemaVersionError(f"{path}: trained on observation version {self.version!r}, this mixagent "
-                                     f"builds {' and '.join(map(str, VERSIONS))}; retrain it")
-        self.run_names = run_feature_names(self.version)
+        self.observation_version = meta.get("observation", {}).get("version")
+        if self.observation_version not in VERSIONS:
+            raise SchemaVersionError(f"{path}: trained on observation version {self.observation_version!r}, "
+                                     f"this mixagent builds {' and '.join(map(str, VERSIONS))}; retrain it")
+        self.run_names = run_feature_names(self.observation_version)
         if hashlib.sha256(raw).hexdigest() != meta.get("weights_sha256"):
             raise CorruptArtifactError(f"{path / WEIGHTS_FILE} does not match the sha256 recorded in {META_FILE}")
         try:
             self.net = PerDomainNet(int(meta["network"]["hidden"]),
                                     int(meta["network"].get("run_features", RUN_FEATURES)))
             if self.net.run_features != len(self.run_names):
-                raise ValueError(f"{self.net.run_features} run features, observation version {self.version} has "
-                                 f"{len(self.run_names)}")
+                raise ValueError(f"{self.net.run_features} run features, observation version "
+                                 f"{self.observation_version} has {len(self.run_names)}")
             self.net.load_state_dict(load(raw))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc}); re-export it") \
@@ -260,7 +260,8 @@ class PerDomainPolicy(RunningState):
             raise UsageError(f"{self!r}: call reset(space) before act()")
         obs = np.nan_to_num(np.asarray(observation, np.float64), nan=0.0, posinf=10.0, neginf=-10.0)
         k = self.space.k
-        if self.version == OBSERVATION_VERSION and self.observe_lr and obs.size == 3 * k + 5:  # LR = peak always
+        v1 = self.observation_version == OBSERVATION_VERSION
+        if v1 and self.observe_lr and obs.size == 3 * k + 5:  # features() would read LR = the peak at every step
             raise UsageError(
                 f"policy {self.path} observes the learning rate (meta.json observation.lr true): expected "
                 f"{3 * k + 6} entries (3K+6 for K={k}, the last the coming LR over the peak), got {obs.size} "
@@ -270,7 +271,7 @@ class PerDomainPolicy(RunningState):
         initial = self.initial if self.initial is not None else obs[:k].copy()
         if keep:
             self.initial = initial
-        return features(obs, self.is_target, initial, self.version)
+        return features(obs, self.is_target, initial, self.observation_version)
 
     def _forward(self, dom: np.ndarray, run: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -736,3 +736,46 @@ def test_artifacts_whose_tensors_do_not_match_the_network_are_refused(parts, tmp
 def test_the_trainer_may_not_rebuild_the_callback_from_saved_arguments(parts, tmp_path):
     with pytest.raises(UsageError, match="restore_callback_states_from_checkpoint=True"):
         trainer_run(parts, tmp_path / "r", max_steps=2, restore_callback_states_from_checkpoint=True)
+
+
+def test_a_version_2_policy_observes_the_stated_setting(parts, tmp_path):
+    """A per-domain policy trained on observation version 2 needs the run's stated setting, observes it, and
+    the saved state records it; the deploy job reads it off policy.stated and the trainer section."""
+    from mixagent.deploy.job import stated_setting
+    from mixagent.deploy.job_config import DeployConfig
+    from mixagent.env.observation import setting_features
+    from mixagent.policies import load_policy
+    from mixagent.policies.per_domain import PerDomainNet, write_per_domain_artifact
+
+    torch.manual_seed(0)
+    path = write_per_domain_artifact(tmp_path / "v2", PerDomainNet(8, 11), {"action": {"temperature": 0.25,
+                                                                                       "floor": 0.0}},
+                                     observation=2)
+    space = parts["space"]
+    with pytest.raises(ConfigError, match="observes the run's stated setting .* pass stated="):
+        MixingScheduler(load_policy(path), space)
+    stated = {"lam": 0.8, "steps": 4, "segment_tokens": 7680, "lr": 1e-4, "wsd": 0.0, "decay_fraction": 0.0,
+              "target_tokens": 0}
+    seen = []
+    policy = load_policy(path)
+    act = policy.act
+    policy.act = lambda obs: seen.append(obs) or act(obs)
+    sched = MixingScheduler(policy, space, stated=stated)
+    sched.step(fake_eval(space), 0.0, lr=0.5)
+    sched.step(fake_eval(space, 0.1), 0.5, lr=1.0)
+    assert seen[-1].shape == (3 * space.k + 11,)
+    np.testing.assert_allclose(seen[-1][-5:], setting_features(stated), rtol=1e-6)
+    assert sched.fingerprint()["stated"] == stated and sched.fingerprint()["observation_version"] == 2
+    with pytest.raises(ConfigError, match="lam in \\[0, 1\\]"):
+        MixingScheduler(load_policy(path), space, stated={**stated, "lam": 2.0})
+    # the deploy job: 60 steps, a decision every 15, 4 x 128-token rows per step: 4 decisions of 7,680 tokens
+    judge_case = CONFIGS_DIR / "deploy/smollm2-judge.yaml"  # 60 steps, every 15, 4 rows per step, cosine
+    cfg = load_config(DeployConfig, judge_case, ["policy.stated={lam: 0.8}", "trainer.learning_rate=1.0e-4"])
+    assert stated_setting(cfg, 128) == stated
+    wsd = load_config(DeployConfig, judge_case, ["trainer.lr_scheduler_type=warmup_stable_decay",
+                                                 "trainer.lr_scheduler_kwargs={num_decay_steps: 15}"])
+    assert stated_setting(wsd, 128)["wsd"] == 1.0 and stated_setting(wsd, 128)["decay_fraction"] == 0.25
+    with pytest.raises(ConfigError, match="stated.lamda is not something a user states here.*did you mean 'lam'"):
+        load_config(DeployConfig, judge_case, ["policy.stated={lamda: 0.3}"])
+    with pytest.raises(ConfigError, match="stated.lam must be a number in \\[0, 1\\]"):
+        load_config(DeployConfig, judge_case, ["policy.stated={lam: 1.5}"])
