@@ -3,7 +3,7 @@
 Version 1 (:class:`ObservationBuilder`, below) is what the environment, the collected datasets and the shipped
 agents use. Version 2 (:class:`SettingObservationBuilder`, at the end) is for one policy across settings: scale-
 free score features and the stated setting: env specs with ``observation: 2``, datasets rebuilt with
-``observation=2`` and the per-domain policy read it; the deploy scheduler does not yet.
+``observation=2``, the per-domain policy and the deploy scheduler (with the job's ``policy.stated``) read it.
 
 Layout (float32, length ``3K + 5``; every entry clipped to ``[-CLIP, CLIP]``), scale-free so a policy
 trained on a proxy can drive a bigger model:
