@@ -71,9 +71,14 @@ def _load(path: Path, spec_hash: str, base_id: str, committed: bool = False) -> 
 def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tuple[str, ...] = ()
              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """The extremes ``(best, worst)``, each ``{measure: {field: value}}``, of reference runs ``{name: [EvalResult
-    per reference seed]}`` (averaged over seeds). A field's best is the best of the run spending everything on
-    it and the ``anchors``; its worst the worst of the run spending nothing on it and the ``anchors`` (lower
-    bits per byte, higher scores are better)."""
+    per reference seed]}`` (averaged over seeds; lower bits per byte, higher scores are better).
+
+    Without ``anchors``, a field's best is the run spending everything on it and its worst the run spending
+    nothing on it (an inverted pair is then refused by :class:`~mixagent.env.rewards.Reference`). With
+    ``anchors``, both are the best and the worst of *all* the runs: with very scarce unique target data
+    target-only can be the target field's worst run (at 16k tokens it repeats them 32 times and ends above
+    source-only), and the scale stays defined.
+    """
     best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
     worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
     for m in MEASURES:
@@ -82,8 +87,8 @@ def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tup
             mean = {name: float(np.mean([field_measure(m, r, space, f) for r in runs[name]]))
                     for name in (own, other, *anchors)}
             pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
-            best[m][f] = pick_best(mean[n] for n in (own, *anchors))
-            worst[m][f] = pick_worst(mean[n] for n in (other, *anchors))
+            best[m][f] = pick_best(mean[n] for n in ((own, other, *anchors) if anchors else (own,)))
+            worst[m][f] = pick_worst(mean[n] for n in ((own, other, *anchors) if anchors else (other,)))
     return best, worst
 
 

@@ -125,7 +125,8 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
             print(f"\n== target-only family: {budget} unique target tokens ({k + 1}/{len(set(budgets))})", flush=True)
         setting = suite.setting({"target_tokens": budget})
         run = run_compare(CompareConfig(
-            name=f"family-{budget}", env=suite.env, env_overrides=tuple(setting.overrides(suite)),
+            name=f"family-{budget}", env=suite.env,  # only target bits per byte are read: no reference runs
+            env_overrides=(*setting.overrides(suite), "reward.name=balanced_bpb"),
             policies=("target_only",), seeds=cfg.seeds, tune_seeds=cfg.tune_seeds, regmix_runs=0,
             efficiency_steps=(), oracles=False, workers=cfg.workers, launcher=cfg.launcher,
             out=f"{cfg.out}/{suite.name}/efficiency", reuse=()))
@@ -137,7 +138,8 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     for r in budget_rows:
         setting = held[r["setting"]]
         pools = target_pools(setting.spec(suite))
-        episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False)
+        episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False,
+                                    extra=tuple(r.get("extra_overrides", ())))
         for rule, eps in episodes.items():
             losses = [float(e["target_bpb"]) for e in eps]
             had = [unique_target_tokens(e["weights"], pools, setting.segment_tokens) for e in eps]

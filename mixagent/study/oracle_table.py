@@ -15,7 +15,10 @@ policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured whe
    scale, ``(score - worst static) / (best static - worst static)``
    (a setting's extremes from its static grid, so scarce budgets, where target-only overfits and normalised
    scores reach 2-3, do not outweigh the rest); SBF is the row with the best mean over them.
-3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``.
+3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``. A setting whose
+   source-only and target-only reference runs cannot normalise the reward (with very scarce unique target
+   data target-only can end above source-only on the target field) is tuned and scored with the
+   :data:`SCARCE_ANCHORS` widening its extremes (:func:`tuned_run`; the row records ``extra_overrides``).
 4. **Probe-then-commit** (:mod:`mixagent.policies.probe_commit`), fitted on the training settings of step 2
    only: one probe segment at SBF's rule per training setting and tuning seed gives the first-segment
    features; with each row's stated setting (its lam included) they are regressed onto every rule's
@@ -53,7 +56,8 @@ import numpy as np
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
-__all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes"]
+__all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes", "tuned_run",
+           "reward_scale"]
 
 TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
@@ -156,10 +160,13 @@ def rule_spec(schedule) -> str | None:
     return None
 
 
-def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool):
+SCARCE_ANCHORS = ("reward.anchors=[uniform, natural, 'replay:0.5']",)  # where the reference pair cannot scale
+
+
+def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool, extra: tuple[str, ...] = ()):
     from mixagent.study.audit import AuditConfig
 
-    return AuditConfig(env=suite.env, env_overrides=tuple(setting.overrides(suite, keep_lam)), seeds=cfg.tune_seeds,
+    return AuditConfig(env=suite.env, env_overrides=(*setting.overrides(suite, keep_lam), *extra), seeds=cfg.tune_seeds,
                        tune_seeds=(), static_rhos=cfg.static_rhos, two_phase_switches=cfg.two_phase_switches,
                        two_phase_rhos=cfg.two_phase_rhos, decay_stable_rhos=(), decay_rhos=(),
                        replay_first_steps=(), replay_first_rhos=(), oracle_trials=0, workers=cfg.workers,
@@ -330,14 +337,15 @@ def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: 
 
 
 def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
-                     report: bool = True) -> dict[str, list[dict]]:
+                     report: bool = True, extra: tuple[str, ...] = ()) -> dict[str, list[dict]]:
     """Per rule spec: its episodes (the comparison's summaries, one per held-out seed) in held-out ``setting``:
-    the oracle table's cached scoring comparison ``<out>/<suite>/heldout-<name>``, run where missing."""
+    the oracle table's cached scoring comparison ``<out>/<suite>/heldout-<name>``, run where missing
+    (``extra``: the row's ``extra_overrides``)."""
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
     compare = CompareConfig(name=f"heldout-{name}", env=suite.env,
-                            env_overrides=tuple(setting.overrides(suite, keep_lam=False)), policies=tuple(rules),
+                            env_overrides=(*setting.overrides(suite, keep_lam=False), *extra), policies=tuple(rules),
                             seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
                             regmix_runs=cfg.regmix_runs if "regmix" in rules else 0, efficiency_steps=(),
                             oracles=False, workers=cfg.workers, launcher=cfg.launcher,
@@ -349,9 +357,37 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
     return {rule: run.episodes[by_spec[rule]] for rule in rules}
 
 
-def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str]) -> dict[str, list[float]]:
+def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = False) -> tuple[Any, tuple[str, ...]]:
+    """The tuning audit of held-out ``setting`` and the overrides it needed beyond the setting's own: where the
+    reference pair (source-only, target-only) cannot normalise the suite's reward (with very scarce unique target
+    data target-only can end above source-only on the target field), the setting is scored with the
+    :data:`SCARCE_ANCHORS` (:func:`mixagent.env.references.extremes`), and its row records them
+    (``extra_overrides``); ``()`` otherwise.
+
+    Raises:
+        ConfigError: any other problem, or one the anchors do not fix.
+    """
+    from mixagent.env.rewards import reward_measure
+    from mixagent.study.audit import run_audit
+
+    try:
+        run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False))
+        if problems := run.reference.problems(reward_measure(run.spec.reward.name)):
+            raise ConfigError("reference runs", problems)
+        return run, ()
+    except ConfigError as exc:
+        if exc.where != "reference runs":
+            raise
+        if progress:
+            print(f"\n== held-out setting {name}: its reference runs cannot normalise the reward "
+                  f"({exc.problems[0]}); scored with {SCARCE_ANCHORS[0]}", flush=True)
+    return run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False, extra=SCARCE_ANCHORS)), SCARCE_ANCHORS
+
+
+def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
+           extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """Per rule spec: its final scores on the held-out seeds (at the setting's lam)."""
-    episodes = heldout_episodes(cfg, suite, name, setting, rules)
+    episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra)
     return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
 
 
@@ -362,7 +398,6 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
         ConfigError: a bad config or suite, or a setting name that is not a held-out setting of the suite.
     """
     from mixagent.env.setting import load_suite
-    from mixagent.study.audit import run_audit
     from mixagent.study.closed_gap import pooled_seed_std
 
     problems = cfg.check()
@@ -386,14 +421,14 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
         if progress:
             print(f"\n== held-out setting {name} ({k + 1}/{len(names)}): the grid on tuning seeds "
                   f"{list(cfg.tune_seeds)}", flush=True)
-        run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False))
+        run, extra = tuned_run(cfg, suite, name, setting, progress)
         tuned = _row_scores(run, setting.lam)
         oracle = max(tuned, key=lambda spec: tuned[spec]["mean"])
         best_static = max((s for s in tuned if tuned[s]["family"] == "static"), key=lambda s: tuned[s]["mean"])
         rules = list(dict.fromkeys([oracle, sbf["rule"], *([ptc["spec"]] if ptc else []), *cfg.baselines]))
         if progress:
             print(f"\n== held-out setting {name}: {rules} on held-out seeds {list(cfg.seeds)}", flush=True)
-        scores = _score(cfg, suite, name, setting, rules)
+        scores = _score(cfg, suite, name, setting, rules, extra)
         noise = noise_rows(rules, oracle, sbf["rule"])
         pooled = pooled_seed_std({r: scores[r] for r in noise})
         margin = float(np.mean(scores[oracle]) - np.mean(scores[sbf["rule"]]))
@@ -409,7 +444,8 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
             "gap": margin, "gap_std": margin / pooled if pooled > 0 else float("nan"),
             "gated": bool(pooled > 0 and margin > cfg.gate * pooled),
             "tuning": {s: r["mean"] for s, r in tuned.items()}, "probe_commit": ptc["spec"] if ptc else None,
-            "extra_runs": {"regmix": cfg.regmix_runs} if "regmix" in rules else {}})
+            "extra_runs": {"regmix": cfg.regmix_runs} if "regmix" in rules else {},
+            **({"extra_overrides": list(extra)} if extra else {})})
         rows = sorted([*earlier, *table_rows], key=lambda r: list(held).index(r["setting"]))
         table = _write(cfg, suite, sbf, ptc, rows, [n for n in held if n not in {r["setting"] for r in rows}], out)
     return table

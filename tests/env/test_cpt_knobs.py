@@ -244,6 +244,14 @@ def test_anchors_widen_the_extremes_by_hand(env):
     # natural now normalises to 1 on the target field; before, it read (4.1 - 2.5) / (4.1 - 3.0) = 1.45
     ref = Reference(best, worst)
     assert ref.normalise("bpb", "target", 2.5) == pytest.approx(1.0)
+    # 16k unique target tokens: target-only (32 epochs) ends above source-only on the target field. The pair
+    # alone is inverted and refused; with anchors the extremes are the best and worst of every run
+    runs["target_only"] = [ev(5.0, 4.5)]
+    best, worst = extremes(runs, env.space)
+    with pytest.raises(ConfigError, match="target field's bpb is inverted"):
+        Reference(best, worst).normalise("bpb", "target", 3.0)
+    best, worst = extremes(runs, env.space, ("natural", "uniform"))
+    assert best["bpb"]["target"] == 2.5 and worst["bpb"]["target"] == 4.5  # natural best, target-only worst
 
 
 def test_anchor_runs_are_reference_runs(tmp_path):

@@ -278,3 +278,49 @@ def test_regmix_is_fitted_per_held_out_setting_on_its_counted_extra_runs(tmp_pat
         with pytest.raises(Stop):
             oracle_table.heldout_episodes(cfg, suite, "scarce", setting, rules)
     assert seen == [12, 0]
+
+
+def test_a_setting_whose_reference_pair_cannot_scale_is_tuned_with_anchors(tmp_path, monkeypatch):
+    """Very scarce unique target data can leave target-only above source-only on the target field: the pair
+    cannot normalise the reward there, so the setting is tuned (and scored) with anchors; other errors pass."""
+    from mixagent.env.setting import load_suite
+    from mixagent.errors import ConfigError
+    from mixagent.study import audit, oracle_table
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = load_suite(path)
+    setting = suite.held_out_settings()["scarce"]
+    cfg = OracleConfig(suite=str(path), out=str(tmp_path))
+    seen = []
+
+    class Run:
+        class spec:
+            class reward:
+                name = "normalised_bpb"
+
+        class reference:
+            @staticmethod
+            def problems(measure):
+                return []
+
+    def fake_audit(c):
+        seen.append(c.env_overrides)
+        if not any(o.startswith("reward.anchors") for o in c.env_overrides):
+            raise ConfigError("reference runs", ["the target field's bpb is inverted"])
+        return Run
+
+    monkeypatch.setattr(audit, "run_audit", fake_audit)
+    run, extra = oracle_table.tuned_run(cfg, suite, "scarce", setting)
+    assert run is Run and extra == oracle_table.SCARCE_ANCHORS
+    assert seen == [tuple(setting.overrides(suite, keep_lam=False)),
+                    (*setting.overrides(suite, keep_lam=False), *oracle_table.SCARCE_ANCHORS)]
+    monkeypatch.setattr(audit, "run_audit", lambda c: Run)  # a pair that scales: no extra overrides
+    assert oracle_table.tuned_run(cfg, suite, "scarce", setting) == (Run, ())
+
+    def other(c):
+        raise ConfigError("audit", ["something else"])
+
+    monkeypatch.setattr(audit, "run_audit", other)
+    with pytest.raises(ConfigError, match="something else"):
+        oracle_table.tuned_run(cfg, suite, "scarce", setting)
