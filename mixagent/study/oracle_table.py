@@ -15,9 +15,9 @@ policy's closed gap (:mod:`mixagent.study.closed_gap`) is only ever measured whe
    scale, ``(score - worst static) / (best static - worst static)``
    (a setting's extremes from its static grid, so scarce budgets, where target-only overfits and normalised
    scores reach 2-3, do not outweigh the rest); SBF is the row with the best mean over them.
-3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``. A setting whose
-   source-only and target-only reference runs cannot normalise the reward (with very scarce unique target
-   data target-only can end above source-only on the target field) is tuned and scored with the
+3. **The oracle** of a held-out setting is the row with the best mean on its tuning seeds, at its ``lam``.
+   A setting whose source-only and target-only reference runs cannot normalise the reward (with very scarce
+   unique target data target-only can end above source-only on the target field) is tuned and scored with the
    :data:`SCARCE_ANCHORS` widening its extremes (:func:`tuned_run`; the row records ``extra_overrides``).
 4. **Probe-then-commit** (:mod:`mixagent.policies.probe_commit`), fitted on the training settings of step 2
    only: one probe segment at SBF's rule per training setting and tuning seed gives the first-segment
