@@ -178,7 +178,7 @@ def stated_setting(cfg: DeployConfig, seq_len: int) -> dict[str, float]:
     (:func:`mixagent.env.observation.setting_features`): ``policy.stated`` (lam, target_tokens) and, read off
     the trainer section, the decisions (``steps``: ``max_steps / policy.every``, rounded up), the tokens per
     decision (``segment_tokens``: ``every x per_device_train_batch_size x gradient_accumulation_steps x
-    seq_len``, one process; ``seq_len`` is the run's window: a mixagent base model's own, else
+    seq_len x WORLD_SIZE``; ``seq_len`` is the run's window: a mixagent base model's own, else
     ``data.seq_len``), the peak LR, and whether the schedule is warmup-stable-decay with its decay
     share (``lr_scheduler_kwargs.num_decay_steps / max_steps``)."""
     t, p = cfg.trainer, cfg.policy
@@ -188,7 +188,8 @@ def stated_setting(cfg: DeployConfig, seq_len: int) -> dict[str, float]:
     return {"lam": float(p.stated.get("lam", 0.5)), "target_tokens": float(p.stated.get("target_tokens", 0)),
             "steps": float(math.ceil(max_steps / p.every)),
             "segment_tokens": float(p.every * int(t.get("per_device_train_batch_size", 8))
-                                    * int(t.get("gradient_accumulation_steps", 1)) * seq_len),
+                                    * int(t.get("gradient_accumulation_steps", 1)) * seq_len
+                                    * int(os.environ.get("WORLD_SIZE", "1"))),  # every rank trains its own rows
             "lr": float(t.get("learning_rate", 5e-5)), "wsd": float(wsd), "decay_fraction": decay}
 
 

@@ -300,7 +300,7 @@ class MixingScheduler:
         """What a saved state must match to be resumed here: domains, observation version, guards."""
         out = {"domains": list(self.space.names), "observation_version": self.observation_version,
                "config": dataclasses.asdict(self.config), "policy": type(self.policy).__name__}
-        if self.stated is not None:  # what a version-2 policy observes of the run
+        if self.observation_version == OBSERVATION_V2:  # what it observes of the run must not change on resume
             out["stated"] = self.stated
         if self.mapping is not None:  # absent without one, so states saved before mappings existed still resume
             out["mapping"] = self.mapping.to_json()

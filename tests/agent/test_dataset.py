@@ -16,7 +16,7 @@ from mixagent.deploy.scheduler import MixingScheduler
 from mixagent.env.environment import MixingEnv
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.references import commit_reference, get_reference
-from mixagent.env.rewards import Reference, balanced_score
+from mixagent.env.rewards import Reference, balanced_score, step_reward
 from mixagent.errors import AgentDataError, ConfigError, UsageError
 from mixagent.paths import CONFIGS_DIR, ENVS_DIR
 from mixagent.policies import load_policy
@@ -96,6 +96,11 @@ def test_observation_v2_relabels_every_lam_from_the_same_runs(v1_run, v1_env):
         b = [balanced_score("normalised_bpb", ep["lam"], traj.start, e, tset.space, v1_env.reference)
              for e in (traj.start, traj.evals[-1])]
         assert ep["return"] == pytest.approx(b[1] - b[0], abs=1e-9)
+        rows = slice(ep["row"], ep["row"] + ep["steps"])  # and each row's reward is its own lam's step
+        before = [traj.start, *traj.evals]
+        steps = [step_reward("normalised_bpb", ep["lam"], traj.start, before[t], before[t + 1], tset.space,
+                             v1_env.reference) for t in range(ep["first_step"], ep["first_step"] + ep["steps"])]
+        np.testing.assert_allclose(both.rewards[rows], steps, rtol=0, atol=1e-6)
     # the stated part is the spec's, the LR the recorded one, the per-domain blocks version 1's
     stated = stated_of(tset, 0.2)
     assert stated == {**stated_from_spec(v1_env.spec_), "lam": 0.2}

@@ -738,7 +738,7 @@ def test_the_trainer_may_not_rebuild_the_callback_from_saved_arguments(parts, tm
         trainer_run(parts, tmp_path / "r", max_steps=2, restore_callback_states_from_checkpoint=True)
 
 
-def test_a_version_2_policy_observes_the_stated_setting(parts, tmp_path):
+def test_a_version_2_policy_observes_the_stated_setting(parts, tmp_path, monkeypatch):
     """A per-domain policy trained on observation version 2 needs the run's stated setting, observes it, and
     the saved state records it; the deploy job reads it off policy.stated and the trainer section."""
     from mixagent.deploy.job import stated_setting
@@ -772,6 +772,12 @@ def test_a_version_2_policy_observes_the_stated_setting(parts, tmp_path):
     judge_case = CONFIGS_DIR / "deploy/smollm2-judge.yaml"  # 60 steps, every 15, 4 rows per step, cosine
     cfg = load_config(DeployConfig, judge_case, ["policy.stated={lam: 0.8}", "trainer.learning_rate=1.0e-4"])
     assert stated_setting(cfg, 128) == stated
+    accum = load_config(DeployConfig, judge_case, ["trainer.gradient_accumulation_steps=2"])
+    assert stated_setting(accum, 64)["segment_tokens"] == 15 * 4 * 2 * 64  # a base model's own window of 64
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun: every rank trains its own rows
+    assert stated_setting(accum, 64)["segment_tokens"] == 15 * 4 * 2 * 64 * 2
+    # a version-1 policy's saved state does not carry the stated setting (a run may still be extended)
+    assert "stated" not in MixingScheduler(UniformPolicy(), space, stated=stated).fingerprint()
     wsd = load_config(DeployConfig, judge_case, ["trainer.lr_scheduler_type=warmup_stable_decay",
                                                  "trainer.lr_scheduler_kwargs={num_decay_steps: 15}"])
     assert stated_setting(wsd, 128)["wsd"] == 1.0 and stated_setting(wsd, 128)["decay_fraction"] == 0.25
