@@ -51,6 +51,16 @@ class RewardSpec:
 
     ADDED_FIELDS = ("anchors",)
 
+    def __post_init__(self) -> None:  # one spelling and order per set of anchors: one spec hash, one cache
+        canonical = []
+        for a in self.anchors:
+            name, _, rho = str(a).partition(":")
+            try:
+                canonical.append(f"replay:{float(rho):g}" if name == "replay" else str(a))
+            except ValueError:
+                canonical.append(str(a))  # check() names the problem
+        object.__setattr__(self, "anchors", tuple(sorted(canonical)))
+
     def check(self) -> list[str]:
         problems = [] if 0 <= self.lam <= 1 else [f"lam must be in [0, 1], got {self.lam}"]
         if self.name not in REWARDS:

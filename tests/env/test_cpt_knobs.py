@@ -274,6 +274,10 @@ def test_anchor_runs_are_reference_runs(tmp_path):
 
 def test_bad_anchors_are_typed_errors():
     spec = ENVS_DIR / "tiny-cpt.yaml"
+    # one set of anchors, however ordered or spelled, is one spec (one hash, one reference cache)
+    one = load_spec(spec, ["reward.anchors=[natural, uniform, 'replay:0.50']"])
+    assert one.reward.anchors == ("natural", "replay:0.5", "uniform")
+    assert one.spec_hash() == load_spec(spec, ["reward.anchors=['replay:0.5', uniform, natural]"]).spec_hash()
     with pytest.raises(ConfigError, match="unknown baseline 'uniorm'.*did you mean 'uniform'"):
         load_spec(spec, ["reward.anchors=[uniorm]"])
     with pytest.raises(ConfigError, match="needs a rho in \\[0, 1\\]"):
