@@ -19,11 +19,10 @@ from tqdm import tqdm
 from mixagent.domains import FIELDS, DomainSpace, replay_weights
 from mixagent.env.backends import ProxyBackend
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.rewards import MEASURES, Reference, field_measure
+from mixagent.env.rewards import MEASURES, Reference, anchor_weights, field_measure
 from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
-from mixagent.policies.baselines import parse_baseline
 
 __all__ = ["get_reference", "extremes", "reference_path", "run_static", "commit_reference", "REFERENCE_VERSION",
            "COMMITTED_REFERENCE_DIR"]
@@ -113,9 +112,8 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
         return _load(path, spec_hash, base_id)
     mixtures = {"source_only": replay_weights(space, backend.natural, 1.0),
                 "target_only": replay_weights(space, backend.natural, 0.0)}
-    natural = dict(zip(space.names, np.asarray(backend.natural, dtype=float).tolist(), strict=True))
-    for a in spec.reward.anchors:  # checked by RewardSpec: baseline specs
-        mixtures[a] = parse_baseline(a).build(natural).weights_for(space).values
+    for a in spec.reward.anchors:  # checked by RewardSpec (anchor_problems)
+        mixtures[a] = anchor_weights(a, space, backend.natural)
     runs: dict[str, list[EvalResult]] = {name: [] for name in mixtures}
     with tqdm(total=len(mixtures) * len(spec.reference_seeds), desc=f"reference runs {spec.env_id}",
               unit="episode") as bar:

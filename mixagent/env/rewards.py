@@ -32,14 +32,16 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 from mixagent.config import is_number
-from mixagent.domains import FIELDS, DomainSpace
+from mixagent.domains import FIELDS, DomainSpace, replay_weights
 from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, UsageError, suggest
 
-__all__ = ["REWARDS", "NORMALISED_REWARDS", "BLENDS", "Reference", "balanced_score", "step_reward", "field_improvement",
-           "reward_measure",
-           "field_measure", "field_scores", "needs_reference"]
+__all__ = ["ANCHORS", "anchor_problems", "anchor_weights", "REWARDS", "NORMALISED_REWARDS", "BLENDS", "Reference",
+           "balanced_score", "step_reward", "field_improvement", "reward_measure", "field_measure", "field_scores",
+           "needs_reference"]
 
 Improvement = Callable[[EvalResult, EvalResult, DomainSpace, str], float]
 
@@ -80,6 +82,41 @@ REWARDS: dict[str, Improvement | None] = {
 BLENDS = {"judge_bpb": ("judge", "normalised_bpb")}  # rewards that average two others
 NORMALISED_REWARDS = tuple(n for n, f in REWARDS.items() if f is None and n not in BLENDS)
 MEASURES = ("bpb", "score")  # what a normalised reward measures a field by
+
+
+ANCHORS = ("uniform", "natural", "replay:<rho>")  # the static mixtures reward.anchors may name
+
+
+def anchor_problems(name: str) -> list[str]:
+    """What is wrong with an anchor (``reward.anchors``): ``uniform``, ``natural`` or ``replay:<rho>``, rho in
+    [0, 1] (``target_only`` and ``replay:1`` are the reference runs themselves)."""
+    kind, colon, rho = str(name).partition(":")
+    if kind == "replay" and colon:
+        try:
+            share = float(rho)
+        except ValueError:
+            share = -1.0
+        if not 0.0 <= share <= 1.0:
+            return [f"anchor {name!r} needs a rho in [0, 1], e.g. 'replay:0.5'"]
+        return [f"anchor {name!r} is the source-only reference run; drop it"] if share == 1.0 else []
+    if kind == "target_only" and not colon:
+        return ["target_only is already a reference run; drop it"]
+    if kind in ("uniform", "natural") and not colon:
+        return []
+    return [f"unknown anchor {name!r}{suggest(kind, ('uniform', 'natural', 'replay'))}; anchors are static mixtures: "
+            f"{', '.join(ANCHORS)}"]
+
+
+def anchor_weights(name: str, space: DomainSpace, natural: np.ndarray) -> np.ndarray:
+    """``(K,)`` the mixture of anchor ``name`` (:func:`anchor_problems`) given the domains' natural token shares:
+    uniform; natural; replay ``rho`` of source data, each field split by natural share
+    (:func:`mixagent.domains.replay_weights`)."""
+    kind, _, rho = name.partition(":")
+    if kind == "uniform":
+        return np.full(space.k, 1.0 / space.k)
+    if kind == "natural":
+        return np.asarray(natural, dtype=np.float64) / float(np.sum(natural))
+    return replay_weights(space, natural, float(rho))
 
 
 def needs_reference(name: str) -> bool:

@@ -9,10 +9,9 @@ from mixagent.config import config_hash, load_config, to_dict
 from mixagent.env.base_model import BaseModelConfig
 from mixagent.env.evaluation import EvalSpec
 from mixagent.env.proxy import OptimConfig
-from mixagent.env.rewards import REWARDS, needs_reference
+from mixagent.env.rewards import REWARDS, anchor_problems, needs_reference
 from mixagent.errors import suggest
 from mixagent.paths import REPO_ROOT
-from mixagent.policies.baselines import baseline_problems
 
 __all__ = ["ActionSpec", "RewardSpec", "EnvSpec", "load_spec"]
 
@@ -69,9 +68,7 @@ class RewardSpec:
             problems.append(f"reward.anchors scale a normalised reward, and {self.name!r} is not one: drop anchors or "
                             f"use normalised_bpb")
         for a in self.anchors:
-            problems += [f"reward.anchors: {p}" for p in baseline_problems(a)]
-            if a == "target_only":
-                problems.append("reward.anchors: target_only is already a reference run; drop it")
+            problems += [f"reward.anchors: {p}" for p in anchor_problems(a)]
         if len(set(self.anchors)) != len(self.anchors):
             problems.append(f"reward.anchors repeats a mixture: {list(self.anchors)}")
         return problems

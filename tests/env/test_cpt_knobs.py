@@ -278,7 +278,7 @@ def test_bad_anchors_are_typed_errors():
     one = load_spec(spec, ["reward.anchors=[natural, uniform, 'replay:0.50']"])
     assert one.reward.anchors == ("natural", "replay:0.5", "uniform")
     assert one.spec_hash() == load_spec(spec, ["reward.anchors=['replay:0.5', uniform, natural]"]).spec_hash()
-    with pytest.raises(ConfigError, match="unknown baseline 'uniorm'.*did you mean 'uniform'"):
+    with pytest.raises(ConfigError, match="unknown anchor .uniorm.*did you mean .uniform."):
         load_spec(spec, ["reward.anchors=[uniorm]"])
     with pytest.raises(ConfigError, match="needs a rho in \\[0, 1\\]"):
         load_spec(spec, ["reward.anchors=['replay:2']"])

@@ -1,5 +1,5 @@
-"""Observation version 2 (one policy across settings): scale-free score features, the LR always, and the stated
-setting; checked by hand on a 3-domain space."""
+"""The observation layouts: version 2 (one policy across settings) has scale-free score features, the LR
+always, and the stated setting; checked by hand on a 3-domain space."""
 
 import math
 
