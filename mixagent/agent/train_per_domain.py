@@ -49,6 +49,10 @@ class PerDomainBCConfig:
         lams: version 2 only: the trade-offs each run is relabelled at (its trajectories enter once per lam,
             the best ``top_fraction`` at that lam, with lam observed; :func:`mixagent.agent.dataset.
             relabelled_transitions`); empty: each run's own ``reward.lam``.
+        unknown_budget: version 2 only: the share of rows (seeded) whose unique target tokens are shown as
+            unknown (``repetition_log2`` 0, ``repetition_known`` 0), so the policy has seen a run whose user does
+            not state them: every training setting states its budget, and a deployment without
+            ``policy.stated.target_tokens`` would otherwise be out of range at every decision.
     """
 
     data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
@@ -61,6 +65,7 @@ class PerDomainBCConfig:
     exclude: tuple[str, ...] = ()
     observation: int = 1
     lams: tuple[float, ...] = ()
+    unknown_budget: float = 0.0
 
     def check(self) -> list[str]:
         problems = [] if self.data else ["data is empty: name at least one trajectory run"]
@@ -69,6 +74,9 @@ class PerDomainBCConfig:
         if self.lams and self.observation != 2:
             problems.append("lams relabel the runs for a lam-conditioned policy, which only observation 2 gives: "
                             "set observation: 2, or drop lams")
+        if not 0 <= self.unknown_budget < 1 or (self.unknown_budget and self.observation != 2):
+            problems.append(f"unknown_budget must be in [0, 1) and needs observation: 2 (the budget is a version-2 "
+                            f"feature), got {self.unknown_budget} with observation {self.observation}")
         if any(not 0 <= x <= 1 for x in self.lams) or len(set(self.lams)) != len(self.lams):
             problems.append(f"lams must be distinct numbers in [0, 1], got {list(self.lams)}")
         if len(set(self.exclude)) != len(self.exclude):
@@ -160,6 +168,11 @@ def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list
     valid = np.zeros((n, kmax), np.float32)
     act = np.zeros((n, kmax), np.float32)
     run_f = np.stack([r[2] for r in rows])
+    if cfg.unknown_budget:  # some rows as a user who does not state the unique target tokens would be seen
+        hide = np.random.default_rng(cfg.seed).random(len(run_f)) < cfg.unknown_budget
+        names = run_feature_names(cfg.observation)
+        run_f[hide, names.index("repetition_log2")] = 0.0
+        run_f[hide, names.index("repetition_known")] = 0.0
     for i, (d, t, _, a) in enumerate(rows):
         k = d.shape[0]
         dom[i, :k], tgt[i, :k], valid[i, :k], act[i, :k] = d, t, 1.0, a

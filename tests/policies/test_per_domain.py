@@ -138,14 +138,16 @@ def test_a_lam_conditioned_policy_on_observation_v2(tmp_path):
 
     with pytest.raises(ConfigError, match="lams relabel the runs .* only observation 2"):
         train_per_domain(PerDomainBCConfig(lams=(0.2, 0.8)), tmp_path / "no", progress=False)
-    out = train_per_domain(PerDomainBCConfig(steps=60, hidden=16, observation=2, lams=(0.2, 0.8)), tmp_path / "v2",
-                           progress=False)
+    out = train_per_domain(PerDomainBCConfig(steps=60, hidden=16, observation=2, lams=(0.2, 0.8),
+                                             unknown_budget=0.25), tmp_path / "v2", progress=False)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["observation"] == {"version": 2, "lr": True} and meta["network"]["run_features"] == 11
     (run,) = meta["training"]["runs"]
     assert run["lams"] == [0.2, 0.8]
     ranges = meta["training"]["feature_ranges"]["run"]
-    assert ranges["lam"] == pytest.approx([0.2, 0.8]) and ranges["repetition_known"] == [1.0, 1.0] and "lr" in ranges
+    assert ranges["lam"] == pytest.approx([0.2, 0.8]) and "lr" in ranges
+    assert ranges["repetition_known"] == [0.0, 1.0]  # a quarter of the rows shown without a stated budget
+    assert ranges["repetition_log2"][0] <= 0.0 < ranges["repetition_log2"][1]
     policy = load_policy(out)
     sp = space(4, 2)
     policy.reset(sp)
@@ -157,6 +159,10 @@ def test_a_lam_conditioned_policy_on_observation_v2(tmp_path):
     flagged = {f.feature for f in policy.out_of_range(
         SettingObservationBuilder(sp, {**stated, "lam": 0.95})(np.ones(4) / 4, ev, ev, ev, 0.0, 0.5))}
     assert "lam" in flagged  # a trade-off it never trained at is out of its range
+    unknown = SettingObservationBuilder(sp, {**stated, "target_tokens": 0})(np.ones(4) / 4, ev, ev, ev, 0.0, 0.5)
+    assert not {"repetition_known", "repetition_log2"} & {f.feature for f in policy.out_of_range(unknown)}
+    with pytest.raises(ConfigError, match="unknown_budget must be in \\[0, 1\\) and needs observation: 2"):
+        train_per_domain(PerDomainBCConfig(unknown_budget=0.3), tmp_path / "no2", progress=False)
     with pytest.raises(WeightsError, match="version 2 of a 4-domain space gives 23"):
         policy.act(observation(4, 0))  # a version-1 observation
 
