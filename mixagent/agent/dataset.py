@@ -20,7 +20,7 @@ import numpy as np
 
 from mixagent.config import is_number
 from mixagent.domains import Domain, DomainSpace
-from mixagent.env.observation import OBSERVATION_V2, OBSERVATION_VERSION, ObservationBuilder, SettingObservationBuilder
+from mixagent.env.observation import OBSERVATION_V2, OBSERVATION_VERSION, observation_builder
 from mixagent.env.rewards import REWARDS, Reference, balanced_score, needs_reference, step_reward
 from mixagent.errors import AgentDataError, ConfigError, WorldModelError, suggest
 from mixagent.trajectories.store import Run, Trajectory
@@ -281,14 +281,12 @@ def build_transitions(tset: TrajectorySet, reward: str, lam: float,
     if observation not in (OBSERVATION_VERSION, OBSERVATION_V2):
         raise ConfigError("observation", [f"observation version must be {OBSERVATION_VERSION} or {OBSERVATION_V2}, "
                                           f"got {observation!r}"])
-    if observation == OBSERVATION_V2:
-        if lrs is None:
-            raise AgentDataError(f"observation version 2 observes the learning rate, and the runs collected on "
-                                 f"{tset.env.get('id')} recorded none (meta.json proxy.observed_lr): collect on a "
-                                 f"spec with observe_lr: true (the settings suites' family envs/math-cpt.yaml has it)")
-        builder: Any = SettingObservationBuilder(space, stated_of(tset, lam))
-    else:
-        builder = ObservationBuilder(space, lrs is not None)
+    if observation == OBSERVATION_V2 and lrs is None:
+        raise AgentDataError(f"observation version 2 observes the learning rate, and the runs collected on "
+                             f"{tset.env.get('id')} recorded none (meta.json proxy.observed_lr): collect on a "
+                             f"spec with observe_lr: true (the settings suites' family envs/math-cpt.yaml has it)")
+    builder = observation_builder(space, observation, lrs is not None,
+                                  stated_of(tset, lam) if observation == OBSERVATION_V2 else None)
     lr = (lambda t: lrs[min(t, horizon - 1)]) if lrs is not None else (lambda t: None)  # noqa: E731
     items = sorted(select if select is not None else tset.trajectories, key=lambda rt: (rt[0], rt[1].id))
     seen: set[tuple[str, str, int]] = set()

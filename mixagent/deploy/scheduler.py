@@ -28,12 +28,7 @@ import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
 from mixagent.env.evaluation import EvalResult, eval_json_problem
-from mixagent.env.observation import (
-    OBSERVATION_V2,
-    OBSERVATION_VERSION,
-    ObservationBuilder,
-    SettingObservationBuilder,
-)
+from mixagent.env.observation import OBSERVATION_V2, OBSERVATION_VERSION, observation_builder
 from mixagent.errors import ConfigError, CorruptArtifactError, MixagentError, SchemaVersionError, UsageError
 from mixagent.policies import MixingPolicy
 
@@ -155,31 +150,23 @@ class MixingScheduler:
         self.space = space
         self.observe_lr = bool(getattr(policy, "observe_lr", False))  # trained on an observe_lr env
         self.observation_version = int(getattr(policy, "observation_version", OBSERVATION_VERSION) or 1)
-        if self.observation_version == OBSERVATION_V2 and stated is None:
-            raise ConfigError("MixingScheduler", ["the policy observes the run's stated setting (observation "
-                                                  "version 2): pass stated= (the deploy job's policy.stated: lam "
-                                                  "and target_tokens; the rest comes from the trainer section)"])
         self.stated = dict(stated) if stated is not None else None
-        self.obs_builder = self._builder(self.policy_space)
+        self.obs_builder = observation_builder(self.policy_space, self.observation_version, self.observe_lr,
+                                               self.stated)  # version 2 refuses a missing stated setting
         self.ood = None
         if ood is not None:
             from mixagent.deploy.ood import OODGuard
 
             self.ood = OODGuard(policy, ood, ood_fallback, space)
         # the fallback policy reads the run's own domains: with a mapping, its observation is built in them
-        self.run_obs_builder = self._builder(space) if mapping is not None else None
+        self.run_obs_builder = (observation_builder(space, self.observation_version, self.observe_lr, self.stated)
+                                if mapping is not None else None)
         start = initial if initial is not None else DomainWeights.normalised(space, np.ones(space.k))
         self.initial = DomainWeights(space, apply_floor(start.values.copy(), self.config.floor))
         self.weights = self.initial
         self.start_eval: EvalResult | None = None
         self.prev_eval: EvalResult | None = None
         self.history: list[dict[str, Any]] = []
-
-    def _builder(self, space: DomainSpace):
-        """The observation builder of the policy's version in ``space``."""
-        if self.observation_version == OBSERVATION_V2:
-            return SettingObservationBuilder(space, self.stated)
-        return ObservationBuilder(space, self.observe_lr)
 
     @property
     def updates(self) -> int:

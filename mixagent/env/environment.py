@@ -14,7 +14,7 @@ from mixagent.data.sources import load_space
 from mixagent.domains import DomainWeights, action_to_weights, check_action_mapping
 from mixagent.env.backends import ProxyBackend, make_backend
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.observation import CLIP, ObservationBuilder, SettingObservationBuilder
+from mixagent.env.observation import CLIP, observation_builder
 from mixagent.env.proxy import lr_at
 from mixagent.env.references import get_reference
 from mixagent.env.rewards import Reference, balanced_score, needs_reference, reward_measure, step_reward
@@ -94,12 +94,10 @@ class MixingEnv(gym.Env):
         self.space = load_space(self.spec_.space_path())
         check_action_mapping(self.space.k, self.spec_.action.temperature, self.spec_.action.floor)  # before any model
         self.backend = backend if backend is not None else make_backend(self.spec_, self.space)
-        if self.spec_.observation == 2:  # one policy across settings: the spec's stated setting is observed
-            from mixagent.env.setting import stated_from_spec
+        from mixagent.env.setting import stated_from_spec  # version 2 observes the spec's stated setting
 
-            self.obs_builder = SettingObservationBuilder(self.space, stated_from_spec(self.spec_))
-        else:
-            self.obs_builder = ObservationBuilder(self.space, self.spec_.observe_lr)
+        self.obs_builder = observation_builder(self.space, self.spec_.observation, self.spec_.observe_lr,
+                                               stated_from_spec(self.spec_))
         self._lrs = self.lr_schedule()  # fixed by the spec and the backend: computed once, read every step
         self.reference: Reference | None = None
         if needs_reference(self.spec_.reward.name):  # run (once per spec hash, then cached) before any episode

@@ -31,7 +31,8 @@ from mixagent.domains import FIELDS, DomainSpace
 from mixagent.env.evaluation import EvalResult
 
 __all__ = ["ObservationBuilder", "OBSERVATION_VERSION", "CLIP", "observation_names", "SettingObservationBuilder",
-           "OBSERVATION_V2", "observation_names_v2", "setting_features", "SETTING_FEATURES", "SCORE_SCALE"]
+           "OBSERVATION_V2", "observation_names_v2", "setting_features", "SETTING_FEATURES", "SCORE_SCALE",
+           "observation_builder"]
 
 OBSERVATION_VERSION = 1
 CLIP = 10.0
@@ -67,23 +68,28 @@ class ObservationBuilder:
         when ``observe_lr`` is set."""
         if (lr is None) == self.observe_lr:
             raise ValueError(f"lr must be given {'with' if self.observe_lr else 'only with'} observe_lr")
-        names = self.space.names
-        b0 = np.array([start.bpb[n] for n in names])
-        b_prev = np.array([prev.bpb[n] for n in names])
-        b_now = np.array([now.bpb[n] for n in names])
-        s0 = np.array([start.scores[f] for f in FIELDS])
-        s_prev = np.array([prev.scores[f] for f in FIELDS])
-        s_now = np.array([now.scores[f] for f in FIELDS])
-        obs = np.concatenate([
-            np.asarray(weights, dtype=np.float64),
-            b_now / b0 - 1.0,
-            (b_now - b_prev) / b0,
-            s_now / s0 - 1.0,
-            (s_now - s_prev) / s0,
-            [progress],
-            [] if lr is None else [lr],
-        ])
-        return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+        s0, s_prev, s_now = _field_scores(start, prev, now)
+        return _clipped([_domain_blocks(self.space, weights, start, prev, now), s_now / s0 - 1.0,
+                         (s_now - s_prev) / s0, [progress], [] if lr is None else [lr]])
+
+
+def _domain_blocks(space: DomainSpace, weights: np.ndarray, start: EvalResult, prev: EvalResult,
+                   now: EvalResult) -> np.ndarray:
+    """``(3K,)`` the per-domain blocks both versions share: weights, loss over the start minus 1, loss change
+    since the last step over the start."""
+    b0, b_prev, b_now = (np.array([e.bpb[n] for n in space.names]) for e in (start, prev, now))
+    return np.concatenate([np.asarray(weights, dtype=np.float64), b_now / b0 - 1.0, (b_now - b_prev) / b0])
+
+
+def _field_scores(start: EvalResult, prev: EvalResult, now: EvalResult) -> tuple[np.ndarray, ...]:
+    """``(2,)`` source and target benchmark scores at the start, the last step and now."""
+    return tuple(np.array([e.scores[f] for f in FIELDS]) for e in (start, prev, now))
+
+
+def _clipped(parts: list) -> np.ndarray:
+    """The parts concatenated, non-finite entries replaced and everything clipped to ``[-CLIP, CLIP]``."""
+    obs = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
 
 
 # ---- version 2: one policy across settings (agent v2; ../shared/SETTINGS.md) --------------------------------
@@ -94,10 +100,9 @@ SETTING_FEATURES = ("lam", "repetition_log2", "repetition_known", "wsd", "decay_
 
 
 def observation_names_v2(domains: tuple[str, ...] | list[str]) -> list[str]:
-    """The names of :class:`SettingObservationBuilder`'s layout, in order (``3K + 11``)."""
-    blocks = [f"{what}[{d}]" for what in ("weight", "loss_rel", "loss_change") for d in domains]
-    return blocks + ["source_score", "target_score", "source_change", "target_change", "progress", "lr",
-                     *SETTING_FEATURES]
+    """The names of :class:`SettingObservationBuilder`'s layout, in order (``3K + 11``): version 1's with the
+    LR, then :data:`SETTING_FEATURES`."""
+    return observation_names(domains, observe_lr=True) + list(SETTING_FEATURES)
 
 
 def setting_features(stated: dict[str, float]) -> np.ndarray:
@@ -175,20 +180,25 @@ class SettingObservationBuilder:
     def __call__(self, weights: np.ndarray, start: EvalResult, prev: EvalResult, now: EvalResult,
                  progress: float, lr: float) -> np.ndarray:
         """``(dim,)`` float32 for the coming segment (``lr``: its learning rate over the peak)."""
-        names = self.space.names
-        b0 = np.array([start.bpb[n] for n in names])
-        b_prev = np.array([prev.bpb[n] for n in names])
-        b_now = np.array([now.bpb[n] for n in names])
-        s0 = np.array([start.scores[f] for f in FIELDS])
-        s_prev = np.array([prev.scores[f] for f in FIELDS])
-        s_now = np.array([now.scores[f] for f in FIELDS])
-        obs = np.concatenate([
-            np.asarray(weights, dtype=np.float64),
-            b_now / b0 - 1.0,
-            (b_now - b_prev) / b0,
-            (s_now - s0) / SCORE_SCALE,
-            (s_now - s_prev) / SCORE_SCALE,
-            [progress, lr],
-            self.setting,
-        ])
-        return np.clip(np.nan_to_num(obs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP).astype(np.float32)
+        s0, s_prev, s_now = _field_scores(start, prev, now)
+        return _clipped([_domain_blocks(self.space, weights, start, prev, now), (s_now - s0) / SCORE_SCALE,
+                         (s_now - s_prev) / SCORE_SCALE, [progress, lr], self.setting])
+
+
+def observation_builder(space: DomainSpace, version: int = OBSERVATION_VERSION, observe_lr: bool = False,
+                        stated: dict[str, float] | None = None) -> ObservationBuilder | SettingObservationBuilder:
+    """The builder of observation ``version`` in ``space``: version 1 (``observe_lr``: with the LR) or version 2
+    (``stated``: the run's stated setting, :func:`setting_features`), for the env, datasets and the scheduler.
+
+    Raises:
+        ConfigError: version 2 without a stated setting, or a bad one.
+    """
+    if version != OBSERVATION_V2:
+        return ObservationBuilder(space, observe_lr)
+    if stated is None:
+        from mixagent.errors import ConfigError
+
+        raise ConfigError("stated setting", ["the policy observes the run's stated setting (observation version 2): "
+                                             "pass stated= (the deploy job's policy.stated: lam and target_tokens; "
+                                             "the rest comes from the trainer section)"])
+    return SettingObservationBuilder(space, stated)

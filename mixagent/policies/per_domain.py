@@ -58,12 +58,12 @@ DOMAIN_FEATURE_NAMES = ("is_target", "weight", "initial", "loss_rel", "loss_chan
 RUN_FEATURE_NAMES = ("source_score", "target_score", "source_change", "target_change", "progress", "lr")
 RUN_FEATURE_NAMES_V2 = (*RUN_FEATURE_NAMES, *SETTING_FEATURES)  # observation version 2: the stated setting too
 VERSIONS = (OBSERVATION_VERSION, OBSERVATION_V2)
+RANGED = DOMAIN_FEATURE_NAMES[1:]  # is_target is the field itself: its ranges are kept per field
 
 
 def run_feature_names(version: int = OBSERVATION_VERSION) -> tuple[str, ...]:
     """The run-level features of observation ``version`` (1: 6, 2: 11)."""
     return RUN_FEATURE_NAMES_V2 if version == OBSERVATION_V2 else RUN_FEATURE_NAMES
-RANGED = DOMAIN_FEATURE_NAMES[1:]  # is_target is the field itself: its ranges are kept per field
 
 
 def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray,
@@ -82,19 +82,18 @@ def features(obs: np.ndarray, is_target: np.ndarray, initial: np.ndarray,
         WeightsError: an observation whose size fits no ``K`` of ``is_target``.
     """
     k = len(is_target)
-    if version == OBSERVATION_V2:
-        if len(obs) != 3 * k + 11:
-            raise WeightsError(f"observation has {len(obs)} entries; version 2 of a {k}-domain space gives "
-                               f"{3 * k + 11}")
-        per = np.stack([is_target, k * obs[:k], k * initial, obs[k:2 * k], obs[2 * k:3 * k]], axis=1)
-        return per.astype(np.float32), np.asarray(obs[3 * k:], np.float32)
-    if len(obs) not in (3 * k + 5, 3 * k + 6):
+    v2 = version == OBSERVATION_V2
+    if v2 and len(obs) != 3 * k + 11:
+        raise WeightsError(f"observation has {len(obs)} entries; version 2 of a {k}-domain space gives {3 * k + 11}")
+    if not v2 and len(obs) not in (3 * k + 5, 3 * k + 6):
         raise WeightsError(f"observation has {len(obs)} entries; a {k}-domain space gives {3 * k + 5} (or "
                            f"{3 * k + 6} with the learning rate)")
     per = np.stack([is_target, k * obs[:k], k * initial, obs[k:2 * k], obs[2 * k:3 * k]], axis=1)
-    lr = obs[3 * k + 5] if len(obs) == 3 * k + 6 else 1.0
-    run = np.concatenate([obs[3 * k:3 * k + 5], [lr]])
-    return per.astype(np.float32), run.astype(np.float32)
+    if v2:  # the run-level entries as they are: version 2 always carries the LR and the stated setting
+        run = obs[3 * k:]
+    else:  # without the LR, version 1 reads the peak
+        run = np.concatenate([obs[3 * k:3 * k + 5], [obs[3 * k + 5] if len(obs) == 3 * k + 6 else 1.0]])
+    return per.astype(np.float32), np.asarray(run, np.float32)
 
 
 def feature_ranges(dom: np.ndarray, target: np.ndarray, valid: np.ndarray, run: np.ndarray,

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from mixagent.env.rewards import STANDARD_ANCHORS
 from mixagent.errors import ConfigError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
@@ -160,7 +161,7 @@ def rule_spec(schedule) -> str | None:
     return None
 
 
-SCARCE_ANCHORS = ("reward.anchors=[uniform, natural, 'replay:0.5']",)  # where the reference pair cannot scale
+SCARCE_ANCHORS = (f"reward.anchors={list(STANDARD_ANCHORS)}",)  # where the reference pair cannot scale
 
 
 def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool, extra: tuple[str, ...] = ()):
@@ -197,10 +198,7 @@ def _grid_normalised(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     return {spec: (r["mean"] - lo) / (hi - lo) if hi > lo else 0.0 for spec, r in rows.items()}
 
 
-SCALE_ANCHORS = ("uniform", "natural", "replay:0.5")  # the reward-scale diagnostic's anchors (grid rows)
-
-
-def reward_scale(run, lam: float, anchors: tuple[str, ...] = SCALE_ANCHORS) -> dict[str, list[float]]:
+def reward_scale(run, lam: float, anchors: tuple[str, ...] = STANDARD_ANCHORS) -> dict[str, list[float]]:
     """The range ``[lo, hi]`` of the static rows' mean ``normalised_bpb`` at ``lam`` in one audited setting, on
     the reference runs' scale (``reference``) and with the extremes widened by the ``anchors``' grid rows
     (``anchored``, as :func:`mixagent.env.references.extremes` widens them; the rows are on the tuning seeds, not the
@@ -219,8 +217,8 @@ def reward_scale(run, lam: float, anchors: tuple[str, ...] = SCALE_ANCHORS) -> d
         evals = [EvalResult.from_json(r.final) for r in records]
         bpb[spec] = {f: float(np.mean([e.field_bpb(run.space, f) for e in evals])) for f in FIELDS}
     ref, anchors = run.reference, [a for a in anchors if a in bpb]  # a grid without one of them goes without
-    widened = {f: {"best": min([ref.best["bpb"][f], *(bpb[a][f] for a in anchors)]),
-                   "worst": max([ref.worst["bpb"][f], *(bpb[a][f] for a in anchors)])} for f in FIELDS}
+    runs = {f: [ref.best["bpb"][f], ref.worst["bpb"][f], *(bpb[a][f] for a in anchors)] for f in FIELDS}
+    widened = {f: {"best": min(runs[f]), "worst": max(runs[f])} for f in FIELDS}  # as extremes() with anchors
     out = {}
     for name, best, worst in (("reference", ref.best["bpb"], ref.worst["bpb"]),
                               ("anchored", {f: widened[f]["best"] for f in FIELDS},
@@ -532,7 +530,7 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
     if scales:  # whether one reward scale holds across settings (agent v2 trains across them)
         lines += ["", "Reward scale: the range of the static rows' mean normalised_bpb at lam 0.5 per training "
                       "setting (tuning seed), on the reference runs' scale and with the extremes widened by the "
-                      f"{', '.join(SCALE_ANCHORS)} rows (what `reward.anchors` does):", "",
+                      f"{', '.join(STANDARD_ANCHORS)} rows (what `reward.anchors` does):", "",
                   "| training setting | reference scale | anchored |", "|---|---:|---:|"]
         lines += [f"| {h} | {sc['reference'][0]:.3f} .. {sc['reference'][1]:.3f} | "
                   f"{sc['anchored'][0]:.3f} .. {sc['anchored'][1]:.3f} |" for h, sc in scales]
