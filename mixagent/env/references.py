@@ -67,6 +67,19 @@ def _load(path: Path, spec_hash: str, base_id: str, committed: bool = False) -> 
     return Reference.from_json(d)
 
 
+def _load_stored(path: Path, spec_hash: str) -> Reference:
+    """An audit's ``reference.json`` (:meth:`Reference.to_json`, no format or base: its audit checks the base)."""
+    try:
+        ref = Reference.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorruptArtifactError(f"reference runs {path} are unreadable ({exc}); delete the file to rerun them") \
+            from None
+    if ref.spec_hash != spec_hash:
+        raise ConfigError(str(path), [f"reference runs were stored for spec hash {ref.spec_hash!r}, this env's is "
+                                      f"{spec_hash!r}; delete the file to rerun them for this spec"])
+    return ref
+
+
 def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tuple[str, ...] = ()
              ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """The extremes ``(best, worst)``, each ``{measure: {field: value}}``, of reference runs ``{name: [EvalResult
@@ -92,14 +105,15 @@ def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tup
 
 
 def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,
-                  committed_dir: Path | None = None) -> Reference:
+                  committed_dir: Path | None = None, stored: Path | None = None) -> Reference:
     """The spec's reference extremes: a committed copy (``checkpoints/references/``, what a committed
-    dataset was scored with) first, else the cache, else run (source-only, target-only and each of
-    ``spec.reward.anchors``, one episode per reference seed each, with a progress bar; :func:`extremes`) and
-    cached atomically.
+    dataset was scored with) first, else ``stored`` (the ``reference.json`` a committed audit wrote, so a
+    fresh machine scores its new rows, and the comparisons beside them, on the scale of its committed rows;
+    copied into the cache, replacing a differing one), else the cache, else run (source-only, target-only and each of ``spec.reward.anchors``, one episode per reference seed
+    each, with a progress bar; :func:`extremes`) and cached atomically.
 
     Raises:
-        ConfigError: a cached file for another spec hash or format, a diverged run, or a zero range.
+        ConfigError: a cached or stored file for another spec hash or format, a diverged run, or a zero range.
     """
     spec_hash = spec.spec_hash()
     path = reference_path(spec_hash, root)
@@ -108,6 +122,18 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
     if committed.exists():  # the extremes a committed dataset was scored with win over a local cache
         log.info("reference runs for %s adopted from the committed %s", spec.env_id, committed)
         return _load(committed, spec_hash, base_id, committed=True)
+    if stored is not None and stored.is_file():  # an audit's committed extremes win over a local cache
+        ref = _load_stored(stored, spec_hash)
+        cached = _load(path, spec_hash, base_id) if path.exists() else None
+        if cached != ref:
+            if cached is not None:
+                log.warning("reference runs for %s: the local cache %s differs from %s; replaced by it",
+                            spec.env_id, path, stored)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, "base": base_id,
+                                     **ref.to_json(), "adopted_from": str(stored)})
+            log.info("reference runs for %s adopted from %s", spec.env_id, stored)
+        return ref
     if path.exists():
         return _load(path, spec_hash, base_id)
     mixtures = {"source_only": replay_weights(space, backend.natural, 1.0),

@@ -305,7 +305,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     if "natural" not in head:
         atomic_write_json(store.dir / "start.json", {"eval": start.to_json(), "items": item_values(backend),
                                                      "natural": np.asarray(natural).tolist(), "base": base_id})
-    reference = get_reference(spec, backend, space)
+    reference = get_reference(spec, backend, space, stored=store.dir / "reference.json")  # a fresh machine adopts it
     atomic_write_json(store.dir / "reference.json", reference.to_json())
     del backend
     done = store.done()

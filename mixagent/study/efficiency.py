@@ -92,7 +92,7 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     """
     from mixagent.env.setting import load_suite
     from mixagent.study.compare import CompareConfig, run_compare
-    from mixagent.study.oracle_table import heldout_episodes, load_oracle_table
+    from mixagent.study.oracle_table import heldout_episodes, load_oracle_table, tuned_run
 
     suite = load_suite(REPO_ROOT / cfg.suite)
     base = suite.setting()
@@ -138,8 +138,8 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     for r in budget_rows:
         setting = held[r["setting"]]
         pools = target_pools(setting.spec(suite))
-        episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False,
-                                    extra=tuple(r.get("extra_overrides", ())))
+        _, extra = tuned_run(cfg, suite, r["setting"], setting)  # cached; its committed reference is adopted
+        episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False, extra=extra)
         for rule, eps in episodes.items():
             losses = [float(e["target_bpb"]) for e in eps]
             had = [unique_target_tokens(e["weights"], pools, setting.segment_tokens) for e in eps]

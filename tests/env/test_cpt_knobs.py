@@ -156,6 +156,31 @@ def test_reference_runs_for_another_spec_are_refused(spec, env, tmp_path):
         get_reference(spec, env.backend, env.space, root=tmp_path)
 
 
+def test_an_audits_stored_reference_is_adopted_on_a_fresh_machine(spec, env, tmp_path, monkeypatch):
+    # an audit committed the extremes its rows were scored with; an empty cache adopts them (no run), and
+    # the cache then serves every env of that spec (the comparisons that score beside the audit)
+    stored = tmp_path / "audit" / "reference.json"
+    stored.parent.mkdir()
+    shifted = Reference({"bpb": {"source": 2.25, "target": 3.5}, "score": {"source": 0.5, "target": 0.25}},
+                        {"bpb": {"source": 4.5, "target": 5.5}, "score": {"source": 0.125, "target": 0.0625}},
+                        spec.spec_hash(), (7,))
+    stored.write_text(json.dumps(shifted.to_json()))
+    monkeypatch.setattr("mixagent.env.references.run_static", lambda *a: pytest.fail("reference runs re-ran"))
+    cache = tmp_path / "cache"
+    assert get_reference(spec, env.backend, env.space, root=cache, stored=stored) == shifted
+    stored.unlink()
+    assert get_reference(spec, env.backend, env.space, root=cache) == shifted
+    # the audit's record wins over a local cache that differs (its committed rows were scored with it)
+    stored.write_text(json.dumps({**shifted.to_json(), "best": {**shifted.best, "bpb": {"source": 2.0,
+                                                                                         "target": 3.5}}}))
+    assert get_reference(spec, env.backend, env.space, root=cache, stored=stored).best["bpb"]["source"] == 2.0
+    assert get_reference(spec, env.backend, env.space, root=cache).best["bpb"]["source"] == 2.0
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**shifted.to_json(), "spec_hash": "0123456789abcdef"}))
+    with pytest.raises(ConfigError, match="stored for spec hash '0123456789abcdef'"):
+        get_reference(spec, env.backend, env.space, root=tmp_path / "empty", stored=other)
+
+
 def test_zero_range_and_missing_reference_are_typed_errors(env):
     same = {"bpb": {"source": 2.0, "target": 3.0}, "score": {"source": 0.5, "target": 0.2}}
     with pytest.raises(ConfigError, match="zero range"):
