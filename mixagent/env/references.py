@@ -109,8 +109,9 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
     """The spec's reference extremes: a committed copy (``checkpoints/references/``, what a committed
     dataset was scored with) first, else ``stored`` (the ``reference.json`` a committed audit wrote, so a
     fresh machine scores its new rows, and the comparisons beside them, on the scale of its committed rows;
-    copied into the cache, replacing a differing one), else the cache, else run (source-only, target-only and each of ``spec.reward.anchors``, one episode per reference seed
-    each, with a progress bar; :func:`extremes`) and cached atomically.
+    copied into the cache, replacing a differing one), else the cache, else run (source-only, target-only and
+    each of ``spec.reward.anchors``, one episode per reference seed each, with a progress bar;
+    :func:`extremes`) and cached atomically.
 
     Raises:
         ConfigError: a cached or stored file for another spec hash or format, a diverged run, or a zero range.
