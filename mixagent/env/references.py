@@ -24,8 +24,8 @@ from mixagent.env.spec import EnvSpec
 from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
-__all__ = ["get_reference", "extremes", "reference_path", "run_static", "commit_reference", "REFERENCE_VERSION",
-           "COMMITTED_REFERENCE_DIR"]
+__all__ = ["get_reference", "extremes", "widened", "reference_path", "run_static", "commit_reference",
+           "REFERENCE_VERSION", "COMMITTED_REFERENCE_DIR"]
 
 log = logging.getLogger(__name__)
 REFERENCE_VERSION = 1
@@ -102,6 +102,29 @@ def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tup
             best[m][f] = pick_best(mean[n] for n in ((own, other, *anchors) if anchors else (own,)))
             worst[m][f] = pick_worst(mean[n] for n in ((own, other, *anchors) if anchors else (other,)))
     return best, worst
+
+
+def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], space: DomainSpace) -> Reference:
+    """``reference`` (a pair's extremes, no anchors) with its extremes widened by ``anchor_runs`` (``{anchor:
+    [EvalResult per reference seed]}``): what :func:`extremes` with those anchors gives, from the pair's
+    recorded extremes instead of its raw runs (without anchors a field's best is the run spending everything
+    on it and its worst the other; both values are kept). Rescores results made on the pair's scale on the
+    anchored one without re-running the pair.
+
+    Raises:
+        ConfigError: a zero range (:class:`~mixagent.env.rewards.Reference`).
+    """
+    if not anchor_runs:  # as extremes() without anchors: the pair's own
+        return reference
+    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    for m in MEASURES:
+        pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
+        for f in FIELDS:
+            values = [reference.best[m][f], reference.worst[m][f],
+                      *(float(np.mean([field_measure(m, r, space, f) for r in runs])) for runs in anchor_runs.values())]
+            best[m][f], worst[m][f] = pick_best(values), pick_worst(values)
+    return Reference(best, worst, reference.spec_hash, reference.seeds)
 
 
 def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,

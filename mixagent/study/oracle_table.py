@@ -85,8 +85,13 @@ class OracleConfig:
         probe_commit: fit probe-then-commit on the training settings and score it (``probe_commit_alpha``: its
             ridge penalty on standardised features).
         gate: the oracle's margin over SBF, in pooled seed std, for a setting to count.
+        anchors: the reward scale (``reward.anchors``, :func:`mixagent.env.references.widened`): empty, every
+            setting's scores are on its reference pair's scale; else each setting's extremes are widened by these
+            static mixtures, run on its reference seeds (cached beside its tuning audit, ``anchors.json``), and
+            every row is rescored from its raw evaluations: the scale a policy trained with those anchors
+            optimises. The runs are shared; the table goes to ``<out>/<suite>/anchored/``.
         out: results root: tuning audits in ``<out>/<suite>/tuning/``, scoring comparisons (cached episodes)
-            in ``<out>/<suite>/``, the table in ``<out>/<suite>/``.
+            in ``<out>/<suite>/``, the table in ``<out>/<suite>/`` (``anchored/`` with ``anchors``).
         workers: worker processes (0 = one per core); launcher: ``local``, ``inline`` or ``ray``.
     """
 
@@ -105,6 +110,7 @@ class OracleConfig:
     probe_commit: bool = True
     probe_commit_alpha: float = 1.0
     gate: float = 3.0
+    anchors: tuple[str, ...] = ()
     out: str = "audits/settings"
     workers: int = 0
     launcher: str = "local"
@@ -144,7 +150,15 @@ class OracleConfig:
             problems.append(f"probe_commit_alpha must be > 0, got {self.probe_commit_alpha}")
         if not self.gate > 0:
             problems.append(f"gate must be > 0 pooled seed std, got {self.gate}")
+        from mixagent.env.rewards import anchor_problems
+
+        for a in self.anchors:
+            problems += [f"anchors: {p}" for p in anchor_problems(a)]
         return problems
+
+    def table_dir(self, suite_name: str) -> Path:
+        """Where the table goes (the caches it reads are in ``<out>/<suite>`` either way)."""
+        return REPO_ROOT / self.out / suite_name / ("anchored" if self.anchors else "")
 
 
 def rule_spec(schedule) -> str | None:
@@ -164,6 +178,46 @@ def rule_spec(schedule) -> str | None:
 SCARCE_ANCHORS = (f"reward.anchors={list(STANDARD_ANCHORS)}",)  # where the reference pair cannot scale
 
 
+def setting_scale(cfg: OracleConfig, run):
+    """The :class:`~mixagent.env.rewards.Reference` a setting's rows are scored with: its tuning audit's own
+    (``run.reference``) without ``cfg.anchors`` or where its spec already has them; else the audit's extremes
+    widened by the anchors run on its reference seeds (:func:`mixagent.env.references.widened`), cached in
+    ``<audit dir>/anchors.json`` and run where missing.
+
+    Raises:
+        ConfigError: the audit's spec has anchors other than ``cfg.anchors``.
+    """
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.references import run_static, widened
+    from mixagent.env.spec import RewardSpec
+
+    anchors = RewardSpec(anchors=tuple(cfg.anchors)).anchors  # the canonical spelling and order
+    have = run.spec.reward.anchors
+    if not anchors or have == anchors:
+        return run.reference
+    if have:
+        raise ConfigError("anchors", [f"{run.store.dir} was scored with reward.anchors {list(have)}, the table asks "
+                                      f"for {list(anchors)}; use the same anchors"])
+    path = run.store.dir / "anchors.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    seeds = [int(s) for s in run.spec.reference_seeds]
+    if stored.get("seeds") not in (None, seeds):
+        raise ConfigError(str(path), [f"anchor runs on reference seeds {stored['seeds']}, the spec's are {seeds}; "
+                                      f"delete the file to rerun them"])
+    runs = stored.get("runs", {})
+    missing = [a for a in anchors if len(runs.get(a, [])) != len(seeds)]
+    if missing:
+        from mixagent.env.backends import make_backend
+        from mixagent.env.rewards import anchor_weights
+
+        backend = make_backend(run.spec, run.space)
+        for a in missing:
+            runs[a] = [run_static(backend, anchor_weights(a, run.space, run.natural), run.spec.steps, seed).to_json()
+                       for seed in seeds]
+            atomic_write_json(path, {"spec_hash": run.spec.spec_hash(), "seeds": seeds, "runs": runs})
+    return widened(run.reference, {a: [EvalResult.from_json(e) for e in runs[a]] for a in anchors}, run.space)
+
+
 def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool, extra: tuple[str, ...] = ()):
     from mixagent.study.audit import AuditConfig
 
@@ -174,8 +228,9 @@ def _audit_cfg(cfg: OracleConfig, suite, setting, keep_lam: bool, extra: tuple[s
                        launcher=cfg.launcher, out=f"{cfg.out}/{suite.name}/tuning")
 
 
-def _row_scores(run, lam: float) -> dict[str, dict[str, Any]]:
-    """Per rule spec: its label, family and the scores at ``lam`` on the run's seeds (from raw evaluations)."""
+def _row_scores(run, lam: float, reference) -> dict[str, dict[str, Any]]:
+    """Per rule spec: its label, family and the scores at ``lam`` on the run's seeds (from raw evaluations, on
+    ``reference``'s scale: :func:`setting_scale`)."""
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.rewards import balanced_score
 
@@ -186,7 +241,7 @@ def _row_scores(run, lam: float) -> dict[str, dict[str, Any]]:
         if spec is None or any(r is None for r in records):
             continue
         scores = [balanced_score(run.spec.reward.name, lam, run.start, EvalResult.from_json(r.final), run.space,
-                                 run.reference) for r in records]
+                                 reference) for r in records]
         rows[spec] = {"label": schedule.label, "family": schedule.family, "scores": [float(x) for x in scores],
                       "mean": float(np.mean(scores))}
     return rows
@@ -245,8 +300,9 @@ def _sbf(cfg: OracleConfig, suite, progress: bool) -> dict[str, Any]:
             print(f"\n== single best fixed rule: training setting {k + 1}/{len(chosen)} ({setting.run_hash()})",
                   flush=True)
         run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=True))
+        scale = setting_scale(cfg, run)
         for lam in lams:
-            normalised = _grid_normalised(_row_scores(run, lam))
+            normalised = _grid_normalised(_row_scores(run, lam, scale))
             for spec, value in normalised.items():
                 per_rule.setdefault(spec, {})[f"{setting.run_hash()}@{lam:g}"] = value
         settings.append({"setting": setting.to_json(), "run_hash": setting.run_hash(),
@@ -291,7 +347,7 @@ def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: 
     from mixagent.env.setting import Setting
     from mixagent.policies.probe_commit import fit_probe_commit, stated_features
 
-    probes_path = out / "probe_commit_probes.json"
+    probes_path = REPO_ROOT / cfg.out / suite.name / "probe_commit_probes.json"  # features: any scale's fit reads them
     cache = json.loads(probes_path.read_text()) if probes_path.is_file() else {}
     rules = sorted(sbf["normalised"])
     xs, ys, groups = [], [], []
@@ -382,11 +438,16 @@ def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = Fal
     return run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False, extra=SCARCE_ANCHORS)), SCARCE_ANCHORS
 
 
-def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
+def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run, scale,
            extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
-    """Per rule spec: its final scores on the held-out seeds (at the setting's lam)."""
+    """Per rule spec: its final scores on the held-out seeds (at the setting's lam), rescored from each episode's
+    final evaluation on ``scale`` (:func:`setting_scale`; the comparison's own is its tuning audit's)."""
+    from mixagent.env.evaluation import EvalResult
+    from mixagent.env.rewards import balanced_score
+
     episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra)
-    return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
+    return {rule: [float(balanced_score(run.spec.reward.name, setting.lam, run.start, EvalResult.from_json(e["final"]),
+                                        run.space, scale)) for e in episodes[rule]] for rule in rules}
 
 
 def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
@@ -406,7 +467,7 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
     if problems:
         raise ConfigError("oracle table", problems)
     names = list(cfg.settings or held)
-    out = REPO_ROOT / cfg.out / suite.name
+    out = cfg.table_dir(suite.name)
     # SBF (and probe-then-commit) first: every row needs them. Then each setting is tuned and scored before the
     # next, and the table is rewritten after each, so a run stopped midway leaves its finished rows on disk.
     sbf = _sbf(cfg, suite, progress)
@@ -420,13 +481,14 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
             print(f"\n== held-out setting {name} ({k + 1}/{len(names)}): the grid on tuning seeds "
                   f"{list(cfg.tune_seeds)}", flush=True)
         run, extra = tuned_run(cfg, suite, name, setting, progress)
-        tuned = _row_scores(run, setting.lam)
+        scale = setting_scale(cfg, run)
+        tuned = _row_scores(run, setting.lam, scale)
         oracle = max(tuned, key=lambda spec: tuned[spec]["mean"])
         best_static = max((s for s in tuned if tuned[s]["family"] == "static"), key=lambda s: tuned[s]["mean"])
         rules = list(dict.fromkeys([oracle, sbf["rule"], *([ptc["spec"]] if ptc else []), *cfg.baselines]))
         if progress:
             print(f"\n== held-out setting {name}: {rules} on held-out seeds {list(cfg.seeds)}", flush=True)
-        scores = _score(cfg, suite, name, setting, rules, extra)
+        scores = _score(cfg, suite, name, setting, rules, run, scale, extra)
         noise = noise_rows(rules, oracle, sbf["rule"])
         pooled = pooled_seed_std({r: scores[r] for r in noise})
         margin = float(np.mean(scores[oracle]) - np.mean(scores[sbf["rule"]]))
@@ -499,7 +561,11 @@ def _markdown(table: dict, cfg: OracleConfig) -> str:
     lines = [f"Oracle table of suite {table['suite']} (hash {table['suite_hash']}): tuning seeds "
              f"{list(cfg.tune_seeds)}, held-out seeds {list(cfg.seeds)}. Single best fixed rule over "
              f"{len(table['sbf']['settings'])} training settings x lams {table['sbf']['lams']}: "
-             f"**{table['sbf']['rule']}**.",
+             f"**{table['sbf']['rule']}**. Scale: "
+             + (f"each setting's reference pair widened by the anchors {', '.join(cfg.anchors)} (run on its "
+                f"reference seeds; every row rescored from its raw evaluations)." if cfg.anchors else
+                "each setting's reference pair (source-only, target-only; anchored only where the pair cannot "
+                "scale, as the row says)."),
              "", "| setting | extrapolates | oracle (tuning) | oracle held-out | SBF held-out | probe-then-commit "
              "(closed gap) | best baseline | pooled std | gap [pooled std] | gate |",
              "|---|---|---|---:|---:|---:|---|---:|---:|:---:|"]

@@ -181,6 +181,27 @@ def test_an_audits_stored_reference_is_adopted_on_a_fresh_machine(spec, env, tmp
         get_reference(spec, env.backend, env.space, root=tmp_path / "empty", stored=other)
 
 
+def test_widening_recorded_extremes_equals_extremes_over_every_run(env):
+    # the oracle table rescores a pair's results on an anchored scale from the pair's recorded extremes
+    from mixagent.env.references import extremes, widened
+
+    rng = np.random.default_rng(0)
+
+    def run():
+        bpb = {n: float(rng.uniform(1.5, 4.0)) for n in env.space.names}
+        return EvalResult(bpb, {f: float(rng.uniform(0, 1)) for f in ("source", "target")},
+                          {f: float(rng.uniform(0, 1)) for f in ("source", "target")})
+
+    runs = {name: [run(), run()] for name in ("source_only", "target_only", "uniform", "natural")}
+    pair = {k: runs[k] for k in ("source_only", "target_only")}
+    best, worst = extremes(pair, env.space)
+    full_best, full_worst = extremes(runs, env.space, ("natural", "uniform"))
+    got = widened(Reference(best, worst, "h", (1,)), {a: runs[a] for a in ("natural", "uniform")}, env.space)
+    for m in ("bpb", "score"):
+        assert got.best[m] == pytest.approx(full_best[m]) and got.worst[m] == pytest.approx(full_worst[m])
+    assert got.spec_hash == "h" and widened(Reference(best, worst), {}, env.space) == Reference(best, worst)
+
+
 def test_zero_range_and_missing_reference_are_typed_errors(env):
     same = {"bpb": {"source": 2.0, "target": 3.0}, "score": {"source": 0.5, "target": 0.2}}
     with pytest.raises(ConfigError, match="zero range"):

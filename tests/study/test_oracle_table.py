@@ -180,6 +180,59 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     assert _earlier_rows(out, suite, dataclasses.replace(cfg, gate=2.0), sbf, table["probe_commit"], skip=[]) == []
 
 
+def test_an_anchored_table_rescores_the_same_runs_on_the_widened_scale(oracle):
+    # reward.anchors' scale (what agent v2 trains on): the same tuning rows and held-out episodes, each setting's
+    # extremes widened by the anchors run on its reference seeds (one extra run per anchor and setting, cached
+    # beside its audit), and every row rescored from raw evaluations; the table goes to anchored/
+    from mixagent.env.references import widened
+    from mixagent.study import oracle_table
+    from mixagent.study.oracle_table import heldout_episodes
+
+    cfg, suite, table = oracle
+    setting = suite.held_out_settings()["scarce"]
+    audit = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False))
+    rows_before = audit.store.path.read_text().count("\n")
+    # the held-out setting's anchor run is planted (cached: not re-run), one that beats the pair on both fields,
+    # so the widened scale surely differs; the training setting's is run for real
+    beats = EvalResult.from_json(audit.start.to_json())
+    beats = dataclasses.replace(beats, bpb={n: v * 0.5 for n, v in beats.bpb.items()})
+    (audit.store.dir / "anchors.json").write_text(json.dumps(
+        {"spec_hash": audit.spec.spec_hash(), "seeds": list(audit.spec.reference_seeds),
+         "runs": {"uniform": [beats.to_json()]}}))
+    anchored_cfg = dataclasses.replace(cfg, anchors=("uniform",))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oracle_table, "MIN_STATIC_RHOS", len(RHOS))
+        anchored = run_oracle_table(anchored_cfg, progress=False)
+    assert (cfg_out(cfg, suite) / "anchored" / "table.json").is_file() and "widened by the anchors uniform" in \
+        (cfg_out(cfg, suite) / "anchored" / "table.md").read_text()
+    assert audit.store.path.read_text().count("\n") == rows_before  # no tuning row re-ran
+    trained = run_audit(_audit_cfg(cfg, suite, suite.setting(table["sbf"]["settings"][0]["setting"]), True))
+    ran = json.loads((trained.store.dir / "anchors.json").read_text())
+    assert ran["seeds"] == list(trained.spec.reference_seeds) and len(ran["runs"]["uniform"]) == 1
+    ev = EvalResult.from_json(ran["runs"]["uniform"][0])
+    own = widened(trained.reference, {"uniform": [ev]}, trained.space)
+    for f in ("source", "target"):  # the anchor lies inside its own widened scale
+        assert 0.0 <= own.normalise("bpb", f, ev.field_bpb(trained.space, f)) <= 1.0
+    scale = widened(audit.reference, {"uniform": [beats]}, audit.space)
+    assert scale.best["bpb"] != audit.reference.best["bpb"]
+    (row,) = anchored["rows"]
+    tuned = {}
+    for s in audit.schedules:
+        rec = audit.store.get(s.key, cfg.tune_seeds[0])
+        tuned[rule_spec(s)] = balanced_score(audit.spec.reward.name, setting.lam, audit.start,
+                                             EvalResult.from_json(rec.final), audit.space, scale)
+    assert row["oracle"] == max(tuned, key=tuned.get) and row["tuning"] == pytest.approx(tuned)
+    # held-out scores: the comparison's cached episodes (the same the reference-scale table read), rescored
+    eps = heldout_episodes(cfg, suite, "scarce", setting, ["uniform"], report=False)["uniform"]
+    assert [e["balanced"] for e in eps] == pytest.approx(table["rows"][0]["scores"]["uniform"])
+    rescored = [balanced_score(audit.spec.reward.name, setting.lam, audit.start, EvalResult.from_json(e["final"]),
+                               audit.space, scale) for e in eps]
+    assert row["scores"]["uniform"] == pytest.approx(rescored)
+    assert rescored != pytest.approx(table["rows"][0]["scores"]["uniform"])
+    with pytest.raises(ConfigError, match="anchors: "):
+        run_oracle_table(dataclasses.replace(cfg, anchors=("replay:2",)), progress=False)
+
+
 def test_rule_specs_of_audit_rows():
     from mixagent.rollout.schedules import Schedule
 
