@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mixagent.config import is_number
@@ -58,7 +58,8 @@ class EpisodeCache:
     """
 
     def __init__(self, root: Path, env: tuple[str, int, str], read_also: tuple[Path, ...] = (),
-                 space: DomainSpace | None = None, start: dict | None = None) -> None:
+                 space: DomainSpace | None = None, start: dict | None = None,
+                 rescore: Callable[[dict], dict] | None = None) -> None:
         name, version, spec_hash = env
         rel = Path("cache") / f"{name}-v{version}" / spec_hash
         self.dir = Path(root) / rel
@@ -66,6 +67,7 @@ class EpisodeCache:
         self.space = space
         self.start = start
         self._warned: set[Path] = set()
+        self.rescore = rescore  # applied to every summary read (another reward scale); stored ones are kept as run
 
     def _same_base(self, ep: dict, where: Path) -> bool:
         """Whether a stored episode started from this cache's base model (always, without ``start``)."""
@@ -95,7 +97,7 @@ class EpisodeCache:
                 if _valid(ep, seed):
                     if not self._same_base(ep, d):
                         continue
-                    return ep
+                    return self.rescore(ep) if self.rescore is not None else ep
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 pass
             log.warning("stored episode %s is unreadable or invalid; running it again", p)

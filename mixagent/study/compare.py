@@ -29,6 +29,7 @@ import dataclasses
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import numpy as np
 from mixagent.config import to_dict
 from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.rewards import Reference
+from mixagent.env.rewards import Reference, balanced_score
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
@@ -68,7 +69,7 @@ from mixagent.rollout.runner import (
 )
 from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env, run_key
 
-__all__ = ["CompareConfig", "CompareRun", "run_compare", "policy_kind", "audit_rows", "reference_curve",
+__all__ = ["CompareConfig", "CompareRun", "run_compare", "rescorer", "policy_kind", "audit_rows", "reference_curve",
            "DEFAULT_POLICIES", "tuning_candidates", "has_hyperparameters"]
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,11 @@ class CompareConfig:
             [0.01, 0.1, 1, 10]}``, ``replay: {rho: [...]}``), one or two hyperparameters each, every grid with
             the same number of points; each point runs on ``tune_seeds`` and the best is evaluated. A grid of a
             method not in ``policies`` is not used (so ``--policies`` can pick a subset).
+        scale: a reference file (:meth:`~mixagent.env.rewards.Reference.to_json` of the env's spec hash, e.g. its
+            extremes widened by anchors: :func:`mixagent.env.references.widened`) every episode is scored on
+            instead of the env's reference runs: each stored episode's balanced scores and return are rescored
+            from its raw evaluations on read (:func:`rescorer`), so RegMix's fit, the tuning and the tables use
+            it; episodes are shared with comparisons on the env's own scale. Empty: the env's.
     """
 
     name: str = "v1"
@@ -158,6 +164,7 @@ class CompareConfig:
     launcher: str = "local"
     out: str = "runs/compare"
     reuse: tuple[str, ...] = ("audits/compare",)
+    scale: str = ""
     tuning: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
 
     def check(self) -> list[str]:
@@ -306,8 +313,10 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     out_root = Path(root or REPO_ROOT / cfg.out)
     out = out_root / cfg.name
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
+    reference = _scale(cfg, spec) if cfg.scale else env.reference
     cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
-                         tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space, start=start_eval(env))
+                         tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space, start=start_eval(env),
+                         rescore=rescorer(spec, env.space, reference) if cfg.scale else None)
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
@@ -316,8 +325,9 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
                                       f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
     recorded = to_dict(cfg)
-    if not cfg.tuning:  # comparisons from before the tuning budget keep their recorded config as it was
-        recorded.pop("tuning", None)
+    for added in ("tuning", "scale"):  # comparisons from before these keep their recorded config as it was
+        if not cfg.__dict__[added]:
+            recorded.pop(added, None)
     atomic_write_json(out / "compare.json", {"config": recorded, "env_id": spec.env_id,
                                              "spec_hash": spec.spec_hash()})
     context: dict = {}
@@ -408,8 +418,45 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
                              **how)
 
     first = episodes[next(iter(episodes))][0]
-    return CompareRun(cfg, spec, space, natural, env.reference, out, episodes, labels, extra, regmix_info, family,
+    return CompareRun(cfg, spec, space, natural, reference, out, episodes, labels, extra, regmix_info, family,
                       audit_rows(cfg, spec) if cfg.oracles else {}, EvalResult.from_json(first["start"]), tuning)
+
+
+def _scale(cfg: CompareConfig, spec: EnvSpec) -> Reference:
+    """``cfg.scale``'s reference, checked to belong to ``spec``.
+
+    Raises:
+        ConfigError: an unreadable file or one of another spec hash.
+    """
+    path = REPO_ROOT / cfg.scale
+    try:
+        ref = Reference.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError("compare", [f"scale: {path} is not a reference file ({type(exc).__name__}: {exc}); give "
+                                      f"one written by Reference.to_json, or drop scale"]) from None
+    if ref.spec_hash != spec.spec_hash():
+        raise ConfigError("compare", [f"scale: {path} holds the extremes of spec hash {ref.spec_hash!r}, this "
+                                      f"comparison's env is {spec.spec_hash()!r}; give that spec's"])
+    return ref
+
+
+def rescorer(spec: EnvSpec, space: DomainSpace, reference: Reference) -> Callable[[dict], dict]:
+    """A stored episode summary (:func:`~mixagent.rollout.episode.episode_record`) with its balanced scores
+    (per evaluated step and final) and its return (``B_T - B_0``) recomputed from its raw evaluations on
+    ``reference``'s scale, under ``spec``'s reward and lam."""
+    name, lam = spec.reward.name, spec.reward.lam
+
+    def rescore(ep: dict) -> dict:
+        start = EvalResult.from_json(ep["start"])
+
+        def b(ev: EvalResult) -> float:
+            return float(balanced_score(name, lam, start, ev, space, reference))
+
+        final = b(EvalResult.from_json(ep["final"]))
+        return {**ep, "balanced": final, "return": final - b(start),
+                "scores": [b(EvalResult.from_json(e)) for e in ep.get("evals", [])]}
+
+    return rescore
 
 
 def _check_artifacts(cfg: CompareConfig, env) -> None:

@@ -391,19 +391,20 @@ def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: 
 
 
 def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
-                     report: bool = True, extra: tuple[str, ...] = ()) -> dict[str, list[dict]]:
+                     report: bool = True, extra: tuple[str, ...] = (), scale: str = "") -> dict[str, list[dict]]:
     """Per rule spec: its episodes (the comparison's summaries, one per held-out seed) in held-out ``setting``:
-    the oracle table's cached scoring comparison ``<out>/<suite>/heldout-<name>``, run where missing
-    (``extra``: the row's ``extra_overrides``)."""
+    the oracle table's cached scoring comparison ``<out>/<suite>/heldout-<name>`` (``-anchored`` with
+    ``cfg.anchors``; the episodes are shared), run where missing (``extra``: the row's ``extra_overrides``;
+    ``scale``: a reference file the episodes are scored on, :func:`setting_scale`)."""
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
-    compare = CompareConfig(name=f"heldout-{name}", env=suite.env,
+    compare = CompareConfig(name=f"heldout-{name}" + ("-anchored" if cfg.anchors else ""), env=suite.env,
                             env_overrides=(*setting.overrides(suite, keep_lam=False), *extra), policies=tuple(rules),
                             seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
                             regmix_runs=cfg.regmix_runs if "regmix" in rules else 0, efficiency_steps=(),
                             oracles=False, workers=cfg.workers, launcher=cfg.launcher,
-                            out=f"{cfg.out}/{suite.name}", reuse=())
+                            out=f"{cfg.out}/{suite.name}", reuse=(), scale=scale)
     run = run_compare(compare)
     if report:
         make_compare_report(run)
@@ -440,14 +441,16 @@ def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = Fal
 
 def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run, scale,
            extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
-    """Per rule spec: its final scores on the held-out seeds (at the setting's lam), rescored from each episode's
-    final evaluation on ``scale`` (:func:`setting_scale`; the comparison's own is its tuning audit's)."""
-    from mixagent.env.evaluation import EvalResult
-    from mixagent.env.rewards import balanced_score
-
-    episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra)
-    return {rule: [float(balanced_score(run.spec.reward.name, setting.lam, run.start, EvalResult.from_json(e["final"]),
-                                        run.space, scale)) for e in episodes[rule]] for rule in rules}
+    """Per rule spec: its final scores on the held-out seeds (at the setting's lam), on ``scale``
+    (:func:`setting_scale`): where it is not the tuning audit's own, it is written beside the audit
+    (``reference-anchored.json``) and the comparison rescores every episode on it (RegMix fits on it too)."""
+    path = ""
+    if scale != run.reference:
+        written = run.store.dir / "reference-anchored.json"
+        atomic_write_json(written, scale.to_json())
+        path = str(written.relative_to(REPO_ROOT) if written.is_relative_to(REPO_ROOT) else written)
+    episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra, scale=path)
+    return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
 
 
 def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:

@@ -226,3 +226,45 @@ def test_a_row_that_fell_back_is_marked(compared, tmp_path):
     assert rows["doremi"]["fallbacks"] == {"decisions": 12, "of": 12} and "fallbacks" not in rows["natural"]
     assert "doremi (**fell back** at 12 of 12 decisions)" in (tmp_path / "table.md").read_text()
     assert "Rows that fell back" in (tmp_path / "report.md").read_text()
+
+
+def test_a_scale_rescores_the_stored_episodes_without_running_them(compared, tmp_path, monkeypatch):
+    # another reward scale (e.g. the extremes widened by anchors): every stored episode's balanced scores and
+    # return are recomputed from its raw evaluations, nothing is rerun, the env's own-scale episodes are kept
+    from mixagent.env.rewards import Reference
+
+    root, run, _, _ = compared
+    ref = run.reference
+    wider = Reference({m: {f: v - 0.5 if m == "bpb" else v + 0.1 for f, v in ref.best[m].items()} for m in ref.best},
+                      {m: {f: v + 0.5 if m == "bpb" else v - 0.1 for f, v in ref.worst[m].items()} for m in ref.worst},
+                      run.spec.spec_hash(), ref.seeds)
+    path = tmp_path / "wider.json"
+    path.write_text(json.dumps(wider.to_json()))
+
+    def no_work(setup, tasks, *args, **kw):
+        assert not tasks, f"a rescored comparison reran {tasks}"
+        return iter(())
+
+    monkeypatch.setattr(compare_mod, "launch", no_work)
+    monkeypatch.setattr(episodes_mod, "launch", no_work)
+    scaled = run_compare(_cfg(root, name="tiny-wider", scale=str(path)))
+    assert scaled.reference == wider
+    spec, lam = run.spec, run.spec.reward.lam
+    for label in ("natural", "doremi"):
+        for own, ep in zip(run.episodes[label], scaled.episodes[label]):
+            start = EvalResult.from_json(own["start"])
+            again = [balanced_score(spec.reward.name, lam, start, EvalResult.from_json(e), run.space, wider)
+                     for e in own["evals"]]
+            assert ep["scores"] == pytest.approx(again) and ep["balanced"] == pytest.approx(again[-1])
+            assert ep["return"] == pytest.approx(again[-1] - balanced_score(spec.reward.name, lam, start, start,
+                                                                            run.space, wider))
+            assert ep["balanced"] != pytest.approx(own["balanced"]) and ep["final"] == own["final"]
+    rows = {r["policy"]: r for r in make_compare_report(scaled)["rows"]}
+    assert rows["natural"]["scores"] == pytest.approx([e["balanced"] for e in scaled.episodes["natural"]])
+    assert run_compare(_cfg(root)).episodes["natural"] == run.episodes["natural"]  # the own-scale read is unchanged
+    path.write_text(json.dumps({**wider.to_json(), "spec_hash": "0123456789abcdef"}))
+    with pytest.raises(ConfigError, match="scale: .* spec hash '0123456789abcdef'"):
+        run_compare(_cfg(root, name="tiny-wider", scale=str(path)))
+    path.write_text("{")
+    with pytest.raises(ConfigError, match="is not a reference file"):
+        run_compare(_cfg(root, name="tiny-wider", scale=str(path)))

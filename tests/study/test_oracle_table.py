@@ -229,6 +229,11 @@ def test_an_anchored_table_rescores_the_same_runs_on_the_widened_scale(oracle):
                                audit.space, scale) for e in eps]
     assert row["scores"]["uniform"] == pytest.approx(rescored)
     assert rescored != pytest.approx(table["rows"][0]["scores"]["uniform"])
+    # its own comparison directory (the reference-scale one keeps its reports), scored on the written scale
+    anchored_compare = json.loads((cfg_out(cfg, suite) / "heldout-scarce-anchored" / "compare.json").read_text())
+    assert anchored_compare["config"]["scale"].endswith("reference-anchored.json")
+    assert "scale" not in json.loads((cfg_out(cfg, suite) / "heldout-scarce" / "compare.json").read_text())["config"]
+    assert json.loads((audit.store.dir / "reference-anchored.json").read_text()) == scale.to_json()
     with pytest.raises(ConfigError, match="anchors: "):
         run_oracle_table(dataclasses.replace(cfg, anchors=("replay:2",)), progress=False)
 
