@@ -92,15 +92,18 @@ class EpisodeCache:
             p = d / self._name(key) / f"{seed}.json"
             if not p.exists():
                 continue
+            ep = None
             try:
                 ep = json.loads(p.read_text())
-                if _valid(ep, seed):
-                    if not self._same_base(ep, d):
-                        continue
-                    return self.rescore(ep) if self.rescore is not None else ep
+                ep = ep if _valid(ep, seed) else None
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                pass
-            log.warning("stored episode %s is unreadable or invalid; running it again", p)
+                ep = None
+            if ep is None:
+                log.warning("stored episode %s is unreadable or invalid; running it again", p)
+                continue
+            if not self._same_base(ep, d):
+                continue
+            return self.rescore(ep) if self.rescore is not None else ep  # its errors are the scale's: raised
         return None
 
     def get(self, key: str, seed: int) -> EpisodeRecord | None:

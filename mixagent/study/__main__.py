@@ -199,7 +199,6 @@ def _settings(args: argparse.Namespace) -> int:
 
 def _oracle_table(args: argparse.Namespace) -> int:
     from mixagent.config import load_config
-    from mixagent.paths import REPO_ROOT
     from mixagent.study.oracle_table import OracleConfig, run_oracle_table
 
     overrides = list(args.overrides)
@@ -211,7 +210,7 @@ def _oracle_table(args: argparse.Namespace) -> int:
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = REPO_ROOT / cfg.out / table["suite"]
+    out = cfg.table_dir(table["suite"])
     print((out / "table.md").read_text())
     print(f"table and plot in {out}")
     return 0

@@ -314,9 +314,11 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     out = out_root / cfg.name
     env = MixingEnv(spec)  # the driver's: natural shares and reference extremes (computed once per spec hash)
     reference = _scale(cfg, spec) if cfg.scale else env.reference
+    # a normalised reward's episodes are always read on this comparison's scale: one stored on another machine
+    # (or before its reference was adopted) is rescored from its raw evaluations instead of trusted
     cache = EpisodeCache(out_root, (spec.name, spec.version, spec.spec_hash()),
                          tuple(REPO_ROOT / r for r in cfg.reuse), space=env.space, start=start_eval(env),
-                         rescore=rescorer(spec, env.space, reference) if cfg.scale else None)
+                         rescore=rescorer(spec, env.space, reference) if reference is not None else None)
     space, T = env.space, env.horizon
     _check_artifacts(cfg, env)
     natural = env.natural.values.copy()
@@ -326,7 +328,7 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
     recorded = to_dict(cfg)
     for added in ("tuning", "scale"):  # comparisons from before these keep their recorded config as it was
-        if not cfg.__dict__[added]:
+        if not getattr(cfg, added):
             recorded.pop(added, None)
     atomic_write_json(out / "compare.json", {"config": recorded, "env_id": spec.env_id,
                                              "spec_hash": spec.spec_hash()})
@@ -437,6 +439,13 @@ def _scale(cfg: CompareConfig, spec: EnvSpec) -> Reference:
     if ref.spec_hash != spec.spec_hash():
         raise ConfigError("compare", [f"scale: {path} holds the extremes of spec hash {ref.spec_hash!r}, this "
                                       f"comparison's env is {spec.spec_hash()!r}; give that spec's"])
+    from mixagent.env.rewards import needs_reference, reward_measure
+
+    if not needs_reference(spec.reward.name):
+        raise ConfigError("compare", [f"scale: reward {spec.reward.name!r} is not normalised by reference runs, so "
+                                      f"a scale changes nothing; drop scale"])
+    if problems := ref.problems(reward_measure(spec.reward.name)):
+        raise ConfigError("compare", [f"scale: {path}: {p}" for p in problems])
     return ref
 
 
@@ -452,9 +461,10 @@ def rescorer(spec: EnvSpec, space: DomainSpace, reference: Reference) -> Callabl
         def b(ev: EvalResult) -> float:
             return float(balanced_score(name, lam, start, ev, space, reference))
 
-        final = b(EvalResult.from_json(ep["final"]))
-        return {**ep, "balanced": final, "return": final - b(start),
-                "scores": [b(EvalResult.from_json(e)) for e in ep.get("evals", [])]}
+        scores = [b(EvalResult.from_json(e)) for e in ep.get("evals", [])]
+        if not scores:  # diverged before its first evaluation: the env records 0 for both
+            return {**ep, "balanced": 0.0, "return": 0.0, "scores": []}
+        return {**ep, "balanced": scores[-1], "return": scores[-1] - b(start), "scores": scores}  # final = last
 
     return rescore
 

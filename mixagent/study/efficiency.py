@@ -24,6 +24,7 @@ are cached comparisons under the same directory, so a rerun trains nothing new.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.oracle_table import heldout_episodes, load_oracle_table, tuned_run
 
+    cfg = dataclasses.replace(cfg, anchors=())  # target bits per byte are scale-free: the reference-scale table
     suite = load_suite(REPO_ROOT / cfg.suite)
     base = suite.setting()
     trained = base.steps * base.segment_tokens

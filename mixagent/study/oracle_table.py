@@ -41,6 +41,13 @@ rows** (the fixed rules it scores: the oracle, SBF and the ``baselines`` that ar
 fitted or learned policy, so a policy scored later cannot move its own gate), their gap in pooled std, and
 whether it passes the **gate** (3 std). It records the suite's name and hash: a closed-gap table refuses an oracle
 table of another suite. If fewer than half of the settings pass, the verdict says the axes are too narrow.
+
+**The reward scale.** Every score is a balanced normalised score at the setting's lam, on the scale of its
+reference pair (source-only, target-only). With ``anchors`` (the scale agent v2 trains on, ``reward.anchors``)
+the same tuning rows and held-out episodes are rescored: each setting's extremes are widened by the anchors run
+on its reference seeds (:func:`setting_scale`; ``anchors.json`` beside the tuning audit), the held-out
+comparisons (``heldout-<setting>-anchored``) read the shared episodes on that scale (``CompareConfig.scale``),
+and SBF, each oracle, probe-then-commit and RegMix are chosen again; the table goes to ``<out>/<suite>/anchored/``.
 """
 
 from __future__ import annotations
@@ -49,19 +56,23 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mixagent.env.rewards import STANDARD_ANCHORS
-from mixagent.errors import ConfigError
+from mixagent.env.rewards import STANDARD_ANCHORS, Reference
+from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
+if TYPE_CHECKING:
+    from mixagent.study.audit import AuditRun
+
 __all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes", "tuned_run",
-           "reward_scale"]
+           "setting_scale", "recorded_config", "reward_scale"]
 
 TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
+ANCHORS_VERSION = 1  # anchors.json: the anchor runs of one tuning audit on its reference seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +189,7 @@ def rule_spec(schedule) -> str | None:
 SCARCE_ANCHORS = (f"reward.anchors={list(STANDARD_ANCHORS)}",)  # where the reference pair cannot scale
 
 
-def setting_scale(cfg: OracleConfig, run):
+def setting_scale(cfg: OracleConfig, run: AuditRun) -> Reference:
     """The :class:`~mixagent.env.rewards.Reference` a setting's rows are scored with: its tuning audit's own
     (``run.reference``) without ``cfg.anchors`` or where its spec already has them; else the audit's extremes
     widened by the anchors run on its reference seeds (:func:`mixagent.env.references.widened`), cached in
@@ -199,11 +210,18 @@ def setting_scale(cfg: OracleConfig, run):
         raise ConfigError("anchors", [f"{run.store.dir} was scored with reward.anchors {list(have)}, the table asks "
                                       f"for {list(anchors)}; use the same anchors"])
     path = run.store.dir / "anchors.json"
-    stored = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise CorruptArtifactError(f"anchor runs {path} are unreadable ({exc}); delete the file to rerun them") \
+            from None
     seeds = [int(s) for s in run.spec.reference_seeds]
-    if stored.get("seeds") not in (None, seeds):
-        raise ConfigError(str(path), [f"anchor runs on reference seeds {stored['seeds']}, the spec's are {seeds}; "
-                                      f"delete the file to rerun them"])
+    if stored and (stored.get("version"), stored.get("spec_hash"), stored.get("seeds")) != (
+            ANCHORS_VERSION, run.spec.spec_hash(), seeds):
+        raise ConfigError(str(path), [f"anchor runs of format {stored.get('version')!r}, spec hash "
+                                      f"{stored.get('spec_hash')!r} on reference seeds {stored.get('seeds')}; this "
+                                      f"audit's are {ANCHORS_VERSION}, {run.spec.spec_hash()!r}, {seeds}: delete the "
+                                      f"file to rerun them"])
     runs = stored.get("runs", {})
     missing = [a for a in anchors if len(runs.get(a, [])) != len(seeds)]
     if missing:
@@ -214,7 +232,8 @@ def setting_scale(cfg: OracleConfig, run):
         for a in missing:
             runs[a] = [run_static(backend, anchor_weights(a, run.space, run.natural), run.spec.steps, seed).to_json()
                        for seed in seeds]
-            atomic_write_json(path, {"spec_hash": run.spec.spec_hash(), "seeds": seeds, "runs": runs})
+            atomic_write_json(path, {"version": ANCHORS_VERSION, "spec_hash": run.spec.spec_hash(), "seeds": seeds,
+                                     "runs": runs})
     return widened(run.reference, {a: [EvalResult.from_json(e) for e in runs[a]] for a in anchors}, run.space)
 
 
@@ -261,7 +280,6 @@ def reward_scale(run, lam: float, anchors: tuple[str, ...] = STANDARD_ANCHORS) -
     whether one reward scale holds across settings: where target-only overfits, ``reference`` reaches 2-4."""
     from mixagent.domains import FIELDS
     from mixagent.env.evaluation import EvalResult
-    from mixagent.env.rewards import Reference
 
     bpb: dict[str, dict[str, float]] = {}
     for schedule in run.schedules:
@@ -439,7 +457,7 @@ def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = Fal
     return run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False, extra=SCARCE_ANCHORS)), SCARCE_ANCHORS
 
 
-def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run, scale,
+def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run: AuditRun, scale: Reference,
            extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
     """Per rule spec: its final scores on the held-out seeds (at the setting's lam), on ``scale``
     (:func:`setting_scale`): where it is not the tuning audit's own, it is written beside the audit
@@ -514,6 +532,15 @@ def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
     return table
 
 
+def recorded_config(cfg: OracleConfig) -> dict:
+    """The config a table records (and :func:`_earlier_rows` matches): empty ``anchors`` left out, so tables
+    written before the field keep their rows."""
+    d = dataclasses.asdict(cfg)
+    if not d["anchors"]:
+        d.pop("anchors")
+    return d
+
+
 def noise_rows(rules: list[str], oracle: str, sbf: str) -> list[str]:
     """The rows a setting's pooled seed std is taken over: the oracle, SBF and the other fixed rules among
     ``rules`` (static mixtures and fixed schedules); never a fitted or learned policy (probe-then-commit,
@@ -533,7 +560,7 @@ def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | No
         return []
     old = json.loads(path.read_text())
     free = ("settings", "workers", "launcher")  # which settings run now and how: not what a row means
-    now = json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in free}))
+    now = json.loads(json.dumps({k: v for k, v in recorded_config(cfg).items() if k not in free}))
     same = (old.get("version") == TABLE_VERSION and old.get("suite_hash") == suite.suite_hash()
             and {k: v for k, v in old.get("config", {}).items() if k not in free} == now
             and old.get("probe_commit") == ptc)
@@ -550,7 +577,7 @@ def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dic
     elif 2 * passing < len(rows):
         verdict += "; fewer than half: the suite's axes are too narrow, widen them"
     table = {"version": TABLE_VERSION, "suite": suite.name, "suite_hash": suite.suite_hash(),
-             "config": dataclasses.asdict(cfg), "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
+             "config": recorded_config(cfg), "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
              "probe_commit": ptc, "rows": rows, "pending": pending, "complete": not pending, "passing": passing,
              "verdict": verdict}
     out.mkdir(parents=True, exist_ok=True)

@@ -262,6 +262,13 @@ def test_a_scale_rescores_the_stored_episodes_without_running_them(compared, tmp
     rows = {r["policy"]: r for r in make_compare_report(scaled)["rows"]}
     assert rows["natural"]["scores"] == pytest.approx([e["balanced"] for e in scaled.episodes["natural"]])
     assert run_compare(_cfg(root)).episodes["natural"] == run.episodes["natural"]  # the own-scale read is unchanged
+    # on the env's own scale the rescoring reproduces what the env recorded while the episodes ran
+    for label in ("natural", "doremi", "decay_switch"):
+        for ep in run.episodes[label]:
+            stored = json.loads(next((root / "cache").glob(f"*/*/{label}*/{ep['seed']}.json")).read_text())
+            assert ep["balanced"] == pytest.approx(stored["balanced"], abs=1e-12)
+            assert ep["return"] == pytest.approx(stored["return"], abs=1e-12)
+            assert ep["scores"] == pytest.approx(stored["scores"], abs=1e-12)
     path.write_text(json.dumps({**wider.to_json(), "spec_hash": "0123456789abcdef"}))
     with pytest.raises(ConfigError, match="scale: .* spec hash '0123456789abcdef'"):
         run_compare(_cfg(root, name="tiny-wider", scale=str(path)))

@@ -164,6 +164,7 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     with pytest.raises(ConfigError, match="is of suite tiny-oracle .* rerun mixagent oracle-table"):
         load_oracle_table(out, load_suite(other))
     assert table["complete"] and table["pending"] == []
+    assert "anchors" not in table["config"]  # tables written before the field keep their rows (_earlier_rows)
     unfinished = tmp_path / "table.json"
     unfinished.write_text(json.dumps({**table, "pending": ["budget-16k"], "complete": False}))
     with pytest.raises(ConfigError, match="unfinished: settings \\['budget-16k'\\] still to run"):
@@ -197,7 +198,8 @@ def test_an_anchored_table_rescores_the_same_runs_on_the_widened_scale(oracle):
     beats = EvalResult.from_json(audit.start.to_json())
     beats = dataclasses.replace(beats, bpb={n: v * 0.5 for n, v in beats.bpb.items()})
     (audit.store.dir / "anchors.json").write_text(json.dumps(
-        {"spec_hash": audit.spec.spec_hash(), "seeds": list(audit.spec.reference_seeds),
+        {"version": oracle_table.ANCHORS_VERSION, "spec_hash": audit.spec.spec_hash(),
+         "seeds": list(audit.spec.reference_seeds),
          "runs": {"uniform": [beats.to_json()]}}))
     anchored_cfg = dataclasses.replace(cfg, anchors=("uniform",))
     with pytest.MonkeyPatch.context() as patch:
@@ -209,6 +211,7 @@ def test_an_anchored_table_rescores_the_same_runs_on_the_widened_scale(oracle):
     trained = run_audit(_audit_cfg(cfg, suite, suite.setting(table["sbf"]["settings"][0]["setting"]), True))
     ran = json.loads((trained.store.dir / "anchors.json").read_text())
     assert ran["seeds"] == list(trained.spec.reference_seeds) and len(ran["runs"]["uniform"]) == 1
+    assert ran["version"] == oracle_table.ANCHORS_VERSION and ran["spec_hash"] == trained.spec.spec_hash()
     ev = EvalResult.from_json(ran["runs"]["uniform"][0])
     own = widened(trained.reference, {"uniform": [ev]}, trained.space)
     for f in ("source", "target"):  # the anchor lies inside its own widened scale
