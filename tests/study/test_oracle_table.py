@@ -385,3 +385,27 @@ def test_a_setting_whose_reference_pair_cannot_scale_is_tuned_with_anchors(tmp_p
     monkeypatch.setattr(audit, "run_audit", other)
     with pytest.raises(ConfigError, match="something else"):
         oracle_table.tuned_run(cfg, suite, "scarce", setting)
+
+
+def test_the_anchored_scale_of_a_setting_already_scored_with_anchors(tmp_path):
+    """A scarce setting's audit already has reward.anchors (SCARCE_ANCHORS): the anchored table reads its own
+    reference (no anchor runs); a table asking for other anchors is refused, naming both sets."""
+    from mixagent.env.spec import RewardSpec
+    from mixagent.study import oracle_table
+
+    class Run:
+        reference = object()
+
+        class spec:
+            reward = RewardSpec(name="normalised_bpb", anchors=("uniform", "replay:0.50", "natural"))
+
+        class store:
+            dir = tmp_path
+
+    anchored = OracleConfig(anchors=("replay:0.5", "uniform", "natural"))  # any spelling or order
+    assert oracle_table.setting_scale(anchored, Run) is Run.reference
+    assert oracle_table.setting_scale(OracleConfig(), Run) is Run.reference  # the reference-scale table
+    with pytest.raises(ConfigError, match=r"scored with reward.anchors \['natural', 'replay:0.5', 'uniform'\], the "
+                                          r"table asks for \['uniform'\]"):
+        oracle_table.setting_scale(OracleConfig(anchors=("uniform",)), Run)
+    assert not (tmp_path / "anchors.json").exists()
