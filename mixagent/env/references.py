@@ -172,12 +172,13 @@ def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root
                 runs[name].append(run_static(backend, w, spec.steps, seed))
                 bar.update()
     best, worst = extremes(runs, space, spec.reward.anchors)
-    ref = Reference(best, worst, spec_hash, tuple(spec.reference_seeds))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, "base": base_id, **ref.to_json(),
-                             "runs": {k: [r.to_json() for r in v] for k, v in runs.items()}})
+    path.parent.mkdir(parents=True, exist_ok=True)  # cached before it is checked: a pair that cannot scale (an
+    # inverted range) raises the same typed error from the cache next time instead of running again
+    atomic_write_json(path, {"version": REFERENCE_VERSION, "env_id": spec.env_id, "base": base_id,
+                             "spec_hash": spec_hash, "seeds": list(spec.reference_seeds), "best": best,
+                             "worst": worst, "runs": {k: [r.to_json() for r in v] for k, v in runs.items()}})
     log.info("reference runs for %s cached in %s", spec.env_id, path)
-    return ref
+    return Reference(best, worst, spec_hash, tuple(spec.reference_seeds))
 
 
 def commit_reference(reference: Reference, env_id: str, base_id: str, committed_dir: Path | None = None) -> Path:

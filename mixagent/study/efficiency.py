@@ -140,7 +140,8 @@ def run_efficiency(cfg, budgets: tuple[int, ...] = DEFAULT_BUDGETS, progress: bo
     for r in budget_rows:
         setting = held[r["setting"]]
         pools = target_pools(setting.spec(suite))
-        _, extra = tuned_run(cfg, suite, r["setting"], setting)  # cached; its committed reference is adopted
+        extra = tuple(r.get("extra_overrides", ()))
+        tuned_run(cfg, suite, r["setting"], setting, extra=extra)  # cached: its committed reference is adopted
         episodes = heldout_episodes(cfg, suite, r["setting"], setting, list(r["scores"]), report=False, extra=extra)
         for rule, eps in episodes.items():
             losses = [float(e["target_bpb"]) for e in eps]

@@ -430,12 +430,13 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
     return {rule: run.episodes[by_spec[rule]] for rule in rules}
 
 
-def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = False) -> tuple[Any, tuple[str, ...]]:
+def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = False,
+              extra: tuple[str, ...] | None = None) -> tuple[Any, tuple[str, ...]]:
     """The tuning audit of held-out ``setting`` and the overrides it needed beyond the setting's own: where the
     reference pair (source-only, target-only) cannot normalise the suite's reward (with very scarce unique target
     data target-only can end above source-only on the target field), the setting is scored with the
     :data:`SCARCE_ANCHORS` (:func:`mixagent.env.references.extremes`), and its row records them
-    (``extra_overrides``); ``()`` otherwise.
+    (``extra_overrides``); ``()`` otherwise. A known ``extra`` (a table row's) is used as it is, nothing tried first.
 
     Raises:
         ConfigError: any other problem, or one the anchors do not fix.
@@ -443,6 +444,8 @@ def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = Fal
     from mixagent.env.rewards import reward_measure
     from mixagent.study.audit import run_audit
 
+    if extra is not None:
+        return run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False, extra=extra)), extra
     try:
         run = run_audit(_audit_cfg(cfg, suite, setting, keep_lam=False))
         if problems := run.reference.problems(reward_measure(run.spec.reward.name)):

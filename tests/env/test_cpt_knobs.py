@@ -202,6 +202,25 @@ def test_widening_recorded_extremes_equals_extremes_over_every_run(env):
     assert got.spec_hash == "h" and widened(Reference(best, worst), {}, env.space) == Reference(best, worst)
 
 
+def test_a_pair_that_cannot_scale_is_cached_and_refused_again_without_running(spec, env, tmp_path, monkeypatch):
+    # with very scarce target data target-only ends worse on the target field than source-only: the pair is
+    # refused (typed), and the refusal comes from the cache next time (the oracle table then takes anchors)
+    def run(backend, weights, steps, seed):
+        source_only = weights[env.space.field_mask("source")].sum() > 0.5
+        bpb = {n: (2.0 if env.space.fields[i] == "source" else 3.0) if source_only else
+               (4.0 if env.space.fields[i] == "source" else 3.5) for i, n in enumerate(env.space.names)}
+        scores = {"source": 0.5, "target": 0.3} if source_only else {"source": 0.2, "target": 0.25}
+        return EvalResult(bpb, scores, scores)
+
+    monkeypatch.setattr("mixagent.env.references.run_static", run)
+    with pytest.raises(ConfigError, match="target field's bpb is inverted"):
+        get_reference(spec, env.backend, env.space, root=tmp_path)
+    assert reference_path(spec.spec_hash(), tmp_path).is_file()
+    monkeypatch.setattr("mixagent.env.references.run_static", lambda *a: pytest.fail("reference runs re-ran"))
+    with pytest.raises(ConfigError, match="target field's bpb is inverted"):
+        get_reference(spec, env.backend, env.space, root=tmp_path)
+
+
 def test_zero_range_and_missing_reference_are_typed_errors(env):
     same = {"bpb": {"source": 2.0, "target": 3.0}, "score": {"source": 0.5, "target": 0.2}}
     with pytest.raises(ConfigError, match="zero range"):

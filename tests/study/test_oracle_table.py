@@ -376,6 +376,10 @@ def test_a_setting_whose_reference_pair_cannot_scale_is_tuned_with_anchors(tmp_p
     assert run is Run and extra == oracle_table.SCARCE_ANCHORS
     assert seen == [tuple(setting.overrides(suite, keep_lam=False)),
                     (*setting.overrides(suite, keep_lam=False), *oracle_table.SCARCE_ANCHORS)]
+    seen.clear()  # a row's recorded extra_overrides: the anchored audit at once, the pair not tried again
+    assert oracle_table.tuned_run(cfg, suite, "scarce", setting, extra=oracle_table.SCARCE_ANCHORS) == \
+        (Run, oracle_table.SCARCE_ANCHORS)
+    assert seen == [(*setting.overrides(suite, keep_lam=False), *oracle_table.SCARCE_ANCHORS)]
     monkeypatch.setattr(audit, "run_audit", lambda c: Run)  # a pair that scales: no extra overrides
     assert oracle_table.tuned_run(cfg, suite, "scarce", setting) == (Run, ())
 
