@@ -91,17 +91,29 @@ def extremes(runs: dict[str, list[EvalResult]], space: DomainSpace, anchors: tup
     target-only can be the target field's worst run (at 16k tokens it repeats them 32 times and ends above
     source-only), and the scale stays defined.
     """
-    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    pair = {name: _means(runs[name], space) for name in ("source_only", "target_only")}
+    best = {m: {f: pair[f"{f}_only"][m][f] for f in FIELDS} for m in MEASURES}
+    worst = {m: {f: pair["target_only" if f == "source" else "source_only"][m][f] for f in FIELDS} for m in MEASURES}
+    return _widen(best, worst, [_means(runs[a], space) for a in anchors]) if anchors else (best, worst)
+
+
+def _means(runs: list[EvalResult], space: DomainSpace) -> dict[str, dict[str, float]]:
+    """``{measure: {field: mean over runs}}``."""
+    return {m: {f: float(np.mean([field_measure(m, r, space, f) for r in runs])) for f in FIELDS} for m in MEASURES}
+
+
+def _widen(best: dict[str, dict[str, float]], worst: dict[str, dict[str, float]],
+           others: list[dict[str, dict[str, float]]]) -> tuple[dict, dict]:
+    """The best and the worst per measure and field of ``best``, ``worst`` and each of ``others`` (lower bits
+    per byte, higher scores are better)."""
+    wide_best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
+    wide_worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
     for m in MEASURES:
+        pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
         for f in FIELDS:
-            own, other = ("source_only", "target_only") if f == "source" else ("target_only", "source_only")
-            mean = {name: float(np.mean([field_measure(m, r, space, f) for r in runs[name]]))
-                    for name in (own, other, *anchors)}
-            pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
-            best[m][f] = pick_best(mean[n] for n in ((own, other, *anchors) if anchors else (own,)))
-            worst[m][f] = pick_worst(mean[n] for n in ((own, other, *anchors) if anchors else (other,)))
-    return best, worst
+            values = [best[m][f], worst[m][f], *(o[m][f] for o in others)]
+            wide_best[m][f], wide_worst[m][f] = pick_best(values), pick_worst(values)
+    return wide_best, wide_worst
 
 
 def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], space: DomainSpace) -> Reference:
@@ -116,14 +128,7 @@ def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], spac
     """
     if not anchor_runs:  # as extremes() without anchors: the pair's own
         return reference
-    best: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    worst: dict[str, dict[str, float]] = {m: {} for m in MEASURES}
-    for m in MEASURES:
-        pick_best, pick_worst = (min, max) if m == "bpb" else (max, min)
-        for f in FIELDS:
-            values = [reference.best[m][f], reference.worst[m][f],
-                      *(float(np.mean([field_measure(m, r, space, f) for r in runs])) for runs in anchor_runs.values())]
-            best[m][f], worst[m][f] = pick_best(values), pick_worst(values)
+    best, worst = _widen(reference.best, reference.worst, [_means(runs, space) for runs in anchor_runs.values()])
     return Reference(best, worst, reference.spec_hash, reference.seeds)
 
 

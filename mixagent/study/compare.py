@@ -38,7 +38,7 @@ import numpy as np
 from mixagent.config import to_dict
 from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.rewards import Reference, balanced_score
+from mixagent.env.rewards import Reference, balanced_score, needs_reference, reward_measure
 from mixagent.env.spec import EnvSpec, load_spec
 from mixagent.errors import ConfigError, suggest
 from mixagent.paths import REPO_ROOT, atomic_write_json
@@ -439,8 +439,6 @@ def _scale(cfg: CompareConfig, spec: EnvSpec) -> Reference:
     if ref.spec_hash != spec.spec_hash():
         raise ConfigError("compare", [f"scale: {path} holds the extremes of spec hash {ref.spec_hash!r}, this "
                                       f"comparison's env is {spec.spec_hash()!r}; give that spec's"])
-    from mixagent.env.rewards import needs_reference, reward_measure
-
     if not needs_reference(spec.reward.name):
         raise ConfigError("compare", [f"scale: reward {spec.reward.name!r} is not normalised by reference runs, so "
                                       f"a scale changes nothing; drop scale"])

@@ -275,28 +275,24 @@ def _grid_normalised(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
 def reward_scale(run, lam: float, anchors: tuple[str, ...] = STANDARD_ANCHORS) -> dict[str, list[float]]:
     """The range ``[lo, hi]`` of the static rows' mean ``normalised_bpb`` at ``lam`` in one audited setting, on
     the reference runs' scale (``reference``) and with the extremes widened by the ``anchors``' grid rows
-    (``anchored``, as :func:`mixagent.env.references.extremes` widens them; the rows are on the tuning seeds, not the
-    reference seeds, so this measures what ``reward.anchors`` would do, it is not that reward). A diagnostic of
-    whether one reward scale holds across settings: where target-only overfits, ``reference`` reaches 2-4."""
+    (``anchored``, :func:`mixagent.env.references.widened`; the rows are on the tuning seeds, not the reference
+    seeds, so this measures what ``reward.anchors`` would do, it is not that reward). A diagnostic of whether one
+    reward scale holds across settings: where target-only overfits, ``reference`` reaches 2-4."""
     from mixagent.domains import FIELDS
     from mixagent.env.evaluation import EvalResult
+    from mixagent.env.references import widened
 
-    bpb: dict[str, dict[str, float]] = {}
+    evals: dict[str, list[EvalResult]] = {}
     for schedule in run.schedules:
         spec = rule_spec(schedule)
         records = [run.store.get(schedule.key, s) for s in run.cfg.seeds]
-        if schedule.family != "static" or spec is None or any(r is None for r in records):
-            continue
-        evals = [EvalResult.from_json(r.final) for r in records]
-        bpb[spec] = {f: float(np.mean([e.field_bpb(run.space, f) for e in evals])) for f in FIELDS}
-    ref, anchors = run.reference, [a for a in anchors if a in bpb]  # a grid without one of them goes without
-    runs = {f: [ref.best["bpb"][f], ref.worst["bpb"][f], *(bpb[a][f] for a in anchors)] for f in FIELDS}
-    widened = {f: {"best": min(runs[f]), "worst": max(runs[f])} for f in FIELDS}  # as extremes() with anchors
+        if schedule.family == "static" and spec is not None and all(r is not None for r in records):
+            evals[spec] = [EvalResult.from_json(r.final) for r in records]
+    bpb = {spec: {f: float(np.mean([e.field_bpb(run.space, f) for e in es])) for f in FIELDS}
+           for spec, es in evals.items()}
+    present = {a: evals[a] for a in anchors if a in evals}  # a grid without one of them goes without
     out = {}
-    for name, best, worst in (("reference", ref.best["bpb"], ref.worst["bpb"]),
-                              ("anchored", {f: widened[f]["best"] for f in FIELDS},
-                               {f: widened[f]["worst"] for f in FIELDS})):
-        scale = Reference({"bpb": best, "score": ref.best["score"]}, {"bpb": worst, "score": ref.worst["score"]})
+    for name, scale in (("reference", run.reference), ("anchored", widened(run.reference, present, run.space))):
         scores = [lam * scale.normalise("bpb", "target", v["target"])
                   + (1 - lam) * scale.normalise("bpb", "source", v["source"]) for v in bpb.values()]
         out[name] = [float(min(scores)), float(max(scores))]
