@@ -56,6 +56,8 @@ JOBS: dict[str, Job] = {
                         "rule (the closed gap's denominator)", ("oracle-table",), "research"),
     "efficiency": Job("mixagent.study.__main__:main", "target data efficiency over unique target budgets (the "
                       "oracle table's budget settings)", ("efficiency",), "research"),
+    "closed-gap": Job("mixagent.study.__main__:main", "policies between the single best fixed rule and the per-setting "
+                      "oracle, with bootstrap intervals (agent v2's bar)", ("closed-gap",), "research"),
     "judge-check": Job("mixagent.study.judge_check:main", "is the judge a judge: validity against corrupted text, and "
                        "which models' continuations it tells apart", (), "research"),
     "world-model": Job("mixagent.model_based.__main__:world_model", "fit, measure and commit the world model "

@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--config", default="configs/oracle/math-cpt-v1.yaml", help="the oracle-table YAML")
     e.add_argument("--budgets", help="comma-separated unique target budgets of the family (default 16384 .. 524288)")
     e.add_argument("overrides", nargs="*", help="key=value oracle-config overrides")
+    k = sub.add_parser("closed-gap", help="policies between the single best fixed rule (0) and the per-setting oracle "
+                       "(1) over an oracle table's held-out settings, with bootstrap intervals")
+    k.add_argument("--config", default="configs/closed_gap/math-cpt-v1.yaml",
+                   help="a closed-gap YAML (configs/closed_gap/)")
+    k.add_argument("--policies", help="comma-separated policies (probe_commit = the table's; rules, method specs, "
+                   "agent artifact directories); default the config's")
+    k.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. partial=true name=agent-v2")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.cmd == "ranks":
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return _oracle_table(args)
     if args.cmd == "efficiency":
         return _efficiency(args)
+    if args.cmd == "closed-gap":
+        return _closed_gap(args)
     return _compare(args)
 
 
@@ -237,6 +246,28 @@ def _efficiency(args: argparse.Namespace) -> int:
     out = REPO_ROOT / cfg.out / result["suite"] / "efficiency"
     print((out / "table.md").read_text())
     print(f"table and plot in {out}")
+    return 0
+
+
+def _closed_gap(args: argparse.Namespace) -> int:
+    from mixagent.config import load_config
+    from mixagent.study.closed_gap_run import ClosedGapConfig, run_closed_gap
+
+    overrides = list(args.overrides)
+    if args.policies:
+        overrides.append(f"policies={json.dumps([x.strip() for x in args.policies.split(',') if x.strip()])}")
+    try:
+        cfg = load_config(ClosedGapConfig, args.config, overrides)
+        report = run_closed_gap(cfg)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from mixagent.paths import REPO_ROOT
+
+    out = REPO_ROOT / report["table"]
+    where = out.parent / "closed-gap" / cfg.name
+    print((where / "closed_gap.md").read_text())
+    print(f"report and plot in {where}")
     return 0
 
 

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from mixagent.study.audit import AuditRun
 
 __all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes", "tuned_run",
-           "setting_scale", "recorded_config", "reward_scale"]
+           "setting_scale", "recorded_config", "reward_scale", "score_rules"]
 
 TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
@@ -468,6 +468,15 @@ def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run: 
         path = str(written.relative_to(REPO_ROOT) if written.is_relative_to(REPO_ROOT) else written)
     episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra, scale=path)
     return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
+
+
+def score_rules(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
+                extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
+    """Per rule spec: its final scores on the held-out seeds of held-out ``setting`` (``name``), on the table's
+    scale for it, exactly as the table scores its own rows (``extra``: the row's ``extra_overrides``); cached
+    episodes are read, missing ones run. What :mod:`mixagent.study.closed_gap_run` scores a policy with."""
+    run, extra = tuned_run(cfg, suite, name, setting, extra=extra)
+    return _score(cfg, suite, name, setting, rules, run, setting_scale(cfg, run), extra)
 
 
 def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:

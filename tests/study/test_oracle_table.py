@@ -315,6 +315,47 @@ def test_target_data_efficiency_over_unique_budgets(oracle):
         run_efficiency(cfg, budgets=(1024, 4096, 8192), progress=False)
 
 
+def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
+    """``mixagent closed-gap``: rules the table scored are read from it, others run in the setting's cached
+    comparison; every number follows from the held-out scores, the gate is the table's."""
+    from mixagent.study.closed_gap_run import ClosedGapConfig, run_closed_gap
+
+    cfg, suite, table = oracle
+    path = tmp_path / "oracle.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg)))))
+    (row,) = table["rows"]
+    gap_cfg = ClosedGapConfig(oracle=str(path), policies=("probe_commit", "uniform", "replay:0.3"), name="t",
+                              n_boot=500)
+    report = run_closed_gap(gap_cfg, progress=False)
+    res = report["result"]
+    (setting,) = res["settings"]
+    assert setting["gated"] == row["gated"] and setting["pooled_std"] == pytest.approx(row["pooled_std"])
+    assert report["specs"]["scarce"]["probe_commit"] == row["probe_commit"]
+    episodes = json.loads((cfg_out(cfg, suite) / "heldout-scarce" / "table.json").read_text())
+    by_policy = {r["policy"]: r["scores"] for r in episodes["rows"]}
+    assert len(by_policy["replay:0.3"]) == 3 and "replay:0.3" not in row["scores"]  # run now, beside the table's
+    sbf, oracle_row = np.mean(row["scores"][row["sbf"]]), np.mean(row["scores"][row["oracle"]])
+    for entry, scores in (("probe_commit", row["scores"][row["probe_commit"]]), ("uniform", row["scores"]["uniform"]),
+                          ("replay:0.3", by_policy["replay:0.3"])):
+        got = setting["policies"][entry]
+        assert got["mean"] == pytest.approx(np.mean(scores))
+        assert got["closed_gap"] == pytest.approx((np.mean(scores) - sbf) / (oracle_row - sbf))
+        assert got["harm_std"] == pytest.approx((sbf - np.mean(scores)) / row["pooled_std"])
+        assert res["policies"][entry]["harmful"] == (["scarce"] if got["harm_std"] > 2 else [])
+    # every policy is set against probe-then-commit, as the bar needs
+    assert [(d["a"], d["b"]) for d in res["differences"]] == [("uniform", "probe_commit"), ("replay:0.3",
+                                                                                            "probe_commit")]
+    out = cfg_out(cfg, suite) / "closed-gap" / "t"
+    assert (out / "closed_gap.png").stat().st_size > 0
+    assert f"{res['gated']} of 1 held-out settings pass the gate" in (out / "closed_gap.md").read_text()
+    again = run_closed_gap(gap_cfg, progress=False)  # cached: the same numbers
+    assert again["result"]["settings"] == res["settings"]
+    with pytest.raises(ConfigError, match=r"differences: \['uniform', 'natural'\] must be two different entries"):
+        run_closed_gap(dataclasses.replace(gap_cfg, differences=(("uniform", "natural"),)), progress=False)
+    with pytest.raises(ConfigError, match="policies"):
+        run_closed_gap(dataclasses.replace(gap_cfg, policies=("no_such_method",)), progress=False)
+
+
 def test_regmix_is_fitted_per_held_out_setting_on_its_counted_extra_runs(tmp_path, monkeypatch):
     """The scoring comparison of a setting gets RegMix's proxy runs only when RegMix is scored there."""
     from mixagent.env.setting import load_suite
