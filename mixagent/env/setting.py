@@ -382,6 +382,12 @@ class Suite:
         """The suite's identity (its declaration, not its file's formatting)."""
         return config_hash(to_dict(self))
 
+    def training_hash(self) -> str:
+        """The identity of everything but the held-out list: the family, spaces, defaults, axes and training
+        distribution. A collection, the single best fixed rule and probe-then-commit depend on these only, so
+        adding a held-out setting (widening the held-out list) or changing one keeps them valid."""
+        return config_hash({k: v for k, v in to_dict(self).items() if k != "held_out"})
+
 
 def stated_from_spec(spec) -> dict[str, float]:
     """What a user can state about a run, read off an env spec (:class:`~mixagent.env.spec.EnvSpec`): the same

@@ -396,7 +396,7 @@ def _fit_probe_commit(cfg: OracleConfig, suite, sbf: dict, out: Path, progress: 
             "scale": "grid-normalised score on the training settings, each held out in turn (probe-then-commit "
                      "and the fixed rule both chosen without it)"}
     model = fit_probe_commit(x, y, rules, sbf["rule"], cfg.probe_commit_alpha,
-                             fit={"suite": suite.name, "suite_hash": suite.suite_hash(), "loso": loso,
+                             fit={"suite": suite.name, "training_hash": suite.training_hash(), "loso": loso,
                                   "settings": [e["run_hash"] for e in sbf["settings"]], "lams": sbf["lams"]})
     path = out / "probe_commit.json"
     atomic_write_json(path, model.to_json())
@@ -569,10 +569,24 @@ def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | No
     old = json.loads(path.read_text())
     free = ("settings", "workers", "launcher")  # which settings run now and how: not what a row means
     now = json.loads(json.dumps({k: v for k, v in recorded_config(cfg).items() if k not in free}))
-    same = (old.get("version") == TABLE_VERSION and old.get("suite_hash") == suite.suite_hash()
+    same = (old.get("version") == TABLE_VERSION and _same_suite(old, suite)
             and {k: v for k, v in old.get("config", {}).items() if k not in free} == now
             and old.get("probe_commit") == ptc)
-    return [r for r in old.get("rows", []) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]]
+    return [r for r in _current_rows(old, suite) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]]
+
+
+def _same_suite(table: dict, suite) -> bool:
+    """Whether ``table`` was made for ``suite``: its name and training distribution (the held-out list may have
+    changed since: :func:`_current_rows` keeps the rows still valid)."""
+    return table.get("suite") == suite.name and (table.get("training_hash") == suite.training_hash()
+                                                 or table.get("suite_hash") == suite.suite_hash())
+
+
+def _current_rows(table: dict, suite) -> list[dict]:
+    """The rows of ``table`` whose setting is still a held-out setting of ``suite``, declared as it was."""
+    held = suite.held_out_settings()
+    return [r for r in table.get("rows", [])
+            if r["setting"] in held and r.get("setting_hash") == held[r["setting"]].setting_hash()]
 
 
 def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dict], pending: list[str],
@@ -585,7 +599,8 @@ def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dic
     elif 2 * passing < len(rows):
         verdict += "; fewer than half: the suite's axes are too narrow, widen them"
     table = {"version": TABLE_VERSION, "suite": suite.name, "suite_hash": suite.suite_hash(),
-             "config": recorded_config(cfg), "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
+             "training_hash": suite.training_hash(), "config": recorded_config(cfg),
+             "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
              "probe_commit": ptc, "rows": rows, "pending": pending, "complete": not pending, "passing": passing,
              "verdict": verdict}
     out.mkdir(parents=True, exist_ok=True)
@@ -677,13 +692,17 @@ def _plot(table: dict, path: Path) -> None:
 
 
 def load_oracle_table(path: str | Path, suite, partial: bool = False) -> dict:
-    """A written oracle table, checked to belong to ``suite`` (its name and hash).
+    """A written oracle table, checked to belong to ``suite`` (its name and training distribution) and read
+    against the suite's held-out list as it is now: a row whose setting left the list or is declared otherwise
+    is dropped (``stale``), and every held-out setting without a row is ``pending`` (so adding held-out settings
+    to a suite leaves its finished rows valid).
 
     Args:
-        partial: accept a table whose run has settings still to go (its ``pending`` list).
+        partial: accept a table with settings still to run (its ``pending`` list).
 
     Raises:
-        ConfigError: the file is missing, of another version, of another suite (naming both), or unfinished.
+        ConfigError: the file is missing, of another version, of another suite or training distribution (naming
+            both), or unfinished.
     """
     p = Path(path)
     table_path = p / "table.json" if p.is_dir() else p
@@ -693,11 +712,19 @@ def load_oracle_table(path: str | Path, suite, partial: bool = False) -> dict:
     if table.get("version") != TABLE_VERSION:
         raise ConfigError("oracle table", [f"{table_path} is version {table.get('version')}, expected {TABLE_VERSION}; "
                                            f"rebuild it with mixagent oracle-table"])
-    if (table.get("suite"), table.get("suite_hash")) != (suite.name, suite.suite_hash()):
+    if not _same_suite(table, suite):
         raise ConfigError("oracle table", [f"{table_path} is of suite {table.get('suite')} (hash "
-                                           f"{table.get('suite_hash')}), not {suite.name} (hash {suite.suite_hash()}); "
-                                           f"rerun mixagent oracle-table for this suite"])
-    if table.get("pending") and not partial:
-        raise ConfigError("oracle table", [f"{table_path} is unfinished: settings {table['pending']} still to run; "
+                                           f"{table.get('suite_hash')}), not {suite.name} (hash {suite.suite_hash()}, "
+                                           f"training distribution {suite.training_hash()}); rerun mixagent "
+                                           f"oracle-table for this suite"])
+    rows = _current_rows(table, suite)
+    done = {r["setting"] for r in rows}
+    pending = [n for n in suite.held_out_settings() if n not in done]
+    stale = [r["setting"] for r in table["rows"] if r not in rows]
+    table = {**table, "rows": rows, "pending": pending, "complete": not pending, "stale": stale,
+             "passing": sum(r["gated"] for r in rows)}
+    if pending and not partial:
+        why = f" ({stale} are declared otherwise now or left the suite)" if stale else ""
+        raise ConfigError("oracle table", [f"{table_path} is unfinished: settings {pending} still to run{why}; "
                                            f"resume mixagent oracle-table (it continues from its caches)"])
     return table

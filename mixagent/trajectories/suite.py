@@ -8,7 +8,8 @@ lam) and collects ``trees`` branching trees in each, one ordinary run per settin
 recorded in the run's ``meta.json`` (``setting``). ``<out_dir>/<run>/suite.json`` indexes them. Each setting's
 run resumes on its own, so a stopped collection continues where it stopped (``--resume``); one that asks for
 more settings keeps the ones it has (the draw is a fixed sequence), one that asks for fewer keeps them listed.
-The suite, seed, trees, tree shape and behaviour mix are the collection's identity: a resume with others is
+The suite's training distribution (:meth:`~mixagent.env.setting.Suite.training_hash`: its held-out list may
+change), seed, trees, tree shape and behaviour mix are the collection's identity: a resume with others is
 refused before anything runs.
 """
 
@@ -42,7 +43,7 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
     index_path = root / "suite.json"
     from mixagent.config import to_dict
 
-    identity = {"suite": suite.name, "suite_hash": suite.suite_hash(), "seed": cfg.seed, "trees": cfg.trees,
+    identity = {"suite": suite.name, "training_hash": suite.training_hash(), "seed": cfg.seed, "trees": cfg.trees,
                 "tree": to_dict(cfg.tree), "behaviours": [to_dict(b) for b in cfg.behaviours]}
     if cfg.env_overrides:  # reward.* only (CollectConfig.check): the rewards every setting's runs are scored with
         identity["env_overrides"] = list(cfg.env_overrides)
@@ -71,7 +72,7 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
             cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0,
             env=suite.env, env_overrides=(*setting.overrides(suite, keep_lam=True), *cfg.env_overrides),  # reward.*
             seed=cfg.seed * 100_003 + k,  # each setting's own data orders and behaviour draws
-            setting={"suite": suite.name, "suite_hash": suite.suite_hash(), "run_hash": setting.run_hash(),
+            setting={"suite": suite.name, "training_hash": suite.training_hash(), "run_hash": setting.run_hash(),
                      "setting": _run_values(setting), "hidden": setting.hidden()})
         done = (sub.run_dir / "meta.json").is_file() and _complete(sub.run_dir)
         if done:

@@ -159,17 +159,27 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     out = cfg_out(cfg, suite)
     assert (out / "gaps.png").stat().st_size > 1000 and "| scarce |" in (out / "table.md").read_text()
     assert load_oracle_table(out, suite)["rows"][0]["setting"] == "scarce"
-    other = tmp_path / "other.yaml"
-    other.write_text(yaml.safe_dump({**SUITE, "held_out": {"scarce": {"target_tokens": 4096}}}))
-    with pytest.raises(ConfigError, match="is of suite tiny-oracle .* rerun mixagent oracle-table"):
-        load_oracle_table(out, load_suite(other))
+    def variant(**changes):
+        path = tmp_path / f"suite-{len(list(tmp_path.glob('suite-*')))}.yaml"
+        path.write_text(yaml.safe_dump({**SUITE, **changes}))
+        return load_suite(path)
+
+    with pytest.raises(ConfigError, match="is of suite tiny-oracle .* training distribution .* rerun mixagent"):
+        load_oracle_table(out, variant(train={"target_tokens": [8192], "lam": [0.2, 0.5]}))
     assert table["complete"] and table["pending"] == []
     assert "anchors" not in table["config"]  # tables written before the field keep their rows (_earlier_rows)
-    unfinished = tmp_path / "table.json"
-    unfinished.write_text(json.dumps({**table, "pending": ["budget-16k"], "complete": False}))
-    with pytest.raises(ConfigError, match="unfinished: settings \\['budget-16k'\\] still to run"):
-        load_oracle_table(unfinished, suite)
-    assert load_oracle_table(unfinished, suite, partial=True)["pending"] == ["budget-16k"]
+    # widening the held-out list keeps the finished rows; the new setting is pending
+    wider = variant(held_out={**SUITE["held_out"], "richer": {"target_tokens": 16384}})
+    with pytest.raises(ConfigError, match="unfinished: settings \\['richer'\\] still to run"):
+        load_oracle_table(out, wider)
+    loaded = load_oracle_table(out, wider, partial=True)
+    assert [r["setting"] for r in loaded["rows"]] == ["scarce"] and loaded["pending"] == ["richer"]
+    assert not loaded["complete"] and loaded["stale"] == []
+    # a held-out setting declared otherwise now: its row is stale, the setting pending again
+    redeclared = variant(held_out={"scarce": {"target_tokens": 4096}})
+    with pytest.raises(ConfigError, match="\\['scarce'\\] still to run \\(\\['scarce'\\] are declared otherwise"):
+        load_oracle_table(out, redeclared)
+    assert load_oracle_table(out, redeclared, partial=True)["rows"] == []
     # a run over other settings keeps this table's valid rows: same suite, seeds, gate, SBF and rival
     from mixagent.study.oracle_table import _earlier_rows
 
@@ -179,6 +189,8 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     assert _earlier_rows(out, suite, cfg, {"rule": "uniform"}, table["probe_commit"], skip=[]) == [] or \
         table["sbf"]["rule"] == "uniform"
     assert _earlier_rows(out, suite, dataclasses.replace(cfg, gate=2.0), sbf, table["probe_commit"], skip=[]) == []
+    assert [r["setting"] for r in _earlier_rows(out, wider, cfg, sbf, table["probe_commit"], skip=[])] == ["scarce"]
+    assert _earlier_rows(out, redeclared, cfg, sbf, table["probe_commit"], skip=[]) == []
 
 
 def test_an_anchored_table_rescores_the_same_runs_on_the_widened_scale(oracle):

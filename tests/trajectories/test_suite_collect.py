@@ -44,7 +44,7 @@ def test_one_run_per_setting_with_the_setting_recorded(collected):
     settings = suite.distinct_runs(2, cfg.seed)
     assert len({s.run_hash() for s in settings}) == 2  # two distinct runs: the two target budgets
     index = json.loads((cfg.run_dir / "suite.json").read_text())
-    assert index["suite_hash"] == suite.suite_hash() and [e["run_hash"] for e in index["settings"]] == \
+    assert index["training_hash"] == suite.training_hash() and [e["run_hash"] for e in index["settings"]] == \
         [s.run_hash() for s in settings]
     for k, setting in enumerate(settings):
         run = Run(cfg.run_dir / setting.run_hash())
