@@ -23,6 +23,7 @@ Writes ``<table dir>/closed-gap/<name>/`` (``closed_gap.json``, ``closed_gap.md`
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
     from mixagent.config import load_config
     from mixagent.env.setting import load_suite
     from mixagent.study.closed_gap import SettingScores, closed_gap_table
-    from mixagent.study.oracle_table import OracleConfig, load_oracle_table, score_rules
+    from mixagent.study.oracle_table import OracleConfig, load_oracle_table, recorded_config, score_rules
 
     problems = cfg.check()
     if problems:
@@ -119,9 +120,21 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
     ocfg = load_config(OracleConfig, REPO_ROOT / cfg.oracle, list(cfg.oracle_overrides))
     suite = load_suite(REPO_ROOT / ocfg.suite)
     table = load_oracle_table(ocfg.table_dir(suite.name), suite, partial=cfg.partial)
+    free = ("settings", "workers", "launcher")  # how a table runs, not what its rows mean
+    now = json.loads(json.dumps(recorded_config(ocfg)))
+    differ = sorted(k for k in {*now, *table["config"]} if k not in free and now.get(k) != table["config"].get(k))
+    if differ:
+        raise ConfigError("closed gap", [f"oracle config {cfg.oracle} (with oracle_overrides) differs from the config "
+                                         f"its table was made with in {differ}: policies would be scored otherwise "
+                                         f"than the table's rows; use the table's config, or rerun mixagent "
+                                         f"oracle-table with this one"])
     held = suite.held_out_settings()
+    gate = float(table["config"]["gate"])
     settings, specs = [], {}
     for k, row in enumerate(table["rows"]):
+        if not row.get("noise_rows"):
+            raise ConfigError("closed gap", [f"oracle table row {row['setting']!r} has no noise_rows (written before "
+                                             f"the gate's noise rows were recorded); rerun mixagent oracle-table"])
         specs[row["setting"]] = {p: _spec_of(p, row) for p in cfg.policies}
         scores = dict(row["scores"])
         missing = [s for s in specs[row["setting"]].values() if s not in scores]
@@ -129,15 +142,15 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
             if progress:
                 print(f"\n== closed gap: {row['setting']} ({k + 1}/{len(table['rows'])}): {missing} on held-out "
                       f"seeds {table['config']['seeds']}", flush=True)
-            scores.update(score_rules(ocfg, suite, row["setting"], held[row["setting"]], [*row["scores"], *missing],
-                                      extra=tuple(row.get("extra_overrides", ()))))
+            scores.update(score_rules(ocfg, suite, row["setting"], held[row["setting"]], missing,
+                                      extra=tuple(row.get("extra_overrides", ())), report=False))
         by_entry = {p: scores[s] for p, s in specs[row["setting"]].items()}
         settings.append(SettingScores(setting=row["setting"], seeds=tuple(table["config"]["seeds"]),
                                       scores={**{r: scores[r] for r in row["noise_rows"]}, **by_entry},
                                       oracle=row["oracle"], sbf=row["sbf"], noise_rows=tuple(row["noise_rows"])))
     versus = [(p, PROBE_COMMIT) for p in cfg.policies if PROBE_COMMIT in cfg.policies and p != PROBE_COMMIT]
     pairs = list(dict.fromkeys([*versus, *(tuple(d) for d in cfg.differences)]))
-    result = closed_gap_table(settings, list(cfg.policies), gate=ocfg.gate, n_boot=cfg.n_boot, seed=cfg.seed,
+    result = closed_gap_table(settings, list(cfg.policies), gate=gate, n_boot=cfg.n_boot, seed=cfg.seed,
                               differences=pairs, harm_limit=cfg.harm_limit)
     table_gated = {r["setting"]: r["gated"] for r in table["rows"]}
     drift = [r["setting"] for r in result["settings"] if r["gated"] != table_gated[r["setting"]]]
@@ -166,11 +179,13 @@ def _bar(result: dict, cfg: ClosedGapConfig) -> dict[str, dict]:
     out = {}
     for p, s in result["policies"].items():
         if s["mean_closed_gap"] is None:
-            out[p] = {"closed_gap": None, "above_probe_commit": None, "safe": not s["harmful"]}
+            out[p] = {"closed_gap": None, "above_probe_commit": None, "safe": not s["harmful"], "meets": None}
             continue
-        above = None if p == PROBE_COMMIT or p not in versus else bool(versus[p]["ci95"][0] > 0)
-        out[p] = {"closed_gap": bool(s["mean_closed_gap"] >= BAR_MEAN and s["ci95"][0] > 0),
-                  "above_probe_commit": above, "safe": not s["harmful"]}
+        above = True if p == PROBE_COMMIT else (bool(versus[p]["ci95"][0] > 0) if p in versus else None)
+        gap = bool(s["mean_closed_gap"] >= BAR_MEAN and s["ci95"][0] > 0)
+        # every line of the bar must hold; without probe-then-commit among the policies its line is unjudged
+        out[p] = {"closed_gap": gap, "above_probe_commit": above, "safe": not s["harmful"],
+                  "meets": None if above is None else bool(gap and above and not s["harmful"])}
     return out
 
 
@@ -214,8 +229,12 @@ def _markdown(report: dict) -> str:
         ci = f" [{s['ci95'][0]:+.2f}, {s['ci95'][1]:+.2f}]" if s["ci95"] else ""
         worst = f"{s['worst']['setting']} {s['worst']['closed_gap']:+.2f}" if s["worst"] else "n/a"
         bar = report["bar"][p]
-        verdict = ("no gated setting" if bar["closed_gap"] is None else
-                   ("meets" if bar["closed_gap"] and bar["above_probe_commit"] is not False else "misses"))
+        if bar["closed_gap"] is None:
+            verdict = "no gated setting"
+        elif bar["meets"] is None:
+            verdict = "unjudged (add probe_commit to policies)"
+        else:
+            verdict = "meets" if bar["meets"] else "misses"
         verdict += "; safe" if bar["safe"] else "; harms"
         lines.append(f"| {_label(p)} | {s['n']} | {_num(s['mean_closed_gap'])}{ci} | "
                      f"{_num(s['win_rate'], '{:.2f}')} | {worst} | "

@@ -457,7 +457,7 @@ def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = Fal
 
 
 def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run: AuditRun, scale: Reference,
-           extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
+           extra: tuple[str, ...] = (), report: bool = True) -> dict[str, list[float]]:
     """Per rule spec: its final scores on the held-out seeds (at the setting's lam), on ``scale``
     (:func:`setting_scale`): where it is not the tuning audit's own, it is written beside the audit
     (``reference-anchored.json``) and the comparison rescores every episode on it (RegMix fits on it too)."""
@@ -466,17 +466,17 @@ def _score(cfg: OracleConfig, suite, name: str, setting, rules: list[str], run: 
         written = run.store.dir / "reference-anchored.json"
         atomic_write_json(written, scale.to_json())
         path = str(written.relative_to(REPO_ROOT) if written.is_relative_to(REPO_ROOT) else written)
-    episodes = heldout_episodes(cfg, suite, name, setting, rules, extra=extra, scale=path)
+    episodes = heldout_episodes(cfg, suite, name, setting, rules, report=report, extra=extra, scale=path)
     return {rule: [float(e["balanced"]) for e in episodes[rule]] for rule in rules}
 
 
 def score_rules(cfg: OracleConfig, suite, name: str, setting, rules: list[str],
-                extra: tuple[str, ...] = ()) -> dict[str, list[float]]:
+                extra: tuple[str, ...] = (), report: bool = True) -> dict[str, list[float]]:
     """Per rule spec: its final scores on the held-out seeds of held-out ``setting`` (``name``), on the table's
     scale for it, exactly as the table scores its own rows (``extra``: the row's ``extra_overrides``); cached
     episodes are read, missing ones run. What :mod:`mixagent.study.closed_gap_run` scores a policy with."""
     run, extra = tuned_run(cfg, suite, name, setting, extra=extra)
-    return _score(cfg, suite, name, setting, rules, run, setting_scale(cfg, run), extra)
+    return _score(cfg, suite, name, setting, rules, run, setting_scale(cfg, run), extra, report)
 
 
 def run_oracle_table(cfg: OracleConfig, progress: bool = True) -> dict:
@@ -577,9 +577,18 @@ def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | No
 
 def _same_suite(table: dict, suite) -> bool:
     """Whether ``table`` was made for ``suite``: its name and training distribution (the held-out list may have
-    changed since: :func:`_current_rows` keeps the rows still valid)."""
-    return table.get("suite") == suite.name and (table.get("training_hash") == suite.training_hash()
-                                                 or table.get("suite_hash") == suite.suite_hash())
+    changed since: :func:`_current_rows` keeps the rows still valid). A table written before ``training_hash``
+    was recorded matches where the suite, cut down to the table's held-out settings, hashes to its
+    ``suite_hash``."""
+    if table.get("suite") != suite.name:
+        return False
+    if "training_hash" in table:
+        return table["training_hash"] == suite.training_hash()
+    names = {r["setting"] for r in table.get("rows", [])} | set(table.get("pending", []))
+    if not names <= set(suite.held_out):
+        return table.get("suite_hash") == suite.suite_hash()
+    then = dataclasses.replace(suite, held_out={n: v for n, v in suite.held_out.items() if n in names})
+    return table.get("suite_hash") == then.suite_hash()
 
 
 def _current_rows(table: dict, suite) -> list[dict]:
@@ -592,12 +601,7 @@ def _current_rows(table: dict, suite) -> list[dict]:
 def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dict], pending: list[str],
            out: Path) -> dict:
     passing = sum(r["gated"] for r in rows)
-    verdict = (f"{passing} of {len(rows)} held-out settings pass the gate (the oracle above the single best "
-               f"fixed rule, {sbf['rule']}, by more than {cfg.gate:g} pooled seed std)")
-    if pending:
-        verdict += f"; {len(pending)} settings still to run ({', '.join(pending)}): no verdict on the suite yet"
-    elif 2 * passing < len(rows):
-        verdict += "; fewer than half: the suite's axes are too narrow, widen them"
+    verdict = _verdict(passing, len(rows), pending, sbf["rule"], cfg.gate)
     table = {"version": TABLE_VERSION, "suite": suite.name, "suite_hash": suite.suite_hash(),
              "training_hash": suite.training_hash(), "config": recorded_config(cfg),
              "sbf": {k: v for k, v in sbf.items() if k != "normalised"},
@@ -608,6 +612,16 @@ def _write(cfg: OracleConfig, suite, sbf: dict, ptc: dict | None, rows: list[dic
     atomic_write(out / "table.md", lambda tmp: tmp.write_text(_markdown(table, cfg)))
     _plot(table, out / "gaps.png")
     return table
+
+
+def _verdict(passing: int, scored: int, pending: list[str], sbf: str, gate: float) -> str:
+    verdict = (f"{passing} of {scored} held-out settings pass the gate (the oracle above the single best "
+               f"fixed rule, {sbf}, by more than {gate:g} pooled seed std)")
+    if pending:
+        verdict += f"; {len(pending)} settings still to run ({', '.join(pending)}): no verdict on the suite yet"
+    elif 2 * passing < scored:
+        verdict += "; fewer than half: the suite's axes are too narrow, widen them"
+    return verdict
 
 
 def _markdown(table: dict, cfg: OracleConfig) -> str:
@@ -721,8 +735,9 @@ def load_oracle_table(path: str | Path, suite, partial: bool = False) -> dict:
     done = {r["setting"] for r in rows}
     pending = [n for n in suite.held_out_settings() if n not in done]
     stale = [r["setting"] for r in table["rows"] if r not in rows]
-    table = {**table, "rows": rows, "pending": pending, "complete": not pending, "stale": stale,
-             "passing": sum(r["gated"] for r in rows)}
+    passing = sum(r["gated"] for r in rows)
+    table = {**table, "rows": rows, "pending": pending, "complete": not pending, "stale": stale, "passing": passing,
+             "verdict": _verdict(passing, len(rows), pending, table["sbf"]["rule"], table["config"]["gate"])}
     if pending and not partial:
         why = f" ({stale} are declared otherwise now or left the suite)" if stale else ""
         raise ConfigError("oracle table", [f"{table_path} is unfinished: settings {pending} still to run{why}; "

@@ -180,6 +180,14 @@ def test_the_table_is_written_and_bound_to_its_suite(oracle, tmp_path):
     with pytest.raises(ConfigError, match="\\['scarce'\\] still to run \\(\\['scarce'\\] are declared otherwise"):
         load_oracle_table(out, redeclared)
     assert load_oracle_table(out, redeclared, partial=True)["rows"] == []
+    # a table written before training_hash was recorded: matched by its suite cut down to its own settings
+    old = tmp_path / "old-table.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads((out / "table.json").read_text()).items()
+                               if k != "training_hash"}))
+    assert [r["setting"] for r in load_oracle_table(old, wider, partial=True)["rows"]] == ["scarce"]
+    with pytest.raises(ConfigError, match="is of suite tiny-oracle"):
+        load_oracle_table(old, variant(train={"target_tokens": [8192], "lam": [0.2, 0.5]},
+                                       held_out=wider.held_out))
     # a run over other settings keeps this table's valid rows: same suite, seeds, gate, SBF and rival
     from mixagent.study.oracle_table import _earlier_rows
 
@@ -364,8 +372,20 @@ def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
     assert again["result"]["settings"] == res["settings"]
     with pytest.raises(ConfigError, match=r"differences: \['uniform', 'natural'\] must be two different entries"):
         run_closed_gap(dataclasses.replace(gap_cfg, differences=(("uniform", "natural"),)), progress=False)
-    with pytest.raises(ConfigError, match="policies"):
+    with pytest.raises(ConfigError, match="policies: .*no_such_method"):
         run_closed_gap(dataclasses.replace(gap_cfg, policies=("no_such_method",)), progress=False)
+    with pytest.raises(ConfigError, match=r"differs from the config its table was made with in \['seeds'\]"):
+        run_closed_gap(dataclasses.replace(gap_cfg, oracle_overrides=("seeds=[0,1,2,3]",)), progress=False)
+    # the bar: every line must hold; probe-then-commit's own line is itself
+    bar = report["bar"]
+    for entry, got in bar.items():
+        s = res["policies"][entry]
+        if s["mean_closed_gap"] is None:
+            assert got["meets"] is None
+            continue
+        above = True if entry == "probe_commit" else next(d["ci95"][0] > 0 for d in res["differences"]
+                                                          if d["a"] == entry)
+        assert got["meets"] == bool(s["mean_closed_gap"] >= 0.5 and s["ci95"][0] > 0 and above and not s["harmful"])
 
 
 def test_regmix_is_fitted_per_held_out_setting_on_its_counted_extra_runs(tmp_path, monkeypatch):
