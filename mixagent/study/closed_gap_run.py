@@ -75,7 +75,10 @@ class ClosedGapConfig:
         if len(set(self.policies)) != len(self.policies):
             problems.append(f"policies repeats entries: {list(self.policies)}")
         for p in self.policies:
-            if p != PROBE_COMMIT and not (REPO_ROOT / p).is_dir():
+            if p != PROBE_COMMIT and "/" in p and ":" not in p and not (REPO_ROOT / p).is_dir():
+                problems.append(f"policies: {p!r} looks like an agent artifact directory but there is none; give "
+                                f"the directory train-agent or per-domain wrote (e.g. runs/agent/<name>/bc)")
+            elif p != PROBE_COMMIT and not (REPO_ROOT / p).is_dir():
                 problems += [f"policies: {q}" for q in method_problems(p)]
         for pair in self.differences:
             if len(pair) != 2 or any(x not in self.policies for x in pair) or pair[0] == pair[1]:

@@ -375,6 +375,8 @@ def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
     assert again["result"]["settings"] == res["settings"]
     with pytest.raises(ConfigError, match=r"differences: \['uniform', 'natural'\] must be two different entries"):
         run_closed_gap(dataclasses.replace(gap_cfg, differences=(("uniform", "natural"),)), progress=False)
+    with pytest.raises(ConfigError, match="'runs/agent/nope' looks like an agent artifact directory but there is none"):
+        run_closed_gap(dataclasses.replace(gap_cfg, policies=("runs/agent/nope",)), progress=False)
     with pytest.raises(ConfigError, match="policies: .*no_such_method"):
         run_closed_gap(dataclasses.replace(gap_cfg, policies=("no_such_method",)), progress=False)
     with pytest.raises(ConfigError, match=r"differs from the config its table was made with in \['seeds'\]"):
