@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from typing import Any
 from mixagent.errors import StoreWriteError
 
 __all__ = ["REPO_ROOT", "resolve", "data_root", "ENVS_DIR", "CONFIGS_DIR", "staged_dir", "atomic_write",
-           "atomic_write_json", "atomic_write_bytes", "fsync_dir", "write_error"]
+           "atomic_write_json", "atomic_write_bytes", "fsync_dir", "write_error", "finite_json"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVS_DIR = Path(os.environ.get("MIXAGENT_ENVS", REPO_ROOT / "envs"))
@@ -92,6 +93,18 @@ def atomic_write_json(path: Path, data: Any, indent: int | None = 1) -> None:
     """Write ``data`` as strict JSON (``NaN``/``Inf`` refused with a ``ValueError`` before anything is
     written) through :func:`atomic_write`."""
     atomic_write(path, _write_with("w", json.dumps(data, indent=indent, allow_nan=False)))
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every non-finite float as ``None``: strict JSON for
+    :func:`atomic_write_json`, where a missing value is ``null``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

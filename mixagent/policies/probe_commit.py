@@ -244,10 +244,9 @@ class ProbeCommitPolicy(RunningState):
                                                f"from the env spec; the deploy job does not yet, so deploy the rule "
                                                f"it chose instead"])
         loaded = model if isinstance(model, ProbeCommitModel) else ProbeCommitModel.load(model)
-        # the behaviour is the coefficients; the fit's provenance (suite, LOSO score) is kept apart, so cached
+        # the behaviour is the coefficients, not the fit's provenance (suite, LOSO score): left out, so cached
         # episodes (keyed by the policy's public state) survive a refit that only records more
         self.model = dataclasses.replace(loaded, fit={})
-        self._fit = loaded.fit
         self._stated = stated_features(stated)
         self.stated = {k: float(stated[k]) for k in STATED}
         for rule in (self.model.probe, *self.model.rules):  # a model whose rules do not build is refused here

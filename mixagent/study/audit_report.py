@@ -17,7 +17,7 @@ from mixagent.domains import DomainSpace
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.rewards import NORMALISED_REWARDS, REWARDS, balanced_score, needs_reference, reward_measure
 from mixagent.env.spec import EnvSpec
-from mixagent.paths import atomic_write, atomic_write_json
+from mixagent.paths import atomic_write, atomic_write_json, finite_json
 from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.schedules import Schedule
 from mixagent.study.audit import SCHEDULE_FAMILIES, AuditRun, AuditStore
@@ -104,21 +104,13 @@ def make_report(run: AuditRun) -> dict:
               "reference": reference.to_json(), "start": start.to_json(), "summary": summary,
               "item_noise": noise, "rows": table, "episode_seconds": _episode_seconds(store),
               "config": to_dict(cfg)}
-    atomic_write_json(store.dir / "report.json", _finite(report))
+    atomic_write_json(store.dir / "report.json", finite_json(report))
     text = format_report(report)
     atomic_write(store.dir / "report.md", lambda tmp: tmp.write_text(text))
     plot_report(report, spec, store.dir)
     return report
 
 
-def _finite(x):
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _summary(table: list[dict], name: str, n_seeds: int) -> dict:

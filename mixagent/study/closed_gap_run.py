@@ -23,13 +23,12 @@ Writes ``<table dir>/closed-gap/<name>/`` (``closed_gap.json``, ``closed_gap.md`
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
 from mixagent.errors import ConfigError
-from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
+from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json, finite_json
 
 __all__ = ["ClosedGapConfig", "run_closed_gap", "PROBE_COMMIT", "BAR_MEAN"]
 
@@ -115,7 +114,7 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
     from mixagent.config import load_config
     from mixagent.env.setting import load_suite
     from mixagent.study.closed_gap import SettingScores, closed_gap_table
-    from mixagent.study.oracle_table import OracleConfig, load_oracle_table, recorded_config, score_rules
+    from mixagent.study.oracle_table import OracleConfig, config_differences, load_oracle_table, score_rules
 
     problems = cfg.check()
     if problems:
@@ -123,10 +122,7 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
     ocfg = load_config(OracleConfig, REPO_ROOT / cfg.oracle, list(cfg.oracle_overrides))
     suite = load_suite(REPO_ROOT / ocfg.suite)
     table = load_oracle_table(ocfg.table_dir(suite.name), suite, partial=cfg.partial)
-    free = ("settings", "workers", "launcher")  # how a table runs, not what its rows mean
-    now = json.loads(json.dumps(recorded_config(ocfg)))
-    differ = sorted(k for k in {*now, *table["config"]} if k not in free and now.get(k) != table["config"].get(k))
-    if differ:
+    if differ := config_differences(ocfg, table["config"]):
         raise ConfigError("closed gap", [f"oracle config {cfg.oracle} (with oracle_overrides) differs from the config "
                                          f"its table was made with in {differ}: policies would be scored otherwise "
                                          f"than the table's rows; use the table's config, or rerun mixagent "
@@ -166,7 +162,7 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
               "bar": _bar(result, cfg), "result": result}
     out = ocfg.table_dir(suite.name) / "closed-gap" / cfg.name
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "closed_gap.json", _finite(report))
+    atomic_write_json(out / "closed_gap.json", finite_json(report))
     atomic_write(out / "closed_gap.md", lambda tmp: tmp.write_text(_markdown(report)))
     _plot(report, out / "closed_gap.png")
     return report
@@ -190,17 +186,6 @@ def _bar(result: dict, cfg: ClosedGapConfig) -> dict[str, dict]:
         out[p] = {"closed_gap": gap, "above_probe_commit": above, "safe": not s["harmful"],
                   "meets": None if above is None else bool(gap and above and not s["harmful"])}
     return out
-
-
-def _finite(value):
-    """``value`` with non-finite floats as ``None`` (strict JSON)."""
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _label(entry: str) -> str:

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from mixagent.study.audit import AuditRun
 
 __all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table", "heldout_episodes", "tuned_run",
-           "setting_scale", "recorded_config", "reward_scale", "score_rules"]
+           "setting_scale", "recorded_config", "reward_scale", "score_rules", "config_differences"]
 
 TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
@@ -567,12 +567,17 @@ def _earlier_rows(out: Path, suite, cfg: OracleConfig, sbf: dict, ptc: dict | No
     if not path.is_file():
         return []
     old = json.loads(path.read_text())
-    free = ("settings", "workers", "launcher")  # which settings run now and how: not what a row means
-    now = json.loads(json.dumps({k: v for k, v in recorded_config(cfg).items() if k not in free}))
     same = (old.get("version") == TABLE_VERSION and _same_suite(old, suite)
-            and {k: v for k, v in old.get("config", {}).items() if k not in free} == now
-            and old.get("probe_commit") == ptc)
+            and not config_differences(cfg, old.get("config", {})) and old.get("probe_commit") == ptc)
     return [r for r in _current_rows(old, suite) if same and r["setting"] not in skip and r["sbf"] == sbf["rule"]]
+
+
+def config_differences(cfg: OracleConfig, recorded: dict) -> list[str]:
+    """The keys in which ``cfg`` differs from a table's ``recorded`` config, sorted; which settings ran and how
+    (``settings``, ``workers``, ``launcher``) is not what a row means and is left out."""
+    now = json.loads(json.dumps(recorded_config(cfg)))
+    free = ("settings", "workers", "launcher")
+    return sorted(k for k in {*now, *recorded} if k not in free and now.get(k) != recorded.get(k))
 
 
 def _same_suite(table: dict, suite) -> bool:

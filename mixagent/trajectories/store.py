@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from mixagent.config import is_number
 from mixagent.domains import weights_problem
 from mixagent.env.evaluation import EvalResult, eval_json_problem
 from mixagent.errors import ResumeMismatchError, SchemaVersionError, TrajectoryFormatError
-from mixagent.paths import atomic_write_json, fsync_dir, write_error
+from mixagent.paths import atomic_write_json, finite_json, fsync_dir, write_error
 from mixagent.rollout.record import EpisodeRecord
 
 __all__ = ["SCHEMA_VERSION", "RunWriter", "Run", "Trajectory", "read_trajectory", "list_runs", "IDENTITY_KEYS",
@@ -51,17 +50,7 @@ def _fix_hint(run_dir: Path) -> str:
 
 def dumps(obj: Any) -> str:
     """One JSON line; non-finite floats become null (the record keeps its ``nonfinite_loss`` flag)."""
-    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
+    return json.dumps(finite_json(obj), separators=(",", ":"), allow_nan=False)
 
 
 def _check_version(found: Any, what: Path) -> None:
