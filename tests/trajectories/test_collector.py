@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -278,6 +279,30 @@ def test_write_failure_is_loud_and_keeps_finished_trajectories(analytic_referenc
     assert digest(cfg.run_dir) == analytic_reference[1]
 
 
+def _kill_at_random_moment(cmd, run_dir, rng) -> bool:
+    """Start the collector; once it has made progress (its meta.json exists, or one more trajectory file
+    has appeared since the start), wait a random 0-1 s and SIGKILL its process group. Progress-triggered
+    kills are independent of the machine's speed (a fixed timeout let a fast CI machine finish first).
+    Returns whether it was killed (False: the collector finished on its own)."""
+    files_at_start = len(list(run_dir.glob("*.jsonl"))) if run_dir.exists() else 0
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300.0  # a hung collector is killed too
+    while proc.poll() is None and time.monotonic() < deadline:
+        meta = (run_dir / "meta.json").exists()
+        files = len(list(run_dir.glob("*.jsonl"))) if meta else 0
+        if (files_at_start == 0 and meta) or files > files_at_start:
+            break
+        time.sleep(0.05)
+    try:
+        proc.wait(timeout=float(rng.uniform(0.0, 1.0)))
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+
+
 def test_sigkill_at_random_moments_then_resume_loses_nothing(reference, tmp_path):
     """Kill the collector (driver and workers) with SIGKILL again and again; resume; compare."""
     cmd = [sys.executable, "-m", "mixagent.trajectories", "collect", "--config",
@@ -287,14 +312,7 @@ def test_sigkill_at_random_moments_then_resume_loses_nothing(reference, tmp_path
     finished_before: set[str] = set()
     kills = 0
     for _ in range(4):
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=float(rng.uniform(5.0, 14.0)))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills += 1
+        kills += _kill_at_random_moment(cmd, run_dir, rng)
         if not (run_dir / "meta.json").exists():
             continue
         run = Run(run_dir)
