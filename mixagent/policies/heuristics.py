@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.env.observation import SETTING_FEATURES
 from mixagent.errors import ConfigError, UsageError
 from mixagent.policies.baselines import ReplayPolicy
 from mixagent.policies.protocol import RunningState
@@ -47,9 +48,11 @@ class _TwoRho(RunningState):
     def act(self, observation: np.ndarray) -> DomainWeights:
         if not hasattr(self, "_mixtures"):
             raise UsageError(f"{type(self).__name__}: call reset(space) before act()")
-        if np.shape(observation) not in ((3 * self.k + 5,), (3 * self.k + 6,)):
+        dims = (3 * self.k + 5, 3 * self.k + 6, 3 * self.k + 6 + len(SETTING_FEATURES))  # v1, v1 + LR, v2
+        if np.shape(observation) not in [(d,) for d in dims]:
             raise UsageError(f"observation of shape {np.shape(observation)} for a {self.k}-domain space: expected "
-                             f"({3 * self.k + 5},) or ({3 * self.k + 6},) (mixagent.env.observation)")
+                             f"one of {[(d,) for d in dims]} (mixagent.env.observation: version 1, version 1 "
+                             f"with the LR, version 2)")
         self._switched = self._switched or self.switched(np.asarray(observation, dtype=np.float64))
         return self._mixtures[self.second if self._switched else self.first]
 
@@ -60,7 +63,7 @@ class DecaySwitchPolicy(_TwoRho):
     decay; replay with LR re-warm and re-decay, Ibrahim et al., arXiv 2403.08763).
 
     Rule: replay share ``stable_rho`` while the learning rate is rising or at its peak, ``decay_rho`` from
-    the first step whose learning rate (the observation's last entry on ``observe_lr`` envs, or the Trainer's
+    the first step whose learning rate (observation entry 3K+5: version 1 on ``observe_lr`` envs, version 2; or the Trainer's
     LR in deployment) falls below the highest seen so far. Without an LR in the observation the switch
     happens at progress ``switch`` (required then).
 
@@ -90,8 +93,8 @@ class DecaySwitchPolicy(_TwoRho):
         self._peak = -np.inf
 
     def switched(self, observation: np.ndarray) -> bool:
-        if observation.shape[0] == 3 * self.k + 6:
-            lr = float(observation[-1])
+        if observation.shape[0] > 3 * self.k + 5:  # the LR at 3K+5: version 1 on observe_lr envs, version 2
+            lr = float(observation[3 * self.k + 5])
             decaying = lr < self._peak - 1e-9
             self._peak = max(self._peak, lr)
             return decaying

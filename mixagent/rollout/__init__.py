@@ -11,6 +11,7 @@ online evaluation (``agent/``) share. Names load lazily.
 * ``engine``: the driver loop (:func:`launch`) and episodes of any policy on given seeds, cached
   (:func:`roll_policies`); ``cache``: the episode cache; ``identity``: policy keys and artifact digests;
 * ``seeds``: backend seeds, seeds a dataset used, env resolution; ``schedules``: replay-share schedules.
+* ``siblings``: runs shared across lam (the specs that differ in ``reward.lam`` alone, open-loop policies).
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ stored episode that is unreadable or holds invalid values is run again. The reco
 (a re-trained base, or reference runs recomputed on another machine, would otherwise be scored against
 episodes of another model). A cache built with ``start=`` (the env's evaluation at reset, the base model's,
 seed-independent) serves an episode only when its stored start evaluation equals it (bits per byte to 1e-6
-relative: a thread count changes the last digits, another checkpoint far more); the others are run again."""
+relative: a thread count changes the last digits, another checkpoint far more); the others are run again.
+
+**Lam siblings.** After :meth:`EpisodeCache.share_lam`, an open-loop policy's episode missing here is read
+from the cache of the same spec at another lam (:mod:`mixagent.rollout.siblings`), rescored under this
+spec's reward and lam from its raw evaluations."""
 
 from __future__ import annotations
 
@@ -68,6 +72,23 @@ class EpisodeCache:
         self.start = start
         self._warned: set[Path] = set()
         self.rescore = rescore  # applied to every summary read (another reward scale); stored ones are kept as run
+        self.siblings: list[Path] = []  # caches of this spec at another lam (share_lam)
+        self._sibling_rescore: Callable[[dict], dict] | None = None
+
+    def share_lam(self, spec, rescore: Callable[[dict], dict]) -> list[Path]:
+        """Read open-loop episodes (:func:`~mixagent.rollout.siblings.open_loop`) missing here from the caches
+        of ``spec`` at other lams under this cache's roots, each rescored with ``rescore`` (this spec's reward,
+        lam and scale: :func:`mixagent.study.compare.rescorer`); writes this cache's ``spec.json`` so that
+        siblings find it too. Returns the sibling directories found."""
+        from mixagent.rollout.siblings import lam_siblings, spec_head
+
+        head = self.dir / "spec.json"
+        if not head.is_file():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(head, spec_head(spec))
+        self.siblings = [d for root in (self.dir, *self.read_dirs) for d in lam_siblings(root.parent, spec)]
+        self._sibling_rescore = rescore
+        return self.siblings
 
     def _same_base(self, ep: dict, where: Path) -> bool:
         """Whether a stored episode started from this cache's base model (always, without ``start``)."""
@@ -104,6 +125,23 @@ class EpisodeCache:
             if not self._same_base(ep, d):
                 continue
             return self.rescore(ep) if self.rescore is not None else ep  # its errors are the scale's: raised
+        return self._from_sibling(key, seed)
+
+    def _from_sibling(self, key: str, seed: int) -> dict | None:
+        """An open-loop episode stored at another lam of this spec (:meth:`share_lam`), rescored, or ``None``."""
+        from mixagent.rollout.siblings import open_loop
+
+        if self._sibling_rescore is None or not open_loop(key):
+            return None
+        for d in self.siblings:
+            p = d / self._name(key) / f"{seed}.json"
+            try:
+                ep = json.loads(p.read_text()) if p.is_file() else None
+                ep = ep if ep is not None and _valid(ep, seed) else None
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                ep = None
+            if ep is not None and self._same_base(ep, d):
+                return self._sibling_rescore(ep)
         return None
 
     def get(self, key: str, seed: int) -> EpisodeRecord | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,6 +199,8 @@ class AuditStore:
         else:
             atomic_write_json(head, {"version": RESULTS_VERSION, "env_id": spec.env_id,
                                      "spec_hash": spec.spec_hash(), "spec": spec.mdp_dict()})
+        if not self.path.exists():  # nothing run yet
+            self._adopt_lam_sibling(spec)
         self.base = ""  # the base checkpoint id the driver's backend loaded
         self.rows: list[EpisodeRecord] = []
         if self.path.exists():
@@ -208,6 +211,52 @@ class AuditStore:
                     self.rows.append(_row_record(json.loads(line)))
                 except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash is the last one
                     log.warning("ignoring unreadable line %d of %s (%s)", n + 1, self.path, exc)
+
+    ADOPTED = ("start.json", "reference.json", "anchors.json")  # lam-free; results.jsonl's grid rows too
+
+    def _adopt_lam_sibling(self, spec: EnvSpec) -> None:
+        """A new store of a spec whose runs an audit at another lam already holds (a lam sibling,
+        :mod:`mixagent.rollout.siblings`: the grid's schedules are open loop, the rows raw evaluations) starts
+        from that audit's grid rows (not its oracle trials: the search follows the reward), its base-model
+        evaluation and its reference and anchor runs (re-labelled with this spec's hash) where this store has
+        none, recorded in ``adopted.json``; the sibling with the most rows, the first by name among equals."""
+        from mixagent.rollout.siblings import lam_siblings
+
+        def rows(d: Path) -> list[str]:
+            lines = (d / "results.jsonl").read_text().splitlines() if (d / "results.jsonl").is_file() else []
+            out = []
+            for line in lines:
+                try:
+                    if json.loads(line).get("trial") is None:
+                        out.append(line)
+                except (ValueError, AttributeError):  # a line cut short by a crash
+                    continue
+            return out
+
+        found = {d: rows(d) for d in lam_siblings(self.dir.parent, spec)}
+        if not any(found.values()):
+            return
+        src = max(found, key=lambda d: len(found[d]))  # max keeps the first of equals (name order)
+        files = []
+        for name in self.ADOPTED:
+            if (src / name).is_file() and not (self.dir / name).is_file():
+                d = json.loads((src / name).read_text())
+                if isinstance(d, dict) and "spec_hash" in d:
+                    d["spec_hash"] = spec.spec_hash()
+                atomic_write_json(self.dir / name, d)
+                files.append(name)
+        if found[src]:
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in found[src]))
+            os.replace(tmp, self.path)
+            files.append("results.jsonl")
+        sibling = json.loads((src / "spec.json").read_text())
+        atomic_write_json(self.dir / "adopted.json", {
+            "from": src.name, "lam": sibling["spec"]["reward"]["lam"], "rows": len(found[src]), "files": files,
+            "why": "the same runs at another reward.lam (mixagent.rollout.siblings): grid rows, base evaluation, "
+                   "reference and anchor runs do not depend on lam"})
+        log.info("audit %s adopted %d rows and %s from %s (lam %s)", self.dir, len(found[src]), files, src,
+                 sibling["spec"]["reward"]["lam"])
 
     def done(self) -> set[tuple[int, str, int | None]]:
         return {(r.seed, r.key, r.extra["trial"]) for r in self.rows}

@@ -260,6 +260,11 @@ def test_decay_switch_follows_the_learning_rate():
     source = [p.act(obs([0.5, 0.5], [1, 1], t / 6, lr=lr)).values[0] for t, lr in enumerate([0.5, 1, 1, 0.6, 0.2, 1])]
     # rises (warm-up), holds, decays from step 3 on; the switch holds once made
     assert source == pytest.approx([0.5, 0.5, 0.5, 0.25, 0.25, 0.25])
+    p.reset(two())  # observation version 2: the LR at the same place, the stated setting after it
+    setting = [0.9, 0.0, 1.0, 1.0, 0.25]
+    v2 = [p.act(np.append(obs([0.5, 0.5], [1, 1], t / 6, lr=lr), setting).astype(np.float32)).values[0]
+          for t, lr in enumerate([0.5, 1, 1, 0.6, 0.2, 1])]
+    assert v2 == pytest.approx(source)
     p.reset(two())
     with pytest.raises(UsageError, match="switch="):
         p.act(obs([0.5, 0.5], [1, 1], 0.0))

@@ -147,6 +147,40 @@ def test_bad_requests_are_typed_errors(audit, tmp_path):
         run_audit(_cfg(), root=tmp_path / "other")
 
 
+def test_a_lam_sibling_adopts_the_grid_rows_and_reference_runs(audit, tmp_path, monkeypatch):
+    """The same spec at another lam: its audit starts from the sibling's grid rows (not its oracle trials: the
+    search follows the reward), base evaluation, reference and anchor runs, relabelled; nothing is run."""
+    import shutil
+
+    from mixagent.env import references
+
+    root, out, _ = audit
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    sibling = copy / out.parent.name / out.name
+    (sibling / "anchors.json").write_text(json.dumps({"version": 1, "spec_hash": out.name, "seeds": [9001],
+                                                      "runs": {}}))
+    monkeypatch.setattr(Runner, "run", lambda *a, **k: pytest.fail("a row of the lam sibling was rerun"))
+    monkeypatch.setattr(references, "run_static", lambda *a, **k: pytest.fail("a reference run was rerun"))
+    run = run_audit(_cfg(env_overrides=("reward.lam=0.9",), oracle_trials=0), root=copy)
+    assert run.spec.reward.lam == 0.9 and run.dir.name == run.spec.spec_hash() != out.name
+    rows = [json.loads(x) for x in (run.dir / "results.jsonl").read_text().splitlines()]
+    theirs = [json.loads(x) for x in (sibling / "results.jsonl").read_text().splitlines()]
+    assert rows == [r for r in theirs if r["trial"] is None] and len(rows) < len(theirs)
+    assert {(r["key"], r["seed"]) for r in rows} >= {(s.key, seed) for s in run.schedules for seed in (0, 1, 2)}
+    assert json.loads((run.dir / "adopted.json").read_text()) == {
+        "from": out.name, "lam": 0.5, "rows": len(rows),
+        "files": ["start.json", "reference.json", "anchors.json", "results.jsonl"],
+        "why": json.loads((run.dir / "adopted.json").read_text())["why"]}
+    mine, sib = (json.loads((d / "reference.json").read_text()) for d in (run.dir, sibling))
+    assert mine == {**sib, "spec_hash": run.spec.spec_hash()} and run.reference.spec_hash == run.spec.spec_hash()
+    assert json.loads((run.dir / "anchors.json").read_text())["spec_hash"] == run.spec.spec_hash()
+    # a spec that differs in more than lam adopts nothing (it would run: stopped at the first row here)
+    with pytest.raises(pytest.fail.Exception, match="rerun"):
+        run_audit(_cfg(env_overrides=("reward.lam=0.9", "target_tokens=4096"), oracle_trials=0), root=copy)
+    assert not list(copy.glob("*/*/adopted.json"))[1:]  # only the lam sibling's
+
+
 def test_seeds_used_by_collection_are_refused(tmp_path):
     spec = load_spec(SPEC)
     run = tmp_path / "mine"

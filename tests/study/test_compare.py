@@ -275,3 +275,35 @@ def test_a_scale_rescores_the_stored_episodes_without_running_them(compared, tmp
     path.write_text("{")
     with pytest.raises(ConfigError, match="is not a reference file"):
         run_compare(_cfg(root, name="tiny-wider", scale=str(path)))
+
+
+def test_a_lam_sibling_reads_the_open_loop_episodes_rescored(compared, tmp_path, monkeypatch):
+    # the same spec at another lam trains the same runs: natural and decay_switch (open loop) and the tuning
+    # seed's natural reference run are read from the lam-0.5 cache and rescored; DoReMi (closed loop) runs
+    root, run, _, _ = compared
+    ran: list = []
+    real = episodes_mod.launch
+
+    def spy(setup, tasks, *args, **kw):
+        ran.extend(tasks)
+        return real(setup, tasks, *args, **kw)
+
+    monkeypatch.setattr(compare_mod, "launch", spy)
+    monkeypatch.setattr(episodes_mod, "launch", spy)
+    lam = ("reward.lam=0.9",)
+    shared = run_compare(_cfg(root, name="tiny-lam", env_overrides=lam, efficiency_steps=()))
+    assert shared.spec.reward.lam == 0.9 and shared.spec.spec_hash() != run.spec.spec_hash()
+    assert sorted({t.key.partition("@")[0] for t in ran}) == ["doremi"] and len(ran) == 3
+    assert json.loads((root / "cache" / "tiny-cpt-v1" / shared.spec.spec_hash() / "spec.json").read_text())[
+        "spec_hash"] == shared.spec.spec_hash()  # so later siblings find this cache too
+    ran.clear()
+    fresh = run_compare(_cfg(tmp_path, name="tiny-lam", env_overrides=lam, policies=("natural", "decay_switch"),
+                             efficiency_steps=()))
+    assert len(ran) == 6  # alone, everything runs
+    for label in ("natural", "decay_switch"):
+        for a, b, own in zip(shared.episodes[label], fresh.episodes[label], run.episodes[label]):
+            assert a["weights"] == b["weights"] and a["final"] == b["final"] and a["evals"] == b["evals"]
+            assert a["balanced"] == pytest.approx(b["balanced"], abs=1e-12)
+            assert a["return"] == pytest.approx(b["return"], abs=1e-12)
+            assert a["scores"] == pytest.approx(b["scores"], abs=1e-12)
+            assert a["balanced"] != pytest.approx(own["balanced"])  # rescored under lam 0.9, not lam 0.5's
