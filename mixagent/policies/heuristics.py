@@ -63,9 +63,9 @@ class DecaySwitchPolicy(_TwoRho):
     decay; replay with LR re-warm and re-decay, Ibrahim et al., arXiv 2403.08763).
 
     Rule: replay share ``stable_rho`` while the learning rate is rising or at its peak, ``decay_rho`` from
-    the first step whose learning rate (observation entry 3K+5: version 1 on ``observe_lr`` envs, version 2; or the Trainer's
-    LR in deployment) falls below the highest seen so far. Without an LR in the observation the switch
-    happens at progress ``switch`` (required then).
+    the first step whose learning rate (observation entry ``3K+5``: version 1 on ``observe_lr`` envs and
+    version 2; the Trainer's LR in deployment) falls below the highest seen so far. Without an LR in the
+    observation the switch happens at progress ``switch`` (required then).
 
     Args:
         shares: ``{domain: natural token share}`` within each field.

@@ -108,7 +108,13 @@ class EpisodeCache:
 
     def summary(self, key: str, seed: int) -> dict | None:
         """The stored summary (the tables' row and the per-step evaluations), or ``None`` (the episode is then
-        run again) when none is stored, or when the stored one is unreadable or invalid (logged)."""
+        run again) when none is stored, or when the stored one is unreadable or invalid (logged); after
+        :meth:`share_lam`, an open-loop episode stored at another lam of this spec, rescored."""
+        found = self._stored(key, seed)
+        return found if found is not None else self._from_sibling(key, seed)
+
+    def _stored(self, key: str, seed: int) -> dict | None:
+        """The summary stored under this cache's own roots (the writable one, then ``read_also``), or ``None``."""
         for d in (self.dir, *self.read_dirs):
             p = d / self._name(key) / f"{seed}.json"
             if not p.exists():
@@ -125,7 +131,7 @@ class EpisodeCache:
             if not self._same_base(ep, d):
                 continue
             return self.rescore(ep) if self.rescore is not None else ep  # its errors are the scale's: raised
-        return self._from_sibling(key, seed)
+        return None
 
     def _from_sibling(self, key: str, seed: int) -> dict | None:
         """An open-loop episode stored at another lam of this spec (:meth:`share_lam`), rescored, or ``None``."""
@@ -175,7 +181,7 @@ class EpisodeCache:
                 if (f.parent.name, f.stem) in seen or not f.stem.lstrip("-").isdigit():
                     continue
                 seen.add((f.parent.name, f.stem))
-                if (found := self.summary(f.parent.name, int(f.stem))) is not None:
+                if (found := self._stored(f.parent.name, int(f.stem))) is not None:  # never a sibling's
                     yield record_of_summary(f.parent.name, found)
 
     def find(self, name: str) -> Path | None:

@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,8 +200,6 @@ class AuditStore:
         else:
             atomic_write_json(head, {"version": RESULTS_VERSION, "env_id": spec.env_id,
                                      "spec_hash": spec.spec_hash(), "spec": spec.mdp_dict()})
-        if not self.path.exists():  # nothing run yet
-            self._adopt_lam_sibling(spec)
         self.base = ""  # the base checkpoint id the driver's backend loaded
         self.rows: list[EpisodeRecord] = []
         if self.path.exists():
@@ -212,51 +211,63 @@ class AuditStore:
                 except (ValueError, TypeError, KeyError) as exc:  # a line cut short by a crash is the last one
                     log.warning("ignoring unreadable line %d of %s (%s)", n + 1, self.path, exc)
 
-    ADOPTED = ("start.json", "reference.json", "anchors.json")  # lam-free; results.jsonl's grid rows too
+    ADOPTED = ("reference.json", "anchors.json")  # lam-free, beside the grid rows of results.jsonl
 
-    def _adopt_lam_sibling(self, spec: EnvSpec) -> None:
-        """A new store of a spec whose runs an audit at another lam already holds (a lam sibling,
-        :mod:`mixagent.rollout.siblings`: the grid's schedules are open loop, the rows raw evaluations) starts
-        from that audit's grid rows (not its oracle trials: the search follows the reward), its base-model
-        evaluation and its reference and anchor runs (re-labelled with this spec's hash) where this store has
-        none, recorded in ``adopted.json``; the sibling with the most rows, the first by name among equals."""
+    def adopt_lam_sibling(self, spec: EnvSpec, keys: set[str], base: str, start: dict) -> Path | None:
+        """Start this store, where nothing has run yet, from an audit of the same runs at another lam (a lam
+        sibling, :mod:`mixagent.rollout.siblings`: the grid's schedules are open loop, a row is a raw
+        evaluation): its rows of the grid ``keys`` (never its oracle's, which its reward chose) and its
+        reference and anchor runs (lam-free extremes, relabelled with this spec's hash) where this store has
+        none; recorded in ``adopted.json``. Only a sibling that started from this base checkpoint ``base`` with
+        this start evaluation ``start`` (:func:`~mixagent.rollout.cache.same_start`) counts; the one with the
+        most rows, the first by name among equals. Returns the sibling's directory, or ``None``."""
+        from mixagent.rollout.cache import same_start
         from mixagent.rollout.siblings import lam_siblings
 
-        def rows(d: Path) -> list[str]:
-            lines = (d / "results.jsonl").read_text().splitlines() if (d / "results.jsonl").is_file() else []
-            out = []
+        if self.rows or self.path.exists():
+            return None
+        found: dict[Path, list[str]] = {}
+        for d in lam_siblings(self.dir.parent, spec):
+            try:
+                head = json.loads((d / "start.json").read_text())
+                if head.get("base") != base or not same_start(start, head.get("eval")):
+                    continue
+                lines = (d / "results.jsonl").read_text().splitlines() if (d / "results.jsonl").is_file() else []
+            except (OSError, ValueError, AttributeError):
+                continue
+            rows = []
             for line in lines:
                 try:
-                    if json.loads(line).get("trial") is None:
-                        out.append(line)
-                except (ValueError, AttributeError):  # a line cut short by a crash
+                    row = json.loads(line)
+                except ValueError:  # a line cut short by a crash (or a writer still appending)
                     continue
-            return out
-
-        found = {d: rows(d) for d in lam_siblings(self.dir.parent, spec)}
+                if isinstance(row, dict) and row.get("trial") is None and row.get("key") in keys:
+                    rows.append(line)
+            found[d] = rows
         if not any(found.values()):
-            return
+            return None
         src = max(found, key=lambda d: len(found[d]))  # max keeps the first of equals (name order)
         files = []
         for name in self.ADOPTED:
-            if (src / name).is_file() and not (self.dir / name).is_file():
-                d = json.loads((src / name).read_text())
-                if isinstance(d, dict) and "spec_hash" in d:
-                    d["spec_hash"] = spec.spec_hash()
-                atomic_write_json(self.dir / name, d)
+            try:
+                d = json.loads((src / name).read_text()) if (src / name).is_file() else None
+            except (OSError, ValueError):
+                d = None
+            if isinstance(d, dict) and d.get("spec_hash") == src.name and not (self.dir / name).is_file():
+                atomic_write_json(self.dir / name, {**d, "spec_hash": spec.spec_hash()})
                 files.append(name)
-        if found[src]:
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in found[src]))
-            os.replace(tmp, self.path)
-            files.append("results.jsonl")
-        sibling = json.loads((src / "spec.json").read_text())
+        with tempfile.NamedTemporaryFile("w", dir=self.dir, suffix=".tmp", delete=False) as tmp:
+            tmp.write("".join(line + "\n" for line in found[src]))
+        os.replace(tmp.name, self.path)
+        self.rows = [_row_record(json.loads(line)) for line in found[src]]
+        files.append("results.jsonl")
+        lam = json.loads((src / "spec.json").read_text())["spec"]["reward"]["lam"]
         atomic_write_json(self.dir / "adopted.json", {
-            "from": src.name, "lam": sibling["spec"]["reward"]["lam"], "rows": len(found[src]), "files": files,
-            "why": "the same runs at another reward.lam (mixagent.rollout.siblings): grid rows, base evaluation, "
-                   "reference and anchor runs do not depend on lam"})
-        log.info("audit %s adopted %d rows and %s from %s (lam %s)", self.dir, len(found[src]), files, src,
-                 sibling["spec"]["reward"]["lam"])
+            "from": src.name, "lam": lam, "rows": len(found[src]), "files": files,
+            "why": "the same runs at another reward.lam (mixagent.rollout.siblings): grid rows, reference and "
+                   "anchor runs do not depend on lam"})
+        log.info("audit %s adopted %d rows and %s from %s (lam %s)", self.dir, len(found[src]), files, src, lam)
+        return src
 
     def done(self) -> set[tuple[int, str, int | None]]:
         return {(r.seed, r.key, r.extra["trial"]) for r in self.rows}
@@ -346,6 +357,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
     start = backend.reset(episode_seed_of(cfg.seeds[0]))
     natural = backend.natural
     base_id = getattr(backend, "base_id", "")
+    store.adopt_lam_sibling(spec, {s.key for s in schedules}, base_id, start.to_json())  # where nothing has run
     head = json.loads((store.dir / "start.json").read_text()) if (store.dir / "start.json").exists() else {}
     if head.get("base") not in (None, base_id):
         raise ConfigError("audit", [f"{store.dir} holds results from base checkpoint {head['base']}; this machine's "

@@ -326,13 +326,13 @@ def run_compare(cfg: CompareConfig, launcher: Launcher | None = None, root: Path
         raise ConfigError("compare", [f"regmix_runs={cfg.regmix_runs}: RegMix needs at least {min_runs(space.k)} proxy "
                                       f"runs in the {space.k}-domain space {space.name!r}; raise regmix_runs"])
     out.mkdir(parents=True, exist_ok=True)  # every check passed: now the run may write
-    cache.share_lam(spec, rescorer(spec, env.space, reference))  # open-loop episodes of this spec at another lam
+    siblings = cache.share_lam(spec, rescorer(spec, env.space, reference))  # open-loop episodes at another lam
     recorded = to_dict(cfg)
     for added in ("tuning", "scale"):  # comparisons from before these keep their recorded config as it was
         if not getattr(cfg, added):
             recorded.pop(added, None)
-    atomic_write_json(out / "compare.json", {"config": recorded, "env_id": spec.env_id,
-                                             "spec_hash": spec.spec_hash()})
+    atomic_write_json(out / "compare.json", {"config": recorded, "env_id": spec.env_id, "spec_hash": spec.spec_hash(),
+                                             **({"lam_siblings": [d.name for d in siblings]} if siblings else {})})
     context: dict = {}
     extra: dict[str, int] = {}
     how = {"launcher": launcher or cfg.launcher, "workers": cfg.workers}

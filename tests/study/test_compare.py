@@ -296,6 +296,7 @@ def test_a_lam_sibling_reads_the_open_loop_episodes_rescored(compared, tmp_path,
     assert sorted({t.key.partition("@")[0] for t in ran}) == ["doremi"] and len(ran) == 3
     assert json.loads((root / "cache" / "tiny-cpt-v1" / shared.spec.spec_hash() / "spec.json").read_text())[
         "spec_hash"] == shared.spec.spec_hash()  # so later siblings find this cache too
+    assert json.loads((root / "tiny-lam" / "compare.json").read_text())["lam_siblings"] == [run.spec.spec_hash()]
     ran.clear()
     fresh = run_compare(_cfg(tmp_path, name="tiny-lam", env_overrides=lam, policies=("natural", "decay_switch"),
                              efficiency_steps=()))
