@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a closed-gap YAML (configs/closed_gap/)")
     k.add_argument("--policies", help="comma-separated policies (probe_commit = the table's; rules, method specs, "
                    "agent artifact directories); default the config's")
+    k.add_argument("--settings", help="comma-separated held-out settings to judge (e.g. one attempt's); default "
+                   "every finished row")
     k.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. partial=true name=agent-v2")
     args = parser.parse_args(_flags_first(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -254,8 +256,9 @@ def _closed_gap(args: argparse.Namespace) -> int:
     from mixagent.study.closed_gap_run import ClosedGapConfig, run_closed_gap
 
     overrides = list(args.overrides)
-    if args.policies:
-        overrides.append(f"policies={json.dumps([x.strip() for x in args.policies.split(',') if x.strip()])}")
+    for flag in ("policies", "settings"):
+        if getattr(args, flag):
+            overrides.append(f"{flag}={json.dumps([x.strip() for x in getattr(args, flag).split(',') if x.strip()])}")
     try:
         cfg = load_config(ClosedGapConfig, args.config, overrides)
         report = run_closed_gap(cfg)

@@ -53,6 +53,8 @@ class ClosedGapConfig:
             is always reported, as the bar needs it.
         name: the report's directory under ``<table dir>/closed-gap/``.
         partial: judge an oracle table that still has settings to run (the report says which are missing).
+        settings: judge only these held-out settings (e.g. one attempt's, to give a verdict with and without a
+            later attempt); each must have a row in the table. Empty: every finished row.
         n_boot: bootstrap resamples; seed: their generator's seed.
         harm_limit: the safety line, in pooled seed std below SBF.
     """
@@ -63,6 +65,7 @@ class ClosedGapConfig:
     differences: tuple[tuple[str, ...], ...] = ()
     name: str = "baselines"
     partial: bool = False
+    settings: tuple[str, ...] = ()
     n_boot: int = 10_000
     seed: int = 0
     harm_limit: float = 2.0
@@ -83,6 +86,8 @@ class ClosedGapConfig:
             if len(pair) != 2 or any(x not in self.policies for x in pair) or pair[0] == pair[1]:
                 problems.append(f"differences: {list(pair)} must be two different entries of policies "
                                 f"{list(self.policies)}")
+        if len(set(self.settings)) != len(self.settings):
+            problems.append(f"settings repeats entries: {list(self.settings)}")
         if not self.name or "/" in self.name:
             problems.append(f"name must be a plain directory name, got {self.name!r}")
         if self.n_boot < 100:
@@ -121,7 +126,13 @@ def run_closed_gap(cfg: ClosedGapConfig, progress: bool = True) -> dict:
         raise ConfigError("closed gap", problems)
     ocfg = load_config(OracleConfig, REPO_ROOT / cfg.oracle, list(cfg.oracle_overrides))
     suite = load_suite(REPO_ROOT / ocfg.suite)
-    table = load_oracle_table(ocfg.table_dir(suite.name), suite, partial=cfg.partial)
+    table = load_oracle_table(ocfg.table_dir(suite.name), suite, partial=cfg.partial or bool(cfg.settings))
+    if cfg.settings:  # a named subset: each needs its row; the rest of the table may still be running
+        have = [r["setting"] for r in table["rows"]]
+        if unknown := [n for n in cfg.settings if n not in have]:
+            raise ConfigError("closed gap", [f"settings: {unknown} have no row in the oracle table (scored: {have}); "
+                                             f"name scored held-out settings, or run mixagent oracle-table first"])
+        table = {**table, "rows": [r for r in table["rows"] if r["setting"] in cfg.settings], "pending": []}
     if differ := config_differences(ocfg, table["config"]):
         raise ConfigError("closed gap", [f"oracle config {cfg.oracle} (with oracle_overrides) differs from the config "
                                          f"its table was made with in {differ}: policies would be scored otherwise "
@@ -207,6 +218,9 @@ def _markdown(report: dict) -> str:
     if res["gated"] == 1:
         lines += ["With one gated setting the bootstrap resamples its seeds only: the interval is seed noise, not the "
                   "spread over settings.", ""]
+    if cfg.get("settings"):
+        lines += [f"**A subset**: only the held-out settings {', '.join(cfg['settings'])} are judged (the config's "
+                  f"`settings`).", ""]
     if report["pending"]:
         lines += [f"**Partial**: the oracle table has settings still to run ({', '.join(report['pending'])}); the "
                   f"numbers below cover its finished settings only.", ""]

@@ -373,6 +373,11 @@ def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
     assert f"{res['gated']} of 1 held-out settings pass the gate" in (out / "closed_gap.md").read_text()
     again = run_closed_gap(gap_cfg, progress=False)  # cached: the same numbers
     assert again["result"]["settings"] == res["settings"]
+    subset = run_closed_gap(dataclasses.replace(gap_cfg, settings=("scarce",), name="t-subset"), progress=False)
+    assert subset["result"] == res and "**A subset**: only the held-out settings scarce" in (
+        cfg_out(cfg, suite) / "closed-gap" / "t-subset" / "closed_gap.md").read_text()
+    with pytest.raises(ConfigError, match=r"settings: \['budget-1m'\] have no row in the oracle table"):
+        run_closed_gap(dataclasses.replace(gap_cfg, settings=("scarce", "budget-1m")), progress=False)
     with pytest.raises(ConfigError, match=r"differences: \['uniform', 'natural'\] must be two different entries"):
         run_closed_gap(dataclasses.replace(gap_cfg, differences=(("uniform", "natural"),)), progress=False)
     with pytest.raises(ConfigError, match="'runs/agent/nope' looks like an agent artifact directory but there is none"):
