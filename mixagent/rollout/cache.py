@@ -116,21 +116,8 @@ class EpisodeCache:
     def _stored(self, key: str, seed: int) -> dict | None:
         """The summary stored under this cache's own roots (the writable one, then ``read_also``), or ``None``."""
         for d in (self.dir, *self.read_dirs):
-            p = d / self._name(key) / f"{seed}.json"
-            if not p.exists():
-                continue
-            ep = None
-            try:
-                ep = json.loads(p.read_text())
-                ep = ep if _valid(ep, seed) else None
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                ep = None
-            if ep is None:
-                log.warning("stored episode %s is unreadable or invalid; running it again", p)
-                continue
-            if not self._same_base(ep, d):
-                continue
-            return self.rescore(ep) if self.rescore is not None else ep  # its errors are the scale's: raised
+            if (ep := self._read(d, key, seed)) is not None:
+                return self.rescore(ep) if self.rescore is not None else ep  # its errors are the scale's: raised
         return None
 
     def _from_sibling(self, key: str, seed: int) -> dict | None:
@@ -140,15 +127,25 @@ class EpisodeCache:
         if self._sibling_rescore is None or not open_loop(key):
             return None
         for d in self.siblings:
-            p = d / self._name(key) / f"{seed}.json"
-            try:
-                ep = json.loads(p.read_text()) if p.is_file() else None
-                ep = ep if ep is not None and _valid(ep, seed) else None
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                ep = None
-            if ep is not None and self._same_base(ep, d):
+            if (ep := self._read(d, key, seed)) is not None:
                 return self._sibling_rescore(ep)
         return None
+
+    def _read(self, d: Path, key: str, seed: int) -> dict | None:
+        """The valid episode stored in cache directory ``d`` that started from this cache's base model, or
+        ``None`` (an unreadable or invalid one is logged: it is run again)."""
+        p = d / self._name(key) / f"{seed}.json"
+        if not p.exists():
+            return None
+        try:
+            ep = json.loads(p.read_text())
+            ep = ep if _valid(ep, seed) else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            ep = None
+        if ep is None:
+            log.warning("stored episode %s is unreadable or invalid; running it again", p)
+            return None
+        return ep if self._same_base(ep, d) else None
 
     def get(self, key: str, seed: int) -> EpisodeRecord | None:
         """The stored episode as a record (:func:`record_of_summary`), or ``None`` as for :meth:`summary`."""

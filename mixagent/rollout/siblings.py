@@ -4,10 +4,10 @@ Two env specs that differ only in ``reward.lam`` are *lam siblings*: they train 
 computed from raw evaluations and never feeds back into training), so an open-loop policy (its mixture
 depends on the step alone, never on the observation's lam or scores) gives the same episode under both, bit
 for bit; only the balanced score and the return differ, and they are recomputed from the stored raw
-evaluations (the comparison's rescorer). The audit's grid rows (raw final evaluations), the base model's
-evaluation and the reference and anchor runs (lam-free extremes) are shared the same way. This is what makes a
-held-out setting that only moves lam cost a few episodes instead of a full setting (the oracle table's
-attempt 2).
+evaluations (the comparison's rescorer). The audit's grid rows (raw final evaluations) and the reference and
+anchor runs (lam-free extremes) are shared the same way, from a sibling that started from the same base
+model. This is what makes a held-out setting that only moves lam cost a few episodes instead of a full
+setting (the oracle table's attempts 2 and 3).
 
 A sibling is recognised by content, not by name: its stored ``spec.json`` (``spec_hash`` and the spec's
 :meth:`~mixagent.env.spec.EnvSpec.mdp_dict`) must hash to this spec with the sibling's lam put in, so the
@@ -16,6 +16,7 @@ base model, the domain space, the anchors and everything else are the same.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -45,8 +46,6 @@ def spec_head(spec: EnvSpec) -> dict:
 def is_lam_sibling(spec: EnvSpec, head: dict) -> bool:
     """Whether the store whose ``spec.json`` is ``head`` (:func:`spec_head`) holds runs of ``spec`` at another
     lam: its hash equals ``spec``'s with its lam put in (so nothing else differs) and its lam is another."""
-    import dataclasses
-
     try:
         lam = float(head["spec"]["reward"]["lam"])
         stored = str(head["spec_hash"])

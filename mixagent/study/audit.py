@@ -52,6 +52,7 @@ from mixagent.rollout.record import EpisodeRecord
 from mixagent.rollout.runner import Episode, RunnerSetup, ScheduleTree
 from mixagent.rollout.schedules import Schedule
 from mixagent.rollout.seeds import collection_seeds, episode_seed_of, resolve_env, run_key
+from mixagent.rollout.siblings import spec_head
 from mixagent.rollout.tree import item_values
 
 __all__ = ["AuditConfig", "AuditStore", "AuditRun", "build_schedules", "run_audit", "decay_step", "FAMILIES",
@@ -198,8 +199,7 @@ class AuditStore:
                 raise ConfigError(str(head), [f"results were cached for spec hash {stored.get('spec_hash')!r}, not "
                                               f"{spec.spec_hash()!r}; use another --out"])
         else:
-            atomic_write_json(head, {"version": RESULTS_VERSION, "env_id": spec.env_id,
-                                     "spec_hash": spec.spec_hash(), "spec": spec.mdp_dict()})
+            atomic_write_json(head, {"version": RESULTS_VERSION, **spec_head(spec)})  # lam siblings read it
         self.base = ""  # the base checkpoint id the driver's backend loaded
         self.rows: list[EpisodeRecord] = []
         if self.path.exists():
@@ -224,7 +224,7 @@ class AuditStore:
         from mixagent.rollout.cache import same_start
         from mixagent.rollout.siblings import lam_siblings
 
-        if self.rows or self.path.exists():
+        if self.path.exists():
             return None
         found: dict[Path, list[str]] = {}
         for d in lam_siblings(self.dir.parent, spec):

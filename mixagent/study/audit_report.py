@@ -111,8 +111,6 @@ def make_report(run: AuditRun) -> dict:
     return report
 
 
-
-
 def _summary(table: list[dict], name: str, n_seeds: int) -> dict:
     """Best static, best schedule, oracle and their gaps in pooled seed standard deviations."""
     full = [r for r in table if len(r["seeds"]) == n_seeds]
