@@ -11,6 +11,7 @@ the largest ``K`` with a validity mask.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,13 +31,17 @@ from mixagent.policies.per_domain import (
 
 __all__ = ["PerDomainBCConfig", "train_per_domain", "training_arrays"]
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class PerDomainBCConfig:
     """Behaviour cloning of the per-domain policy.
 
     Args:
-        data: trajectory runs (any domain spaces; each run's own reward and reference).
+        data: trajectory runs (any domain spaces; each run's own reward and reference); a suite collection
+            (``trajectories/suite-v1``) stands for its finished settings' runs
+            (:func:`mixagent.trajectories.suite.expand_runs`).
         top_fraction: the best share of each run's trajectories cloned (as ``sft.top_fraction``).
         steps: gradient steps; batch_size: transitions per step; lr: Adam's learning rate.
         hidden: width of the shared networks.
@@ -150,8 +155,13 @@ def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list
     problems = cfg.check()
     if problems:
         raise ConfigError("per_domain", problems)
+    from mixagent.trajectories.suite import expand_runs
+
     rows, runs = [], []
-    for run in cfg.data:
+    data, left = expand_runs(cfg.data)  # a suite collection stands for its finished settings' runs
+    if left:
+        log.info("per-domain BC: %d suite settings not finished yet are left out (%s, ...)", len(left), left[0])
+    for run in data:
         r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude), cfg.observation, tuple(cfg.lams))
         rows += r
         runs.append(info)
@@ -217,28 +227,38 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``mixagent per-domain``."""
+    """``mixagent per-domain [--config configs/agent/<name>.yaml] [--data RUN ...] [key=value ...]``."""
     import argparse
     import sys
 
-    from mixagent.config import from_dict
+    from mixagent.config import load_config
     from mixagent.errors import MixagentError
 
     parser = argparse.ArgumentParser(prog="mixagent per-domain",
                                      description="Behaviour cloning of the per-domain policy (any domain space).")
-    parser.add_argument("--data", nargs="+", default=list(PerDomainBCConfig.data))
+    parser.add_argument("--config", default=None, help="a PerDomainBCConfig YAML, e.g. configs/agent/per-domain-v2.yaml")
+    parser.add_argument("--data", nargs="+", default=None, help="trajectory runs or suite collections")
     parser.add_argument("--out", default="runs/agent/per-domain/bc")
-    parser.add_argument("--steps", type=int, default=PerDomainBCConfig.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--exclude", nargs="*", default=[], metavar="DOMAIN",
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--exclude", nargs="*", default=None, metavar="DOMAIN",
                         help="domains left out of training (e.g. fiction foldoc wordnet: unseen source domains)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lams=[0.2,0.5,0.8]")
     args = parser.parse_args(argv)
+    flags = {k: getattr(args, k) for k in ("data", "steps", "seed", "exclude") if getattr(args, k) is not None}
+    overrides = [*args.overrides, *(f"{k}={_yaml(v)}" for k, v in flags.items())]
     try:
-        cfg = from_dict(PerDomainBCConfig, {"data": args.data, "steps": args.steps, "seed": args.seed,
-                                            "exclude": args.exclude})
+        cfg = load_config(PerDomainBCConfig, REPO_ROOT / args.config if args.config else None, overrides)
         out = train_per_domain(cfg, REPO_ROOT / args.out)
     except MixagentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"per-domain policy: {out} (drives any domain space: policy_from_spec / compare --policies {args.out})")
     return 0
+
+
+def _yaml(value) -> str:
+    """A flag's value as an override's YAML (a list in flow style)."""
+    import json
+
+    return json.dumps(value)

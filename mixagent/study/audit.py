@@ -315,6 +315,21 @@ class AuditRun:
         return self.store.dir
 
 
+RUNTIME_FIELDS = ("workers", "launcher")  # how an audit ran, not what it measured
+
+
+def _record_config(path: Path, cfg: AuditConfig) -> None:
+    """Write ``cfg`` to ``audit.json``, unless the file already records it but for :data:`RUNTIME_FIELDS`: a
+    resume with other workers keeps the committed file unchanged."""
+    new = json.loads(json.dumps(to_dict(cfg)))  # as read back (lists, not tuples)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: v for k, v in old.items() if k not in RUNTIME_FIELDS} == {
+                k: v for k, v in new.items() if k not in RUNTIME_FIELDS}:
+            return
+    atomic_write_json(path, new)
+
+
 def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | None = None,
               report_only: bool = False) -> AuditRun:
     """Run (or resume) every row and the oracle; ``make_report(run_audit(cfg))`` writes the report.
@@ -350,7 +365,7 @@ def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | N
                                     f"(reference_seeds {list(spec.reference_seeds)}); pick other seeds"])
     schedules = build_schedules(cfg, spec)
     store = AuditStore(out_root, spec)
-    atomic_write_json(store.dir / "audit.json", to_dict(cfg))  # what --report-only rebuilds the report with
+    _record_config(store.dir / "audit.json", cfg)  # what --report-only rebuilds the report with
     space = load_space(spec.space_path())
     # the base model's evaluation and the reference runs (once per spec hash; the normalised rewards)
     backend = make_backend(spec, space)

@@ -89,8 +89,10 @@ class SettingScores:
 
 
 def pooled_seed_std(rows: Mapping[str, Sequence[float]]) -> float:
-    """``sqrt(mean_r var_r)`` over the rows' per-seed scores (``ddof=1``)."""
-    variances = [float(np.var(np.asarray(v, dtype=float), ddof=1)) for v in rows.values() if len(v) > 1]
+    """``sqrt(mean_r var_r)`` over the rows' per-seed scores (``ddof=1``). A row whose scores equal an earlier
+    row's exactly is the same runs under two names (in a 2-domain space uniform *is* replay 0.5) and counts once."""
+    distinct = {tuple(float(x) for x in v): None for v in rows.values()}
+    variances = [float(np.var(np.asarray(v, dtype=float), ddof=1)) for v in distinct if len(v) > 1]
     return math.sqrt(float(np.mean(variances))) if variances else float("nan")
 
 

@@ -22,7 +22,7 @@ import time
 from mixagent.errors import ResumeMismatchError
 from mixagent.paths import REPO_ROOT, atomic_write_json
 
-__all__ = ["collect_suite", "SUITE_INDEX_VERSION"]
+__all__ = ["collect_suite", "expand_runs", "SUITE_INDEX_VERSION"]
 
 SUITE_INDEX_VERSION = 1
 
@@ -93,3 +93,38 @@ def _complete(run_dir) -> bool:
     from mixagent.trajectories.store import Run
 
     return Run(run_dir).complete
+
+
+def expand_runs(paths, root=REPO_ROOT, partial: bool = False) -> tuple[list[str], list[str]]:
+    """Trajectory runs named by ``paths`` (relative to ``root``): a suite collection (a directory with
+    ``suite.json``) stands for its settings' runs in index order, each only once it is complete (``partial``:
+    every setting with a finished trajectory); any other path is kept. Returns the runs and the suite
+    settings left out (not yet collected, or unfinished).
+
+    Raises:
+        ConfigError: a suite index of another version, or one whose settings are all missing.
+    """
+    from mixagent.errors import ConfigError
+    from mixagent.trajectories.store import Run
+
+    runs, left = [], []
+    for p in paths:
+        index_path = root / p / "suite.json"
+        if not index_path.is_file():
+            runs.append(str(p))
+            continue
+        index = json.loads(index_path.read_text())
+        if index.get("version") != SUITE_INDEX_VERSION:
+            raise ConfigError(str(index_path), [f"version {index.get('version')!r}, this code reads "
+                                                f"{SUITE_INDEX_VERSION}: re-collect or use a matching mixagent"])
+        found = []
+        for entry in index["settings"]:
+            run_dir = root / p / entry["run_hash"]
+            ok = (run_dir / "meta.json").is_file() and (Run(run_dir).entries if partial else _complete(run_dir))
+            (found if ok else left).append(f"{p}/{entry['run_hash']}")
+        if not found:
+            raise ConfigError(str(index_path), [f"none of its {len(index['settings'])} settings is "
+                                                f"{'started' if partial else 'complete'} yet: collect with "
+                                                f"`mixagent collect --config configs/collect/<suite>.yaml --resume`"])
+        runs += found
+    return runs, left

@@ -235,3 +235,18 @@ def test_a_policy_that_observes_the_lr_refuses_an_observation_without_it(tmp_pat
         policy.act(observation(10, 0, lr=False))  # 3K+5
     text = str(err.value)
     assert "expected 36 entries (3K+6" in text and "got 35" in text and "observe_lr: true" in text
+
+
+def test_the_command_takes_a_config_and_flags_over_it(tmp_path, capsys):
+    """``mixagent per-domain --config configs/agent/per-domain-v2.yaml``: the config's fields, then the flags and
+    ``key=value`` overrides over them; a bad value is a typed error and exit status 2, nothing written."""
+    from mixagent.agent.train_per_domain import main
+
+    out = tmp_path / "v2"
+    assert main(["--config", "configs/agent/per-domain-v2.yaml", "--data", "trajectories/reference/math-cpt-v1",
+                 "--steps", "5", "--out", str(out), "hidden=8", "lams=[0.35,0.65]"]) == 0
+    cfg = json.loads((out / "meta.json").read_text())["training"]["config"]
+    assert cfg["observation"] == 2 and cfg["unknown_budget"] == 0.25 and cfg["steps"] == 5 and cfg["hidden"] == 8
+    assert cfg["lams"] == [0.35, 0.65] and cfg["data"] == ["trajectories/reference/math-cpt-v1"]
+    assert main(["--config", "configs/agent/per-domain-v2.yaml", "--out", str(tmp_path / "bad"), "lams=[2]"]) == 2
+    assert "lams must be distinct numbers in [0, 1]" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -121,9 +121,11 @@ def test_forked_rows_equal_rows_run_alone(audit):
 def test_resume_reruns_nothing(audit, monkeypatch):
     root, out, report = audit
     before = (out / "results.jsonl").read_text()
+    recorded = (out / "audit.json").read_bytes()
     monkeypatch.setattr(Runner, "run", lambda *a, **k: pytest.fail("a finished leaf was rerun"))
-    make_report(run_audit(_cfg(), root=root))
+    make_report(run_audit(_cfg(workers=1), root=root))
     assert (out / "results.jsonl").read_text() == before
+    assert (out / "audit.json").read_bytes() == recorded  # how it ran (workers) does not rewrite the record
     assert json.loads((out / "report.json").read_text())["summary"] == report["summary"]
 
 

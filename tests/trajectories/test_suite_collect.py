@@ -17,7 +17,7 @@ from mixagent.paths import REPO_ROOT
 from mixagent.rollout.tree import TreeConfig, spec_identity
 from mixagent.trajectories import Run
 from mixagent.trajectories.collector import CollectConfig, collect
-from mixagent.trajectories.suite import collect_suite
+from mixagent.trajectories.suite import collect_suite, expand_runs
 from tests.study.test_oracle_table import SUITE as TINY_SUITE
 
 SUITE = {**TINY_SUITE, "name": "tiny-collect",
@@ -71,6 +71,38 @@ def test_resume_is_bound_to_the_suite_and_seed(collected):
     assert collect_suite(cfg, resume=True, progress=False) == []  # nothing left to do
     index = json.loads((cfg.run_dir / "suite.json").read_text())
     assert len(index["settings"]) == 2  # asking for 1 setting keeps the second one listed
+
+
+def test_a_suite_collection_stands_for_its_finished_settings_and_trains_one_policy(collected, tmp_path):
+    """``expand_runs`` lists a suite collection's finished settings (an unfinished one is left out and named),
+    and per-domain BC over the suite directory clones every setting's runs at each lam."""
+    import shutil
+
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, train_per_domain
+
+    cfg, suite, _, _ = collected
+    root = tmp_path / "copy"
+    shutil.copytree(cfg.run_dir, root / "across")
+    hashes = [s.run_hash() for s in suite.distinct_runs(2, cfg.seed)]
+    runs, left = expand_runs(["across", "other/run"], root=root)
+    assert runs == [f"across/{h}" for h in hashes] + ["other/run"] and left == []
+    manifest = root / "across" / hashes[1] / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["trees_done"] = []  # the second setting's tree not finished
+    manifest.write_text(json.dumps(m))
+    assert expand_runs(["across"], root=root) == ([f"across/{hashes[0]}"], [f"across/{hashes[1]}"])
+    assert expand_runs(["across"], root=root, partial=True)[0] == [f"across/{h}" for h in hashes]
+    for h in hashes:
+        m = json.loads((root / "across" / h / "manifest.json").read_text())
+        m["trees_done"] = []
+        (root / "across" / h / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ConfigError, match="none of its 2 settings is complete yet"):
+        expand_runs(["across"], root=root)
+    out = train_per_domain(PerDomainBCConfig(data=(str(cfg.run_dir),), steps=20, hidden=8, observation=2,
+                                             lams=(0.2, 0.8), top_fraction=1.0), tmp_path / "bc", progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert [r["run"] for r in meta["training"]["runs"]] == [str(cfg.run_dir / h) for h in hashes]
+    assert all(r["lams"] == [0.2, 0.8] and r["transitions"] == 2 * 4 for r in meta["training"]["runs"])
 
 
 def test_bad_suite_configs(tmp_path):
