@@ -236,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="mixagent per-domain",
                                      description="Behaviour cloning of the per-domain policy (any domain space).")
-    parser.add_argument("--config", default=None, help="a PerDomainBCConfig YAML, e.g. configs/agent/per-domain-v2.yaml")
+    parser.add_argument("--config", default=None,
+                        help="a PerDomainBCConfig YAML, e.g. configs/agent/per-domain-v2.yaml")
     parser.add_argument("--data", nargs="+", default=None, help="trajectory runs or suite collections")
     parser.add_argument("--out", default="runs/agent/per-domain/bc")
     parser.add_argument("--steps", type=int, default=None)

@@ -98,7 +98,8 @@ def test_pooled_std_and_the_single_best_fixed_rule():
     # the same runs under two names (a 2-domain space's uniform is its replay 0.5) count once, not twice
     same = {"uniform": [1.0, 2.0, 3.0], "replay:0.5": [1.0, 2.0, 3.0], "y": [0.0, 0.0, 0.0]}
     assert pooled_seed_std(same) == pytest.approx(np.sqrt(0.5))
-    assert pooled_seed_std({**same, "replay:0.5": [1.0, 2.0, 3.5]}) == pytest.approx(np.sqrt((1 + 0 + np.var([1, 2, 3.5], ddof=1)) / 3))
+    other = np.var([1, 2, 3.5], ddof=1)
+    assert pooled_seed_std({**same, "replay:0.5": [1.0, 2.0, 3.5]}) == pytest.approx(np.sqrt((1 + 0 + other) / 3))
     means = {"uniform": {"s1": 1.0, "s2": 0.2}, "replay:0.5": {"s1": 0.7, "s2": 0.7}}
     assert single_best_fixed(means) == "replay:0.5"  # 0.7 beats 0.6 on average
     with pytest.raises(ConfigError, match="same .* training settings"):
