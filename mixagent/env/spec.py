@@ -172,8 +172,11 @@ class EnvSpec:
 
     def spec_hash(self) -> str:
         """Identifies the MDP: the spec (:meth:`mdp_dict`), its base-model config and its domain space file, and
-        with a judge in ``eval``, the judge's weights (by content)."""
-        parts = [self.mdp_dict(), to_dict(self.base_config()), self.space_path().read_text()]
+        with a judge in ``eval``, the judge's weights (by content). The ``observation`` layout is left out: it is
+        a view of the same runs, rebuilt from their raw evaluations (like ``optim.threads``, it changes no run),
+        so both layouts share reference runs, audits and comparison caches."""
+        mdp = {k: v for k, v in self.mdp_dict().items() if k != "observation"}
+        parts = [mdp, to_dict(self.base_config()), self.space_path().read_text()]
         if self.eval.judge is not None:
             from mixagent.env.judge import judge_model_digest
 

@@ -413,17 +413,35 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
-    compare = CompareConfig(name=f"heldout-{name}" + ("-anchored" if cfg.anchors else ""), env=suite.env,
-                            env_overrides=(*setting.overrides(suite, keep_lam=False), *extra), policies=tuple(rules),
-                            seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
-                            regmix_runs=cfg.regmix_runs if "regmix" in rules else 0, efficiency_steps=(),
-                            oracles=False, workers=cfg.workers, launcher=cfg.launcher,
-                            out=f"{cfg.out}/{suite.name}", reuse=(), scale=scale)
-    run = run_compare(compare)
-    if report:
-        make_compare_report(run)
-    by_spec = {spec: label for label, spec in run.labels.items()}
-    return {rule: run.episodes[by_spec[rule]] for rule in rules}
+    out: dict[str, list[dict]] = {}
+    for version, group in _by_observation(rules).items():  # a policy reads its own layout; the runs are shared
+        compare = CompareConfig(name=f"heldout-{name}" + ("-anchored" if cfg.anchors else ""), env=suite.env,
+                                env_overrides=(*setting.overrides(suite, keep_lam=False), *extra,
+                                               *([f"observation={version}"] if version != 1 else [])),
+                                policies=tuple(group), seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
+                                regmix_runs=cfg.regmix_runs if "regmix" in group else 0, efficiency_steps=(),
+                                oracles=False, workers=cfg.workers, launcher=cfg.launcher,
+                                out=f"{cfg.out}/{suite.name}", reuse=(), scale=scale)
+        run = run_compare(compare)
+        if report:
+            make_compare_report(run)
+        by_spec = {spec: label for label, spec in run.labels.items()}
+        out.update({rule: run.episodes[by_spec[rule]] for rule in group})
+    return {rule: out[rule] for rule in rules}
+
+
+def _by_observation(rules: list[str]) -> dict[int, list[str]]:
+    """``rules`` grouped by the observation layout each reads: a policy artifact its recorded version (a
+    per-domain policy across settings reads version 2, :class:`~mixagent.env.observation.SettingObservationBuilder`),
+    every other rule version 1 (the spec's default). The layout changes no run (it is not in the spec hash)."""
+    from mixagent.rollout.identity import artifact_dir
+
+    groups: dict[int, list[str]] = {}
+    for rule in rules:
+        path = artifact_dir(rule)
+        meta = json.loads((path / "meta.json").read_text()) if path and (path / "meta.json").is_file() else {}
+        groups.setdefault(int(meta.get("observation", {}).get("version", 1)), []).append(rule)
+    return groups
 
 
 def tuned_run(cfg: OracleConfig, suite, name: str, setting, progress: bool = False,

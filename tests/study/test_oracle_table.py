@@ -376,6 +376,19 @@ def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
     subset = run_closed_gap(dataclasses.replace(gap_cfg, settings=("scarce",), name="t-subset"), progress=False)
     assert subset["result"] == res and "**A subset**: only the held-out settings scarce" in (
         cfg_out(cfg, suite) / "closed-gap" / "t-subset" / "closed_gap.md").read_text()
+    # a per-domain policy trained across settings reads observation version 2: it is scored in the same cached
+    # comparison (the layout is not in the spec hash), beside the version-1 rules, on the same held-out seeds
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, train_per_domain
+
+    agent = train_per_domain(PerDomainBCConfig(steps=20, hidden=8, observation=2, lams=(0.2, 0.8)),
+                             tmp_path / "v2", progress=False)
+    mixed = run_closed_gap(dataclasses.replace(gap_cfg, policies=("uniform", str(agent)), name="t-v2"),
+                           progress=False)
+    got = mixed["result"]["settings"][0]["policies"]
+    assert got["uniform"] == setting["policies"]["uniform"] and np.isfinite(got[str(agent)]["mean"])
+    v2 = heldout_episodes(cfg, suite, "scarce", suite.held_out_settings()["scarce"], [str(agent)], report=False)
+    assert [e["seed"] for e in v2[str(agent)]] == list(cfg.seeds)
+    assert got[str(agent)]["mean"] == pytest.approx(np.mean([e["balanced"] for e in v2[str(agent)]]))
     with pytest.raises(ConfigError, match=r"settings: \['budget-1m'\] have no row in the oracle table"):
         run_closed_gap(dataclasses.replace(gap_cfg, settings=("scarce", "budget-1m")), progress=False)
     with pytest.raises(ConfigError, match=r"differences: \['uniform', 'natural'\] must be two different entries"):
