@@ -278,7 +278,7 @@ def _plot(report: dict, path: Path) -> None:
     names = list(res["policies"])
     gated = [r for r in res["settings"] if r["gated"]]
     groups = [r["setting"] for r in gated] + ["mean (95% CI)"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(groups) * max(1, len(names)) / 2 + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(16.0, max(5.0, 0.3 * len(groups) * max(1, len(names)) + 2)), 4.5))
     width = 0.8 / max(1, len(names))
     for i, p in enumerate(names):
         xs = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
@@ -291,7 +291,8 @@ def _plot(report: dict, path: Path) -> None:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.axhline(BAR_MEAN, color="tab:red", linewidth=0.8, linestyle=":")
-    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
+    ax.set_xticks(np.arange(len(groups)), groups, fontsize=8, rotation=20 if len(groups) > 6 else 0,
+                  ha="right" if len(groups) > 6 else "center")
     ax.set_ylabel("closed gap (0 = SBF, 1 = oracle)")
     ax.set_title(f"{report['suite']}: {res['gated']} of {res['total']} held-out settings gated", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
