@@ -295,7 +295,7 @@ def _plot(report: dict, path: Path) -> None:
                   ha="right" if len(groups) > 6 else "center")
     ax.set_ylabel("closed gap (0 = SBF, 1 = oracle)")
     ax.set_title(f"{report['suite']}: {res['gated']} of {res['total']} held-out settings gated", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: no bar hidden
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
