@@ -63,6 +63,7 @@ def _regmix(ctx: PolicyContext) -> MixingPolicy:
 
 
 def _classes() -> dict[str, type]:
+    from mixagent.policies.guarded import GuardedPolicy
     from mixagent.policies.heuristics import DecaySwitchPolicy, EndUpsamplePolicy, TwoPhasePolicy
     from mixagent.policies.methods import ADOPolicy, AioliPolicy, DoReMiPolicy, ODMPolicy, VelocitunePolicy
     from mixagent.policies.probe_commit import ProbeCommitPolicy
@@ -70,7 +71,7 @@ def _classes() -> dict[str, type]:
     return {"decay_switch": DecaySwitchPolicy, "end_upsample": EndUpsamplePolicy, "two_phase": TwoPhasePolicy,
             "doremi": DoReMiPolicy,
             "odm": ODMPolicy, "ado": ADOPolicy, "velocitune": VelocitunePolicy, "aioli": AioliPolicy,
-            "probe_commit": ProbeCommitPolicy}
+            "probe_commit": ProbeCommitPolicy, "guarded": GuardedPolicy}
 
 
 def _methods() -> dict[str, Callable[..., MixingPolicy]]:
@@ -86,16 +87,18 @@ def _methods() -> dict[str, Callable[..., MixingPolicy]]:
         "aioli": lambda ctx, **kw: c["aioli"](ctx.natural, **kw),
         "regmix": lambda ctx, **kw: _regmix(ctx),
         "probe_commit": lambda ctx, **kw: c["probe_commit"](ctx.natural, ctx.stated, **kw),
+        "guarded": lambda ctx, **kw: c["guarded"](ctx.natural, **kw),
     }
 
 
 METHODS = ("decay_switch", "end_upsample", "two_phase", "doremi", "odm", "ado", "velocitune", "aioli", "regmix",
-           "probe_commit")
+           "probe_commit", "guarded")
 METHOD_SPECS = (*BASELINE_SPECS, *METHODS)
 NEEDS_REFERENCE = ("doremi", "velocitune")
 PROBING = ("aioli",)  # methods that train short probe mixtures inside each step (the env's ``probe``)
 _FROM_CONTEXT = ("self", "natural", "shares", "reference", "batches_per_step", "stated")
-FITTED_PARAMS = ("model",)  # spec keywords that name a fitted artifact (probe_commit's model), not a hyperparameter
+FITTED_PARAMS = ("model", "agent")  # spec keywords that name a fitted artifact (probe_commit's model, guarded's
+# policy directory), not a hyperparameter
 _STAND_IN_STATED = {"lam": 0.5, "target_tokens": 0.0, "lr": 2e-3, "wsd": 1.0, "decay_fraction": 0.25, "steps": 8.0,
                     "segment_tokens": 65536.0}
 

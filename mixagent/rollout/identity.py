@@ -28,7 +28,8 @@ from mixagent.policies.registry import (
     rules_version,
 )
 
-__all__ = ["artifact_dir", "content_digest", "is_named", "policy_identity", "policy_key", "policy_context"]
+__all__ = ["artifact_dir", "artifact_id", "content_digest", "is_named", "policy_identity", "policy_key",
+           "policy_context"]
 
 
 def artifact_dir(spec: str) -> Path | None:
@@ -45,7 +46,7 @@ def content_digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _artifact_id(path: Path) -> str:
+def artifact_id(path: Path) -> str:
     """What defines an artifact's behaviour: its weight and tensor files and its ``meta.json`` less the
     record of how it was trained (``training``, ``versions``: a resumed run with other evaluation settings
     rewrites those, the policy is the same)."""
@@ -78,7 +79,7 @@ def policy_identity(policy: str, ctx: PolicyContext | None = None) -> str:
             return policy_key(policy, ctx)
         return f"{policy}@rules{rules_version(policy)}" + _fitted_digest(policy)
     path = None if is_named(policy) else artifact_dir(policy)
-    return f"artifact@{_artifact_id(path)}" if path is not None else policy
+    return f"artifact@{artifact_id(path)}" if path is not None else policy
 
 
 def _fitted_digest(spec: str) -> str:
@@ -86,8 +87,9 @@ def _fitted_digest(spec: str) -> str:
     the same path is another policy; empty when it names none (or a file that does not exist)."""
     parsed = parse_method(spec)
     files = [str(v) for k, v in (parsed[1] if parsed else {}).items() if k in FITTED_PARAMS]
-    paths = [p if p.is_absolute() or p.is_file() else REPO_ROOT / p for p in map(Path, files)]
-    digests = [hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in paths if p.is_file()]
+    paths = [p if p.is_absolute() or p.exists() else REPO_ROOT / p for p in map(Path, files)]
+    digests = [hashlib.sha256(p.read_bytes()).hexdigest()[:12] if p.is_file() else artifact_id(p)[:12]
+               for p in paths if p.is_file() or p.is_dir()]  # a guarded artifact directory: by its content
     return "".join(f"#{d}" for d in digests)
 
 
@@ -98,7 +100,7 @@ def policy_key(spec: str, ctx: PolicyContext) -> str:
         return f"{spec.partition(':')[0]}@{content_digest(policy_fingerprint(build_policy(spec, ctx)))}"
     path = None if is_named(spec) else artifact_dir(spec)
     if path is not None:
-        return f"artifact@{_artifact_id(path)}"
+        return f"artifact@{artifact_id(path)}"
     return spec
 
 

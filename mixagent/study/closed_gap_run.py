@@ -284,7 +284,8 @@ def _plot(report: dict, path: Path) -> None:
         xs = np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width
         values = [r["policies"][p]["closed_gap"] for r in gated] + [res["policies"][p]["mean_closed_gap"]]
         heights = [v if v is not None else 0.0 for v in values]
-        ax.bar(xs, heights, width, label=_label(p))
+        label = _label(p)
+        ax.bar(xs, heights, width, label=label if len(label) <= 48 else f"{label[:22]}...{label[-23:]}")
         if (ci := res["policies"][p]["ci95"]) is not None:
             ax.errorbar(xs[-1], heights[-1], yerr=[[heights[-1] - ci[0]], [ci[1] - heights[-1]]], capsize=3,
                         color="black", linewidth=1)
@@ -296,6 +297,5 @@ def _plot(report: dict, path: Path) -> None:
     ax.set_ylabel("closed gap (0 = SBF, 1 = oracle)")
     ax.set_title(f"{report['suite']}: {res['gated']} of {res['total']} held-out settings gated", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: no bar hidden
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight"))  # legend included
     plt.close(fig)

@@ -431,14 +431,18 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
 
 
 def _by_observation(rules: list[str]) -> dict[int, list[str]]:
-    """``rules`` grouped by the observation layout each reads: a policy artifact its recorded version (a
-    per-domain policy across settings reads version 2, :class:`~mixagent.env.observation.SettingObservationBuilder`),
-    every other rule version 1 (the spec's default). The layout changes no run (it is not in the spec hash)."""
+    """``rules`` grouped by the observation layout each reads: a policy artifact (bare or ``guarded``) its recorded
+    version (a per-domain policy across settings reads version 2,
+    :class:`~mixagent.env.observation.SettingObservationBuilder`), every other rule version 1 (the spec's default).
+    The layout changes no run (it is not in the spec hash)."""
+    from mixagent.policies.registry import parse_method
     from mixagent.rollout.identity import artifact_dir
 
     groups: dict[int, list[str]] = {}
     for rule in rules:
-        path = artifact_dir(rule)
+        parsed = parse_method(rule)  # a guarded artifact (guarded:agent=DIR,...) reads its artifact's layout
+        guarded = parsed is not None and parsed[0] == "guarded"
+        path = artifact_dir(str(parsed[1].get("agent", ""))) if guarded else artifact_dir(rule)
         meta = json.loads((path / "meta.json").read_text()) if path and (path / "meta.json").is_file() else {}
         groups.setdefault(int(meta.get("observation", {}).get("version", 1)), []).append(rule)
     return groups

@@ -176,17 +176,17 @@ def test_committed_agents_record_their_feature_ranges_without_changing_identity(
 
     from mixagent.agent.feature_ranges import backfill_feature_ranges
     from mixagent.paths import REPO_ROOT
-    from mixagent.rollout.identity import _artifact_id
+    from mixagent.rollout.identity import artifact_id
 
     path = REPO_ROOT / "checkpoints/agents" / agent
-    assert _artifact_id(path) == identity  # the value before the ranges were recorded
+    assert artifact_id(path) == identity  # the value before the ranges were recorded
     recorded = load_policy(path).feature_ranges
     assert recorded["rows"] == 368 and recorded["run"]["target_score"][1] == pytest.approx(0.4307, abs=1e-4)
     copy = shutil.copytree(path, tmp_path / agent)
     meta = json.loads((copy / "meta.json").read_text())
     del meta["training"]["feature_ranges"]
     (copy / "meta.json").write_text(json.dumps(meta))
-    assert backfill_feature_ranges(copy) == recorded and _artifact_id(copy) == identity
+    assert backfill_feature_ranges(copy) == recorded and artifact_id(copy) == identity
 
 
 def test_backfill_refuses_data_that_changed_and_dense_artifacts(tmp_path, artifact):

@@ -382,10 +382,12 @@ def test_the_closed_gap_of_policies_over_the_table(oracle, tmp_path):
 
     agent = train_per_domain(PerDomainBCConfig(steps=20, hidden=8, observation=2, lams=(0.2, 0.8)),
                              tmp_path / "v2", progress=False)
-    mixed = run_closed_gap(dataclasses.replace(gap_cfg, policies=("uniform", str(agent)), name="t-v2"),
+    warn, clip = f"guarded:agent={agent},ood=warn", f"guarded:agent={agent},ood=clip"  # as deployed, guarded
+    mixed = run_closed_gap(dataclasses.replace(gap_cfg, policies=("uniform", str(agent), warn, clip), name="t-v2"),
                            progress=False)
     got = mixed["result"]["settings"][0]["policies"]
     assert got["uniform"] == setting["policies"]["uniform"] and np.isfinite(got[str(agent)]["mean"])
+    assert got[warn]["mean"] == got[str(agent)]["mean"] and np.isfinite(got[clip]["mean"])  # warn acts as it says
     v2 = heldout_episodes(cfg, suite, "scarce", suite.held_out_settings()["scarce"], [str(agent)], report=False)
     assert [e["seed"] for e in v2[str(agent)]] == list(cfg.seeds)
     assert got[str(agent)]["mean"] == pytest.approx(np.mean([e["balanced"] for e in v2[str(agent)]]))

@@ -1,0 +1,94 @@
+"""A learned policy behind its out-of-distribution guard, as one policy: what a comparison or the closed gap
+scores when it should score the agent *as deployed* (``guarded:agent=runs/agent/v2/bc,ood=clip``).
+
+The deploy job guards a learned artifact with :class:`~mixagent.deploy.ood.OODGuard`: before each decision the
+observation is checked against the range every feature had in training, and an observation outside it is
+logged and acted on (``warn``), acted on with its features clipped into the range (``clip``), or handed to a
+fallback policy (``fallback``, e.g. the single best fixed rule). A comparison runs an artifact raw; this wraps
+it the way the scheduler does (the policy is asked once per decision, ``act_clipped`` under ``clip``; the
+fallback is asked at every decision, so its running state is its own), so the same policy can be scored both
+ways. Its identity covers the artifact's content and the guard's settings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mixagent.domains import DomainSpace, DomainWeights
+from mixagent.errors import ConfigError
+
+__all__ = ["GuardedPolicy"]
+
+
+class GuardedPolicy:
+    """A policy artifact behind its out-of-distribution guard (see the module docstring).
+
+    Args:
+        natural: ``{domain: token share}`` of the run (the fallback's context).
+        agent: the policy artifact directory (as given, or relative to the repository root); it must record
+            its feature ranges for ``clip`` and ``fallback``.
+        ood: ``warn``, ``clip`` or ``fallback`` (:data:`mixagent.deploy.ood.OOD_MODES`).
+        fallback: the fallback policy's spec: a baseline (``replay:0.6``) or a method that needs only the
+            natural shares; used under ``fallback``.
+        tolerance: how far beyond either end of a feature's training range still counts as in range, as a share
+            of the range's width (>= 0).
+
+    Raises:
+        ConfigError: no artifact at ``agent``, a bad mode, tolerance or fallback, or ``clip`` / ``fallback`` for
+            an artifact that records no feature ranges.
+    """
+
+    name = "guarded"
+
+    def __init__(self, natural=None, agent: str = "", ood: str = "fallback", fallback: str = "replay:0.5",
+                 tolerance: float = 0.05) -> None:
+        from mixagent.deploy.ood import OODConfig, guard_problem
+        from mixagent.policies.artifact import load_policy
+        from mixagent.policies.registry import PolicyContext, build_policy
+        from mixagent.rollout.identity import artifact_dir, artifact_id
+
+        path = artifact_dir(agent) if agent else None
+        if path is None:
+            raise ConfigError("policy", [f"guarded: agent={agent!r} is not a policy artifact directory; name one, "
+                                         f"e.g. guarded:agent=runs/agent/v2/bc,ood=clip"])
+        self._config = OODConfig(ood, fallback, float(tolerance))
+        if problems := self._config.check():
+            raise ConfigError("policy", [f"guarded: {p}" for p in problems])
+        self._policy = load_policy(path)
+        if problem := guard_problem(self._policy, self._config):
+            raise ConfigError("policy", [f"guarded: {problem}"])
+        self._fallback = build_policy(fallback, PolicyContext(natural=natural)) if ood == "fallback" else None
+        self._agent, self.agent_id = agent, artifact_id(path)  # the fingerprint: the artifact by content, not path
+        self.ood, self.fallback, self.tolerance = ood, fallback, float(tolerance)
+        self._guard = None
+        self._decisions = self._affected = 0
+
+    @property
+    def decisions(self) -> int:
+        """Decisions since the last :meth:`reset`."""
+        return self._decisions
+
+    @property
+    def affected(self) -> int:
+        """Decisions since the last :meth:`reset` whose observation was out of the training range."""
+        return self._affected
+
+    def reset(self, space: DomainSpace) -> None:
+        from mixagent.deploy.ood import OODGuard
+
+        self._policy.reset(space)
+        self._guard = OODGuard(self._policy, self._config, self._fallback, space)  # resets the fallback
+        self._decisions = self._affected = 0
+
+    def act(self, observation: np.ndarray) -> DomainWeights:
+        guard = self._guard
+        if guard is None:
+            raise ConfigError("policy", ["guarded: act before reset(space)"])
+        found = guard.check(observation)
+        alt = guard.fallback.act(observation) if guard.fallback is not None else None  # stepped every decision
+        self._decisions += 1
+        self._affected += bool(found)
+        if found and self.ood == "clip":
+            return self._policy.act_clipped(observation)  # type: ignore[attr-defined]
+        proposal = self._policy.act(observation)
+        return alt if found and alt is not None else proposal
