@@ -2,8 +2,8 @@
 callback or plain loop). Names are imported lazily, so ``import mixagent.deploy`` stays cheap and
 transformers is loaded only with :class:`MixAgentCallback`.
 
-* ``scheduler``: :class:`MixingScheduler` (the guarded policy) and :class:`SchedulerConfig`; ``ood``: its
-  out-of-distribution guard (:class:`OODConfig`: ``warn``, ``clip`` or ``fallback``).
+* ``scheduler``: :class:`MixingScheduler` (the guarded policy) and :class:`SchedulerConfig`; its
+  out-of-distribution guard is :mod:`mixagent.policies.guard` (``OODConfig``: ``warn``, ``clip`` or ``fallback``).
 * ``mixture``: sources, the shared :class:`WeightSchedule` and :class:`MixtureDataset` (windows drawn by
   :mod:`mixagent.sampling`, the environment's sampler).
 * ``heldout``: :class:`HeldOutLoss`; ``loop``: :class:`Mixer` (plain loops); ``callback``:
@@ -22,11 +22,10 @@ from mixagent._lazy import lazy_exports
 
 __all__ = ["MixingScheduler", "SchedulerConfig", "MixtureDataset", "TokenArraySource", "HFDatasetSource",
            "WeightSchedule", "default_lag", "HeldOutLoss", "Mixer", "MixAgentCallback", "DeployConfig", "run_deploy",
-           "DomainMapping", "OODConfig"]
+           "DomainMapping"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "MixingScheduler": "scheduler", "SchedulerConfig": "scheduler", "MixtureDataset": "mixture",
     "TokenArraySource": "mixture", "HFDatasetSource": "mixture", "WeightSchedule": "mixture",
     "default_lag": "mixture", "HeldOutLoss": "heldout", "Mixer": "loop", "MixAgentCallback": "callback",
-    "DeployConfig": "job_config", "run_deploy": "job", "DomainMapping": "mapping",
-    "OODConfig": "ood"})
+    "DeployConfig": "job_config", "run_deploy": "job", "DomainMapping": "mapping"})

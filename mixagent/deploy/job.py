@@ -131,8 +131,8 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
     """The policy and, for an artifact of another domain space, the mapping onto the run's (typed errors
     name both domain lists)."""
     from mixagent.deploy.mapping import DomainMapping
-    from mixagent.deploy.ood import guard_problem
     from mixagent.policies.artifact import ArtifactMismatchError, load_policy
+    from mixagent.policies.guard import guard_problem
     from mixagent.policies.registry import PolicyContext, build_policy, method_problems
 
     spec = cfg.policy.spec
@@ -168,7 +168,7 @@ def _policy(cfg: DeployConfig, space: DomainSpace, natural: DomainWeights, batch
 
 def _ood_config(cfg: DeployConfig) -> Any:
     """The out-of-distribution guard's config (``policy.ood``, ``ood_fallback``, ``ood_tolerance``)."""
-    from mixagent.deploy.ood import OODConfig
+    from mixagent.policies.guard import OODConfig
 
     return OODConfig(cfg.policy.ood, cfg.policy.ood_fallback, cfg.policy.ood_tolerance)
 

@@ -322,7 +322,7 @@ class PolicySection:
             domain reads the held-out loss of the domain it maps to, and the weights of the agent domains
             mapped to one of yours add up to its weight (fields must agree).
         ood: what a learned policy does with an observation outside its training range
-            (:mod:`mixagent.deploy.ood`): ``warn`` (log and act), ``clip`` (act on the features clipped into
+            (:mod:`mixagent.policies.guard`): ``warn`` (log and act), ``clip`` (act on the features clipped into
             the range) or ``fallback`` (``ood_fallback`` decides that update). Baselines and methods are never
             checked; ``clip`` and ``fallback`` need an artifact that records its ranges.
         ood_fallback: the policy that decides out-of-range updates under ``ood: fallback``: a baseline or a
@@ -364,7 +364,7 @@ class PolicySection:
             problems.append(f"initial must be one of {', '.join(INITIAL_KINDS)}, got {self.initial!r}"
                             f"{suggest(self.initial, INITIAL_KINDS)}")
         problems += SchedulerConfig(self.floor, self.max_change, self.fallback).check()  # K is checked with the data
-        from mixagent.deploy.ood import OODConfig
+        from mixagent.policies.guard import OODConfig
 
         problems += OODConfig(self.ood, self.ood_fallback, self.ood_tolerance).check()
         for key in sorted(set(self.stated) - set(STATED_KEYS)):

@@ -1,6 +1,6 @@
 """The deploy job's report: ``report.json`` (raw: every decision with its evaluation), ``report.md`` (what a
 person reads) and two plots: ``mixture.png`` (the mixture over training steps, stacked) and ``heldout.png``
-(each field's mean held-out loss at every decision). ``report.json`` ``ood`` (:func:`mixagent.deploy.ood.
+(each field's mean held-out loss at every decision). ``report.json`` ``ood`` (:func:`mixagent.policies.guard.
 ood_summary`) counts the decisions whose observation was outside the policy's training range, per action, with
 the features and how far out; ``report.md`` shows it as a table."""
 

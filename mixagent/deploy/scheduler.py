@@ -5,7 +5,7 @@ the policy saw in the environment) and the weights history. ``step(eval_result)`
 the model being trained into the next mixture:
 
 1. the policy proposes a mixture from the observation; with an out-of-distribution guard (``ood``,
-   :mod:`mixagent.deploy.ood`), a learned policy's observation is first checked against its training range and,
+   :mod:`mixagent.policies.guard`), a learned policy's observation is first checked against its training range and,
    outside it, logged (``warn``), clipped into it (``clip``) or handed to the fallback policy (``fallback``);
 2. a proposal that raises, is non-finite, negative, all zero or for another domain space is replaced by
    the fallback mixture (logged; training continues);
@@ -34,7 +34,7 @@ from mixagent.policies import MixingPolicy
 
 if TYPE_CHECKING:
     from mixagent.deploy.mapping import DomainMapping
-    from mixagent.deploy.ood import OODConfig
+    from mixagent.policies.guard import OODConfig
 
 __all__ = ["SchedulerConfig", "MixingScheduler", "SchedulerStateError", "SCHEDULER_FORMAT"]
 
@@ -112,7 +112,7 @@ class MixingScheduler:
         mapping: a :class:`~mixagent.deploy.mapping.DomainMapping` when the policy acts in another domain
             space than the run's: observations are built in the policy's space and its mixtures mapped back
             (the guards apply to the run's mixture).
-        ood: the out-of-distribution guard's config (:class:`~mixagent.deploy.ood.OODConfig`); ``None``: a
+        ood: the out-of-distribution guard's config (:class:`~mixagent.policies.guard.OODConfig`); ``None``: a
             learned policy's observations are not checked (the deploy job always passes one, ``fallback`` by
             default).
         ood_fallback: the policy that decides out-of-range updates under ``ood`` mode ``fallback``, built from
@@ -155,7 +155,7 @@ class MixingScheduler:
                                                self.stated)  # version 2 refuses a missing stated setting
         self.ood = None
         if ood is not None:
-            from mixagent.deploy.ood import OODGuard
+            from mixagent.policies.guard import OODGuard
 
             self.ood = OODGuard(policy, ood, ood_fallback, space)
         # the fallback policy reads the run's own domains: with a mapping, its observation is built in them
@@ -227,7 +227,7 @@ class MixingScheduler:
         return self.weights
 
     def ood_summary(self) -> dict[str, Any] | None:
-        """How many decisions the out-of-distribution guard affected and why (:func:`mixagent.deploy.ood.
+        """How many decisions the out-of-distribution guard affected and why (:func:`mixagent.policies.guard.
         ood_summary`); ``None`` without a guard."""
         return self.ood.summary(self.history) if self.ood is not None else None
 

@@ -6,7 +6,9 @@ no d3rlpy). Names load lazily.
   :func:`parse_baseline`; ``behaviour``: Dirichlet, random-walk, piecewise replay and epsilon behaviours;
   ``heuristics``: switch at the LR decay, upsample at the end; ``online``: DoReMi, ODM, ADO, Velocitune,
   Aioli; ``regmix``: RegMix's regression; ``registry``: spec -> policy for all of them
-  (:func:`policy_from_spec`); ``artifact``: ``policy.safetensors`` + ``meta.json``, :func:`load_policy`.
+  (:func:`policy_from_spec`); ``artifact``: ``policy.safetensors`` + ``meta.json``, :func:`load_policy`;
+  ``guard``: the out-of-distribution guard of a learned policy (the deploy scheduler's); ``guarded``: a learned
+  policy behind it, as one policy (``guarded:agent=DIR,ood=MODE``, what a comparison scores as deployed).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ __all__ = ["MixingPolicy", "UniformPolicy", "NaturalPolicy", "FixedPolicy", "Rep
            "write_artifact", "random_artifact", "ArtifactMismatchError", "DecaySwitchPolicy", "EndUpsamplePolicy",
            "DoReMiPolicy", "ODMPolicy", "ADOPolicy", "VelocitunePolicy", "AioliPolicy", "ReferenceCurve",
            "ObservationView", "PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems",
-           "fit_regmix", "RegMixFit", "sample_mixtures"]
+           "fit_regmix", "RegMixFit", "sample_mixtures", "OODConfig", "OODGuard", "GuardedPolicy"]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
     "MixingPolicy": "protocol", **{n: "baselines" for n in (
@@ -33,4 +35,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
                              "ReferenceCurve", "ObservationView")},
     **{n: "registry" for n in ("PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems",
                                "policy_from_spec")},
-    **{n: "regmix" for n in ("fit_regmix", "RegMixFit", "sample_mixtures")}})
+    **{n: "regmix" for n in ("fit_regmix", "RegMixFit", "sample_mixtures")},
+    "OODConfig": "guard", "OODGuard": "guard", "GuardedPolicy": "guarded"})

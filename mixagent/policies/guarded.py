@@ -1,7 +1,7 @@
 """A learned policy behind its out-of-distribution guard, as one policy: what a comparison or the closed gap
 scores when it should score the agent *as deployed* (``guarded:agent=runs/agent/v2/bc,ood=clip``).
 
-The deploy job guards a learned artifact with :class:`~mixagent.deploy.ood.OODGuard`: before each decision the
+The deploy job guards a learned artifact with :class:`~mixagent.policies.guard.OODGuard`: before each decision the
 observation is checked against the range every feature had in training, and an observation outside it is
 logged and acted on (``warn``), acted on with its features clipped into the range (``clip``), or handed to a
 fallback policy (``fallback``, e.g. the single best fixed rule). A comparison runs an artifact raw; this wraps
@@ -27,9 +27,8 @@ class GuardedPolicy:
         natural: ``{domain: token share}`` of the run (the fallback's context).
         agent: the policy artifact directory (as given, or relative to the repository root); it must record
             its feature ranges for ``clip`` and ``fallback``.
-        ood: ``warn``, ``clip`` or ``fallback`` (:data:`mixagent.deploy.ood.OOD_MODES`).
-        fallback: the fallback policy's spec: a baseline (``replay:0.6``) or a method that needs only the
-            natural shares; used under ``fallback``.
+        ood: ``warn``, ``clip`` or ``fallback`` (:data:`mixagent.policies.guard.OOD_MODES`).
+        fallback: the fallback policy's spec, a baseline (``replay:0.6``, ``uniform``); used under ``fallback``.
         tolerance: how far beyond either end of a feature's training range still counts as in range, as a share
             of the range's width (>= 0).
 
@@ -42,10 +41,10 @@ class GuardedPolicy:
 
     def __init__(self, natural=None, agent: str = "", ood: str = "fallback", fallback: str = "replay:0.5",
                  tolerance: float = 0.05) -> None:
-        from mixagent.deploy.ood import OODConfig, guard_problem
         from mixagent.policies.artifact import load_policy
-        from mixagent.policies.registry import PolicyContext, build_policy
-        from mixagent.rollout.identity import artifact_dir, artifact_id
+        from mixagent.policies.baselines import parse_baseline
+        from mixagent.policies.guard import OODConfig, guard_problem
+        from mixagent.policies.locate import artifact_dir, artifact_id
 
         path = artifact_dir(agent) if agent else None
         if path is None:
@@ -57,7 +56,11 @@ class GuardedPolicy:
         self._policy = load_policy(path)
         if problem := guard_problem(self._policy, self._config):
             raise ConfigError("policy", [f"guarded: {problem}"])
-        self._fallback = build_policy(fallback, PolicyContext(natural=natural)) if ood == "fallback" else None
+        baseline = parse_baseline(fallback)
+        if ood == "fallback" and baseline is None:
+            raise ConfigError("policy", [f"guarded: fallback={fallback!r} is not a baseline; give the rule to fall "
+                                         f"back to, e.g. the single best fixed rule (replay:0.6), uniform or natural"])
+        self._fallback = baseline.build(natural) if ood == "fallback" else None
         self._agent, self.agent_id = agent, artifact_id(path)  # the fingerprint: the artifact by content, not path
         self.ood, self.fallback, self.tolerance = ood, fallback, float(tolerance)
         self._guard = None
@@ -74,7 +77,7 @@ class GuardedPolicy:
         return self._affected
 
     def reset(self, space: DomainSpace) -> None:
-        from mixagent.deploy.ood import OODGuard
+        from mixagent.policies.guard import OODGuard
 
         self._policy.reset(space)
         self._guard = OODGuard(self._policy, self._config, self._fallback, space)  # resets the fallback

@@ -1,5 +1,5 @@
 """The training range of a learned policy's input features: recorded when it is trained, checked before each
-decision of a deployment (:mod:`mixagent.deploy.ood`), clipped into on request.
+decision of a deployment (:mod:`mixagent.policies.guard`), clipped into on request.
 
 A range table maps each feature name to ``[lo, hi]``, the least and the largest value of that feature over the
 observations the policy was trained on. An artifact stores its tables in ``meta.json`` under
@@ -27,7 +27,7 @@ __all__ = ["RANGES_FORMAT", "FLOAT_SLACK", "GUARD_VERSION", "DOMAIN_RANGES", "Ou
 
 RANGES_FORMAT = 1
 FLOAT_SLACK = 1e-6
-# the deploy guard's rules and defaults (mixagent.deploy.ood): part of the identity of every stored run of a
+# the deploy guard's rules and defaults (mixagent.policies.guard): part of the identity of every stored run of a
 # learned policy (a run stored before the guard, or under other rules, is another run); bump it when the
 # guard's defaults or its check change
 GUARD_VERSION = 1

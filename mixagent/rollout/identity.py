@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mixagent.paths import REPO_ROOT
 from mixagent.policies.baselines import parse_baseline
+from mixagent.policies.locate import artifact_dir, artifact_id
 from mixagent.policies.methods import ReferenceCurve
 from mixagent.policies.registry import (
     FITTED_PARAMS,
@@ -32,36 +33,9 @@ __all__ = ["artifact_dir", "artifact_id", "content_digest", "is_named", "policy_
            "policy_context"]
 
 
-def artifact_dir(spec: str) -> Path | None:
-    """The policy artifact directory ``spec`` names (as given, or relative to the repository root), else
-    ``None``."""
-    for path in (Path(spec), REPO_ROOT / spec):
-        if path.is_dir():
-            return path.resolve()
-    return None
-
-
 def content_digest(obj: object) -> str:
     """12 hex digits of the SHA-256 of ``obj`` as canonical JSON."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def artifact_id(path: Path) -> str:
-    """What defines an artifact's behaviour: its weight and tensor files and its ``meta.json`` less the
-    record of how it was trained (``training``, ``versions``: a resumed run with other evaluation settings
-    rewrites those, the policy is the same)."""
-    h = hashlib.sha256()
-    for f in sorted(path.glob("*")):
-        if f.is_file() and f.name != "meta.json":
-            h.update(f.name.encode() + f.read_bytes())
-    meta = path / "meta.json"
-    if meta.is_file():
-        try:
-            acts = {k: v for k, v in json.loads(meta.read_text()).items() if k not in ("training", "versions")}
-        except ValueError:  # unreadable: its bytes are its identity (loading it fails with a typed error)
-            acts = {"bytes": meta.read_text(errors="replace")}
-        h.update(b"meta.json" + json.dumps(acts, sort_keys=True).encode())
-    return h.hexdigest()[:12]
 
 
 def is_named(spec: str) -> bool:

@@ -11,7 +11,6 @@ import torch
 
 from mixagent.config import load_config
 from mixagent.deploy.job_config import DeployConfig
-from mixagent.deploy.ood import OODConfig
 from mixagent.deploy.scheduler import MixingScheduler, SchedulerStateError
 from mixagent.domains import Domain, DomainSpace, DomainWeights, action_to_weights
 from mixagent.env.evaluation import EvalResult
@@ -19,6 +18,7 @@ from mixagent.env.observation import ObservationBuilder
 from mixagent.errors import ConfigError
 from mixagent.paths import CONFIGS_DIR
 from mixagent.policies import UniformPolicy, load_policy
+from mixagent.policies.guard import OODConfig
 from mixagent.policies.per_domain import (
     DOMAIN_FEATURE_NAMES,
     RUN_FEATURE_NAMES,

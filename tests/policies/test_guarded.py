@@ -88,6 +88,7 @@ def test_its_identity_is_the_artifact_and_the_guard(agent, tmp_path):
 def test_bad_specs_are_typed_errors(agent, tmp_path):
     assert "is not a policy artifact directory" in method_problems("guarded:agent=runs/agent/nope,ood=clip")[0]
     assert "ood must be one of warn, clip, fallback" in method_problems(f"guarded:agent={agent},ood=nope")[0]
+    assert "is not a baseline" in method_problems(f"guarded:agent={agent},fallback=odm")[0]
     bare = tmp_path / "bare"
     shutil.copytree(agent, bare)
     meta = json.loads((bare / "meta.json").read_text())

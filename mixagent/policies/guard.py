@@ -28,7 +28,7 @@ import numpy as np
 
 from mixagent.domains import DomainSpace
 from mixagent.errors import ConfigError, suggest
-from mixagent.policies import MixingPolicy
+from mixagent.policies.protocol import MixingPolicy
 from mixagent.policies.ranges import OutOfRange, RangeChecked
 
 __all__ = ["OOD_MODES", "OODConfig", "OODGuard", "guard_problem", "ood_summary"]
