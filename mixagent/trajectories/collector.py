@@ -191,7 +191,12 @@ def collect(cfg: CollectConfig, resume: bool = False, env_factory: Callable[[], 
         if spec.backend == "lm":  # a missing base model is pre-trained once here, not once per worker
             get_base_model(spec.base_config())
         if needs_reference(spec.reward.name):  # and missing reference runs run once here, then are cached
-            MixingEnv(spec)
+            env = MixingEnv(spec)
+            if cfg.setting:  # a suite's setting: its reference (and anchor) runs are expensive and the cache is
+                # this machine's; their extremes are committed at once, so a fresh machine adopts them
+                from mixagent.env.references import commit_reference
+
+                commit_reference(env.reference, spec.env_id, getattr(env.backend, "base_id", ""))
         launcher = LAUNCHERS[cfg.launcher](workers, cfg.address)
         setup = dataclasses.replace(setup, spec=to_dict(spec))
     problems = cfg.tree.check_horizon(spec.steps)

@@ -28,14 +28,19 @@ SUITE = {**TINY_SUITE, "name": "tiny-collect",
 
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
+    from mixagent.env import references
+
     root = tmp_path_factory.mktemp("suite")
     path = root / "suite.yaml"
     path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
     cfg = CollectConfig(run="across", suite=str(path), settings=1, trees=1, seed=3, tree=TreeConfig(branch_at=()),
                         launcher="inline", out_dir=str(root / "out"))
+    patch = pytest.MonkeyPatch()
+    patch.setattr(references, "COMMITTED_REFERENCE_DIR", root / "committed")  # not the repository's
     first = collect_suite(cfg, progress=False)
     grown = collect_suite(dataclasses.replace(cfg, settings=2), resume=True, progress=False)
-    return cfg, load_suite(path), first, grown
+    yield cfg, load_suite(path), first, grown
+    patch.undo()
 
 
 def test_one_run_per_setting_with_the_setting_recorded(collected):
@@ -57,6 +62,10 @@ def test_one_run_per_setting_with_the_setting_recorded(collected):
         assert run.meta["seed"] == cfg.seed * 100_003 + k
         (traj,) = run.trajectories()
         assert len(traj.steps) == 4
+        # the setting's reference extremes were committed as soon as its reference runs finished
+        committed = json.loads((cfg.run_dir.parents[1] / "committed" / f"{spec.spec_hash()}.json").read_text())
+        assert {k: committed[k] for k in ("best", "worst")} == {k: run.meta["proxy"]["reference"][k]
+                                                                for k in ("best", "worst")}
 
 
 def test_resume_is_bound_to_the_suite_and_seed(collected):
