@@ -160,7 +160,7 @@ def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list
     rows, runs = [], []
     data, left = expand_runs(cfg.data)  # a suite collection stands for its finished settings' runs
     if left:
-        log.info("per-domain BC: %d suite settings not finished yet are left out (%s, ...)", len(left), left[0])
+        log.warning("per-domain BC: %d suite settings not finished yet are left out (%s, ...)", len(left), left[0])
     for run in data:
         r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude), cfg.observation, tuple(cfg.lams))
         rows += r
@@ -246,8 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="domains left out of training (e.g. fiction foldoc wordnet: unseen source domains)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. lams=[0.2,0.5,0.8]")
     args = parser.parse_args(argv)
+    overrides = list(args.overrides)
+    for k in ("data", "exclude"):  # `--data RUN lams=[...]`: a list flag swallows the overrides after it
+        if getattr(args, k) is not None:
+            overrides += [v for v in getattr(args, k) if "=" in v]
+            setattr(args, k, [v for v in getattr(args, k) if "=" not in v])
     flags = {k: getattr(args, k) for k in ("data", "steps", "seed", "exclude") if getattr(args, k) is not None}
-    overrides = [*args.overrides, *(f"{k}={_yaml(v)}" for k, v in flags.items())]
+    overrides += [f"{k}={_yaml(v)}" for k, v in flags.items()]
     try:
         cfg = load_config(PerDomainBCConfig, REPO_ROOT / args.config if args.config else None, overrides)
         out = train_per_domain(cfg, REPO_ROOT / args.out)

@@ -12,10 +12,14 @@ ways. Its identity covers the artifact's content and the guard's settings.
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
-from mixagent.errors import ConfigError
+from mixagent.errors import ConfigError, UsageError
+from mixagent.policies.ranges import GUARD_VERSION
 
 __all__ = ["GuardedPolicy"]
 
@@ -60,8 +64,13 @@ class GuardedPolicy:
         if ood == "fallback" and baseline is None:
             raise ConfigError("policy", [f"guarded: fallback={fallback!r} is not a baseline; give the rule to fall "
                                          f"back to, e.g. the single best fixed rule (replay:0.6), uniform or natural"])
-        self._fallback = baseline.build(natural) if ood == "fallback" else None
+        self._baseline, self._natural = baseline, natural  # built at reset where a check had no natural shares
+        self._fallback = baseline.build(natural) if ood == "fallback" and natural is not None else None
         self._agent, self.agent_id = agent, artifact_id(path)  # the fingerprint: the artifact by content, not path
+        ranges = getattr(self._policy, "feature_ranges", None)  # what the guard checks (meta training, which the
+        # artifact's id leaves out) and its rules' version: re-recorded ranges or new rules are another policy
+        self.ranges_digest = hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:12]
+        self.guard_version = GUARD_VERSION
         self.ood, self.fallback, self.tolerance = ood, fallback, float(tolerance)
         self._guard = None
         self._decisions = self._affected = 0
@@ -79,6 +88,8 @@ class GuardedPolicy:
     def reset(self, space: DomainSpace) -> None:
         from mixagent.policies.guard import OODGuard
 
+        if self.ood == "fallback" and self._fallback is None:
+            self._fallback = self._baseline.build(self._natural)  # ConfigError: the shares it needs are missing
         self._policy.reset(space)
         self._guard = OODGuard(self._policy, self._config, self._fallback, space)  # resets the fallback
         self._decisions = self._affected = 0
@@ -86,7 +97,7 @@ class GuardedPolicy:
     def act(self, observation: np.ndarray) -> DomainWeights:
         guard = self._guard
         if guard is None:
-            raise ConfigError("policy", ["guarded: act before reset(space)"])
+            raise UsageError("guarded: act before reset(space); reset the policy in the run's domain space first")
         found = guard.check(observation)
         alt = guard.fallback.act(observation) if guard.fallback is not None else None  # stepped every decision
         self._decisions += 1

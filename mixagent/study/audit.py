@@ -322,8 +322,11 @@ def _record_config(path: Path, cfg: AuditConfig) -> None:
     """Write ``cfg`` to ``audit.json``, unless the file already records it but for :data:`RUNTIME_FIELDS`: a
     resume with other workers keeps the committed file unchanged."""
     new = json.loads(json.dumps(to_dict(cfg)))  # as read back (lists, not tuples)
-    if path.is_file():
-        old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # unreadable: rewritten, as it always was
+        old = None
+    if isinstance(old, dict):
         if {k: v for k, v in old.items() if k not in RUNTIME_FIELDS} == {
                 k: v for k, v in new.items() if k not in RUNTIME_FIELDS}:
             return

@@ -415,9 +415,10 @@ def heldout_episodes(cfg: OracleConfig, suite, name: str, setting, rules: list[s
 
     out: dict[str, list[dict]] = {}
     for version, group in _by_observation(rules).items():  # a policy reads its own layout; the runs are shared
-        compare = CompareConfig(name=f"heldout-{name}" + ("-anchored" if cfg.anchors else ""), env=suite.env,
+        compare = CompareConfig(name=f"heldout-{name}" + ("-anchored" if cfg.anchors else "")
+                                + (f"-obs{version}" if version != 1 else ""), env=suite.env,  # its own record;
                                 env_overrides=(*setting.overrides(suite, keep_lam=False), *extra,
-                                               *([f"observation={version}"] if version != 1 else [])),
+                                               *([f"observation={version}"] if version != 1 else [])),  # one cache
                                 policies=tuple(group), seeds=cfg.seeds, tune_seeds=cfg.tune_seeds,
                                 regmix_runs=cfg.regmix_runs if "regmix" in group else 0, efficiency_steps=(),
                                 oracles=False, workers=cfg.workers, launcher=cfg.launcher,

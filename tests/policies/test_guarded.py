@@ -13,7 +13,7 @@ import pytest
 
 from mixagent.env.evaluation import EvalResult
 from mixagent.env.observation import SettingObservationBuilder
-from mixagent.errors import ConfigError
+from mixagent.errors import ConfigError, UsageError
 from mixagent.policies.artifact import load_policy
 from mixagent.policies.guarded import GuardedPolicy
 from mixagent.policies.registry import PolicyContext, method_problems
@@ -83,12 +83,23 @@ def test_its_identity_is_the_artifact_and_the_guard(agent, tmp_path):
     train_per_domain(PerDomainBCConfig(steps=30, hidden=8, observation=2, lams=(0.2, 0.8), seed=1), copy,
                      progress=False)
     assert policy_key(f"guarded:agent={copy},ood=clip,fallback=replay:0.6", ctx) != same
+    shutil.rmtree(copy)
+    shutil.copytree(agent, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["training"]["feature_ranges"]["run"]["lam"] = [0.0, 1.0]  # re-recorded ranges: the guard acts otherwise
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert policy_key(f"guarded:agent={copy},ood=clip,fallback=replay:0.6", ctx) != same
 
 
 def test_bad_specs_are_typed_errors(agent, tmp_path):
     assert "is not a policy artifact directory" in method_problems("guarded:agent=runs/agent/nope,ood=clip")[0]
     assert "ood must be one of warn, clip, fallback" in method_problems(f"guarded:agent={agent},ood=nope")[0]
     assert "is not a baseline" in method_problems(f"guarded:agent={agent},fallback=odm")[0]
+    # the default and the documented forms pass the check, which has no natural shares (built at reset)
+    assert method_problems(f"guarded:agent={agent}") == []
+    assert method_problems(f"guarded:agent={agent},ood=fallback,fallback=replay:0.6") == []
+    with pytest.raises(ConfigError, match="natural token shares"):
+        GuardedPolicy(None, str(agent), ood="fallback", fallback="replay:0.6").reset(space(4, 2))
     bare = tmp_path / "bare"
     shutil.copytree(agent, bare)
     meta = json.loads((bare / "meta.json").read_text())
@@ -97,5 +108,5 @@ def test_bad_specs_are_typed_errors(agent, tmp_path):
     with pytest.raises(ConfigError, match="needs the training range of the policy's features"):
         GuardedPolicy(None, str(bare), ood="clip")
     GuardedPolicy(None, str(bare), ood="warn")  # warn acts on it unchecked
-    with pytest.raises(ConfigError, match="act before reset"):
+    with pytest.raises(UsageError, match="act before reset"):
         GuardedPolicy(None, str(agent), ood="clip").act(np.zeros(23))

@@ -243,8 +243,8 @@ def test_the_command_takes_a_config_and_flags_over_it(tmp_path, capsys):
     from mixagent.agent.train_per_domain import main
 
     out = tmp_path / "v2"
-    assert main(["--config", "configs/agent/per-domain-v2.yaml", "--data", "trajectories/reference/math-cpt-v1",
-                 "--steps", "5", "--out", str(out), "hidden=8", "lams=[0.35,0.65]"]) == 0
+    assert main(["--config", "configs/agent/per-domain-v2.yaml", "--steps", "5", "--out", str(out), "--data",
+                 "trajectories/reference/math-cpt-v1", "hidden=8", "lams=[0.35,0.65]"]) == 0  # not swallowed
     cfg = json.loads((out / "meta.json").read_text())["training"]["config"]
     assert cfg["observation"] == 2 and cfg["unknown_budget"] == 0.25 and cfg["steps"] == 5 and cfg["hidden"] == 8
     assert cfg["lams"] == [0.35, 0.65] and cfg["data"] == ["trajectories/reference/math-cpt-v1"]
