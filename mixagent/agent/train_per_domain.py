@@ -229,6 +229,7 @@ def train_per_domain(cfg: PerDomainBCConfig, out: str | Path, progress: bool = T
 def main(argv: Sequence[str] | None = None) -> int:
     """``mixagent per-domain [--config configs/agent/<name>.yaml] [--data RUN ...] [key=value ...]``."""
     import argparse
+    import json
     import sys
 
     from mixagent.config import load_config
@@ -252,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides += [v for v in getattr(args, k) if "=" in v]
             setattr(args, k, [v for v in getattr(args, k) if "=" not in v])
     flags = {k: getattr(args, k) for k in ("data", "steps", "seed", "exclude") if getattr(args, k) is not None}
-    overrides += [f"{k}={_yaml(v)}" for k, v in flags.items()]
+    overrides += [f"{k}={json.dumps(v)}" for k, v in flags.items()]  # JSON is YAML: lists in flow style
     try:
         cfg = load_config(PerDomainBCConfig, REPO_ROOT / args.config if args.config else None, overrides)
         out = train_per_domain(cfg, REPO_ROOT / args.out)
@@ -261,10 +262,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"per-domain policy: {out} (drives any domain space: policy_from_spec / compare --policies {args.out})")
     return 0
-
-
-def _yaml(value) -> str:
-    """A flag's value as an override's YAML (a list in flow style)."""
-    import json
-
-    return json.dumps(value)

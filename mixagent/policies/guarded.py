@@ -12,9 +12,6 @@ ways. Its identity covers the artifact's content and the guard's settings.
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import numpy as np
 
 from mixagent.domains import DomainSpace, DomainWeights
@@ -66,10 +63,10 @@ class GuardedPolicy:
                                          f"back to, e.g. the single best fixed rule (replay:0.6), uniform or natural"])
         self._baseline, self._natural = baseline, natural  # built at reset where a check had no natural shares
         self._fallback = baseline.build(natural) if ood == "fallback" and natural is not None else None
-        self._agent, self.agent_id = agent, artifact_id(path)  # the fingerprint: the artifact by content, not path
-        ranges = getattr(self._policy, "feature_ranges", None)  # what the guard checks (meta training, which the
-        # artifact's id leaves out) and its rules' version: re-recorded ranges or new rules are another policy
-        self.ranges_digest = hashlib.sha256(json.dumps(ranges, sort_keys=True).encode()).hexdigest()[:12]
+        # the fingerprint: the artifact by content, not path; the ranges the guard checks (meta training, which the
+        # artifact's id leaves out) and the guard's rules version: re-recorded ranges or new rules are another policy
+        self.agent_id = artifact_id(path)
+        self.feature_ranges = getattr(self._policy, "feature_ranges", None)
         self.guard_version = GUARD_VERSION
         self.ood, self.fallback, self.tolerance = ood, fallback, float(tolerance)
         self._guard = None

@@ -326,11 +326,11 @@ def _record_config(path: Path, cfg: AuditConfig) -> None:
         old = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):  # unreadable: rewritten, as it always was
         old = None
-    if isinstance(old, dict):
-        if {k: v for k, v in old.items() if k not in RUNTIME_FIELDS} == {
-                k: v for k, v in new.items() if k not in RUNTIME_FIELDS}:
-            return
-    atomic_write_json(path, new)
+    def measured(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+
+    if not (isinstance(old, dict) and measured(old) == measured(new)):
+        atomic_write_json(path, new)
 
 
 def run_audit(cfg: AuditConfig, launcher: Launcher | None = None, root: Path | None = None,
