@@ -19,13 +19,13 @@ from tqdm import tqdm
 from mixagent.domains import FIELDS, DomainSpace, replay_weights
 from mixagent.env.backends import ProxyBackend
 from mixagent.env.evaluation import EvalResult
-from mixagent.env.rewards import MEASURES, Reference, anchor_weights, field_measure
-from mixagent.env.spec import EnvSpec
+from mixagent.env.rewards import ANCHORS_VERSION, MEASURES, Reference, anchor_weights, field_measure
+from mixagent.env.spec import EnvSpec, RewardSpec
 from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
 __all__ = ["get_reference", "extremes", "widened", "reference_path", "run_static", "commit_reference",
-           "REFERENCE_VERSION", "COMMITTED_REFERENCE_DIR"]
+           "from_audits", "REFERENCE_VERSION", "COMMITTED_REFERENCE_DIR"]
 
 log = logging.getLogger(__name__)
 REFERENCE_VERSION = 1
@@ -130,6 +130,56 @@ def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], spac
         return reference
     best, worst = _widen(reference.best, reference.worst, [_means(runs, space) for runs in anchor_runs.values()])
     return Reference(best, worst, reference.spec_hash, reference.seeds)
+
+
+def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace) -> Reference | None:
+    """``spec``'s extremes from an audit of the same runs under ``audits`` (a directory of audit directories,
+    e.g. an oracle table's ``tuning/<suite>/``; each with ``spec.json`` and ``reference.json``, and
+    ``anchors.json`` where ``spec.reward.anchors`` are set): the audit's reference pair :func:`widened` by its
+    anchor runs, stamped with ``spec``'s hash, so a collection in a setting the table already ran skips its
+    reference and anchor runs. An audit matches when its spec with ``spec``'s reward has ``spec``'s hash (the
+    same runs, base model and space: the reward changes no run) and its reference seeds are ``spec``'s.
+    ``None`` where no audit matches or it lacks one of the anchors' runs. Equal to running them up to the
+    thread count's rounding (7 significant digits: tested on a committed setting).
+
+    Raises:
+        CorruptArtifactError: a matching audit's files are unreadable.
+    """
+    import dataclasses
+
+    target = spec.spec_hash()
+    seeds = [int(s) for s in spec.reference_seeds]
+    for d in sorted(p for p in Path(audits).iterdir() if (p / "spec.json").is_file()) if Path(audits).is_dir() else ():
+        try:
+            record = json.loads((d / "spec.json").read_text())
+            reward = RewardSpec(**record["spec"]["reward"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptArtifactError(f"audit spec {d / 'spec.json'} is unreadable ({exc})") from None
+        audit_spec = dataclasses.replace(spec, reward=reward)
+        if reward.anchors or audit_spec.spec_hash() != record.get("spec_hash") or \
+                dataclasses.replace(audit_spec, reward=spec.reward).spec_hash() != target:
+            continue
+        if not (d / "reference.json").is_file():
+            continue
+        pair = _load_stored(d / "reference.json", record["spec_hash"])
+        if list(pair.seeds) != seeds:
+            continue
+        runs: dict[str, list] = {}
+        if spec.reward.anchors:
+            try:
+                stored = json.loads((d / "anchors.json").read_text()) if (d / "anchors.json").is_file() else {}
+            except (OSError, ValueError) as exc:
+                raise CorruptArtifactError(f"anchor runs {d / 'anchors.json'} are unreadable ({exc})") from None
+            if (stored.get("version"), stored.get("spec_hash"), stored.get("seeds")) != (
+                    ANCHORS_VERSION, record["spec_hash"], seeds):
+                continue
+            runs = {a: stored["runs"].get(a, []) for a in spec.reward.anchors}
+            if any(len(r) != len(seeds) for r in runs.values()):
+                continue
+        ref = widened(pair, {a: [EvalResult.from_json(e) for e in r] for a, r in runs.items()}, space)
+        log.info("reference runs for %s composed from the audit %s", spec.env_id, d)
+        return Reference(ref.best, ref.worst, target, tuple(seeds))
+    return None
 
 
 def get_reference(spec: EnvSpec, backend: ProxyBackend, space: DomainSpace, root: Path | None = None,

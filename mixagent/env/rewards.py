@@ -39,9 +39,9 @@ from mixagent.domains import FIELDS, DomainSpace, replay_weights
 from mixagent.env.evaluation import EvalResult
 from mixagent.errors import ConfigError, UsageError, suggest
 
-__all__ = ["ANCHORS", "STANDARD_ANCHORS", "anchor_problems", "anchor_weights", "REWARDS", "NORMALISED_REWARDS",
-           "BLENDS", "Reference", "balanced_score", "step_reward", "field_improvement", "reward_measure",
-           "field_measure", "field_scores", "needs_reference"]
+__all__ = ["ANCHORS", "STANDARD_ANCHORS", "ANCHORS_VERSION", "anchor_problems", "anchor_weights", "REWARDS",
+           "NORMALISED_REWARDS", "BLENDS", "Reference", "balanced_score", "step_reward", "field_improvement",
+           "reward_measure", "field_measure", "field_scores", "needs_reference"]
 
 Improvement = Callable[[EvalResult, EvalResult, DomainSpace, str], float]
 
@@ -86,6 +86,7 @@ MEASURES = ("bpb", "score")  # what a normalised reward measures a field by
 
 ANCHORS = ("uniform", "natural", "replay:<rho>")  # the static mixtures reward.anchors may name
 STANDARD_ANCHORS = ("natural", "replay:0.5", "uniform")  # what the settings suite's rewards are scaled by
+ANCHORS_VERSION = 1  # anchors.json beside an audit (the oracle table's): its anchor runs on its reference seeds
 
 
 def anchor_problems(name: str) -> list[str]:

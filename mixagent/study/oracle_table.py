@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mixagent.env.rewards import STANDARD_ANCHORS, Reference
+from mixagent.env.rewards import ANCHORS_VERSION, STANDARD_ANCHORS, Reference
 from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write, atomic_write_json
 
@@ -72,7 +72,6 @@ __all__ = ["OracleConfig", "rule_spec", "run_oracle_table", "load_oracle_table",
 
 TABLE_VERSION = 2  # 2: the pooled std over the noise rows only; SBF coverage recorded
 MIN_STATIC_RHOS = 9  # the static grid's least number of replay shares (natural and uniform come on top)
-ANCHORS_VERSION = 1  # anchors.json: the anchor runs of one tuning audit on its reference seeds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,14 @@ class CollectConfig:
             keys, e.g. ``reward.anchors``, which change no run).
         settings: how many distinct training runs of ``suite`` to collect in.
         setting: recorded in the run's ``meta.json`` (set by the suite collection for each setting's run).
+        references_from: with a suite, a directory of audits (an oracle table's ``tuning/<suite>/``) whose
+            reference and anchor runs a setting adopts where one audited the same runs
+            (:func:`mixagent.env.references.from_audits`), instead of running them; not part of the
+            collection's identity (the extremes agree to the thread count's rounding).
+        pack_to: with a suite, a directory (``trajectories/reference/<run>``, which git keeps) each finished
+            setting's run is packed into (:func:`~mixagent.trajectories.store.pack_run`), with the suite index:
+            a setting packed there counts as collected, so the data outlives the machine, and the directory
+            is itself a suite collection to train on.
     """
 
     run: str
@@ -79,12 +87,21 @@ class CollectConfig:
     suite: str = ""
     settings: int = 0
     setting: dict = dataclasses.field(default_factory=dict)
+    references_from: str = ""
+    pack_to: str = ""
 
     def check(self) -> list[str]:
         problems = []
         if self.suite and self.settings < 1:
             problems.append(f"settings must be >= 1 with a suite (the training runs to collect in), got "
                             f"{self.settings}")
+        if self.pack_to and not self.suite:
+            problems.append("pack_to needs suite (it packs each setting's run), or drop it")
+        if self.references_from and not self.suite:
+            problems.append("references_from needs suite (it adopts each setting's reference runs), or drop it")
+        if self.references_from and not (REPO_ROOT / self.references_from).is_dir():
+            problems.append(f"references_from: directory {self.references_from!r} not found under {REPO_ROOT} (an "
+                            f"oracle table's tuning audits, e.g. audits/settings/math-cpt-v1/tuning/math-cpt-v1)")
         if self.settings and not self.suite:
             problems.append("settings needs suite (a configs/settings/*.yaml file), or drop it")
         if self.suite and not (REPO_ROOT / self.suite).is_file():

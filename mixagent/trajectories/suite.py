@@ -11,6 +11,11 @@ more settings keeps the ones it has (the draw is a fixed sequence), one that ask
 The suite's training distribution (:meth:`~mixagent.env.setting.Suite.training_hash`: its held-out list may
 change), seed, trees, tree shape and behaviour mix are the collection's identity: a resume with others is
 refused before anything runs.
+
+``pack_to`` (e.g. ``trajectories/reference/suite-v1``, which git keeps) receives each setting's run packed as
+soon as it finishes, with the index: a packed setting counts as collected, so a fresh clone resumes where the
+committed data ends, and the directory is a suite collection to train on. ``references_from`` (an oracle
+table's tuning audits) lets a setting the table already ran adopt its reference and anchor runs.
 """
 
 from __future__ import annotations
@@ -48,16 +53,21 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
     if cfg.env_overrides:  # reward.* only (CollectConfig.check): the rewards every setting's runs are scored with
         identity["env_overrides"] = list(cfg.env_overrides)
     index = json.loads(index_path.read_text()) if index_path.is_file() else None
-    if index is not None:
-        if not resume:
-            raise ResumeMismatchError(f"{root} already holds a suite collection; pass --resume to continue it, or "
-                                      f"choose another run name (run=NAME)")
-        keys = [*identity, *(["env_overrides"] if "env_overrides" in index and "env_overrides" not in identity
+    if index is not None and not resume:
+        raise ResumeMismatchError(f"{root} already holds a suite collection; pass --resume to continue it, or "
+                                  f"choose another run name (run=NAME)")
+    packed_root = (REPO_ROOT / cfg.pack_to) if cfg.pack_to else None
+    packed_index = packed_root / "suite.json" if packed_root is not None else None
+    for path in (index_path, packed_index):
+        held = json.loads(path.read_text()) if path is not None and path.is_file() else None
+        keys = [*identity, *(["env_overrides"] if held and "env_overrides" in held and "env_overrides" not in identity
                              else [])]  # a collection with reward overrides is not resumed without them
-        if {k: index.get(k) for k in keys} != identity:
-            raise ResumeMismatchError(f"cannot resume {root}: it was collected for "
-                                      f"{ {k: index.get(k) for k in keys} }, the config gives {identity}; "
+        if held is not None and {k: held.get(k) for k in keys} != identity:
+            raise ResumeMismatchError(f"cannot resume {path.parent}: it was collected for "
+                                      f"{ {k: held.get(k) for k in keys} }, the config gives {identity}; "
                                       f"resume with the config it was started with, or collect into a new run name")
+        if index is None and held is not None:
+            index = held  # a fresh machine: the packed (committed) collection's index
     indexed = len(index["settings"]) if index else 0  # a resume that asks for fewer keeps the others listed
     settings = suite.distinct_runs(max(cfg.settings, indexed), cfg.seed)
     index = {"version": SUITE_INDEX_VERSION, **identity,
@@ -66,21 +76,62 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
                            "run": f"{cfg.run}/{s.run_hash()}"} for s in settings]}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(index_path, index)
+    if packed_root is not None:
+        packed_root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(packed_index, index)
     summaries = []
     for k, setting in enumerate(settings[:cfg.settings]):
         sub = dataclasses.replace(
-            cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0,
+            cfg, run=setting.run_hash(), out_dir=str(root), suite="", settings=0, references_from="", pack_to="",
             env=suite.env, env_overrides=(*setting.overrides(suite, keep_lam=True), *cfg.env_overrides),  # reward.*
             seed=cfg.seed * 100_003 + k,  # each setting's own data orders and behaviour draws
             setting={"suite": suite.name, "training_hash": suite.training_hash(), "run_hash": setting.run_hash(),
                      "setting": _run_values(setting), "hidden": setting.hidden()})
+        packed = packed_root / setting.run_hash() if packed_root is not None else None
+        if packed is not None and (packed / "meta.json").is_file():
+            continue  # packed (committed): collected
         done = (sub.run_dir / "meta.json").is_file() and _complete(sub.run_dir)
         if done:
+            _pack(sub.run_dir, packed)
             continue
+        if cfg.references_from:
+            _adopt_reference(sub, REPO_ROOT / cfg.references_from)
         if progress:
             print(f"\n== setting {k + 1}/{len(settings)} ({setting.run_hash()}): {setting.to_json()}", flush=True)
         summaries.append(collect(sub, resume=(sub.run_dir / "meta.json").is_file(), progress=progress))
+        _pack(sub.run_dir, packed)
     return summaries
+
+
+def _pack(run_dir, packed) -> None:
+    """Pack a finished setting's run into ``packed`` (nothing without ``pack_to``)."""
+    if packed is None:
+        return
+    import logging
+
+    from mixagent.trajectories.store import pack_run
+
+    pack_run(run_dir, packed)
+    logging.getLogger(__name__).info("setting packed into %s: commit it so it outlives this machine", packed)
+
+
+def _adopt_reference(sub, audits) -> None:
+    """Commit the setting's reference extremes composed from an audit of its runs (:func:`~mixagent.env.
+    references.from_audits`), where none is committed yet: the collection then adopts them instead of running
+    its reference and anchor runs."""
+    from mixagent.data.sources import load_space
+    from mixagent.env.references import COMMITTED_REFERENCE_DIR, commit_reference, from_audits
+    from mixagent.env.spec import load_spec
+
+    spec = load_spec(REPO_ROOT / sub.env, sub.env_overrides)
+    if (COMMITTED_REFERENCE_DIR / f"{spec.spec_hash()}.json").is_file():
+        return
+    ref = from_audits(spec, audits, load_space(spec.space_path()))
+    if ref is not None:
+        from mixagent.env.base_model import get_base_model
+
+        base = get_base_model(spec.base_config())  # the id a backend gives it (ProxyBackend.base_id)
+        commit_reference(ref, spec.env_id, f"{base.path.name}:{base.meta['sha256'][:16]}")
 
 
 def _run_values(setting) -> dict:

@@ -337,6 +337,51 @@ def test_anchor_runs_are_reference_runs(tmp_path):
                                                            target["replay:0.5"]))
 
 
+def write_audit(d, audit_spec, env, cache, anchor_names=("uniform", "replay:0.5")):
+    """An audit directory as the oracle table leaves one: its spec, its reference pair and ``anchor_names``' runs."""
+    from mixagent.env.references import run_static
+    from mixagent.env.rewards import ANCHORS_VERSION, anchor_weights
+
+    d.mkdir(parents=True)
+    h = audit_spec.spec_hash()
+    (d / "spec.json").write_text(json.dumps({"version": 1, "env_id": audit_spec.env_id, "spec_hash": h,
+                                             "spec": audit_spec.mdp_dict()}))
+    (d / "reference.json").write_text(json.dumps(get_reference(audit_spec, env.backend, env.space,
+                                                               root=cache).to_json()))
+    seeds = [int(s) for s in audit_spec.reference_seeds]
+    (d / "anchors.json").write_text(json.dumps({"version": ANCHORS_VERSION, "spec_hash": h, "seeds": seeds, "runs": {
+        a: [run_static(env.backend, anchor_weights(a, env.space, env.backend.natural), audit_spec.steps, s).to_json()
+            for s in seeds] for a in anchor_names}}))
+
+
+def test_reference_runs_composed_from_an_audit_of_the_same_runs(tmp_path):
+    """``from_audits``: an audit's pair widened by its anchor runs gives what running them for the anchored spec
+    gives, stamped with that spec's hash; an audit of other runs, other reference seeds or without an anchor's
+    runs gives nothing."""
+    from mixagent.env.references import from_audits
+
+    anchors = ["reward.anchors=[uniform, 'replay:0.5']"]
+    spec = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "reward.lam=0.3", *anchors])
+    pair = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic"])
+    env = MixingEnv(pair)
+    want = get_reference(spec, env.backend, env.space, root=tmp_path / "cache")
+    audits = tmp_path / "audits"
+
+    def audit(name, audit_spec, anchor_names=("uniform", "replay:0.5")):
+        write_audit(audits / name, audit_spec, env, tmp_path / "cache", anchor_names)
+
+    audit("a-other-runs", load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "steps=3"]))
+    audit("b-other-seeds", load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "reference_seeds=[5]"]))
+    audit("c-one-anchor", pair, anchor_names=("uniform",))
+    assert from_audits(spec, audits, env.space) is None and from_audits(spec, tmp_path / "none", env.space) is None
+    audit("d-same-runs", pair)
+    got = from_audits(spec, audits, env.space)
+    assert got.spec_hash == spec.spec_hash() and got.seeds == want.seeds
+    for m in ("bpb", "score"):
+        assert got.best[m] == pytest.approx(want.best[m], rel=1e-12)
+        assert got.worst[m] == pytest.approx(want.worst[m], rel=1e-12)
+
+
 def test_bad_anchors_are_typed_errors():
     spec = ENVS_DIR / "tiny-cpt.yaml"
     # one set of anchors, however ordered or spelled, is one spec (one hash, one reference cache)

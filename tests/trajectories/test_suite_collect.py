@@ -144,3 +144,43 @@ def test_reward_overrides_join_every_setting_and_nothing_else_may(tmp_path):
     assert json.loads((cfg.run_dir / "suite.json").read_text())["env_overrides"] == ["reward.anchors=[uniform]"]
     with pytest.raises(ResumeMismatchError, match="cannot resume .* collected for"):
         collect_suite(dataclasses.replace(cfg, env_overrides=()), resume=True, progress=False)
+
+
+def test_a_setting_an_audit_ran_adopts_its_reference_runs_and_is_packed_when_done(tmp_path, monkeypatch):
+    """``references_from``: a setting whose runs an oracle table audited commits the audit's extremes widened by
+    its anchor runs under the setting's spec hash, and collects without running reference or anchor runs.
+    ``pack_to``: the finished setting is packed there with the index; on a fresh machine (no working copy) it
+    counts as collected, and the packed directory is a suite collection to train on."""
+    from mixagent.env import references
+    from mixagent.env.environment import MixingEnv
+    from tests.env.test_cpt_knobs import write_audit
+
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(SUITE, sort_keys=False))
+    suite = load_suite(path)
+    (setting,) = suite.distinct_runs(1, 3)
+    pair = load_spec(REPO_ROOT / suite.env, setting.overrides(suite, keep_lam=False))
+    write_audit(tmp_path / "audits" / pair.spec_hash(), pair, MixingEnv(pair), tmp_path / "cache", ("uniform",))
+    monkeypatch.setattr(references, "COMMITTED_REFERENCE_DIR", tmp_path / "committed")
+    monkeypatch.setattr(references, "run_static", lambda *a: pytest.fail("a reference run ran"))
+    cfg = CollectConfig(run="adopt", suite=str(path), settings=1, trees=1, seed=3, tree=TreeConfig(branch_at=()),
+                        launcher="inline", out_dir=str(tmp_path / "out"), env_overrides=("reward.anchors=[uniform]",),
+                        references_from=str(tmp_path / "audits"), pack_to=str(tmp_path / "packed"))
+    assert cfg.check() == []
+    collect_suite(cfg, progress=False)
+    spec = load_spec(REPO_ROOT / suite.env, [*setting.overrides(suite, keep_lam=True), "reward.anchors=[uniform]"])
+    committed = json.loads((tmp_path / "committed" / f"{spec.spec_hash()}.json").read_text())
+    want = references.from_audits(spec, tmp_path / "audits", MixingEnv(pair).space)
+    assert committed["best"] == want.best and committed["worst"] == want.worst
+    run, packed = Run(cfg.run_dir / setting.run_hash()), Run(tmp_path / "packed" / setting.run_hash())
+    assert run.complete and packed.packed and packed.complete and sorted(packed.entries) == sorted(run.entries)
+    import shutil
+
+    shutil.rmtree(cfg.run_dir)  # a fresh machine: only the packed (committed) data
+    assert collect_suite(cfg, resume=True, progress=False) == []
+    assert expand_runs([str(tmp_path / "packed")]) == ([f"{tmp_path / 'packed'}/{setting.run_hash()}"], [])
+    with pytest.raises(ResumeMismatchError, match="cannot resume .*packed"):
+        collect_suite(dataclasses.replace(cfg, seed=4, run="other"), resume=True, progress=False)
+    problems = CollectConfig(run="x", references_from=str(tmp_path / "nowhere"), pack_to="p").check()
+    assert any("references_from needs suite" in p for p in problems) and any("not found" in p for p in problems)
+    assert any("pack_to needs suite" in p for p in problems)
