@@ -469,13 +469,15 @@ def rescorer(spec: EnvSpec, space: DomainSpace, reference: Reference) -> Callabl
 
 
 def _check_artifacts(cfg: CompareConfig, env) -> None:
-    """Load every artifact policy, start it in the env's space and feed it one observation of the env's
-    size, so one trained for another space or observation fails here, before any episode
-    (``ArtifactMismatchError`` names both domain lists)."""
+    """Load every artifact policy (the agent of a ``guarded:agent=...`` spec too), start it in the env's space
+    and feed it one observation of the env's size, so one trained for another space or observation fails
+    here, before any episode (``ArtifactMismatchError`` names both domain lists)."""
     from mixagent.policies.artifact import load_policy
+    from mixagent.policies.registry import parse_method
 
     for p in cfg.policies:
-        path = artifact_dir(p)
+        method = parse_method(p)
+        path = artifact_dir(str(method[1].get("agent", ""))) if method and method[0] == "guarded" else artifact_dir(p)
         if path is not None:
             policy = load_policy(path)
             policy.reset(env.space)

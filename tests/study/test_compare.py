@@ -165,6 +165,8 @@ def test_bad_requests_are_typed_errors(compared, tmp_path):
     art = random_artifact(tmp_path / "other-space", other)
     with pytest.raises(ArtifactMismatchError, match="domain space"):
         run_compare(_cfg(tmp_path, policies=("natural", str(art))))
+    with pytest.raises(ArtifactMismatchError, match="domain space"):  # the agent behind a guard is checked too
+        run_compare(_cfg(tmp_path, policies=("natural", f"guarded:agent={art},ood=warn")))
     assert not list((tmp_path / "cache").glob("*/*/*/*.json"))  # refused before any episode
 
 
