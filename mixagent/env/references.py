@@ -132,53 +132,46 @@ def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], spac
     return Reference(best, worst, reference.spec_hash, reference.seeds)
 
 
-def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace) -> Reference | None:
+def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace, base_id: str) -> Reference | None:
     """``spec``'s extremes from an audit of the same runs under ``audits`` (a directory of audit directories,
-    e.g. an oracle table's ``tuning/<suite>/``; each with ``spec.json`` and ``reference.json``, and
-    ``anchors.json`` where ``spec.reward.anchors`` are set): the audit's reference pair :func:`widened` by its
-    anchor runs, stamped with ``spec``'s hash, so a collection in a setting the table already ran skips its
-    reference and anchor runs. An audit matches when its spec with ``spec``'s reward has ``spec``'s hash (the
-    same runs, base model and space: the reward changes no run) and its reference seeds are ``spec``'s.
-    ``None`` where no audit matches or it lacks one of the anchors' runs. Equal to running them up to the
-    thread count's rounding (7 significant digits: tested on a committed setting).
-
-    Raises:
-        CorruptArtifactError: a matching audit's files are unreadable.
-    """
+    e.g. an oracle table's ``tuning/<suite>/``; each with ``spec.json``, ``start.json`` and ``reference.json``,
+    and ``anchors.json`` where ``spec.reward.anchors`` are set): the audit's reference pair :func:`widened` by
+    its anchor runs, stamped with ``spec``'s hash, so a collection in a setting the table already ran skips
+    its reference and anchor runs. An audit matches when its spec with ``spec``'s reward has ``spec``'s hash
+    (the same runs, base config, space and reference seeds: the reward changes no run) and it ran from the
+    base checkpoint ``base_id`` (a backend's ``base_id``; the hash covers the base's config, not its weights).
+    ``None`` where no audit matches or it lacks one of the anchors' runs; an unreadable audit is logged and
+    skipped. Equal to running them up to the thread count's rounding (7 significant digits: checked on a
+    committed setting)."""
     import dataclasses
 
     target = spec.spec_hash()
-    seeds = [int(s) for s in spec.reference_seeds]
-    for d in sorted(p for p in Path(audits).iterdir() if (p / "spec.json").is_file()) if Path(audits).is_dir() else ():
+    root = Path(audits)
+    for d in sorted(p for p in root.iterdir() if (p / "spec.json").is_file()) if root.is_dir() else ():
         try:
             record = json.loads((d / "spec.json").read_text())
             reward = RewardSpec(**record["spec"]["reward"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CorruptArtifactError(f"audit spec {d / 'spec.json'} is unreadable ({exc})") from None
-        audit_spec = dataclasses.replace(spec, reward=reward)
-        if reward.anchors or audit_spec.spec_hash() != record.get("spec_hash") or \
-                dataclasses.replace(audit_spec, reward=spec.reward).spec_hash() != target:
-            continue
-        if not (d / "reference.json").is_file():
-            continue
-        pair = _load_stored(d / "reference.json", record["spec_hash"])
-        if list(pair.seeds) != seeds:
-            continue
-        runs: dict[str, list] = {}
-        if spec.reward.anchors:
-            try:
+            if reward.anchors or dataclasses.replace(spec, reward=reward).spec_hash() != record["spec_hash"]:
+                continue  # other runs (or an anchored audit, whose reference is not a pair)
+            if json.loads((d / "start.json").read_text()).get("base") != base_id:
+                log.info("audit %s ran from another base checkpoint than %s: its reference runs are not adopted",
+                         d, base_id)
+                continue
+            pair = _load_stored(d / "reference.json", record["spec_hash"])
+            runs: dict[str, list[EvalResult]] = {}
+            if spec.reward.anchors:
                 stored = json.loads((d / "anchors.json").read_text()) if (d / "anchors.json").is_file() else {}
-            except (OSError, ValueError) as exc:
-                raise CorruptArtifactError(f"anchor runs {d / 'anchors.json'} are unreadable ({exc})") from None
-            if (stored.get("version"), stored.get("spec_hash"), stored.get("seeds")) != (
-                    ANCHORS_VERSION, record["spec_hash"], seeds):
-                continue
-            runs = {a: stored["runs"].get(a, []) for a in spec.reward.anchors}
-            if any(len(r) != len(seeds) for r in runs.values()):
-                continue
-        ref = widened(pair, {a: [EvalResult.from_json(e) for e in r] for a, r in runs.items()}, space)
+                if (stored.get("version"), stored.get("spec_hash")) != (ANCHORS_VERSION, record["spec_hash"]):
+                    continue
+                runs = {a: [EvalResult.from_json(e) for e in stored["runs"].get(a, [])] for a in spec.reward.anchors}
+                if any(len(r) != len(pair.seeds) for r in runs.values()):
+                    continue
+        except (OSError, ValueError, KeyError, TypeError, ConfigError, CorruptArtifactError) as exc:
+            log.warning("audit %s is unreadable (%s): its reference runs are not adopted", d, exc)
+            continue
+        ref = widened(pair, runs, space)
         log.info("reference runs for %s composed from the audit %s", spec.env_id, d)
-        return Reference(ref.best, ref.worst, target, tuple(seeds))
+        return Reference(ref.best, ref.worst, target, pair.seeds)
     return None
 
 

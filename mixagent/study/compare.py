@@ -477,7 +477,10 @@ def _check_artifacts(cfg: CompareConfig, env) -> None:
 
     for p in cfg.policies:
         method = parse_method(p)
-        path = artifact_dir(str(method[1].get("agent", ""))) if method and method[0] == "guarded" else artifact_dir(p)
+        if method and method[0] == "guarded":  # its agent (GuardedPolicy names a missing one)
+            path = artifact_dir(str(method[1]["agent"])) if method[1].get("agent") else None
+        else:
+            path = artifact_dir(p)
         if path is not None:
             policy = load_policy(path)
             policy.reset(env.space)

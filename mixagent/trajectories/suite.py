@@ -66,8 +66,8 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
             raise ResumeMismatchError(f"cannot resume {path.parent}: it was collected for "
                                       f"{ {k: held.get(k) for k in keys} }, the config gives {identity}; "
                                       f"resume with the config it was started with, or collect into a new run name")
-        if index is None and held is not None:
-            index = held  # a fresh machine: the packed (committed) collection's index
+        if held is not None and (index is None or len(held["settings"]) > len(index["settings"])):
+            index = held  # a fresh machine, or a packed (committed) index that lists more settings
     indexed = len(index["settings"]) if index else 0  # a resume that asks for fewer keeps the others listed
     settings = suite.distinct_runs(max(cfg.settings, indexed), cfg.seed)
     index = {"version": SUITE_INDEX_VERSION, **identity,
@@ -89,6 +89,7 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
                      "setting": _run_values(setting), "hidden": setting.hidden()})
         packed = packed_root / setting.run_hash() if packed_root is not None else None
         if packed is not None and (packed / "meta.json").is_file():
+            _check_packed(packed, sub, setting)
             continue  # packed (committed): collected
         done = (sub.run_dir / "meta.json").is_file() and _complete(sub.run_dir)
         if done:
@@ -101,6 +102,22 @@ def collect_suite(cfg, resume: bool = False, progress: bool = True) -> list:
         summaries.append(collect(sub, resume=(sub.run_dir / "meta.json").is_file(), progress=progress))
         _pack(sub.run_dir, packed)
     return summaries
+
+
+def _check_packed(packed, sub, setting) -> None:
+    """A packed setting counts as collected only if it is this collection's run of ``setting``.
+
+    Raises:
+        ResumeMismatchError: it holds another setting's run, or one of another seed.
+    """
+    from mixagent.trajectories.store import Run
+
+    meta = Run(packed).meta
+    got = ((meta.get("setting") or {}).get("run_hash"), meta.get("seed"))
+    if got != (setting.run_hash(), sub.seed):
+        raise ResumeMismatchError(f"{packed} holds the run of setting {got[0]} with seed {got[1]}, this collection's "
+                                  f"is {setting.run_hash()} with seed {sub.seed}: pack_to names another "
+                                  f"collection's directory; choose another pack_to")
 
 
 def _pack(run_dir, packed) -> None:
@@ -126,12 +143,15 @@ def _adopt_reference(sub, audits) -> None:
     spec = load_spec(REPO_ROOT / sub.env, sub.env_overrides)
     if (COMMITTED_REFERENCE_DIR / f"{spec.spec_hash()}.json").is_file():
         return
-    ref = from_audits(spec, audits, load_space(spec.space_path()))
-    if ref is not None:
+    base_id = "analytic"  # what each backend calls its base (ProxyBackend.base_id)
+    if spec.backend == "lm":
         from mixagent.env.base_model import get_base_model
 
-        base = get_base_model(spec.base_config())  # the id a backend gives it (ProxyBackend.base_id)
-        commit_reference(ref, spec.env_id, f"{base.path.name}:{base.meta['sha256'][:16]}")
+        base = get_base_model(spec.base_config())
+        base_id = f"{base.path.name}:{base.meta['sha256'][:16]}"
+    ref = from_audits(spec, audits, load_space(spec.space_path()), base_id)
+    if ref is not None:
+        commit_reference(ref, spec.env_id, base_id)
 
 
 def _run_values(setting) -> dict:

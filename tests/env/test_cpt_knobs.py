@@ -337,8 +337,9 @@ def test_anchor_runs_are_reference_runs(tmp_path):
                                                            target["replay:0.5"]))
 
 
-def write_audit(d, audit_spec, env, cache, anchor_names=("uniform", "replay:0.5")):
-    """An audit directory as the oracle table leaves one: its spec, its reference pair and ``anchor_names``' runs."""
+def write_audit(d, audit_spec, env, cache, anchor_names=("uniform", "replay:0.5"), base=None):
+    """An audit directory as the oracle table leaves one: its spec, its base checkpoint (``start.json``), its
+    reference pair and ``anchor_names``' runs."""
     from mixagent.env.references import run_static
     from mixagent.env.rewards import ANCHORS_VERSION, anchor_weights
 
@@ -346,6 +347,7 @@ def write_audit(d, audit_spec, env, cache, anchor_names=("uniform", "replay:0.5"
     h = audit_spec.spec_hash()
     (d / "spec.json").write_text(json.dumps({"version": 1, "env_id": audit_spec.env_id, "spec_hash": h,
                                              "spec": audit_spec.mdp_dict()}))
+    (d / "start.json").write_text(json.dumps({"base": base or env.backend.base_id}))
     (d / "reference.json").write_text(json.dumps(get_reference(audit_spec, env.backend, env.space,
                                                                root=cache).to_json()))
     seeds = [int(s) for s in audit_spec.reference_seeds]
@@ -356,30 +358,43 @@ def write_audit(d, audit_spec, env, cache, anchor_names=("uniform", "replay:0.5"
 
 def test_reference_runs_composed_from_an_audit_of_the_same_runs(tmp_path):
     """``from_audits``: an audit's pair widened by its anchor runs gives what running them for the anchored spec
-    gives, stamped with that spec's hash; an audit of other runs, other reference seeds or without an anchor's
-    runs gives nothing."""
+    gives, stamped with that spec's hash; an anchor run beyond the pair widens it; an audit of other runs, of
+    another base checkpoint or without an anchor's runs gives nothing, and an unreadable one is skipped."""
     from mixagent.env.references import from_audits
 
     anchors = ["reward.anchors=[uniform, 'replay:0.5']"]
     spec = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "reward.lam=0.3", *anchors])
     pair = load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic"])
     env = MixingEnv(pair)
+    base = env.backend.base_id
     want = get_reference(spec, env.backend, env.space, root=tmp_path / "cache")
     audits = tmp_path / "audits"
 
-    def audit(name, audit_spec, anchor_names=("uniform", "replay:0.5")):
-        write_audit(audits / name, audit_spec, env, tmp_path / "cache", anchor_names)
+    def audit(name, audit_spec, anchor_names=("uniform", "replay:0.5"), **kw):
+        write_audit(audits / name, audit_spec, env, tmp_path / "cache", anchor_names, **kw)
 
     audit("a-other-runs", load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "steps=3"]))
     audit("b-other-seeds", load_spec(ENVS_DIR / "tiny-cpt.yaml", ["backend=analytic", "reference_seeds=[5]"]))
     audit("c-one-anchor", pair, anchor_names=("uniform",))
-    assert from_audits(spec, audits, env.space) is None and from_audits(spec, tmp_path / "none", env.space) is None
-    audit("d-same-runs", pair)
-    got = from_audits(spec, audits, env.space)
+    audit("d-other-base", pair, base="retrained:0123")
+    (audits / "e-unreadable").mkdir()
+    (audits / "e-unreadable" / "spec.json").write_text("{not json")
+    assert from_audits(spec, audits, env.space, base) is None
+    assert from_audits(spec, tmp_path / "none", env.space, base) is None
+    audit("f-same-runs", pair)
+    got = from_audits(spec, audits, env.space, base)
     assert got.spec_hash == spec.spec_hash() and got.seeds == want.seeds
     for m in ("bpb", "score"):
         assert got.best[m] == pytest.approx(want.best[m], rel=1e-12)
         assert got.worst[m] == pytest.approx(want.worst[m], rel=1e-12)
+    # an anchor run beyond the pair widens the extremes: uniform's target domains at 0.5 bits per byte
+    stored = json.loads((audits / "f-same-runs" / "anchors.json").read_text())
+    for run in stored["runs"]["uniform"]:
+        run["bpb"] = {n: (0.5 if env.space.fields[i] == "target" else v) for i, (n, v) in enumerate(run["bpb"].items())}
+    (audits / "f-same-runs" / "anchors.json").write_text(json.dumps(stored))
+    widened = from_audits(spec, audits, env.space, base)
+    assert widened.best["bpb"]["target"] == pytest.approx(0.5) and want.best["bpb"]["target"] > 0.6
+    assert widened.worst == got.worst
 
 
 def test_bad_anchors_are_typed_errors():

@@ -160,7 +160,10 @@ def test_a_setting_an_audit_ran_adopts_its_reference_runs_and_is_packed_when_don
     suite = load_suite(path)
     (setting,) = suite.distinct_runs(1, 3)
     pair = load_spec(REPO_ROOT / suite.env, setting.overrides(suite, keep_lam=False))
-    write_audit(tmp_path / "audits" / pair.spec_hash(), pair, MixingEnv(pair), tmp_path / "cache", ("uniform",))
+    env = MixingEnv(pair)
+    write_audit(tmp_path / "audits" / pair.spec_hash(), pair, env, tmp_path / "cache", ("uniform",))
+    spec = load_spec(REPO_ROOT / suite.env, [*setting.overrides(suite, keep_lam=True), "reward.anchors=[uniform]"])
+    want = references.get_reference(spec, env.backend, env.space, root=tmp_path / "run")  # run, for comparison
     monkeypatch.setattr(references, "COMMITTED_REFERENCE_DIR", tmp_path / "committed")
     monkeypatch.setattr(references, "run_static", lambda *a: pytest.fail("a reference run ran"))
     cfg = CollectConfig(run="adopt", suite=str(path), settings=1, trees=1, seed=3, tree=TreeConfig(branch_at=()),
@@ -168,10 +171,10 @@ def test_a_setting_an_audit_ran_adopts_its_reference_runs_and_is_packed_when_don
                         references_from=str(tmp_path / "audits"), pack_to=str(tmp_path / "packed"))
     assert cfg.check() == []
     collect_suite(cfg, progress=False)
-    spec = load_spec(REPO_ROOT / suite.env, [*setting.overrides(suite, keep_lam=True), "reward.anchors=[uniform]"])
     committed = json.loads((tmp_path / "committed" / f"{spec.spec_hash()}.json").read_text())
-    want = references.from_audits(spec, tmp_path / "audits", MixingEnv(pair).space)
-    assert committed["best"] == want.best and committed["worst"] == want.worst
+    for m in ("bpb", "score"):  # what running the reference and anchor runs gives
+        assert committed["best"][m] == pytest.approx(want.best[m], rel=1e-9)
+        assert committed["worst"][m] == pytest.approx(want.worst[m], rel=1e-9)
     run, packed = Run(cfg.run_dir / setting.run_hash()), Run(tmp_path / "packed" / setting.run_hash())
     assert run.complete and packed.packed and packed.complete and sorted(packed.entries) == sorted(run.entries)
     import shutil
@@ -181,6 +184,10 @@ def test_a_setting_an_audit_ran_adopts_its_reference_runs_and_is_packed_when_don
     assert expand_runs([str(tmp_path / "packed")]) == ([f"{tmp_path / 'packed'}/{setting.run_hash()}"], [])
     with pytest.raises(ResumeMismatchError, match="cannot resume .*packed"):
         collect_suite(dataclasses.replace(cfg, seed=4, run="other"), resume=True, progress=False)
+    from mixagent.trajectories.suite import _check_packed
+
+    with pytest.raises(ResumeMismatchError, match="another collection's directory"):  # without its index
+        _check_packed(tmp_path / "packed" / setting.run_hash(), dataclasses.replace(cfg, seed=7), setting)
     problems = CollectConfig(run="x", references_from=str(tmp_path / "nowhere"), pack_to="p").check()
     assert any("references_from needs suite" in p for p in problems) and any("not found" in p for p in problems)
     assert any("pack_to needs suite" in p for p in problems)
