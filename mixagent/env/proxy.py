@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixagent.errors import ConfigError
 from mixagent.sampling import MixtureSampler
 
 SCHEDULES = ("cosine", "wsd")
 
-__all__ = ["OptimConfig", "SCHEDULES", "SegmentStats", "train_segment", "lr_at", "make_optimizer"]
+__all__ = ["OptimConfig", "SCHEDULES", "SegmentStats", "train_segment", "lr_at", "make_optimizer", "torch_threads"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +117,28 @@ class SegmentStats:
     nonfinite: bool
 
 
+def torch_threads(threads: int) -> int:
+    """The torch intra-op threads a proxy trains with: ``MIXAGENT_THREADS`` where set (a cap for every segment this
+    process trains, e.g. ``MIXAGENT_THREADS=1`` for jobs that share the cores: a 2-thread process on a core
+    another job also uses ran a segment 5-7x slower, 2026-12-07), else ``threads`` (the spec's or the worker's).
+    Like ``optim.threads`` it changes results only at rounding level.
+
+    Raises:
+        ConfigError: ``MIXAGENT_THREADS`` is not a positive integer.
+    """
+    raw = os.environ.get("MIXAGENT_THREADS", "").strip()
+    if not raw:
+        return threads
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError("MIXAGENT_THREADS", [f"must be a positive integer (torch threads per process), got {raw!r}; "
+                                               f"unset it to use the spec's optim.threads"])
+    return int(raw)
+
+
 def train_segment(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: MixtureSampler,
                   weights: np.ndarray, steps: int, first_step: int, total_steps: int, cfg: OptimConfig) -> SegmentStats:
     """Train ``steps`` optimizer steps on batches drawn under ``weights``; stops early on a NaN/Inf loss."""
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(torch_threads(cfg.threads))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     device = params[0].device

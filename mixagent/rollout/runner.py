@@ -181,8 +181,9 @@ class Runner:
         import torch
 
         from mixagent.env.environment import MixingEnv
+        from mixagent.env.proxy import torch_threads
 
-        torch.set_num_threads(setup.threads)
+        torch.set_num_threads(torch_threads(setup.threads))
         self.setup = setup
         self.env = setup.env_factory() if setup.env_factory is not None else MixingEnv(setup.env_spec())
         spec = self.env.spec_

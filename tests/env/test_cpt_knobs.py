@@ -47,6 +47,19 @@ def test_wsd_warms_up_holds_then_decays_linearly():
         load_config(OptimConfig, None, ["schedule=cosin"])
 
 
+def test_mixagent_threads_caps_the_proxy_threads(monkeypatch):
+    from mixagent.env.proxy import torch_threads
+
+    monkeypatch.delenv("MIXAGENT_THREADS", raising=False)
+    assert torch_threads(2) == 2
+    monkeypatch.setenv("MIXAGENT_THREADS", "1")
+    assert torch_threads(2) == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MIXAGENT_THREADS", bad)
+        with pytest.raises(ConfigError, match="(?s)MIXAGENT_THREADS.*positive integer"):
+            torch_threads(2)
+
+
 def test_added_knobs_at_their_defaults_keep_old_hashes():
     assert "schedule" not in to_dict(OptimConfig()) and to_dict(OptimConfig(schedule="wsd"))["schedule"] == "wsd"
     base = load_config(BaseModelConfig, CONFIGS_DIR / "base_model/default.yaml")
