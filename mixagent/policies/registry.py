@@ -25,7 +25,7 @@ from mixagent.policies.protocol import MixingPolicy
 
 __all__ = ["PolicyContext", "METHODS", "METHOD_SPECS", "build_policy", "method_problems", "NEEDS_REFERENCE",
            "policy_from_spec", "policy_fingerprint", "RULES_VERSION", "parse_method", "method_spec", "is_method",
-           "tunable", "PROBING", "RULES", "rules_version", "FITTED_PARAMS"]
+           "tunable", "PROBING", "RULES", "rules_version", "FITTED_PARAMS", "split_policies"]
 
 # bump a method's entry when its update rule or a default changes: its cached episodes then rerun.
 # 2: DoReMi per optimizer batch against the reference's end, Velocitune's targets at the full budget, Aioli's
@@ -184,6 +184,22 @@ def parse_method(spec: str) -> tuple[str, dict[str, object]] | None:
     if problems:
         raise ConfigError("policy", problems)
     return name, params
+
+
+def split_policies(text: str) -> list[str]:
+    """Policy specs from a comma-separated list (``--policies``): a piece that is only ``key=value`` continues the
+    method spec before it, so ``probe_commit,guarded:agent=runs/agent/v2/bc,ood=clip,uniform`` gives three
+    specs (a spec's own pairs are comma-separated too)."""
+    specs: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if specs and "=" in piece and ":" not in piece.split("=", 1)[0] and ":" in specs[-1] and \
+                "/" not in piece.split("=", 1)[0]:
+            specs[-1] += f",{piece}"
+        else:
+            specs.append(piece)
+    return specs
 
 
 def method_spec(name: str, params: Mapping[str, object]) -> str:

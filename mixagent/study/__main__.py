@@ -154,10 +154,11 @@ def _headroom(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from mixagent.config import load_config
+    from mixagent.policies.registry import split_policies
     from mixagent.study.compare import CompareConfig, run_compare
     from mixagent.study.compare_report import make_compare_report
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+    policies = split_policies(args.policies) if args.policies else None
     flags = {"name": args.name, "env": args.env, "workers": args.workers, "launcher": args.launcher, "out": args.out,
              "policies": policies, "seeds": args.seeds, "tune_seeds": args.tune_seeds}
 
@@ -253,12 +254,14 @@ def _efficiency(args: argparse.Namespace) -> int:
 
 def _closed_gap(args: argparse.Namespace) -> int:
     from mixagent.config import load_config
+    from mixagent.policies.registry import split_policies
     from mixagent.study.closed_gap_run import ClosedGapConfig, run_closed_gap
 
     overrides = list(args.overrides)
-    for flag in ("policies", "settings"):
-        if getattr(args, flag):
-            overrides.append(f"{flag}={json.dumps([x.strip() for x in getattr(args, flag).split(',') if x.strip()])}")
+    if args.policies:
+        overrides.append(f"policies={json.dumps(split_policies(args.policies))}")
+    if args.settings:
+        overrides.append(f"settings={json.dumps([x.strip() for x in args.settings.split(',') if x.strip()])}")
     try:
         cfg = load_config(ClosedGapConfig, args.config, overrides)
         report = run_closed_gap(cfg)

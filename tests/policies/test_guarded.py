@@ -110,3 +110,13 @@ def test_bad_specs_are_typed_errors(agent, tmp_path):
     GuardedPolicy(None, str(bare), ood="warn")  # warn acts on it unchecked
     with pytest.raises(UsageError, match="act before reset"):
         GuardedPolicy(None, str(agent), ood="clip").act(np.zeros(23))
+
+
+def test_a_comma_separated_policy_list_keeps_a_spec_with_several_pairs_whole():
+    from mixagent.policies.registry import split_policies
+
+    assert split_policies("probe_commit, guarded:agent=runs/agent/v2/bc,ood=clip,tolerance=0.1,uniform,replay:0.6") == [
+        "probe_commit", "guarded:agent=runs/agent/v2/bc,ood=clip,tolerance=0.1", "uniform", "replay:0.6"]
+    assert split_policies("doremi:eta=0.1,smoothing=0.01,runs/agent/x") == ["doremi:eta=0.1,smoothing=0.01",
+                                                                          "runs/agent/x"]
+    assert split_policies("natural,,uniform") == ["natural", "uniform"]
