@@ -86,7 +86,7 @@ class LMBackend:
                                               f"optim.device=cpu"])
             base.model.to(spec.optim.device)
         self.base_state = {k: v.clone() for k, v in base.model.state_dict().items()}
-        self.base_id = f"{base.path.name}:{base.meta['sha256'][:16]}"  # config hash : checkpoint hash
+        self.base_id = base.base_id
         self.model = base.model
         per_step = spec.optim.micro_batch * base.model_config.seq_len
         if spec.segment_tokens % per_step:

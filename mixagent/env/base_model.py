@@ -99,6 +99,11 @@ class BaseModel:
     meta: dict
     path: Path
 
+    @property
+    def base_id(self) -> str:
+        """``<config hash>:<checkpoint sha256[:16]>``: what reference runs and audits record as their base."""
+        return f"{self.path.name}:{self.meta['sha256'][:16]}"
+
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

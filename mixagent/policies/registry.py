@@ -191,11 +191,9 @@ def split_policies(text: str) -> list[str]:
     method spec before it, so ``probe_commit,guarded:agent=runs/agent/v2/bc,ood=clip,uniform`` gives three
     specs (a spec's own pairs are comma-separated too)."""
     specs: list[str] = []
-    for piece in (p.strip() for p in text.split(",")):
-        if not piece:
-            continue
-        if specs and "=" in piece and ":" not in piece.split("=", 1)[0] and ":" in specs[-1] and \
-                "/" not in piece.split("=", 1)[0]:
+    for piece in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, _ = piece.partition("=")
+        if specs and eq and ":" in specs[-1] and not {":", "/"} & set(key):  # a pair of the spec before
             specs[-1] += f",{piece}"
         else:
             specs.append(piece)

@@ -147,8 +147,7 @@ def _adopt_reference(sub, audits) -> None:
     if spec.backend == "lm":
         from mixagent.env.base_model import get_base_model
 
-        base = get_base_model(spec.base_config())
-        base_id = f"{base.path.name}:{base.meta['sha256'][:16]}"
+        base_id = get_base_model(spec.base_config()).base_id
     ref = from_audits(spec, audits, load_space(spec.space_path()), base_id)
     if ref is not None:
         commit_reference(ref, spec.env_id, base_id)
