@@ -62,6 +62,8 @@ JOBS: dict[str, Job] = {
                        "which models' continuations it tells apart", (), "research"),
     "world-model": Job("mixagent.model_based.__main__:world_model", "fit, measure and commit the world model "
                        "(surrogate env)", (), "research"),
+    "world-model-settings": Job("mixagent.model_based.__main__:world_model_settings", "fit and measure the world "
+                                "model across a suite's settings (per setting, left out)", (), "research"),
     "plan": Job("mixagent.model_based.__main__:plan", "model-predictive control over a world model, in the real env",
                 (), "research"),
     "variants": Job("mixagent.model_based.__main__:variants", "every agent variant against the baselines, one table",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from mixagent.errors import ConfigError, CorruptArtifactError
 from mixagent.paths import REPO_ROOT, atomic_write_json, data_root
 
 __all__ = ["get_reference", "extremes", "widened", "reference_path", "run_static", "commit_reference",
-           "from_audits", "REFERENCE_VERSION", "COMMITTED_REFERENCE_DIR"]
+           "from_audits", "audits_of", "REFERENCE_VERSION", "COMMITTED_REFERENCE_DIR"]
 
 log = logging.getLogger(__name__)
 REFERENCE_VERSION = 1
@@ -132,31 +133,43 @@ def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], spac
     return Reference(best, worst, reference.spec_hash, reference.seeds)
 
 
-def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace, base_id: str) -> Reference | None:
-    """``spec``'s extremes from an audit of the same runs under ``audits`` (a directory of audit directories,
-    e.g. an oracle table's ``tuning/<suite>/``; each with ``spec.json``, ``start.json`` and ``reference.json``,
-    and ``anchors.json`` where ``spec.reward.anchors`` are set): the audit's reference pair :func:`widened` by
-    its anchor runs, stamped with ``spec``'s hash, so a collection in a setting the table already ran skips
-    its reference and anchor runs. An audit matches when its spec with ``spec``'s reward has ``spec``'s hash
-    (the same runs, base config, space and reference seeds: the reward changes no run) and it ran from the
-    base checkpoint ``base_id`` (a backend's ``base_id``; the hash covers the base's config, not its weights).
-    ``None`` where no audit matches or it lacks one of the anchors' runs; an unreadable audit is logged and
-    skipped. Equal to running them up to the thread count's rounding (7 significant digits: checked on a
-    committed setting)."""
+def audits_of(spec: EnvSpec, audits: Path, base_id: str) -> Iterator[Path]:
+    """The audit directories under ``audits`` (each with ``spec.json`` and ``start.json``) that ran ``spec``'s
+    runs: the audit's spec with ``spec``'s reward has the audit's hash (the same runs, base config, space and reference
+    seeds: the reward changes no run), its reward has no anchors (an anchored audit's reference is not a pair),
+    and it ran from the base checkpoint ``base_id`` (the hash covers the base's config, not its weights). An
+    unreadable audit is logged and skipped."""
     import dataclasses
 
-    target = spec.spec_hash()
     root = Path(audits)
     for d in sorted(p for p in root.iterdir() if (p / "spec.json").is_file()) if root.is_dir() else ():
         try:
             record = json.loads((d / "spec.json").read_text())
             reward = RewardSpec(**record["spec"]["reward"])
             if reward.anchors or dataclasses.replace(spec, reward=reward).spec_hash() != record["spec_hash"]:
-                continue  # other runs (or an anchored audit, whose reference is not a pair)
-            if json.loads((d / "start.json").read_text()).get("base") != base_id:
-                log.info("audit %s ran from another base checkpoint than %s: its reference runs are not adopted",
-                         d, base_id)
                 continue
+            if json.loads((d / "start.json").read_text()).get("base") != base_id:
+                log.info("audit %s ran from another base checkpoint than %s: its runs are not adopted", d, base_id)
+                continue
+        except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+            log.warning("audit %s is unreadable (%s): skipped", d, exc)
+            continue
+        yield d
+
+
+def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace, base_id: str) -> Reference | None:
+    """``spec``'s extremes from an audit of the same runs under ``audits`` (a directory of audit directories,
+    e.g. an oracle table's ``tuning/<suite>/``; each with ``spec.json``, ``start.json`` and ``reference.json``,
+    and ``anchors.json`` where ``spec.reward.anchors`` are set): the audit's reference pair :func:`widened` by
+    its anchor runs, stamped with ``spec``'s hash, so a collection in a setting the table already ran skips
+    its reference and anchor runs. Audits match as in :func:`audits_of` (``base_id``: a backend's). ``None``
+    where no audit matches or it lacks one of the anchors' runs; an unreadable audit is logged and skipped.
+    Equal to running them up to the thread count's rounding (7 significant digits: checked on a committed
+    setting)."""
+    target = spec.spec_hash()
+    for d in audits_of(spec, audits, base_id):
+        try:
+            record = json.loads((d / "spec.json").read_text())
             pair = _load_stored(d / "reference.json", record["spec_hash"])
             runs: dict[str, list[EvalResult]] = {}
             if spec.reward.anchors:

@@ -1,8 +1,9 @@
-"""``python -m mixagent.model_based <command> ...`` (also ``mixagent world-model | plan | variants``): the
-model-based research jobs.
+"""``python -m mixagent.model_based <command> ...`` (also ``mixagent world-model | world-model-settings |
+plan | variants``): the model-based research jobs.
 
 * ``world-model``: fit the world model of an env on its trajectories, measure it (held-out R², policy
   ranking), commit it as a surrogate env;
+* ``world-model-settings``: one world model across a suite's settings, measured per setting left out;
 * ``plan``: model-predictive control over a world model, scored in the real env;
 * ``variants``: every agent variant (BC, CQL, model-based, per-domain, planner) against the baselines.
 """
@@ -16,7 +17,7 @@ import sys
 from mixagent.errors import MixagentError
 from mixagent.paths import CONFIGS_DIR
 
-__all__ = ["world_model", "plan", "variants", "COMMANDS", "cli"]
+__all__ = ["world_model", "world_model_settings", "plan", "variants", "COMMANDS", "cli"]
 
 
 def world_model(argv: list[str] | None = None) -> int:
@@ -47,6 +48,37 @@ def world_model(argv: list[str] | None = None) -> int:
     print(f"policy ranking, surrogate vs real, {len(report['policies'])} policies: Spearman "
           f"{'n/a' if rho is None else f'{rho:.3f}'} (goal >= 0.9; the real env against itself: "
           f"{'n/a' if ceiling is None else f'{ceiling:.3f}'})")
+    print(f"artifact and report: {cfg.out}/ (meta.json, model.safetensors, report.md, ranks.png)")
+    return 0
+
+
+def world_model_settings(argv: list[str] | None = None) -> int:
+    """Run the ``world-model-settings`` command: the world model across a suite's settings, measured per setting
+    by models fitted without it (:mod:`mixagent.model_based.settings_job`)."""
+    parser = argparse.ArgumentParser(prog="mixagent world-model-settings",
+                                     description="Fit one world model across a suite's settings; report, per setting "
+                                                 "left out, one-step R² and how it ranks the setting's grid rows.")
+    parser.add_argument("--config", default=str(CONFIGS_DIR / "world_model/suite-v1.yaml"), help="config YAML")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.epochs=50 folds=3")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from mixagent.config import load_config
+        from mixagent.model_based.settings_job import SettingsModelJobConfig, run_settings_model_job
+
+        cfg = load_config(SettingsModelJobConfig, args.config, args.overrides)
+        report = run_settings_model_job(cfg, progress=not args.no_progress)
+    except MixagentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s = report["summary"]
+    print(f"\n{len(report['settings'])} settings, each left out: R² bpb source {s['bpb_source']:.2f}, target "
+          f"{s['bpb_target']:.2f}; score source {s['score_source']:.2f}, target {s['score_target']:.2f}")
+    if "spearman_mean" in s:
+        print(f"grid ranking in {s['ranked_settings']} settings: Spearman mean {s['spearman_mean']:+.2f} (min "
+              f"{s['spearman_min']:+.2f}), regret {s['regret_mean']:.3f}; fixed rules "
+              + ", ".join(f"{k} {v:.3f}" for k, v in s["fixed_regret_mean"].items()))
     print(f"artifact and report: {cfg.out}/ (meta.json, model.safetensors, report.md, ranks.png)")
     return 0
 
@@ -104,7 +136,8 @@ def variants(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"world-model": world_model, "plan": plan, "variants": variants}
+COMMANDS = {"world-model": world_model, "world-model-settings": world_model_settings, "plan": plan,
+            "variants": variants}
 
 
 def cli(argv: list[str] | None = None) -> int:
