@@ -83,8 +83,9 @@ class SettingsModelJobConfig:
 
 def grid_rows(run: SettingRun, audits: Path, seeds: tuple[int, ...]) -> dict[str, float]:
     """The real final score of every grid row an audit of ``run``'s runs recorded on ``seeds`` (mean over
-    them), on ``run``'s reward scale and lam; empty where no audit matches
-    (:func:`mixagent.env.references.audits_of`)."""
+    them; oracle trials left out), on ``run``'s reward scale and lam; of the matching audits
+    (:func:`mixagent.env.references.audits_of`) the one with the most rows; empty where none matches. A line a
+    running job is still writing is skipped."""
     from mixagent.config import from_dict
     from mixagent.env.evaluation import EvalResult
     from mixagent.env.references import audits_of
@@ -93,17 +94,22 @@ def grid_rows(run: SettingRun, audits: Path, seeds: tuple[int, ...]) -> dict[str
 
     spec = from_dict(EnvSpec, run.spec, "recorded env spec")
     name, lam = run.reward
+    best: dict[str, float] = {}
     for d in audits_of(spec, audits, run.base_id):
+        path = d / "results.jsonl"
         scores: dict[str, list[float]] = {}
-        for line in (d / "results.jsonl").read_text().splitlines():
-            row = json.loads(line)
-            if row.get("seed") in seeds and "eval" in row:
+        for line in path.read_text().splitlines() if path.is_file() else ():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if row.get("seed") in seeds and row.get("trial") is None and "eval" in row:
                 final = EvalResult.from_json(row["eval"])
                 scores.setdefault(row["key"], []).append(balanced_score(name, lam, run.start, final, run.space,
                                                                         run.reference))
-        if scores:
-            return {k: float(np.mean(v)) for k, v in scores.items()}
-    return {}
+        if len(scores) > len(best):
+            best = {k: float(np.mean(v)) for k, v in scores.items()}
+    return best
 
 
 def _fold_of(settings: list[str], folds: int, seed: int) -> dict[str, int]:
@@ -158,8 +164,9 @@ def _describe(run_dir: Path) -> str:
     if not s:
         return run_dir.name
     prior = hidden.get("prior_target_share")
-    return (f"{s.get('space')}, {int(s.get('target_tokens', 0)) // 1024}k target, LR {s.get('lr'):g} "
-            f"{s.get('schedule')}, {hidden.get('size', '?')} base"
+    decay = f" (decay {s['decay_fraction']:g})" if s.get("schedule") == "wsd" and "decay_fraction" in s else ""
+    return (f"{s.get('space')}, {int(s.get('target_tokens') or 0) // 1024}k target, LR {s.get('lr')} "
+            f"{s.get('schedule')}{decay}, {hidden.get('size', '?')} base"
             + (f" {prior:.0%} prior" if prior is not None else ""))
 
 
@@ -224,12 +231,14 @@ def _summary(rows: list[dict]) -> dict:
     keys = ("bpb_source", "bpb_target", "score_source", "score_target", "bpb_source_last_change",
             "bpb_target_last_change")
     out = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    out |= {f"{k}_median": float(np.nanmedian([r[k] for r in rows])) for k in keys[:4]}  # one bad setting moves a mean
     if ranked:
         out |= {"ranked_settings": len(ranked), "spearman_mean": float(np.mean([r["spearman"] for r in ranked])),
                 "spearman_min": float(np.min([r["spearman"] for r in ranked])),
                 "regret_mean": float(np.mean([r["regret"] for r in ranked])),
                 "fixed_regret_mean": {k: float(np.mean([r["fixed_regret"][k] for r in ranked]))
-                                      for k in ranked[0]["fixed_regret"]},
+                                      for k in ranked[0]["fixed_regret"]
+                                      if all(k in r["fixed_regret"] for r in ranked)},
                 "spread_mean": float(np.mean([r["real_spread"] for r in ranked]))}
     return out
 
@@ -254,7 +263,9 @@ def _markdown(report: dict) -> str:
                      f" | {r['score_source']:.2f} | {r['score_target']:.2f} | {rank} |")
     lines += ["", f"Mean over settings: R² bpb source {s['bpb_source']:.2f} (last change "
               f"{s['bpb_source_last_change']:.2f}), target {s['bpb_target']:.2f} ({s['bpb_target_last_change']:.2f}); "
-              f"score source {s['score_source']:.2f}, target {s['score_target']:.2f}."]
+              f"score source {s['score_source']:.2f}, target {s['score_target']:.2f}. Median: bpb source "
+              f"{s['bpb_source_median']:.2f}, target {s['bpb_target_median']:.2f}; score source "
+              f"{s['score_source_median']:.2f}, target {s['score_target_median']:.2f}."]
     if "spearman_mean" in s:
         lines.append(f"Ranking over {s['ranked_settings']} settings: Spearman mean {s['spearman_mean']:+.2f} (min "
                      f"{s['spearman_min']:+.2f}), regret mean {s['regret_mean']:.3f} against a mean spread of "

@@ -41,7 +41,7 @@ from mixagent.paths import atomic_write, atomic_write_json
 
 __all__ = ["SETTINGS_MODEL_KIND", "SETTINGS_MODEL_VERSION", "DOMAIN_INPUTS", "RUN_INPUTS", "RUN_OUTPUTS",
            "SettingsModelConfig", "SettingRun", "SettingsData", "SettingsWorldModel", "setting_run", "inputs",
-           "settings_data", "fit_settings_model", "load_settings_model", "rollout_final", "r2"]
+           "settings_data", "fit_settings_model", "load_settings_model", "rollout", "rollout_final", "r2"]
 
 SETTINGS_MODEL_KIND = "mixagent.settings_world_model"
 SETTINGS_MODEL_VERSION = 1
@@ -115,8 +115,8 @@ class SettingRun:
 
     @property
     def setting_vector(self) -> np.ndarray:
-        """``(5,)`` the stated setting's features without lam (:data:`RUN_INPUTS`' last five)."""
-        return setting_features(self.stated)[1:]
+        """``(4,)`` the stated setting's features without lam (:data:`RUN_INPUTS`' last four)."""
+        return setting_features(self.stated)[[SETTING_FEATURES.index(f) for f in _STATED]]
 
 
 def setting_run(tset: Any) -> SettingRun:
@@ -220,12 +220,12 @@ def settings_data(tsets: Sequence[Any]) -> tuple[SettingsData, list[SettingRun]]
     for tset in tsets:
         run = setting_run(tset)
         runs.append(run)
-        seen: set[tuple[str, int]] = set()
+        seen: set[tuple[str, str, int]] = set()
         for name, traj in sorted(tset.trajectories, key=lambda rt: (rt[0], rt[1].id)):
             before = [traj.start] + traj.evals
             weights = [run.start_weights] + [np.asarray(s["weights"], np.float64) for s in traj.steps]
             for t in range(len(traj.evals)):
-                key = (_owner(tset.headers[name], traj.id, t), t)
+                key = (name, _owner(tset.headers[name], traj.id, t), t)
                 if key in seen:
                     continue
                 seen.add(key)
@@ -347,12 +347,12 @@ def load_settings_model(path: str | Path) -> SettingsWorldModel:
         raise CorruptArtifactError(f"{path / 'model.safetensors'} does not match the checksum in meta.json; refit "
                                    f"or restore it (git checkout -- {path})")
     tensors = load_file(str(path / "model.safetensors"))
-    members = torch.nn.ModuleList(_Member(int(meta["config"]["hidden"])) for _ in range(meta["config"]["members"]))
     try:
+        members = torch.nn.ModuleList(_Member(int(meta["config"]["hidden"])) for _ in range(meta["config"]["members"]))
         for i, m in enumerate(members):
             m.load_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"m{i}.")})
-    except (RuntimeError, KeyError) as exc:
-        raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc}); refit it") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptArtifactError(f"{path}: tensors do not fit the recorded network ({exc!r}); refit it") from None
     norm = {k.removeprefix("norm."): v.numpy() for k, v in tensors.items() if k.startswith("norm.")}
     return SettingsWorldModel(members, norm, meta)
 
@@ -412,8 +412,9 @@ def fit_settings_model(data: SettingsData, cfg: SettingsModelConfig,
 
 
 def _standardisation(data: SettingsData) -> dict[str, np.ndarray]:
-    """Means and stds (+1e-6) of the inputs (per-domain ones over real domains) and outputs (per-domain ones per
-    field: a target domain's loss moves several times as much as a source domain's)."""
+    """Means and stds of the inputs (per-domain ones over real domains) and outputs (per-domain ones per field: a
+    target domain's loss moves several times as much as a source domain's). A feature (nearly) constant in the
+    training settings keeps std 1, so a held-out setting that differs there reads a difference, not 1e6 of one."""
     real = data.valid > 0
     flat = data.dom[real]
     ydom_mean, ydom_std = np.zeros(2), np.ones(2)
@@ -421,35 +422,47 @@ def _standardisation(data: SettingsData) -> dict[str, np.ndarray]:
         vals = data.y_dom[real & (data.target == f)]
         if vals.size:
             ydom_mean[f], ydom_std[f] = vals.mean(), vals.std() + 1e-6
-    std = flat.std(0) + 1e-6
+    std = _floored(flat.std(0))
     std[0] = 1.0  # is_target stays 0/1
     mean = flat.mean(0)
     mean[0] = 0.0
-    return {"dom_mean": mean, "dom_std": std, "run_mean": data.run.mean(0), "run_std": data.run.std(0) + 1e-6,
+    return {"dom_mean": mean, "dom_std": std, "run_mean": data.run.mean(0), "run_std": _floored(data.run.std(0)),
             "ydom_mean": ydom_mean, "ydom_std": ydom_std, "yrun_mean": data.y_run.mean(0),
             "yrun_std": data.y_run.std(0) + 1e-6}
 
 
-def rollout_final(model: SettingsWorldModel, run: SettingRun, weights: Sequence[np.ndarray]) -> EvalResult:
-    """The final evaluation the model predicts (ensemble mean) for training ``weights[t]`` in segment ``t`` of
-    ``run``'s setting, from its start (``len(weights)`` is the horizon).
+def _floored(std: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    return np.where(std < floor, 1.0, std)
+
+
+def rollout(model: SettingsWorldModel, run: SettingRun, weights: Sequence[np.ndarray]) -> list[EvalResult]:
+    """The evaluation after every segment that the model predicts (ensemble mean) for training ``weights[t]`` in
+    segment ``t`` of ``run``'s setting, from its start (``len(weights)`` is the horizon).
 
     Raises:
         WorldModelError: a schedule whose length is not the setting's horizon.
     """
     if len(weights) != run.horizon:
-        raise WorldModelError(f"a schedule of {len(weights)} segments for a setting of {run.horizon}")
+        raise WorldModelError(f"a schedule of {len(weights)} segments for a setting of {run.horizon}: give one "
+                              f"weight vector per segment of the setting")
     target = run.space.field_mask("target").astype(np.float32)[None]
     valid = np.ones_like(target)
     prev = now = run.start
     last = run.start_weights
+    evals = []
     for t, w in enumerate(weights):
         dom, glob = inputs(run, run.start, prev, now, last, np.asarray(w, np.float64), t)
         y_dom, _, y_run, _ = model.predict(dom[None], target, valid, glob[None])
         prev, now = now, _next_eval(run, now, y_dom[0].astype(np.float64), y_run[0].astype(np.float64),
                                     now.tokens_seen + int(run.stated["segment_tokens"]))
+        evals.append(now)
         last = np.asarray(w, np.float64)
-    return now
+    return evals
+
+
+def rollout_final(model: SettingsWorldModel, run: SettingRun, weights: Sequence[np.ndarray]) -> EvalResult:
+    """The last evaluation of :func:`rollout` (what the grid ranking scores)."""
+    return rollout(model, run, weights)[-1]
 
 
 def r2(pred: np.ndarray, true: np.ndarray) -> float:

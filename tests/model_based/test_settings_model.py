@@ -18,6 +18,7 @@ from mixagent.model_based.settings_model import (
     _next_eval,
     fit_settings_model,
     load_settings_model,
+    rollout,
     rollout_final,
     settings_data,
 )
@@ -65,10 +66,20 @@ def test_layout_rebuilds_the_next_evaluation_in_any_space(runs, data):
     assert abs(after.accuracy["source"] - real.accuracy["source"]) < 1e-6
     np.testing.assert_allclose(d.dom[i, :k, 2], k * np.asarray(traj.steps[2]["weights"]), atol=1e-5)  # next weights
     np.testing.assert_allclose(d.dom[i, :k, 1], k * np.asarray(traj.steps[1]["weights"]), atol=1e-5)  # last weights
-    assert d.run[i, 4] == pytest.approx(2 / run.horizon)  # progress
+    b = [np.array([e.bpb[n] for n in run.space.names]) for e in (traj.start, traj.evals[0], traj.evals[1])]
+    np.testing.assert_allclose(d.dom[i, :k, 4], b[2] / b[0] - 1, atol=1e-5)  # the loss now, relative to the start
+    np.testing.assert_allclose(d.dom[i, :k, 5], (b[2] - b[1]) / b[0], atol=1e-5)  # its change over the last step
+    s0, s1, s2 = (e.scores["target"] for e in (traj.start, traj.evals[0], traj.evals[1]))
+    assert d.run[i, 1] == pytest.approx((s2 - s0) / 0.1, abs=1e-4)  # target score since the start, over SCORE_SCALE
+    assert d.run[i, 3] == pytest.approx((s2 - s1) / 0.1, abs=1e-4)  # and since the last step
+    assert d.run[i, 4] == pytest.approx(2 / run.horizon) and d.run[i, 5] == pytest.approx(run.lrs[2])
+    # the first segment: the weights before are the start's, nothing has changed yet
+    j = int(np.flatnonzero((d.setting == run.name) & (d.traj == f"{run.name}/{traj.id}") & (d.step == 0))[0])
+    np.testing.assert_allclose(d.dom[j, :k, 1], k * run.start_weights, atol=1e-5)
+    assert not d.dom[j, :k, 4:].any() and not d.run[j, :4].any()
 
 
-def test_fit_round_trip_equivariance_and_refusals(data, tmp_path):
+def test_fit_round_trip_equivariance_and_refusals(runs, data, tmp_path):
     d, setting_runs = data
     model = fit_settings_model(d, TINY)
     model.save(tmp_path / "m")
@@ -85,11 +96,27 @@ def test_fit_round_trip_equivariance_and_refusals(data, tmp_path):
     np.testing.assert_allclose(moved[0], base[0][:, perm], atol=1e-5)
     np.testing.assert_allclose(moved[2], base[2], atol=1e-5)
     assert loaded.meta["settings"] == sorted(r.name for r in setting_runs)
+    # an 8-domain setting predicts the same alone (as a rollout feeds it) as padded to 10 in a batch
+    eight = d.subset(d.setting == setting_runs[2].name)
+    alone = loaded.predict(eight.dom[:, :8], eight.target[:, :8], eight.valid[:, :8], eight.run)
+    padded = loaded.predict(eight.dom, eight.target, eight.valid, eight.run)
+    np.testing.assert_allclose(alone[0], padded[0][:, :8], atol=1e-5)
+    np.testing.assert_allclose(alone[2], padded[2], atol=1e-5)
     # a rollout from the start of a setting: one evaluation per segment, the schedule's length checked
     run = setting_runs[2]
     final = rollout_final(loaded, run, [run.natural] * run.horizon)
     assert final.tokens_seen == run.horizon * int(run.stated["segment_tokens"])
     assert set(final.bpb) == set(run.space.names)
+    # a rollout builds its inputs as the data does: its first evaluation is the model's prediction on the data's
+    # first-segment row of a trajectory that trained the same weights
+    traj = sorted(runs[1][2].trajectories, key=lambda rt: (rt[0], rt[1].id))[0][1]
+    evals = rollout(loaded, run, [np.asarray(s["weights"]) for s in traj.steps])
+    row = d.subset((d.setting == run.name) & (d.traj == f"{run.name}/{traj.id}") & (d.step == 0))
+    y_dom, _, y_run, _ = loaded.predict(row.dom[:, :8], row.target[:, :8], row.valid[:, :8], row.run)
+    want = _next_eval(run, run.start, y_dom[0].astype(np.float64), y_run[0].astype(np.float64), 0)
+    assert len(evals) == run.horizon
+    assert max(abs(evals[0].bpb[n] - want.bpb[n]) for n in run.space.names) < 1e-6
+    assert evals[0].scores["target"] == pytest.approx(want.scores["target"], abs=1e-7)
     with pytest.raises(WorldModelError, match="a schedule of 3 segments for a setting of 8"):
         rollout_final(loaded, run, [run.natural] * 3)
     # refusals: a tampered file, another kind, no artifact, a bad config
@@ -149,7 +176,11 @@ def test_job_measures_each_setting_with_a_model_fitted_without_it(tmp_path, monk
         assert r["transitions"] == 76
         rk = r.get("ranking")
         if rk:
-            assert rk["rows"] == 29 and -1 <= rk["spearman"] <= 1 and rk["regret"] >= 0
+            real = {p["key"]: p["real"] for p in rk["points"]}
+            assert rk["rows"] == len(real) == 29 and rk["real_best"] == max(real, key=real.get)
+            assert rk["regret"] == pytest.approx(max(real.values()) - real[rk["model_pick"]])
+            six = "rho:" + ",".join(["0.6000"] * 8)
+            assert rk["fixed_regret"]["replay:0.6"] == pytest.approx(max(real.values()) - real[six])
             assert set(rk["fixed_regret"]) == {"replay:0.6", "replay:0.7"}
     assert any("ranking" in r for r in rows)
     assert (tmp_path / "wm/report.md").read_text().count("\n| ") == 5  # header + 4 settings
