@@ -29,9 +29,10 @@ from mixagent.policies.per_domain import (
     write_per_domain_artifact,
 )
 
-__all__ = ["PerDomainBCConfig", "train_per_domain", "training_arrays"]
+__all__ = ["PerDomainBCConfig", "train_per_domain", "training_arrays", "ACTION_TARGETS"]
 
 log = logging.getLogger(__name__)
+ACTION_TARGETS = ("step", "rest_mean")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,11 @@ class PerDomainBCConfig:
             unknown (``repetition_log2`` 0, ``repetition_known`` 0), so the policy has seen a run whose user does
             not state them: every training setting states its budget, and a deployment without
             ``policy.stated.target_tokens`` would otherwise be out of range at every decision.
+        action_target: what a row clones: ``step``, the action taken at that step (d3rlpy's BC), or
+            ``rest_mean``, the mean action of the trajectory from that step to its end. The behaviour policies
+            are random walks, Dirichlet draws and noisy replays, so a cloned step carries their step-to-step
+            noise; where the headroom is a static choice (``../shared/SETTINGS.md``), the rest of the run's mean
+            is the decision worth cloning (with ``guarded:...,commit_after=N`` it becomes a learned commit).
     """
 
     data: tuple[str, ...] = ("trajectories/reference/math-cpt-v1",)
@@ -71,9 +77,13 @@ class PerDomainBCConfig:
     observation: int = 1
     lams: tuple[float, ...] = ()
     unknown_budget: float = 0.0
+    action_target: str = "step"
 
     def check(self) -> list[str]:
         problems = [] if self.data else ["data is empty: name at least one trajectory run"]
+        if self.action_target not in ACTION_TARGETS:
+            problems.append(f"action_target must be one of {', '.join(ACTION_TARGETS)}, got {self.action_target!r}: "
+                            f"step clones each step's action, rest_mean the mean action from that step to the end")
         if self.observation not in (1, 2):
             problems.append(f"observation must be 1 or 2, got {self.observation!r}")
         if self.lams and self.observation != 2:
@@ -103,7 +113,7 @@ def _drop(obs: np.ndarray, initial: np.ndarray, keep: np.ndarray) -> tuple[np.nd
 
 
 def _rows(run: str, fraction: float, exclude: tuple[str, ...] = (), observation: int = 1,
-          lams: tuple[float, ...] = ()) -> tuple[list[tuple], dict]:
+          lams: tuple[float, ...] = (), action_target: str = "step") -> tuple[list[tuple], dict]:
     """Per transition ``(domain features (K, D), target mask (K,), run features (R,))`` and the actions, of
     the best trajectories of ``run`` (without the ``exclude`` domains); with ``lams`` (observation 2), the best
     at each lam, once per lam."""
@@ -121,27 +131,33 @@ def _rows(run: str, fraction: float, exclude: tuple[str, ...] = (), observation:
     for at in lams or (lam,):
         tr = build_transitions(tset, reward, at, select=top_trajectories(tset, fraction, reward, at),
                                observation=observation)
-        rows += _clone_rows(tr, tset, keep, target, exclude, observation)
+        rows += _clone_rows(tr, tset, keep, target, exclude, observation, action_target)
     return rows, {"run": run, "space": tset.space.name, "k": int(keep.sum()), "excluded": list(exclude),
                   "transitions": len(rows), "lams": list(lams or (lam,)),
                   "action": dict(spec["action"]), "observe_lr": tset.observed_lr is not None}
 
 
 def _clone_rows(tr, tset, keep: np.ndarray, target: np.ndarray, exclude: tuple[str, ...],
-                observation: int) -> list[tuple]:
-    """The cloned rows of transitions ``tr`` of ``tset`` (see :func:`_rows`)."""
-    rows, initial = [], None
+                observation: int, action_target: str = "step") -> list[tuple]:
+    """The cloned rows of transitions ``tr`` of ``tset`` (see :func:`_rows`; ``action_target``: see
+    :class:`PerDomainBCConfig`)."""
+    rows, initial, actions, step = [], None, None, 0
     keep_row = ~tr.final_obs if tr.final_obs is not None else np.ones(len(tr), bool)
-    start_weights = {(r, t.id): np.asarray(t.header["start_weights"], np.float64) for r, t in tset.trajectories}
-    starts = {e["row"]: (e["run"], e["id"]) for e in tr.episodes}
+    trajs = {(r, t.id): t for r, t in tset.trajectories}
+    starts = {e["row"]: e for e in tr.episodes}
     for i in range(len(tr)):
         obs = tr.observations[i].astype(np.float64)
         if i in starts:  # an episode's first row (a branch's is not step 0): its trajectory's initial weights
-            initial = start_weights[starts[i]]
+            traj = trajs[(starts[i]["run"], starts[i]["id"])]
+            initial = np.asarray(traj.header["start_weights"], np.float64)
+            actions = np.clip(np.array([s["action"] for s in traj.steps[:len(traj.evals)]], np.float64), -1, 1)
+            step = starts[i]["first_step"]
         if keep_row[i]:
             o, init = _drop(obs, initial, keep) if exclude else (obs, initial)
             dom, run_f = features(o, target[keep], init, observation)
-            rows.append((dom, target[keep], run_f, tr.actions[i][keep]))
+            act = tr.actions[i] if action_target == "step" else actions[step:].mean(0).astype(np.float32)
+            rows.append((dom, target[keep], run_f, act[keep]))
+        step += 1
     return rows
 
 
@@ -162,7 +178,8 @@ def training_arrays(cfg: PerDomainBCConfig) -> tuple[dict[str, np.ndarray], list
     if left:
         log.warning("per-domain BC: %d suite settings not finished yet are left out (%s, ...)", len(left), left[0])
     for run in data:
-        r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude), cfg.observation, tuple(cfg.lams))
+        r, info = _rows(run, cfg.top_fraction, tuple(cfg.exclude), cfg.observation, tuple(cfg.lams),
+                        cfg.action_target)
         rows += r
         runs.append(info)
     maps = {(i["action"]["temperature"], i["action"]["floor"]) for i in runs}

@@ -32,16 +32,19 @@ class GuardedPolicy:
         fallback: the fallback policy's spec, a baseline (``replay:0.6``, ``uniform``); used under ``fallback``.
         tolerance: how far beyond either end of a feature's training range still counts as in range, as a share
             of the range's width (>= 0).
+        commit_after: ``N > 0``: the first ``N`` decisions are the policy's, guarded as above, and every later
+            decision repeats decision ``N`` (a learned probe-then-commit: with ``N = 2`` the policy probes one
+            segment and commits after reading its dynamics); 0: every decision is the policy's.
 
     Raises:
-        ConfigError: no artifact at ``agent``, a bad mode, tolerance or fallback, or ``clip`` / ``fallback`` for
-            an artifact that records no feature ranges.
+        ConfigError: no artifact at ``agent``, a bad mode, tolerance, fallback or ``commit_after``, or ``clip`` /
+            ``fallback`` for an artifact that records no feature ranges.
     """
 
     name = "guarded"
 
     def __init__(self, natural=None, agent: str = "", ood: str = "fallback", fallback: str = "replay:0.5",
-                 tolerance: float = 0.05) -> None:
+                 tolerance: float = 0.05, commit_after: int = 0) -> None:
         from mixagent.policies.artifact import load_policy
         from mixagent.policies.baselines import parse_baseline
         from mixagent.policies.guard import OODConfig, guard_problem
@@ -52,6 +55,11 @@ class GuardedPolicy:
             raise ConfigError("policy", [f"guarded: agent={agent!r} is not a policy artifact directory; name one, "
                                          f"e.g. guarded:agent=runs/agent/v2/bc,ood=clip"])
         self._config = OODConfig(ood, fallback, float(tolerance))
+        if isinstance(commit_after, bool) or not isinstance(commit_after, int | float) or commit_after < 0 \
+                or commit_after != int(commit_after):
+            raise ConfigError("policy", [f"guarded: commit_after must be a whole number of decisions >= 0 (0: never "
+                                         f"commit; 2: probe one segment, then hold the second decision), got "
+                                         f"{commit_after!r}"])
         if problems := self._config.check():
             raise ConfigError("policy", [f"guarded: {p}" for p in problems])
         self._policy = load_policy(path)
@@ -69,6 +77,10 @@ class GuardedPolicy:
         self.feature_ranges = getattr(self._policy, "feature_ranges", None)
         self.guard_version = GUARD_VERSION
         self.ood, self.fallback, self.tolerance = ood, fallback, float(tolerance)
+        self._commit_after = int(commit_after)
+        if self._commit_after:  # public (so in the fingerprint) only when set: the guarded specs before it keep theirs
+            self.commit_after = self._commit_after
+        self._held: DomainWeights | None = None
         self._guard = None
         self._decisions = self._affected = 0
 
@@ -90,16 +102,24 @@ class GuardedPolicy:
         self._policy.reset(space)
         self._guard = OODGuard(self._policy, self._config, self._fallback, space)  # resets the fallback
         self._decisions = self._affected = 0
+        self._held = None
 
     def act(self, observation: np.ndarray) -> DomainWeights:
         guard = self._guard
         if guard is None:
             raise UsageError("guarded: act before reset(space); reset the policy in the run's domain space first")
+        if self._held is not None:  # committed: the held decision, the policy no longer asked
+            self._decisions += 1
+            return self._held
         found = guard.check(observation)
         alt = guard.fallback.act(observation) if guard.fallback is not None else None  # stepped every decision
         self._decisions += 1
         self._affected += bool(found)
         if found and self.ood == "clip":
-            return self._policy.act_clipped(observation)  # type: ignore[attr-defined]
-        proposal = self._policy.act(observation)
-        return alt if found and alt is not None else proposal
+            chosen = self._policy.act_clipped(observation)  # type: ignore[attr-defined]
+        else:
+            proposal = self._policy.act(observation)
+            chosen = alt if found and alt is not None else proposal
+        if self._commit_after and self._decisions == self._commit_after:
+            self._held = chosen
+        return chosen

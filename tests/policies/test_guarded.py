@@ -120,3 +120,29 @@ def test_a_comma_separated_policy_list_keeps_a_spec_with_several_pairs_whole():
     assert split_policies("doremi:eta=0.1,smoothing=0.01,runs/agent/x") == ["doremi:eta=0.1,smoothing=0.01",
                                                                           "runs/agent/x"]
     assert split_policies("natural,,uniform") == ["natural", "uniform"]
+
+
+def test_commit_after_holds_the_nth_decision_and_keeps_older_identities(agent):
+    """``commit_after=N``: the first N decisions are the guarded policy's, every later one repeats decision N
+    (a learned probe-then-commit); without it a guarded spec's identity is what it was."""
+    sp = space(4, 2)
+    natural = {n: 0.25 for n in sp.names}
+    obs = [_obs(sp, lam) for lam in (0.2, 0.5, 0.8, 0.3, 0.6)]  # observations that move the bare policy
+    bare = _fresh(agent, sp)
+    free = [bare.act(o).values for o in obs]
+    assert not np.allclose(free[1], free[3])
+    held = GuardedPolicy(natural, str(agent), ood="clip", commit_after=2)
+    held.reset(sp)
+    got = [held.act(o).values for o in obs]
+    np.testing.assert_allclose(got[0], free[0])
+    np.testing.assert_allclose(got[1], free[1])
+    for g in got[2:]:
+        np.testing.assert_allclose(g, free[1])  # decision 2 held, whatever the later observations say
+    assert held.decisions == 5
+    held.reset(sp)  # a new run commits afresh
+    np.testing.assert_allclose(held.act(obs[3]).values, free[3])
+    ctx = PolicyContext(natural=natural)
+    plain = policy_key(f"guarded:agent={agent},ood=clip", ctx)
+    assert policy_key(f"guarded:agent={agent},ood=clip,commit_after=0", ctx) == plain
+    assert policy_key(f"guarded:agent={agent},ood=clip,commit_after=2", ctx) != plain
+    assert "commit_after must be a whole number" in method_problems(f"guarded:agent={agent},commit_after=-1")[0]

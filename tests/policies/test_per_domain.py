@@ -128,6 +128,35 @@ def test_behaviour_cloning_fits_the_reference_data(tmp_path):
     assert ranges["domain"]["source"]["weight"][0] == 0.0 and ranges["domain"]["target"]["weight"][1] > 1
 
 
+def test_rest_mean_clones_the_mean_action_from_each_step_to_the_end():
+    """``action_target: rest_mean``: each row's target is its trajectory's mean action from that step on (the last
+    step's is its own action); ``step`` is the action itself; an unknown target is a typed error."""
+    from mixagent.agent.dataset import build_transitions, load_trajectories, top_trajectories
+    from mixagent.agent.train_per_domain import PerDomainBCConfig, training_arrays
+    from mixagent.errors import ConfigError
+    from mixagent.paths import REPO_ROOT
+
+    cfg = PerDomainBCConfig(top_fraction=0.25)
+    step, _ = training_arrays(cfg)
+    rest, _ = training_arrays(PerDomainBCConfig(top_fraction=0.25, action_target="rest_mean"))
+    np.testing.assert_array_equal(step["dom"], rest["dom"])  # the same rows, other targets
+    tset = load_trajectories([REPO_ROOT / cfg.data[0]])
+    tr = build_transitions(tset, "normalised_bpb", float(tset.env["spec"]["reward"]["lam"]),
+                           select=top_trajectories(tset, 0.25, "normalised_bpb",
+                                                   float(tset.env["spec"]["reward"]["lam"])))
+    first = tr.episodes[0]
+    traj = dict(((r, t.id), t) for r, t in tset.trajectories)[(first["run"], first["id"])]
+    acts = np.clip(np.array([s["action"] for s in traj.steps]), -1, 1)
+    row, t0 = first["row"], first["first_step"]
+    np.testing.assert_allclose(rest["action"][row], acts[t0:].mean(0), atol=1e-6)
+    last = row + first["steps"] - 1
+    np.testing.assert_allclose(rest["action"][last], acts[-1], atol=1e-6)
+    np.testing.assert_allclose(step["action"][row], acts[t0], atol=1e-6)
+    assert not np.allclose(rest["action"], step["action"])
+    with pytest.raises(ConfigError, match="action_target must be one of step, rest_mean"):
+        training_arrays(PerDomainBCConfig(action_target="mean"))
+
+
 def test_a_lam_conditioned_policy_on_observation_v2(tmp_path):
     """Observation version 2 with lams: every run enters once per lam (its best trajectories at that lam), lam
     is a run feature with its training range, and the artifact reads version-2 observations of any space."""
