@@ -37,7 +37,8 @@ WHY_THIS_AGENT = (
     "pre-trained without math) uniform beats it by 5.7 pooled seed std over 3 seeds: its target-score feature "
     "leaves its training range (docs/results.md, 'The Trainer cases'). Agent v2, one policy across settings, "
     "replaces it only once it is never worse than the single best fixed rule by more than 2 std in any held-out "
-    "setting; it has not been shown to be yet (docs/results.md, 'Agent v2 across settings').")
+    "setting; the best measured so far (behaviour cloning on 13 settings) harms one, so it is not shipped "
+    "(docs/results.md, 'Agent v2 across settings').")
 
 
 def main(argv: list[str] | None = None) -> int:
