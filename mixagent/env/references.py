@@ -133,12 +133,12 @@ def widened(reference: Reference, anchor_runs: dict[str, list[EvalResult]], spac
     return Reference(best, worst, reference.spec_hash, reference.seeds)
 
 
-def audits_of(spec: EnvSpec, audits: Path, base_id: str) -> Iterator[Path]:
-    """The audit directories under ``audits`` (each with ``spec.json`` and ``start.json``) that ran ``spec``'s
-    runs: the audit's spec with ``spec``'s reward has the audit's hash (the same runs, base config, space and reference
-    seeds: the reward changes no run), its reward has no anchors (an anchored audit's reference is not a pair),
-    and it ran from the base checkpoint ``base_id`` (the hash covers the base's config, not its weights). An
-    unreadable audit is logged and skipped."""
+def audits_of(spec: EnvSpec, audits: Path, base_id: str) -> Iterator[tuple[Path, dict]]:
+    """Each audit directory under ``audits`` (with ``spec.json`` and ``start.json``) that ran ``spec``'s runs,
+    with its ``spec.json`` record: the audit's spec with ``spec``'s reward has the audit's hash (the same runs,
+    base config, space and reference seeds: the reward changes no run), its reward has no anchors (an anchored
+    audit's reference is not a pair), and it ran from the base checkpoint ``base_id`` (the hash covers the base's
+    config, not its weights). An unreadable audit is logged and skipped."""
     import dataclasses
 
     root = Path(audits)
@@ -154,7 +154,7 @@ def audits_of(spec: EnvSpec, audits: Path, base_id: str) -> Iterator[Path]:
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
             log.warning("audit %s is unreadable (%s): skipped", d, exc)
             continue
-        yield d
+        yield d, record
 
 
 def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace, base_id: str) -> Reference | None:
@@ -167,9 +167,8 @@ def from_audits(spec: EnvSpec, audits: Path, space: DomainSpace, base_id: str) -
     Equal to running them up to the thread count's rounding (7 significant digits: checked on a committed
     setting)."""
     target = spec.spec_hash()
-    for d in audits_of(spec, audits, base_id):
+    for d, record in audits_of(spec, audits, base_id):
         try:
-            record = json.loads((d / "spec.json").read_text())
             pair = _load_stored(d / "reference.json", record["spec_hash"])
             runs: dict[str, list[EvalResult]] = {}
             if spec.reward.anchors:

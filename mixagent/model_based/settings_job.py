@@ -33,7 +33,6 @@ from mixagent.model_based.settings_model import (
     SettingsModelConfig,
     SettingsWorldModel,
     fit_settings_model,
-    r2,
     rollout_final,
     settings_data,
 )
@@ -95,7 +94,7 @@ def grid_rows(run: SettingRun, audits: Path, seeds: tuple[int, ...]) -> dict[str
     spec = from_dict(EnvSpec, run.spec, "recorded env spec")
     name, lam = run.reward
     best: dict[str, float] = {}
-    for d in audits_of(spec, audits, run.base_id):
+    for d, _ in audits_of(spec, audits, run.base_id):
         path = d / "results.jsonl"
         scores: dict[str, list[float]] = {}
         for line in path.read_text().splitlines() if path.is_file() else ():
@@ -118,16 +117,20 @@ def _fold_of(settings: list[str], folds: int, seed: int) -> dict[str, int]:
 
 
 def _accuracy(model: SettingsWorldModel, data: SettingsData, run: SettingRun) -> dict[str, float]:
-    """R² per output group on ``data`` (one setting's transitions), and of repeating the last change."""
+    """R² (sklearn's ``r2_score``) per output group on ``data`` (one setting's transitions), and of repeating the
+    last change; per-domain outputs averaged over the field's domains."""
+    from sklearn.metrics import r2_score
+
     y_dom, _, y_run, _ = model.predict(data.dom, data.target, data.valid, data.run)
     target = run.space.field_mask("target")
     out = {}
     for field, mask in (("source", ~target), ("target", target)):
         idx = np.flatnonzero(mask)
-        out[f"bpb_{field}"] = float(np.nanmean([r2(y_dom[:, j], data.y_dom[:, j]) for j in idx]))
-        out[f"bpb_{field}_last_change"] = float(np.nanmean([r2(data.dom[:, j, 5], data.y_dom[:, j]) for j in idx]))
+        truth = data.y_dom[:, idx]
+        out[f"bpb_{field}"] = float(r2_score(truth, y_dom[:, idx]))
+        out[f"bpb_{field}_last_change"] = float(r2_score(truth, data.dom[:, idx, 5]))
     for i, field in enumerate(("source", "target")):
-        out[f"score_{field}"] = r2(y_run[:, i], data.y_run[:, i])
+        out[f"score_{field}"] = float(r2_score(data.y_run[:, i], y_run[:, i]))
     out["transitions"] = int(len(data))
     return out
 

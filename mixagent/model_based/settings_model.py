@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from mixagent.paths import atomic_write, atomic_write_json
 
 __all__ = ["SETTINGS_MODEL_KIND", "SETTINGS_MODEL_VERSION", "DOMAIN_INPUTS", "RUN_INPUTS", "RUN_OUTPUTS",
            "SettingsModelConfig", "SettingRun", "SettingsData", "SettingsWorldModel", "setting_run", "inputs",
-           "settings_data", "fit_settings_model", "load_settings_model", "rollout", "rollout_final", "r2"]
+           "settings_data", "fit_settings_model", "load_settings_model", "rollout", "rollout_final"]
 
 SETTINGS_MODEL_KIND = "mixagent.settings_world_model"
 SETTINGS_MODEL_VERSION = 1
@@ -463,9 +462,3 @@ def rollout(model: SettingsWorldModel, run: SettingRun, weights: Sequence[np.nda
 def rollout_final(model: SettingsWorldModel, run: SettingRun, weights: Sequence[np.ndarray]) -> EvalResult:
     """The last evaluation of :func:`rollout` (what the grid ranking scores)."""
     return rollout(model, run, weights)[-1]
-
-
-def r2(pred: np.ndarray, true: np.ndarray) -> float:
-    """The coefficient of determination of ``pred`` for ``true`` (``nan`` for a constant ``true``)."""
-    ss = float(((true - true.mean()) ** 2).sum())
-    return 1.0 - float(((true - pred) ** 2).sum()) / ss if ss > 0 else math.nan
